@@ -1,0 +1,2 @@
+//! IMAP sessions and commands, one file per command family. Not built yet:
+//! see the IMAP server issue.

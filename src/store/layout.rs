@@ -1,0 +1,83 @@
+//! Object names (DESIGN.md §2). Every object of a user lives under
+//! `users/<u>/`, where `<u>` is an opaque id (an HMAC of the login under the
+//! cluster secret), so a bucket listing never shows who the users are.
+
+use std::fmt;
+
+/// The opaque per-user id: lowercase hex of HMAC-SHA256(cluster secret,
+/// normalised login). Built by `crypto::user_id`; parsed back from object
+/// names by [`UserId::parse`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Length in hex characters (the full 256-bit HMAC).
+    pub const LEN: usize = 64;
+
+    /// Accepts exactly [`UserId::LEN`] lowercase hex characters.
+    pub fn parse(s: &str) -> Option<UserId> {
+        let ok = s.len() == Self::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| UserId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({})", &self.0[..12])
+    }
+}
+
+/// Prefix of every user's objects.
+pub const USERS_PREFIX: &str = "users/";
+
+/// `users/<u>/`: everything that belongs to one user.
+pub fn user_prefix(u: &UserId) -> String {
+    format!("{USERS_PREFIX}{u}/")
+}
+
+/// `users/<u>/keyring`: public key and password-wrapped secrets.
+pub fn keyring(u: &UserId) -> String {
+    format!("{USERS_PREFIX}{u}/keyring")
+}
+
+/// `users/<u>/incoming/`: delivery records awaiting the user's key.
+pub fn incoming_prefix(u: &UserId) -> String {
+    format!("{USERS_PREFIX}{u}/incoming/")
+}
+
+/// `users/<u>/blob/<blob-id>`: message bodies, immutable.
+pub fn blob(u: &UserId, blob_id: &str) -> String {
+    format!("{USERS_PREFIX}{u}/blob/{blob_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_is_strict_hex() {
+        let hex = "a".repeat(64);
+        assert!(UserId::parse(&hex).is_some());
+        assert!(UserId::parse(&"A".repeat(64)).is_none());
+        assert!(UserId::parse(&"a".repeat(63)).is_none());
+        assert!(UserId::parse("../etc/passwd").is_none());
+    }
+
+    #[test]
+    fn names_nest_under_the_user_prefix() {
+        let u = UserId::parse(&"0f".repeat(32)).unwrap();
+        assert!(keyring(&u).starts_with(&user_prefix(&u)));
+        assert!(incoming_prefix(&u).starts_with(&user_prefix(&u)));
+        assert!(blob(&u, "x").starts_with(&user_prefix(&u)));
+    }
+}
