@@ -1,0 +1,514 @@
+//! The local-directory object store, the embedded default: key `a/b/c` is
+//! the file `<root>/a/b/c`.
+//!
+//! Invariants:
+//!
+//! - A put is atomic and durable: the body goes to a temporary file in the
+//!   target's directory, is fsynced, renamed over the target, and the
+//!   directory is fsynced. Concurrent writers of one key (threads or
+//!   processes) leave one complete version, never a mix; a reader sees the
+//!   old or the new version.
+//! - Temporary files are named `~tmp-<random>`; `~` can never appear in a
+//!   key ([`check_key`]), so a temporary file is never listed or read as an
+//!   object, even one left behind by a crash.
+//! - Listing walks directories with each entry sorted as its keys would sort
+//!   (a directory `d` as `d/`), which yields keys in byte order across
+//!   nested directories (`a/b/x` after `a-c`, before `a0`) without
+//!   collecting the whole tree.
+//! - Limitation: a key cannot also be a directory of other keys (`a/b` and
+//!   `a/b/c`); the second put fails with [`StoreError::Permanent`]. Facteur's
+//!   layout never does this (DESIGN.md §2).
+//!
+//! All file system work runs on tokio's blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rand::Rng;
+
+use super::{
+    ListPage, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix, clamp_limit,
+    clamp_range,
+};
+
+/// Leading characters of temporary file names (`~` is not a key byte).
+const TMP_PREFIX: &str = "~tmp-";
+
+/// How often a put retries when a concurrent delete removed the directory it
+/// was writing into.
+const PUT_ATTEMPTS: usize = 8;
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    // The directory holding every object; shared by clones.
+    root: Arc<PathBuf>,
+}
+
+impl FsStore {
+    /// Opens (creating it if needed) the store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<FsStore, StoreError> {
+        let root: PathBuf = root.into();
+        fs::create_dir_all(&root).map_err(|e| io_error("create root", &root, e))?;
+        if !root.is_dir() {
+            return Err(StoreError::Permanent(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        Ok(FsStore {
+            root: Arc::new(root),
+        })
+    }
+
+    /// The directory this store keeps its objects in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Runs `f` on the blocking pool with the root directory.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> Result<T, StoreError> + Send + 'static,
+    {
+        let root = Arc::clone(&self.root);
+        tokio::task::spawn_blocking(move || f(&root))
+            .await
+            .map_err(|e| StoreError::Transient(format!("fs store task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FsStore {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        check_key(key)?;
+        let key = key.to_owned();
+        self.blocking(move |root| put_sync(root, &key, &body)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        let key = key.to_owned();
+        self.blocking(move |root| {
+            let path = root.join(&key);
+            match fs::read(&path) {
+                Ok(body) => Ok(Bytes::from(body)),
+                Err(e) if is_missing(&e) => Err(StoreError::NotFound(key)),
+                Err(e) => Err(io_error("read", &path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        let key = key.to_owned();
+        self.blocking(move |root| {
+            let path = root.join(&key);
+            let read = || -> io::Result<Vec<u8>> {
+                let mut file = File::open(&path)?;
+                let meta = file.metadata()?;
+                if !meta.is_file() {
+                    // Opening a directory succeeds; it is still no object.
+                    return Err(ErrorKind::IsADirectory.into());
+                }
+                let want = clamp_range(&range, meta.len());
+                let mut body = Vec::with_capacity(want.len());
+                if !want.is_empty() {
+                    file.seek(SeekFrom::Start(want.start as u64))?;
+                    file.take(want.len() as u64).read_to_end(&mut body)?;
+                }
+                Ok(body)
+            };
+            match read() {
+                Ok(body) => Ok(Bytes::from(body)),
+                Err(e) if is_missing(&e) => Err(StoreError::NotFound(key)),
+                Err(e) => Err(io_error("read", &path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        check_key(key)?;
+        let key = key.to_owned();
+        self.blocking(move |root| delete_sync(root, &key)).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            check_key(key)?;
+        }
+        let keys = keys.to_vec();
+        self.blocking(move |root| keys.iter().try_for_each(|key| delete_sync(root, key)))
+            .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        check_prefix(prefix)?;
+        let query = ListQuery {
+            prefix: prefix.to_owned(),
+            start_after: start_after.map(str::to_owned),
+            limit: clamp_limit(limit),
+        };
+        self.blocking(move |root| list_sync(root, &query)).await
+    }
+}
+
+/// A file that is not there, or whose path runs through a file or names a
+/// directory: in every case, no such object.
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
+    )
+}
+
+/// Maps an I/O error to the store's error kinds, keeping the cause.
+fn io_error(op: &str, path: &Path, e: io::Error) -> StoreError {
+    let text = format!("fs {op} {}: {e}", path.display());
+    match e.kind() {
+        // A misconfiguration, or a key colliding with a directory: retrying
+        // does not help.
+        ErrorKind::PermissionDenied
+        | ErrorKind::ReadOnlyFilesystem
+        | ErrorKind::NotADirectory
+        | ErrorKind::IsADirectory
+        | ErrorKind::DirectoryNotEmpty
+        | ErrorKind::InvalidInput
+        | ErrorKind::InvalidFilename
+        | ErrorKind::Unsupported => StoreError::Permanent(text),
+        // A full disk, an interrupted call, an I/O error: defer, don't fail
+        // for good (a bounced mail is worse than a late one).
+        _ => StoreError::Transient(text),
+    }
+}
+
+/// Creates the directories of `dir` below `root` that are missing, fsyncing
+/// each new directory's parent so the new entry survives a crash.
+fn make_dirs(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let Ok(relative) = dir.strip_prefix(root) else {
+        return fs::create_dir_all(dir);
+    };
+    let mut current = root.to_path_buf();
+    for component in relative.components() {
+        let parent = current.clone();
+        current.push(component);
+        match fs::create_dir(&current) {
+            Ok(()) => sync_dir(&parent)?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn put_sync(root: &Path, key: &str, body: &[u8]) -> Result<(), StoreError> {
+    let path = root.join(key);
+    let dir = path.parent().unwrap_or(root).to_path_buf();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match put_once(root, &dir, &path, body) {
+            Ok(()) => return Ok(()),
+            // A concurrent delete removed the (then empty) directory between
+            // our mkdir and our create or rename: make it again.
+            Err(e) if e.kind() == ErrorKind::NotFound && attempt < PUT_ATTEMPTS => {}
+            Err(e) => return Err(io_error("put", &path, e)),
+        }
+    }
+}
+
+fn put_once(root: &Path, dir: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
+    make_dirs(root, dir)?;
+    let tmp = dir.join(format!(
+        "{TMP_PREFIX}{:032x}",
+        rand::thread_rng().r#gen::<u128>()
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+fn delete_sync(root: &Path, key: &str) -> Result<(), StoreError> {
+    let path = root.join(key);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if is_missing(&e) => return Ok(()),
+        Err(e) => return Err(io_error("delete", &path, e)),
+    }
+    // Best effort: remove the directories this delete left empty, up to
+    // (not including) the root. remove_dir fails on a non-empty directory,
+    // which is where we stop; a racing put recreates what it needs.
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// One `list` call's arguments.
+struct ListQuery {
+    prefix: String,
+    start_after: Option<String>,
+    // Already clamped to 1..=MAX_LIST.
+    limit: usize,
+}
+
+impl ListQuery {
+    /// Whether the directory whose keys all start with `dir_key` (ending in
+    /// `/`) may hold a key of this listing.
+    fn wants_dir(&self, dir_key: &str) -> bool {
+        let overlaps = dir_key.starts_with(&self.prefix) || self.prefix.starts_with(dir_key);
+        // Every key in the directory sorts before `start_after` when the
+        // two differ before the end of `dir_key`, with `dir_key` smaller.
+        let all_before = self
+            .start_after
+            .as_deref()
+            .is_some_and(|after| dir_key < after && !after.starts_with(dir_key));
+        overlaps && !all_before
+    }
+
+    fn wants_key(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix) && self.start_after.as_deref().is_none_or(|after| key > after)
+    }
+}
+
+fn list_sync(root: &Path, query: &ListQuery) -> Result<ListPage, StoreError> {
+    // Start at the deepest directory the prefix names in full.
+    let base = match query.prefix.rfind('/') {
+        Some(i) => &query.prefix[..=i],
+        None => "",
+    };
+    let mut found = Vec::new();
+    // Collect one more than asked to learn whether the listing is truncated.
+    walk(&root.join(base), base, query, query.limit + 1, &mut found)?;
+    let truncated = found.len() > query.limit;
+    found.truncate(query.limit);
+    Ok(ListPage {
+        objects: found,
+        truncated,
+    })
+}
+
+/// Appends to `found`, in byte order, the keys of `dir` (whose keys start
+/// with `dir_key`) that `query` wants, stopping once `found` holds `want`.
+fn walk(
+    dir: &Path,
+    dir_key: &str,
+    query: &ListQuery,
+    want: usize,
+    found: &mut Vec<ObjectMeta>,
+) -> Result<(), StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Nothing under this prefix (or a concurrent delete removed it).
+        Err(e) if is_missing(&e) => return Ok(()),
+        Err(e) => return Err(io_error("list", dir, e)),
+    };
+    // (key or directory key ending in '/', is a directory, size)
+    let mut children: Vec<(String, bool, u64)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("list", dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let key = format!("{dir_key}{name}");
+        // Temporary files and anything else that is not a key.
+        if check_key(&key).is_err() {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => return Err(io_error("list", &entry.path(), e)),
+        };
+        if meta.is_dir() {
+            children.push((format!("{key}/"), true, 0));
+        } else if meta.is_file() {
+            children.push((key, false, meta.len()));
+        }
+    }
+    children.sort_unstable();
+    for (key, is_dir, size) in children {
+        if found.len() >= want {
+            break;
+        }
+        if is_dir {
+            if query.wants_dir(&key) {
+                let name = &key[dir_key.len()..key.len() - 1];
+                walk(&dir.join(name), &key, query, want, found)?;
+            }
+        } else if query.wants_key(&key) {
+            found.push(ObjectMeta { key, size });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(page: &ListPage) -> Vec<&str> {
+        page.objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn lists_in_byte_order_across_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().join("store")).unwrap();
+        let mut all = vec![
+            "a/b", "a-c", "a.d", "a+e", "a0", "a/a/a", "a/a-", "A", "a=", "b/c/d/e", "a/b0",
+        ];
+        for key in &all {
+            store.put(key, Bytes::from(key.to_string())).await.unwrap();
+        }
+        all.sort_unstable();
+        let page = store.list("", None, 100).await.unwrap();
+        assert_eq!(keys(&page), all);
+        assert!(!page.truncated);
+        assert_eq!(page.objects[0].size, page.objects[0].key.len() as u64);
+
+        // Paging one key at a time yields the same sequence.
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list("", after.as_deref(), 1).await.unwrap();
+            paged.extend(page.objects.iter().map(|o| o.key.clone()));
+            after = paged.last().cloned();
+            if !page.truncated {
+                break;
+            }
+        }
+        assert_eq!(paged, all);
+
+        let page = store.list("a/", Some("a/a/a"), 100).await.unwrap();
+        assert_eq!(keys(&page), ["a/b", "a/b0"]);
+        let page = store.list("a", Some("a/"), 100).await.unwrap();
+        assert_eq!(keys(&page), ["a/a-", "a/a/a", "a/b", "a/b0", "a0", "a="]);
+    }
+
+    #[tokio::test]
+    async fn temporary_files_are_invisible() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store.put("x/one", Bytes::from_static(b"1")).await.unwrap();
+        // What a writer that crashed before its rename leaves behind.
+        fs::write(dir.path().join("x/~tmp-0123"), b"partial").unwrap();
+        fs::write(dir.path().join("~tmp-4567"), b"partial").unwrap();
+        fs::write(dir.path().join("x/not a key"), b"stray").unwrap();
+        let page = store.list("", None, 100).await.unwrap();
+        assert_eq!(keys(&page), ["x/one"]);
+        // And no put leaves one behind.
+        let names: Vec<_> = fs::read_dir(dir.path().join("x"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn delete_prunes_empty_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store.put("a/b/c/d", Bytes::new()).await.unwrap();
+        store.put("a/keep", Bytes::new()).await.unwrap();
+        store.delete("a/b/c/d").await.unwrap();
+        assert!(!dir.path().join("a/b").exists());
+        assert!(dir.path().join("a/keep").is_file());
+        store.delete("a/b/c/d").await.unwrap();
+        store.delete("a/keep").await.unwrap();
+        assert!(!dir.path().join("a").exists());
+        assert!(dir.path().is_dir());
+    }
+
+    #[tokio::test]
+    async fn key_that_is_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store.put("a/b/c", Bytes::new()).await.unwrap();
+        assert!(store.get("a/b").await.unwrap_err().is_not_found());
+        assert!(store.get_range("a/b", 0..1).await.unwrap_err().is_not_found());
+        assert!(store.get("a/b/c/d").await.unwrap_err().is_not_found());
+        store.delete("a/b").await.unwrap();
+        let err = store.put("a/b", Bytes::new()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Permanent(_)), "{err}");
+        let err = store.put("a/b/c/d", Bytes::new()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Permanent(_)), "{err}");
+    }
+
+    /// Writers in separate store handles (as separate processes would be)
+    /// race on one key while readers check they only ever see one whole
+    /// version.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_writers_leave_one_whole_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions: Vec<Bytes> = (0..4u8)
+            .map(|i| Bytes::from(vec![b'a' + i; 256 * 1024]))
+            .collect();
+        let mut tasks = Vec::new();
+        for round in 0..8 {
+            for version in &versions {
+                let store = FsStore::open(dir.path()).unwrap();
+                let body = version.clone();
+                tasks.push(tokio::spawn(async move {
+                    store.put("race/key", body).await.unwrap();
+                }));
+            }
+            let store = FsStore::open(dir.path()).unwrap();
+            let versions = versions.clone();
+            tasks.push(tokio::spawn(async move {
+                match store.get("race/key").await {
+                    Ok(body) => assert!(versions.contains(&body), "mixed body in round {round}"),
+                    Err(e) => assert!(e.is_not_found(), "{e}"),
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let store = FsStore::open(dir.path()).unwrap();
+        let body = store.get("race/key").await.unwrap();
+        assert!(versions.contains(&body));
+        assert_eq!(keys(&store.list("", None, 10).await.unwrap()), ["race/key"]);
+        assert_eq!(fs::read_dir(dir.path().join("race")).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn open_on_a_file_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"").unwrap();
+        assert!(FsStore::open(&file).is_err());
+    }
+}

@@ -1,0 +1,669 @@
+//! The S3 object store (Garage in production, any S3 in principle): one
+//! bucket, path-style addressing, static credentials.
+//!
+//! This file owns the mapping from S3 answers to [`StoreError`], in one
+//! place ([`classify`]), and the retry policy: transient errors (network,
+//! timeouts, throttling, 5xx, Garage's 503 "could not reach quorum") are
+//! retried with exponential backoff and jitter, up to
+//! [`S3Settings::max_retries`] times; the SDK's own retries are off so that
+//! the two do not multiply. A semaphore bounds the requests in flight
+//! ([`S3Settings::max_concurrency`]); a request waiting out a backoff holds
+//! no permit.
+//!
+//! Only standard S3 calls are used (PutObject, GetObject, HeadObject,
+//! DeleteObject, DeleteObjects, ListObjectsV2): no conditional writes, which
+//! Garage silently ignores (FACTS.md), and nothing Garage-specific.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use super::{
+    ListPage, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix, clamp_limit,
+    clamp_range,
+};
+
+/// Most keys one DeleteObjects request may carry (S3's limit).
+const DELETE_BATCH: usize = 1000;
+
+/// First retry delay; doubles on each retry up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+
+/// Longest delay between two attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// Time allowed to open a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time allowed for the first byte of a response. A stalled body is caught
+/// separately by the SDK's stalled-stream protection.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the bucket is and how to reach it.
+#[derive(Clone)]
+pub struct S3Settings {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900`.
+    pub endpoint: String,
+    /// Region the server expects in signatures; Garage's `s3_region`
+    /// (usually `garage`).
+    pub region: String,
+    /// The bucket holding every object.
+    pub bucket: String,
+    /// Access key id (not secret; appears in logs).
+    pub access_key_id: String,
+    /// Secret access key; never printed (see the `Debug` impl).
+    pub secret_access_key: String,
+    /// Most requests in flight at once, to bound sockets and memory.
+    pub max_concurrency: usize,
+    /// How many times a transient failure is retried before it is returned.
+    pub max_retries: u32,
+}
+
+impl S3Settings {
+    /// Default for [`S3Settings::max_concurrency`].
+    pub const DEFAULT_MAX_CONCURRENCY: usize = 32;
+    /// Default for [`S3Settings::max_retries`].
+    pub const DEFAULT_MAX_RETRIES: u32 = 5;
+
+    /// Settings with the default concurrency and retry count.
+    pub fn new(
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        bucket: impl Into<String>,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> S3Settings {
+        S3Settings {
+            endpoint: endpoint.into(),
+            region: region.into(),
+            bucket: bucket.into(),
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+        }
+    }
+
+    /// The test bucket named by `FACTEUR_TEST_S3_ENDPOINT`, `_REGION`
+    /// (default `garage`), `_BUCKET`, `_ACCESS_KEY` and `_SECRET_KEY`
+    /// (`scripts/garage.sh start` prints them); `None` unless endpoint,
+    /// bucket and both keys are set.
+    pub fn from_test_env() -> Option<S3Settings> {
+        let var = |name: &str| {
+            std::env::var(format!("FACTEUR_TEST_S3_{name}"))
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
+        Some(S3Settings::new(
+            var("ENDPOINT")?,
+            var("REGION").unwrap_or_else(|| "garage".to_owned()),
+            var("BUCKET")?,
+            var("ACCESS_KEY")?,
+            var("SECRET_KEY")?,
+        ))
+    }
+}
+
+impl fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+/// See the module documentation. Cheap to clone; clones share the client
+/// and the concurrency limit.
+#[derive(Clone)]
+pub struct S3Store {
+    // The SDK client (itself a cheap handle on a connection pool).
+    client: Client,
+    // Bucket every call addresses.
+    bucket: Arc<str>,
+    // For Debug and error messages: where the bucket lives.
+    endpoint: Arc<str>,
+    // Bounds requests in flight; one permit per attempt.
+    permits: Arc<Semaphore>,
+    // Retries after the first attempt of a transient failure.
+    max_retries: u32,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Store {
+    /// A store on `settings.bucket`. Sends nothing yet: a wrong endpoint or
+    /// key shows up on the first call.
+    pub fn new(settings: S3Settings) -> Result<S3Store, StoreError> {
+        if settings.max_concurrency == 0 {
+            return Err(StoreError::Permanent(
+                "s3 max_concurrency must be at least 1".to_owned(),
+            ));
+        }
+        for (name, value) in [
+            ("endpoint", &settings.endpoint),
+            ("region", &settings.region),
+            ("bucket", &settings.bucket),
+        ] {
+            if value.is_empty() {
+                return Err(StoreError::Permanent(format!("s3 {name} is empty")));
+            }
+        }
+        let credentials = Credentials::new(
+            settings.access_key_id.clone(),
+            settings.secret_access_key.clone(),
+            None,
+            None,
+            "facteur-settings",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(settings.endpoint.clone())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            // We retry ourselves (see the module documentation).
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        Ok(S3Store {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.as_str().into(),
+            endpoint: settings.endpoint.as_str().into(),
+            permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+            max_retries: settings.max_retries,
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or has failed
+    /// transiently `1 + max_retries` times. Each attempt holds a permit.
+    async fn retrying<T, F, Fut>(&self, op: &str, key: &str, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut retries = 0u32;
+        loop {
+            let result = {
+                let _permit = self.permits.acquire().await.map_err(|e| {
+                    StoreError::Permanent(format!("s3 request limiter closed: {e}"))
+                })?;
+                attempt().await
+            };
+            match result {
+                Err(StoreError::Transient(text)) if retries < self.max_retries => {
+                    let delay = backoff(retries);
+                    tracing::debug!(op, key, retries, ?delay, error = %text, "s3: retrying");
+                    tokio::time::sleep(delay).await;
+                    retries += 1;
+                }
+                Err(StoreError::Transient(text)) => {
+                    tracing::warn!(op, key, attempts = retries + 1, error = %text, "s3: giving up");
+                    return Err(StoreError::Transient(format!(
+                        "{text} (gave up after {} attempts)",
+                        retries + 1
+                    )));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn put_object(&self, key: &str, body: &Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .map_err(|e| classify("PUT", key, e))?;
+        Ok(())
+    }
+
+    async fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("GET", key, e))?;
+        read_body("GET", key, out.body).await
+    }
+
+    async fn get_object_range(&self, key: &str, range: &Range<u64>) -> Result<Bytes, StoreError> {
+        // RFC 9110 §14.1.2: the last byte position is inclusive.
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .range(header)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // 416: the range starts at or past the end of an object that
+            // exists (for a missing one S3 answers 404).
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 416 => {
+                return Ok(Bytes::new());
+            }
+            Err(e) => return Err(classify("GET range", key, e)),
+        };
+        let partial = out.content_range().is_some();
+        let body = read_body("GET range", key, out.body).await?;
+        if partial {
+            // Only the asked range came back; never hand out more.
+            let wanted = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+            Ok(body.slice(..body.len().min(wanted)))
+        } else {
+            // The server ignored the Range header and sent the whole object.
+            Ok(body.slice(clamp_range(range, body.len() as u64)))
+        }
+    }
+
+    async fn head_object(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .head_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("HEAD", key, e))?;
+        Ok(())
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("DELETE", key, e))
+        {
+            // S3 answers 204 for a missing key; be lenient with stores
+            // that answer 404.
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_objects(&self, keys: &[String]) -> Result<(), StoreError> {
+        let first = keys.first().map(String::as_str).unwrap_or("");
+        let objects = keys
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Permanent(format!("s3 DeleteObjects {first}…: {e}")))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| StoreError::Permanent(format!("s3 DeleteObjects {first}…: {e}")))?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(&*self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| not_found_is_permanent(classify("DeleteObjects", first, e)))?;
+        // Per-key failures come back in a 200 answer.
+        let failed: Vec<_> = out
+            .errors()
+            .iter()
+            .filter(|e| e.code() != Some("NoSuchKey"))
+            .collect();
+        let Some(example) = failed.first() else {
+            return Ok(());
+        };
+        let code = example.code().unwrap_or("?");
+        let text = format!(
+            "s3 DeleteObjects: {} of {} keys failed, e.g. {}: {code} {}",
+            failed.len(),
+            keys.len(),
+            example.key().unwrap_or("?"),
+            example.message().unwrap_or(""),
+        );
+        Err(match code_kind(code) {
+            Some(Kind::Transient) => StoreError::Transient(text),
+            _ => StoreError::Permanent(text),
+        })
+    }
+
+    async fn list_objects(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&*self.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_owned))
+            .max_keys(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| not_found_is_permanent(classify("LIST", prefix, e)))?;
+        let mut objects = Vec::with_capacity(out.contents().len());
+        for object in out.contents() {
+            let Some(key) = object.key() else { continue };
+            // Guard against a store that ignores start-after or the prefix.
+            if !key.starts_with(prefix) || start_after.is_some_and(|after| key <= after) {
+                continue;
+            }
+            objects.push(ObjectMeta {
+                key: key.to_owned(),
+                size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            });
+        }
+        let truncated = out.is_truncated().unwrap_or(false);
+        if objects.len() > limit {
+            objects.truncate(limit);
+            return Ok(ListPage {
+                objects,
+                truncated: true,
+            });
+        }
+        Ok(ListPage { objects, truncated })
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        check_key(key)?;
+        let body = &body;
+        self.retrying("put", key, move || async move {
+            self.put_object(key, body)
+                .await
+                .map_err(not_found_is_permanent)
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        self.retrying("get", key, move || self.get_object(key)).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        if range.start >= range.end {
+            // Nothing to read, but a missing object is still NotFound.
+            self.retrying("head", key, move || self.head_object(key))
+                .await?;
+            return Ok(Bytes::new());
+        }
+        let range = &range;
+        self.retrying("get_range", key, move || self.get_object_range(key, range))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.retrying("delete", key, move || self.delete_object(key))
+            .await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            check_key(key)?;
+        }
+        for batch in keys.chunks(DELETE_BATCH) {
+            let first = batch.first().map(String::as_str).unwrap_or("");
+            self.retrying("delete_many", first, move || self.delete_objects(batch))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        check_prefix(prefix)?;
+        let limit = clamp_limit(limit);
+        self.retrying("list", prefix, move || {
+            self.list_objects(prefix, start_after, limit)
+        })
+        .await
+    }
+}
+
+/// Delay before retry number `retry` (0-based): 50 ms doubling up to 2 s,
+/// with "equal jitter" (half fixed, half random) so that clients that
+/// failed together do not retry together.
+fn backoff(retry: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
+        .min(BACKOFF_CAP);
+    let half = ceiling / 2;
+    let jitter = rand::thread_rng().gen_range(0..=half.as_micros().max(1) as u64);
+    half + Duration::from_micros(jitter)
+}
+
+/// Reads a whole response body; a connection cut mid-body is transient.
+async fn read_body(op: &str, key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
+    body.collect()
+        .await
+        .map(|data| data.into_bytes())
+        .map_err(|e| {
+            StoreError::Transient(format!(
+                "s3 {op} {key}: reading body: {}",
+                DisplayErrorContext(&e)
+            ))
+        })
+}
+
+/// For calls where 404 can only mean the bucket (or the endpoint) is wrong.
+fn not_found_is_permanent(e: StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound(text) => StoreError::Permanent(text),
+        other => other,
+    }
+}
+
+/// What an S3 error means for the caller.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    NotFound,
+    Transient,
+    Permanent,
+}
+
+/// What an S3 error code alone says, when it says enough.
+fn code_kind(code: &str) -> Option<Kind> {
+    match code {
+        "NoSuchKey" | "NotFound" => Some(Kind::NotFound),
+        "NoSuchBucket" | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+            Some(Kind::Permanent)
+        }
+        "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+        | "RequestTimeout" | "InternalError" | "ServiceUnavailable" => Some(Kind::Transient),
+        _ => None,
+    }
+}
+
+/// Classifies an error answer from its HTTP status and S3 error code.
+fn kind_of(status: u16, code: Option<&str>) -> Kind {
+    if let Some(kind) = code.and_then(code_kind) {
+        return kind;
+    }
+    match status {
+        404 => Kind::NotFound,
+        408 | 429 => Kind::Transient,
+        s if s >= 500 => Kind::Transient,
+        // 400, 403 and the rest: our request or our configuration is wrong.
+        _ => Kind::Permanent,
+    }
+}
+
+/// The one place SDK errors become [`StoreError`]s. The text keeps the
+/// operation, the key, the HTTP status, the S3 code and the SDK's whole
+/// source chain.
+fn classify<E>(op: &str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, status) = match &err {
+        SdkError::ServiceError(e) => {
+            let status = e.raw().status().as_u16();
+            (kind_of(status, e.err().code()), Some(status))
+        }
+        // The request could not even be built: a bug or bad settings.
+        SdkError::ConstructionFailure(_) => (Kind::Permanent, None),
+        // Bad endpoint URL, TLS misconfiguration and the like.
+        SdkError::DispatchFailure(e) if e.is_user() => (Kind::Permanent, None),
+        // Connection refused or reset, timeouts, a garbled response.
+        _ => (Kind::Transient, None),
+    };
+    let status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    let text = format!("s3 {op} {key}{status}: {}", DisplayErrorContext(&err));
+    match kind {
+        Kind::NotFound => StoreError::NotFound(text),
+        Kind::Transient => StoreError::Transient(text),
+        Kind::Permanent => StoreError::Permanent(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::types::error::NoSuchKey;
+    use aws_smithy_types::body::SdkBody;
+
+    fn settings(endpoint: &str) -> S3Settings {
+        S3Settings::new(endpoint, "garage", "bucket", "GKid", "very-secret")
+    }
+
+    fn service_error(status: u16, error: GetObjectError) -> SdkError<GetObjectError> {
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        SdkError::service_error(error, raw)
+    }
+
+    fn generic(code: &str) -> GetObjectError {
+        GetObjectError::generic(ErrorMetadata::builder().code(code).message("msg").build())
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let text = format!("{:?}", settings("http://x"));
+        assert!(!text.contains("very-secret"), "{text}");
+        assert!(text.contains("<redacted>") && text.contains("GKid"), "{text}");
+        let store = S3Store::new(settings("http://x")).unwrap();
+        assert!(!format!("{store:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn bad_settings_are_permanent() {
+        let mut s = settings("http://x");
+        s.max_concurrency = 0;
+        assert!(matches!(S3Store::new(s), Err(StoreError::Permanent(_))));
+        let mut s = settings("http://x");
+        s.bucket.clear();
+        assert!(matches!(S3Store::new(s), Err(StoreError::Permanent(_))));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let no_such_key = GetObjectError::NoSuchKey(NoSuchKey::builder().build());
+        let cases = [
+            (service_error(404, no_such_key), "NotFound"),
+            (service_error(404, generic("NoSuchBucket")), "Permanent"),
+            (service_error(404, generic("Whatever")), "NotFound"),
+            (service_error(403, generic("AccessDenied")), "Permanent"),
+            (service_error(400, generic("InvalidRequest")), "Permanent"),
+            (service_error(503, generic("ServiceUnavailable")), "Transient"),
+            (service_error(500, generic("InternalError")), "Transient"),
+            (service_error(502, generic("")), "Transient"),
+            (service_error(429, generic("")), "Transient"),
+            (service_error(400, generic("RequestTimeout")), "Transient"),
+            (service_error(503, generic("SlowDown")), "Transient"),
+            (SdkError::timeout_error("too slow"), "Transient"),
+            (SdkError::construction_failure("bad input"), "Permanent"),
+        ];
+        for (err, want) in cases {
+            let got = classify("GET", "k", err);
+            let got_name = match &got {
+                StoreError::NotFound(_) => "NotFound",
+                StoreError::Transient(_) => "Transient",
+                StoreError::Permanent(_) => "Permanent",
+                StoreError::InvalidKey(_) => "InvalidKey",
+            };
+            assert_eq!(got_name, want, "{got}");
+        }
+        let text = classify("GET", "users/k", service_error(503, generic("SlowDown"))).to_string();
+        assert!(text.contains("users/k") && text.contains("503") && text.contains("SlowDown"), "{text}");
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap() {
+        for retry in 0..40 {
+            let d = backoff(retry);
+            let ceiling = (BACKOFF_BASE * 2u32.saturating_pow(retry.min(20))).min(BACKOFF_CAP);
+            assert!(d >= ceiling / 2 && d <= ceiling + Duration::from_micros(1), "{retry}: {d:?}");
+        }
+    }
+
+    /// Nothing listens on the endpoint: every attempt is refused, the store
+    /// retries `max_retries` times, then reports a transient error that
+    /// still says what happened.
+    #[tokio::test]
+    async fn unreachable_endpoint_is_transient_after_retries() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let mut s = settings(&format!("http://127.0.0.1:{port}"));
+        s.max_retries = 2;
+        let store = S3Store::new(s).unwrap();
+        let err = store.get("some/key").await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("some/key") && text.contains("after 3 attempts"), "{text}");
+        // Invalid keys never reach the network.
+        assert!(matches!(store.get("a//b").await, Err(StoreError::InvalidKey(_))));
+    }
+}
