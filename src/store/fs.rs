@@ -458,7 +458,13 @@ mod tests {
         let store = FsStore::open(dir.path()).unwrap();
         store.put("a/b/c", Bytes::new()).await.unwrap();
         assert!(store.get("a/b").await.unwrap_err().is_not_found());
-        assert!(store.get_range("a/b", 0..1).await.unwrap_err().is_not_found());
+        assert!(
+            store
+                .get_range("a/b", 0..1)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
         assert!(store.get("a/b/c/d").await.unwrap_err().is_not_found());
         store.delete("a/b").await.unwrap();
         let err = store.put("a/b", Bytes::new()).await.unwrap_err();

@@ -218,7 +218,13 @@ mod tests {
 
         let err = store.get("a").await.unwrap_err();
         assert!(err.is_transient(), "{err}");
-        assert!(store.put("b", Bytes::new()).await.unwrap_err().is_transient());
+        assert!(
+            store
+                .put("b", Bytes::new())
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
         assert!(store.delete("a").await.unwrap_err().is_transient());
         assert!(store.list("", None, 10).await.unwrap_err().is_transient());
         // Invalid keys are still rejected as such, before the outage.
@@ -236,7 +242,13 @@ mod tests {
     async fn fail_next_counts_down() {
         let store = MemoryStore::new();
         store.fail_next(2);
-        assert!(store.put("a", Bytes::new()).await.unwrap_err().is_transient());
+        assert!(
+            store
+                .put("a", Bytes::new())
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
         assert!(store.get("a").await.unwrap_err().is_transient());
         store.put("a", Bytes::new()).await.unwrap();
         assert_eq!(store.calls(), 3);

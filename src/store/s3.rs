@@ -208,7 +208,12 @@ impl S3Store {
 
     /// Runs `attempt` until it succeeds, fails for good, or has failed
     /// transiently `1 + max_retries` times. Each attempt holds a permit.
-    async fn retrying<T, F, Fut>(&self, op: &str, key: &str, mut attempt: F) -> Result<T, StoreError>
+    async fn retrying<T, F, Fut>(
+        &self,
+        op: &str,
+        key: &str,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -392,7 +397,10 @@ impl S3Store {
             }
             objects.push(ObjectMeta {
                 key: key.to_owned(),
-                size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                size: object
+                    .size()
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0),
             });
         }
         let truncated = out.is_truncated().unwrap_or(false);
@@ -422,7 +430,8 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         check_key(key)?;
-        self.retrying("get", key, move || self.get_object(key)).await
+        self.retrying("get", key, move || self.get_object(key))
+            .await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
@@ -519,8 +528,13 @@ fn code_kind(code: &str) -> Option<Kind> {
         "NoSuchBucket" | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
             Some(Kind::Permanent)
         }
-        "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-        | "RequestTimeout" | "InternalError" | "ServiceUnavailable" => Some(Kind::Transient),
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "RequestTimeout"
+        | "InternalError"
+        | "ServiceUnavailable" => Some(Kind::Transient),
         _ => None,
     }
 }
@@ -592,7 +606,10 @@ mod tests {
     fn debug_redacts_the_secret() {
         let text = format!("{:?}", settings("http://x"));
         assert!(!text.contains("very-secret"), "{text}");
-        assert!(text.contains("<redacted>") && text.contains("GKid"), "{text}");
+        assert!(
+            text.contains("<redacted>") && text.contains("GKid"),
+            "{text}"
+        );
         let store = S3Store::new(settings("http://x")).unwrap();
         assert!(!format!("{store:?}").contains("very-secret"));
     }
@@ -616,7 +633,10 @@ mod tests {
             (service_error(404, generic("Whatever")), "NotFound"),
             (service_error(403, generic("AccessDenied")), "Permanent"),
             (service_error(400, generic("InvalidRequest")), "Permanent"),
-            (service_error(503, generic("ServiceUnavailable")), "Transient"),
+            (
+                service_error(503, generic("ServiceUnavailable")),
+                "Transient",
+            ),
             (service_error(500, generic("InternalError")), "Transient"),
             (service_error(502, generic("")), "Transient"),
             (service_error(429, generic("")), "Transient"),
@@ -636,7 +656,10 @@ mod tests {
             assert_eq!(got_name, want, "{got}");
         }
         let text = classify("GET", "users/k", service_error(503, generic("SlowDown"))).to_string();
-        assert!(text.contains("users/k") && text.contains("503") && text.contains("SlowDown"), "{text}");
+        assert!(
+            text.contains("users/k") && text.contains("503") && text.contains("SlowDown"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -644,7 +667,10 @@ mod tests {
         for retry in 0..40 {
             let d = backoff(retry);
             let ceiling = (BACKOFF_BASE * 2u32.saturating_pow(retry.min(20))).min(BACKOFF_CAP);
-            assert!(d >= ceiling / 2 && d <= ceiling + Duration::from_micros(1), "{retry}: {d:?}");
+            assert!(
+                d >= ceiling / 2 && d <= ceiling + Duration::from_micros(1),
+                "{retry}: {d:?}"
+            );
         }
     }
 
@@ -662,8 +688,14 @@ mod tests {
         let err = store.get("some/key").await.unwrap_err();
         assert!(err.is_transient(), "{err}");
         let text = err.to_string();
-        assert!(text.contains("some/key") && text.contains("after 3 attempts"), "{text}");
+        assert!(
+            text.contains("some/key") && text.contains("after 3 attempts"),
+            "{text}"
+        );
         // Invalid keys never reach the network.
-        assert!(matches!(store.get("a//b").await, Err(StoreError::InvalidKey(_))));
+        assert!(matches!(
+            store.get("a//b").await,
+            Err(StoreError::InvalidKey(_))
+        ));
     }
 }
