@@ -561,6 +561,15 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let (kind, status) = match &err {
+        // Garage reports a key too long for LMDB as a 503 "could not reach
+        // quorum"; retrying it can never succeed.
+        SdkError::ServiceError(e)
+            if e.err()
+                .message()
+                .is_some_and(|m| m.contains("MDB_BAD_VALSIZE")) =>
+        {
+            (Kind::Permanent, Some(e.raw().status().as_u16()))
+        }
         SdkError::ServiceError(e) => {
             let status = e.raw().status().as_u16();
             (kind_of(status, e.err().code()), Some(status))
@@ -627,6 +636,13 @@ mod tests {
     #[test]
     fn errors_are_classified() {
         let no_such_key = GetObjectError::NoSuchKey(NoSuchKey::builder().build());
+        // What Garage 2.5.0 on LMDB answers for an over-long key.
+        let garage_lmdb_too_long = GetObjectError::generic(
+            ErrorMetadata::builder()
+                .code("ServiceUnavailable")
+                .message("Internal error: Could not reach quorum of 1 (sets=Some(1)). 0 of 1 request succeeded, others returned errors: [\"7aa5: DB error: database error: LMDB: MDB_BAD_VALSIZE: Unsupported size of key/DB name/data, or wrong DUPFIXED size\"]")
+                .build(),
+        );
         let cases = [
             (service_error(404, no_such_key), "NotFound"),
             (service_error(404, generic("NoSuchBucket")), "Permanent"),
@@ -642,6 +658,7 @@ mod tests {
             (service_error(429, generic("")), "Transient"),
             (service_error(400, generic("RequestTimeout")), "Transient"),
             (service_error(503, generic("SlowDown")), "Transient"),
+            (service_error(503, garage_lmdb_too_long), "Permanent"),
             (SdkError::timeout_error("too slow"), "Transient"),
             (SdkError::construction_failure("bad input"), "Permanent"),
         ];
