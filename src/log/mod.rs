@@ -1,3 +1,31 @@
-//! The encrypted causal operation log (DESIGN.md §4): immutable ops naming
-//! their parents, deterministic total order, snapshots and garbage
-//! collection. Not built yet: it is the subject of the mailbox engine issue.
+//! The causal operation log (DESIGN.md §4), pure part: op ids and names,
+//! the hybrid logical clock, the causal DAG that buffers ops until their
+//! parents are present and orders them deterministically, and [`Replica`],
+//! one instance's op set with the [`State`] computed from it.
+//!
+//! Not here (yet): listing, fetching, encrypting and writing op objects,
+//! snapshots on the store and garbage collection. They wrap this module;
+//! this module never does I/O.
+
+pub mod dag;
+pub mod id;
+pub mod replica;
+
+pub use dag::{Dag, Delivered, Header, OpMeta};
+pub use id::{Hlc, InstanceId, OpId, OrderKey, op_name, op_name_floor, parse_op_name};
+pub use replica::{Envelope, Replica, State};
+
+/// What can be wrong with an op or its name.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("invalid op id {0:?}")]
+    BadId(String),
+    #[error("invalid instance id {0:?} (1 to 32 of a-z, 0-9, _)")]
+    BadInstance(String),
+    #[error("invalid op object name {0:?}")]
+    BadName(String),
+    #[error("cannot encode op: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("malformed op: {0}")]
+    Decode(#[source] serde_json::Error),
+}

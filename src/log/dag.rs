@@ -1,0 +1,411 @@
+//! The causal DAG of one log (DESIGN.md §4): which ops are present, their
+//! parents, heads, a deterministic total order consistent with causality,
+//! and the per-op sequence numbers that MODSEQ is built on. Ops may arrive
+//! in any order; an op is buffered until all its parents are present, then
+//! delivered. Pure: no I/O, no decryption, no knowledge of what ops mean.
+//!
+//! Sequence number of an op `o` in a set `S`: `seq(o) = |S| - |desc(o)|`,
+//! the number of ops in `S` that are not strict descendants of `o`. It only
+//! grows as `S` grows (by one for each new op concurrent with `o`), and for
+//! every causally closed `T ⊆ S` that does not hold `o`, `|T| < seq(o)`:
+//! such a `T` holds neither `o` nor any descendant of `o`. So "the set had
+//! `n` ops when a client looked" is a watermark that every op found later,
+//! however late, exceeds. The mailbox uses `|S|` as HIGHESTMODSEQ and
+//! `seq` as the MODSEQ of each change (see `mailbox::state`).
+
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::id::{Hlc, InstanceId, OpId, OrderKey};
+
+/// What an op says about its place in the log, as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The heads its writer had seen: the op is causally after them and
+    /// everything before them.
+    pub parents: Vec<OpId>,
+    /// The writer's clock reading (also the start of the op's object name).
+    pub hlc: Hlc,
+    pub instance: InstanceId,
+}
+
+/// What the DAG knows of a delivered op, handed to the state with the op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpMeta {
+    pub id: OpId,
+    /// Distinct parents, sorted.
+    pub parents: Vec<OpId>,
+    /// Position in the total order (effective clock, instance, id).
+    pub key: OrderKey,
+    /// 1 + the longest parent chain: a parent's is always smaller.
+    pub generation: u64,
+    /// The op's sequence number right after delivery: the number of ops
+    /// present, itself included (it has no descendants yet).
+    pub seq: u64,
+}
+
+/// An op the DAG has just delivered, in causal order.
+#[derive(Debug)]
+pub struct Delivered<P> {
+    pub meta: OpMeta,
+    pub payload: P,
+    /// Ops already present that are concurrent with this one, with their
+    /// new (incremented) sequence numbers.
+    pub bumped: Vec<(OpId, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Node {
+    parents: Vec<OpId>,
+    key: OrderKey,
+    generation: u64,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Pending<P> {
+    header: Header,
+    payload: P,
+    /// How many distinct parents are still absent.
+    missing: usize,
+}
+
+/// The op set of one log, as a causal DAG. `P` is the payload carried
+/// through the pending buffer (the op body).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Dag<P> {
+    nodes: HashMap<OpId, Node>,
+    heads: BTreeSet<OpId>,
+    order: BTreeSet<OrderKey>,
+    /// The highest effective clock seen, for writers' ticks.
+    latest: Hlc,
+    /// Ops waiting for parents. Not part of a snapshot: they are still in
+    /// the store and are found again by the next sync.
+    #[serde(skip)]
+    pending: HashMap<OpId, Pending<P>>,
+    /// Absent parent → pending ops waiting for it.
+    #[serde(skip)]
+    waiters: HashMap<OpId, Vec<OpId>>,
+}
+
+impl<P> Default for Dag<P> {
+    fn default() -> Self {
+        Dag {
+            nodes: HashMap::new(),
+            heads: BTreeSet::new(),
+            order: BTreeSet::new(),
+            latest: Hlc::default(),
+            pending: HashMap::new(),
+            waiters: HashMap::new(),
+        }
+    }
+}
+
+impl<P> Dag<P> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an op. Returns the ops this made deliverable (possibly none,
+    /// possibly many: this op and pending ops that waited for it), parents
+    /// always before children. An op already present or pending is
+    /// ignored: ids are content hashes, so it is the same op.
+    pub fn insert(&mut self, id: OpId, mut header: Header, payload: P) -> Vec<Delivered<P>> {
+        if self.nodes.contains_key(&id) || self.pending.contains_key(&id) {
+            return Vec::new();
+        }
+        header.parents.sort_unstable();
+        header.parents.dedup();
+        let absent: Vec<OpId> = header
+            .parents
+            .iter()
+            .filter(|p| !self.nodes.contains_key(p))
+            .copied()
+            .collect();
+        if !absent.is_empty() {
+            for parent in &absent {
+                self.waiters.entry(*parent).or_default().push(id);
+            }
+            self.pending.insert(
+                id,
+                Pending {
+                    header,
+                    payload,
+                    missing: absent.len(),
+                },
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut ready = vec![(id, header, payload)];
+        while let Some((id, header, payload)) = ready.pop() {
+            out.push(self.deliver(id, header, payload));
+            // Sorted so that delivery order does not depend on hash-map
+            // iteration; the state must not care, but tests read better.
+            let mut woken = self.waiters.remove(&id).unwrap_or_default();
+            woken.sort_unstable();
+            for waiter in woken.into_iter().rev() {
+                let Some(p) = self.pending.get_mut(&waiter) else {
+                    continue;
+                };
+                p.missing -= 1;
+                if p.missing == 0 {
+                    if let Some(p) = self.pending.remove(&waiter) {
+                        ready.push((waiter, p.header, p.payload));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn deliver(&mut self, id: OpId, header: Header, payload: P) -> Delivered<P> {
+        let concurrent = self.concurrent_with(&header.parents);
+        let mut bumped = Vec::with_capacity(concurrent.len());
+        for other in concurrent {
+            if let Some(node) = self.nodes.get_mut(&other) {
+                node.seq += 1;
+                bumped.push((other, node.seq));
+            }
+        }
+        let mut generation = 1;
+        let mut hlc = header.hlc;
+        for parent in &header.parents {
+            if let Some(p) = self.nodes.get(parent) {
+                generation = generation.max(p.generation + 1);
+                // Lift the clock above every parent's: a causal successor
+                // always sorts after, whatever its writer's clock said.
+                hlc = hlc.max(p.key.hlc.successor());
+            }
+        }
+        let key = OrderKey {
+            hlc,
+            instance: header.instance,
+            id,
+        };
+        let seq = self.nodes.len() as u64 + 1;
+        for parent in &header.parents {
+            self.heads.remove(parent);
+        }
+        self.heads.insert(id);
+        self.order.insert(key.clone());
+        self.latest = self.latest.max(hlc);
+        let node = Node {
+            parents: header.parents.clone(),
+            key: key.clone(),
+            generation,
+            seq,
+        };
+        self.nodes.insert(id, node);
+        let meta = OpMeta {
+            id,
+            parents: header.parents,
+            key,
+            generation,
+            seq,
+        };
+        Delivered {
+            meta,
+            payload,
+            bumped,
+        }
+    }
+
+    /// The present ops that are not in the causal past of an op whose
+    /// parents are `parents` (all present). Walks back from the heads in
+    /// decreasing generation, colouring nodes "in the past" or "not", and
+    /// stops as soon as no uncoloured-by-past node is left in the queue: a
+    /// node's colour is final when it is popped, because all its children
+    /// have a higher generation and were popped before. The walk covers
+    /// only the concurrent region; when the new op saw every head (the
+    /// usual case) it is empty.
+    fn concurrent_with(&self, parents: &[OpId]) -> Vec<OpId> {
+        if self.heads.iter().all(|h| parents.binary_search(h).is_ok()) {
+            return Vec::new();
+        }
+        let generation = |id: &OpId| self.nodes.get(id).map_or(0, |n| n.generation);
+        let mut in_past: HashMap<OpId, bool> = HashMap::new();
+        let mut queue = BinaryHeap::new();
+        let mut outside = 0usize;
+        for p in parents {
+            in_past.insert(*p, true);
+            queue.push((generation(p), *p));
+        }
+        for h in &self.heads {
+            if !in_past.contains_key(h) {
+                in_past.insert(*h, false);
+                queue.push((generation(h), *h));
+                outside += 1;
+            }
+        }
+        let mut found = Vec::new();
+        while outside > 0 {
+            let Some((_, id)) = queue.pop() else { break };
+            let past = in_past.get(&id).copied().unwrap_or(true);
+            if !past {
+                outside -= 1;
+                found.push(id);
+            }
+            let Some(node) = self.nodes.get(&id) else {
+                continue;
+            };
+            for parent in &node.parents {
+                match in_past.get(parent) {
+                    None => {
+                        in_past.insert(*parent, past);
+                        queue.push((generation(parent), *parent));
+                        if !past {
+                            outside += 1;
+                        }
+                    }
+                    Some(false) if past => {
+                        in_past.insert(*parent, true);
+                        outside -= 1;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        found
+    }
+
+    pub fn contains(&self, id: &OpId) -> bool {
+        self.nodes.contains_key(id)
+    }
+
+    /// Whether `id` is present or waiting for parents.
+    pub fn knows(&self, id: &OpId) -> bool {
+        self.nodes.contains_key(id) || self.pending.contains_key(id)
+    }
+
+    /// Number of delivered ops (`|S|`).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Current heads: the parents a new op written now should name.
+    pub fn heads(&self) -> Vec<OpId> {
+        self.heads.iter().copied().collect()
+    }
+
+    /// The highest effective clock reading seen.
+    pub fn latest(&self) -> Hlc {
+        self.latest
+    }
+
+    /// Current sequence number of a delivered op.
+    pub fn seq(&self, id: &OpId) -> Option<u64> {
+        self.nodes.get(id).map(|n| n.seq)
+    }
+
+    /// Position of a delivered op in the total order.
+    pub fn key(&self, id: &OpId) -> Option<&OrderKey> {
+        self.nodes.get(id).map(|n| &n.key)
+    }
+
+    /// Delivered op ids in the deterministic total order (effective clock,
+    /// instance, id), which is consistent with causality.
+    pub fn order(&self) -> impl Iterator<Item = OpId> + '_ {
+        self.order.iter().map(|k| k.id)
+    }
+
+    /// Delivered op ids, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = &OpId> + '_ {
+        self.nodes.keys()
+    }
+
+    /// Number of ops waiting for parents.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Parents that pending ops wait for and that are not present: what a
+    /// sync should look for (or report, if they never come).
+    pub fn missing(&self) -> Vec<OpId> {
+        let mut missing: Vec<OpId> = self
+            .waiters
+            .keys()
+            .filter(|id| !self.pending.contains_key(id))
+            .copied()
+            .collect();
+        missing.sort_unstable();
+        missing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> OpId {
+        OpId::from_raw([n; 16])
+    }
+
+    fn header(parents: &[u8], wall_ms: u64) -> Header {
+        Header {
+            parents: parents.iter().map(|p| id(*p)).collect(),
+            hlc: Hlc {
+                wall_ms,
+                counter: 0,
+            },
+            instance: InstanceId::new("i").unwrap(),
+        }
+    }
+
+    fn ids(delivered: &[Delivered<()>]) -> Vec<OpId> {
+        delivered.iter().map(|d| d.meta.id).collect()
+    }
+
+    #[test]
+    fn buffers_until_parents_arrive() {
+        let mut dag = Dag::new();
+        assert!(dag.insert(id(3), header(&[2], 3), ()).is_empty());
+        assert!(dag.insert(id(2), header(&[1], 2), ()).is_empty());
+        assert_eq!(dag.missing(), vec![id(1)]);
+        let out = dag.insert(id(1), header(&[], 1), ());
+        assert_eq!(ids(&out), vec![id(1), id(2), id(3)]);
+        assert_eq!(dag.heads(), vec![id(3)]);
+        assert_eq!(dag.pending_len(), 0);
+        assert!(
+            dag.insert(id(2), header(&[1], 2), ()).is_empty(),
+            "duplicate ignored"
+        );
+    }
+
+    #[test]
+    fn order_follows_causality_even_against_the_clock() {
+        let mut dag = Dag::new();
+        dag.insert(id(1), header(&[], 100), ());
+        // A child whose writer's clock is behind its parent's.
+        dag.insert(id(2), header(&[1], 5), ());
+        dag.insert(id(3), header(&[], 50), ());
+        assert_eq!(dag.order().collect::<Vec<_>>(), vec![id(3), id(1), id(2)]);
+        assert!(dag.key(&id(2)).unwrap().hlc > dag.key(&id(1)).unwrap().hlc);
+    }
+
+    #[test]
+    fn sequence_numbers_count_non_descendants() {
+        let mut dag = Dag::new();
+        dag.insert(id(1), header(&[], 1), ());
+        // 2 and 3 are concurrent children of 1; 4 merges them.
+        dag.insert(id(2), header(&[1], 2), ());
+        let out = dag.insert(id(3), header(&[1], 3), ());
+        assert_eq!(out[0].bumped, vec![(id(2), 3)]);
+        assert_eq!(out[0].meta.seq, 3);
+        let out = dag.insert(id(4), header(&[2, 3], 4), ());
+        assert!(out[0].bumped.is_empty());
+        // A late op concurrent with everything but 1.
+        let out = dag.insert(id(5), header(&[1], 5), ());
+        let mut bumped = out[0].bumped.clone();
+        bumped.sort();
+        assert_eq!(bumped, vec![(id(2), 4), (id(3), 4), (id(4), 5)]);
+        assert_eq!(dag.seq(&id(1)), Some(1));
+        assert_eq!(dag.seq(&id(5)), Some(5));
+    }
+}
