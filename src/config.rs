@@ -1,1 +1,452 @@
-//! placeholder, being written
+//! The configuration file: one TOML file, every field documented here and in
+//! `doc/facteur.example.toml` (a test checks that the example parses). Unknown
+//! fields are errors, so a typo never silently falls back to a default.
+//! Defaults are written once, in the `default_*` functions below.
+//!
+//! With no configuration file, `facteur serve` uses the embedded default
+//! ([`Config::embedded`]): everything under one local data directory.
+//!
+//! Relative paths in a file are relative to the directory holding the file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::KdfParams;
+use crate::store::S3Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("cannot read secret {what}: {message}")]
+    Secret { what: String, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Secret shared by every instance of the cluster; user ids in the store
+    /// are HMAC-SHA256(cluster_secret, login). Changing it orphans every
+    /// user's data, so keep it safe and identical everywhere. At least 16
+    /// bytes; 32 random bytes in hex are ideal.
+    pub cluster_secret: SecretSource,
+    /// Where mail is stored.
+    pub store: StoreConfig,
+    /// Who the users are.
+    pub directory: DirectoryConfig,
+    /// Key-derivation settings.
+    #[serde(default)]
+    pub crypto: CryptoConfig,
+    /// The health and metrics endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// A secret given inline, read from a file, or read from an environment
+/// variable:
+///
+/// ```toml
+/// secret = "inline value"
+/// secret = { file = "/etc/facteur/secret" }   # trailing newline ignored
+/// secret = { env = "FACTEUR_SECRET" }
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretSource {
+    Inline(String),
+    File { file: PathBuf },
+    Env { env: String },
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("SecretSource::Inline(<redacted>)"),
+            SecretSource::File { file } => write!(f, "SecretSource::File({})", file.display()),
+            SecretSource::Env { env } => write!(f, "SecretSource::Env({env})"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret's value; `what` names it in error messages.
+    pub fn resolve(&self, what: &str) -> Result<Zeroizing<String>, ConfigError> {
+        let err = |message: String| ConfigError::Secret {
+            what: what.to_owned(),
+            message,
+        };
+        let value = match self {
+            SecretSource::Inline(v) => Zeroizing::new(v.clone()),
+            SecretSource::File { file } => {
+                let mut v = Zeroizing::new(
+                    std::fs::read_to_string(file)
+                        .map_err(|e| err(format!("{}: {e}", file.display())))?,
+                );
+                let trimmed_len = v.trim_end_matches(['\n', '\r']).len();
+                v.truncate(trimmed_len);
+                v
+            }
+            SecretSource::Env { env } => Zeroizing::new(
+                std::env::var(env).map_err(|e| err(format!("environment variable {env}: {e}")))?,
+            ),
+        };
+        if value.is_empty() {
+            return Err(err("it is empty".into()));
+        }
+        Ok(value)
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        if let SecretSource::File { file } = self {
+            *file = base.join(&*file);
+        }
+    }
+}
+
+/// Which object store backend holds the data.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// A local directory (the embedded default; one machine only).
+    Fs,
+    /// Any S3 service; Garage in production.
+    S3,
+    /// In memory, lost at exit: for tests and demos.
+    Memory,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `fs`, `s3` or `memory`.
+    pub backend: StoreBackend,
+    /// The directory of the `fs` backend.
+    pub path: Option<PathBuf>,
+    /// Settings of the `s3` backend.
+    pub s3: Option<S3Config>,
+}
+
+/// `[store.s3]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900` for a local Garage node.
+    pub endpoint: String,
+    /// Region name; must equal Garage's `s3_region`.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Bucket holding all of Facteur's objects.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (inline, `{ file = ... }` or `{ env = ... }`).
+    pub secret_access_key: SecretSource,
+    /// Most requests in flight at once from this instance.
+    #[serde(default = "default_s3_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Retries of a request that failed transiently (network, 5xx), with
+    /// exponential backoff.
+    #[serde(default = "default_s3_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_s3_region() -> String {
+    "garage".into()
+}
+fn default_s3_max_concurrency() -> usize {
+    32
+}
+fn default_s3_max_retries() -> u32 {
+    5
+}
+
+impl S3Config {
+    /// The settings the S3 backend is built from, with the secret resolved.
+    pub fn settings(&self) -> Result<S3Settings, ConfigError> {
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "store.s3.max_concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            bucket: self.bucket.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self
+                .secret_access_key
+                .resolve("store.s3.secret_access_key")?
+                .to_string(),
+            max_concurrency: self.max_concurrency,
+            max_retries: self.max_retries,
+        })
+    }
+}
+
+/// Which directory provider knows the users.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectoryBackend {
+    /// A TOML users file edited with `facteur user ...`.
+    Static,
+}
+
+/// `[directory]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `static` (a users file).
+    pub backend: DirectoryBackend,
+    /// The users file of the `static` backend.
+    pub users_file: Option<PathBuf>,
+}
+
+/// `[crypto]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    /// Argon2id parameters for new password slots and password hashes.
+    /// Existing keyrings keep the parameters they were written with until
+    /// the password changes. The default (64 MiB, 3 passes) takes about a
+    /// second on a Raspberry Pi 4.
+    #[serde(default)]
+    pub argon2: KdfParams,
+    /// Create a recovery key for new users (shown once).
+    #[serde(default = "default_true")]
+    pub recovery_key: bool,
+}
+
+impl Default for CryptoConfig {
+    fn default() -> Self {
+        CryptoConfig {
+            argon2: KdfParams::default(),
+            recovery_key: default_true(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the health (`/health`) and metrics (`/metrics`) endpoint;
+    /// unset disables it.
+    #[serde(default = "default_http_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9180)))
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses configuration text; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: crate::tomlfile::describe_error(&e, text),
+        })?;
+        config.rebase(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The embedded default: an `fs` store and a users file under
+    /// `data_dir`, the cluster secret in `data_dir/cluster-secret`.
+    pub fn embedded(data_dir: &Path) -> Config {
+        Config {
+            cluster_secret: SecretSource::File {
+                file: data_dir.join("cluster-secret"),
+            },
+            store: StoreConfig {
+                backend: StoreBackend::Fs,
+                path: Some(data_dir.join("store")),
+                s3: None,
+            },
+            directory: DirectoryConfig {
+                backend: DirectoryBackend::Static,
+                users_file: Some(data_dir.join("users.toml")),
+            },
+            crypto: CryptoConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        self.cluster_secret.rebase(base);
+        if let Some(p) = &mut self.store.path {
+            *p = base.join(&*p);
+        }
+        if let Some(s3) = &mut self.store.s3 {
+            s3.secret_access_key.rebase(base);
+        }
+        if let Some(p) = &mut self.directory.users_file {
+            *p = base.join(&*p);
+        }
+    }
+
+    /// Checks what the types cannot: each backend has its settings.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+        match self.store.backend {
+            StoreBackend::Fs if self.store.path.is_none() => {
+                return invalid("store.backend = \"fs\" needs store.path");
+            }
+            StoreBackend::S3 if self.store.s3.is_none() => {
+                return invalid("store.backend = \"s3\" needs a [store.s3] section");
+            }
+            _ => {}
+        }
+        if self.directory.backend == DirectoryBackend::Static && self.directory.users_file.is_none()
+        {
+            return invalid("directory.backend = \"static\" needs directory.users_file");
+        }
+        self.crypto
+            .argon2
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("crypto.argon2: {e}")))
+    }
+
+    /// The cluster secret's bytes, checked for length.
+    pub fn cluster_secret(&self) -> Result<Zeroizing<String>, ConfigError> {
+        let secret = self.cluster_secret.resolve("cluster_secret")?;
+        if secret.len() < 16 {
+            return Err(ConfigError::Secret {
+                what: "cluster_secret".into(),
+                message: "it must be at least 16 bytes long".into(),
+            });
+        }
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        cluster_secret = "0123456789abcdef0123456789abcdef"
+        [store]
+        backend = "fs"
+        path = "data"
+        [directory]
+        backend = "static"
+        users_file = "users.toml"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_rebased_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/facteur")).unwrap();
+        assert_eq!(
+            c.store.path.as_deref(),
+            Some(Path::new("/etc/facteur/data"))
+        );
+        assert_eq!(
+            c.directory.users_file.as_deref(),
+            Some(Path::new("/etc/facteur/users.toml"))
+        );
+        assert_eq!(c.crypto.argon2, KdfParams::default());
+        assert!(c.crypto.recovery_key);
+        assert_eq!(c.http.listen, default_http_listen());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let text = MINIMAL.replace("backend = \"fs\"", "backend = \"fs\"\npaht = \"x\"");
+        let err = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `paht`"), "{err}");
+    }
+
+    #[test]
+    fn backends_need_their_settings() {
+        let text = MINIMAL.replace("backend = \"fs\"", "backend = \"s3\"");
+        let err = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[store.s3]"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_environment_and_stay_out_of_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "from-a-file-1234567\n").unwrap();
+        let s = SecretSource::File { file };
+        assert_eq!(s.resolve("x").unwrap().as_str(), "from-a-file-1234567");
+
+        let s = SecretSource::Env {
+            env: "FACTEUR_TEST_SURELY_UNSET_VARIABLE".into(),
+        };
+        assert!(
+            s.resolve("x")
+                .unwrap_err()
+                .to_string()
+                .contains("FACTEUR_TEST_SURELY_UNSET")
+        );
+
+        let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn short_cluster_secret_is_refused() {
+        let text = MINIMAL.replace("0123456789abcdef0123456789abcdef", "short");
+        let c = Config::parse(&text, Path::new(".")).unwrap();
+        assert!(
+            c.cluster_secret()
+                .unwrap_err()
+                .to_string()
+                .contains("16 bytes")
+        );
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../doc/facteur.example.toml");
+        let c = Config::parse(text, Path::new("/etc/facteur")).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::S3);
+    }
+}

@@ -6,6 +6,8 @@
 //! listed after it.
 #![forbid(unsafe_code)]
 
+pub mod size;
+pub mod tomlfile;
 pub mod store;
 pub mod crypto;
 pub mod log;
