@@ -1,1 +1,644 @@
-fn main() {}
+//! The `facteur` command line: `serve`, `user add|passwd|list|delete|rekey`
+//! and `config check`. User mistakes end with one clear line on stderr and a
+//! non-zero exit status, never a panic.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use facteur::account::AccountError;
+use facteur::config::{Config, DirectoryBackend, StoreBackend};
+use facteur::crypto::{CryptoError, Password, RecoveryKey};
+use facteur::directory::users_file::hash_password;
+use facteur::directory::{UserEntry, UsersFile, normalise_login};
+use facteur::server::{self, Services, Shutdown, http};
+use facteur::size::ByteSize;
+
+#[derive(Parser)]
+#[command(
+    name = "facteur",
+    version,
+    about = "IMAP + LMTP mail server with encrypted mailboxes in S3"
+)]
+struct Cli {
+    /// Configuration file. Without one, the embedded default is used: an
+    /// `fs` store and a users file under --data-dir.
+    #[arg(short, long, env = "FACTEUR_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded default (ignored with --config).
+    #[arg(long, default_value = "facteur-data", global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Serve {
+        /// Listen address of the health and metrics endpoint, overriding
+        /// `[http] listen`.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+    },
+    /// Manage the users of the static users file. Passwords are asked on
+    /// the terminal, or read one per line from standard input.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user: a users-file entry and a keyring in the store. Prints
+    /// the recovery key once.
+    Add {
+        login: String,
+        /// An address delivered to the user (repeatable; the first is the
+        /// primary one). Defaults to the login if it looks like an address.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// A further address delivered to the user (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// Storage quota, e.g. "2 GiB".
+        #[arg(long)]
+        quota: Option<ByteSize>,
+        /// Do not create a recovery key.
+        #[arg(long)]
+        no_recovery: bool,
+    },
+    /// Change a user's password: unlock with the current password (or the
+    /// recovery key) and re-wrap the keys. No mail is re-encrypted.
+    Passwd {
+        login: String,
+        /// Unlock with the recovery key instead of the current password.
+        #[arg(long)]
+        recovery: bool,
+        /// Also replace the recovery key (the new one is printed once).
+        #[arg(long)]
+        new_recovery: bool,
+    },
+    /// List users, their addresses and whether their keyring exists.
+    List,
+    /// Delete a user and, unless --keep-data, all of the user's mail.
+    Delete {
+        login: String,
+        /// Confirm erasing the user's mail from the store.
+        #[arg(long)]
+        yes: bool,
+        /// Only remove the users-file entry; keep the data in the store.
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Make the keyring open with the password the directory now has for
+    /// the user (after it changed outside Facteur): unlock with the old
+    /// password or the recovery key, then give the directory's password.
+    Rekey {
+        login: String,
+        /// Unlock with the recovery key instead of the old password.
+        #[arg(long)]
+        recovery: bool,
+        /// Also replace the recovery key (the new one is printed once).
+        #[arg(long)]
+        new_recovery: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse the configuration, resolve its secrets, open the directory and
+    /// reach the object store.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.command {
+        Command::Serve { .. } => "info",
+        // The error itself is printed once at exit; logs would repeat it.
+        _ => "error",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("facteur: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("facteur: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let embedded = cli.config.is_none();
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            prepare_data_dir(&cli.data_dir)?;
+            Config::embedded(&cli.data_dir)
+        }
+    };
+    let mut prompt = Prompter::new();
+    match cli.command {
+        Command::Serve { http } => serve(config, embedded, http, &mut prompt).await,
+        Command::Config(ConfigCommand::Check) => config_check(&config).await,
+        Command::User(cmd) => {
+            let services = Services::from_config(&config)?;
+            let users_file = users_file_path(&config)?;
+            match cmd {
+                UserCommand::Add {
+                    login,
+                    addresses,
+                    aliases,
+                    quota,
+                    no_recovery,
+                } => {
+                    let password = prompt.new_password(&login)?;
+                    let new = NewUser {
+                        login,
+                        addresses,
+                        aliases,
+                        quota,
+                        recovery: !no_recovery,
+                    };
+                    let (login, recovery) =
+                        add_user(&services, &users_file, new, &password).await?;
+                    println!("created user {login}");
+                    print_recovery_key(recovery.as_ref());
+                    Ok(())
+                }
+                UserCommand::Passwd {
+                    login,
+                    recovery,
+                    new_recovery,
+                } => {
+                    passwd(
+                        &services,
+                        &users_file,
+                        &login,
+                        recovery,
+                        new_recovery,
+                        &mut prompt,
+                    )
+                    .await
+                }
+                UserCommand::List => list(&services, &users_file).await,
+                UserCommand::Delete {
+                    login,
+                    yes,
+                    keep_data,
+                } => delete(&services, &users_file, &login, yes, keep_data).await,
+                UserCommand::Rekey {
+                    login,
+                    recovery,
+                    new_recovery,
+                } => rekey(&services, &login, recovery, new_recovery, &mut prompt).await,
+            }
+        }
+    }
+}
+
+/// Creates the embedded default's data directory and cluster secret.
+fn prepare_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let secret = dir.join("cluster-secret");
+    if !secret.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options
+            .open(&secret)
+            .with_context(|| format!("cannot create {}", secret.display()))?;
+        writeln!(f, "{}", hex::encode(rand::random::<[u8; 32]>()))?;
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+fn users_file_path(config: &Config) -> Result<PathBuf> {
+    match config.directory.backend {
+        DirectoryBackend::Static => config
+            .directory
+            .users_file
+            .clone()
+            .ok_or_else(|| anyhow!("directory.backend = \"static\" needs directory.users_file")),
+    }
+}
+
+struct NewUser {
+    login: String,
+    addresses: Vec<String>,
+    aliases: Vec<String>,
+    quota: Option<ByteSize>,
+    recovery: bool,
+}
+
+/// Adds a user to the users file and creates the keyring. The keyring is
+/// written first, so a user in the users file always has one.
+async fn add_user(
+    services: &Services,
+    users_file: &Path,
+    new: NewUser,
+    password: &Password,
+) -> Result<(String, Option<RecoveryKey>)> {
+    let login = normalise_login(&new.login)?;
+    let mut file = UsersFile::load(users_file)?;
+    let mut addresses = new.addresses;
+    if addresses.is_empty() && login.contains('@') {
+        addresses.push(login.clone());
+    }
+    let phc = {
+        let (password, kdf) = (Password::new(password.as_str()), services.kdf.clone());
+        tokio::task::spawn_blocking(move || hash_password(&password, &kdf)).await??
+    };
+    let entry = UserEntry {
+        login: login.clone(),
+        password: phc,
+        addresses,
+        aliases: new.aliases,
+        quota: new.quota,
+    };
+    file.add(entry)?;
+    let u = services.user_id(&login);
+    let (_keys, recovery) = match services
+        .keyrings
+        .create(
+            &u,
+            password,
+            &services.kdf,
+            new.recovery && services.recovery_key,
+        )
+        .await
+    {
+        Err(AccountError::KeyringExists) => bail!(
+            "the store already holds data for {login:?} (left by `user delete --keep-data`?); \
+             erase it with `facteur user delete {login} --yes` or restore its users-file entry"
+        ),
+        other => other.map_err(store_context)?,
+    };
+    file.save(users_file)?;
+    Ok((login, recovery))
+}
+
+async fn passwd(
+    services: &Services,
+    users_file: &Path,
+    login: &str,
+    use_recovery: bool,
+    new_recovery: bool,
+    prompt: &mut Prompter,
+) -> Result<()> {
+    let login = normalise_login(login)?;
+    let mut file = UsersFile::load(users_file)?;
+    if file.find(&login).is_none() {
+        bail!("no such user: {login}");
+    }
+    let keys = unlock(services, &login, use_recovery, "Current password", prompt).await?;
+    let password = prompt.new_password(&login)?;
+    let phc = {
+        let (password, kdf) = (Password::new(password.as_str()), services.kdf.clone());
+        tokio::task::spawn_blocking(move || hash_password(&password, &kdf)).await??
+    };
+    let u = services.user_id(&login);
+    let recovery = services
+        .keyrings
+        .set_password(&u, &keys, &password, &services.kdf, new_recovery)
+        .await
+        .map_err(store_context)?;
+    if let Some(entry) = file.find_mut(&login) {
+        entry.password = phc;
+    }
+    file.save(users_file)?;
+    println!("password changed for {login}");
+    print_recovery_key(recovery.as_ref());
+    Ok(())
+}
+
+async fn rekey(
+    services: &Services,
+    login: &str,
+    use_recovery: bool,
+    new_recovery: bool,
+    prompt: &mut Prompter,
+) -> Result<()> {
+    let login = normalise_login(login)?;
+    if services.directory.find_login(&login).await?.is_none() {
+        bail!("no such user: {login}");
+    }
+    let keys = unlock(services, &login, use_recovery, "Old password", prompt).await?;
+    let password = prompt.secret("Password the directory now has")?;
+    if services
+        .directory
+        .authenticate(&login, &password)
+        .await?
+        .is_none()
+    {
+        bail!("that is not the password the directory has for {login}");
+    }
+    let u = services.user_id(&login);
+    let recovery = services
+        .keyrings
+        .set_password(&u, &keys, &password, &services.kdf, new_recovery)
+        .await
+        .map_err(store_context)?;
+    println!("keyring of {login} now opens with the directory's password");
+    print_recovery_key(recovery.as_ref());
+    Ok(())
+}
+
+/// Unlocks a user's keys with a password or the recovery key read from
+/// the prompter.
+async fn unlock(
+    services: &Services,
+    login: &str,
+    use_recovery: bool,
+    label: &str,
+    prompt: &mut Prompter,
+) -> Result<facteur::crypto::UserKeys> {
+    let u = services.user_id(login);
+    let result = if use_recovery {
+        let key = prompt.secret("Recovery key")?;
+        let key = RecoveryKey::parse(key.as_str())?;
+        services.keyrings.unlock_with_recovery(&u, &key).await
+    } else {
+        let password = prompt.secret(label)?;
+        services.keyrings.unlock(&u, &password).await
+    };
+    match result {
+        Ok(keys) => Ok(keys),
+        Err(AccountError::Crypto(CryptoError::WrongPassword)) => {
+            bail!("wrong password for {login} (use --recovery to unlock with the recovery key)")
+        }
+        Err(AccountError::Crypto(CryptoError::WrongRecoveryKey)) => {
+            bail!("wrong recovery key for {login}")
+        }
+        Err(AccountError::NoKeyring) => bail!("{login} has no keyring in the store yet"),
+        Err(e) => Err(store_context(e)),
+    }
+}
+
+async fn list(services: &Services, users_file: &Path) -> Result<()> {
+    let file = UsersFile::load(users_file)?;
+    if file.users.is_empty() {
+        println!("no users in {}", users_file.display());
+        return Ok(());
+    }
+    for entry in &file.users {
+        let keyring = services
+            .keyrings
+            .load(&services.user_id(&entry.login))
+            .await
+            .map_err(store_context)?;
+        let mut line = entry.login.clone();
+        let addresses: Vec<&str> = entry.addresses.iter().map(String::as_str).collect();
+        line += &format!(
+            "\taddresses: {}",
+            if addresses.is_empty() {
+                "-".into()
+            } else {
+                addresses.join(", ")
+            }
+        );
+        if !entry.aliases.is_empty() {
+            line += &format!("\taliases: {}", entry.aliases.join(", "));
+        }
+        if let Some(q) = entry.quota {
+            line += &format!("\tquota: {q}");
+        }
+        line += match &keyring {
+            None => "\tkeyring: MISSING",
+            Some(k) if k.has_recovery() => "\tkeyring: ok, recovery key",
+            Some(_) => "\tkeyring: ok",
+        };
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn delete(
+    services: &Services,
+    users_file: &Path,
+    login: &str,
+    yes: bool,
+    keep_data: bool,
+) -> Result<()> {
+    let login = normalise_login(login)?;
+    let mut file = UsersFile::load(users_file)?;
+    file.remove(&login)?;
+    if !keep_data && !yes {
+        bail!(
+            "this erases all of {login}'s mail from the store; run again with --yes \
+             (or with --keep-data to remove only the login)"
+        );
+    }
+    if !keep_data {
+        let n = services
+            .keyrings
+            .delete_user_data(&services.user_id(&login))
+            .await
+            .map_err(store_context)?;
+        println!("deleted {n} objects of {login} from the store");
+    }
+    file.save(users_file)?;
+    println!("deleted user {login}");
+    Ok(())
+}
+
+async fn config_check(config: &Config) -> Result<()> {
+    let services = Services::from_config(config)?;
+    services
+        .check_store()
+        .await
+        .map_err(|e| anyhow!("object store unreachable: {e}"))?;
+    let store = match config.store.backend {
+        StoreBackend::Fs => format!(
+            "fs at {}",
+            config
+                .store
+                .path
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display()
+        ),
+        StoreBackend::S3 => match &config.store.s3 {
+            Some(s3) => format!("s3 bucket {} at {}", s3.bucket, s3.endpoint),
+            None => "s3".into(),
+        },
+        StoreBackend::Memory => "memory".into(),
+    };
+    let users = UsersFile::load(&users_file_path(config)?)?.users.len();
+    println!("config ok: store {store} reachable; directory static with {users} users");
+    Ok(())
+}
+
+async fn serve(
+    config: Config,
+    embedded: bool,
+    http_override: Option<SocketAddr>,
+    prompt: &mut Prompter,
+) -> Result<()> {
+    let services = Services::from_config(&config)?;
+    if let Err(e) = services.check_store().await {
+        tracing::warn!(error = %e, "object store unavailable at start; serving anyway");
+    }
+    if embedded {
+        create_demo_account(&services, &users_file_path(&config)?, prompt).await?;
+    }
+    let (trigger, shutdown) = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = http_override.or(config.http.listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for http"))?;
+        println!("facteur: http listening on {}", listener.local_addr()?);
+        let metrics = Arc::new(http::Metrics::default());
+        tasks.spawn(http::serve(
+            listener,
+            services.clone(),
+            metrics,
+            shutdown.clone(),
+        ));
+    }
+    println!("facteur: ready (IMAP and LMTP listeners are not built yet)");
+    server::termination_signal().await;
+    tracing::info!("shutting down");
+    trigger.fire();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// On the embedded default's first start, creates a demo account so a
+/// newcomer can point a mail client at the server at once.
+async fn create_demo_account(
+    services: &Services,
+    users_file: &Path,
+    _prompt: &mut Prompter,
+) -> Result<()> {
+    if !UsersFile::load(users_file)?.users.is_empty() {
+        return Ok(());
+    }
+    let password = Password::new(random_password());
+    let new = NewUser {
+        login: "demo".into(),
+        addresses: vec!["demo@localhost".into()],
+        aliases: vec![],
+        quota: None,
+        recovery: true,
+    };
+    let (login, recovery) = add_user(services, users_file, new, &password).await?;
+    println!("facteur: first start: created a demo account");
+    println!("  login:    {login}");
+    println!("  password: {}", password.as_str());
+    print_recovery_key(recovery.as_ref());
+    Ok(())
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..20)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn print_recovery_key(key: Option<&RecoveryKey>) {
+    if let Some(key) = key {
+        println!("  recovery key: {key}");
+        println!(
+            "  (shown once: it unlocks the mailbox if the password is lost; store it offline)"
+        );
+    }
+}
+
+/// Gives an explicit message to store failures, the most common runtime
+/// error of these commands.
+fn store_context(e: AccountError) -> anyhow::Error {
+    match e {
+        AccountError::Store(e) if e.is_transient() => anyhow!("object store unavailable: {e}"),
+        AccountError::Store(e) => anyhow!("object store error: {e}"),
+        other => other.into(),
+    }
+}
+
+/// Asks for passwords on the terminal without echo, or reads them one per
+/// line from standard input when it is not a terminal (scripts, tests).
+struct Prompter {
+    tty: bool,
+    lines: Option<std::io::Lines<std::io::StdinLock<'static>>>,
+}
+
+/// Shortest password accepted for new passwords.
+const MIN_PASSWORD_LEN: usize = 8;
+
+impl Prompter {
+    fn new() -> Self {
+        Prompter {
+            tty: std::io::stdin().is_terminal(),
+            lines: None,
+        }
+    }
+
+    fn secret(&mut self, label: &str) -> Result<Password> {
+        if self.tty {
+            let value = rpassword::prompt_password(format!("{label}: "))
+                .context("cannot read from the terminal")?;
+            return Ok(Password::new(value));
+        }
+        let lines = self
+            .lines
+            .get_or_insert_with(|| std::io::stdin().lock().lines());
+        match lines.next() {
+            Some(line) => Ok(Password::new(
+                line.context("cannot read standard input")?
+                    .trim_end_matches('\r'),
+            )),
+            None => bail!("{label}: expected a line on standard input"),
+        }
+    }
+
+    /// Reads a new password (twice on a terminal) and checks it is not
+    /// trivially weak.
+    fn new_password(&mut self, login: &str) -> Result<Password> {
+        let password = self.secret("New password")?;
+        if self.tty {
+            let again = self.secret("Repeat new password")?;
+            if again.as_str() != password.as_str() {
+                bail!("the two passwords differ");
+            }
+        }
+        let p = password.as_str();
+        if p.trim().is_empty() {
+            bail!("empty password");
+        }
+        if p.chars().count() < MIN_PASSWORD_LEN {
+            bail!("password too weak: use at least {MIN_PASSWORD_LEN} characters");
+        }
+        if p.eq_ignore_ascii_case(login.trim()) || p.chars().all(|c| Some(c) == p.chars().next()) {
+            bail!("password too weak: it is the login or one repeated character");
+        }
+        Ok(password)
+    }
+}

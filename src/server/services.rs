@@ -1,0 +1,87 @@
+//! The shared services every listener uses, built once from the
+//! configuration: the object store, the directory, the keyrings and the
+//! cluster secret.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::account::KeyringStore;
+use crate::config::{Config, ConfigError, DirectoryBackend, StoreBackend};
+use crate::crypto::KdfParams;
+use crate::directory::{Directory, DirectoryError, StaticDirectory};
+use crate::store::{FsStore, MemoryStore, S3Store, SharedStore, StoreError, layout::UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("object store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+/// Everything built from the configuration that sessions share.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub store: SharedStore,
+    pub directory: Arc<dyn Directory>,
+    pub keyrings: KeyringStore,
+    /// Parameters for new password slots.
+    pub kdf: KdfParams,
+    /// Whether new users get a recovery key.
+    pub recovery_key: bool,
+    /// Keys user ids; never leaves memory.
+    cluster_secret: Arc<Zeroizing<String>>,
+}
+
+impl Services {
+    pub fn from_config(config: &Config) -> Result<Services, ServicesError> {
+        let cluster_secret = Arc::new(config.cluster_secret()?);
+        let store: SharedStore = match config.store.backend {
+            StoreBackend::Fs => {
+                let path = config.store.path.clone().ok_or_else(|| {
+                    ConfigError::Invalid("store.backend = \"fs\" needs store.path".into())
+                })?;
+                Arc::new(FsStore::open(path)?)
+            }
+            StoreBackend::S3 => {
+                let s3 = config.store.s3.as_ref().ok_or_else(|| {
+                    ConfigError::Invalid("store.backend = \"s3\" needs [store.s3]".into())
+                })?;
+                Arc::new(S3Store::new(s3.settings()?)?)
+            }
+            StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        };
+        let directory: Arc<dyn Directory> = match config.directory.backend {
+            DirectoryBackend::Static => {
+                let path = config.directory.users_file.clone().ok_or_else(|| {
+                    ConfigError::Invalid("directory.backend = \"static\" needs users_file".into())
+                })?;
+                Arc::new(StaticDirectory::open(path, config.crypto.argon2.clone())?)
+            }
+        };
+        Ok(Services {
+            keyrings: KeyringStore::new(store.clone()),
+            store,
+            directory,
+            kdf: config.crypto.argon2.clone(),
+            recovery_key: config.crypto.recovery_key,
+            cluster_secret,
+        })
+    }
+
+    /// The opaque store id of a normalised login.
+    pub fn user_id(&self, normalised_login: &str) -> UserId {
+        crate::crypto::user_id(self.cluster_secret.as_bytes(), normalised_login)
+    }
+
+    /// One cheap request proving the store answers.
+    pub async fn check_store(&self) -> Result<(), StoreError> {
+        self.store
+            .list(crate::store::layout::USERS_PREFIX, None, 1)
+            .await
+            .map(|_| ())
+    }
+}
