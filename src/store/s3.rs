@@ -560,29 +560,40 @@ fn classify<E>(op: &str, key: &str, err: SdkError<E, HttpResponse>) -> StoreErro
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (kind, status) = match &err {
-        // Garage reports a key too long for LMDB as a 503 "could not reach
-        // quorum"; retrying it can never succeed.
-        SdkError::ServiceError(e)
-            if e.err()
-                .message()
-                .is_some_and(|m| m.contains("MDB_BAD_VALSIZE")) =>
-        {
-            (Kind::Permanent, Some(e.raw().status().as_u16()))
-        }
+    let (kind, text) = match &err {
         SdkError::ServiceError(e) => {
             let status = e.raw().status().as_u16();
-            (kind_of(status, e.err().code()), Some(status))
+            let code = e.err().code();
+            let message = e.err().message().unwrap_or("");
+            // Garage reports a key too long for LMDB as a 503 "could not
+            // reach quorum"; retrying it can never succeed.
+            let kind = if message.contains("MDB_BAD_VALSIZE") {
+                Kind::Permanent
+            } else {
+                kind_of(status, code)
+            };
+            // The answer's own words; the SDK's Debug dump of the raw
+            // response would add kilobytes and nothing more.
+            let code = code.unwrap_or("no error code");
+            let text = format!("s3 {op} {key}: HTTP {status} {code}: {message}");
+            (kind, text)
         }
-        // The request could not even be built: a bug or bad settings.
-        SdkError::ConstructionFailure(_) => (Kind::Permanent, None),
-        // Bad endpoint URL, TLS misconfiguration and the like.
-        SdkError::DispatchFailure(e) if e.is_user() => (Kind::Permanent, None),
-        // Connection refused or reset, timeouts, a garbled response.
-        _ => (Kind::Transient, None),
+        other => {
+            let kind = match other {
+                // The request could not even be built: a bug or bad settings.
+                SdkError::ConstructionFailure(_) => Kind::Permanent,
+                // Bad endpoint URL, TLS misconfiguration and the like.
+                SdkError::DispatchFailure(e) if e.is_user() => Kind::Permanent,
+                // Connection refused or reset, timeouts, a garbled response.
+                _ => Kind::Transient,
+            };
+            // The whole source chain: "connection refused" sits at its end.
+            (
+                kind,
+                format!("s3 {op} {key}: {}", DisplayErrorContext(other)),
+            )
+        }
     };
-    let status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
-    let text = format!("s3 {op} {key}{status}: {}", DisplayErrorContext(&err));
     match kind {
         Kind::NotFound => StoreError::NotFound(text),
         Kind::Transient => StoreError::Transient(text),
@@ -677,6 +688,7 @@ mod tests {
             text.contains("users/k") && text.contains("503") && text.contains("SlowDown"),
             "{text}"
         );
+        assert!(text.contains("msg") && text.len() < 200, "{text}");
     }
 
     #[test]
@@ -709,6 +721,7 @@ mod tests {
             text.contains("some/key") && text.contains("after 3 attempts"),
             "{text}"
         );
+        assert!(text.contains("onnection refused"), "{text}");
         // Invalid keys never reach the network.
         assert!(matches!(
             store.get("a//b").await,
