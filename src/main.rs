@@ -220,7 +220,13 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// Creates the embedded default's data directory and cluster secret.
 fn prepare_data_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
+    // The data directory holds the cluster secret and password hashes.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let secret = dir.join("cluster-secret");
     if !secret.exists() {

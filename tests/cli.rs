@@ -465,6 +465,20 @@ fn embedded_default_creates_a_demo_account_once_and_serves_health() {
         "{lines:?}"
     );
     assert!(cwd.path().join("facteur-data/store").is_dir());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for private in [
+            "facteur-data",
+            "facteur-data/cluster-secret",
+            "facteur-data/users.toml",
+        ] {
+            let mode = std::fs::metadata(cwd.path().join(private))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{private} is readable by others: {mode:o}");
+        }
+    }
 
     let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");

@@ -38,7 +38,7 @@ pub struct UserEntry {
     #[serde(default)]
     pub addresses: Vec<String>,
     /// Further addresses delivered to this user.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
     /// Storage quota; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
