@@ -1,1 +1,63 @@
-//! placeholder, being written
+//! Everything cryptographic (DESIGN.md §3): sealing objects, per-user keys,
+//! keyrings, user ids. Nothing else in the crate touches a cipher.
+//!
+//! - [`secret`]: the secret types ([`Password`], [`SymmetricKey`],
+//!   [`MasterKey`]) with redacted `Debug` and zeroize-on-drop.
+//! - [`seal`]: XChaCha20-Poly1305 for every stored object, bound to the
+//!   object's name; zstd for message bodies.
+//! - [`user_id`]: the opaque per-user id of object names.
+//!
+//! Argon2 is slow on purpose (hundreds of milliseconds on a Raspberry Pi):
+//! callers run keyring creation and password unlocks on the blocking pool.
+
+pub mod seal;
+pub mod secret;
+pub mod user_id;
+
+pub use seal::{open, open_body, seal, seal_body};
+pub use secret::{MasterKey, Password, SymmetricKey, purpose};
+pub use user_id::user_id;
+
+/// Errors of this module. Messages are safe to log: they never contain
+/// secret material, only object names and what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The password slot did not open: the password is wrong (or the slot
+    /// was tampered with, which is indistinguishable by design).
+    #[error("wrong password")]
+    WrongPassword,
+    /// The recovery slot did not open with this recovery key.
+    #[error("wrong recovery key")]
+    WrongRecoveryKey,
+    /// The escrow slot did not open with this admin key.
+    #[error("this escrow key does not open this keyring")]
+    WrongEscrowKey,
+    /// A stored object is malformed, or failed authentication: bit rot,
+    /// tampering, or a ciphertext moved to another name.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The keyring has no slot of this kind ("recovery", "escrow").
+    #[error("the keyring has no {0} slot")]
+    NoSuchSlot(&'static str),
+    /// Key-derivation parameters below the accepted minimum.
+    #[error("key derivation parameters too weak: {0}")]
+    WeakParameters(String),
+    /// Key-derivation parameters above what this server accepts to run
+    /// (a tampered keyring must not make an unlock eat all memory).
+    #[error("key derivation parameters too costly: {0}")]
+    CostlyParameters(String),
+    /// A body decompresses beyond the caller's limit.
+    #[error("object {object_key} decompresses beyond the limit of {max_size} bytes")]
+    TooLarge { object_key: String, max_size: usize },
+    /// Text that is not a recovery key (a typo, usually: the format carries
+    /// a checksum).
+    #[error("not a valid recovery key: {0}")]
+    MalformedRecoveryKey(&'static str),
+    /// Keys given to a keyring method belong to another keyring.
+    #[error("these keys do not belong to this keyring")]
+    KeysMismatch,
+    /// Argon2 refused to run (parameters are validated first, so this
+    /// should not happen).
+    #[error("key derivation failed")]
+    Kdf(#[source] argon2::Error),
+}

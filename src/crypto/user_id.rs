@@ -1,0 +1,51 @@
+//! The opaque per-user id in object names (DESIGN.md §2): HMAC-SHA256 of
+//! the normalised login under the cluster secret, so a bucket listing shows
+//! who has mail only to someone who also holds the server's configuration.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::store::layout::UserId;
+
+/// `hex(HMAC-SHA256(cluster_secret, normalised_login))`, 64 lowercase hex
+/// characters. The login must already be normalised (the directory does
+/// it): another spelling gives another user. The config is responsible for
+/// the secret being long and random; an empty one still works but hides
+/// nothing.
+pub fn user_id(cluster_secret: &[u8], normalised_login: &str) -> UserId {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cluster_secret)
+        .expect("HMAC accepts keys of any length");
+    mac.update(normalised_login.as_bytes());
+    let id = hex::encode(mac.finalize().into_bytes());
+    UserId::parse(&id).expect("hex of a 32-byte HMAC is a valid user id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_is_deterministic_64_hex_and_depends_on_secret_and_login() {
+        let a = user_id(b"cluster secret one", "alice");
+        assert_eq!(a, user_id(b"cluster secret one", "alice"));
+        assert_eq!(a.as_str().len(), 64);
+        assert!(
+            a.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert_ne!(a, user_id(b"cluster secret two", "alice"));
+        assert_ne!(a, user_id(b"cluster secret one", "bob"));
+        assert_eq!(user_id(b"", "").as_str().len(), 64);
+    }
+
+    /// RFC 4231 test case 2 (key "Jefe"): the id is plain HMAC-SHA256.
+    #[test]
+    fn matches_rfc_4231() {
+        assert_eq!(
+            user_id(b"Jefe", "what do ya want for nothing?").as_str(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
