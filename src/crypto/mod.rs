@@ -5,16 +5,23 @@
 //!   [`MasterKey`]) with redacted `Debug` and zeroize-on-drop.
 //! - [`seal`]: XChaCha20-Poly1305 for every stored object, bound to the
 //!   object's name; zstd for message bodies.
+//! - [`sealed_box`]: the X25519 half ([`UserKeys`], [`UserPublicKey`],
+//!   libsodium-compatible sealed boxes for LMTP delivery records).
+//! - [`recovery`]: the human-typable [`RecoveryKey`].
 //! - [`user_id`]: the opaque per-user id of object names.
 //!
 //! Argon2 is slow on purpose (hundreds of milliseconds on a Raspberry Pi):
 //! callers run keyring creation and password unlocks on the blocking pool.
 
+pub mod recovery;
 pub mod seal;
+pub mod sealed_box;
 pub mod secret;
 pub mod user_id;
 
+pub use recovery::RecoveryKey;
 pub use seal::{open, open_body, seal, seal_body};
+pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};
 pub use secret::{MasterKey, Password, SymmetricKey, purpose};
 pub use user_id::user_id;
 
