@@ -8,17 +8,20 @@
 //! - [`sealed_box`]: the X25519 half ([`UserKeys`], [`UserPublicKey`],
 //!   libsodium-compatible sealed boxes for LMTP delivery records).
 //! - [`recovery`]: the human-typable [`RecoveryKey`].
+//! - [`keyring`]: the `users/<u>/keyring` object ([`Keyring`], [`KdfParams`]).
 //! - [`user_id`]: the opaque per-user id of object names.
 //!
 //! Argon2 is slow on purpose (hundreds of milliseconds on a Raspberry Pi):
 //! callers run keyring creation and password unlocks on the blocking pool.
 
+pub mod keyring;
 pub mod recovery;
 pub mod seal;
 pub mod sealed_box;
 pub mod secret;
 pub mod user_id;
 
+pub use keyring::{KdfParams, Keyring};
 pub use recovery::RecoveryKey;
 pub use seal::{open, open_body, seal, seal_body};
 pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};

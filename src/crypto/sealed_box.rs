@@ -145,6 +145,10 @@ impl EscrowSecretKey {
     pub fn public_key(&self) -> UserPublicKey {
         UserPublicKey(self.0.public_key())
     }
+
+    pub(crate) fn unseal(&self, ciphertext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        self.0.unseal(ciphertext).ok().map(Zeroizing::new)
+    }
 }
 
 impl fmt::Debug for EscrowSecretKey {

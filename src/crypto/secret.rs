@@ -36,6 +36,8 @@ pub mod purpose {
     /// Mailbox operations and snapshots (`users/<u>/mbox/<m>/…`), including
     /// the per-message body keys recorded in `MailAdd` ops.
     pub const MAILBOX: &str = "mbox";
+    /// The MAC tying a keyring to its object name (see `keyring`).
+    pub(crate) const KEYRING_BINDING: &str = "keyring/binding";
 }
 
 /// A password as typed by the user. Compared and hashed as raw UTF-8 bytes,
