@@ -1062,18 +1062,4 @@ mod tests {
         "3774b7df2b9b9b9e0a5646483729f490769b13bcca904b93353d60a69a041d3f";
     const GOLDEN_RECOVERY: &str =
         "FCTR-48S4G-N0QMC-KRW8T-AN15F-RXKG3-S2569-NZESE-SMWNF-T0AS2-PED1W-973ZC";
-
-    #[test]
-    #[ignore = "prints a new golden keyring"]
-    fn print_golden() {
-        let (keyring, keys, recovery) =
-            Keyring::create(&Password::new("golden"), &KdfParams::TEST, true).unwrap();
-        println!(
-            "{}",
-            String::from_utf8(keyring.to_bytes("users/golden/keyring")).unwrap()
-        );
-        println!("{}", hex::encode(keys.public_key().to_bytes()));
-        println!("{}", hex::encode(keys.master().subkey("mbox").as_bytes()));
-        println!("{}", recovery.unwrap());
-    }
 }
