@@ -253,6 +253,13 @@ fn users_file_path(config: &Config) -> Result<PathBuf> {
     }
 }
 
+/// Hashes a password for the users file, off the async runtime (Argon2 is
+/// slow on purpose).
+async fn hash(services: &Services, password: &Password) -> Result<String> {
+    let (password, kdf) = (Password::new(password.as_str()), services.kdf.clone());
+    Ok(tokio::task::spawn_blocking(move || hash_password(&password, &kdf)).await??)
+}
+
 struct NewUser {
     login: String,
     addresses: Vec<String>,
@@ -275,10 +282,7 @@ async fn add_user(
     if addresses.is_empty() && login.contains('@') {
         addresses.push(login.clone());
     }
-    let phc = {
-        let (password, kdf) = (Password::new(password.as_str()), services.kdf.clone());
-        tokio::task::spawn_blocking(move || hash_password(&password, &kdf)).await??
-    };
+    let phc = hash(services, password).await?;
     let entry = UserEntry {
         login: login.clone(),
         password: phc,
@@ -323,10 +327,7 @@ async fn passwd(
     }
     let keys = unlock(services, &login, use_recovery, "Current password", prompt).await?;
     let password = prompt.new_password(&login)?;
-    let phc = {
-        let (password, kdf) = (Password::new(password.as_str()), services.kdf.clone());
-        tokio::task::spawn_blocking(move || hash_password(&password, &kdf)).await??
-    };
+    let phc = hash(services, &password).await?;
     let u = services.user_id(&login);
     let recovery = services
         .keyrings
