@@ -1,3 +1,25 @@
-//! Pure mailbox state (UIDs, flags, MODSEQ), message summaries, the mailbox
-//! list and the incoming queue. Not built yet: it is the subject of the
-//! mailbox engine issue.
+//! Pure mailbox state (DESIGN.md §4): the operations a mailbox's log is
+//! made of ([`MailboxOp`]), UID claims ([`claims`]), and the state computed
+//! from an op set ([`MailboxState`]), with the lookups IMAP needs. No I/O:
+//! the log layer delivers ops, this module only computes. How the rules
+//! meet the invariants I1–I5 is told in `doc/consistency.md`.
+//!
+//! Not here yet: the real message summary (ENVELOPE, BODYSTRUCTURE, …),
+//! the mailbox list and the incoming queue.
+
+pub mod claims;
+pub mod op;
+pub mod state;
+
+pub use op::{MailboxOp, MessageId, MessageRef, NewMessage};
+pub use state::{MailboxState, MessageView};
+
+/// What can be wrong with mailbox input.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    #[error("invalid message id {0:?}")]
+    BadMessageId(String),
+}
+
+#[cfg(test)]
+mod tests;

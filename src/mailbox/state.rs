@@ -1,0 +1,508 @@
+//! The pure state of one mailbox (DESIGN.md §4): its messages with UID,
+//! flags, MODSEQ, and UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, computed from
+//! the mailbox's op set, plus the lookups IMAP needs (UID ↔ sequence
+//! number, by flag, CHANGEDSINCE and VANISHED of RFC 7162).
+//!
+//! Convergence (I1) by construction: every field is a function of the op
+//! *set*, never of delivery order, so an op found late gives the state it
+//! would have given in order, with no replay:
+//!
+//! - placement: a message exists iff the op placing it is present;
+//! - UID claims: a union of claims, each a function of the op's causal
+//!   past (`claims`); a message's UID is its highest claim if valid;
+//! - flags: one last-writer-wins register per (message, flag), stamped
+//!   with the op's position in the total order, merged by `max`;
+//! - expunge: a grow-only set (expunge wins over concurrent changes);
+//! - MODSEQ: `max` over the ops concerning the message of their sequence
+//!   number, which the DAG keeps equal to `|S| - |descendants|`;
+//!   HIGHESTMODSEQ is `|S|`.
+//!
+//! Everything else ([`Index`]) is derived from those and rebuilt after a
+//! snapshot is read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::claims::{Claims, UidClock, first_claims};
+use super::op::{MailboxOp, MessageId, MessageRef, NewMessage};
+use crate::log::{OpId, OpMeta, OrderKey, State};
+
+/// A last-writer-wins register for one flag of one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Lww {
+    /// The writing op's position in the total order: a causal successor
+    /// always has a higher one, so a later STORE the writer saw wins, and
+    /// concurrent STOREs are decided the same way everywhere.
+    stamp: OrderKey,
+    set: bool,
+}
+
+/// Everything known about one message id. An entry can exist before (or
+/// without) the op placing the message, if a malformed op names it; it is
+/// then never shown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<MessageRef>,
+    /// UID values claimed for this message, ascending.
+    claims: Vec<u32>,
+    flags: BTreeMap<String, Lww>,
+    expunged: bool,
+    /// Highest sequence number of an op concerning this message.
+    modseq: u64,
+}
+
+impl Entry {
+    fn top_claim(&self) -> Option<u32> {
+        self.claims.last().copied()
+    }
+
+    fn is_live(&self) -> bool {
+        self.message.is_some() && !self.expunged
+    }
+}
+
+/// The part of the state that a snapshot stores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Core {
+    uid_validity: u32,
+    /// `|S|`: the number of ops applied.
+    highest_modseq: u64,
+    /// Set if an op's claims did not fit in 32 bits.
+    uid_space_exhausted: bool,
+    entries: HashMap<MessageId, Entry>,
+    uid_clock: UidClock,
+    /// Messages each op concerns, so that when an op's sequence number
+    /// grows (a concurrent op arrived), its messages' MODSEQ follows.
+    op_targets: HashMap<OpId, Vec<MessageId>>,
+}
+
+/// Lookup structures derived from [`Core`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Index {
+    claims: Claims,
+    /// UID → message, for shown messages.
+    shown: BTreeMap<u32, MessageId>,
+    /// Shown UIDs ascending: sequence number `n` is `uids[n - 1]`.
+    uids: Vec<u32>,
+    uid_of: HashMap<MessageId, u32>,
+    /// Live messages with no valid UID, waiting for a fix-up.
+    displaced: BTreeSet<MessageId>,
+    by_modseq: BTreeSet<(u64, MessageId)>,
+    /// Flag → messages whose register for it is set.
+    by_flag: BTreeMap<String, BTreeSet<MessageId>>,
+}
+
+/// A mailbox's state. See the module doc for why it converges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxState {
+    core: Core,
+    index: Index,
+}
+
+/// A shown message, as IMAP sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageView<'a> {
+    pub id: MessageId,
+    pub uid: u32,
+    /// RFC 7162 §3.1.1 MODSEQ.
+    pub modseq: u64,
+    pub message: &'a MessageRef,
+    /// Flags currently set, sorted.
+    pub flags: Vec<&'a str>,
+}
+
+impl MailboxState {
+    /// The state of an empty mailbox. UIDVALIDITY comes from the mailbox
+    /// list (a recreated name gets a new one) and never changes here.
+    pub fn new(uid_validity: u32) -> Self {
+        let core = Core {
+            uid_validity,
+            highest_modseq: 0,
+            uid_space_exhausted: false,
+            entries: HashMap::new(),
+            uid_clock: UidClock::default(),
+            op_targets: HashMap::new(),
+        };
+        MailboxState {
+            core,
+            index: Index::default(),
+        }
+    }
+
+    // ---- IMAP status items (RFC 9051 §7.3.1, RFC 7162 §3.1.2) ----
+
+    pub fn uid_validity(&self) -> u32 {
+        self.core.uid_validity
+    }
+
+    /// UIDNEXT: above every claim ever made, valid or not, so it never
+    /// decreases and a UID once shown is never handed out again. It is
+    /// also exactly the UID an append written now will claim.
+    pub fn uid_next(&self) -> u32 {
+        self.index.claims.max().saturating_add(1)
+    }
+
+    /// HIGHESTMODSEQ: the number of ops in the set. Every op found later,
+    /// however late, gets a MODSEQ above it (see `log::dag`), so
+    /// CHANGEDSINCE with a value a client saw misses nothing (I5).
+    pub fn highest_modseq(&self) -> u64 {
+        self.core.highest_modseq
+    }
+
+    /// EXISTS: the number of shown messages.
+    pub fn exists(&self) -> u32 {
+        self.index.uids.len() as u32
+    }
+
+    /// Whether some op claimed past UID 2^32 - 1; then messages stay
+    /// displaced and the mailbox needs a new UIDVALIDITY.
+    pub fn uid_space_exhausted(&self) -> bool {
+        self.core.uid_space_exhausted
+    }
+
+    // ---- Messages ----
+
+    /// UID of message sequence number `seq` (1-based, RFC 9051 §2.3.1.2).
+    pub fn uid_at(&self, seq: u32) -> Option<u32> {
+        let at = usize::try_from(seq).ok()?.checked_sub(1)?;
+        self.index.uids.get(at).copied()
+    }
+
+    /// Sequence number of a shown UID.
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.index
+            .uids
+            .binary_search(&uid)
+            .ok()
+            .map(|at| at as u32 + 1)
+    }
+
+    pub fn message_id(&self, uid: u32) -> Option<MessageId> {
+        self.index.shown.get(&uid).copied()
+    }
+
+    /// The UID a message is shown with, if it is shown.
+    pub fn uid_of(&self, id: &MessageId) -> Option<u32> {
+        self.index.uid_of.get(id).copied()
+    }
+
+    pub fn message(&self, uid: u32) -> Option<MessageView<'_>> {
+        let id = self.index.shown.get(&uid)?;
+        self.view(*id, uid)
+    }
+
+    /// Shown messages in UID (= sequence) order.
+    pub fn messages(&self) -> impl Iterator<Item = MessageView<'_>> + '_ {
+        self.index
+            .shown
+            .iter()
+            .filter_map(|(uid, id)| self.view(*id, *uid))
+    }
+
+    fn view(&self, id: MessageId, uid: u32) -> Option<MessageView<'_>> {
+        let entry = self.core.entries.get(&id)?;
+        let flags = entry
+            .flags
+            .iter()
+            .filter(|(_, r)| r.set)
+            .map(|(f, _)| f.as_str())
+            .collect();
+        Some(MessageView {
+            id,
+            uid,
+            modseq: entry.modseq,
+            message: entry.message.as_ref()?,
+            flags,
+        })
+    }
+
+    /// Message ids of the shown UIDs among `uids`; others are ignored, as
+    /// UID commands ignore UIDs that do not exist (RFC 9051 §6.4.9).
+    pub fn resolve(&self, uids: &[u32]) -> Vec<MessageId> {
+        uids.iter().filter_map(|u| self.message_id(*u)).collect()
+    }
+
+    /// Shown UIDs whose `flag` is set, ascending.
+    pub fn uids_with_flag(&self, flag: &str) -> Vec<u32> {
+        let Some(ids) = self.index.by_flag.get(flag) else {
+            return Vec::new();
+        };
+        let mut uids: Vec<u32> = ids.iter().filter_map(|id| self.uid_of(id)).collect();
+        uids.sort_unstable();
+        uids
+    }
+
+    /// Shown UIDs whose MODSEQ is above `modseq`, ascending: the messages
+    /// `FETCH ... (CHANGEDSINCE modseq)` reports (RFC 7162 §3.1.4.1).
+    pub fn changed_since(&self, modseq: u64) -> Vec<u32> {
+        let mut uids: Vec<u32> = self
+            .changed_ids(modseq)
+            .filter_map(|id| self.uid_of(&id))
+            .collect();
+        uids.sort_unstable();
+        uids
+    }
+
+    /// UIDs that stopped naming a shown message after `modseq`, ascending:
+    /// what `VANISHED (EARLIER)` reports (RFC 7162 §3.2.5.1). Covers
+    /// expunged messages and UIDs lost to a duplicate claim or left by a
+    /// fix-up. May include UIDs a given client never saw, which RFC 7162
+    /// allows.
+    pub fn vanished_since(&self, modseq: u64) -> Vec<u32> {
+        let mut uids = Vec::new();
+        for id in self.changed_ids(modseq) {
+            let Some(entry) = self.core.entries.get(&id) else {
+                continue;
+            };
+            let shown = self.uid_of(&id);
+            uids.extend(entry.claims.iter().filter(|c| Some(**c) != shown));
+        }
+        uids.sort_unstable();
+        uids.dedup();
+        uids
+    }
+
+    fn changed_ids(&self, modseq: u64) -> impl Iterator<Item = MessageId> + '_ {
+        let from = (
+            modseq.saturating_add(1),
+            MessageId {
+                op: OpId::from_raw([0; 16]),
+                index: 0,
+            },
+        );
+        self.index.by_modseq.range(from..).map(|(_, id)| *id)
+    }
+
+    // ---- Claims and fix-ups ----
+
+    /// Live messages without a valid UID, in the order a fix-up should
+    /// re-claim them (old UID order, so their relative order survives).
+    pub fn displaced(&self) -> Vec<MessageId> {
+        let mut ids: Vec<(Option<u32>, MessageId)> = self
+            .index
+            .displaced
+            .iter()
+            .map(|id| (self.core.entries.get(id).and_then(Entry::top_claim), *id))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The fix-up op to write, if any message is displaced. An instance
+    /// should wait a short random delay, sync, and write it only if no
+    /// other fix-up appeared meanwhile (DESIGN.md §4).
+    pub fn fix_up(&self) -> Option<MailboxOp> {
+        let displaced = self.displaced();
+        (!displaced.is_empty()).then_some(MailboxOp::FixUp(displaced))
+    }
+
+    /// The UIDs an op placing `count` messages, written with `parents`,
+    /// claims: what APPENDUID / COPYUID report (RFC 4315) once its PUT is
+    /// acknowledged. Empty if they would not fit in 32 bits.
+    pub fn claims_for(&self, parents: &[OpId], count: usize) -> Vec<u32> {
+        let past = self.core.uid_clock.past(parents);
+        first_claims(past, count).map_or_else(Vec::new, |r| r.collect())
+    }
+
+    // ---- Applying ops ----
+
+    fn entry(&mut self, id: MessageId) -> &mut Entry {
+        self.core.entries.entry(id).or_default()
+    }
+
+    fn place(&mut self, id: MessageId, new: &NewMessage, stamp: &OrderKey) {
+        self.entry(id).message = Some(new.message.clone());
+        for flag in &new.flags {
+            self.write_flag(id, flag, true, stamp);
+        }
+    }
+
+    fn write_flag(&mut self, id: MessageId, flag: &str, set: bool, stamp: &OrderKey) {
+        let entry = self.entry(id);
+        if entry.flags.get(flag).is_some_and(|r| r.stamp >= *stamp) {
+            return;
+        }
+        entry.flags.insert(
+            flag.to_owned(),
+            Lww {
+                stamp: stamp.clone(),
+                set,
+            },
+        );
+        if set {
+            self.index
+                .by_flag
+                .entry(flag.to_owned())
+                .or_default()
+                .insert(id);
+        } else if let Some(holders) = self.index.by_flag.get_mut(flag) {
+            holders.remove(&id);
+            if holders.is_empty() {
+                self.index.by_flag.remove(flag);
+            }
+        }
+    }
+
+    fn raise_modseq(&mut self, id: MessageId, seq: u64) {
+        let entry = self.core.entries.entry(id).or_default();
+        if seq > entry.modseq {
+            self.index.by_modseq.remove(&(entry.modseq, id));
+            entry.modseq = seq;
+            self.index.by_modseq.insert((seq, id));
+        }
+    }
+
+    /// Recomputes whether and where message `id` is shown.
+    fn refresh(&mut self, id: MessageId) {
+        let entry = self.core.entries.get(&id);
+        let live = entry.is_some_and(Entry::is_live);
+        let want = entry
+            .filter(|e| e.is_live())
+            .and_then(Entry::top_claim)
+            .filter(|uid| self.index.claims.is_sole(*uid, &id));
+        let index = &mut self.index;
+        let now = index.uid_of.get(&id).copied();
+        if now != want {
+            if let Some(old) = now {
+                index.shown.remove(&old);
+                index.uid_of.remove(&id);
+                if let Ok(at) = index.uids.binary_search(&old) {
+                    index.uids.remove(at);
+                }
+            }
+            if let Some(new) = want {
+                index.shown.insert(new, id);
+                index.uid_of.insert(id, new);
+                if let Err(at) = index.uids.binary_search(&new) {
+                    index.uids.insert(at, new);
+                }
+            }
+        }
+        if live && want.is_none() {
+            index.displaced.insert(id);
+        } else {
+            index.displaced.remove(&id);
+        }
+    }
+
+    /// Rebuilds the index from the core (after reading a snapshot).
+    fn from_core(core: Core) -> Self {
+        let mut state = MailboxState {
+            core,
+            index: Index::default(),
+        };
+        let ids: Vec<MessageId> = state.core.entries.keys().copied().collect();
+        for id in &ids {
+            let entry = &state.core.entries[id];
+            for claim in &entry.claims {
+                state.index.claims.add(*claim, *id);
+            }
+            for (flag, register) in &entry.flags {
+                if register.set {
+                    state
+                        .index
+                        .by_flag
+                        .entry(flag.clone())
+                        .or_default()
+                        .insert(*id);
+                }
+            }
+            if entry.modseq > 0 {
+                state.index.by_modseq.insert((entry.modseq, *id));
+            }
+        }
+        for id in ids {
+            state.refresh(id);
+        }
+        state
+    }
+}
+
+impl State for MailboxState {
+    type Op = MailboxOp;
+
+    fn apply(&mut self, op: &MailboxOp, meta: &OpMeta) {
+        let targets = op.targets(meta.id);
+        let mut touched: BTreeSet<MessageId> = targets.iter().copied().collect();
+
+        // UID claims: one per target, for the ops that make claims.
+        let count = op.claim_count();
+        let claims = self.core.uid_clock.record(meta.id, &meta.parents, count);
+        match claims {
+            Some(values) if count > 0 => {
+                for (value, id) in values.zip(&targets) {
+                    let entry = self.entry(*id);
+                    if let Err(at) = entry.claims.binary_search(&value) {
+                        entry.claims.insert(at, value);
+                    }
+                    touched.extend(self.index.claims.add(value, *id));
+                }
+            }
+            Some(_) => {}
+            None => self.core.uid_space_exhausted = true,
+        }
+
+        match op {
+            MailboxOp::Append(new) => {
+                if let Some(id) = targets.first() {
+                    self.place(*id, new, &meta.key);
+                }
+            }
+            MailboxOp::CopyIn(news) => {
+                for (id, new) in targets.iter().zip(news) {
+                    self.place(*id, new, &meta.key);
+                }
+            }
+            MailboxOp::Store { set, clear, .. } => {
+                for id in &targets {
+                    // A flag both set and cleared by one op ends cleared.
+                    for flag in set.iter().filter(|f| !clear.contains(f)) {
+                        self.write_flag(*id, flag, true, &meta.key);
+                    }
+                    for flag in clear {
+                        self.write_flag(*id, flag, false, &meta.key);
+                    }
+                }
+            }
+            MailboxOp::Expunge(_) => {
+                for id in &targets {
+                    self.entry(*id).expunged = true;
+                }
+            }
+            MailboxOp::FixUp(_) => {}
+        }
+
+        for id in &targets {
+            self.raise_modseq(*id, meta.seq);
+        }
+        self.core.op_targets.insert(meta.id, targets);
+        self.core.highest_modseq = self.core.highest_modseq.max(meta.seq);
+        for id in touched {
+            self.refresh(id);
+        }
+    }
+
+    fn reseq(&mut self, op: &OpId, seq: u64) {
+        let Some(targets) = self.core.op_targets.get(op) else {
+            return;
+        };
+        for id in targets.clone() {
+            self.raise_modseq(id, seq);
+        }
+    }
+}
+
+// A snapshot holds the core only; the index is rebuilt on load.
+impl Serialize for MailboxState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.core.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MailboxState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MailboxState, D::Error> {
+        Core::deserialize(d).map(MailboxState::from_core)
+    }
+}

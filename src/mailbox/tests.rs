@@ -1,0 +1,453 @@
+//! Conflict tests of the mailbox state through the log: instances are
+//! replicas that write ops and exchange them by hand, so each test spells
+//! out who saw what. The random version of this is `tests/simulation.rs`.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::log::{Envelope, InstanceId, OpId, Replica};
+
+#[derive(Clone, Debug)]
+struct Op {
+    id: OpId,
+    envelope: Envelope<MailboxOp>,
+}
+
+struct Node {
+    instance: InstanceId,
+    replica: Replica<MailboxState>,
+    wall_ms: u64,
+}
+
+impl Node {
+    fn new(name: &str) -> Node {
+        let instance = InstanceId::new(name).unwrap();
+        Node {
+            instance,
+            replica: Replica::new(MailboxState::new(42)),
+            wall_ms: 1_000,
+        }
+    }
+
+    /// Writes an op from what this node has seen; the store acknowledged
+    /// it, so the node applies it at once.
+    fn write(&mut self, body: MailboxOp) -> Op {
+        let op = self.prepare(body);
+        self.see(&op);
+        op
+    }
+
+    /// An op written but not applied yet (its PUT is in flight).
+    fn prepare(&mut self, body: MailboxOp) -> Op {
+        self.wall_ms += 10;
+        let envelope = self
+            .replica
+            .prepare(body, self.instance.clone(), self.wall_ms);
+        let (id, _) = envelope.encode().unwrap();
+        Op { id, envelope }
+    }
+
+    fn see(&mut self, op: &Op) {
+        self.replica.insert(op.id, op.envelope.clone());
+    }
+
+    fn state(&self) -> &MailboxState {
+        self.replica.state()
+    }
+
+    fn uid(&self, op: &Op) -> Option<u32> {
+        self.state().uid_of(&MessageId {
+            op: op.id,
+            index: 0,
+        })
+    }
+
+    fn flags(&self, uid: u32) -> Vec<String> {
+        let view = self.state().message(uid).unwrap();
+        view.flags.iter().map(|f| f.to_string()).collect()
+    }
+}
+
+fn append(blob: &str) -> MailboxOp {
+    MailboxOp::Append(NewMessage {
+        message: MessageRef {
+            blob_id: blob.into(),
+            size: 10,
+            internal_date: 0,
+            summary: vec![],
+        },
+        flags: vec![],
+    })
+}
+
+fn store(node: &Node, uid: u32, set: &[&str], clear: &[&str]) -> MailboxOp {
+    MailboxOp::Store {
+        targets: node.state().resolve(&[uid]),
+        set: set.iter().map(|f| f.to_string()).collect(),
+        clear: clear.iter().map(|f| f.to_string()).collect(),
+    }
+}
+
+/// Two nodes that both saw one message at UID 1.
+fn two_nodes() -> (Node, Node, Op) {
+    let (mut a, mut b) = (Node::new("a"), Node::new("b"));
+    let first = a.write(append("m0"));
+    b.see(&first);
+    (a, b, first)
+}
+
+#[test]
+fn concurrent_appends_lose_their_uid_and_a_fix_up_gives_fresh_ones() {
+    let (mut a, mut b, _) = two_nodes();
+    let op_a = a.write(append("ma"));
+    let op_b = b.write(append("mb"));
+    // Each client was told UID 2 (APPENDUID) and UIDNEXT 3.
+    assert_eq!((a.uid(&op_a), b.uid(&op_b)), (Some(2), Some(2)));
+    let (next_shown, modseq_shown) = (a.state().uid_next(), a.state().highest_modseq());
+    assert_eq!(next_shown, 3);
+
+    a.see(&op_b);
+    b.see(&op_a);
+    for node in [&a, &b] {
+        let state = node.state();
+        assert_eq!(state.message_id(2), None, "UID 2 names nothing any more");
+        assert_eq!(state.displaced().len(), 2);
+        assert_eq!(state.uid_next(), 3, "UIDNEXT never decreases");
+        assert_eq!(state.vanished_since(modseq_shown), vec![2]);
+    }
+    assert_eq!(a.state(), b.state());
+
+    let fix = a.write(a.state().fix_up().unwrap());
+    b.see(&fix);
+    assert_eq!(a.state(), b.state());
+    let (ua, ub) = (a.uid(&op_a).unwrap(), a.uid(&op_b).unwrap());
+    assert!(ua >= next_shown && ub >= next_shown && ua != ub);
+    assert_eq!(a.state().exists(), 3);
+    assert!(a.state().displaced().is_empty());
+    let changed = a.state().changed_since(modseq_shown);
+    assert!(changed.contains(&ua) && changed.contains(&ub));
+    assert_eq!(
+        a.state().message_id(2),
+        None,
+        "a duplicated UID is never reused"
+    );
+}
+
+#[test]
+fn identical_concurrent_fix_ups_agree() {
+    let (mut a, mut b, _) = two_nodes();
+    let op_a = a.write(append("ma"));
+    let op_b = b.write(append("mb"));
+    a.see(&op_b);
+    b.see(&op_a);
+    // Both saw the same set: their fix-ups make the same claims.
+    let fix_a = a.write(a.state().fix_up().unwrap());
+    let fix_b = b.write(b.state().fix_up().unwrap());
+    assert_ne!(fix_a.id, fix_b.id);
+    a.see(&fix_b);
+    b.see(&fix_a);
+    assert_eq!(a.state(), b.state());
+    assert!(a.state().displaced().is_empty());
+    assert_eq!(a.state().exists(), 3);
+}
+
+#[test]
+fn concurrent_stores_of_different_flags_both_win() {
+    let (mut a, mut b, _) = two_nodes();
+    let seen = a.write(store(&a, 1, &["\\Seen"], &[]));
+    let flagged = b.write(store(&b, 1, &["\\Flagged"], &[]));
+    a.see(&flagged);
+    b.see(&seen);
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.flags(1), vec!["\\Flagged", "\\Seen"]);
+    assert_eq!(a.state().uids_with_flag("\\Seen"), vec![1]);
+}
+
+#[test]
+fn concurrent_stores_of_one_flag_last_writer_wins() {
+    let (mut a, mut b, _) = two_nodes();
+    let set = a.write(store(&a, 1, &["\\Deleted"], &[]));
+    b.wall_ms = a.wall_ms + 1_000; // b's clock is later: b wins
+    let clear = b.write(store(&b, 1, &[], &["\\Deleted"]));
+    a.see(&clear);
+    b.see(&set);
+    assert_eq!(a.state(), b.state());
+    assert!(a.flags(1).is_empty());
+    // A STORE that saw the other always wins, whatever the clocks say.
+    a.wall_ms = 0;
+    let again = a.write(store(&a, 1, &["\\Deleted"], &[]));
+    b.see(&again);
+    assert_eq!(b.flags(1), vec!["\\Deleted"]);
+}
+
+#[test]
+fn expunge_wins_over_a_concurrent_flag_change() {
+    let (mut a, mut b, _) = two_nodes();
+    let modseq_shown = a.state().highest_modseq();
+    let expunge = a.write(MailboxOp::Expunge(a.state().resolve(&[1])));
+    let flag = b.write(store(&b, 1, &["\\Seen"], &[]));
+    a.see(&flag);
+    b.see(&expunge);
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.state().exists(), 0);
+    assert_eq!(a.state().vanished_since(modseq_shown), vec![1]);
+    assert!(
+        a.state().displaced().is_empty(),
+        "expunged messages need no fix-up"
+    );
+}
+
+#[test]
+fn a_late_op_after_a_fix_up_is_displaced_alone() {
+    let (mut a, mut b, first) = two_nodes();
+    let mut c = Node::new("c");
+    c.see(&first);
+    let op_a = a.write(append("ma"));
+    let op_b = b.write(append("mb"));
+    let late = c.write(append("mc")); // c is cut off for a while
+    a.see(&op_b);
+    b.see(&op_a);
+    let fix = a.write(a.state().fix_up().unwrap());
+    b.see(&fix);
+    let (ua, ub) = (a.uid(&op_a).unwrap(), a.uid(&op_b).unwrap());
+    let next_shown = a.state().uid_next();
+    let modseq_shown = a.state().highest_modseq();
+
+    // c's op arrives: it repeats claim 2, which was already invalid.
+    for node in [&mut a, &mut b] {
+        node.see(&late);
+        assert_eq!((node.uid(&op_a), node.uid(&op_b)), (Some(ua), Some(ub)));
+        assert_eq!(
+            node.state().displaced(),
+            vec![MessageId {
+                op: late.id,
+                index: 0
+            }]
+        );
+        assert_eq!(node.state().uid_next(), next_shown);
+    }
+    let fix2 = b.write(b.state().fix_up().unwrap());
+    a.see(&fix2);
+    assert_eq!(a.state(), b.state());
+    let uc = a.uid(&late).unwrap();
+    assert!(uc >= next_shown);
+    assert!(a.state().changed_since(modseq_shown).contains(&uc));
+}
+
+#[test]
+fn a_late_op_can_displace_a_fixed_up_message_again() {
+    let (mut a, mut b, first) = two_nodes();
+    let op_a = a.write(append("ma"));
+    let op_b = b.write(append("mb"));
+    // d saw op_a only; its append claims 3, like the fix-up will.
+    let mut d = Node::new("d");
+    d.see(&first);
+    d.see(&op_a);
+    let late = d.write(append("md"));
+    a.see(&op_b);
+    b.see(&op_a);
+    let fix = a.write(a.state().fix_up().unwrap());
+    b.see(&fix);
+    let shown: Vec<u32> = a.state().messages().map(|m| m.uid).collect();
+    let next_shown = a.state().uid_next();
+    let modseq_shown = a.state().highest_modseq();
+    assert_eq!(shown, vec![1, 3, 4]);
+
+    a.see(&late);
+    let state = a.state();
+    assert_eq!(
+        state.exists(),
+        2,
+        "the message at 3 and the late one are displaced"
+    );
+    // 3 is new; 2, which vanished before, may be reported again.
+    let vanished = state.vanished_since(modseq_shown);
+    assert!(
+        vanished.contains(&3) && vanished.iter().all(|u| *u <= 3),
+        "{vanished:?}"
+    );
+    let fix2 = a.write(state.fix_up().unwrap());
+    b.see(&late);
+    b.see(&fix2);
+    assert_eq!(a.state(), b.state());
+    let after: Vec<u32> = a.state().messages().map(|m| m.uid).collect();
+    assert_eq!(after.len(), 4);
+    assert!(
+        after
+            .iter()
+            .filter(|u| !shown.contains(u))
+            .all(|u| *u >= next_shown)
+    );
+}
+
+#[test]
+fn a_late_flag_change_is_reported_by_changedsince_without_a_touch() {
+    // The Lamport MODSEQ claims of DESIGN.md §4 would give b's late STORE
+    // a MODSEQ at or below what a's client saw; sequence numbers do not.
+    let (mut a, mut b, _) = two_nodes();
+    for n in 0..5 {
+        a.write(append(&format!("x{n}")));
+    }
+    let late = b.write(store(&b, 1, &["\\Answered"], &[]));
+    let modseq_shown = a.state().highest_modseq();
+    a.see(&late);
+    assert!(a.state().message(1).unwrap().modseq > modseq_shown);
+    // Also reported: the messages of a's ops concurrent with the STORE,
+    // changes for a client that had seen b's state (see `log::dag`).
+    assert!(a.state().changed_since(modseq_shown).contains(&1));
+    assert!(a.state().highest_modseq() > modseq_shown);
+}
+
+#[test]
+fn ops_naming_unknown_messages_change_nothing_visible() {
+    let (mut a, _, _) = two_nodes();
+    let ghost = MessageId {
+        op: OpId::from_raw([9; 16]),
+        index: 3,
+    };
+    let before: Vec<u32> = a.state().messages().map(|m| m.uid).collect();
+    a.write(MailboxOp::Store {
+        targets: vec![ghost],
+        set: vec!["x".into()],
+        clear: vec![],
+    });
+    a.write(MailboxOp::Expunge(vec![ghost]));
+    a.write(MailboxOp::FixUp(vec![ghost]));
+    let after: Vec<u32> = a.state().messages().map(|m| m.uid).collect();
+    assert_eq!(before, after);
+    assert!(a.state().displaced().is_empty());
+    assert!(a.replica.insert_bytes(b"{not an op").is_err());
+}
+
+#[test]
+fn sequence_numbers_and_uids_map_both_ways() {
+    let (mut a, _, _) = two_nodes();
+    a.write(append("m1"));
+    a.write(append("m2"));
+    a.write(MailboxOp::Expunge(a.state().resolve(&[2])));
+    assert_eq!(
+        (
+            a.state().uid_at(1),
+            a.state().uid_at(2),
+            a.state().uid_at(3)
+        ),
+        (Some(1), Some(3), None)
+    );
+    assert_eq!((a.state().seq_of(3), a.state().seq_of(2)), (Some(2), None));
+    assert_eq!(a.state().uid_at(0), None);
+}
+
+#[test]
+fn a_snapshot_restores_the_same_replica() {
+    let (mut a, mut b, _) = two_nodes();
+    let op_a = a.write(append("ma"));
+    let op_b = b.write(append("mb"));
+    a.see(&op_b);
+    let json = serde_json::to_string(&a.replica).unwrap();
+    let mut restored: Replica<MailboxState> = serde_json::from_str(&json).unwrap();
+    assert_eq!(restored.state(), a.state());
+    // Ops after the snapshot give the same result on both.
+    let fix = a.write(a.state().fix_up().unwrap());
+    restored.insert(fix.id, fix.envelope.clone());
+    b.see(&op_a);
+    b.see(&fix);
+    assert_eq!(restored.state(), a.state());
+    assert_eq!(b.state(), a.state());
+}
+
+// ---- Order independence (I1) over random histories ----
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Writer `w` writes an op of kind `k` about message choice `m`.
+    Write { w: usize, k: u8, m: usize },
+    /// Writer `to` sees every op writer `from` has.
+    Sync { from: usize, to: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..3usize, 0..6u8, 0..8usize).prop_map(|(w, k, m)| Step::Write { w, k, m }),
+        1 => (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Sync { from, to }),
+    ]
+}
+
+/// Runs a history; returns every op written, in write order.
+fn history(steps: &[Step]) -> Vec<Op> {
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(n)).collect();
+    let mut seen: Vec<Vec<Op>> = vec![Vec::new(); 3];
+    let mut all = Vec::new();
+    for step in steps {
+        match *step {
+            Step::Write { w, k, m } => {
+                let node = &nodes[w];
+                let uids: Vec<u32> = node.state().messages().map(|v| v.uid).collect();
+                let pick = uids.get(m % uids.len().max(1)).copied().unwrap_or(0);
+                let targets = node.state().resolve(&[pick]);
+                let body = match k {
+                    0 | 1 => append(&format!("blob{}", all.len())),
+                    2 => store(node, pick, &["\\Seen"], &[]),
+                    3 => store(node, pick, &[], &["\\Seen"]),
+                    4 => MailboxOp::Expunge(targets),
+                    _ => match node.state().fix_up() {
+                        Some(fix) => fix,
+                        None => MailboxOp::CopyIn(vec![NewMessage {
+                            message: MessageRef {
+                                blob_id: "copy".into(),
+                                size: 1,
+                                internal_date: 0,
+                                summary: vec![],
+                            },
+                            flags: vec!["\\Seen".into()],
+                        }]),
+                    },
+                };
+                let op = nodes[w].write(body);
+                seen[w].push(op.clone());
+                all.push(op);
+            }
+            Step::Sync { from, to } => {
+                for op in seen[from].clone() {
+                    nodes[to].see(&op);
+                    seen[to].push(op);
+                }
+            }
+        }
+    }
+    all
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn delivery_order_does_not_matter(
+        steps in proptest::collection::vec(step(), 1..40),
+        seed in any::<u64>(),
+    ) {
+        let ops = history(&steps);
+        let mut in_order = Replica::new(MailboxState::new(42));
+        for op in &ops {
+            in_order.insert(op.id, op.envelope.clone());
+        }
+        // The same set delivered in a shuffled order (children often
+        // before parents: the DAG buffers them).
+        let mut shuffled = ops.clone();
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let mut other = Replica::new(MailboxState::new(42));
+        for op in &shuffled {
+            other.insert(op.id, op.envelope.clone());
+        }
+        prop_assert_eq!(other.dag().pending_len(), 0);
+        prop_assert_eq!(in_order.state(), other.state());
+        let json = serde_json::to_string(in_order.state()).unwrap();
+        let restored: MailboxState = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(&restored, in_order.state());
+    }
+}
