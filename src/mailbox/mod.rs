@@ -10,6 +10,7 @@
 pub mod claims;
 pub mod op;
 pub mod state;
+pub mod summary;
 
 pub use op::{MailboxOp, MessageId, MessageRef, NewMessage};
 pub use state::{MailboxState, MessageView};

@@ -1,0 +1,510 @@
+//! Unit tests of the summary: exact offsets, line counts, defaults,
+//! addresses, parameters, caps, and no panics on any input.
+
+use super::*;
+use proptest::prelude::*;
+
+fn crlf(s: &str) -> Vec<u8> {
+    normalize_crlf(s.as_bytes()).into_owned()
+}
+
+fn children(p: &BodyPart) -> &[BodyPart] {
+    match &p.kind {
+        PartKind::Multipart(c) => c,
+        other => panic!("not a multipart: {other:?}"),
+    }
+}
+
+fn inner(p: &BodyPart) -> &Encapsulated {
+    match &p.kind {
+        PartKind::Message(m) => m,
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+fn slice(raw: &[u8], from: u64, to: u64) -> &str {
+    std::str::from_utf8(&raw[from as usize..to as usize]).unwrap()
+}
+
+fn mime(raw: &[u8], p: &BodyPart) -> String {
+    slice(raw, p.header_start, p.body_start).to_owned()
+}
+
+fn body(raw: &[u8], p: &BodyPart) -> String {
+    slice(raw, p.body_start, p.body_end).to_owned()
+}
+
+const NESTED: &str = "From: a@example.org\n\
+Subject: nested\n\
+Content-Type: multipart/mixed; boundary=\"o\"\n\
+\n\
+preamble\n\
+--o\n\
+Content-Type: text/plain\n\
+\n\
+one\n\
+two\n\
+\n\
+--o\n\
+Content-Type: message/rfc822\n\
+\n\
+From: b@example.org\n\
+Subject: inner\n\
+Content-Type: multipart/alternative; boundary=i\n\
+\n\
+--i\n\
+\n\
+plain\n\
+--i\n\
+Content-Type: text/html\n\
+\n\
+<b>html</b>\n\
+--i--\n\
+--o--\n\
+epilogue\n";
+
+#[test]
+fn nested_offsets_slice_exactly() {
+    let raw = crlf(NESTED);
+    let s = summarize(&raw);
+    assert_eq!(s.size, raw.len() as u64);
+    assert_eq!(s.body.header_start, 0);
+    assert_eq!(s.body.body_start, s.header_bytes);
+    assert!(mime(&raw, &s.body).ends_with("boundary=\"o\"\r\n\r\n"));
+    assert_eq!(s.body.body_end, s.size);
+
+    let parts = children(&s.body);
+    assert_eq!(parts.len(), 2);
+    // BODY[1.MIME] and BODY[1]: the CRLF before "--o" is the boundary's.
+    assert_eq!(mime(&raw, &parts[0]), "Content-Type: text/plain\r\n\r\n");
+    assert_eq!(body(&raw, &parts[0]), "one\r\ntwo\r\n");
+    assert_eq!(parts[0].size(), 10);
+    assert_eq!(parts[0].lines, 2);
+
+    // BODY[2.MIME], BODY[2] (the whole encapsulated message).
+    let msg = &parts[1];
+    assert_eq!(mime(&raw, msg), "Content-Type: message/rfc822\r\n\r\n");
+    assert!(body(&raw, msg).starts_with("From: b@example.org\r\n"));
+    // As Dovecot: a boundary on the first line after another boundary line
+    // takes no newline, so the CRLF ending "--i--" stays in the body.
+    assert!(body(&raw, msg).ends_with("--i--\r\n"));
+    assert_eq!(msg.lines, body(&raw, msg).matches('\n').count() as u64);
+    let enc = inner(msg);
+    assert_eq!(enc.envelope.subject, Some("inner".into()));
+    // BODY[2.HEADER] and BODY[2.TEXT].
+    assert_eq!(enc.body.header_start, msg.body_start);
+    assert!(mime(&raw, &enc.body).starts_with("From: b@example.org\r\n"));
+    assert!(mime(&raw, &enc.body).ends_with("boundary=i\r\n\r\n"));
+    assert_eq!(enc.body.body_end, msg.body_end);
+
+    // BODY[2.1] (no header: text/plain default) and BODY[2.2].
+    let alt = children(&enc.body);
+    assert_eq!(alt.len(), 2);
+    assert_eq!(mime(&raw, &alt[0]), "\r\n");
+    assert_eq!(body(&raw, &alt[0]), "plain");
+    assert_eq!(alt[0].lines, 0);
+    assert_eq!(alt[0].param("charset"), Some(&"us-ascii".into()));
+    assert_eq!(mime(&raw, &alt[1]), "Content-Type: text/html\r\n\r\n");
+    assert_eq!(body(&raw, &alt[1]), "<b>html</b>");
+}
+
+#[test]
+fn boundary_on_first_body_line_leaves_empty_body() {
+    let raw = crlf(
+        "Content-Type: multipart/mixed; boundary=x\n\n--x\n\n--x\nContent-Type: text/plain\n\nb\n--x--\n",
+    );
+    let s = summarize(&raw);
+    let parts = children(&s.body);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].size(), 0);
+    assert_eq!(body(&raw, &parts[1]), "b");
+}
+
+#[test]
+fn header_cut_by_enclosing_boundary() {
+    let raw = crlf(
+        "Content-Type: multipart/mixed; boundary=x\n\n--x\nContent-Type: text/plain\n--x\n\nz\n--x--\n",
+    );
+    let s = summarize(&raw);
+    let parts = children(&s.body);
+    assert_eq!(parts.len(), 2);
+    // The CRLF before "--x" belongs to the boundary, not to the header.
+    assert_eq!(mime(&raw, &parts[0]), "Content-Type: text/plain");
+    assert_eq!(parts[0].size(), 0);
+    assert_eq!(body(&raw, &parts[1]), "z");
+}
+
+#[test]
+fn missing_close_delimiter_runs_to_the_end() {
+    let raw = crlf("Content-Type: multipart/mixed; boundary=x\n\n--x\n\nlast\nline\n");
+    let s = summarize(&raw);
+    let parts = children(&s.body);
+    assert_eq!(body(&raw, &parts[0]), "last\r\nline\r\n");
+    assert_eq!(parts[0].lines, 2);
+}
+
+#[test]
+fn defaults_and_encodings() {
+    let s = summarize(&crlf("Subject: x\n\nbody\n"));
+    assert_eq!(
+        (s.body.media_type.as_str(), s.body.subtype.as_str()),
+        ("text", "plain")
+    );
+    assert_eq!(
+        s.body.params,
+        vec![("charset".to_owned(), "us-ascii".into())]
+    );
+    assert_eq!(s.body.encoding, "7bit");
+
+    let s = summarize(&crlf(
+        "Content-Type: TEXT/HTML; Charset=\"UTF-8\"\nContent-Transfer-Encoding: Base64\n\nQQ==\n",
+    ));
+    assert_eq!(
+        (s.body.media_type.as_str(), s.body.subtype.as_str()),
+        ("text", "html")
+    );
+    assert_eq!(s.body.params, vec![("Charset".to_owned(), "UTF-8".into())]);
+    assert_eq!(s.body.encoding, "base64");
+
+    // Not a token: Dovecot's test expects "7bit".
+    let s = summarize(&crlf("Content-Transfer-Encoding: ?invalid\n\nx\n"));
+    assert_eq!(s.body.encoding, "7bit");
+
+    // No subtype: RFC 2045 §5.2 default.
+    let s = summarize(&crlf("Content-Type: image\n\nx\n"));
+    assert_eq!(
+        (s.body.media_type.as_str(), s.body.subtype.as_str()),
+        ("text", "plain")
+    );
+}
+
+#[test]
+fn content_type_parameters() {
+    let s = summarize(&crlf(
+        "Content-Type: text/x-myown (comment); charset=us-ascii; foo=\"quoted\\\"string\"\n\
+         \x20; name=unquoted name.txt\n\nx\n",
+    ));
+    assert_eq!(
+        s.body.params,
+        vec![
+            ("charset".to_owned(), "us-ascii".into()),
+            ("foo".to_owned(), "quoted\"string".into()),
+            ("name".to_owned(), "unquoted name.txt".into()),
+        ]
+    );
+}
+
+#[test]
+fn rfc2231_continuations_are_joined() {
+    let params = |v: &str| Lexer::new(v.as_bytes()).params();
+    assert_eq!(
+        params("; title*0=\"a \"; title*1=b"),
+        vec![("title".to_owned(), "a b".into())]
+    );
+    assert_eq!(
+        params("; a=1; title*1*=%20end; title*0*=us-ascii'en'x; b=2"),
+        vec![
+            ("a".to_owned(), "1".into()),
+            ("title*".to_owned(), "us-ascii'en'x%20end".into()),
+            ("b".to_owned(), "2".into()),
+        ]
+    );
+    assert_eq!(
+        params("; f*=utf-8''%C3%A9"),
+        vec![("f*".to_owned(), "utf-8''%C3%A9".into())]
+    );
+    // A plain segment inside an extended value is %-encoded.
+    assert_eq!(
+        params("; f*0*=utf-8''a; f*1=\"b c\""),
+        vec![("f*".to_owned(), "utf-8''ab%20c".into())]
+    );
+    // A gap ends the value.
+    assert_eq!(params("; f*0=a; f*2=c"), vec![("f".to_owned(), "a".into())]);
+}
+
+fn addr(name: Option<&str>, mailbox: Option<&str>, host: Option<&str>) -> Address {
+    Address {
+        name: name.map(Into::into),
+        adl: None,
+        mailbox: mailbox.map(Into::into),
+        host: host.map(Into::into),
+    }
+}
+
+#[test]
+fn addresses() {
+    let p = |v: &str| parse_addresses(v.as_bytes());
+    assert_eq!(
+        p("\"Doe, Jane\" <jane@example.org>, bob@example.net (Bob B.)"),
+        vec![
+            addr(Some("Doe, Jane"), Some("jane"), Some("example.org")),
+            addr(Some("Bob B."), Some("bob"), Some("example.net")),
+        ]
+    );
+    assert_eq!(
+        p("John Q. Public <john.q@example.org>"),
+        vec![addr(
+            Some("John Q. Public"),
+            Some("john.q"),
+            Some("example.org")
+        )]
+    );
+    assert_eq!(
+        p("=?UTF-8?Q?Andr=C3=A9?= <andre@example.org>"),
+        vec![addr(
+            Some("=?UTF-8?Q?Andr=C3=A9?="),
+            Some("andre"),
+            Some("example.org")
+        )]
+    );
+    assert_eq!(
+        p("undisclosed-recipients:;"),
+        vec![
+            addr(None, Some("undisclosed-recipients"), None),
+            addr(None, None, None)
+        ]
+    );
+    assert_eq!(
+        p("g: a@x, b@y"),
+        vec![
+            addr(None, Some("g"), None),
+            addr(None, Some("a"), Some("x")),
+            addr(None, Some("b"), Some("y")),
+            addr(None, None, None),
+        ]
+    );
+    assert_eq!(
+        p("postmaster"),
+        vec![addr(None, Some("postmaster"), Some(MISSING_DOMAIN))]
+    );
+    assert_eq!(
+        p("\"a b\"@example.org"),
+        vec![addr(None, Some("\"a b\""), Some("example.org"))]
+    );
+    assert_eq!(p("<>"), vec![addr(None, Some(""), Some(""))]);
+    assert_eq!(p(""), vec![]);
+    assert_eq!(p(" , ,"), vec![]);
+    let routed = &p("<@a.example,@b.example:c@d.example>")[0];
+    assert_eq!(routed.adl, Some("@a.example,@b.example".into()));
+    assert_eq!(routed.mailbox, Some("c".into()));
+}
+
+#[test]
+fn sender_and_reply_to_default_to_from() {
+    let s = summarize(&crlf(
+        "From: a@x\nSender:\nSubject:  =?UTF-8?Q?=C3=A9?=  \n\n",
+    ));
+    assert_eq!(s.envelope.sender, s.envelope.from);
+    assert_eq!(s.envelope.reply_to, s.envelope.from);
+    assert_eq!(s.envelope.subject, Some("=?UTF-8?Q?=C3=A9?=".into()));
+    assert!(
+        s.search_headers
+            .contains(&("Subject".to_owned(), "é".to_owned()))
+    );
+}
+
+#[test]
+fn sent_date_with_and_without_seconds() {
+    assert_eq!(
+        parse_date(b"Fri, 14 Jun 2024 16:00:00 +0000"),
+        Some(1718380800)
+    );
+    assert_eq!(parse_date(b"14 Jun 2024 16:00 GMT"), Some(1718380800));
+    assert_eq!(parse_date(b"14 Jun 2024 18:00 +0200"), Some(1718380800));
+    assert_eq!(parse_date(b"garbage"), None);
+}
+
+#[test]
+fn normalize_crlf_cases() {
+    assert!(matches!(normalize_crlf(b"a\r\nb\r\n"), Cow::Borrowed(_)));
+    assert_eq!(&*normalize_crlf(b"a\nb\rc\r\nd\r"), b"a\r\nb\r\nc\r\nd\r\n");
+    assert_eq!(&*normalize_crlf(b"\n\r"), b"\r\n\r\n");
+    assert_eq!(&*normalize_crlf(b""), b"");
+}
+
+#[test]
+fn preview_prefers_plain_and_strips_html() {
+    let raw = crlf(
+        "Content-Type: multipart/alternative; boundary=b\n\n--b\nContent-Type: text/html\n\n<p>Hello   <b>html</b></p>\n--b\nContent-Type: text/plain\n\nHello\n\n  plain\n--b--\n",
+    );
+    assert_eq!(summarize(&raw).preview, "Hello plain");
+    let raw =
+        crlf("Content-Type: text/html\n\n<html><body><p>Only <i>html</i></p></body></html>\n");
+    assert_eq!(summarize(&raw).preview, "Only html");
+    let long = "x".repeat(1000);
+    assert_eq!(
+        summarize(&crlf(&format!("\n{long}")))
+            .preview
+            .chars()
+            .count(),
+        PREVIEW_CHARS
+    );
+}
+
+#[test]
+fn raw_text_serialisation() {
+    let text = RawText::from("héllo");
+    assert_eq!(serde_json::to_string(&text).unwrap(), "\"héllo\"");
+    let bytes = RawText(vec![0xe9, b'a']);
+    let json = serde_json::to_string(&bytes).unwrap();
+    assert_eq!(json, "{\"b64\":\"6WE=\"}");
+    assert_eq!(serde_json::from_str::<RawText>(&json).unwrap(), bytes);
+}
+
+#[test]
+fn stored_header_is_cut_at_a_line_end() {
+    let mut msg = String::new();
+    for i in 0..5000 {
+        msg.push_str(&format!("X-Filler-{i}: some value to fill the header\n"));
+    }
+    msg.push_str("\nbody\n");
+    let raw = crlf(&msg);
+    let s = summarize(&raw);
+    assert!(s.header.len() <= MAX_STORED_HEADER);
+    assert!(s.header.as_bytes().ends_with(b"\r\n"));
+    assert!((s.header.len() as u64) < s.header_bytes);
+    let total: usize = s
+        .search_headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len())
+        .sum();
+    assert!(total <= MAX_SEARCH_HEADERS);
+}
+
+#[test]
+fn part_count_is_capped() {
+    let mut msg = String::from("Content-Type: multipart/mixed; boundary=b\n\n");
+    for _ in 0..100_000 {
+        msg.push_str("--b\n\nx\n");
+    }
+    msg.push_str("--b--\n");
+    let raw = crlf(&msg);
+    let s = summarize(&raw);
+    assert_eq!(children(&s.body).len(), MAX_PARTS - 1);
+    assert_eq!(s.body.body_end, s.size);
+}
+
+#[test]
+fn multipart_depth_is_capped() {
+    let mut msg = String::new();
+    for i in 0..1000 {
+        msg.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n"
+        ));
+    }
+    msg.push_str("\ndeep\n");
+    let raw = crlf(&msg);
+    let s = summarize(&raw);
+    let mut depth = 0;
+    let mut part = &s.body;
+    while let PartKind::Multipart(c) = &part.kind {
+        match c.first() {
+            Some(child) => part = child,
+            None => break,
+        }
+        depth += 1;
+    }
+    assert_eq!(depth, MAX_DEPTH);
+    // The JSON stays serialisable (serde_json's recursion limit is 128).
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<MessageSummary>(&json).unwrap(), s);
+}
+
+#[test]
+fn message_depth_is_capped() {
+    let msg = "Content-Type: message/rfc822\n\n".repeat(1000) + "\nbottom\n";
+    let raw = crlf(&msg);
+    let s = summarize(&raw);
+    let mut depth = 0;
+    let mut part = &s.body;
+    while let PartKind::Message(m) = &part.kind {
+        part = &m.body;
+        depth += 1;
+    }
+    assert_eq!(depth, MAX_DEPTH);
+    assert_eq!(
+        (part.media_type.as_str(), part.subtype.as_str()),
+        ("application", "octet-stream")
+    );
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<MessageSummary>(&json).unwrap(), s);
+}
+
+#[test]
+fn attachments() {
+    let raw = crlf(
+        "Content-Type: multipart/related; boundary=r\n\n--r\nContent-Type: text/html\n\n<img>\n--r\nContent-Type: image/png\n\nx\n--r--\n",
+    );
+    assert!(!summarize(&raw).has_attachments);
+    let raw = crlf(
+        "Content-Type: multipart/mixed; boundary=m\n\n--m\n\ntext\n--m\nContent-Type: application/pdf\n\nx\n--m--\n",
+    );
+    assert!(summarize(&raw).has_attachments);
+    let raw = crlf(
+        "Content-Type: multipart/mixed; boundary=m\n\n--m\n\ntext\n--m\nContent-Type: text/plain\nContent-Disposition: attachment; filename=a.txt\n\nx\n--m--\n",
+    );
+    assert!(summarize(&raw).has_attachments);
+}
+
+/// Checks what must hold for any input: offsets nest and stay in range.
+fn check_offsets(p: &BodyPart, lo: u64, hi: u64) {
+    assert!(lo <= p.header_start && p.header_start <= p.body_start);
+    assert!(
+        p.body_start <= p.body_end && p.body_end <= hi,
+        "{p:?} not in {lo}..{hi}"
+    );
+    match &p.kind {
+        PartKind::Leaf => {}
+        PartKind::Message(m) => check_offsets(&m.body, p.body_start, p.body_end),
+        PartKind::Multipart(c) => {
+            let mut prev = p.body_start;
+            for child in c {
+                check_offsets(child, prev, p.body_end);
+                prev = child.body_end;
+            }
+        }
+    }
+}
+
+fn mime_like() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop_oneof![
+        Just(b"Content-Type: multipart/mixed; boundary=a\r\n".to_vec()),
+        Just(b"Content-Type: multipart/digest; boundary=ab\r\n".to_vec()),
+        Just(b"Content-Type: message/rfc822\r\n".to_vec()),
+        Just(b"Content-Type: text/plain; charset=\"iso-8859-1\"\r\n".to_vec()),
+        Just(b"Content-Transfer-Encoding: base64\r\n".to_vec()),
+        Just(b"Content-Transfer-Encoding: quoted-printable\r\n".to_vec()),
+        Just(b"Content-Disposition: attachment; filename*0*=utf-8''%C3; filename*1=x\r\n".to_vec()),
+        Just(b"From: \"a\" <b@c>, g: d@e;, (x\r\n".to_vec()),
+        Just(b"Subject: =?utf-8?b?w6k=?= =?x?q?=\r\n".to_vec()),
+        Just(b"--a\r\n".to_vec()),
+        Just(b"--ab\r\n".to_vec()),
+        Just(b"--a--\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b" folded\r\n".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..20),
+    ];
+    proptest::collection::vec(line, 0..40).prop_map(|lines| lines.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let s = summarize(&raw);
+        prop_assert_eq!(s.size, raw.len() as u64);
+        check_offsets(&s.body, 0, s.size);
+        let _ = normalize_crlf(&raw);
+    }
+
+    #[test]
+    fn never_panics_on_mime_like_input(raw in mime_like()) {
+        let s = summarize(&raw);
+        check_offsets(&s.body, 0, s.size);
+        prop_assert_eq!(s.body.body_end, s.size);
+        let json = serde_json::to_string(&s).unwrap();
+        prop_assert_eq!(serde_json::from_str::<MessageSummary>(&json).unwrap(), s);
+    }
+}
