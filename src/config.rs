@@ -11,11 +11,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::crypto::KdfParams;
+use crate::crypto::{KdfParams, Password};
+use crate::directory::ldap::LdapSettings;
 use crate::store::S3Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -202,16 +204,159 @@ impl S3Config {
 pub enum DirectoryBackend {
     /// A TOML users file edited with `facteur user ...`.
     Static,
+    /// An LDAP directory (OpenLDAP, 389-ds, ...): see `[directory.ldap]`
+    /// and doc/ldap.md.
+    Ldap,
 }
 
 /// `[directory]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryConfig {
-    /// `static` (a users file).
+    /// `static` (a users file) or `ldap`.
     pub backend: DirectoryBackend,
     /// The users file of the `static` backend.
     pub users_file: Option<PathBuf>,
+    /// Settings of the `ldap` backend.
+    pub ldap: Option<LdapConfig>,
+}
+
+/// `[directory.ldap]`: users live in an LDAP directory (doc/ldap.md). Users
+/// are found with the service account's searches and authenticated by
+/// binding as themselves (RFC 4513 §5.1.3); password hashes are never read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// Server URLs, `ldap://host[:port]` or `ldaps://host[:port]`. New
+    /// connections try them in order, so the first is the primary and the
+    /// others are failover.
+    pub urls: Vec<String>,
+    /// Upgrade `ldap://` connections with StartTLS (RFC 4513 §3); `ldaps://`
+    /// is TLS from the start either way.
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM file of the certificate authorities to trust for TLS; unset
+    /// means the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// DN of the service account that searches users (for logins and LMTP
+    /// recipient lookups). Unset means anonymous searches.
+    pub bind_dn: Option<String>,
+    /// Password of `bind_dn` (inline, `{ file = ... }` or `{ env = ... }`).
+    pub bind_password: Option<SecretSource>,
+    /// Where users and groups are searched (whole subtree).
+    pub base_dn: String,
+    /// Finds the entry of a login; `%u` is the login, escaped (RFC 4515).
+    /// An entry this filter does not match cannot log in nor receive mail.
+    #[serde(default = "default_ldap_user_filter")]
+    pub user_filter: String,
+    /// Finds the entry receiving mail for an address; `%a` is the address,
+    /// lower-cased and escaped (RFC 4515).
+    #[serde(default = "default_ldap_address_filter")]
+    pub address_filter: String,
+    /// Attribute holding the login; its value names the user's storage.
+    #[serde(default = "default_ldap_login_attribute")]
+    pub login_attribute: String,
+    /// Attributes holding the user's own addresses; the first value found
+    /// is the primary address.
+    #[serde(default = "default_ldap_address_attributes")]
+    pub address_attributes: Vec<String>,
+    /// Attributes holding further addresses (aliases) delivered to the user.
+    #[serde(default = "default_ldap_alias_attributes")]
+    pub alias_attributes: Vec<String>,
+    /// Attribute holding the storage quota in bytes (an integer, or a size
+    /// such as `2 GiB`); unset means no quota.
+    pub quota_attribute: Option<String>,
+    /// Only users this filter finds an entry for may use mail, e.g.
+    /// `(&(objectClass=groupOfNames)(cn=mail)(member=%d))`; `%d` is the
+    /// user's DN and `%u` their login, both escaped. Unset: no group check.
+    pub group_filter: Option<String>,
+    /// Seconds allowed to connect (TLS included) and for each operation.
+    #[serde(default = "default_ldap_timeout")]
+    pub timeout: u64,
+    /// Most connections open at once, for searches and for user binds each.
+    #[serde(default = "default_ldap_pool_size")]
+    pub pool_size: usize,
+    /// Seconds a recipient lookup (LMTP) is remembered; 0 disables caching.
+    /// Logins always ask the directory.
+    #[serde(default = "default_ldap_cache_ttl")]
+    pub cache_ttl: u64,
+    /// Seconds an unknown recipient is remembered, shorter so that a user
+    /// just added receives mail soon; at most `cache_ttl`.
+    #[serde(default = "default_ldap_negative_cache_ttl")]
+    pub negative_cache_ttl: u64,
+}
+
+fn default_ldap_user_filter() -> String {
+    "(&(objectClass=inetOrgPerson)(uid=%u))".into()
+}
+fn default_ldap_address_filter() -> String {
+    "(&(objectClass=inetOrgPerson)(|(mail=%a)(mailAlternateAddress=%a)))".into()
+}
+fn default_ldap_login_attribute() -> String {
+    "uid".into()
+}
+fn default_ldap_address_attributes() -> Vec<String> {
+    vec!["mail".into()]
+}
+fn default_ldap_alias_attributes() -> Vec<String> {
+    vec!["mailAlternateAddress".into()]
+}
+fn default_ldap_timeout() -> u64 {
+    5
+}
+fn default_ldap_pool_size() -> usize {
+    4
+}
+fn default_ldap_cache_ttl() -> u64 {
+    60
+}
+fn default_ldap_negative_cache_ttl() -> u64 {
+    10
+}
+
+impl LdapConfig {
+    /// The settings the LDAP directory is built from, checked; the service
+    /// password is resolved separately by [`LdapConfig::bind_password`].
+    pub fn settings(&self) -> Result<LdapSettings, ConfigError> {
+        let settings = LdapSettings {
+            urls: self.urls.clone(),
+            starttls: self.starttls,
+            ca_file: self.ca_file.clone(),
+            bind_dn: self.bind_dn.clone(),
+            base_dn: self.base_dn.clone(),
+            user_filter: self.user_filter.clone(),
+            address_filter: self.address_filter.clone(),
+            login_attribute: self.login_attribute.clone(),
+            address_attributes: self.address_attributes.clone(),
+            alias_attributes: self.alias_attributes.clone(),
+            quota_attribute: self.quota_attribute.clone(),
+            group_filter: self.group_filter.clone(),
+            timeout: Duration::from_secs(self.timeout),
+            pool_size: self.pool_size,
+            cache_ttl: Duration::from_secs(self.cache_ttl),
+            negative_cache_ttl: Duration::from_secs(self.negative_cache_ttl),
+        };
+        settings
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("directory.ldap: {e}")))?;
+        if self.bind_dn.is_some() != self.bind_password.is_some() {
+            return Err(ConfigError::Invalid(
+                "directory.ldap: bind_dn and bind_password go together".into(),
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// The service account's password, if a service account is configured.
+    pub fn bind_password(&self) -> Result<Option<Password>, ConfigError> {
+        self.bind_password
+            .as_ref()
+            .map(|s| {
+                s.resolve("directory.ldap.bind_password")
+                    .map(|p| Password::new(p.as_str()))
+            })
+            .transpose()
+    }
 }
 
 /// `[crypto]`
@@ -307,6 +452,7 @@ impl Config {
             directory: DirectoryConfig {
                 backend: DirectoryBackend::Static,
                 users_file: Some(data_dir.join("users.toml")),
+                ldap: None,
             },
             crypto: CryptoConfig::default(),
             http: HttpConfig::default(),
@@ -323,6 +469,14 @@ impl Config {
         }
         if let Some(p) = &mut self.directory.users_file {
             *p = base.join(&*p);
+        }
+        if let Some(ldap) = &mut self.directory.ldap {
+            if let Some(p) = &mut ldap.ca_file {
+                *p = base.join(&*p);
+            }
+            if let Some(s) = &mut ldap.bind_password {
+                s.rebase(base);
+            }
         }
     }
 
@@ -341,6 +495,15 @@ impl Config {
         if self.directory.backend == DirectoryBackend::Static && self.directory.users_file.is_none()
         {
             return invalid("directory.backend = \"static\" needs directory.users_file");
+        }
+        match (&self.directory.ldap, self.directory.backend) {
+            (None, DirectoryBackend::Ldap) => {
+                return invalid("directory.backend = \"ldap\" needs a [directory.ldap] section");
+            }
+            (Some(ldap), _) => {
+                ldap.settings()?;
+            }
+            (None, _) => {}
         }
         self.crypto
             .argon2
@@ -448,5 +611,42 @@ mod tests {
         let text = include_str!("../doc/facteur.example.toml");
         let c = Config::parse(text, Path::new("/etc/facteur")).unwrap();
         assert_eq!(c.store.backend, StoreBackend::S3);
+        let ldap = c.directory.ldap.as_ref().unwrap().settings().unwrap();
+        assert_eq!(ldap.urls.len(), 2);
+        assert_eq!(ldap.quota_attribute.as_deref(), Some("mailQuota"));
+    }
+
+    #[test]
+    fn ldap_section_gets_defaults_rebased_paths_and_checks() {
+        let ldap = MINIMAL.replace("backend = \"static\"", "backend = \"ldap\"")
+            + r#"
+        [directory.ldap]
+        urls = ["ldap://127.0.0.1"]
+        base_dn = "dc=example,dc=org"
+        bind_dn = "cn=facteur,dc=example,dc=org"
+        bind_password = { file = "ldap-password" }
+        ca_file = "ca.pem"
+        "#;
+        let c = Config::parse(&ldap, Path::new("/etc/facteur")).unwrap();
+        let l = c.directory.ldap.as_ref().unwrap();
+        assert_eq!(l.ca_file.as_deref(), Some(Path::new("/etc/facteur/ca.pem")));
+        assert!(matches!(&l.bind_password, Some(SecretSource::File { file })
+            if file == Path::new("/etc/facteur/ldap-password")));
+        let s = l.settings().unwrap();
+        assert_eq!(s.user_filter, default_ldap_user_filter());
+        assert_eq!(s.address_attributes, ["mail"]);
+        assert_eq!(s.timeout, Duration::from_secs(default_ldap_timeout()));
+
+        let no_section = MINIMAL.replace("backend = \"static\"", "backend = \"ldap\"");
+        let err = Config::parse(&no_section, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("[directory.ldap]"), "{err}");
+
+        let bad_filter = ldap.replace("ca_file", "user_filter = \"(uid=%x)\"\nca_file");
+        let err = Config::parse(&bad_filter, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("%x"), "{err}");
+
+        let half_bind = ldap.replace("bind_dn = \"cn=facteur,dc=example,dc=org\"", "");
+        let err = Config::parse(&half_bind, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
     }
 }

@@ -250,6 +250,9 @@ fn users_file_path(config: &Config) -> Result<PathBuf> {
             .users_file
             .clone()
             .ok_or_else(|| anyhow!("directory.backend = \"static\" needs directory.users_file")),
+        DirectoryBackend::Ldap => {
+            bail!("users live in LDAP: add, change and remove them there (doc/ldap.md)")
+        }
     }
 }
 

@@ -1,15 +1,17 @@
 //! Who the users are (DESIGN.md §5): a [`Directory`] answers "may this login
 //! in with this password?" and "which user owns this address?". Two
 //! providers: a TOML users file ([`users_file`], for small setups and the
-//! embedded default) and LDAP (later). Keys never live here: they live in the
+//! embedded default) and LDAP ([`ldap`]). Keys never live here: they live in the
 //! user's keyring in the object store, so a stock LDAP schema works.
 
+pub mod ldap;
 pub mod users_file;
 
 use async_trait::async_trait;
 
 use crate::crypto::Password;
 
+pub use ldap::{LdapDirectory, LdapSettings};
 pub use users_file::{StaticDirectory, UserEntry, UsersFile};
 
 /// What the directory knows of a user.

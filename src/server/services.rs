@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::account::KeyringStore;
 use crate::config::{Config, ConfigError, DirectoryBackend, StoreBackend};
 use crate::crypto::KdfParams;
-use crate::directory::{Directory, DirectoryError, StaticDirectory};
+use crate::directory::{Directory, DirectoryError, LdapDirectory, StaticDirectory};
 use crate::store::{FsStore, MemoryStore, S3Store, SharedStore, StoreError, layout::UserId};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,14 @@ impl Services {
                     ConfigError::Invalid("directory.backend = \"static\" needs users_file".into())
                 })?;
                 Arc::new(StaticDirectory::open(path, config.crypto.argon2.clone())?)
+            }
+            DirectoryBackend::Ldap => {
+                let ldap = config.directory.ldap.as_ref().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "directory.backend = \"ldap\" needs [directory.ldap]".into(),
+                    )
+                })?;
+                Arc::new(LdapDirectory::new(ldap.settings()?, ldap.bind_password()?)?)
             }
         };
         Ok(Services {
