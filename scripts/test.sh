@@ -10,6 +10,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 work="$(mktemp -d "${TMPDIR:-/tmp}/facteur-test.XXXXXX")"
 cleanup() {
     scripts/garage.sh stop "$work/garage" >&2 || true
+    scripts/slapd.sh stop "$work/slapd" >&2 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -18,6 +19,9 @@ echo "== starting a throwaway Garage" >&2
 eval "$(scripts/garage.sh start "$work/garage")"
 # The S3 variants of the tests fail rather than skip when Garage is missing.
 export FACTEUR_REQUIRE_S3=1
+echo "== starting a throwaway slapd" >&2
+eval "$(scripts/slapd.sh start "$work/slapd")"
+export FACTEUR_REQUIRE_LDAP=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

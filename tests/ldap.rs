@@ -1,0 +1,536 @@
+//! The LDAP directory against a real OpenLDAP server.
+//!
+//! Runs against the slapd named by `FACTEUR_TEST_LDAP_*`
+//! (`eval "$(scripts/slapd.sh start <dir>)"` sets them; the directory holds
+//! fixtures/ldap/base.ldif). Without them every test prints a notice and
+//! passes, unless `FACTEUR_REQUIRE_LDAP=1` (set by `scripts/test.sh`), in
+//! which case they fail. Tests that change the directory add entries with
+//! random names, so runs can share a server; the outage test starts a slapd
+//! of its own, since it stops it.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use facteur::config::Config;
+use facteur::crypto::Password;
+use facteur::directory::{Directory, DirectoryError, LdapDirectory, UserRecord};
+use rand::Rng;
+
+/// The test server, from the environment.
+#[derive(Clone)]
+struct Env {
+    url: String,
+    ldaps_url: String,
+    ca_file: String,
+    bind_dn: String,
+    bind_password: String,
+    base_dn: String,
+    admin_dn: String,
+    admin_password: String,
+}
+
+fn env() -> Option<Env> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(url) = var("FACTEUR_TEST_LDAP_URL") else {
+        if var("FACTEUR_REQUIRE_LDAP").is_some_and(|v| v == "1") {
+            panic!(
+                "FACTEUR_REQUIRE_LDAP=1 but FACTEUR_TEST_LDAP_URL is not set; run \
+                 `eval \"$(scripts/slapd.sh start <dir>)\"` first"
+            );
+        }
+        eprintln!("notice: LDAP test skipped (no FACTEUR_TEST_LDAP_URL; see scripts/slapd.sh)");
+        return None;
+    };
+    let get = |name: &str| var(name).unwrap_or_else(|| panic!("{name} is not set"));
+    Some(Env {
+        url,
+        ldaps_url: get("FACTEUR_TEST_LDAPS_URL"),
+        ca_file: get("FACTEUR_TEST_LDAP_CA_FILE"),
+        bind_dn: get("FACTEUR_TEST_LDAP_BIND_DN"),
+        bind_password: get("FACTEUR_TEST_LDAP_BIND_PASSWORD"),
+        base_dn: get("FACTEUR_TEST_LDAP_BASE_DN"),
+        admin_dn: get("FACTEUR_TEST_LDAP_ADMIN_DN"),
+        admin_password: get("FACTEUR_TEST_LDAP_ADMIN_PASSWORD"),
+    })
+}
+
+/// A directory configured the way doc/ldap.md says, through the real
+/// configuration parser; `extra` adds or overrides `[directory.ldap]` keys.
+fn directory(env: &Env, urls: &[&str], extra: &str) -> LdapDirectory {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    let has = |key: &str| extra.lines().any(|l| l.trim_start().starts_with(key));
+    let mut text = format!(
+        r#"
+        cluster_secret = "0123456789abcdef0123456789abcdef"
+        [store]
+        backend = "memory"
+        [directory]
+        backend = "ldap"
+        [directory.ldap]
+        urls = [{urls}]
+        base_dn = {base:?}
+        quota_attribute = "mailQuota"
+        {extra}
+        "#,
+        urls = urls.join(", "),
+        base = env.base_dn,
+    );
+    if !has("bind_dn") {
+        text += &format!(
+            "bind_dn = {:?}\nbind_password = {:?}\n",
+            env.bind_dn, env.bind_password
+        );
+    }
+    if !has("group_filter") {
+        text += "group_filter = \"(&(objectClass=groupOfNames)(cn=mail)(member=%d))\"\n";
+    }
+    let config = Config::parse(&text, Path::new(".")).expect("test config");
+    let ldap = config.directory.ldap.expect("[directory.ldap]");
+    LdapDirectory::new(ldap.settings().unwrap(), ldap.bind_password().unwrap()).unwrap()
+}
+
+fn pw(p: &str) -> Password {
+    Password::new(p)
+}
+
+/// Runs ldapadd/ldapmodify/ldapdelete as the admin with `ldif` on stdin.
+fn ldap_admin(env: &Env, tool: &str, ldif: &str) {
+    let mut child = Command::new(tool)
+        .args([
+            "-x",
+            "-H",
+            &env.url,
+            "-D",
+            &env.admin_dn,
+            "-w",
+            &env.admin_password,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ldif.as_bytes())
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{tool} failed on:\n{ldif}");
+}
+
+/// A login no other test or run uses.
+fn fresh_login() -> String {
+    format!("dave{:08x}", rand::thread_rng().r#gen::<u32>())
+}
+
+/// Adds `login` to `ou=people` and to the mail group, as an admin would.
+fn add_user(env: &Env, login: &str, password: &str) {
+    let dn = format!("uid={login},ou=people,{}", env.base_dn);
+    ldap_admin(
+        env,
+        "ldapadd",
+        &format!(
+            "dn: {dn}\nobjectClass: inetOrgPerson\nuid: {login}\ncn: Dave\nsn: Test\n\
+             mail: {login}@example.org\nuserPassword: {password}\n"
+        ),
+    );
+    ldap_admin(
+        env,
+        "ldapmodify",
+        &format!(
+            "dn: cn=mail,ou=groups,{}\nchangetype: modify\nadd: member\nmember: {dn}\n",
+            env.base_dn
+        ),
+    );
+}
+
+fn remove_from_mail_group(env: &Env, login: &str) {
+    ldap_admin(
+        env,
+        "ldapmodify",
+        &format!(
+            "dn: cn=mail,ou=groups,{base}\nchangetype: modify\ndelete: member\n\
+             member: uid={login},ou=people,{base}\n",
+            base = env.base_dn
+        ),
+    );
+}
+
+fn alice() -> UserRecord {
+    UserRecord {
+        login: "alice".into(),
+        addresses: vec![
+            "alice@example.org".into(),
+            "postmaster@example.org".into(),
+            "alice.liddell@example.org".into(),
+        ],
+        quota_bytes: Some(1 << 30),
+    }
+}
+
+#[tokio::test]
+async fn authenticate_binds_as_the_user() {
+    let Some(env) = env() else { return };
+    let dir = directory(&env, &[&env.url], "");
+    let ok = |r: Result<Option<UserRecord>, DirectoryError>| r.expect("no directory error");
+
+    assert_eq!(
+        ok(dir.authenticate("alice", &pw("alice-password-1")).await),
+        Some(alice())
+    );
+    // The login is normalised; the record names the LDAP login.
+    assert_eq!(
+        ok(dir.authenticate(" ALICE ", &pw("alice-password-1")).await),
+        Some(alice())
+    );
+    assert_eq!(ok(dir.authenticate("alice", &pw("wrong")).await), None);
+    assert_eq!(
+        ok(dir.authenticate("alice", &pw("alice-password-1 ")).await),
+        None
+    );
+    assert_eq!(ok(dir.authenticate("nobody", &pw("x")).await), None);
+    // RFC 4513 §5.1.2: an empty password would be an unauthenticated bind,
+    // which succeeds; it must be refused.
+    let before = dir.requests();
+    assert_eq!(ok(dir.authenticate("alice", &pw("")).await), None);
+    assert_eq!(dir.requests(), before, "no request for an empty password");
+    // Right password, but not in the mail group: disabled.
+    assert_eq!(
+        ok(dir.authenticate("carol", &pw("carol-password-3")).await),
+        None
+    );
+    // A DN with parentheses and an escaped comma goes through the group
+    // filter escaped (RFC 4515), and binds.
+    let erin = ok(dir.authenticate("erin", &pw("erin-password-5")).await).expect("erin");
+    assert_eq!(erin.addresses, ["erin@example.org"]);
+    assert_eq!(erin.quota_bytes, None);
+}
+
+#[tokio::test]
+async fn the_group_filter_is_what_disables_a_user() {
+    let Some(env) = env() else { return };
+    let dir = directory(&env, &[&env.url], "group_filter = \"(objectClass=*)\"");
+    let carol = dir
+        .authenticate("carol", &pw("carol-password-3"))
+        .await
+        .unwrap();
+    assert_eq!(carol.unwrap().login, "carol");
+}
+
+#[tokio::test]
+async fn injection_attempts_find_nobody() {
+    let Some(env) = env() else { return };
+    let dir = directory(&env, &[&env.url], "");
+    for login in [
+        "*",
+        "*)(uid=*",
+        "alice)(|(uid=*",
+        "al*",
+        "alice\\",
+        "\\2a",
+        "alice\0",
+        "(uid=alice)",
+    ] {
+        assert_eq!(
+            dir.authenticate(login, &pw("alice-password-1"))
+                .await
+                .unwrap(),
+            None,
+            "{login:?}"
+        );
+        assert_eq!(dir.find_login(login).await.unwrap(), None, "{login:?}");
+    }
+    for address in ["*@example.org", "alice@*", "*)(mail=*@example.org"] {
+        assert_eq!(dir.find_address(address).await.unwrap(), None, "{address}");
+    }
+}
+
+#[tokio::test]
+async fn addresses_and_aliases_resolve_case_insensitively() {
+    let Some(env) = env() else { return };
+    let dir = directory(&env, &[&env.url], "cache_ttl = 0\nnegative_cache_ttl = 0");
+    for address in [
+        "alice@example.org",
+        "ALICE@Example.ORG",
+        "postmaster@example.org",
+        "Alice.Liddell@example.org",
+    ] {
+        assert_eq!(
+            dir.find_address(address).await.unwrap(),
+            Some(alice()),
+            "{address}"
+        );
+    }
+    assert_eq!(
+        dir.find_address("bob@example.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .login,
+        "bob"
+    );
+    assert_eq!(dir.find_login("Bob").await.unwrap().unwrap().login, "bob");
+    assert_eq!(dir.find_login("alice").await.unwrap(), Some(alice()));
+    // Disabled or unknown: no one receives the mail.
+    assert_eq!(dir.find_address("carol@example.org").await.unwrap(), None);
+    assert_eq!(dir.find_login("carol").await.unwrap(), None);
+    assert_eq!(dir.find_address("nobody@example.org").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn recipient_lookups_are_cached() {
+    let Some(env) = env() else { return };
+    let dir = directory(&env, &[&env.url], "cache_ttl = 60\nnegative_cache_ttl = 60");
+    assert_eq!(
+        dir.find_address("Alice@example.org").await.unwrap(),
+        Some(alice())
+    );
+    assert_eq!(dir.find_address("nobody@example.org").await.unwrap(), None);
+    let requests = dir.requests();
+    assert!(requests > 0);
+    assert_eq!(
+        dir.find_address("alice@EXAMPLE.org").await.unwrap(),
+        Some(alice())
+    );
+    assert_eq!(dir.find_address("nobody@example.org").await.unwrap(), None);
+    assert_eq!(dir.requests(), requests, "answered from the cache");
+    // Logins are never cached.
+    dir.authenticate("alice", &pw("alice-password-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(dir.requests() > requests);
+}
+
+#[tokio::test]
+async fn users_added_and_disabled_in_ldap_take_effect() {
+    let Some(env) = env() else { return };
+    // No negative caching: a new user is found at once.
+    let dir = directory(&env, &[&env.url], "cache_ttl = 60\nnegative_cache_ttl = 0");
+    let uncached = directory(&env, &[&env.url], "cache_ttl = 0\nnegative_cache_ttl = 0");
+
+    let password = "dave-password-4";
+    let login = fresh_login();
+    let address = format!("{login}@example.org");
+    assert_eq!(dir.find_address(&address).await.unwrap(), None);
+
+    add_user(&env, &login, password);
+    let found = dir.find_address(&address).await.unwrap().expect("new user");
+    assert_eq!(found.login, login);
+    assert_eq!(found.addresses, [address.as_str()]);
+    assert!(
+        dir.authenticate(&login, &pw(password))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Disabled by the admin: no login, no mail (once the cache expires).
+    remove_from_mail_group(&env, &login);
+    assert_eq!(dir.authenticate(&login, &pw(password)).await.unwrap(), None);
+    assert_eq!(uncached.find_address(&address).await.unwrap(), None);
+    assert_eq!(uncached.find_login(&login).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_negative_cache_forgets_a_user_added_later() {
+    let Some(env) = env() else { return };
+    let cached = directory(&env, &[&env.url], "cache_ttl = 60\nnegative_cache_ttl = 60");
+    // Cache "unknown" for an address first, then create its owner.
+    let login = fresh_login();
+    let address = format!("{login}@example.org");
+    assert_eq!(cached.find_address(&address).await.unwrap(), None);
+    add_user(&env, &login, "x-password");
+    assert_eq!(cached.find_address(&address).await.unwrap(), None, "cached");
+    cached.clear_cache();
+    assert_eq!(
+        cached.find_address(&address).await.unwrap().unwrap().login,
+        login
+    );
+}
+
+/// A loopback port nobody listens on.
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn fails_over_to_the_next_url() {
+    let Some(env) = env() else { return };
+    let dead = format!("ldap://127.0.0.1:{}", dead_port());
+    let dir = directory(&env, &[&dead, &env.url], "");
+    assert_eq!(
+        dir.authenticate("alice", &pw("alice-password-1"))
+            .await
+            .unwrap(),
+        Some(alice())
+    );
+    assert_eq!(dir.find_login("alice").await.unwrap(), Some(alice()));
+
+    let all_dead = directory(&env, &[&dead], "");
+    match all_dead.find_address("alice@example.org").await {
+        Err(DirectoryError::Unavailable(e)) => assert!(e.contains(&dead), "{e}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    match all_dead
+        .authenticate("alice", &pw("alice-password-1"))
+        .await
+    {
+        Err(DirectoryError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_service_password_is_unavailable_not_unknown() {
+    let Some(env) = env() else { return };
+    let extra = format!(
+        "bind_dn = {:?}\nbind_password = \"not-the-password\"",
+        env.bind_dn
+    );
+    let dir = directory(&env, &[&env.url], &extra);
+    match dir.find_login("alice").await {
+        Err(DirectoryError::Unavailable(e)) => {
+            assert!(e.contains("49 (invalidCredentials)"), "{e}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tls_with_ldaps_and_starttls() {
+    let Some(env) = env() else { return };
+    let ca = format!("ca_file = {:?}", env.ca_file);
+    let ldaps = directory(&env, &[&env.ldaps_url], &ca);
+    assert_eq!(
+        ldaps
+            .authenticate("alice", &pw("alice-password-1"))
+            .await
+            .unwrap(),
+        Some(alice())
+    );
+    let starttls = directory(&env, &[&env.url], &format!("{ca}\nstarttls = true"));
+    assert_eq!(
+        starttls
+            .authenticate("alice", &pw("alice-password-1"))
+            .await
+            .unwrap(),
+        Some(alice())
+    );
+    // Without our CA, the server's certificate is not trusted.
+    let untrusted = directory(&env, &[&env.ldaps_url], "");
+    match untrusted.find_login("alice").await {
+        Err(DirectoryError::Unavailable(e)) => assert!(e.contains("cannot connect"), "{e}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// A slapd of our own, stopped when dropped.
+struct OwnSlapd {
+    dir: tempfile::TempDir,
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slapd.sh");
+
+impl OwnSlapd {
+    fn run(&self, command: &str) -> String {
+        let out = Command::new(SCRIPT)
+            .args([command, &self.dir.path().display().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "slapd.sh {command} failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts it and reads its settings from the printed exports.
+    fn start() -> (OwnSlapd, Env) {
+        let slapd = OwnSlapd {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let exports = slapd.run("start");
+        let get = |name: &str| {
+            exports
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {exports}"))
+                .trim_matches('\'')
+                .replace("\\,", ",")
+                .replace("\\ ", " ")
+        };
+        let env = Env {
+            url: get("FACTEUR_TEST_LDAP_URL"),
+            ldaps_url: get("FACTEUR_TEST_LDAPS_URL"),
+            ca_file: get("FACTEUR_TEST_LDAP_CA_FILE"),
+            bind_dn: get("FACTEUR_TEST_LDAP_BIND_DN"),
+            bind_password: get("FACTEUR_TEST_LDAP_BIND_PASSWORD"),
+            base_dn: get("FACTEUR_TEST_LDAP_BASE_DN"),
+            admin_dn: get("FACTEUR_TEST_LDAP_ADMIN_DN"),
+            admin_password: get("FACTEUR_TEST_LDAP_ADMIN_PASSWORD"),
+        };
+        (slapd, env)
+    }
+}
+
+impl Drop for OwnSlapd {
+    fn drop(&mut self) {
+        let _ = Command::new(SCRIPT)
+            .args(["stop", &self.dir.path().display().to_string()])
+            .status();
+    }
+}
+
+fn assert_unavailable(r: Result<Option<UserRecord>, DirectoryError>, what: &str) {
+    match r {
+        Err(DirectoryError::Unavailable(_)) => {}
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_unavailable_and_recovers_without_restart() {
+    // Needs slapd installed, which the shared server proves.
+    let Some(_) = env() else { return };
+    let (slapd, env) = OwnSlapd::start();
+    let dir = directory(
+        &env,
+        &[&env.url],
+        "cache_ttl = 0\nnegative_cache_ttl = 0\ntimeout = 1",
+    );
+    let alice_password = pw("alice-password-1");
+    let login = || dir.authenticate("alice", &alice_password);
+    assert_eq!(login().await.unwrap(), Some(alice()));
+    assert_eq!(dir.find_login("bob").await.unwrap().unwrap().login, "bob");
+
+    // Stopped: connections are refused.
+    slapd.run("stop");
+    assert_unavailable(login().await, "authenticate, stopped");
+    assert_unavailable(dir.find_login("bob").await, "find_login, stopped");
+    assert_unavailable(
+        dir.find_address("bob@example.org").await,
+        "find_address, stopped",
+    );
+
+    // Back: the same directory object reconnects.
+    slapd.run("start");
+    assert_eq!(login().await.unwrap(), Some(alice()));
+    assert_eq!(dir.find_login("bob").await.unwrap().unwrap().login, "bob");
+
+    // Frozen: TCP still accepts but nothing answers; timeouts bound it.
+    slapd.run("pause");
+    let started = Instant::now();
+    assert_unavailable(dir.find_login("bob").await, "find_login, paused");
+    assert_unavailable(login().await, "authenticate, paused");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "timeouts took {:?}",
+        started.elapsed()
+    );
+    slapd.run("resume");
+    assert_eq!(login().await.unwrap(), Some(alice()));
+    assert_eq!(dir.find_login("bob").await.unwrap().unwrap().login, "bob");
+}
