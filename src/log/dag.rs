@@ -151,10 +151,10 @@ impl<P> Dag<P> {
                     continue;
                 };
                 p.missing -= 1;
-                if p.missing == 0 {
-                    if let Some(p) = self.pending.remove(&waiter) {
-                        ready.push((waiter, p.header, p.payload));
-                    }
+                if p.missing == 0
+                    && let Some(p) = self.pending.remove(&waiter)
+                {
+                    ready.push((waiter, p.header, p.payload));
                 }
             }
         }
