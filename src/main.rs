@@ -164,7 +164,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config(ConfigCommand::Check) => config_check(&config).await,
         Command::User(cmd) => {
             let services = Services::from_config(&config)?;
-            let users_file = users_file_path(&config)?;
+            // rekey works with any directory; the others edit the users file.
+            let users_file = || users_file_path(&config);
             match cmd {
                 UserCommand::Add {
                     login,
@@ -182,7 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
                         recovery: !no_recovery,
                     };
                     let (login, recovery) =
-                        add_user(&services, &users_file, new, &password).await?;
+                        add_user(&services, &users_file()?, new, &password).await?;
                     println!("created user {login}");
                     print_recovery_key(recovery.as_ref());
                     Ok(())
@@ -194,7 +195,7 @@ async fn run(cli: Cli) -> Result<()> {
                 } => {
                     passwd(
                         &services,
-                        &users_file,
+                        &users_file()?,
                         &login,
                         recovery,
                         new_recovery,
@@ -202,12 +203,12 @@ async fn run(cli: Cli) -> Result<()> {
                     )
                     .await
                 }
-                UserCommand::List => list(&services, &users_file).await,
+                UserCommand::List => list(&services, &users_file()?).await,
                 UserCommand::Delete {
                     login,
                     yes,
                     keep_data,
-                } => delete(&services, &users_file, &login, yes, keep_data).await,
+                } => delete(&services, &users_file()?, &login, yes, keep_data).await,
                 UserCommand::Rekey {
                     login,
                     recovery,
@@ -498,8 +499,22 @@ async fn config_check(config: &Config) -> Result<()> {
         },
         StoreBackend::Memory => "memory".into(),
     };
-    let users = UsersFile::load(&users_file_path(config)?)?.users.len();
-    println!("config ok: store {store} reachable; directory static with {users} users");
+    let directory = match config.directory.backend {
+        DirectoryBackend::Static => {
+            let users = UsersFile::load(&users_file_path(config)?)?.users.len();
+            format!("directory static with {users} users")
+        }
+        DirectoryBackend::Ldap => {
+            // Any lookup proves the service bind and the search work.
+            services
+                .directory
+                .find_login("facteur-config-check")
+                .await
+                .map_err(|e| anyhow!("LDAP directory unreachable: {e}"))?;
+            "directory ldap reachable".to_owned()
+        }
+    };
+    println!("config ok: store {store} reachable; {directory}");
     Ok(())
 }
 
@@ -646,7 +661,7 @@ impl Prompter {
         if p.chars().count() < MIN_PASSWORD_LEN {
             bail!("password too weak: use at least {MIN_PASSWORD_LEN} characters");
         }
-        if p.eq_ignore_ascii_case(login.trim()) || p.chars().all(|c| Some(c) == p.chars().next()) {
+        if p.eq_ignore_ascii_case(login.trim()) || p.chars().all(|c| p.starts_with(c)) {
             bail!("password too weak: it is the login or one repeated character");
         }
         Ok(password)

@@ -503,3 +503,45 @@ fn embedded_default_creates_a_demo_account_once_and_serves_health() {
     );
     assert_ok(&out);
 }
+
+/// With LDAP, users are managed in LDAP: `config check` reaches it, `user
+/// list` says where users live, and `rekey` (the fix for a password
+/// changed in LDAP) looks the user up there.
+#[test]
+fn ldap_backend_commands() {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(url) = var("FACTEUR_TEST_LDAP_URL") else {
+        assert!(
+            var("FACTEUR_REQUIRE_LDAP").is_none(),
+            "FACTEUR_REQUIRE_LDAP is set but FACTEUR_TEST_LDAP_URL is missing"
+        );
+        eprintln!("no slapd settings in the environment; skipping (scripts/test.sh provides them)");
+        return;
+    };
+    let get = |name: &str| var(name).unwrap_or_else(|| panic!("{name} is not set"));
+    let s = Setup::fs();
+    let config = std::fs::read_to_string(s.config()).unwrap().replace(
+        "backend = \"static\"\nusers_file = \"users.toml\"\n",
+        &format!(
+            "backend = \"ldap\"\n[directory.ldap]\nurls = [{url:?}]\nbase_dn = {:?}\n\
+             bind_dn = {:?}\nbind_password = {{ env = \"FACTEUR_TEST_LDAP_BIND_PASSWORD\" }}\n",
+            get("FACTEUR_TEST_LDAP_BASE_DN"),
+            get("FACTEUR_TEST_LDAP_BIND_DN"),
+        ),
+    );
+    std::fs::write(s.config(), config).unwrap();
+    let out = s.run(&["config", "check"], "");
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("directory ldap reachable"),
+        "{}",
+        stdout(&out)
+    );
+    assert_user_error(&s.run(&["user", "list"], ""), "users live in LDAP");
+    assert_user_error(
+        &s.run(&["user", "rekey", "nobody-here"], ""),
+        "no such user",
+    );
+    // alice exists in LDAP but never logged in: no keyring to rekey yet.
+    assert_user_error(&s.run(&["user", "rekey", "alice"], "x\n"), "no keyring");
+}
