@@ -10,6 +10,7 @@
 pub mod dag;
 pub mod id;
 pub mod replica;
+pub mod stored;
 
 pub use dag::{Dag, Delivered, Header, OpMeta};
 pub use id::{Hlc, InstanceId, OpId, OrderKey, op_name, op_name_floor, parse_op_name};
