@@ -313,9 +313,7 @@ where
                 .strip_prefix(&self.log_prefix())
                 .unwrap_or(&last)
                 .to_owned();
-            if self.cursor.as_ref().is_none_or(|c| *c < name) {
-                self.cursor = Some(name);
-            }
+            self.advance_cursor(name);
         }
         if fetched.full {
             self.last_full_ms = fetched.started_ms;
@@ -362,12 +360,19 @@ where
             Ok((_, n)) => n,
             Err(e) => {
                 // Cannot happen for bytes we encoded; report rather than panic.
-                self.damaged.insert(written.name, e.to_string());
+                self.damaged.insert(written.name.clone(), e.to_string());
                 0
             }
         };
         self.since_snapshot += applied;
+        self.advance_cursor(written.name);
         applied
+    }
+
+    fn advance_cursor(&mut self, name: String) {
+        if self.cursor.as_ref().is_none_or(|c| *c < name) {
+            self.cursor = Some(name);
+        }
     }
 
     /// Prepare, store and commit in one go. Returns the op's id.
@@ -569,4 +574,267 @@ impl SyncPlan {
 
 fn describe(e: &CryptoError) -> String {
     format!("cannot decrypt: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::log::OpMeta;
+    use crate::store::{MemoryStore, S3Settings, S3Store};
+
+    /// A grow-only set of words: the simplest state with commutative apply.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Words(BTreeSet<String>);
+
+    impl State for Words {
+        type Op = String;
+        fn apply(&mut self, op: &String, _meta: &OpMeta) {
+            self.0.insert(op.clone());
+        }
+    }
+
+    fn words(log: &StoredLog<Words>) -> Vec<&str> {
+        log.state().0.iter().map(String::as_str).collect()
+    }
+
+    const PREFIX: &str = "users/test/mbox/m1/";
+
+    async fn open_as(
+        store: &dyn ObjectStore,
+        key: &SymmetricKey,
+        who: &str,
+        tuning: LogTuning,
+    ) -> StoredLog<Words> {
+        StoredLog::open(
+            store,
+            key.clone(),
+            PREFIX.into(),
+            InstanceId::new(who).unwrap(),
+            tuning,
+            Words::default,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn ops_written_by_one_instance_reach_another() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        let mut b = open_as(&store, &key, "b", LogTuning::default()).await;
+        a.append(&store, "hello".into()).await.unwrap();
+        b.append(&store, "world".into()).await.unwrap();
+        assert_eq!(a.sync(&store).await.unwrap(), 1);
+        assert_eq!(b.sync(&store).await.unwrap(), 1);
+        assert_eq!(words(&a), ["hello", "world"]);
+        assert_eq!(words(&b), ["hello", "world"]);
+        // Nothing changed: a sync is exactly one LIST and applies nothing.
+        let before = store.calls();
+        assert_eq!(a.sync(&store).await.unwrap(), 0);
+        assert_eq!(store.calls() - before, 1);
+        // What is stored is ciphertext under opaque names.
+        for k in store.keys() {
+            let body = store.get(&k).await.unwrap();
+            assert!(
+                !body.windows(5).any(|w| w == b"hello" || w == b"world"),
+                "{k}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_op_named_before_the_cursor_is_found() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "now".into()).await.unwrap();
+        // A writer whose clock is ten minutes behind: its op's name sorts
+        // far before the cursor, beyond the lookback.
+        let mut slow = open_as(&store, &key, "slow", LogTuning::default()).await;
+        slow.replica = Replica::new(Words::default());
+        let envelope = slow.replica.prepare(
+            "late".to_string(),
+            slow.instance.clone(),
+            now_ms() - 600_000,
+        );
+        let (id, bytes) = envelope.encode().unwrap();
+        let object_key = format!(
+            "{PREFIX}log/{}",
+            op_name(envelope.header.hlc, &slow.instance, &id)
+        );
+        store
+            .put(&object_key, Bytes::from(seal(&key, &object_key, &bytes)))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            a.sync(&store).await.unwrap(),
+            0,
+            "an incremental sync does not see it"
+        );
+        a.last_full_ms = 0; // the periodic full listing is due
+        assert_eq!(a.sync(&store).await.unwrap(), 1);
+        assert_eq!(words(&a), ["late", "now"]);
+    }
+
+    #[tokio::test]
+    async fn snapshots_shorten_opening_and_gc_keeps_the_state() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            snapshot_every: 5,
+            gc_grace: Duration::ZERO,
+            ..LogTuning::default()
+        };
+        let mut a = open_as(&store, &key, "a", tuning.clone()).await;
+        for i in 0..6 {
+            a.append(&store, format!("w{i}")).await.unwrap();
+        }
+        assert!(a.snapshot_due());
+        a.write_snapshot(&store).await.unwrap();
+        assert!(!a.snapshot_due());
+        a.append(&store, "after".into()).await.unwrap();
+
+        // Opening reads the snapshot plus only the op written after it.
+        let before = store.calls();
+        let b = open_as(&store, &key, "b", tuning.clone()).await;
+        assert_eq!(words(&b), words(&a));
+        let calls = store.calls() - before;
+        assert!(
+            calls <= 5,
+            "list snap, get snap, list log, get 1 op; got {calls}"
+        );
+
+        // Collecting drops the 6 covered ops, keeps the newer one.
+        std::thread::sleep(Duration::from_millis(2)); // the snapshot must be older than "now"
+        assert_eq!(a.collect_garbage(&store).await.unwrap(), 6);
+        let ops = list_all(&store, &format!("{PREFIX}log/"), None)
+            .await
+            .unwrap();
+        assert_eq!(ops.len(), 1);
+        let c = open_as(&store, &key, "c", tuning).await;
+        assert_eq!(words(&c), words(&a));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_op_is_reported_and_skipped() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "one".into()).await.unwrap();
+        a.append(&store, "two".into()).await.unwrap();
+        let ops = list_all(&store, &format!("{PREFIX}log/"), None)
+            .await
+            .unwrap();
+        // Corrupt the first op object and copy the second under another
+        // name: neither opens.
+        let second = store.get(&ops[1].key).await.unwrap();
+        store
+            .put(&ops[0].key, Bytes::from_static(b"garbage"))
+            .await
+            .unwrap();
+        let renamed = format!(
+            "{PREFIX}log/{}",
+            op_name(
+                Hlc {
+                    wall_ms: 1,
+                    counter: 0
+                },
+                &a.instance,
+                &OpId::of_bytes(b"x")
+            )
+        );
+        store.put(&renamed, second).await.unwrap();
+
+        let b = open_as(&store, &key, "b", LogTuning::default()).await;
+        let damaged: Vec<String> = b.damaged().into_iter().map(|d| d.name).collect();
+        assert!(
+            damaged.contains(&ops[0].key) && damaged.contains(&renamed),
+            "{damaged:?}"
+        );
+        // "two" names "one" as parent: it waits, and the gap is reported.
+        assert!(words(&b).is_empty());
+        assert_eq!(b.missing_parents().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_a_transient_error() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        store.set_offline(true);
+        let err = a.sync(&store).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            a.append(&store, "x".into())
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        store.set_offline(false);
+        // The failed append left nothing behind.
+        assert_eq!(a.sync(&store).await.unwrap(), 0);
+        assert!(words(&a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn two_instances_on_garage() {
+        let Some(settings) = S3Settings::from_test_env() else {
+            assert!(
+                std::env::var("FACTEUR_REQUIRE_S3").is_err(),
+                "Garage settings missing"
+            );
+            eprintln!("no Garage settings; skipping");
+            return;
+        };
+        let store = S3Store::new(settings).unwrap();
+        let key = SymmetricKey::random();
+        let prefix = format!("test-log/{:016x}/", rand::random::<u64>());
+        let open = |who: &'static str| {
+            let (key, prefix) = (key.clone(), prefix.clone());
+            let store = &store;
+            async move {
+                StoredLog::open(
+                    store,
+                    key,
+                    prefix,
+                    InstanceId::new(who).unwrap(),
+                    LogTuning::default(),
+                    Words::default,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let (mut a, mut b) = (open("a").await, open("b").await);
+        let (ra, rb) = tokio::join!(
+            async {
+                for i in 0..20 {
+                    a.append(&store, format!("a{i:02}")).await.unwrap();
+                }
+            },
+            async {
+                for i in 0..20 {
+                    b.append(&store, format!("b{i:02}")).await.unwrap();
+                }
+            }
+        );
+        let _ = (ra, rb);
+        a.sync(&store).await.unwrap();
+        b.sync(&store).await.unwrap();
+        assert_eq!(a.state().0.len(), 40);
+        assert_eq!(words(&a), words(&b));
+        let keys: Vec<String> = list_all(&store, &prefix, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        store.delete_many(&keys).await.unwrap();
+    }
 }
