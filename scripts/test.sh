@@ -28,5 +28,11 @@ cargo fmt --check
 echo "== cargo clippy" >&2
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
-cargo test --locked --all-targets
-cargo test --locked --doc
+set +e
+cargo test --locked --all-targets 2>&1 | tee "$work/test.log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; s += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$work/test.log"
+exit "$status"
