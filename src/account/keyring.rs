@@ -3,23 +3,10 @@
 
 use bytes::Bytes;
 
+use super::AccountError;
 use crate::crypto::{CryptoError, KdfParams, Keyring, Password, RecoveryKey, UserKeys};
-use crate::store::{ObjectStore, SharedStore, StoreError, layout, list_all};
+use crate::store::{ObjectStore, SharedStore, layout, list_all};
 use layout::UserId;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AccountError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Crypto(#[from] CryptoError),
-    #[error("the store already holds a keyring for this user")]
-    KeyringExists,
-    #[error("this user has no keyring yet (never provisioned or never logged in)")]
-    NoKeyring,
-    #[error("internal error: {0}")]
-    Internal(String),
-}
 
 /// The keyrings of all users, in one object store.
 #[derive(Clone, Debug)]

@@ -1,9 +1,206 @@
 //! An unlocked user: keys and open mailboxes shared by all of that user's
-//! sessions on one instance (the sessions themselves come with the mailbox
-//! engine). For now it owns the user's keyring object: creating it at
-//! provisioning, loading it at unlock, re-wrapping it, and deleting a user's
-//! data.
+//! sessions on one instance (DESIGN.md §3–§4). It owns the user's keyring
+//! object (creating it at provisioning, loading it at unlock, re-wrapping
+//! it), one in-memory copy of each open mailbox, and change notification:
+//! in memory for sessions on this instance, and by polling the store for
+//! changes made by other instances.
 
+pub mod cache;
 pub mod keyring;
+pub mod mailbox;
 
-pub use keyring::{AccountError, KeyringStore};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::crypto::{CryptoError, UserKeys, purpose};
+use crate::log::InstanceId;
+use crate::log::stored::SyncError;
+use crate::store::{SharedStore, StoreError, layout::UserId};
+
+pub use cache::BodyCache;
+pub use keyring::KeyringStore;
+pub use mailbox::{Mailbox, MailboxTuning, Placed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error("the store already holds a keyring for this user")]
+    KeyringExists,
+    #[error("this user has no keyring yet (never provisioned or never logged in)")]
+    NoKeyring,
+    #[error("no message with UID {0}")]
+    NoSuchMessage(u32),
+    #[error("invalid mailbox id {0:?}")]
+    BadMailboxId(String),
+    #[error("damaged data: {0}")]
+    Corrupt(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AccountError {
+    /// Whether the failure is the store's and may pass (IMAP answers
+    /// `NO [UNAVAILABLE]`, LMTP 4xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AccountError::Store(e) => e.is_transient(),
+            AccountError::Sync(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// How an account behaves on this instance.
+#[derive(Clone, Debug)]
+pub struct AccountConfig {
+    /// This instance's id, part of every op name it writes.
+    pub instance: InstanceId,
+    pub mailbox: MailboxTuning,
+    /// How often open mailboxes are synced to see other instances' changes
+    /// (DESIGN.md §4: default 2 s).
+    pub poll_interval: Duration,
+    /// Bytes of decrypted bodies kept in memory for this account.
+    pub body_cache_bytes: usize,
+}
+
+impl AccountConfig {
+    pub fn new(instance: InstanceId) -> Self {
+        AccountConfig {
+            instance,
+            mailbox: MailboxTuning::default(),
+            poll_interval: Duration::from_secs(2),
+            body_cache_bytes: 8 << 20,
+        }
+    }
+}
+
+/// An unlocked user on this instance.
+pub struct Account {
+    user: UserId,
+    /// The user's unlocked keys; zeroized when the account is dropped.
+    keys: UserKeys,
+    store: SharedStore,
+    config: AccountConfig,
+    cache: Arc<BodyCache>,
+    /// Open mailboxes by id; a mailbox closes when its last user drops it.
+    open: std::sync::Mutex<HashMap<String, Weak<Mailbox>>>,
+    /// Serialises opening, so two sessions opening one mailbox share it.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    pub fn new(
+        user: UserId,
+        keys: UserKeys,
+        store: SharedStore,
+        config: AccountConfig,
+    ) -> Arc<Self> {
+        Arc::new(Account {
+            cache: Arc::new(BodyCache::new(config.body_cache_bytes)),
+            user,
+            keys,
+            store,
+            config,
+            open: std::sync::Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    pub fn keys(&self) -> &UserKeys {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    fn open_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Mailbox>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The mailbox with id `id` (lowercase hex, as the mailbox list makes
+    /// them), opened if no session has it open yet.
+    pub async fn mailbox(&self, id: &str, uid_validity: u32) -> Result<Arc<Mailbox>, AccountError> {
+        if id.is_empty()
+            || id.len() > 64
+            || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(AccountError::BadMailboxId(id.to_owned()));
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(open) = self.open_map().get(id).and_then(Weak::upgrade) {
+            return Ok(open);
+        }
+        let mailbox = Arc::new(
+            Mailbox::open(
+                id.to_owned(),
+                uid_validity,
+                self.user.clone(),
+                self.store.clone(),
+                self.keys.master().subkey(purpose::MAILBOX),
+                self.config.instance.clone(),
+                self.cache.clone(),
+                self.config.mailbox.clone(),
+            )
+            .await?,
+        );
+        let mut open = self.open_map();
+        open.retain(|_, m| m.strong_count() > 0);
+        open.insert(id.to_owned(), Arc::downgrade(&mailbox));
+        Ok(mailbox)
+    }
+
+    /// The mailboxes some session holds open.
+    pub fn open_mailboxes(&self) -> Vec<Arc<Mailbox>> {
+        self.open_map().values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Syncs every open mailbox once; returns how many ops were applied.
+    /// A mailbox that fails is logged and does not stop the others.
+    pub async fn poll_once(&self) -> usize {
+        let mut applied = 0;
+        for mailbox in self.open_mailboxes() {
+            match mailbox.sync().await {
+                Ok(n) => applied += n,
+                Err(e) => tracing::warn!(mailbox = mailbox.id(), error = %e, "sync failed"),
+            }
+        }
+        applied
+    }
+
+    /// Polls the store every `poll_interval` while the account is alive, so
+    /// changes made through other instances reach this instance's sessions.
+    pub fn spawn_poller(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let account = Arc::downgrade(self);
+        let interval = self.config.poll_interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(account) = account.upgrade() else {
+                    break;
+                };
+                account.poll_once().await;
+            }
+        })
+    }
+}

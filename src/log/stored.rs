@@ -173,6 +173,21 @@ pub struct Written {
     pub id: OpId,
 }
 
+/// A sealed snapshot ready to be stored.
+#[derive(Debug)]
+pub struct PreparedSnapshot {
+    name: String,
+    sealed: Bytes,
+}
+
+impl PreparedSnapshot {
+    /// Stores the snapshot; returns its object name.
+    pub async fn store(self, store: &dyn ObjectStore) -> Result<String, SyncError> {
+        store.put(&self.name, self.sealed).await?;
+        Ok(self.name)
+    }
+}
+
 /// An op ready to be stored.
 #[derive(Debug)]
 pub struct Prepared {
@@ -395,6 +410,15 @@ where
     /// Writes a snapshot of the current replica. Its name starts with the
     /// newest clock reading it covers, so the newest snapshot lists last.
     pub async fn write_snapshot(&mut self, store: &dyn ObjectStore) -> Result<String, SyncError> {
+        let snapshot = self.prepare_snapshot()?;
+        let name = snapshot.store(store).await?;
+        self.snapshot_written(name.clone());
+        Ok(name)
+    }
+
+    /// Seals a snapshot of the current replica, to be stored with no lock
+    /// held, then reported with [`StoredLog::snapshot_written`].
+    pub fn prepare_snapshot(&self) -> Result<PreparedSnapshot, SyncError> {
         let latest = self.replica.dag().latest();
         let nonce: u64 = rand::random();
         let name = format!(
@@ -408,12 +432,14 @@ where
             replica: &self.replica,
         })
         .map_err(LogError::Encode)?;
-        store
-            .put(&name, Bytes::from(seal_body(&self.key, &name, &plain)))
-            .await?;
-        self.snapshot = Some(name.clone());
+        let sealed = Bytes::from(seal_body(&self.key, &name, &plain));
+        Ok(PreparedSnapshot { name, sealed })
+    }
+
+    /// Records that a snapshot was stored.
+    pub fn snapshot_written(&mut self, name: String) {
+        self.snapshot = Some(name);
         self.since_snapshot = 0;
-        Ok(name)
     }
 
     /// Deletes op objects and snapshots made useless by a snapshot older

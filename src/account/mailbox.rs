@@ -1,0 +1,375 @@
+//! One open mailbox of an unlocked account, shared by every session of the
+//! user on this instance: one in-memory copy of the mailbox's op log, the
+//! writes this instance makes to it, and change notification.
+//!
+//! Invariants:
+//! - No lock is held across a store call. Syncs are planned under a read
+//!   lock, fetched with no lock, applied under a write lock; writes are
+//!   prepared under a read lock, stored with no lock, committed under a
+//!   write lock.
+//! - This instance's writes to one mailbox are serialised by `writer`, so
+//!   its own ops never make concurrent UID claims (conflicts then only come
+//!   from other instances).
+//! - A message body is stored before the op that references it, and an op
+//!   is shown only after its PUT succeeded: what APPENDUID reports survives
+//!   a crash (DESIGN.md §4, I4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, RwLock, watch};
+
+use super::AccountError;
+use super::cache::BodyCache;
+use crate::crypto::{SymmetricKey, open_body, seal_body};
+use crate::log::stored::{LogTuning, StoredLog};
+use crate::log::{InstanceId, OpId};
+use crate::mailbox::op::BodyKey;
+use crate::mailbox::summary::{MessageSummary, normalize_crlf, summarize};
+use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
+use crate::store::{SharedStore, layout};
+
+/// The summary an op carries for a message (`MessageRef::summary`: the
+/// JSON of a [`MessageSummary`]).
+pub fn summary_of(message: &MessageRef) -> Result<MessageSummary, AccountError> {
+    serde_json::from_slice(&message.summary).map_err(|e| {
+        AccountError::Corrupt(format!(
+            "message {}: unreadable summary: {e}",
+            message.blob_id
+        ))
+    })
+}
+
+/// Stores a message body under a fresh random key and returns the reference
+/// an op carries. The body is normalised to CRLF line endings first, so
+/// sizes and offsets are those IMAP clients see.
+pub async fn store_body(
+    store: &SharedStore,
+    user: &layout::UserId,
+    raw: &[u8],
+    internal_date: i64,
+) -> Result<MessageRef, AccountError> {
+    let body = normalize_crlf(raw);
+    let summary = summarize(&body);
+    let blob_id = hex::encode(rand::random::<[u8; 16]>());
+    let key = SymmetricKey::random();
+    let object_key = layout::blob(user, &blob_id);
+    let sealed = seal_body(&key, &object_key, &body);
+    store.put(&object_key, Bytes::from(sealed)).await?;
+    let size = body.len() as u64;
+    let summary = serde_json::to_vec(&summary)
+        .map_err(|e| AccountError::Internal(format!("cannot encode a summary: {e}")))?;
+    Ok(MessageRef {
+        blob_id,
+        body_key: BodyKey(key),
+        size,
+        internal_date,
+        summary,
+    })
+}
+
+/// Timing of a mailbox's background duties.
+#[derive(Clone, Debug)]
+pub struct MailboxTuning {
+    pub log: LogTuning,
+    /// Longest random wait before writing a fix-up, so that instances that
+    /// see the same conflict rarely both write one (DESIGN.md §4).
+    pub fix_up_jitter: Duration,
+}
+
+impl Default for MailboxTuning {
+    fn default() -> Self {
+        MailboxTuning {
+            log: LogTuning::default(),
+            fix_up_jitter: Duration::from_millis(200),
+        }
+    }
+}
+
+/// An open mailbox.
+pub struct Mailbox {
+    /// The mailbox id `<m>` of `users/<u>/mbox/<m>/`.
+    id: String,
+    user: layout::UserId,
+    store: SharedStore,
+    log: RwLock<StoredLog<MailboxState>>,
+    /// Serialises this instance's writes (see the module invariants).
+    writer: Mutex<()>,
+    /// Bumped whenever the state changes; sessions wait on it (IDLE).
+    changes: watch::Sender<u64>,
+    cache: Arc<BodyCache>,
+    tuning: MailboxTuning,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of placing messages: what APPENDUID and COPYUID report
+/// (RFC 4315).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub uid_validity: u32,
+    /// UIDs of the placed messages, in order; a message displaced by a
+    /// concurrent conflict at once has none (it reappears after a fix-up).
+    pub uids: Vec<Option<u32>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Mailbox {
+    /// Opens mailbox `id` (its log key derives from the user's master key).
+    pub(crate) async fn open(
+        id: String,
+        uid_validity: u32,
+        user: layout::UserId,
+        store: SharedStore,
+        key: SymmetricKey,
+        instance: InstanceId,
+        cache: Arc<BodyCache>,
+        tuning: MailboxTuning,
+    ) -> Result<Mailbox, AccountError> {
+        let prefix = format!("{}mbox/{id}/", layout::user_prefix(&user));
+        let log = StoredLog::open(
+            store.as_ref(),
+            key,
+            prefix,
+            instance,
+            tuning.log.clone(),
+            || MailboxState::new(uid_validity),
+        )
+        .await?;
+        let (changes, _) = watch::channel(0);
+        Ok(Mailbox {
+            id,
+            user,
+            store,
+            log: RwLock::new(log),
+            writer: Mutex::new(()),
+            changes,
+            cache,
+            tuning,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A receiver woken on every change of the state.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Reads the current state.
+    pub async fn read<R>(&self, f: impl FnOnce(&MailboxState) -> R) -> R {
+        f(self.log.read().await.state())
+    }
+
+    /// Brings the state up to date with the store; writes a fix-up if a
+    /// conflict displaced messages and a snapshot when one is due. Returns
+    /// how many ops were applied.
+    pub async fn sync(&self) -> Result<usize, AccountError> {
+        let applied = self.sync_once().await?;
+        if self.read(|s| !s.displaced().is_empty()).await {
+            self.fix_up().await?;
+        }
+        if self.log.read().await.snapshot_due() {
+            self.snapshot().await?;
+        }
+        Ok(applied)
+    }
+
+    async fn sync_once(&self) -> Result<usize, AccountError> {
+        let plan = self.log.read().await.plan_sync();
+        let fetched = plan.fetch(self.store.as_ref()).await?;
+        let applied = self.log.write().await.apply(fetched);
+        if applied > 0 {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        Ok(applied)
+    }
+
+    /// Writes one fix-up op for every displaced message, after a short
+    /// random wait and a sync: if another instance wrote one meanwhile,
+    /// nothing is left to do.
+    async fn fix_up(&self) -> Result<(), AccountError> {
+        let jitter = self.tuning.fix_up_jitter.as_millis() as u64;
+        if jitter > 0 {
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % jitter)).await;
+        }
+        let _writing = self.writer.lock().await;
+        self.sync_once().await?;
+        let Some(op) = self.read(MailboxState::fix_up).await else {
+            return Ok(());
+        };
+        self.write_locked(op).await?;
+        Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<(), AccountError> {
+        let prepared = self.log.read().await.prepare_snapshot()?;
+        let name = prepared.store(self.store.as_ref()).await?;
+        self.log.write().await.snapshot_written(name);
+        Ok(())
+    }
+
+    /// Writes an op: prepare, store, commit. The caller holds `writer`.
+    async fn write_locked(&self, op: MailboxOp) -> Result<OpId, AccountError> {
+        let prepared = self.log.read().await.prepare(op)?;
+        let written = prepared.store(self.store.as_ref()).await?;
+        let id = written.id;
+        self.log.write().await.commit(written);
+        self.changes.send_modify(|v| *v += 1);
+        Ok(id)
+    }
+
+    async fn write(&self, op: MailboxOp) -> Result<OpId, AccountError> {
+        let _writing = self.writer.lock().await;
+        self.write_locked(op).await
+    }
+
+    /// APPEND (RFC 9051 §6.3.12): stores the body, then the op. Returns the
+    /// UIDVALIDITY and UID for APPENDUID once both are durable.
+    pub async fn append(
+        &self,
+        raw: &[u8],
+        flags: Vec<String>,
+        internal_date: i64,
+    ) -> Result<Placed, AccountError> {
+        let message = store_body(&self.store, &self.user, raw, internal_date).await?;
+        self.place(MailboxOp::Append(NewMessage { message, flags }), 1)
+            .await
+    }
+
+    async fn place(&self, op: MailboxOp, count: u32) -> Result<Placed, AccountError> {
+        let id = self.write(op).await?;
+        let placed = self
+            .read(|s| Placed {
+                uid_validity: s.uid_validity(),
+                uids: (0..count)
+                    .map(|index| s.uid_of(&MessageId { op: id, index }))
+                    .collect(),
+            })
+            .await;
+        Ok(placed)
+    }
+
+    /// STORE (RFC 9051 §6.4.6) on the given UIDs; unknown UIDs are ignored.
+    pub async fn store_flags(
+        &self,
+        uids: &[u32],
+        set: Vec<String>,
+        clear: Vec<String>,
+    ) -> Result<(), AccountError> {
+        let targets = self.read(|s| s.resolve(uids)).await;
+        if targets.is_empty() {
+            return Ok(());
+        }
+        self.write(MailboxOp::Store {
+            targets,
+            set,
+            clear,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// EXPUNGE of the given UIDs (RFC 9051 §6.4.3, RFC 4315 UID EXPUNGE).
+    pub async fn expunge(&self, uids: &[u32]) -> Result<(), AccountError> {
+        let targets = self.read(|s| s.resolve(uids)).await;
+        if targets.is_empty() {
+            return Ok(());
+        }
+        self.write(MailboxOp::Expunge(targets)).await.map(|_| ())
+    }
+
+    /// COPY (RFC 9051 §6.4.7): the messages of `uids` are placed in
+    /// `target`, referencing the same bodies, with their flags. Returns the
+    /// source UIDs copied and what was placed, for COPYUID.
+    pub async fn copy_to(
+        &self,
+        uids: &[u32],
+        target: &Mailbox,
+    ) -> Result<(Vec<u32>, Placed), AccountError> {
+        let (source_uids, messages): (Vec<u32>, Vec<NewMessage>) = self
+            .read(|s| {
+                uids.iter()
+                    .filter_map(|uid| s.message(*uid))
+                    .map(|m| {
+                        let flags = m.flags.iter().map(|f| f.to_string()).collect();
+                        (
+                            m.uid,
+                            NewMessage {
+                                message: m.message.clone(),
+                                flags,
+                            },
+                        )
+                    })
+                    .unzip()
+            })
+            .await;
+        let count = messages.len() as u32;
+        if count == 0 {
+            let uid_validity = target.read(MailboxState::uid_validity).await;
+            return Ok((
+                source_uids,
+                Placed {
+                    uid_validity,
+                    uids: vec![],
+                },
+            ));
+        }
+        let placed = target.place(MailboxOp::CopyIn(messages), count).await?;
+        Ok((source_uids, placed))
+    }
+
+    /// MOVE (RFC 6851): copy, then expunge the source messages. The copy is
+    /// durable before the source goes, so a crash in between leaves two
+    /// copies, never none.
+    pub async fn move_to(
+        &self,
+        uids: &[u32],
+        target: &Mailbox,
+    ) -> Result<(Vec<u32>, Placed), AccountError> {
+        let (moved, placed) = self.copy_to(uids, target).await?;
+        self.expunge(&moved).await?;
+        Ok((moved, placed))
+    }
+
+    /// The full body of a message, decrypted (through the account's cache).
+    pub async fn body(&self, uid: u32) -> Result<Bytes, AccountError> {
+        let message = self
+            .read(|s| s.message(uid).map(|m| m.message.clone()))
+            .await
+            .ok_or(AccountError::NoSuchMessage(uid))?;
+        if let Some(body) = self.cache.get(&message.blob_id) {
+            return Ok(body);
+        }
+        let object_key = layout::blob(&self.user, &message.blob_id);
+        let sealed = self.store.get(&object_key).await?;
+        let limit = usize::try_from(message.size).unwrap_or(usize::MAX);
+        let body = Bytes::from(open_body(&message.body_key.0, &object_key, &sealed, limit)?);
+        self.cache.insert(message.blob_id, body.clone());
+        Ok(body)
+    }
+
+    /// The summary of a message (ENVELOPE, BODYSTRUCTURE, ...), with no
+    /// store call.
+    pub async fn summary(&self, uid: u32) -> Result<MessageSummary, AccountError> {
+        let message = self
+            .read(|s| s.message(uid).map(|m| m.message.clone()))
+            .await
+            .ok_or(AccountError::NoSuchMessage(uid))?;
+        summary_of(&message)
+    }
+
+    /// Unreadable op objects of this mailbox, for reporting.
+    pub async fn damage(&self) -> Vec<crate::log::stored::Damage> {
+        self.log.read().await.damaged()
+    }
+}

@@ -1,0 +1,238 @@
+//! Accounts on a shared store: what several Facteur instances serving the
+//! same user see when they write to one mailbox at the same time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use facteur::account::{Account, AccountConfig, Mailbox};
+use facteur::crypto::{KdfParams, Keyring, Password, user_id};
+use facteur::log::InstanceId;
+use facteur::store::{MemoryStore, ObjectStore, S3Settings, S3Store, SharedStore, list_all};
+
+fn account(store: &SharedStore, keyring: &Keyring, instance: &str, secret: &[u8]) -> Arc<Account> {
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new(instance).unwrap());
+    config.poll_interval = Duration::from_millis(50);
+    Account::new(user_id(secret, "alice"), keys, store.clone(), config)
+}
+
+fn message(n: &str) -> Vec<u8> {
+    format!(
+        "From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: note {n}\r\n\
+         Message-ID: <{n}@example.org>\r\n\r\nbody of {n}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Subject of every shown message, with how often it is shown.
+async fn subjects(mailbox: &Mailbox) -> BTreeMap<String, usize> {
+    let uids: Vec<u32> = mailbox
+        .read(|s| s.messages().map(|m| m.uid).collect())
+        .await;
+    let mut seen = BTreeMap::new();
+    for uid in uids {
+        let summary = mailbox.summary(uid).await.unwrap();
+        let subject = summary
+            .envelope
+            .subject
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+            .unwrap_or_default();
+        *seen.entry(subject).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Two instances append and flag in one mailbox concurrently; afterwards
+/// both show every message exactly once, with the same UIDs.
+async fn concurrent_appends(store: SharedStore) {
+    let secret: [u8; 16] = rand::random();
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&store, &keyring, "a", &secret);
+    let b = account(&store, &keyring, "b", &secret);
+    let box_id = "0123456789abcdef";
+    let ma = a.mailbox(box_id, 7).await.unwrap();
+    let mb = b.mailbox(box_id, 7).await.unwrap();
+
+    let writer = |mailbox: Arc<Mailbox>, who: &'static str| {
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..15 {
+                let placed = mailbox
+                    .append(&message(&format!("{who}{i:02}")), vec![], 1_700_000_000)
+                    .await
+                    .unwrap();
+                assert_eq!(placed.uid_validity, 7);
+                acknowledged.push(format!("note {who}{i:02}"));
+                if i % 3 == 0 {
+                    let last = mailbox.read(|s| s.uid_next() - 1).await;
+                    mailbox
+                        .store_flags(&[last], vec!["\\Seen".into()], vec![])
+                        .await
+                        .unwrap();
+                }
+                if i % 5 == 0 {
+                    mailbox.sync().await.unwrap();
+                }
+            }
+            acknowledged
+        })
+    };
+    let (ack_a, ack_b) = tokio::join!(writer(ma.clone(), "a"), writer(mb.clone(), "b"));
+    let acknowledged: Vec<String> = ack_a.unwrap().into_iter().chain(ack_b.unwrap()).collect();
+
+    // Quiet: sync until neither instance has displaced messages left.
+    for _ in 0..10 {
+        ma.sync().await.unwrap();
+        mb.sync().await.unwrap();
+        let displaced =
+            ma.read(|s| s.displaced().len()).await + mb.read(|s| s.displaced().len()).await;
+        if displaced == 0 {
+            break;
+        }
+    }
+    ma.sync().await.unwrap();
+    mb.sync().await.unwrap();
+    let (sa, sb) = (subjects(&ma).await, subjects(&mb).await);
+    assert_eq!(sa, sb);
+    for subject in &acknowledged {
+        assert_eq!(
+            sa.get(subject),
+            Some(&1),
+            "{subject} not shown exactly once: {sa:?}"
+        );
+    }
+    assert_eq!(sa.len(), 30);
+    let uids_a: Vec<u32> = ma.read(|s| s.messages().map(|m| m.uid).collect()).await;
+    let uids_b: Vec<u32> = mb.read(|s| s.messages().map(|m| m.uid).collect()).await;
+    assert_eq!(uids_a, uids_b);
+    assert_eq!(
+        ma.read(|s| s.highest_modseq()).await,
+        mb.read(|s| s.highest_modseq()).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_append_concurrently_on_memory() {
+    concurrent_appends(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_append_concurrently_on_garage() {
+    let Some(settings) = S3Settings::from_test_env() else {
+        assert!(
+            std::env::var("FACTEUR_REQUIRE_S3").is_err(),
+            "FACTEUR_REQUIRE_S3 is set but Garage settings are missing"
+        );
+        eprintln!("no Garage settings; skipping (scripts/test.sh provides them)");
+        return;
+    };
+    let store: SharedStore = Arc::new(S3Store::new(settings).unwrap());
+    concurrent_appends(store).await;
+}
+
+#[tokio::test]
+async fn bodies_round_trip_and_store_holds_no_plaintext() {
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let inbox = a.mailbox("00aa", 1).await.unwrap();
+    // Bare LF in, CRLF stored and served.
+    let placed = inbox
+        .append(
+            b"Subject: secret plans\n\nmeet at noon\n",
+            vec!["\\Flagged".into()],
+            0,
+        )
+        .await
+        .unwrap();
+    let uid = placed.uids[0].unwrap();
+    let body = inbox.body(uid).await.unwrap();
+    assert_eq!(&body[..], b"Subject: secret plans\r\n\r\nmeet at noon\r\n");
+    assert_eq!(
+        inbox.read(|s| s.message(uid).unwrap().message.size).await,
+        body.len() as u64
+    );
+    assert_eq!(inbox.read(|s| s.uids_with_flag("\\Flagged")).await, [uid]);
+    for key in store.keys() {
+        let data = store.get(&key).await.unwrap();
+        for word in [&b"secret"[..], b"noon", b"Flagged"] {
+            assert!(!data.windows(word.len()).any(|w| w == word), "{key}");
+        }
+    }
+    // Copy then move into another mailbox: same body, no new blob.
+    let other = a.mailbox("00bb", 2).await.unwrap();
+    let blobs_before = list_all(&store, "users/", None)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.key.contains("/blob/"))
+        .count();
+    let (copied, placed) = inbox.copy_to(&[uid], &other).await.unwrap();
+    assert_eq!(copied, [uid]);
+    assert_eq!(placed.uid_validity, 2);
+    let copy_uid = placed.uids[0].unwrap();
+    assert_eq!(other.body(copy_uid).await.unwrap(), body);
+    assert_eq!(
+        other.read(|s| s.uids_with_flag("\\Flagged")).await,
+        [copy_uid]
+    );
+    inbox.move_to(&[uid], &other).await.unwrap();
+    assert_eq!(inbox.read(|s| s.exists()).await, 0);
+    assert_eq!(other.read(|s| s.exists()).await, 2);
+    let blobs_after = list_all(&store, "users/", None)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.key.contains("/blob/"))
+        .count();
+    assert_eq!(blobs_before, blobs_after);
+}
+
+#[tokio::test]
+async fn changes_from_another_instance_wake_watchers() {
+    let shared: SharedStore = Arc::new(MemoryStore::new());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let b = account(&shared, &keyring, "b", b"0123456789abcdef");
+    let ma = a.mailbox("0c", 1).await.unwrap();
+    let mb = b.mailbox("0c", 1).await.unwrap();
+    let _poller = b.spawn_poller();
+    let mut watch = mb.watch();
+    ma.append(&message("ping"), vec![], 0).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("b's poller saw a's append")
+        .unwrap();
+    assert_eq!(mb.read(|s| s.exists()).await, 1);
+}
+
+#[tokio::test]
+async fn a_damaged_mailbox_does_not_affect_another() {
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let good = a.mailbox("01", 1).await.unwrap();
+    let bad = a.mailbox("02", 1).await.unwrap();
+    good.append(&message("g"), vec![], 0).await.unwrap();
+    bad.append(&message("b"), vec![], 0).await.unwrap();
+    for key in store.keys() {
+        if key.contains("/mbox/02/log/") {
+            store
+                .put(&key, bytes::Bytes::from_static(b"not an op"))
+                .await
+                .unwrap();
+        }
+    }
+    let b = account(&shared, &keyring, "b", b"0123456789abcdef");
+    let bad_again = b.mailbox("02", 1).await.unwrap();
+    assert_eq!(bad_again.read(|s| s.exists()).await, 0);
+    let damage = bad_again.damage().await;
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert!(damage[0].reason.contains("decrypt"), "{damage:?}");
+    let good_again = b.mailbox("01", 1).await.unwrap();
+    assert_eq!(good_again.read(|s| s.exists()).await, 1);
+    assert!(good_again.damage().await.is_empty());
+}
