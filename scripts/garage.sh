@@ -15,6 +15,8 @@
 # PATH nor in ~/.cargo/bin (about 10 minutes on 2 cores). The CLI calls below
 # were checked against Garage 2.5.0 (see FACTS.md).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
 BUCKET=facteur-test
@@ -47,33 +49,9 @@ find_garage() {
     fi
 }
 
-# Prints N distinct free TCP ports on 127.0.0.1, one per line (the OS
-# picks them; all sockets stay bound until every port is chosen).
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-for s in socks:
-    print(s.getsockname()[1])
-EOF
-}
-
-random_hex() { # number of bytes
-    od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
-}
 
 # True when the pid file names a live garage process.
-running() {
-    local pid
-    [ -f "$work/garage.pid" ] || return 1
-    pid="$(cat "$work/garage.pid")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q garage
-}
+running() { pid_running "$work/garage.pid" garage; }
 
 g() { "$garage" -c "$work/garage.toml" "$@"; }
 

@@ -26,6 +26,8 @@
 # slapd is used: a system slapd the package may start listens on 389 and is
 # stopped right after the install.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 READY_TIMEOUT_S=30
 SUFFIX="dc=example,dc=org"
@@ -64,32 +66,9 @@ install_slapd() {
     fi
 }
 
-# Prints N distinct free TCP ports on 127.0.0.1, one per line.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-for s in socks:
-    print(s.getsockname()[1])
-EOF
-}
-
-random_hex() { # number of bytes
-    od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
-}
 
 # True when the pid file names a live slapd process.
-running() {
-    local pid
-    [ -f "$work/slapd.pid" ] || return 1
-    pid="$(cat "$work/slapd.pid")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q slapd
-}
+running() { pid_running "$work/slapd.pid" slapd; }
 
 # Where slapd runs from. Under an enforcing AppArmor profile for
 # /usr/sbin/slapd (Ubuntu) the binary may not read our workdir, so a copy is
