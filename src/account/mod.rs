@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod keyring;
 pub mod mailbox;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -21,6 +22,7 @@ use crate::store::{SharedStore, StoreError, layout::UserId};
 pub use cache::BodyCache;
 pub use keyring::KeyringStore;
 pub use mailbox::{Mailbox, MailboxTuning, Placed};
+pub use registry::Accounts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
