@@ -1,6 +1,7 @@
 //! Simulation of many instances sharing one store (DESIGN.md §4): random
-//! histories of appends, deliveries, copies, flag stores, expunges, syncs
-//! and fix-ups, with delayed and reordered visibility of writes, PUTs that
+//! histories of appends, LMTP deliveries (records in `incoming/` drained
+//! by any instance, sometimes by two at once or twice after a failed PUT),
+//! copies, flag stores, expunges, syncs and fix-ups, with delayed and reordered visibility of writes, PUTs that
 //! hang, fail or land late, partitions that heal, and clients that move
 //! from one instance to another. After every step it checks the invariants
 //! I1–I5 against what each client was shown; once the system is quiet, I4.
@@ -25,6 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use facteur::log::{Envelope, InstanceId, OpId, Replica};
+use facteur::mailbox::op::{BodyKey, Delivery};
 use facteur::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -46,6 +48,7 @@ static RENUMBERED: AtomicU64 = AtomicU64::new(0);
 static SHOWN_THEN_DISPLACED: AtomicU64 = AtomicU64::new(0);
 static CASES_WITH_CONFLICT: AtomicU64 = AtomicU64::new(0);
 static LATE_LANDINGS: AtomicU64 = AtomicU64::new(0);
+static DRAINED_TWICE: AtomicU64 = AtomicU64::new(0);
 
 fn count(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
@@ -62,8 +65,10 @@ enum Waiter {
         message: MessageId,
         uid: u32,
     },
-    /// LMTP delivery: the 250 is the acknowledgement; nobody sees a UID.
-    Delivery { message: MessageId },
+    /// A drain of `incoming/`: once the op is durable, its writer deletes
+    /// these delivery records (indexes into `Sim::queue`). The LMTP 250
+    /// was given when the record was written.
+    Drain { records: Vec<usize> },
     /// COPY: COPYUID, the new UIDs for the new messages.
     Copy {
         client: usize,
@@ -123,9 +128,19 @@ struct Client {
     view_shown: BTreeMap<u32, MessageId>,
 }
 
+/// A delivery record in `incoming/` (DESIGN.md §3), written by LMTP.
+struct Queued {
+    name: String,
+    message: MessageRef,
+    deleted: bool,
+}
+
 struct Sim {
     now_ms: u64,
     store: Vec<Write>,
+    /// `incoming/`: records are written durably (LMTP answers 250 only
+    /// then) and deleted by a drain once its op is durable.
+    queue: Vec<Queued>,
     bodies: HashMap<OpId, MailboxOp>,
     instances: Vec<Instance>,
     clients: Vec<Client>,
@@ -159,6 +174,7 @@ impl Sim {
         Sim {
             now_ms: 1_000_000,
             store: Vec::new(),
+            queue: Vec::new(),
             bodies: HashMap::new(),
             instances,
             clients: (0..CLIENTS).map(|_| Client::default()).collect(),
@@ -171,6 +187,7 @@ impl Sim {
         self.blob_serial += 1;
         MessageRef {
             blob_id: format!("blob{}", self.blob_serial),
+            body_key: BodyKey::random(),
             size: 100 + self.blob_serial,
             internal_date: self.blob_serial as i64,
             summary: Vec::new(),
@@ -272,9 +289,10 @@ impl Sim {
                 self.clients[client].busy = None;
                 self.observe(client)?;
             }
-            Waiter::Delivery { message } => {
-                self.acked.push(message);
-                count(&ACKED, 1);
+            Waiter::Drain { records } => {
+                for r in records {
+                    self.queue[r].deleted = true;
+                }
             }
             Waiter::Change { client } => {
                 self.clients[client].busy = None;
@@ -478,14 +496,21 @@ impl Sim {
                 }
             }
             Action::Deliver { instance } => {
-                let i = instance as usize % INSTANCES;
-                let body = MailboxOp::Append(NewMessage {
-                    message: self.new_blob(),
-                    flags: vec![],
+                // LMTP writes the record (the 250 is the acknowledgement),
+                // then the instance it ran on drains at once.
+                let name = format!("{:016x}-{}", self.now_ms, self.queue.len());
+                self.acked.push(MessageId::delivered(&name));
+                count(&ACKED, 1);
+                let message = self.new_blob();
+                self.queue.push(Queued {
+                    name,
+                    message,
+                    deleted: false,
                 });
-                self.put(i, body, |op, _| Waiter::Delivery {
-                    message: MessageId { op, index: 0 },
-                });
+                self.drain(instance as usize % INSTANCES);
+            }
+            Action::Drain { instance } => {
+                self.drain(instance as usize % INSTANCES);
             }
             Action::Copy { client, pick, len } => {
                 let c = client as usize % CLIENTS;
@@ -615,6 +640,41 @@ impl Sim {
         self.check_convergence()
     }
 
+    /// Instance `i` drains `incoming/` (`mailbox::incoming::drain`): it
+    /// lists the records, deletes those its state already holds, and
+    /// writes one op placing the others; they are deleted once that op is
+    /// durable. Returns the write, if any.
+    fn drain(&mut self, i: usize) -> Option<usize> {
+        if self.instances[i].partitioned {
+            return None;
+        }
+        let state = self.instances[i].replica.state();
+        let mut records = Vec::new();
+        let mut deliveries = Vec::new();
+        for (r, queued) in self.queue.iter_mut().enumerate() {
+            if queued.deleted {
+                continue;
+            }
+            if state.has_delivery(&queued.name) {
+                queued.deleted = true;
+            } else {
+                records.push(r);
+                deliveries.push(Delivery {
+                    id: queued.name.clone(),
+                    new: NewMessage {
+                        message: queued.message.clone(),
+                        flags: vec![],
+                    },
+                });
+            }
+        }
+        (!deliveries.is_empty()).then(|| {
+            self.put(i, MailboxOp::Deliver(deliveries), |_, _| Waiter::Drain {
+                records,
+            })
+        })
+    }
+
     /// The UIDs an op placing `n` messages, written now by instance `i`,
     /// claims (what APPENDUID / COPYUID will say once it is acknowledged).
     fn claims_now(&self, i: usize, n: usize) -> Vec<u32> {
@@ -657,6 +717,15 @@ impl Sim {
                 _ => {}
             }
         }
+        // Some instance drains what is left in `incoming/`.
+        self.full_sync(0);
+        if let Some(w) = self.drain(0) {
+            self.ack(w)?;
+        }
+        ensure!(
+            self.queue.iter().all(|q| q.deleted),
+            "I4: delivery records left in incoming/ after a drain"
+        );
         let mut rounds = 0;
         loop {
             for i in 0..INSTANCES {
@@ -716,6 +785,38 @@ impl Sim {
         for view in state.messages() {
             ensure!(ids.insert(view.id), "I4: {:?} shown twice", view.id);
         }
+        // Whatever the ids: every append and delivery has its own blob, so
+        // two shown messages sharing one (copies aside) are one message
+        // shown twice, e.g. a record drained twice.
+        let copies: HashSet<MessageId> = self
+            .store
+            .iter()
+            .filter(|w| w.durable && matches!(w.envelope.body, MailboxOp::CopyIn(_)))
+            .flat_map(|w| w.envelope.body.targets(w.id))
+            .collect();
+        let mut blobs = HashSet::new();
+        for view in state.messages().filter(|v| !copies.contains(&v.id)) {
+            ensure!(
+                blobs.insert(view.message.blob_id.clone()),
+                "I4: blob {} shown twice",
+                view.message.blob_id
+            );
+        }
+
+        // Records placed by more than one op (drained twice): still one
+        // message each, checked above.
+        let mut placements: HashMap<MessageId, usize> = HashMap::new();
+        for write in self.store.iter().filter(|w| w.durable) {
+            if let MailboxOp::Deliver(deliveries) = &write.envelope.body {
+                for d in deliveries {
+                    *placements.entry(MessageId::delivered(&d.id)).or_default() += 1;
+                }
+            }
+        }
+        count(
+            &DRAINED_TWICE,
+            placements.values().filter(|n| **n > 1).count() as u64,
+        );
 
         let fixups: Vec<usize> = self
             .store
@@ -751,6 +852,9 @@ enum Action {
         flag: u8,
     },
     Deliver {
+        instance: u8,
+    },
+    Drain {
         instance: u8,
     },
     Copy {
@@ -808,6 +912,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => n().prop_map(|client| Action::Noop { client }),
         5 => (n(), n()).prop_map(|(client, flag)| Action::Append { client, flag }),
         2 => n().prop_map(|instance| Action::Deliver { instance }),
+        2 => n().prop_map(|instance| Action::Drain { instance }),
         1 => (n(), n(), n()).prop_map(|(client, pick, len)| Action::Copy { client, pick, len }),
         3 => (n(), n(), n(), n(), any::<bool>())
             .prop_map(|(client, pick, len, flag, set)| Action::Store { client, pick, len, flag, set }),
@@ -857,7 +962,8 @@ fn invariants_hold_over_random_histories() {
     println!(
         "simulation: {} cases ({} asked), {} steps, {} client views, {} messages acknowledged; \
          violations: {}; UIDVALIDITY changes: {}; cases with a UID conflict: {}; fix-up ops: {}; \
-         messages renumbered by fix-ups: {}; UIDs shown then lost to a conflict: {}; failed PUTs landing late: {}",
+         messages renumbered by fix-ups: {}; UIDs shown then lost to a conflict: {}; failed PUTs landing late: {}; \
+         deliveries drained twice (one message each): {}",
         get(&CASES),
         cases,
         get(&STEPS),
@@ -870,6 +976,7 @@ fn invariants_hold_over_random_histories() {
         get(&RENUMBERED),
         get(&SHOWN_THEN_DISPLACED),
         get(&LATE_LANDINGS),
+        get(&DRAINED_TWICE),
     );
     if let Err(e) = result {
         panic!("{e}");

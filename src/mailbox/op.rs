@@ -10,17 +10,40 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::MailboxError;
+use crate::crypto::SymmetricKey;
 use crate::log::OpId;
 
 /// A message's identity for its whole life in a mailbox: the op that placed
-/// it (an append or a copy-in) and its index in that op. Unlike a UID, it
-/// never changes, and a fix-up moves a message to a new UID without
-/// changing it.
+/// it (an append or a copy-in) and its index in that op — or, for a
+/// message delivered through `incoming/`, a hash of its delivery id
+/// ([`MessageId::delivered`]), so that every op placing the same delivery
+/// places the same message. Unlike a UID, it never changes, and a fix-up
+/// moves a message to a new UID without changing it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId {
     pub op: OpId,
     pub index: u32,
 }
+
+impl MessageId {
+    /// The identity of the message a delivery record places: a function of
+    /// the record's name alone, so that two instances draining the same
+    /// record (DESIGN.md §3) place one message, not two. The hash is
+    /// domain-separated from op ids, which hash op bytes (JSON, never
+    /// starting with this prefix).
+    pub fn delivered(delivery_id: &str) -> MessageId {
+        let mut bytes = Vec::with_capacity(DELIVERY_DOMAIN.len() + delivery_id.len());
+        bytes.extend_from_slice(DELIVERY_DOMAIN);
+        bytes.extend_from_slice(delivery_id.as_bytes());
+        MessageId {
+            op: OpId::of_bytes(&bytes),
+            index: 0,
+        }
+    }
+}
+
+/// Prefix of the bytes hashed by [`MessageId::delivered`].
+const DELIVERY_DOMAIN: &[u8] = b"facteur delivery\0";
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,10 +88,16 @@ impl<'de> Deserialize<'de> for MessageId {
 /// placeholder for the full summary of DESIGN.md §4 (blob key, ENVELOPE,
 /// BODYSTRUCTURE, search headers, preview), which will travel in `summary`
 /// or replace it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Ord` lets the state pick one description deterministically when a
+/// delivery is placed twice (see [`MailboxOp::Deliver`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageRef {
     /// The body object (`users/<u>/blob/<blob-id>`), shared by copies.
     pub blob_id: String,
+    /// The key the body object is sealed under (`crypto::seal_body`, the
+    /// object name as associated data); copies reference the same.
+    pub body_key: BodyKey,
     /// RFC822.SIZE (RFC 9051 §7.5.2).
     pub size: u64,
     /// INTERNALDATE, seconds since the Unix epoch (RFC 9051 §2.3.3).
@@ -76,6 +105,46 @@ pub struct MessageRef {
     /// Opaque summary bytes; not interpreted here.
     #[serde(default)]
     pub summary: Vec<u8>,
+}
+
+/// The random key a message body is sealed under (DESIGN.md §3: "each
+/// message body has its own random key, recorded (under MK) in the op that
+/// adds the message"). Redacted in `Debug` and zeroized on drop, as the
+/// [`SymmetricKey`] it wraps; comparable so that states can be compared
+/// and a twice-placed delivery resolved (see [`MailboxOp::Deliver`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BodyKey(pub SymmetricKey);
+
+impl BodyKey {
+    /// A fresh random key, for a new body.
+    pub fn random() -> BodyKey {
+        BodyKey(SymmetricKey::random())
+    }
+
+    pub fn key(&self) -> &SymmetricKey {
+        &self.0
+    }
+}
+
+impl PartialEq for BodyKey {
+    fn eq(&self, other: &BodyKey) -> bool {
+        self.0.as_bytes() == other.0.as_bytes()
+    }
+}
+
+impl Eq for BodyKey {}
+
+impl PartialOrd for BodyKey {
+    fn partial_cmp(&self, other: &BodyKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BodyKey {
+    fn cmp(&self, other: &BodyKey) -> std::cmp::Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
 }
 
 /// A message placed by an append or a copy-in, with its initial flags
@@ -88,15 +157,26 @@ pub struct NewMessage {
     pub flags: Vec<String>,
 }
 
+/// A message drained from `incoming/` (DESIGN.md §3), with the id of its
+/// delivery record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The delivery record's name (`<ts>-<rand>` under `incoming/`). Every
+    /// op carrying the same id places the same message
+    /// ([`MessageId::delivered`]).
+    pub id: String,
+    pub new: NewMessage,
+}
+
 /// One operation on a mailbox.
 ///
-/// Ops that place messages (`Append`, `CopyIn`) and `FixUp` make UID
+/// Ops that place messages (`Append`, `CopyIn`, `Deliver`) and `FixUp` make UID
 /// claims, one per message, in list order; every op is a change for MODSEQ
 /// purposes. Ops naming messages that do not exist, or no longer exist,
 /// are kept in the set but change nothing visible.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MailboxOp {
-    /// APPEND, or a delivery drained from `incoming/`: one new message.
+    /// APPEND (RFC 9051 §6.3.12): one new message.
     Append(NewMessage),
     /// The destination side of COPY or MOVE (RFC 9051 §6.4.7–8, RFC 6851):
     /// new messages referencing existing blobs. MOVE's source side is an
@@ -115,6 +195,14 @@ pub enum MailboxOp {
     Expunge(Vec<MessageId>),
     /// Fresh UID claims for displaced messages (see `claims`).
     FixUp(Vec<MessageId>),
+    /// Messages drained from `incoming/`, one per delivery record, in
+    /// record-name order. A record drained twice (two instances at once, or
+    /// a drain whose record delete failed) is one message: its identity is
+    /// [`MessageId::delivered`] of the record name, and each placement
+    /// makes an ordinary UID claim for that one message. Identical claims
+    /// agree; different ones leave the message at its highest claim, or
+    /// displaced until a fix-up, as for any concurrent write.
+    Deliver(Vec<Delivery>),
 }
 
 impl MailboxOp {
@@ -123,6 +211,7 @@ impl MailboxOp {
         match self {
             MailboxOp::Append(_) => 1,
             MailboxOp::CopyIn(messages) => messages.len(),
+            MailboxOp::Deliver(deliveries) => deliveries.len(),
             MailboxOp::FixUp(targets) => targets.len(),
             MailboxOp::Store { .. } | MailboxOp::Expunge(_) => 0,
         }
@@ -139,6 +228,10 @@ impl MailboxOp {
         match self {
             MailboxOp::Append(_) => placed(1),
             MailboxOp::CopyIn(messages) => placed(messages.len()),
+            MailboxOp::Deliver(deliveries) => deliveries
+                .iter()
+                .map(|d| MessageId::delivered(&d.id))
+                .collect(),
             MailboxOp::Store { targets, .. }
             | MailboxOp::Expunge(targets)
             | MailboxOp::FixUp(targets) => targets.clone(),
@@ -162,5 +255,28 @@ mod tests {
         for bad in ["", "x.1", &format!("{}", id.op), &format!("{}.-1", id.op)] {
             assert!(bad.parse::<MessageId>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_delivery_is_one_message_whoever_places_it() {
+        let a = MessageId::delivered("0000018f00000000-00ff");
+        assert_eq!(a, MessageId::delivered("0000018f00000000-00ff"));
+        assert_ne!(a, MessageId::delivered("0000018f00000000-00fe"));
+        assert_eq!(a.to_string().parse::<MessageId>().unwrap(), a);
+        let op = MailboxOp::Deliver(vec![Delivery {
+            id: "0000018f00000000-00ff".into(),
+            new: NewMessage {
+                message: MessageRef {
+                    blob_id: "b".into(),
+                    body_key: BodyKey::random(),
+                    size: 1,
+                    internal_date: 0,
+                    summary: vec![],
+                },
+                flags: vec![],
+            },
+        }]);
+        assert_eq!(op.claim_count(), 1);
+        assert_eq!(op.targets(OpId::of_bytes(b"any op")), vec![a]);
     }
 }

@@ -7,7 +7,9 @@
 //! *set*, never of delivery order, so an op found late gives the state it
 //! would have given in order, with no replay:
 //!
-//! - placement: a message exists iff the op placing it is present;
+//! - placement: a message exists iff an op placing it is present (a
+//!   delivery drained twice is one message placed by two ops; if their
+//!   descriptions differed, the smaller would win);
 //! - UID claims: a union of claims, each a function of the op's causal
 //!   past (`claims`); a message's UID is its highest claim if valid;
 //! - flags: one last-writer-wins register per (message, flag), stamped
@@ -183,6 +185,16 @@ impl MailboxState {
         self.index.shown.get(&uid).copied()
     }
 
+    /// Whether a delivery record was already placed in this mailbox (shown,
+    /// displaced or expunged since): draining it again would change
+    /// nothing, so the drainer only deletes the record.
+    pub fn has_delivery(&self, delivery_id: &str) -> bool {
+        self.core
+            .entries
+            .get(&MessageId::delivered(delivery_id))
+            .is_some_and(|e| e.message.is_some())
+    }
+
     /// The UID a message is shown with, if it is shown.
     pub fn uid_of(&self, id: &MessageId) -> Option<u32> {
         self.index.uid_of.get(id).copied()
@@ -313,7 +325,13 @@ impl MailboxState {
     }
 
     fn place(&mut self, id: MessageId, new: &NewMessage, stamp: &OrderKey) {
-        self.entry(id).message = Some(new.message.clone());
+        // Only a delivery drained twice places one id twice; both copies
+        // come from one record, so they agree. Should they ever differ,
+        // the smaller wins, which keeps `apply` order-independent.
+        let entry = self.entry(id);
+        if entry.message.as_ref().is_none_or(|m| new.message < *m) {
+            entry.message = Some(new.message.clone());
+        }
         for flag in &new.flags {
             self.write_flag(id, flag, true, stamp);
         }
@@ -453,6 +471,11 @@ impl State for MailboxState {
             MailboxOp::CopyIn(news) => {
                 for (id, new) in targets.iter().zip(news) {
                     self.place(*id, new, &meta.key);
+                }
+            }
+            MailboxOp::Deliver(deliveries) => {
+                for (id, delivery) in targets.iter().zip(deliveries) {
+                    self.place(*id, &delivery.new, &meta.key);
                 }
             }
             MailboxOp::Store { set, clear, .. } => {

@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 
+use super::op::BodyKey;
 use super::*;
 use crate::log::{Envelope, InstanceId, OpId, Replica};
 
@@ -72,6 +73,7 @@ fn append(blob: &str) -> MailboxOp {
     MailboxOp::Append(NewMessage {
         message: MessageRef {
             blob_id: blob.into(),
+            body_key: BodyKey::random(),
             size: 10,
             internal_date: 0,
             summary: vec![],
@@ -394,6 +396,7 @@ fn history(steps: &[Step]) -> Vec<Op> {
                         None => MailboxOp::CopyIn(vec![NewMessage {
                             message: MessageRef {
                                 blob_id: "copy".into(),
+                                body_key: BodyKey::random(),
                                 size: 1,
                                 internal_date: 0,
                                 summary: vec![],
