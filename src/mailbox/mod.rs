@@ -8,6 +8,8 @@
 //! the mailbox list and the incoming queue.
 
 pub mod claims;
+pub mod list;
+pub mod incoming;
 pub mod op;
 pub mod state;
 pub mod summary;

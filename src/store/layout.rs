@@ -60,6 +60,12 @@ pub fn blob(u: &UserId, blob_id: &str) -> String {
     format!("{USERS_PREFIX}{u}/blob/{blob_id}")
 }
 
+/// `users/<u>/quarantine/<name>`: delivery records that could not be
+/// opened, moved aside from `incoming/` as they were.
+pub fn quarantine(u: &UserId, name: &str) -> String {
+    format!("{USERS_PREFIX}{u}/quarantine/{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
