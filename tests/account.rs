@@ -236,3 +236,67 @@ async fn a_damaged_mailbox_does_not_affect_another() {
     assert_eq!(good_again.read(|s| s.exists()).await, 1);
     assert!(good_again.damage().await.is_empty());
 }
+
+#[tokio::test]
+async fn mailbox_list_defaults_create_rename_delete_across_instances() {
+    let shared: SharedStore = Arc::new(MemoryStore::new());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let b = account(&shared, &keyring, "b", b"0123456789abcdef");
+    let names = |folders: Vec<facteur::account::Folder>| {
+        folders.into_iter().map(|f| f.name).collect::<Vec<_>>()
+    };
+
+    let fa = a.folders().await.unwrap();
+    assert_eq!(
+        names(fa.all().await),
+        ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
+    );
+    let sent = fa.find("Sent").await.unwrap();
+    assert_eq!(sent.special_use.map(|u| u.attribute()), Some("\\Sent"));
+
+    fa.create("Projects/2026", None).await.unwrap();
+    let fb = b.folders().await.unwrap();
+    assert!(fb.find("Projects").await.is_some(), "superiors are created");
+    assert!(
+        fb.find("projects/2026").await.is_none(),
+        "names other than INBOX are case-sensitive"
+    );
+    assert!(matches!(
+        fb.create("Projects/2026", None).await,
+        Err(facteur::account::AccountError::List(_))
+    ));
+
+    // Mail in a mailbox follows it through a rename done elsewhere.
+    let (_, projects) = b.open_by_name("Projects/2026").await.unwrap();
+    projects.append(&message("plan"), vec![], 0).await.unwrap();
+    a.rename_mailbox("Projects", "Work").await.unwrap();
+    fb.sync().await.unwrap();
+    assert!(fb.find("Projects/2026").await.is_none());
+    let (folder, moved) = b.open_by_name("Work/2026").await.unwrap();
+    assert_eq!(folder.id.to_hex(), projects.id());
+    assert_eq!(moved.read(|s| s.exists()).await, 1);
+
+    // Renaming INBOX moves its messages and leaves INBOX empty.
+    let (_, inbox) = a.open_by_name("inbox").await.unwrap();
+    inbox.append(&message("old"), vec![], 0).await.unwrap();
+    a.rename_mailbox("INBOX", "Old mail").await.unwrap();
+    assert_eq!(inbox.read(|s| s.exists()).await, 0);
+    let (_, old) = a.open_by_name("Old mail").await.unwrap();
+    assert_eq!(
+        subjects(&old).await.keys().collect::<Vec<_>>(),
+        ["note old"]
+    );
+
+    a.delete_mailbox("Work/2026").await.unwrap();
+    fb.sync().await.unwrap();
+    assert!(fb.find("Work/2026").await.is_none());
+    assert!(
+        fb.find("Work").await.is_some(),
+        "inferiors and superiors stay"
+    );
+    assert!(matches!(
+        a.delete_mailbox("INBOX").await,
+        Err(facteur::account::AccountError::List(_))
+    ));
+}

@@ -6,6 +6,7 @@
 //! changes made by other instances.
 
 pub mod cache;
+pub mod folders;
 pub mod keyring;
 pub mod mailbox;
 pub mod registry;
@@ -20,6 +21,7 @@ use crate::log::stored::SyncError;
 use crate::store::{SharedStore, StoreError, layout::UserId};
 
 pub use cache::BodyCache;
+pub use folders::{Folder, Folders};
 pub use keyring::KeyringStore;
 pub use mailbox::{Mailbox, MailboxTuning, Placed};
 pub use registry::Accounts;
@@ -36,6 +38,10 @@ pub enum AccountError {
     KeyringExists,
     #[error("this user has no keyring yet (never provisioned or never logged in)")]
     NoKeyring,
+    #[error(transparent)]
+    List(#[from] crate::mailbox::list::ListError),
+    #[error("no mailbox {0:?}")]
+    NoSuchMailbox(String),
     #[error("no message with UID {0}")]
     NoSuchMessage(u32),
     #[error("invalid mailbox id {0:?}")]
@@ -94,6 +100,8 @@ pub struct Account {
     open: std::sync::Mutex<HashMap<String, Weak<Mailbox>>>,
     /// Serialises opening, so two sessions opening one mailbox share it.
     opening: tokio::sync::Mutex<()>,
+    /// The mailbox list, opened on first use.
+    folders: tokio::sync::OnceCell<Arc<Folders>>,
 }
 
 impl std::fmt::Debug for Account {
@@ -119,6 +127,7 @@ impl Account {
             config,
             open: std::sync::Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            folders: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -170,6 +179,69 @@ impl Account {
         Ok(mailbox)
     }
 
+    /// The mailbox list (created with the default mailboxes for a new
+    /// account).
+    pub async fn folders(&self) -> Result<Arc<Folders>, AccountError> {
+        self.folders
+            .get_or_try_init(|| async {
+                let folders = Folders::open(
+                    &self.user,
+                    self.store.clone(),
+                    self.keys.master().subkey(purpose::MAILBOX_LIST),
+                    self.config.instance.clone(),
+                    self.config.mailbox.log.clone(),
+                )
+                .await?;
+                Ok::<_, AccountError>(Arc::new(folders))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Opens the mailbox shown under `name` (SELECT, EXAMINE, APPEND...).
+    pub async fn open_by_name(&self, name: &str) -> Result<(Folder, Arc<Mailbox>), AccountError> {
+        let folders = self.folders().await?;
+        let folder = folders
+            .find(name)
+            .await
+            .ok_or_else(|| AccountError::NoSuchMailbox(name.to_owned()))?;
+        let mailbox = self
+            .mailbox(&folder.id.to_hex(), folder.uid_validity)
+            .await?;
+        Ok((folder, mailbox))
+    }
+
+    /// RENAME (RFC 9051 §6.3.6). Renaming INBOX moves its messages to a
+    /// new mailbox under the new name and leaves INBOX empty.
+    pub async fn rename_mailbox(&self, from: &str, to: &str) -> Result<(), AccountError> {
+        let folders = self.folders().await?;
+        let Some(target) = folders.rename(from, to).await? else {
+            return Ok(());
+        };
+        folders.sync().await?;
+        let folder = folders
+            .read(|l| l.by_id(target).map(Folder::from))
+            .await
+            .ok_or_else(|| AccountError::NoSuchMailbox(to.to_owned()))?;
+        let (_, inbox) = self.open_by_name("INBOX").await?;
+        let new = self
+            .mailbox(&folder.id.to_hex(), folder.uid_validity)
+            .await?;
+        inbox.sync().await?;
+        let uids: Vec<u32> = inbox.read(|s| s.messages().map(|m| m.uid).collect()).await;
+        inbox.move_to(&uids, &new).await?;
+        Ok(())
+    }
+
+    /// DELETE (RFC 9051 §6.3.5): the mailbox is hidden; its log stays in
+    /// the store so mail appended concurrently can be recovered.
+    pub async fn delete_mailbox(&self, name: &str) -> Result<(), AccountError> {
+        let (_, mailbox) = self.open_by_name(name).await?;
+        mailbox.sync().await?;
+        let seen = mailbox.read(|s| s.highest_modseq()).await;
+        self.folders().await?.delete(name, seen).await
+    }
+
     /// The mailboxes some session holds open.
     pub fn open_mailboxes(&self) -> Vec<Arc<Mailbox>> {
         self.open_map().values().filter_map(Weak::upgrade).collect()
@@ -179,6 +251,12 @@ impl Account {
     /// A mailbox that fails is logged and does not stop the others.
     pub async fn poll_once(&self) -> usize {
         let mut applied = 0;
+        if let Some(folders) = self.folders.get() {
+            match folders.sync().await {
+                Ok(n) => applied += n,
+                Err(e) => tracing::warn!(error = %e, "mailbox list sync failed"),
+            }
+        }
         for mailbox in self.open_mailboxes() {
             match mailbox.sync().await {
                 Ok(n) => applied += n,

@@ -1,0 +1,182 @@
+//! The account's mailbox list on the store (`users/<u>/list/`): one shared
+//! copy per account, written through plans checked against a fresh view
+//! (`mailbox::list`), with the same lock discipline as a mailbox: no lock
+//! across a store call except `writer`, which serialises this instance's
+//! own list writes so each is planned against the one before.
+
+use tokio::sync::{Mutex, RwLock, watch};
+
+use super::AccountError;
+use crate::crypto::SymmetricKey;
+use crate::log::InstanceId;
+use crate::log::stored::{LogTuning, StoredLog};
+use crate::mailbox::list::{ListError, ListOp, MailboxId, MailboxInfo, MailboxList, SpecialUse};
+use crate::store::{SharedStore, layout};
+
+/// A mailbox as the list shows it, owned (for use after the list's lock is
+/// released).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Folder {
+    pub id: MailboxId,
+    pub name: String,
+    pub uid_validity: u32,
+    pub special_use: Option<SpecialUse>,
+}
+
+impl From<MailboxInfo<'_>> for Folder {
+    fn from(m: MailboxInfo<'_>) -> Folder {
+        Folder {
+            id: m.id,
+            name: m.name.to_owned(),
+            uid_validity: m.uid_validity,
+            special_use: m.special_use,
+        }
+    }
+}
+
+pub struct Folders {
+    store: SharedStore,
+    log: RwLock<StoredLog<MailboxList>>,
+    writer: Mutex<()>,
+    /// Bumped whenever the list changes.
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Folders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Folders").finish_non_exhaustive()
+    }
+}
+
+impl Folders {
+    /// Opens the list; a list never written gets the default mailboxes
+    /// (INBOX, Drafts, Sent, Trash, Junk, Archive). Their ids are fixed,
+    /// so two instances doing this at once write the same mailboxes.
+    pub(crate) async fn open(
+        user: &layout::UserId,
+        store: SharedStore,
+        key: SymmetricKey,
+        instance: InstanceId,
+        tuning: LogTuning,
+    ) -> Result<Folders, AccountError> {
+        let prefix = format!("{}list/", layout::user_prefix(user));
+        let log = StoredLog::open(
+            store.as_ref(),
+            key,
+            prefix,
+            instance,
+            tuning,
+            MailboxList::new,
+        )
+        .await?;
+        let fresh = log.replica().dag().is_empty();
+        let (changes, _) = watch::channel(0);
+        let folders = Folders {
+            store,
+            log: RwLock::new(log),
+            writer: Mutex::new(()),
+            changes,
+        };
+        if fresh {
+            folders
+                .write(|_| Ok((MailboxList::new_account_defaults(), ())))
+                .await?;
+        }
+        Ok(folders)
+    }
+
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub async fn read<R>(&self, f: impl FnOnce(&MailboxList) -> R) -> R {
+        f(self.log.read().await.state())
+    }
+
+    /// The mailbox shown under `name` (INBOX in any case).
+    pub async fn find(&self, name: &str) -> Option<Folder> {
+        self.read(|l| l.by_name(name).map(Folder::from)).await
+    }
+
+    /// Every shown mailbox, sorted by name.
+    pub async fn all(&self) -> Vec<Folder> {
+        self.read(|l| {
+            let mut all: Vec<Folder> = l.mailboxes().map(Folder::from).collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            all
+        })
+        .await
+    }
+
+    pub async fn sync(&self) -> Result<usize, AccountError> {
+        let plan = self.log.read().await.plan_sync();
+        let fetched = plan.fetch(self.store.as_ref()).await?;
+        let applied = self.log.write().await.apply(fetched);
+        if applied > 0 {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        Ok(applied)
+    }
+
+    /// Syncs, plans against the fresh view, stores the op, commits it.
+    async fn write<T>(
+        &self,
+        plan: impl FnOnce(&MailboxList) -> Result<(ListOp, T), ListError>,
+    ) -> Result<T, AccountError> {
+        let _writing = self.writer.lock().await;
+        self.sync().await?;
+        let (prepared, result) = {
+            let log = self.log.read().await;
+            let (op, result) = plan(log.state())?;
+            (log.prepare(op)?, result)
+        };
+        let written = prepared.store(self.store.as_ref()).await?;
+        self.log.write().await.commit(written);
+        self.changes.send_modify(|v| *v += 1);
+        Ok(result)
+    }
+
+    /// CREATE (RFC 9051 §6.3.4), with missing superiors.
+    pub async fn create(
+        &self,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<MailboxId, AccountError> {
+        self.write(|l| l.plan_create(name, special_use, &mut rand::rngs::OsRng))
+            .await
+    }
+
+    /// RENAME (RFC 9051 §6.3.6). For INBOX, returns the new mailbox the
+    /// caller must move INBOX's messages to.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<Option<MailboxId>, AccountError> {
+        self.write(|l| {
+            let plan = l.plan_rename(from, to, &mut rand::rngs::OsRng)?;
+            Ok((plan.op, plan.inbox_messages_to))
+        })
+        .await
+    }
+
+    /// DELETE (RFC 9051 §6.3.5); `seen_modseq` is the mailbox's
+    /// HIGHESTMODSEQ as this instance saw it.
+    pub async fn delete(&self, name: &str, seen_modseq: u64) -> Result<(), AccountError> {
+        self.write(|l| Ok((l.plan_delete(name, seen_modseq)?, ())))
+            .await
+    }
+
+    pub async fn subscribe(&self, name: &str) -> Result<(), AccountError> {
+        self.write(|l| Ok((l.plan_subscribe(name)?, ()))).await
+    }
+
+    pub async fn unsubscribe(&self, name: &str) -> Result<(), AccountError> {
+        self.write(|l| Ok((l.plan_unsubscribe(name)?, ()))).await
+    }
+
+    pub async fn set_special_use(
+        &self,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<(), AccountError> {
+        self.write(|l| Ok((l.plan_set_special_use(name, special_use)?, ())))
+            .await
+    }
+}
