@@ -235,6 +235,8 @@ pub async fn deliver(
 struct Opened {
     name: String,
     record: Record,
+    /// The mailbox held it already when [`Collected::op`] was computed.
+    already: bool,
 }
 
 /// A record that does not open or parse, with its bytes (to quarantine).
@@ -259,7 +261,8 @@ pub struct Quarantined {
 /// What a drain did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Messages placed by this drain's ops, in record order.
+    /// Messages placed by this drain's ops, in record order (those whose
+    /// record was deleted, or whose delete failed: see `not_deleted`).
     pub delivered: Vec<MessageId>,
     /// Records whose message the mailbox already held (drained by another
     /// instance, or by an earlier drain that could not delete them): only
@@ -349,7 +352,11 @@ pub async fn collect(
         };
         match open_record(keys, &key, &bytes) {
             Ok(record) if record.version > RECORD_VERSION => collected.newer += 1,
-            Ok(record) => collected.opened.push(Opened { name, record }),
+            Ok(record) => collected.opened.push(Opened {
+                name,
+                record,
+                already: false,
+            }),
             Err(reason) => {
                 tracing::warn!(record = %key, %reason, "unreadable delivery record");
                 collected.unreadable.push(Unreadable {
@@ -387,13 +394,16 @@ impl Collected {
     }
 
     /// The op placing every opened record the mailbox does not hold yet,
-    /// in record-name order; `None` if there is none. Pure: compute it
+    /// in record-name order; `None` if there is none. No I/O: compute it
     /// from the current state, write it with the mailbox's log.
-    pub fn op(&self, state: &MailboxState) -> Option<MailboxOp> {
+    pub fn op(&mut self, state: &MailboxState) -> Option<MailboxOp> {
+        for o in &mut self.opened {
+            o.already = state.has_delivery(&o.name);
+        }
         let deliveries: Vec<Delivery> = self
             .opened
             .iter()
-            .filter(|o| !state.has_delivery(&o.name))
+            .filter(|o| !o.already)
             .map(|o| {
                 // `MessageRef::summary` holds the summary as JSON. It was
                 // just parsed from JSON, so encoding it again cannot fail.
@@ -417,15 +427,15 @@ impl Collected {
     }
 
     /// After the op of [`Collected::op`] was written and committed (or if
-    /// there was none): deletes every record `state` now holds, moves the
-    /// unreadable ones to quarantine, and adds what happened to `report`.
-    /// A record `state` does not hold is never deleted. Returns false if a
-    /// store call failed (the caller should stop for now; nothing is lost).
+    /// there was none, or it failed): deletes every record `state` now
+    /// holds, moves the unreadable ones to quarantine, and adds what
+    /// happened to `report`. A record `state` does not hold is never
+    /// deleted. Returns false if a store call failed (the caller should
+    /// stop for now; nothing is lost).
     pub async fn clean_up(
         self,
         store: &dyn ObjectStore,
         state: &MailboxState,
-        placed: &[MessageId],
         report: &mut DrainReport,
     ) -> bool {
         report.gone += self.gone;
@@ -436,9 +446,10 @@ impl Collected {
             if !state.has_delivery(&opened.name) {
                 continue; // not written (the op failed): keep it queued
             }
-            let id = MessageId::delivered(&opened.name);
-            if !placed.contains(&id) {
+            if opened.already {
                 report.already_drained += 1;
+            } else {
+                report.delivered.push(MessageId::delivered(&opened.name));
             }
             doomed.push(record_key(&self.user, &opened.name));
         }
@@ -496,26 +507,16 @@ pub async fn drain(
     let mut report = DrainReport::default();
     let mut after: Option<String> = None;
     loop {
-        let batch = collect(store, user, keys, after.as_deref(), BATCH).await?;
+        let mut batch = collect(store, user, keys, after.as_deref(), BATCH).await?;
         if batch.is_empty() {
             break;
         }
         after = batch.last_listed.clone();
         let more = batch.more;
-        let mut placed = Vec::new();
         if let Some(op) = batch.op(inbox.state()) {
-            if let MailboxOp::Deliver(deliveries) = &op {
-                placed = deliveries
-                    .iter()
-                    .map(|d| MessageId::delivered(&d.id))
-                    .collect();
-            }
             inbox.append(store, op).await?;
         }
-        let ok = batch
-            .clean_up(store, inbox.state(), &placed, &mut report)
-            .await;
-        report.delivered.extend(placed);
+        let ok = batch.clean_up(store, inbox.state(), &mut report).await;
         if !ok || !more {
             break;
         }
@@ -801,15 +802,16 @@ mod tests {
         let mut a = inbox(&store, &mbox_key, "a").await;
         let mut b = inbox(&store, &mbox_key, "b").await;
 
-        let ca = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
-        let cb = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
+        let mut ca = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
+        let mut cb = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
         let op_a = ca.op(a.state()).unwrap();
         let op_b = cb.op(b.state()).unwrap();
         a.append(&store, op_a).await.unwrap();
         b.append(&store, op_b).await.unwrap();
         let (mut ra, mut rb) = (DrainReport::default(), DrainReport::default());
-        assert!(ca.clean_up(&store, a.state(), &[], &mut ra).await);
-        assert!(cb.clean_up(&store, b.state(), &[], &mut rb).await);
+        assert!(ca.clean_up(&store, a.state(), &mut ra).await);
+        assert!(cb.clean_up(&store, b.state(), &mut rb).await);
+        assert_eq!((ra.delivered.len(), rb.delivered.len()), (3, 3));
         assert_eq!(queued(&store).await, 0);
 
         a.sync(&store).await.unwrap();
@@ -829,15 +831,17 @@ mod tests {
         let store = MemoryStore::new();
         let keys = UserKeys::generate();
         let mbox_key = SymmetricKey::random();
-        let receipts = send(&store, &keys, 2).await;
+        let mut receipts = send(&store, &keys, 2).await;
+        // Queue order (two deliveries in one millisecond sort at random).
+        receipts.sort_by(|x, y| x.record.cmp(&y.record));
         let mut a = inbox(&store, &mbox_key, "a").await;
         let mut b = inbox(&store, &mbox_key, "b").await;
         let first = record_key(&user(), &receipts[0].record);
         // a lists from after the first record, b lists both.
-        let ca = collect(&store, &user(), &keys, Some(&first), BATCH)
+        let mut ca = collect(&store, &user(), &keys, Some(&first), BATCH)
             .await
             .unwrap();
-        let cb = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
+        let mut cb = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
         a.append(&store, ca.op(a.state()).unwrap()).await.unwrap();
         b.append(&store, cb.op(b.state()).unwrap()).await.unwrap();
         a.sync(&store).await.unwrap();
@@ -997,7 +1001,7 @@ mod tests {
         // Another instance that synced first does the same: crash after
         // the op PUT (no clean-up at all), then b drains.
         let more = send(&flaky, &keys, 1).await;
-        let batch = collect(&flaky, &user(), &keys, None, BATCH).await.unwrap();
+        let mut batch = collect(&flaky, &user(), &keys, None, BATCH).await.unwrap();
         a.append(&flaky, batch.op(a.state()).unwrap())
             .await
             .unwrap();
