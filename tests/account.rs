@@ -300,3 +300,121 @@ async fn mailbox_list_defaults_create_rename_delete_across_instances() {
         Err(facteur::account::AccountError::List(_))
     ));
 }
+
+/// LMTP on one instance delivers; the user's session on another instance
+/// sees the message in INBOX within a poll, woken by its watch.
+#[tokio::test]
+async fn deliveries_reach_inbox_on_another_instance() {
+    use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let reader = account(&shared, &keyring, "reader", b"0123456789abcdef");
+    let (_, inbox) = reader.open_by_name("INBOX").await.unwrap();
+    let mut watch = inbox.watch();
+    let _poller = reader.spawn_poller();
+
+    let envelope = DeliveryEnvelope {
+        mail_from: "bob@example.org".into(),
+        rcpt_to: vec!["alice@example.org".into()],
+        received_at: 1_700_000_000,
+        folder: None,
+    };
+    deliver(
+        &store,
+        reader.user(),
+        &keyring.public_key(),
+        &message("delivered"),
+        envelope,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while inbox.read(|s| s.exists()).await == 0 {
+            watch.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the delivery reached INBOX");
+    assert_eq!(
+        subjects(&inbox).await.keys().collect::<Vec<_>>(),
+        ["note delivered"]
+    );
+    let uid = inbox.read(|s| s.uid_next() - 1).await;
+    assert!(
+        inbox
+            .body(uid)
+            .await
+            .unwrap()
+            .ends_with(b"body of delivered\r\n")
+    );
+    let queued = list_all(&store, "users/", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.contains("/incoming/"))
+        .count();
+    assert_eq!(queued, 0, "drained records are deleted");
+}
+
+#[tokio::test]
+async fn unreferenced_bodies_are_collected_and_referenced_ones_kept() {
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let (_, inbox) = a.open_by_name("INBOX").await.unwrap();
+    let (_, archive) = a.open_by_name("Archive").await.unwrap();
+    let kept = inbox
+        .append(&message("kept"), vec![], 0)
+        .await
+        .unwrap()
+        .uids[0]
+        .unwrap();
+    let gone = inbox
+        .append(&message("gone"), vec![], 0)
+        .await
+        .unwrap()
+        .uids[0]
+        .unwrap();
+    let live = inbox
+        .append(&message("live"), vec![], 0)
+        .await
+        .unwrap()
+        .uids[0]
+        .unwrap();
+    inbox.move_to(&[kept], &archive).await.unwrap();
+    inbox.expunge(&[gone]).await.unwrap();
+    let blobs = || async {
+        list_all(&store, "users/", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.key.contains("/blob/"))
+            .count()
+    };
+    assert_eq!(blobs().await, 3);
+
+    // Within the grace period nothing goes.
+    assert_eq!(a.collect_blobs(Duration::from_secs(3600)).await.unwrap(), 0);
+    // Past it, only the body of the expunged message goes. (The wall
+    // clock must pass the expunge's millisecond.)
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(a.collect_blobs(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(blobs().await, 2);
+    let moved = archive.read(|s| s.uid_next() - 1).await;
+    assert!(
+        archive
+            .body(moved)
+            .await
+            .unwrap()
+            .ends_with(b"body of kept\r\n")
+    );
+    assert!(
+        inbox
+            .body(live)
+            .await
+            .unwrap()
+            .ends_with(b"body of live\r\n")
+    );
+}

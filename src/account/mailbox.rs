@@ -22,9 +22,10 @@ use tokio::sync::{Mutex, RwLock, watch};
 
 use super::AccountError;
 use super::cache::BodyCache;
-use crate::crypto::{SymmetricKey, open_body, seal_body};
+use crate::crypto::{SymmetricKey, UserKeys, open_body, seal_body};
 use crate::log::stored::{LogTuning, StoredLog};
 use crate::log::{InstanceId, OpId};
+use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::op::BodyKey;
 use crate::mailbox::summary::{MessageSummary, normalize_crlf, summarize};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
@@ -52,7 +53,10 @@ pub async fn store_body(
 ) -> Result<MessageRef, AccountError> {
     let body = normalize_crlf(raw);
     let summary = summarize(&body);
-    let blob_id = hex::encode(rand::random::<[u8; 16]>());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let blob_id = layout::new_blob_id(now_ms);
     let key = SymmetricKey::random();
     let object_key = layout::blob(user, &blob_id);
     let sealed = seal_body(&key, &object_key, &body);
@@ -366,6 +370,44 @@ impl Mailbox {
             .await
             .ok_or(AccountError::NoSuchMessage(uid))?;
         summary_of(&message)
+    }
+
+    /// Moves the user's queued deliveries (`incoming/`, DESIGN.md §3) into
+    /// this mailbox, in batches: read the records, write one op placing
+    /// them, delete the records the state now holds. Safe to run on several
+    /// instances at once: a record drained twice is still one message.
+    pub async fn drain_incoming(&self, keys: &UserKeys) -> Result<DrainReport, AccountError> {
+        self.sync_once().await?;
+        let mut report = DrainReport::default();
+        let mut after: Option<String> = None;
+        loop {
+            let mut batch = incoming::collect(
+                self.store.as_ref(),
+                &self.user,
+                keys,
+                after.as_deref(),
+                incoming::BATCH,
+            )
+            .await?;
+            if batch.is_empty() {
+                break;
+            }
+            let (next, more) = batch.next();
+            after = next.map(str::to_owned);
+            {
+                let _writing = self.writer.lock().await;
+                let op = batch.op(self.log.read().await.state());
+                if let Some(op) = op {
+                    self.write_locked(op).await?;
+                }
+            }
+            batch.mark_held(self.log.read().await.state());
+            let ok = batch.clean_up(self.store.as_ref(), &mut report).await;
+            if !ok || !more {
+                break;
+            }
+        }
+        Ok(report)
     }
 
     /// Unreadable op objects of this mailbox, for reporting.

@@ -18,7 +18,8 @@ use std::time::Duration;
 use crate::crypto::{CryptoError, UserKeys, purpose};
 use crate::log::InstanceId;
 use crate::log::stored::SyncError;
-use crate::store::{SharedStore, StoreError, layout::UserId};
+use crate::mailbox::incoming::{DrainReport, IncomingError};
+use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
 pub use folders::{Folder, Folders};
@@ -38,6 +39,8 @@ pub enum AccountError {
     KeyringExists,
     #[error("this user has no keyring yet (never provisioned or never logged in)")]
     NoKeyring,
+    #[error(transparent)]
+    Incoming(#[from] IncomingError),
     #[error(transparent)]
     List(#[from] crate::mailbox::list::ListError),
     #[error("no mailbox {0:?}")]
@@ -59,9 +62,16 @@ impl AccountError {
         match self {
             AccountError::Store(e) => e.is_transient(),
             AccountError::Sync(e) => e.is_transient(),
+            AccountError::Incoming(e) => e.is_transient(),
             _ => false,
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How an account behaves on this instance.
@@ -242,6 +252,75 @@ impl Account {
         self.folders().await?.delete(name, seen).await
     }
 
+    /// Moves delivered mail (`incoming/`) into INBOX. One LIST when there
+    /// is none.
+    pub async fn drain_incoming(&self) -> Result<DrainReport, AccountError> {
+        let (_, inbox) = self.open_by_name("INBOX").await?;
+        let report = inbox.drain_incoming(&self.keys).await?;
+        for q in &report.quarantined {
+            tracing::error!(record = %q.name, reason = %q.reason, moved = q.moved, "delivery record quarantined");
+        }
+        Ok(report)
+    }
+
+    /// Deletes message bodies no message references any more (DESIGN.md
+    /// §4): a blob is kept if any mailbox, shown or deleted, has a message
+    /// on it that is not expunged or was expunged less than `grace` ago
+    /// (an instance that has not seen the expunge yet may still copy it),
+    /// or if it is younger than `grace` (its op may not be written yet).
+    /// Skipped while old delivery records wait in `incoming/`, since their
+    /// bodies are referenced only from inside them. Returns how many blobs
+    /// were deleted.
+    pub async fn collect_blobs(&self, grace: Duration) -> Result<usize, AccountError> {
+        let floor = now_ms().saturating_sub(grace.as_millis() as u64);
+        self.drain_incoming().await?;
+        let waiting = list_all(
+            self.store.as_ref(),
+            &layout::incoming_prefix(&self.user),
+            None,
+        )
+        .await?;
+        if !waiting.is_empty() {
+            tracing::info!(
+                records = waiting.len(),
+                "blob collection postponed: deliveries wait"
+            );
+            return Ok(0);
+        }
+        let folders = self.folders().await?;
+        folders.sync().await?;
+        let every: Vec<(String, u32)> = folders
+            .read(|l| {
+                let shown = l.mailboxes().map(|m| (m.id.to_hex(), m.uid_validity));
+                let deleted = l
+                    .deleted()
+                    .into_iter()
+                    .map(|d| (d.id.to_hex(), d.uid_validity));
+                shown.chain(deleted).collect()
+            })
+            .await;
+        let mut keep = std::collections::HashSet::new();
+        for (id, uid_validity) in every {
+            let mailbox = self.mailbox(&id, uid_validity).await?;
+            mailbox.sync().await?;
+            mailbox
+                .read(|s| keep.extend(s.blobs_in_use(floor).map(str::to_owned)))
+                .await;
+        }
+        let prefix = format!("{}blob/", layout::user_prefix(&self.user));
+        let doomed: Vec<String> = list_all(self.store.as_ref(), &prefix, None)
+            .await?
+            .into_iter()
+            .filter(|o| {
+                let id = &o.key[prefix.len()..];
+                !keep.contains(id) && layout::blob_id_time(id).is_some_and(|t| t < floor)
+            })
+            .map(|o| o.key)
+            .collect();
+        self.store.delete_many(&doomed).await?;
+        Ok(doomed.len())
+    }
+
     /// The mailboxes some session holds open.
     pub fn open_mailboxes(&self) -> Vec<Arc<Mailbox>> {
         self.open_map().values().filter_map(Weak::upgrade).collect()
@@ -256,6 +335,9 @@ impl Account {
                 Ok(n) => applied += n,
                 Err(e) => tracing::warn!(error = %e, "mailbox list sync failed"),
             }
+        }
+        if let Err(e) = self.drain_incoming().await {
+            tracing::warn!(error = %e, "draining incoming mail failed");
         }
         for mailbox in self.open_mailboxes() {
             match mailbox.sync().await {

@@ -185,7 +185,7 @@ pub async fn deliver(
     raw: &[u8],
     envelope: DeliveryEnvelope,
 ) -> Result<DeliveryReceipt, IncomingError> {
-    let blob_id = format!("{:032x}", rand::random::<u128>());
+    let blob_id = layout::new_blob_id(now_ms());
     let blob_key = layout::blob(user, &blob_id);
     let name = record_name(now_ms());
     let object = record_key(user, &name);
@@ -237,6 +237,8 @@ struct Opened {
     record: Record,
     /// The mailbox held it already when [`Collected::op`] was computed.
     already: bool,
+    /// The mailbox holds it now ([`Collected::mark_held`]): safe to delete.
+    held: bool,
 }
 
 /// A record that does not open or parse, with its bytes (to quarantine).
@@ -356,6 +358,7 @@ pub async fn collect(
                 name,
                 record,
                 already: false,
+                held: false,
             }),
             Err(reason) => {
                 tracing::warn!(record = %key, %reason, "unreadable delivery record");
@@ -426,24 +429,33 @@ impl Collected {
         (!deliveries.is_empty()).then_some(MailboxOp::Deliver(deliveries))
     }
 
+    /// Notes which records `state` holds now: only those are deleted by
+    /// [`Collected::clean_up`]. Cheap and without I/O, so a caller can run
+    /// it under its mailbox lock and clean up after releasing it.
+    pub fn mark_held(&mut self, state: &MailboxState) {
+        for opened in &mut self.opened {
+            opened.held = state.has_delivery(&opened.name);
+        }
+    }
+
+    /// Where the next batch starts, and whether more records may follow.
+    pub fn next(&self) -> (Option<&str>, bool) {
+        (self.last_listed.as_deref(), self.more)
+    }
+
     /// After the op of [`Collected::op`] was written and committed (or if
     /// there was none, or it failed): deletes every record `state` now
     /// holds, moves the unreadable ones to quarantine, and adds what
     /// happened to `report`. A record `state` does not hold is never
     /// deleted. Returns false if a store call failed (the caller should
     /// stop for now; nothing is lost).
-    pub async fn clean_up(
-        self,
-        store: &dyn ObjectStore,
-        state: &MailboxState,
-        report: &mut DrainReport,
-    ) -> bool {
+    pub async fn clean_up(self, store: &dyn ObjectStore, report: &mut DrainReport) -> bool {
         report.gone += self.gone;
         report.left_for_newer += self.newer;
         let mut ok = true;
         let mut doomed = Vec::new();
         for opened in &self.opened {
-            if !state.has_delivery(&opened.name) {
+            if !opened.held {
                 continue; // not written (the op failed): keep it queued
             }
             if opened.already {
@@ -516,7 +528,8 @@ pub async fn drain(
         if let Some(op) = batch.op(inbox.state()) {
             inbox.append(store, op).await?;
         }
-        let ok = batch.clean_up(store, inbox.state(), &mut report).await;
+        batch.mark_held(inbox.state());
+        let ok = batch.clean_up(store, &mut report).await;
         if !ok || !more {
             break;
         }
@@ -809,8 +822,10 @@ mod tests {
         a.append(&store, op_a).await.unwrap();
         b.append(&store, op_b).await.unwrap();
         let (mut ra, mut rb) = (DrainReport::default(), DrainReport::default());
-        assert!(ca.clean_up(&store, a.state(), &mut ra).await);
-        assert!(cb.clean_up(&store, b.state(), &mut rb).await);
+        ca.mark_held(a.state());
+        cb.mark_held(b.state());
+        assert!(ca.clean_up(&store, &mut ra).await);
+        assert!(cb.clean_up(&store, &mut rb).await);
         assert_eq!((ra.delivered.len(), rb.delivered.len()), (3, 3));
         assert_eq!(queued(&store).await, 0);
 

@@ -51,6 +51,12 @@ struct Entry {
     claims: Vec<u32>,
     flags: BTreeMap<String, Lww>,
     expunged: bool,
+    /// Wall-clock time (ms) of the earliest expunge of this message: blob
+    /// collection waits a grace period after it, so that an instance that
+    /// has not yet seen the expunge cannot copy a body being deleted. The
+    /// minimum over expunge ops keeps `apply` order-independent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expunged_ms: Option<u64>,
     /// Highest sequence number of an op concerning this message.
     modseq: u64,
 }
@@ -234,6 +240,18 @@ impl MailboxState {
     /// UID commands ignore UIDs that do not exist (RFC 9051 §6.4.9).
     pub fn resolve(&self, uids: &[u32]) -> Vec<MessageId> {
         uids.iter().filter_map(|u| self.message_id(*u)).collect()
+    }
+
+    /// Blob ids a body collector must keep: those of messages placed and
+    /// not expunged (shown or displaced), and of messages expunged at or
+    /// after `since_ms` (wall clock), which a lagging instance may still
+    /// copy.
+    pub fn blobs_in_use(&self, since_ms: u64) -> impl Iterator<Item = &str> + '_ {
+        self.core.entries.values().filter_map(move |e| {
+            let message = e.message.as_ref()?;
+            let keep = !e.expunged || e.expunged_ms.is_none_or(|t| t >= since_ms);
+            keep.then_some(message.blob_id.as_str())
+        })
     }
 
     /// Shown UIDs whose `flag` is set, ascending.
@@ -490,8 +508,11 @@ impl State for MailboxState {
                 }
             }
             MailboxOp::Expunge(_) => {
+                let at = meta.key.hlc.wall_ms;
                 for id in &targets {
-                    self.entry(*id).expunged = true;
+                    let entry = self.entry(*id);
+                    entry.expunged = true;
+                    entry.expunged_ms = Some(entry.expunged_ms.map_or(at, |t| t.min(at)));
                 }
             }
             MailboxOp::FixUp(_) => {}

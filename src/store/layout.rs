@@ -66,8 +66,30 @@ pub fn quarantine(u: &UserId, name: &str) -> String {
     format!("{USERS_PREFIX}{u}/quarantine/{name}")
 }
 
+/// A new blob id: the creation time (ms since the epoch, 12 hex digits)
+/// then 16 random bytes. The time lets body collection spare blobs too
+/// young to be referenced yet (a body is stored before its op).
+pub fn new_blob_id(now_ms: u64) -> String {
+    format!("{now_ms:012x}{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+/// The creation time written in a blob id by [`new_blob_id`].
+pub fn blob_id_time(blob_id: &str) -> Option<u64> {
+    let ts = blob_id.get(..12)?;
+    (blob_id.len() == 44).then(|| u64::from_str_radix(ts, 16).ok())?
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn blob_ids_carry_their_time() {
+        let id = new_blob_id(1_700_000_000_123);
+        assert_eq!(id.len(), 44);
+        assert_eq!(blob_id_time(&id), Some(1_700_000_000_123));
+        assert_eq!(blob_id_time("0123abcd"), None);
+        assert_ne!(new_blob_id(1), new_blob_id(1));
+    }
+
     use super::*;
 
     #[test]
