@@ -121,6 +121,8 @@ pub struct StoredLog<S: State> {
     cursor: Option<String>,
     /// When the last full listing happened (wall clock, ms); 0 = never.
     last_full_ms: u64,
+    /// When the last applied sync started (wall clock, ms); 0 = never.
+    last_sync_ms: u64,
     /// Op objects that could not be read, by name.
     damaged: BTreeMap<String, String>,
     /// Ops applied since the newest snapshot this instance knows.
@@ -228,6 +230,7 @@ where
             replica: Replica::new(init()),
             cursor: None,
             last_full_ms: 0,
+            last_sync_ms: 0,
             damaged: BTreeMap::new(),
             since_snapshot: 0,
             snapshot: None,
@@ -290,9 +293,15 @@ where
                 .as_deref()
                 .and_then(|c| parse_op_name(c).ok())
                 .map(|(hlc, _, _)| {
+                    // Ops that appeared since the last sync carry their
+                    // writer's clock, which is at most the lookback behind
+                    // ours then; older names are the full listing's job.
+                    // Starting from the cursor alone would re-list a whole
+                    // burst of writes on every poll.
                     let back = self.tuning.lookback.as_millis() as u64;
+                    let since = hlc.wall_ms.max(self.last_sync_ms);
                     let floor = Hlc {
-                        wall_ms: hlc.wall_ms.saturating_sub(back),
+                        wall_ms: since.saturating_sub(back),
                         counter: 0,
                     };
                     format!("{}{}", self.log_prefix(), op_name_floor(floor))
@@ -332,6 +341,9 @@ where
         }
         if fetched.full {
             self.last_full_ms = fetched.started_ms;
+        }
+        if fetched.started_ms > self.last_sync_ms {
+            self.last_sync_ms = fetched.started_ms;
         }
         self.since_snapshot += applied;
         applied
@@ -706,6 +718,29 @@ mod tests {
         a.last_full_ms = 0; // the periodic full listing is due
         assert_eq!(a.sync(&store).await.unwrap(), 1);
         assert_eq!(words(&a), ["late", "now"]);
+    }
+
+    #[tokio::test]
+    async fn quiet_polls_do_not_list_an_old_burst_again() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            lookback: Duration::from_millis(50),
+            ..LogTuning::default()
+        };
+        let mut a = open_as(&store, &key, "a", tuning).await;
+        for i in 0..3 {
+            a.append(&store, format!("w{i}")).await.unwrap();
+        }
+        let newest = format!("{PREFIX}log/{}", a.cursor.clone().unwrap());
+        // Wall-clock time must pass the lookback after the burst.
+        std::thread::sleep(Duration::from_millis(80));
+        a.sync(&store).await.unwrap();
+        let start = a.plan_sync().start_after.expect("an incremental sync");
+        assert!(
+            start > newest,
+            "{start} would list the burst up to {newest} again"
+        );
     }
 
     #[tokio::test]

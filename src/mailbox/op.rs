@@ -102,9 +102,26 @@ pub struct MessageRef {
     pub size: u64,
     /// INTERNALDATE, seconds since the Unix epoch (RFC 9051 §2.3.3).
     pub internal_date: i64,
-    /// Opaque summary bytes; not interpreted here.
-    #[serde(default)]
+    /// Opaque summary bytes; not interpreted here. Written in base64: as
+    /// a JSON array of numbers they took 3.5 bytes each.
+    #[serde(default, with = "base64_bytes")]
     pub summary: Vec<u8>,
+}
+
+/// Serde for byte strings as standard base64 text.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The random key a message body is sealed under (DESIGN.md §3: "each
@@ -242,6 +259,20 @@ impl MailboxOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_are_written_in_base64() {
+        let message = MessageRef {
+            blob_id: "b".into(),
+            body_key: BodyKey(SymmetricKey::random()),
+            size: 1,
+            internal_date: 0,
+            summary: b"{\"size\":1}".to_vec(),
+        };
+        let json = serde_json::to_string(&message).unwrap();
+        assert!(json.contains("\"summary\":\"eyJzaXplIjoxfQ==\""), "{json}");
+        assert_eq!(serde_json::from_str::<MessageRef>(&json).unwrap(), message);
+    }
 
     #[test]
     fn message_id_round_trips() {
