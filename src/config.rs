@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{KdfParams, Password};
 use crate::directory::ldap::LdapSettings;
+use crate::size::ByteSize;
 use crate::store::S3Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,9 @@ pub struct Config {
     /// The health and metrics endpoint.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The LMTP listeners Postfix delivers to.
+    #[serde(default)]
+    pub lmtp: LmtpConfig,
 }
 
 /// A secret given inline, read from a file, or read from an environment
@@ -409,6 +413,65 @@ fn default_http_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9180)))
 }
 
+/// `[lmtp]`: where Postfix delivers (RFC 2033), and the limits of a
+/// delivery (DESIGN.md §7).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmtpConfig {
+    /// TCP addresses to listen on; empty disables LMTP over TCP. LMTP has
+    /// no authentication: keep it on loopback or a trusted network.
+    #[serde(default = "default_lmtp_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// A Unix socket to listen on as well (a stale socket file is replaced
+    /// at start); unset: none.
+    pub unix_socket: Option<PathBuf>,
+    /// Largest message accepted, advertised as SIZE (RFC 1870); larger
+    /// ones are refused with 552 5.3.4.
+    #[serde(default = "default_lmtp_max_message_size")]
+    pub max_message_size: ByteSize,
+    /// Most recipients in one transaction; further RCPTs get 452 4.5.3 and
+    /// Postfix sends them in another transaction.
+    #[serde(default = "default_lmtp_max_recipients")]
+    pub max_recipients: usize,
+    /// LMTP connections served at once; further ones wait in the kernel
+    /// backlog.
+    #[serde(default = "default_lmtp_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may stay silent before the connection is closed
+    /// (421 4.4.2).
+    #[serde(default = "default_lmtp_idle_timeout")]
+    pub idle_timeout: u64,
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig {
+            listen: default_lmtp_listen(),
+            unix_socket: None,
+            max_message_size: default_lmtp_max_message_size(),
+            max_recipients: default_lmtp_max_recipients(),
+            max_connections: default_lmtp_max_connections(),
+            idle_timeout: default_lmtp_idle_timeout(),
+        }
+    }
+}
+
+fn default_lmtp_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 24))]
+}
+fn default_lmtp_max_message_size() -> ByteSize {
+    ByteSize(50 << 20)
+}
+fn default_lmtp_max_recipients() -> usize {
+    100
+}
+fn default_lmtp_max_connections() -> usize {
+    64
+}
+fn default_lmtp_idle_timeout() -> u64 {
+    300
+}
+
 impl Config {
     /// Reads, parses and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -456,6 +519,7 @@ impl Config {
             },
             crypto: CryptoConfig::default(),
             http: HttpConfig::default(),
+            lmtp: LmtpConfig::default(),
         }
     }
 
@@ -468,6 +532,9 @@ impl Config {
             s3.secret_access_key.rebase(base);
         }
         if let Some(p) = &mut self.directory.users_file {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = &mut self.lmtp.unix_socket {
             *p = base.join(&*p);
         }
         if let Some(ldap) = &mut self.directory.ldap {
@@ -504,6 +571,12 @@ impl Config {
                 ldap.settings()?;
             }
             (None, _) => {}
+        }
+        if self.lmtp.max_recipients == 0 || self.lmtp.max_connections == 0 {
+            return invalid("lmtp.max_recipients and lmtp.max_connections must be at least 1");
+        }
+        if self.lmtp.idle_timeout == 0 {
+            return invalid("lmtp.idle_timeout must be at least 1 second");
         }
         self.crypto
             .argon2
@@ -552,6 +625,9 @@ mod tests {
         assert_eq!(c.crypto.argon2, KdfParams::default());
         assert!(c.crypto.recovery_key);
         assert_eq!(c.http.listen, default_http_listen());
+        assert_eq!(c.lmtp.listen, default_lmtp_listen());
+        assert_eq!(c.lmtp.max_message_size, ByteSize(50 << 20));
+        assert_eq!(c.lmtp.unix_socket, None);
     }
 
     #[test]
@@ -614,6 +690,11 @@ mod tests {
         let ldap = c.directory.ldap.as_ref().unwrap().settings().unwrap();
         assert_eq!(ldap.urls.len(), 2);
         assert_eq!(ldap.quota_attribute.as_deref(), Some("mailQuota"));
+        assert_eq!(
+            c.lmtp.unix_socket.as_deref(),
+            Some(Path::new("/run/facteur/lmtp"))
+        );
+        assert_eq!(c.lmtp.max_message_size, ByteSize(50 << 20));
     }
 
     #[test]

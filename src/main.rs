@@ -44,6 +44,10 @@ enum Command {
         /// `[http] listen`.
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// TCP listen address of LMTP, replacing `[lmtp] listen` (the Unix
+        /// socket, if configured, still listens).
+        #[arg(long)]
+        lmtp: Option<SocketAddr>,
     },
     /// Manage the users of the static users file. Passwords are asked on
     /// the terminal, or read one per line from standard input.
@@ -160,7 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let mut prompt = Prompter::new();
     match cli.command {
-        Command::Serve { http } => serve(config, embedded, http, &mut prompt).await,
+        Command::Serve { http, lmtp } => serve(config, embedded, http, lmtp, &mut prompt).await,
         Command::Config(ConfigCommand::Check) => config_check(&config).await,
         Command::User(cmd) => {
             let services = Services::from_config(&config)?;
@@ -522,6 +526,7 @@ async fn serve(
     config: Config,
     embedded: bool,
     http_override: Option<SocketAddr>,
+    lmtp_override: Option<SocketAddr>,
     prompt: &mut Prompter,
 ) -> Result<()> {
     let services = Services::from_config(&config)?;
@@ -546,7 +551,43 @@ async fn serve(
             shutdown.clone(),
         ));
     }
-    println!("facteur: ready (IMAP and LMTP listeners are not built yet)");
+    let lmtp_settings = server::lmtp::Settings::from_config(&config.lmtp);
+    let lmtp_addrs = match lmtp_override {
+        Some(addr) => vec![addr],
+        None => config.lmtp.listen.clone(),
+    };
+    for addr in lmtp_addrs {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // The embedded default's port 24 needs root: without a config
+            // file, serve the rest rather than fail.
+            Err(e) if embedded && lmtp_override.is_none() => {
+                tracing::warn!(error = %e, %addr, "cannot listen for lmtp; use --lmtp ADDR");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} for lmtp")),
+        };
+        println!("facteur: lmtp listening on {}", listener.local_addr()?);
+        tasks.spawn(server::lmtp::serve(
+            server::lmtp::Listener::Tcp(listener),
+            server::lmtp::backend(&services),
+            lmtp_settings.clone(),
+            shutdown.clone(),
+        ));
+    }
+    #[cfg(unix)]
+    if let Some(path) = &config.lmtp.unix_socket {
+        let listener = server::lmtp::bind_unix(path)
+            .with_context(|| format!("cannot listen on {} for lmtp", path.display()))?;
+        println!("facteur: lmtp listening on unix:{}", path.display());
+        tasks.spawn(server::lmtp::serve(
+            server::lmtp::Listener::Unix(listener),
+            server::lmtp::backend(&services),
+            lmtp_settings.clone(),
+            shutdown.clone(),
+        ));
+    }
+    println!("facteur: ready (the IMAP listener is not built yet)");
     server::termination_signal().await;
     tracing::info!("shutting down");
     trigger.fire();

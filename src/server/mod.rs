@@ -7,6 +7,7 @@
 //! broadcast, after which running connections get a bounded time to finish.
 
 pub mod http;
+pub mod lmtp;
 pub mod services;
 
 use std::time::Duration;

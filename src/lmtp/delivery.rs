@@ -1,0 +1,179 @@
+//! Recipients and delivery (DESIGN.md §3, §5, §6): what the session's two
+//! requests do. A recipient is looked up in the directory (exact address
+//! first, then without its `+detail`), then its keyring in the store for
+//! the public key; a message is sealed to each user's key into their
+//! incoming queue with [`deliver`].
+//!
+//! No socket here, and no reply codes: outcomes are [`RcptRefusal`] and
+//! [`DeliveryOutcome`], turned into replies by [`super::reply`]. Causes go
+//! to `tracing`.
+
+use std::sync::Arc;
+
+use crate::account::KeyringStore;
+use crate::crypto::UserPublicKey;
+use crate::directory::{Directory, DirectoryError, normalise_address};
+use crate::mailbox::incoming::{DeliveryEnvelope, deliver};
+use crate::store::SharedStore;
+use crate::store::layout::UserId;
+
+use super::reply::{DeliveryOutcome, RcptRefusal};
+use super::session::{Delivery, Recipient, Resolution};
+
+/// The separator of sub-addresses: `user+detail@domain` is delivered to
+/// `user@domain`, the detail kept as a folder hint.
+pub const DETAIL_SEPARATOR: char = '+';
+
+/// Derives a user's store id from their normalised login (the cluster
+/// secret lives with whoever builds the backend).
+pub type UserIdFn = Arc<dyn Fn(&str) -> UserId + Send + Sync>;
+
+/// What the LMTP server needs of the rest of Facteur.
+#[derive(Clone)]
+pub struct Backend {
+    pub store: SharedStore,
+    pub directory: Arc<dyn Directory>,
+    pub keyrings: KeyringStore,
+    pub user_id: UserIdFn,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A resolved recipient's user: who to deliver to and how to seal.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub login: String,
+    pub id: UserId,
+    pub public_key: UserPublicKey,
+}
+
+/// Splits `local+detail@domain` into `local@domain` and `detail`.
+fn strip_detail(address: &str) -> Option<(String, String)> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (user, detail) = local.split_once(DETAIL_SEPARATOR)?;
+    if user.is_empty() || detail.is_empty() {
+        return None;
+    }
+    Some((format!("{user}@{domain}"), detail.to_owned()))
+}
+
+impl Backend {
+    /// Resolves one RCPT address.
+    pub async fn resolve(&self, address: &str) -> Resolution<User> {
+        match self.lookup(address).await {
+            Ok(r) => r,
+            Err(refusal) => Resolution::Refused(refusal),
+        }
+    }
+
+    async fn lookup(&self, address: &str) -> Result<Resolution<User>, RcptRefusal> {
+        let normalised = normalise_address(address).map_err(|_| RcptRefusal::BadAddress)?;
+        let mut found = self.find(&normalised).await?.map(|u| (u, None));
+        if found.is_none()
+            && let Some((base, detail)) = strip_detail(&normalised)
+        {
+            found = self.find(&base).await?.map(|u| (u, Some(detail)));
+        }
+        let Some((record, folder)) = found else {
+            return Err(RcptRefusal::Unknown);
+        };
+        let id = (self.user_id)(&record.login);
+        let keyring = match self.keyrings.load(&id).await {
+            Ok(Some(k)) => k,
+            Ok(None) => return Err(RcptRefusal::NotActivated),
+            Err(e) => {
+                tracing::warn!(error = %e, login = %record.login, "lmtp: cannot load keyring");
+                return Err(RcptRefusal::Unavailable);
+            }
+        };
+        Ok(Resolution::Accepted(Recipient {
+            key: record.login.clone(),
+            folder,
+            user: User {
+                public_key: keyring.public_key(),
+                login: record.login,
+                id,
+            },
+        }))
+    }
+
+    async fn find(
+        &self,
+        address: &str,
+    ) -> Result<Option<crate::directory::UserRecord>, RcptRefusal> {
+        match self.directory.find_address(address).await {
+            Ok(r) => Ok(r),
+            Err(DirectoryError::BadInput(_)) => Err(RcptRefusal::BadAddress),
+            Err(e) => {
+                tracing::warn!(error = %e, "lmtp: directory lookup failed");
+                Err(RcptRefusal::Unavailable)
+            }
+        }
+    }
+
+    /// Delivers a message to each of its users, one after the other (a
+    /// message can be 50 MiB: one copy in flight at a time). Returns one
+    /// outcome per [`Delivery::targets`] entry.
+    pub async fn deliver(
+        &self,
+        delivery: &Delivery<User>,
+        received_at: i64,
+    ) -> Vec<DeliveryOutcome> {
+        let mut outcomes = Vec::new();
+        for target in delivery.targets() {
+            let message = delivery.message_for(&target);
+            let envelope = DeliveryEnvelope {
+                mail_from: delivery.mail_from.clone(),
+                rcpt_to: target.rcpt_to.clone(),
+                received_at,
+                folder: target.folder.clone(),
+            };
+            let user = target.user;
+            let outcome =
+                match deliver(&*self.store, &user.id, &user.public_key, &message, envelope).await {
+                    Ok(receipt) => {
+                        tracing::info!(
+                            login = %user.login,
+                            record = %receipt.record,
+                            size = receipt.size,
+                            "lmtp: delivered"
+                        );
+                        DeliveryOutcome::Delivered
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            transient = e.is_transient(),
+                            login = %user.login,
+                            "lmtp: delivery failed"
+                        );
+                        DeliveryOutcome::Failed
+                    }
+                };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_stripped_once() {
+        assert_eq!(
+            strip_detail("bob+lists+rust@example.org"),
+            Some(("bob@example.org".into(), "lists+rust".into()))
+        );
+        assert_eq!(strip_detail("bob@example.org"), None);
+        assert_eq!(strip_detail("+x@example.org"), None);
+        assert_eq!(strip_detail("bob+@example.org"), None);
+    }
+}

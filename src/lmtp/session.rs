@@ -1,0 +1,924 @@
+//! The LMTP protocol core (RFC 2033): bytes in, replies and requests out,
+//! no I/O. The driver ([`super::connection`]) feeds it what the socket
+//! read, writes what it produced, and answers its two requests: resolve a
+//! recipient ([`Step::Resolve`]) and deliver a message ([`Step::Deliver`]).
+//!
+//! Invariants:
+//!
+//! - One command at a time: while a request is out, the session consumes
+//!   no input, so the driver reads nothing more and input stays bounded
+//!   (one read plus one partial line).
+//! - Commands are parsed by `smtp-proto`, one whole line at a time; a line
+//!   over [`Options::max_line`] octets is read to its end and answered 500
+//!   5.5.2, never parsed in pieces.
+//! - After DATA there is exactly one reply per accepted recipient, in RCPT
+//!   order (RFC 2033 §4.2), and a 250 only for a recipient whose user's
+//!   delivery the driver reported done.
+//! - The request tokens ([`PendingRcpt`], [`Delivery`]) can only be made
+//!   here and are consumed by the answer, so an answer without a question
+//!   cannot be written.
+
+use std::borrow::Cow;
+
+use smtp_proto::{
+    Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MailFrom, RcptTo, Request,
+};
+
+use super::data::{DataDecoder, Progress};
+use super::reply::{self, DeliveryOutcome, RcptRefusal, Reply};
+
+/// The limits of a session (DESIGN.md §7).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Name in the greeting and the LHLO reply.
+    pub hostname: String,
+    /// Largest message accepted, in octets (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Most RCPT commands in one transaction; later ones get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 says 512;
+    /// we take the 1000 of a text line (§4.5.3.1.6) like Postfix.
+    pub max_line: usize,
+    /// Bad commands tolerated before the session is closed with 421.
+    pub max_errors: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hostname: "facteur".into(),
+            max_message_size: 50 << 20,
+            max_recipients: 100,
+            max_line: 1000,
+            max_errors: 20,
+        }
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug)]
+pub enum Step<U> {
+    /// Write the output ([`Session::take_output`]) and read more input.
+    NeedInput,
+    /// Look this recipient up, then call [`Session::resolved`].
+    Resolve(PendingRcpt),
+    /// Store the message for each user, then call [`Session::delivered`].
+    Deliver(Delivery<U>),
+    /// Write the output and close the connection.
+    Close,
+}
+
+/// A RCPT waiting for the directory.
+#[derive(Debug)]
+pub struct PendingRcpt {
+    address: String,
+}
+
+impl PendingRcpt {
+    /// The address as the client wrote it, without angle brackets.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+/// How the driver resolved a recipient.
+#[derive(Debug)]
+pub enum Resolution<U> {
+    Accepted(Recipient<U>),
+    Refused(RcptRefusal),
+}
+
+/// An accepted recipient.
+#[derive(Clone, Debug)]
+pub struct Recipient<U> {
+    /// Recipients with the same key are the same user and get one
+    /// delivery (the normalised login).
+    pub key: String,
+    /// What the driver needs to deliver (the user id and public key).
+    pub user: U,
+    /// The folder a `+detail` address asked for.
+    pub folder: Option<String>,
+}
+
+/// A received message, to be delivered once per user.
+#[derive(Debug)]
+pub struct Delivery<U> {
+    /// The MAIL FROM reverse path, empty for `<>`.
+    pub mail_from: String,
+    /// Accepted recipients in RCPT order, with their address.
+    recipients: Vec<(String, Recipient<U>)>,
+    /// The body, CRLF line endings, as the client sent it.
+    body: Vec<u8>,
+}
+
+/// One user's share of a [`Delivery`].
+#[derive(Debug)]
+pub struct Target<'a, U> {
+    pub user: &'a U,
+    /// The RCPT addresses of this user, in order.
+    pub rcpt_to: Vec<String>,
+    /// The folder the first `+detail` address of this user asked for.
+    pub folder: Option<String>,
+}
+
+impl<U> Delivery<U> {
+    /// The users to deliver to, each once, in order of first RCPT.
+    pub fn targets(&self) -> Vec<Target<'_, U>> {
+        let mut targets: Vec<(&str, Target<'_, U>)> = Vec::new();
+        for (address, r) in &self.recipients {
+            match targets.iter_mut().find(|(k, _)| *k == r.key) {
+                Some((_, t)) => {
+                    t.rcpt_to.push(address.clone());
+                    if t.folder.is_none() {
+                        t.folder.clone_from(&r.folder);
+                    }
+                }
+                None => targets.push((
+                    &r.key,
+                    Target {
+                        user: &r.user,
+                        rcpt_to: vec![address.clone()],
+                        folder: r.folder.clone(),
+                    },
+                )),
+            }
+        }
+        targets.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The message stored for a target: `Return-Path` (RFC 5321 §4.4) and
+    /// `Delivered-To` (the first RCPT address of this user) prepended to
+    /// the body.
+    pub fn message_for(&self, target: &Target<'_, U>) -> Vec<u8> {
+        let delivered_to = target.rcpt_to.first().map_or("", String::as_str);
+        let head = format!(
+            "Return-Path: <{}>\r\nDelivered-To: {delivered_to}\r\n",
+            self.mail_from
+        );
+        let mut message = Vec::with_capacity(head.len() + self.body.len());
+        message.extend_from_slice(head.as_bytes());
+        message.extend_from_slice(&self.body);
+        message
+    }
+}
+
+/// Where the session stands (RFC 5321 §4.1.4 command order).
+#[derive(Debug)]
+enum Phase<U> {
+    /// Before LHLO.
+    Greeted,
+    /// After LHLO, no transaction.
+    Ready,
+    /// After MAIL FROM, collecting recipients.
+    Mail(Transaction<U>),
+    /// Reading the message.
+    Data(Transaction<U>, DataDecoder),
+    /// A request is out; nothing moves until it is answered.
+    Waiting(Waiting<U>),
+    /// After QUIT or a fatal error.
+    Closed,
+}
+
+#[derive(Debug)]
+enum Waiting<U> {
+    Rcpt(Transaction<U>),
+    Delivery,
+}
+
+#[derive(Debug)]
+struct Transaction<U> {
+    mail_from: String,
+    /// Accepted recipients, in RCPT order.
+    recipients: Vec<(String, Recipient<U>)>,
+    /// RCPT commands seen, accepted or not.
+    attempts: usize,
+}
+
+/// One LMTP session.
+#[derive(Debug)]
+pub struct Session<U> {
+    options: Options,
+    phase: Phase<U>,
+    /// Unconsumed input.
+    input: Vec<u8>,
+    /// Skipping the rest of an over-long line.
+    discarding_line: bool,
+    /// Replies not yet taken by the driver.
+    output: Vec<u8>,
+    /// Bad commands so far.
+    errors: u32,
+}
+
+impl<U> Session<U> {
+    /// A new session; the greeting is already in the output.
+    pub fn new(options: Options) -> Session<U> {
+        let mut s = Session {
+            phase: Phase::Greeted,
+            input: Vec::new(),
+            discarding_line: false,
+            output: Vec::new(),
+            errors: 0,
+            options,
+        };
+        s.reply(reply::greeting(&s.options.hostname.clone()));
+        s
+    }
+
+    /// Bytes to write to the client.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Whether a mail transaction is open (shutdown waits for it).
+    pub fn in_transaction(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Mail(_) | Phase::Data(..) | Phase::Waiting(_)
+        )
+    }
+
+    /// Whether the session is reading a message body.
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data(..))
+    }
+
+    /// Adds input read from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// Ends the session with a reply (shutdown, idle timeout).
+    pub fn close_with(&mut self, r: Reply) {
+        self.reply(r);
+        self.phase = Phase::Closed;
+    }
+
+    fn reply(&mut self, r: Reply) {
+        r.write_to(&mut self.output);
+    }
+
+    fn error(&mut self, r: Reply) {
+        self.reply(r);
+        self.errors += 1;
+        if self.errors >= self.options.max_errors {
+            self.close_with(reply::too_many_errors());
+        }
+    }
+
+    /// Advances as far as the input allows.
+    pub fn step(&mut self) -> Step<U> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Closed) {
+                Phase::Closed => return Step::Close,
+                Phase::Waiting(w) => {
+                    // The driver stepped without answering: nothing moves.
+                    self.phase = Phase::Waiting(w);
+                    return Step::NeedInput;
+                }
+                Phase::Data(tx, mut decoder) => {
+                    let input = std::mem::take(&mut self.input);
+                    match decoder.feed(&input) {
+                        Progress::More => {
+                            self.phase = Phase::Data(tx, decoder);
+                            return Step::NeedInput;
+                        }
+                        Progress::Done { consumed } => {
+                            self.input = input[consumed..].to_vec();
+                            if let Some(step) = self.end_of_data(tx, decoder) {
+                                return step;
+                            }
+                        }
+                    }
+                }
+                phase => {
+                    self.phase = phase;
+                    let Some(line) = self.next_line() else {
+                        return Step::NeedInput;
+                    };
+                    if let Some(step) = self.command(&line) {
+                        return step;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next complete command line, handling over-long lines.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let lf = self.input.iter().position(|&b| b == b'\n');
+            if self.discarding_line {
+                match lf {
+                    Some(n) => {
+                        self.input.drain(..=n);
+                        self.discarding_line = false;
+                        self.error(reply::line_too_long());
+                        if matches!(self.phase, Phase::Closed) {
+                            return None;
+                        }
+                        continue;
+                    }
+                    None => {
+                        self.input.clear();
+                        return None;
+                    }
+                }
+            }
+            return match lf {
+                Some(n) if n < self.options.max_line => Some(self.input.drain(..=n).collect()),
+                Some(n) => {
+                    self.input.drain(..=n);
+                    self.error(reply::line_too_long());
+                    if matches!(self.phase, Phase::Closed) {
+                        return None;
+                    }
+                    continue;
+                }
+                None if self.input.len() >= self.options.max_line => {
+                    self.input.clear();
+                    self.discarding_line = true;
+                    None
+                }
+                None => None,
+            };
+        }
+    }
+
+    /// Handles one command line; `Some` when the driver must act.
+    fn command(&mut self, line: &[u8]) -> Option<Step<U>> {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(parse_error(&e));
+                return None;
+            }
+        };
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        match (request, phase) {
+            (Request::Lhlo { .. }, phase) => {
+                // RFC 5321 §4.1.4: a second LHLO resets the transaction.
+                drop(phase);
+                let r = reply::lhlo(&self.options.hostname, self.options.max_message_size);
+                self.reply(r);
+                self.phase = Phase::Ready;
+            }
+            (Request::Helo { .. } | Request::Ehlo { .. }, phase) => {
+                self.phase = phase;
+                self.error(reply::use_lhlo());
+            }
+            (Request::Mail { from }, Phase::Ready) => {
+                self.phase = Phase::Ready;
+                if let Some(tx) = self.mail(from) {
+                    self.phase = Phase::Mail(tx);
+                }
+            }
+            (Request::Mail { .. }, phase @ Phase::Mail(_)) => {
+                self.phase = phase;
+                self.error(reply::bad_sequence("nested MAIL command"));
+            }
+            (Request::Mail { .. }, phase) => {
+                self.phase = phase;
+                self.error(reply::bad_sequence("say LHLO first"));
+            }
+            (Request::Rcpt { to }, Phase::Mail(mut tx)) => {
+                tx.attempts += 1;
+                if tx.attempts > self.options.max_recipients {
+                    self.reply(reply::too_many_recipients());
+                    self.phase = Phase::Mail(tx);
+                    return None;
+                }
+                match rcpt_address(to) {
+                    Ok(address) => {
+                        self.phase = Phase::Waiting(Waiting::Rcpt(tx));
+                        return Some(Step::Resolve(PendingRcpt { address }));
+                    }
+                    Err(r) => {
+                        self.phase = Phase::Mail(tx);
+                        self.error(r);
+                    }
+                }
+            }
+            (Request::Rcpt { .. }, phase) => {
+                self.phase = phase;
+                self.error(reply::bad_sequence("need MAIL before RCPT"));
+            }
+            (Request::Data, Phase::Mail(tx)) if !tx.recipients.is_empty() => {
+                self.reply(reply::start_data());
+                self.phase = Phase::Data(tx, DataDecoder::new(self.options.max_message_size));
+            }
+            (Request::Data, phase @ Phase::Mail(_)) => {
+                // RFC 2033 §4.2: DATA with no accepted recipient fails 503.
+                self.phase = phase;
+                self.error(reply::bad_sequence("no valid recipients"));
+            }
+            (Request::Data, phase) => {
+                self.phase = phase;
+                self.error(reply::bad_sequence("need MAIL and RCPT before DATA"));
+            }
+            (Request::Rset, phase) => {
+                self.phase = match phase {
+                    Phase::Greeted => Phase::Greeted,
+                    _ => Phase::Ready,
+                };
+                self.reply(reply::reset());
+            }
+            (Request::Noop { .. }, phase) => {
+                self.phase = phase;
+                self.reply(reply::ok());
+            }
+            (Request::Vrfy { .. }, phase) => {
+                self.phase = phase;
+                self.reply(reply::vrfy());
+            }
+            (Request::Quit, _) => {
+                self.reply(reply::bye());
+                self.phase = Phase::Closed;
+            }
+            // BDAT (CHUNKING not advertised), AUTH, STARTTLS, EXPN, HELP,
+            // ETRN, ATRN, BURL.
+            (_, phase) => {
+                self.phase = phase;
+                self.error(reply::not_implemented());
+            }
+        }
+        None
+    }
+
+    /// MAIL FROM (RFC 5321 §4.1.1.2, RFC 1870 SIZE, RFC 6152 8BITMIME,
+    /// RFC 6531 SMTPUTF8).
+    fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Option<Transaction<U>> {
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            self.error(reply::unsupported_parameter("BODY=BINARYMIME"));
+            return None;
+        }
+        if from.flags & MAIL_REQUIRETLS != 0 {
+            self.error(reply::unsupported_parameter("REQUIRETLS"));
+            return None;
+        }
+        if from.size as u64 > self.options.max_message_size {
+            // RFC 1870 §6.1.
+            self.reply(reply::too_big(self.options.max_message_size));
+            return None;
+        }
+        self.reply(reply::sender_ok());
+        Some(Transaction {
+            mail_from: from.address.into_owned(),
+            recipients: Vec::new(),
+            attempts: 0,
+        })
+    }
+
+    /// Answers a [`Step::Resolve`].
+    pub fn resolved(&mut self, pending: PendingRcpt, resolution: Resolution<U>) {
+        let Phase::Waiting(Waiting::Rcpt(mut tx)) =
+            std::mem::replace(&mut self.phase, Phase::Closed)
+        else {
+            // Unreachable through the API: the token comes from this state.
+            self.close_with(reply::temporary_failure());
+            return;
+        };
+        match resolution {
+            Resolution::Accepted(r) => {
+                tx.recipients.push((pending.address, r));
+                self.reply(reply::recipient_ok());
+            }
+            Resolution::Refused(refusal) => {
+                self.reply(reply::rcpt_refused(&refusal));
+            }
+        }
+        self.phase = Phase::Mail(tx);
+    }
+
+    fn end_of_data(&mut self, tx: Transaction<U>, decoder: DataDecoder) -> Option<Step<U>> {
+        // RFC 5321 §4.1.1.4: the transaction ends with the data, whatever
+        // the replies.
+        self.phase = Phase::Ready;
+        match decoder.finish() {
+            None => {
+                let r = reply::too_big(self.options.max_message_size);
+                for _ in &tx.recipients {
+                    self.reply(r.clone());
+                }
+                None
+            }
+            Some(body) => {
+                self.phase = Phase::Waiting(Waiting::Delivery);
+                Some(Step::Deliver(Delivery {
+                    mail_from: tx.mail_from,
+                    recipients: tx.recipients,
+                    body,
+                }))
+            }
+        }
+    }
+
+    /// Answers a [`Step::Deliver`]: `outcomes` holds one entry per
+    /// [`Delivery::targets`] entry, in that order; a missing one counts as
+    /// failed. Replies once per accepted RCPT, in RCPT order (RFC 2033
+    /// §4.2); recipients of one user share that user's outcome.
+    pub fn delivered(&mut self, delivery: Delivery<U>, outcomes: &[DeliveryOutcome]) {
+        let mut keys: Vec<&str> = Vec::new();
+        for (_, r) in &delivery.recipients {
+            if !keys.contains(&r.key.as_str()) {
+                keys.push(&r.key);
+            }
+        }
+        for (address, r) in &delivery.recipients {
+            let index = keys.iter().position(|k| *k == r.key);
+            let outcome = index
+                .and_then(|i| outcomes.get(i))
+                .unwrap_or(&DeliveryOutcome::Failed);
+            reply::delivery(address, outcome).write_to(&mut self.output);
+        }
+        if matches!(self.phase, Phase::Waiting(Waiting::Delivery)) {
+            self.phase = Phase::Ready;
+        }
+    }
+}
+
+/// The RCPT address, checked; `+detail` handling is the driver's.
+fn rcpt_address(to: RcptTo<Cow<'_, str>>) -> Result<String, Reply> {
+    if to.orcpt.is_some() || to.flags != 0 {
+        // DSN (RFC 3461) and friends are not advertised.
+        return Err(reply::unsupported_parameter("RCPT parameters"));
+    }
+    let address = to.address.into_owned();
+    if address.is_empty() || !address.contains('@') {
+        return Err(reply::bad_recipient());
+    }
+    Ok(address)
+}
+
+/// A parse error from `smtp-proto`, as a reply.
+fn parse_error(e: &ParseError) -> Reply {
+    match e {
+        ParseError::UnknownCommand => reply::unknown_command(),
+        ParseError::InvalidSenderAddress => reply::bad_sender(),
+        ParseError::InvalidRecipientAddress => reply::bad_recipient(),
+        ParseError::SyntaxError { syntax } => reply::syntax(syntax),
+        ParseError::InvalidParameter { param } => reply::syntax(&format!("invalid {param}")),
+        ParseError::UnsupportedParameter { param } => reply::unsupported_parameter(param),
+        ParseError::NeedsMoreData { .. }
+        | ParseError::ResponseTooLong
+        | ParseError::InvalidResponse { .. } => reply::syntax("malformed command"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Transcripts: `C:` lines are what the client sends (CRLF added), `S:`
+    //! lines the replies expected. Each is replayed with the whole input at
+    //! once (pipelining) and split into every piece size.
+    use super::*;
+
+    /// A fake directory: `alice`, `bob` (and `alias` for alice) exist;
+    /// `new` has no keyring; `down` finds the directory unavailable.
+    fn resolve(address: &str) -> Resolution<String> {
+        let address = address.to_lowercase();
+        let local = address.split('@').next().unwrap_or("");
+        let (user, folder) = match local.split_once('+') {
+            Some((u, d)) => (u, Some(d.to_owned())),
+            None => (local, None),
+        };
+        let key = match user {
+            "alice" | "alias" => "alice",
+            "bob" => "bob",
+            "new" => return Resolution::Refused(RcptRefusal::NotActivated),
+            "down" => return Resolution::Refused(RcptRefusal::Unavailable),
+            _ => return Resolution::Refused(RcptRefusal::Unknown),
+        };
+        Resolution::Accepted(Recipient {
+            key: key.into(),
+            user: key.into(),
+            folder,
+        })
+    }
+
+    /// One delivery made: user, RCPT addresses, folder, message.
+    type Stored = (String, Vec<String>, Option<String>, Vec<u8>);
+
+    struct Run {
+        output: String,
+        stored: Vec<Stored>,
+    }
+
+    fn options() -> Options {
+        Options {
+            hostname: "mx.test".into(),
+            max_message_size: 64,
+            max_recipients: 3,
+            max_line: 100,
+            max_errors: 20,
+        }
+    }
+
+    /// Runs `input` fed in pieces of `piece` bytes; users in `failing` get
+    /// a failed delivery.
+    fn run(input: &[u8], piece: usize, failing: &[&str]) -> Run {
+        let mut s: Session<String> = Session::new(options());
+        let mut chunks = input.chunks(piece.max(1));
+        let mut output = Vec::new();
+        let mut stored = Vec::new();
+        loop {
+            match s.step() {
+                Step::NeedInput => {
+                    output.extend(s.take_output());
+                    match chunks.next() {
+                        Some(c) => s.feed(c),
+                        None => break,
+                    }
+                }
+                Step::Resolve(p) => {
+                    let r = resolve(p.address());
+                    s.resolved(p, r);
+                }
+                Step::Deliver(d) => {
+                    let mut outcomes = Vec::new();
+                    for t in d.targets() {
+                        if failing.contains(&t.user.as_str()) {
+                            outcomes.push(DeliveryOutcome::Failed);
+                        } else {
+                            let m = d.message_for(&t);
+                            stored.push((t.user.clone(), t.rcpt_to.clone(), t.folder.clone(), m));
+                            outcomes.push(DeliveryOutcome::Delivered);
+                        }
+                    }
+                    s.delivered(d, &outcomes);
+                }
+                Step::Close => {
+                    output.extend(s.take_output());
+                    break;
+                }
+            }
+        }
+        Run {
+            output: String::from_utf8_lossy(&output).into_owned(),
+            stored,
+        }
+    }
+
+    /// Replays a transcript whole and in every piece size, checks the
+    /// replies, and returns the whole run.
+    fn transcript(t: &str, failing: &[&str]) -> Run {
+        let mut input = Vec::new();
+        let mut expected = String::new();
+        for line in t.lines().map(str::trim_start).filter(|l| !l.is_empty()) {
+            if line == "C:" {
+                input.extend_from_slice(b"\r\n");
+            } else if let Some(c) = line.strip_prefix("C: ") {
+                input.extend_from_slice(c.as_bytes());
+                input.extend_from_slice(b"\r\n");
+            } else if let Some(s) = line.strip_prefix("S: ") {
+                expected.push_str(s);
+                expected.push_str("\r\n");
+            } else {
+                panic!("transcript line {line:?}");
+            }
+        }
+        let whole = run(&input, input.len(), failing);
+        assert_eq!(whole.output, expected);
+        for piece in [1, 2, 3, 7, 64] {
+            let r = run(&input, piece, failing);
+            assert_eq!(r.output, expected, "piece size {piece}");
+            assert_eq!(r.stored, whole.stored, "piece size {piece}");
+        }
+        whole
+    }
+
+    const HELLO: &str = "
+        S: 220 mx.test LMTP Facteur ready
+        C: LHLO client
+        S: 250-mx.test
+        S: 250-PIPELINING
+        S: 250-8BITMIME
+        S: 250-ENHANCEDSTATUSCODES
+        S: 250-SIZE 64
+        S: 250 SMTPUTF8
+    ";
+
+    #[test]
+    fn delivery_with_mixed_recipients_replies_per_rcpt_in_order() {
+        let r = transcript(
+            &format!(
+                "{HELLO}
+                C: MAIL FROM:<sender@example.org> BODY=8BITMIME SMTPUTF8
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<ghost@example.org>
+                S: 550 5.1.1 no such user here
+                C: RCPT TO:<alice+lists@example.org>
+                S: 250 2.1.5 recipient OK
+                C: RCPT TO:<new@example.org>
+                S: 450 4.2.1 mailbox not activated: the user has never logged in
+                C: RCPT TO:<bob@example.org>
+                S: 452 4.5.3 too many recipients
+                C: DATA
+                S: 354 send the message, end with <CRLF>.<CRLF>
+                C: Subject: hi
+                C:
+                C: ..dot
+                C: .
+                S: 250 2.0.0 <alice+lists@example.org> delivered
+                C: QUIT
+                S: 221 2.0.0 bye"
+            ),
+            &[],
+        );
+        assert_eq!(r.stored.len(), 1);
+        let (user, rcpt_to, folder, message) = &r.stored[0];
+        assert_eq!(user, "alice");
+        assert_eq!(rcpt_to, &["alice+lists@example.org"]);
+        assert_eq!(folder.as_deref(), Some("lists"));
+        assert_eq!(
+            String::from_utf8_lossy(message),
+            "Return-Path: <sender@example.org>\r\nDelivered-To: alice+lists@example.org\r\n\
+             Subject: hi\r\n\r\n.dot\r\n"
+        );
+    }
+
+    #[test]
+    fn one_user_twice_is_delivered_once_and_answered_twice() {
+        let r = transcript(
+            &format!(
+                "{HELLO}
+                C: MAIL FROM:<>
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<alice@example.org>
+                S: 250 2.1.5 recipient OK
+                C: RCPT TO:<bob@example.org>
+                S: 250 2.1.5 recipient OK
+                C: RCPT TO:<Alias@example.org>
+                S: 250 2.1.5 recipient OK
+                C: DATA
+                S: 354 send the message, end with <CRLF>.<CRLF>
+                C: x
+                C: .
+                S: 250 2.0.0 <alice@example.org> delivered
+                S: 451 4.3.0 <bob@example.org> temporary failure, try again later
+                S: 250 2.0.0 <Alias@example.org> delivered
+                C: MAIL FROM:<a@b>
+                S: 250 2.1.0 sender OK"
+            ),
+            &["bob"],
+        );
+        assert_eq!(r.stored.len(), 1);
+        assert_eq!(r.stored[0].1, ["alice@example.org", "Alias@example.org"]);
+        assert!(r.stored[0].3.starts_with(b"Return-Path: <>\r\n"));
+    }
+
+    #[test]
+    fn commands_out_of_order_get_503() {
+        transcript(
+            "S: 220 mx.test LMTP Facteur ready
+            C: MAIL FROM:<a@b>
+            S: 503 5.5.1 say LHLO first
+            C: HELO client
+            S: 500 5.5.1 this is LMTP: say LHLO (RFC 2033)
+            C: EHLO client
+            S: 500 5.5.1 this is LMTP: say LHLO (RFC 2033)
+            C: LHLO client
+            S: 250-mx.test
+            S: 250-PIPELINING
+            S: 250-8BITMIME
+            S: 250-ENHANCEDSTATUSCODES
+            S: 250-SIZE 64
+            S: 250 SMTPUTF8
+            C: RCPT TO:<alice@example.org>
+            S: 503 5.5.1 need MAIL before RCPT
+            C: DATA
+            S: 503 5.5.1 need MAIL and RCPT before DATA
+            C: MAIL FROM:<a@b>
+            S: 250 2.1.0 sender OK
+            C: MAIL FROM:<a@b>
+            S: 503 5.5.1 nested MAIL command
+            C: RCPT TO:<ghost@example.org>
+            S: 550 5.1.1 no such user here
+            C: DATA
+            S: 503 5.5.1 no valid recipients
+            C: RSET
+            S: 250 2.0.0 reset
+            C: RCPT TO:<alice@example.org>
+            S: 503 5.5.1 need MAIL before RCPT
+            C: VRFY alice
+            S: 252 2.5.2 cannot VRFY; send the message and delivery will be attempted
+            C: NOOP
+            S: 250 2.0.0 OK
+            C: BDAT 10 LAST
+            S: 502 5.5.1 command not implemented
+            C: FOO bar
+            S: 500 5.5.1 command unrecognized
+            C: QUIT
+            S: 221 2.0.0 bye
+            C: NOOP",
+            &[],
+        );
+    }
+
+    #[test]
+    fn size_limits_at_mail_and_at_data() {
+        let r = transcript(
+            &format!(
+                "{HELLO}
+                C: MAIL FROM:<a@b> SIZE=65
+                S: 552 5.3.4 message size exceeds fixed maximum of 64 bytes
+                C: MAIL FROM:<a@b> SIZE=64
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<alice@example.org>
+                S: 250 2.1.5 recipient OK
+                C: RCPT TO:<bob@example.org>
+                S: 250 2.1.5 recipient OK
+                C: DATA
+                S: 354 send the message, end with <CRLF>.<CRLF>
+                C: 0123456789012345678901234567890123456789
+                C: 0123456789012345678901234567890123456789
+                C: MAIL FROM:<looks@like.a.command>
+                C: .
+                S: 552 5.3.4 message size exceeds fixed maximum of 64 bytes
+                S: 552 5.3.4 message size exceeds fixed maximum of 64 bytes
+                C: NOOP
+                S: 250 2.0.0 OK"
+            ),
+            &[],
+        );
+        assert!(r.stored.is_empty());
+    }
+
+    #[test]
+    fn long_lines_are_read_to_their_end_and_refused() {
+        let long = "x".repeat(250);
+        transcript(
+            &format!(
+                "{HELLO}
+                C: NOOP {long}
+                S: 500 5.5.2 line too long
+                C: RCPT TO:<{long}@example.org>
+                S: 500 5.5.2 line too long
+                C: NOOP
+                S: 250 2.0.0 OK"
+            ),
+            &[],
+        );
+    }
+
+    #[test]
+    fn bad_syntax_and_unsupported_parameters() {
+        transcript(
+            &format!(
+                "{HELLO}
+                C: MAIL FROM:<a@b> BODY=BINARYMIME
+                S: 555 5.5.4 parameter BODY=BINARYMIME not supported
+                C: MAIL FROM:a@b
+                S: 501 5.5.4 syntax error: MAIL FROM:<reverse-path> [parameters]
+                C: MAIL FROM:<a@b>
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<alice@example.org> NOTIFY=NEVER
+                S: 555 5.5.4 parameter RCPT parameters not supported
+                C: RCPT TO:<down@example.org>
+                S: 451 4.3.0 temporary failure, try again later"
+            ),
+            &[],
+        );
+    }
+
+    #[test]
+    fn too_many_errors_close_the_session() {
+        let mut t = String::from("S: 220 mx.test LMTP Facteur ready\n");
+        for _ in 0..19 {
+            t += "C: FOO\nS: 500 5.5.1 command unrecognized\n";
+        }
+        t += "C: FOO\nS: 500 5.5.1 command unrecognized\n\
+              S: 421 4.7.0 too many errors, closing transmission channel\nC: NOOP\n";
+        transcript(&t, &[]);
+    }
+
+    #[test]
+    fn a_message_without_its_final_dot_is_never_delivered() {
+        let input = b"LHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.org>\r\n\
+                      DATA\r\nSubject: x\r\n\r\nbody\r\n";
+        let r = run(input, 5, &[]);
+        assert!(r.stored.is_empty());
+        assert!(
+            r.output
+                .ends_with("354 send the message, end with <CRLF>.<CRLF>\r\n")
+        );
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            let mut input = Vec::new();
+            for _ in 0..(seed % 300) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let pick = [b'\r', b'\n', b'.', b'<', b'>', b':', b' ', b'@', 0xff];
+                input.push(if seed.is_multiple_of(3) {
+                    pick[(seed >> 8) as usize % pick.len()]
+                } else {
+                    b"LHLO MAIL FROM:<a@b> RCPT TO:<alice@x> DATA QUIT"[(seed >> 16) as usize % 47]
+                });
+            }
+            let _ = run(&input, (seed % 17) as usize + 1, &["bob"]);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The LMTP listeners (DESIGN.md §1): TCP and a Unix socket, each with a
+//! bounded number of connections, one task per connection running
+//! [`crate::lmtp::connection::run`].
+//!
+//! Invariants: like every listener, a connection permit is taken before
+//! `accept`, and the loop awaits nothing else (a slow client cannot stall
+//! it). On shutdown the loop stops accepting; sessions between
+//! transactions answer 421 at once, the others finish their transaction
+//! within [`SHUTDOWN_GRACE`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+#[cfg(unix)]
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{SHUTDOWN_GRACE, Services, Shutdown};
+use crate::config::LmtpConfig;
+use crate::lmtp::{Backend, Options, connection};
+
+/// A bound LMTP listener.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(UnixListener),
+}
+
+/// Binds the Unix socket at `path`, replacing a stale socket file left by
+/// an earlier run (and nothing else: a regular file there is an error).
+#[cfg(unix)]
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// What every connection of a listener shares.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub options: Options,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Settings {
+    pub fn from_config(config: &LmtpConfig) -> Settings {
+        Settings {
+            options: Options {
+                max_message_size: config.max_message_size.0,
+                max_recipients: config.max_recipients,
+                ..Options::default()
+            },
+            idle_timeout: Duration::from_secs(config.idle_timeout),
+            max_connections: config.max_connections,
+        }
+    }
+}
+
+/// The delivery backend built from the shared services.
+pub fn backend(services: &Services) -> Backend {
+    let ids = services.clone();
+    Backend {
+        store: services.store.clone(),
+        directory: services.directory.clone(),
+        keyrings: services.keyrings.clone(),
+        user_id: Arc::new(move |login| ids.user_id(login)),
+    }
+}
+
+/// Serves until shutdown, then gives running sessions [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    listener: Listener,
+    backend: Backend,
+    settings: Settings,
+    mut shutdown: Shutdown,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.wait() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => break,
+            r = accept(&listener) => r,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "lmtp accept failed");
+                continue;
+            }
+        };
+        let (backend, settings, shutdown) = (backend.clone(), settings.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let result = match stream {
+                Stream::Tcp(s) => session(s, &backend, &settings, shutdown).await,
+                #[cfg(unix)]
+                Stream::Unix(s) => session(s, &backend, &settings, shutdown).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "lmtp connection ended with an error");
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Stream> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+        #[cfg(unix)]
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+    }
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    backend: &Backend,
+    settings: &Settings,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    connection::run(
+        stream,
+        backend,
+        settings.options.clone(),
+        settings.idle_timeout,
+        async move { shutdown.wait().await },
+    )
+    .await
+}
