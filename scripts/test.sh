@@ -29,7 +29,9 @@ echo "== cargo clippy" >&2
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
 set +e
-cargo test --locked --all-targets 2>&1 | tee "$work/test.log"
+# Unit and integration tests; the benchmark (benches/) is run by hand
+# with `cargo bench`, never here.
+cargo test --locked --lib --bins --tests 2>&1 | tee "$work/test.log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite, summed over every test binary.
