@@ -1,0 +1,575 @@
+//! The LMTP server as Postfix sees it: the real listener, in-process on
+//! `127.0.0.1:0` over a `MemoryStore`, spoken to in bytes; then the mail
+//! is drained into INBOX the way a logged-in session would. One test runs
+//! the binary (`facteur serve --lmtp 127.0.0.1:0`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use facteur::account::{Account, AccountConfig};
+use facteur::config::Config;
+use facteur::crypto::{KdfParams, Password, UserKeys};
+use facteur::directory::users_file::hash_password;
+use facteur::directory::{UserEntry, UsersFile};
+use facteur::log::InstanceId;
+use facteur::server::lmtp::{self, Listener, Settings};
+use facteur::server::{Services, Shutdown, ShutdownTrigger};
+use facteur::store::{MemoryStore, SharedStore};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A running LMTP server with users `alice` (alice@example.org, alias
+/// postmaster@example.org), `bob` and `carol` (no keyring yet).
+struct Server {
+    _dir: tempfile::TempDir,
+    services: Services,
+    store: Arc<MemoryStore>,
+    addr: std::net::SocketAddr,
+    alice: UserKeys,
+    bob: UserKeys,
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn user(login: &str, addresses: &[&str], aliases: &[&str]) -> UserEntry {
+    UserEntry {
+        login: login.into(),
+        password: hash_password(&Password::new("pw"), &KdfParams::TEST).unwrap(),
+        addresses: addresses.iter().map(|s| s.to_string()).collect(),
+        aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        quota: None,
+    }
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::with(|_| {}).await
+    }
+
+    async fn with(tune: impl FnOnce(&mut Settings)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "cluster_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             [store]\nbackend = \"memory\"\n\
+             [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
+             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n",
+            dir.path(),
+        )
+        .unwrap();
+        let mut file = UsersFile::default();
+        file.add(user(
+            "alice",
+            &["alice@example.org"],
+            &["postmaster@example.org"],
+        ))
+        .unwrap();
+        file.add(user("bob", &["bob@example.org"], &[])).unwrap();
+        file.add(user("carol", &["carol@example.org"], &[]))
+            .unwrap();
+        file.save(&dir.path().join("users.toml")).unwrap();
+
+        let mut services = Services::from_config(&config).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        services.store = store.clone();
+        services.keyrings = facteur::account::KeyringStore::new(store.clone());
+        let mut keys = Vec::new();
+        for login in ["alice", "bob"] {
+            let (k, _) = services
+                .keyrings
+                .create(
+                    &services.user_id(login),
+                    &Password::new("pw"),
+                    &KdfParams::TEST,
+                    false,
+                )
+                .await
+                .unwrap();
+            keys.push(k);
+        }
+        let mut settings = Settings::from_config(&config.lmtp);
+        tune(&mut settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(lmtp::serve(
+            Listener::Tcp(listener),
+            lmtp::backend(&services),
+            settings,
+            shutdown,
+        ));
+        let bob = keys.pop().unwrap();
+        let alice = keys.pop().unwrap();
+        Server {
+            _dir: dir,
+            services,
+            store,
+            addr,
+            alice,
+            bob,
+            trigger,
+            task,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(TcpStream::connect(self.addr).await.unwrap()).await
+    }
+
+    fn account(&self, login: &str, keys: &UserKeys) -> Arc<Account> {
+        let store: SharedStore = self.store.clone();
+        Account::new(
+            self.services.user_id(login),
+            keys.clone(),
+            store,
+            AccountConfig::new(InstanceId::new("test").unwrap()),
+        )
+    }
+
+    /// Drains the user's incoming queue and returns every INBOX body.
+    async fn inbox(&self, login: &str, keys: &UserKeys) -> Vec<Vec<u8>> {
+        let account = self.account(login, keys);
+        account.drain_incoming().await.unwrap();
+        let (_, inbox) = account.open_by_name("INBOX").await.unwrap();
+        let uids: Vec<u32> = inbox.read(|s| s.messages().map(|m| m.uid).collect()).await;
+        let mut bodies = Vec::new();
+        for uid in uids {
+            bodies.push(inbox.body(uid).await.unwrap().to_vec());
+        }
+        bodies
+    }
+
+    /// Store objects under any user's `incoming/` or `blob/`.
+    fn mail_objects(&self) -> usize {
+        self.store
+            .keys()
+            .iter()
+            .filter(|k| k.contains("/incoming/") || k.contains("/blob/"))
+            .count()
+    }
+}
+
+struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(stream: TcpStream) -> Client {
+        let (r, w) = stream.into_split();
+        let mut c = Client {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = c.reply().await;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// One reply, all its lines, CRLF kept.
+    async fn reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line).await.unwrap();
+            assert!(n > 0, "connection closed after {reply:?}");
+            let line = String::from_utf8(line).unwrap();
+            let last = line.as_bytes().get(3) == Some(&b' ');
+            reply.push_str(&line);
+            if last {
+                return reply;
+            }
+        }
+    }
+
+    /// Sends one command line and returns its reply.
+    async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    async fn hello(&mut self) {
+        let r = self.cmd("LHLO test").await;
+        assert!(
+            r.contains("250-PIPELINING") && r.ends_with("250 SMTPUTF8\r\n"),
+            "{r}"
+        );
+    }
+
+    /// Expects the server to close the connection.
+    async fn closed(&mut self) {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+}
+
+const MESSAGE: &[u8] = b"From: Sender <sender@example.net>\r\nTo: alice@example.org\r\n\
+    Subject: hello\r\nMessage-ID: <1@example.net>\r\n\r\nHi Alice.\r\n..a dotted line\r\n";
+
+#[tokio::test]
+async fn delivered_mail_reaches_inbox_with_trace_headers() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<sender@example.net>").await,
+        "250 2.1.0 sender OK\r\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<Alice+Lists@Example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(MESSAGE).await;
+    assert_eq!(
+        c.cmd(".").await,
+        "250 2.0.0 <Alice+Lists@Example.org> delivered\r\n"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 bye\r\n");
+    c.closed().await;
+
+    let inbox = s.inbox("alice", &s.alice).await;
+    assert_eq!(inbox.len(), 1);
+    let expected = [
+        &b"Return-Path: <sender@example.net>\r\nDelivered-To: Alice+Lists@Example.org\r\n"[..],
+        &MESSAGE.replace_dot(),
+    ]
+    .concat();
+    assert_eq!(
+        String::from_utf8_lossy(&inbox[0]),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+/// `..a` on the wire is `.a` in the message.
+trait ReplaceDot {
+    fn replace_dot(&self) -> Vec<u8>;
+}
+
+impl ReplaceDot for [u8] {
+    fn replace_dot(&self) -> Vec<u8> {
+        String::from_utf8_lossy(self)
+            .replace("\r\n..", "\r\n.")
+            .into_bytes()
+    }
+}
+
+#[tokio::test]
+async fn mixed_recipients_get_one_reply_each_in_rcpt_order() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    // Pipelined, as Postfix does (RFC 2920).
+    c.send(
+        b"MAIL FROM:<>\r\nRCPT TO:<nobody@example.org>\r\nRCPT TO:<carol@example.org>\r\n\
+          RCPT TO:<bob@example.org>\r\nRCPT TO:<postmaster@example.org>\r\n\
+          RCPT TO:<alice@example.org>\r\nDATA\r\n",
+    )
+    .await;
+    assert_eq!(c.reply().await, "250 2.1.0 sender OK\r\n");
+    assert_eq!(c.reply().await, "550 5.1.1 no such user here\r\n");
+    assert_eq!(
+        c.reply().await,
+        "450 4.2.1 mailbox not activated: the user has never logged in\r\n"
+    );
+    for _ in 0..3 {
+        assert_eq!(c.reply().await, "250 2.1.5 recipient OK\r\n");
+    }
+    assert!(c.reply().await.starts_with("354 "));
+    c.send(MESSAGE).await;
+    c.send(b".\r\n").await;
+    for rcpt in ["bob", "postmaster", "alice"] {
+        assert_eq!(
+            c.reply().await,
+            format!("250 2.0.0 <{rcpt}@example.org> delivered\r\n")
+        );
+    }
+    // alice's two addresses: one message.
+    assert_eq!(s.inbox("alice", &s.alice).await.len(), 1);
+    let bob = s.inbox("bob", &s.bob).await;
+    assert_eq!(bob.len(), 1);
+    assert!(bob[0].starts_with(b"Return-Path: <>\r\nDelivered-To: bob@example.org\r\n"));
+}
+
+#[tokio::test]
+async fn store_offline_answers_451_and_leaves_nothing_visible() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<alice@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(MESSAGE).await;
+    s.store.set_offline(true);
+    assert_eq!(
+        c.cmd(".").await,
+        "451 4.3.0 <alice@example.org> temporary failure, try again later\r\n"
+    );
+    // The keyring cannot be read either: 451 at RCPT.
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<alice@example.org>").await,
+        "451 4.3.0 temporary failure, try again later\r\n"
+    );
+    s.store.set_offline(false);
+    assert_eq!(s.mail_objects(), 0);
+    assert!(s.inbox("alice", &s.alice).await.is_empty());
+    // The session goes on.
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 reset\r\n");
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_at_mail_and_after_data() {
+    let s = Server::with(|settings| settings.options.max_message_size = 1024).await;
+    let mut c = s.client().await;
+    let r = c.cmd("LHLO test").await;
+    assert!(r.contains("250-SIZE 1024\r\n"), "{r}");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.net> SIZE=2000").await,
+        "552 5.3.4 message size exceeds fixed maximum of 1024 bytes\r\n"
+    );
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    c.cmd("RCPT TO:<alice@example.org>").await;
+    c.cmd("RCPT TO:<bob@example.org>").await;
+    c.cmd("DATA").await;
+    for _ in 0..100 {
+        c.send(b"0123456789012345678901234567890123456789\r\n")
+            .await;
+    }
+    c.send(b"RCPT TO:<looks-like-a-command@example.org>\r\n.\r\n")
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            c.reply().await,
+            "552 5.3.4 message size exceeds fixed maximum of 1024 bytes\r\n"
+        );
+    }
+    assert_eq!(s.mail_objects(), 0);
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK\r\n");
+}
+
+#[tokio::test]
+async fn bare_lf_lines_are_stored_as_crlf() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.send(b"LHLO test\nMAIL FROM:<a@example.net>\nRCPT TO:<bob@example.org>\nDATA\n")
+        .await;
+    c.reply().await;
+    c.reply().await;
+    c.reply().await;
+    assert!(c.reply().await.starts_with("354 "));
+    c.send(b"Subject: lf\n\nline one\nline two\r\n.\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 <bob@example.org> delivered\r\n");
+    let bob = s.inbox("bob", &s.bob).await;
+    assert_eq!(
+        String::from_utf8_lossy(&bob[0]),
+        "Return-Path: <a@example.net>\r\nDelivered-To: bob@example.org\r\n\
+         Subject: lf\r\n\r\nline one\r\nline two\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_data_stores_nothing() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    c.cmd("RCPT TO:<alice@example.org>").await;
+    c.cmd("DATA").await;
+    // No final dot, then gone.
+    c.send(MESSAGE).await;
+    c.writer.shutdown().await.unwrap();
+    c.closed().await;
+    // The server saw the end of the connection; a new one works.
+    let mut c = s.client().await;
+    c.hello().await;
+    assert_eq!(s.mail_objects(), 0);
+    assert!(s.inbox("alice", &s.alice).await.is_empty());
+}
+
+#[tokio::test]
+async fn long_lines_and_out_of_order_commands_keep_the_session_alive() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.net>").await,
+        "503 5.5.1 say LHLO first\r\n"
+    );
+    assert_eq!(
+        c.cmd("EHLO test").await,
+        "500 5.5.1 this is LMTP: say LHLO (RFC 2033)\r\n"
+    );
+    c.hello().await;
+    assert_eq!(
+        c.cmd(&format!("NOOP {}", "x".repeat(5000))).await,
+        "500 5.5.2 line too long\r\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<alice@example.org>").await,
+        "503 5.5.1 need MAIL before RCPT\r\n"
+    );
+    assert_eq!(
+        c.cmd("DATA").await,
+        "503 5.5.1 need MAIL and RCPT before DATA\r\n"
+    );
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(c.cmd("DATA").await, "503 5.5.1 no valid recipients\r\n");
+    assert!(c.cmd("VRFY alice").await.starts_with("252 2.5.2 "));
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK\r\n");
+}
+
+#[tokio::test]
+async fn a_rcpt_flood_is_bounded() {
+    let s = Server::with(|settings| settings.options.max_recipients = 3).await;
+    let mut c = s.client().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    let mut flood = Vec::new();
+    for i in 0..50 {
+        flood.extend_from_slice(format!("RCPT TO:<x{i}@example.org>\r\n").as_bytes());
+    }
+    c.send(&flood).await;
+    for i in 0..50 {
+        let r = c.reply().await;
+        if i < 3 {
+            assert_eq!(r, "550 5.1.1 no such user here\r\n");
+        } else {
+            assert_eq!(r, "452 4.5.3 too many recipients\r\n");
+        }
+    }
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 reset\r\n");
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+}
+
+#[tokio::test]
+async fn non_utf8_headers_are_delivered_byte_for_byte() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.net> BODY=8BITMIME").await;
+    c.cmd("RCPT TO:<bob@example.org>").await;
+    c.cmd("DATA").await;
+    let message = b"Subject: caf\xe9 \xff\xfe\r\nX-Raw: \x80\x81\r\n\r\nbody \xc3\x28\r\n";
+    c.send(message).await;
+    assert_eq!(
+        c.cmd(".").await,
+        "250 2.0.0 <bob@example.org> delivered\r\n"
+    );
+    let bob = s.inbox("bob", &s.bob).await;
+    assert!(bob[0].ends_with(message), "{:?}", bob[0]);
+}
+
+#[tokio::test]
+async fn shutdown_answers_421_between_transactions() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    s.trigger.fire();
+    assert_eq!(
+        c.reply().await,
+        "421 4.3.2 service shutting down, closing transmission channel\r\n"
+    );
+    c.closed().await;
+    tokio::time::timeout(Duration::from_secs(5), s.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_transaction_in_progress_finish() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    c.cmd("RCPT TO:<bob@example.org>").await;
+    c.cmd("DATA").await;
+    c.send(MESSAGE).await;
+    s.trigger.fire();
+    assert_eq!(
+        c.cmd(".").await,
+        "250 2.0.0 <bob@example.org> delivered\r\n"
+    );
+    assert!(c.reply().await.starts_with("421 4.3.2 "));
+    assert_eq!(s.inbox("bob", &s.bob).await.len(), 1);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_unix_socket_serves_lmtp_and_replaces_a_stale_socket() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lmtp");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let listener = lmtp::bind_unix(&path).unwrap();
+    let (_trigger, shutdown) = Shutdown::new();
+    tokio::spawn(lmtp::serve(
+        Listener::Unix(listener),
+        lmtp::backend(&s.services),
+        Settings::from_config(&facteur::config::LmtpConfig::default()),
+        shutdown,
+    ));
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stream.write_all(b"LHLO test\r\nQUIT\r\n").await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("220 "), "{out}");
+    assert!(out.ends_with("221 2.0.0 bye\r\n"), "{out}");
+}
+
+/// The binary: `--lmtp` overrides the listen address, and the embedded
+/// default's demo user receives mail.
+#[test]
+fn serve_listens_for_lmtp_and_delivers_to_the_demo_account() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_facteur"))
+        .args(["serve", "--http", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addr = None;
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited");
+        if let Some(a) = line.trim().strip_prefix("facteur: lmtp listening on ") {
+            addr = Some(a.to_owned());
+        }
+        if line.starts_with("facteur: ready") {
+            break;
+        }
+    }
+    let mut stream = std::net::TcpStream::connect(addr.expect("lmtp line")).unwrap();
+    stream
+        .write_all(
+            b"LHLO t\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<demo@localhost>\r\nDATA\r\n\
+              Subject: hi\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+        )
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    assert!(
+        out.contains("250 2.0.0 <demo@localhost> delivered\r\n221 2.0.0 bye\r\n"),
+        "{out}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
