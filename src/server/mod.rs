@@ -1,6 +1,6 @@
 //! Listeners, limits, shutdown and metrics: everything `facteur serve` runs
-//! in one tokio runtime. IMAP and LMTP listeners join here when they exist;
-//! for now the server runs the health and metrics endpoint.
+//! in one tokio runtime: the LMTP listeners ([`lmtp`]) and the health and
+//! metrics endpoint ([`http`]); IMAP joins here when it exists.
 //!
 //! Invariants: the accept loop never awaits anything but `accept` and a
 //! connection permit (a slow client cannot stall it); shutdown is one
