@@ -418,3 +418,37 @@ async fn unreferenced_bodies_are_collected_and_referenced_ones_kept() {
             .ends_with(b"body of live\r\n")
     );
 }
+
+/// DELETE on one instance races an APPEND on another: the appended mail is
+/// not lost; the mailbox comes back holding just that mail.
+#[tokio::test]
+async fn a_mailbox_deleted_while_mail_arrived_is_restored() {
+    let shared: SharedStore = Arc::new(MemoryStore::new());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let b = account(&shared, &keyring, "b", b"0123456789abcdef");
+    a.folders()
+        .await
+        .unwrap()
+        .create("Tmp", None)
+        .await
+        .unwrap();
+    let (_, tmp_a) = a.open_by_name("Tmp").await.unwrap();
+    tmp_a.append(&message("seen"), vec![], 0).await.unwrap();
+    let (_, tmp_b) = b.open_by_name("Tmp").await.unwrap();
+
+    // a deletes Tmp having seen one message; b appends without knowing.
+    a.delete_mailbox("Tmp").await.unwrap();
+    tmp_b.append(&message("unseen"), vec![], 0).await.unwrap();
+    assert!(a.folders().await.unwrap().find("Tmp").await.is_none());
+
+    // Nothing to recover when no mail arrived unseen: only Tmp is affected.
+    assert_eq!(a.recover_deleted().await.unwrap(), 1);
+    assert_eq!(a.recover_deleted().await.unwrap(), 0);
+    let (_, back) = a.open_by_name("Tmp").await.unwrap();
+    back.sync().await.unwrap();
+    assert_eq!(
+        subjects(&back).await.keys().collect::<Vec<_>>(),
+        ["note unseen"]
+    );
+}

@@ -179,4 +179,10 @@ impl Folders {
         self.write(|l| Ok((l.plan_set_special_use(name, special_use)?, ())))
             .await
     }
+
+    /// Shows a deleted mailbox again under its last name (suffixed if that
+    /// name is taken meanwhile).
+    pub async fn restore(&self, id: MailboxId) -> Result<(), AccountError> {
+        self.write(|l| Ok((l.plan_restore(id)?, ()))).await
+    }
 }

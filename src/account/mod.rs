@@ -19,6 +19,7 @@ use crate::crypto::{CryptoError, UserKeys, purpose};
 use crate::log::InstanceId;
 use crate::log::stored::SyncError;
 use crate::mailbox::incoming::{DrainReport, IncomingError};
+use crate::mailbox::list::MailboxId;
 use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
@@ -263,6 +264,47 @@ impl Account {
         Ok(report)
     }
 
+    /// Brings back deleted mailboxes that received mail their deleter had
+    /// not seen (a DELETE racing an APPEND on another instance): the
+    /// messages the deleter saw are expunged, the mailbox is restored with
+    /// the others. Returns how many mailboxes were restored.
+    pub async fn recover_deleted(&self) -> Result<usize, AccountError> {
+        let folders = self.folders().await?;
+        folders.sync().await?;
+        let deleted: Vec<(MailboxId, u32, u64)> = folders
+            .read(|l| {
+                l.deleted()
+                    .into_iter()
+                    .map(|d| (d.id, d.uid_validity, d.seen_modseq))
+                    .collect()
+            })
+            .await;
+        let mut restored = 0;
+        for (id, uid_validity, seen_modseq) in deleted {
+            let mailbox = self.mailbox(&id.to_hex(), uid_validity).await?;
+            mailbox.sync().await?;
+            let (unseen, seen): (Vec<u32>, Vec<u32>) = mailbox
+                .read(|s| {
+                    let unseen = s.changed_since(seen_modseq);
+                    let seen = s
+                        .messages()
+                        .map(|m| m.uid)
+                        .filter(|u| !unseen.contains(u))
+                        .collect();
+                    (unseen, seen)
+                })
+                .await;
+            if unseen.is_empty() {
+                continue;
+            }
+            mailbox.expunge(&seen).await?;
+            folders.restore(id).await?;
+            tracing::info!(mailbox = %id, messages = unseen.len(), "restored a mailbox deleted while mail arrived");
+            restored += 1;
+        }
+        Ok(restored)
+    }
+
     /// Deletes message bodies no message references any more (DESIGN.md
     /// §4): a blob is kept if any mailbox, shown or deleted, has a message
     /// on it that is not expunged or was expunged less than `grace` ago
@@ -287,6 +329,7 @@ impl Account {
             );
             return Ok(0);
         }
+        self.recover_deleted().await?;
         let folders = self.folders().await?;
         folders.sync().await?;
         let every: Vec<(String, u32)> = folders
