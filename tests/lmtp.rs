@@ -72,7 +72,8 @@ impl Server {
         let mut services = Services::from_config(&config).unwrap();
         let store = Arc::new(MemoryStore::new());
         services.store = store.clone();
-        services.keyrings = facteur::account::KeyringStore::new(store.clone());
+        services.keyrings =
+            facteur::account::KeyringStore::new(store.clone(), b"lmtp-test-cluster-secret");
         let mut keys = Vec::new();
         for login in ["alice", "bob"] {
             let (k, _) = services
@@ -324,6 +325,41 @@ async fn store_offline_answers_451_and_leaves_nothing_visible() {
     assert!(s.inbox("alice", &s.alice).await.is_empty());
     // The session goes on.
     assert_eq!(c.cmd("RSET").await, "250 2.0.0 reset\r\n");
+}
+
+/// Someone who can write the bucket replaces alice's delivery key with
+/// one of their own: LMTP refuses it (temporarily, so Postfix keeps the
+/// mail) instead of sealing her mail to it.
+#[tokio::test]
+async fn a_substituted_delivery_key_is_refused() {
+    use facteur::store::ObjectStore;
+    let s = Server::start().await;
+    let alice = s.services.user_id("alice");
+    let key = facteur::store::layout::delivery_key(&alice);
+    let mut forged = s.store.get(&key).await.unwrap().to_vec();
+    forged[..32].copy_from_slice(&[7; 32]);
+    s.store.put(&key, forged.into()).await.unwrap();
+
+    let mut c = s.client().await;
+    c.hello().await;
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<alice@example.org>").await,
+        "451 4.3.0 temporary failure, try again later\r\n"
+    );
+    assert_eq!(s.mail_objects(), 0);
+    // Her next unlock puts the right key back.
+    s.services
+        .keyrings
+        .unlock(&alice, &facteur::crypto::Password::new("pw"))
+        .await
+        .unwrap();
+    c.cmd("RSET").await;
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<alice@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
 }
 
 #[tokio::test]

@@ -1,22 +1,99 @@
 //! Reading and writing a user's keyring object (`users/<u>/keyring`,
-//! DESIGN.md §3). Argon2 runs on the blocking pool: it is meant to be slow.
+//! DESIGN.md §3), and the delivery key LMTP seals mail to
+//! (`users/<u>/delivery-key`: the public key and a tag under the cluster
+//! secret, so that whoever can write the bucket cannot substitute a key of
+//! their own). The delivery key is written after the keyring, and again at
+//! every unlock if it is missing or wrong: the keys are authentic then.
+//! Argon2 runs on the blocking pool: it is meant to be slow.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::AccountError;
-use crate::crypto::{CryptoError, KdfParams, Keyring, Password, RecoveryKey, UserKeys};
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    CryptoError, KdfParams, Keyring, Password, RecoveryKey, UserKeys, UserPublicKey,
+    delivery_key_tag, verify_delivery_key_tag,
+};
 use crate::store::{ObjectStore, SharedStore, layout, list_all};
 use layout::UserId;
 
 /// The keyrings of all users, in one object store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KeyringStore {
     store: SharedStore,
+    /// Keys the delivery-key tags.
+    cluster_secret: Arc<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for KeyringStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyringStore")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyringStore {
-    pub fn new(store: SharedStore) -> Self {
-        KeyringStore { store }
+    pub fn new(store: SharedStore, cluster_secret: &[u8]) -> Self {
+        KeyringStore {
+            store,
+            cluster_secret: Arc::new(Zeroizing::new(cluster_secret.to_vec())),
+        }
+    }
+
+    /// The public key to seal a user's mail to, if the user has one and
+    /// its tag checks out. A key whose tag fails is an error (mail waits,
+    /// and the log says why), never a silent fallback.
+    pub async fn delivery_key(&self, u: &UserId) -> Result<Option<UserPublicKey>, AccountError> {
+        let key = layout::delivery_key(u);
+        let bytes = match self.store.get(&key).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let (public, tag) = bytes.split_at(bytes.len().min(32));
+        let public = <[u8; 32]>::try_from(public)
+            .map(UserPublicKey::from_bytes)
+            .ok();
+        match public {
+            Some(public) if verify_delivery_key_tag(&self.cluster_secret, u, &public, tag) => {
+                Ok(Some(public))
+            }
+            _ => Err(AccountError::Corrupt(format!(
+                "{key} fails its check: it was not written by this cluster (tampering?)"
+            ))),
+        }
+    }
+
+    async fn write_delivery_key(
+        &self,
+        u: &UserId,
+        public: &UserPublicKey,
+    ) -> Result<(), AccountError> {
+        let mut bytes = public.to_bytes().to_vec();
+        bytes.extend_from_slice(&delivery_key_tag(&self.cluster_secret, u, public));
+        self.store
+            .put(&layout::delivery_key(u), Bytes::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// Rewrites the delivery key if it is missing or not the unlocked one.
+    async fn heal_delivery_key(&self, u: &UserId, keys: &UserKeys) -> Result<(), AccountError> {
+        let public = keys.public_key();
+        match self.delivery_key(u).await {
+            Ok(Some(k)) if k.to_bytes() == public.to_bytes() => Ok(()),
+            Err(e) if e.is_transient() => Err(e),
+            other => {
+                if !matches!(other, Ok(None)) {
+                    tracing::warn!(user = ?u, "replacing a wrong delivery key");
+                }
+                self.write_delivery_key(u, &public).await
+            }
+        }
     }
 
     /// The user's keyring, or `None` if the user has none yet.
@@ -53,6 +130,9 @@ impl KeyringStore {
         let (keyring, keys, recovery) =
             blocking(move || Keyring::create(&password, &params, with_recovery)).await??;
         self.save(u, &keyring).await?;
+        // After the keyring: a delivery key whose secret was never stored
+        // would swallow mail.
+        self.write_delivery_key(u, &keys.public_key()).await?;
         Ok((keys, recovery))
     }
 
@@ -60,7 +140,9 @@ impl KeyringStore {
     pub async fn unlock(&self, u: &UserId, password: &Password) -> Result<UserKeys, AccountError> {
         let keyring = self.load(u).await?.ok_or(AccountError::NoKeyring)?;
         let password = Password::new(password.as_str());
-        Ok(blocking(move || keyring.unlock_with_password(&password)).await??)
+        let keys = blocking(move || keyring.unlock_with_password(&password)).await??;
+        self.heal_delivery_key(u, &keys).await?;
+        Ok(keys)
     }
 
     /// Unlocks the user's keys with the recovery key.
@@ -70,7 +152,9 @@ impl KeyringStore {
         recovery: &RecoveryKey,
     ) -> Result<UserKeys, AccountError> {
         let keyring = self.load(u).await?.ok_or(AccountError::NoKeyring)?;
-        Ok(keyring.unlock_with_recovery(recovery)?)
+        let keys = keyring.unlock_with_recovery(recovery)?;
+        self.heal_delivery_key(u, &keys).await?;
+        Ok(keys)
     }
 
     /// Re-wraps the keys under a new password (no mail is re-encrypted);
@@ -137,7 +221,7 @@ mod tests {
     fn setup() -> (KeyringStore, UserId) {
         let store: SharedStore = Arc::new(MemoryStore::new());
         (
-            KeyringStore::new(store),
+            KeyringStore::new(store, b"0123456789abcdef"),
             user_id(b"0123456789abcdef", "alice"),
         )
     }
@@ -195,8 +279,34 @@ mod tests {
         ks.create(&other, &Password::new("pw"), &KdfParams::TEST, false)
             .await
             .unwrap();
-        assert_eq!(ks.delete_user_data(&u).await.unwrap(), 2);
+        assert_eq!(
+            ks.delete_user_data(&u).await.unwrap(),
+            3,
+            "keyring, delivery key, blob"
+        );
         assert!(ks.load(&u).await.unwrap().is_none());
         assert!(ks.load(&other).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_delivery_key_is_vouched_for_and_healed_at_unlock() {
+        let (ks, u) = setup();
+        let pw = Password::new("pw");
+        let (keys, _) = ks.create(&u, &pw, &KdfParams::TEST, false).await.unwrap();
+        let public = ks.delivery_key(&u).await.unwrap().unwrap();
+        assert_eq!(public.to_bytes(), keys.public_key().to_bytes());
+
+        // Another cluster's secret does not vouch for it.
+        let other = KeyringStore::new(ks.store.clone(), b"another cluster secret");
+        assert!(matches!(
+            other.delivery_key(&u).await,
+            Err(AccountError::Corrupt(_))
+        ));
+
+        // Lost (a crash between the two PUTs): no key, then healed.
+        ks.store().delete(&layout::delivery_key(&u)).await.unwrap();
+        assert!(ks.delivery_key(&u).await.unwrap().is_none());
+        ks.unlock(&u, &pw).await.unwrap();
+        assert!(ks.delivery_key(&u).await.unwrap().is_some());
     }
 }

@@ -26,7 +26,7 @@ pub use recovery::RecoveryKey;
 pub use seal::{open, open_body, seal, seal_body};
 pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};
 pub use secret::{MasterKey, Password, SymmetricKey, purpose};
-pub use user_id::user_id;
+pub use user_id::{delivery_key_tag, user_id, verify_delivery_key_tag};
 
 /// Errors of this module. Messages are safe to log: they never contain
 /// secret material, only object names and what went wrong.

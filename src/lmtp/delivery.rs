@@ -84,11 +84,17 @@ impl Backend {
             return Err(RcptRefusal::Unknown);
         };
         let id = (self.user_id)(&record.login);
-        let keyring = match self.keyrings.load(&id).await {
+        // The key is vouched for by the cluster secret: a key substituted in
+        // the bucket is refused (temporarily, so the mail waits).
+        let public_key = match self.keyrings.delivery_key(&id).await {
             Ok(Some(k)) => k,
             Ok(None) => return Err(RcptRefusal::NotActivated),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, login = %record.login, "lmtp: cannot load the delivery key");
+                return Err(RcptRefusal::Unavailable);
+            }
             Err(e) => {
-                tracing::warn!(error = %e, login = %record.login, "lmtp: cannot load keyring");
+                tracing::error!(error = %e, login = %record.login, "lmtp: delivery key refused");
                 return Err(RcptRefusal::Unavailable);
             }
         };
@@ -96,7 +102,7 @@ impl Backend {
             key: record.login.clone(),
             folder,
             user: User {
-                public_key: keyring.public_key(),
+                public_key,
                 login: record.login,
                 id,
             },

@@ -71,7 +71,7 @@ impl Services {
             }
         };
         Ok(Services {
-            keyrings: KeyringStore::new(store.clone()),
+            keyrings: KeyringStore::new(store.clone(), cluster_secret.as_bytes()),
             store,
             directory,
             kdf: config.crypto.argon2.clone(),

@@ -50,6 +50,12 @@ pub fn keyring(u: &UserId) -> String {
     format!("{USERS_PREFIX}{u}/keyring")
 }
 
+/// `users/<u>/delivery-key`: the public key LMTP seals mail to, with a tag
+/// under the cluster secret vouching for it.
+pub fn delivery_key(u: &UserId) -> String {
+    format!("{USERS_PREFIX}{u}/delivery-key")
+}
+
 /// `users/<u>/incoming/`: delivery records awaiting the user's key.
 pub fn incoming_prefix(u: &UserId) -> String {
     format!("{USERS_PREFIX}{u}/incoming/")
