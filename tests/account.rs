@@ -452,3 +452,43 @@ async fn a_mailbox_deleted_while_mail_arrived_is_restored() {
         ["note unseen"]
     );
 }
+
+/// Snapshots are written as ops accumulate, and each one collects the op
+/// objects an older snapshot (past the grace period) covers; the mailbox
+/// opens the same afterwards.
+#[tokio::test]
+async fn op_objects_are_collected_behind_snapshots() {
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap());
+    config.mailbox.log.snapshot_every = 5;
+    config.mailbox.log.gc_grace = Duration::ZERO;
+    let user = user_id(b"0123456789abcdef", "alice");
+    let a = Account::new(user.clone(), keys, shared.clone(), config);
+    let inbox = a.mailbox("0a", 1).await.unwrap();
+    let log_objects = || {
+        store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/mbox/0a/log/"))
+            .count()
+    };
+    for i in 0..20 {
+        inbox
+            .append(&message(&format!("m{i:02}")), vec![], 0)
+            .await
+            .unwrap();
+        inbox.sync().await.unwrap();
+    }
+    assert!(
+        log_objects() < 10,
+        "{} op objects left of 20",
+        log_objects()
+    );
+    let b = account(&shared, &keyring, "b", b"0123456789abcdef");
+    let again = b.mailbox("0a", 1).await.unwrap();
+    assert_eq!(subjects(&again).await, subjects(&inbox).await);
+    assert_eq!(again.read(|s| s.exists()).await, 20);
+}

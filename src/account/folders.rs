@@ -115,6 +115,15 @@ impl Folders {
         if applied > 0 {
             self.changes.send_modify(|v| *v += 1);
         }
+        if self.log.read().await.snapshot_due() {
+            let prepared = self.log.read().await.prepare_snapshot()?;
+            let name = prepared.store(self.store.as_ref()).await?;
+            self.log.write().await.snapshot_written(name);
+            let collector = self.log.read().await.collector();
+            if let Err(e) = collector.run(self.store.as_ref()).await {
+                tracing::warn!(error = %e, "mailbox list op collection failed");
+            }
+        }
         Ok(applied)
     }
 

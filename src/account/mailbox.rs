@@ -219,6 +219,14 @@ impl Mailbox {
         let prepared = self.log.read().await.prepare_snapshot()?;
         let name = prepared.store(self.store.as_ref()).await?;
         self.log.write().await.snapshot_written(name);
+        // Each new snapshot is a chance to drop what an older one, past the
+        // grace period, covers. A failure here costs only space.
+        let collector = self.log.read().await.collector();
+        match collector.run(self.store.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(mailbox = %self.id, objects = n, "collected covered ops"),
+            Err(e) => tracing::warn!(mailbox = %self.id, error = %e, "op collection failed"),
+        }
         Ok(())
     }
 

@@ -113,6 +113,8 @@ pub struct Account {
     opening: tokio::sync::Mutex<()>,
     /// The mailbox list, opened on first use.
     folders: tokio::sync::OnceCell<Arc<Folders>>,
+    /// When bodies were last collected (or the account unlocked).
+    last_blob_gc: std::sync::Mutex<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Account {
@@ -139,6 +141,7 @@ impl Account {
             open: std::sync::Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
             folders: tokio::sync::OnceCell::new(),
+            last_blob_gc: std::sync::Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -381,6 +384,23 @@ impl Account {
         }
         if let Err(e) = self.drain_incoming().await {
             tracing::warn!(error = %e, "draining incoming mail failed");
+        }
+        // Body collection opens every mailbox: at most once per grace
+        // period, while the account stays unlocked that long.
+        let grace = self.config.mailbox.log.gc_grace;
+        let due = {
+            let mut last = self.last_blob_gc.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.elapsed() >= grace;
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        };
+        if due {
+            match self.collect_blobs(grace).await {
+                Ok(n) => tracing::debug!(blobs = n, "collected unreferenced bodies"),
+                Err(e) => tracing::warn!(error = %e, "body collection failed"),
+            }
         }
         for mailbox in self.open_mailboxes() {
             match mailbox.sync().await {

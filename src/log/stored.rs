@@ -456,44 +456,19 @@ where
 
     /// Deletes op objects and snapshots made useless by a snapshot older
     /// than the grace period. Returns how many objects were deleted.
-    pub async fn collect_garbage(&mut self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
-        let grace_floor = now_ms().saturating_sub(self.tuning.gc_grace.as_millis() as u64);
-        let snaps = list_all(store, &self.snap_prefix(), None).await?;
-        // The newest snapshot whose covered clock is older than the grace
-        // floor: everything it covers is safe to drop.
-        let old_enough = snaps.iter().rev().find(|m| {
-            snapshot_clock(m.key.strip_prefix(&self.snap_prefix()).unwrap_or(""))
-                .is_some_and(|hlc| hlc.wall_ms < grace_floor)
-        });
-        let Some(base) = old_enough else { return Ok(0) };
-        let bytes = store.get(&base.key).await?;
-        let plain = open_body(&self.key, &base.key, &bytes, MAX_SNAPSHOT).map_err(|e| {
-            SyncError::Snapshot {
-                name: base.key.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let covered: Snapshot<S> =
-            serde_json::from_slice(&plain).map_err(|e| SyncError::Snapshot {
-                name: base.key.clone(),
-                reason: e.to_string(),
-            })?;
-        let covered_ids: HashSet<OpId> = covered.replica.dag().ids().copied().collect();
-        let mut doomed: Vec<String> = snaps
-            .iter()
-            .take_while(|m| m.key != base.key)
-            .map(|m| m.key.clone())
-            .collect();
-        for meta in list_all(store, &self.log_prefix(), None).await? {
-            let name = meta.key.strip_prefix(&self.log_prefix()).unwrap_or("");
-            if let Ok((_, _, id)) = parse_op_name(name)
-                && covered_ids.contains(&id)
-            {
-                doomed.push(meta.key);
-            }
+    pub async fn collect_garbage(&self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
+        self.collector().run(store).await
+    }
+
+    /// What garbage collection needs, to run with no lock held.
+    pub fn collector(&self) -> Collector<S> {
+        Collector {
+            key: self.key.clone(),
+            log_prefix: self.log_prefix(),
+            snap_prefix: self.snap_prefix(),
+            grace: self.tuning.gc_grace,
+            state: std::marker::PhantomData,
         }
-        store.delete_many(&doomed).await?;
-        Ok(doomed.len())
     }
 
     pub fn replica(&self) -> &Replica<S> {
@@ -519,6 +494,64 @@ where
     /// op object.
     pub fn missing_parents(&self) -> Vec<OpId> {
         self.replica.dag().missing()
+    }
+}
+
+/// Garbage collection of one log, detached from the log so that it runs
+/// without holding the log's lock ([`StoredLog::collector`]).
+pub struct Collector<S> {
+    key: SymmetricKey,
+    log_prefix: String,
+    snap_prefix: String,
+    grace: Duration,
+    state: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S> Collector<S>
+where
+    S: State + DeserializeOwned,
+    S::Op: DeserializeOwned,
+{
+    /// Deletes op objects and snapshots made useless by a snapshot older
+    /// than the grace period. Returns how many objects were deleted.
+    pub async fn run(&self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
+        let grace_floor = now_ms().saturating_sub(self.grace.as_millis() as u64);
+        let snaps = list_all(store, &self.snap_prefix, None).await?;
+        // The newest snapshot whose covered clock is older than the grace
+        // floor: everything it covers is safe to drop.
+        let old_enough = snaps.iter().rev().find(|m| {
+            snapshot_clock(m.key.strip_prefix(&self.snap_prefix).unwrap_or(""))
+                .is_some_and(|hlc| hlc.wall_ms < grace_floor)
+        });
+        let Some(base) = old_enough else { return Ok(0) };
+        let bytes = store.get(&base.key).await?;
+        let plain = open_body(&self.key, &base.key, &bytes, MAX_SNAPSHOT).map_err(|e| {
+            SyncError::Snapshot {
+                name: base.key.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let covered: Snapshot<S> =
+            serde_json::from_slice(&plain).map_err(|e| SyncError::Snapshot {
+                name: base.key.clone(),
+                reason: e.to_string(),
+            })?;
+        let covered_ids: HashSet<OpId> = covered.replica.dag().ids().copied().collect();
+        let mut doomed: Vec<String> = snaps
+            .iter()
+            .take_while(|m| m.key != base.key)
+            .map(|m| m.key.clone())
+            .collect();
+        for meta in list_all(store, &self.log_prefix, None).await? {
+            let name = meta.key.strip_prefix(&self.log_prefix).unwrap_or("");
+            if let Ok((_, _, id)) = parse_op_name(name)
+                && covered_ids.contains(&id)
+            {
+                doomed.push(meta.key);
+            }
+        }
+        store.delete_many(&doomed).await?;
+        Ok(doomed.len())
     }
 }
 
