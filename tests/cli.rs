@@ -340,14 +340,7 @@ async fn fs_store_holds_only_opaque_ids_and_ciphertext() {
 
 #[tokio::test]
 async fn garage_store_holds_only_opaque_ids_and_ciphertext() {
-    let Some(settings) = S3Settings::from_test_env() else {
-        assert!(
-            std::env::var("FACTEUR_REQUIRE_S3").is_err(),
-            "FACTEUR_REQUIRE_S3 is set but Garage settings are missing"
-        );
-        eprintln!(
-            "no Garage settings in the environment; skipping (scripts/test.sh provides them)"
-        );
+    let Some(settings) = S3Settings::for_tests("the Garage opacity test") else {
         return;
     };
     // A fresh cluster secret per run, so this run's objects are its own.

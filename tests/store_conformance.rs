@@ -44,19 +44,7 @@ async fn fs() -> Option<Backend> {
 }
 
 async fn s3() -> Option<Backend> {
-    let Some(settings) = S3Settings::from_test_env() else {
-        if std::env::var("FACTEUR_REQUIRE_S3").is_ok_and(|v| v == "1") {
-            panic!(
-                "FACTEUR_REQUIRE_S3=1 but FACTEUR_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY and \
-                 _SECRET_KEY are not all set; run `eval \"$(scripts/garage.sh start <dir>)\"` first"
-            );
-        }
-        eprintln!(
-            "notice: S3 conformance test skipped (no FACTEUR_TEST_S3_* variables; \
-             see scripts/garage.sh)"
-        );
-        return None;
-    };
+    let settings = S3Settings::for_tests("the S3 conformance test")?;
     let store = S3Store::new(settings).expect("S3 settings");
     Some(Backend {
         store: Arc::new(store),

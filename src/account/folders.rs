@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 use super::AccountError;
 use crate::crypto::SymmetricKey;
 use crate::log::InstanceId;
-use crate::log::stored::{LogTuning, StoredLog};
+use crate::log::stored::{LogTuning, StoredLog, sync_shared};
 use crate::mailbox::list::{ListError, ListOp, MailboxId, MailboxInfo, MailboxList, SpecialUse};
 use crate::store::{SharedStore, layout};
 
@@ -109,9 +109,7 @@ impl Folders {
     }
 
     pub async fn sync(&self) -> Result<usize, AccountError> {
-        let plan = self.log.read().await.plan_sync();
-        let fetched = plan.fetch(self.store.as_ref()).await?;
-        let applied = self.log.write().await.apply(fetched);
+        let applied = sync_shared(&self.log, self.store.as_ref()).await?;
         if applied > 0 {
             self.changes.send_modify(|v| *v += 1);
         }

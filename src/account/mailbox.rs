@@ -22,19 +22,18 @@ use tokio::sync::{Mutex, RwLock, watch};
 
 use super::AccountError;
 use super::cache::BodyCache;
-use crate::crypto::{SymmetricKey, UserKeys, open_body, seal_body};
-use crate::log::stored::{LogTuning, StoredLog};
-use crate::log::{InstanceId, OpId};
+use crate::crypto::{SymmetricKey, UserKeys, open_body};
+use crate::log::stored::{LogTuning, StoredLog, sync_shared};
+use crate::log::{InstanceId, OpId, now_ms};
+use crate::mailbox::body::{decode_summary, encode_summary, seal_new_body};
 use crate::mailbox::incoming::{self, DrainReport};
-use crate::mailbox::op::BodyKey;
-use crate::mailbox::summary::{MessageSummary, normalize_crlf, summarize};
+use crate::mailbox::summary::MessageSummary;
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout};
 
-/// The summary an op carries for a message (`MessageRef::summary`: the
-/// JSON of a [`MessageSummary`]).
+/// The summary an op carries for a message.
 pub fn summary_of(message: &MessageRef) -> Result<MessageSummary, AccountError> {
-    serde_json::from_slice(&message.summary).map_err(|e| {
+    decode_summary(message).map_err(|e| {
         AccountError::Corrupt(format!(
             "message {}: unreadable summary: {e}",
             message.blob_id
@@ -42,34 +41,25 @@ pub fn summary_of(message: &MessageRef) -> Result<MessageSummary, AccountError> 
     })
 }
 
-/// Stores a message body under a fresh random key and returns the reference
-/// an op carries. The body is normalised to CRLF line endings first, so
-/// sizes and offsets are those IMAP clients see.
+/// Stores a new message body (see `mailbox::body`; the sealing runs on the
+/// blocking pool) and returns the reference an op carries.
 pub async fn store_body(
     store: &SharedStore,
     user: &layout::UserId,
     raw: &[u8],
     internal_date: i64,
 ) -> Result<MessageRef, AccountError> {
-    let body = normalize_crlf(raw);
-    let summary = summarize(&body);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let blob_id = layout::new_blob_id(now_ms);
-    let key = SymmetricKey::random();
-    let object_key = layout::blob(user, &blob_id);
-    let sealed = seal_body(&key, &object_key, &body);
-    store.put(&object_key, Bytes::from(sealed)).await?;
-    let size = body.len() as u64;
-    let summary = serde_json::to_vec(&summary)
-        .map_err(|e| AccountError::Internal(format!("cannot encode a summary: {e}")))?;
+    let (raw, user_id) = (raw.to_vec(), user.clone());
+    let body = tokio::task::spawn_blocking(move || seal_new_body(&user_id, &raw, now_ms()))
+        .await
+        .map_err(|e| AccountError::Internal(format!("sealing a body failed: {e}")))?;
+    store.put(&body.object_key, body.sealed).await?;
     Ok(MessageRef {
-        blob_id,
-        body_key: BodyKey(key),
-        size,
+        blob_id: body.blob_id,
+        body_key: body.body_key,
+        size: body.size,
         internal_date,
-        summary,
+        summary: encode_summary(&body.summary),
     })
 }
 
@@ -189,9 +179,7 @@ impl Mailbox {
     }
 
     async fn sync_once(&self) -> Result<usize, AccountError> {
-        let plan = self.log.read().await.plan_sync();
-        let fetched = plan.fetch(self.store.as_ref()).await?;
-        let applied = self.log.write().await.apply(fetched);
+        let applied = sync_shared(&self.log, self.store.as_ref()).await?;
         if applied > 0 {
             self.changes.send_modify(|v| *v += 1);
         }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::crypto::{CryptoError, UserKeys, purpose};
-use crate::log::InstanceId;
 use crate::log::stored::SyncError;
+use crate::log::{InstanceId, now_ms};
 use crate::mailbox::incoming::{DrainReport, IncomingError};
 use crate::mailbox::list::MailboxId;
 use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
@@ -67,12 +67,6 @@ impl AccountError {
             _ => false,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How an account behaves on this instance.

@@ -131,6 +131,14 @@ impl fmt::Debug for InstanceId {
     }
 }
 
+/// The wall clock the hybrid logical clock reads: milliseconds since the
+/// Unix epoch (0 if the system clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A hybrid logical clock reading (Kulkarni et al., 2014): wall-clock
 /// milliseconds, plus a counter that orders events inside one millisecond
 /// and keeps the clock moving forward when a peer's clock is ahead of ours.

@@ -13,7 +13,7 @@ pub mod replica;
 pub mod stored;
 
 pub use dag::{Dag, Delivered, Header, OpMeta};
-pub use id::{Hlc, InstanceId, OpId, OrderKey, op_name, op_name_floor, parse_op_name};
+pub use id::{Hlc, InstanceId, OpId, OrderKey, now_ms, op_name, op_name_floor, parse_op_name};
 pub use replica::{Envelope, Replica, State};
 
 /// What can be wrong with an op or its name.

@@ -10,9 +10,11 @@
 //!   or inside a snapshot; so reloading from the newest snapshot plus the
 //!   remaining op objects never loses anything.
 //! - No lock is held across store calls: a sync is planned from the
-//!   replica ([`StoredLog::plan_sync`]), fetched with no access to it
-//!   ([`SyncPlan::fetch`]), then applied ([`StoredLog::apply`]). Writes are
-//!   prepared, stored, then committed the same way.
+//!   replica ([`StoredLog::plan_sync`]), listed with no access to it
+//!   ([`SyncPlan::list`]), filtered by it ([`StoredLog::unknown`]), fetched
+//!   with no access ([`ToFetch::fetch`]), then applied
+//!   ([`StoredLog::apply`]); [`sync_shared`] does all of it for a log behind
+//!   a lock. Writes are prepared, stored, then committed the same way.
 //! - An op object that cannot be read (corrupt, or sealed under another
 //!   name) is reported for this log only and skipped; it never stops the
 //!   ops around it, and never panics.
@@ -27,7 +29,7 @@
 //! may have missed ops that were collected meanwhile.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -35,7 +37,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::LogError;
-use super::id::{Hlc, InstanceId, OpId, op_name, op_name_floor, parse_op_name};
+use super::id::{Hlc, InstanceId, OpId, now_ms, op_name, op_name_floor, parse_op_name};
 use super::replica::{Envelope, Replica, State};
 use crate::crypto::{CryptoError, SymmetricKey, open, open_body, seal, seal_body};
 use crate::store::{ObjectStore, StoreError, list_all};
@@ -150,11 +152,27 @@ pub struct SyncPlan {
     key: SymmetricKey,
     start_after: Option<String>,
     full: bool,
-    /// Op ids already known: not fetched again.
-    known: HashSet<OpId>,
-    /// Names already known to be damaged: not fetched again.
-    damaged: HashSet<String>,
     parallelism: usize,
+}
+
+/// What a sync listed, before the known ops are filtered out.
+#[derive(Debug)]
+pub struct Listed {
+    plan: SyncPlan,
+    started_ms: u64,
+    last_listed: Option<String>,
+    /// Object keys with the op id their name carries.
+    names: Vec<(String, Result<OpId, LogError>)>,
+}
+
+/// The op objects a sync must fetch.
+#[derive(Debug)]
+pub struct ToFetch {
+    plan: SyncPlan,
+    started_ms: u64,
+    last_listed: Option<String>,
+    wanted: Vec<String>,
+    damaged: Vec<Damage>,
 }
 
 /// What a sync brought back, ready to apply.
@@ -198,13 +216,6 @@ pub struct Prepared {
     sealed: Bytes,
     bytes: Vec<u8>,
     pub id: OpId,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl<S> StoredLog<S>
@@ -312,9 +323,34 @@ where
             key: self.key.clone(),
             start_after,
             full,
-            known: self.replica.dag().ids().copied().collect::<HashSet<_>>(),
-            damaged: self.damaged.keys().cloned().collect(),
             parallelism: self.tuning.fetch_parallelism.max(1),
+        }
+    }
+
+    /// Keeps the listed ops this replica does not know yet (nor knows to be
+    /// damaged). A hash lookup per listed name: cheap under a lock.
+    pub fn unknown(&self, listed: Listed) -> ToFetch {
+        let mut wanted = Vec::new();
+        let mut damaged = Vec::new();
+        for (key, id) in listed.names {
+            if self.damaged.contains_key(&key) {
+                continue;
+            }
+            match id {
+                Ok(id) if self.replica.dag().knows(&id) => {}
+                Ok(_) => wanted.push(key),
+                Err(e) => damaged.push(Damage {
+                    name: key,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        ToFetch {
+            plan: listed.plan,
+            started_ms: listed.started_ms,
+            last_listed: listed.last_listed,
+            wanted,
+            damaged,
         }
     }
 
@@ -359,7 +395,8 @@ where
         {
             self.load_newest_snapshot(store).await?;
         }
-        let fetched = self.plan_sync().fetch(store).await?;
+        let listed = self.plan_sync().list(store).await?;
+        let fetched = self.unknown(listed).fetch(store).await?;
         Ok(self.apply(fetched))
     }
 
@@ -555,6 +592,24 @@ where
     }
 }
 
+/// Syncs a log shared behind a lock, the way sessions share one: list with
+/// no lock held, filter under a read lock, fetch with no lock, apply under
+/// the write lock. Returns how many ops were applied.
+pub async fn sync_shared<S>(
+    log: &tokio::sync::RwLock<StoredLog<S>>,
+    store: &dyn ObjectStore,
+) -> Result<usize, SyncError>
+where
+    S: State + Serialize + DeserializeOwned,
+    S::Op: Serialize + DeserializeOwned,
+{
+    let plan = log.read().await.plan_sync();
+    let listed = plan.list(store).await?;
+    let wanted = log.read().await.unknown(listed);
+    let fetched = wanted.fetch(store).await?;
+    Ok(log.write().await.apply(fetched))
+}
+
 /// Borrowing twin of [`Snapshot`] for writing without a clone.
 #[derive(Serialize)]
 #[serde(bound(serialize = "S: Serialize, S::Op: Serialize"))]
@@ -584,29 +639,37 @@ impl Prepared {
 }
 
 impl SyncPlan {
-    /// Lists the log and fetches the ops not known yet, with bounded
-    /// parallelism. Touches no replica: call it without holding locks.
-    pub async fn fetch(self, store: &dyn ObjectStore) -> Result<Fetched, SyncError> {
+    /// Lists the log from the plan's floor. Touches no replica: call it
+    /// without holding locks.
+    pub async fn list(self, store: &dyn ObjectStore) -> Result<Listed, SyncError> {
         let started_ms = now_ms();
         let listed = list_all(store, &self.prefix, self.start_after.as_deref()).await?;
         let last_listed = listed.last().map(|m| m.key.clone());
-        let mut wanted = Vec::new();
-        let mut damaged = Vec::new();
-        for meta in listed {
-            if self.damaged.contains(&meta.key) {
-                continue;
-            }
-            let name = meta.key.strip_prefix(&self.prefix).unwrap_or(&meta.key);
-            match parse_op_name(name) {
-                Ok((_, _, id)) if self.known.contains(&id) => {}
-                Ok(_) => wanted.push(meta.key),
-                Err(e) => damaged.push(Damage {
-                    name: meta.key,
-                    reason: e.to_string(),
-                }),
-            }
-        }
-        let key = &self.key;
+        let names = listed
+            .into_iter()
+            .map(|meta| {
+                let name = meta.key.strip_prefix(&self.prefix).unwrap_or(&meta.key);
+                let id = parse_op_name(name).map(|(_, _, id)| id);
+                (meta.key, id)
+            })
+            .collect();
+        Ok(Listed {
+            plan: self,
+            started_ms,
+            last_listed,
+            names,
+        })
+    }
+}
+
+impl ToFetch {
+    /// Fetches and decrypts the wanted ops, with bounded parallelism.
+    /// Touches no replica: call it without holding locks.
+    pub async fn fetch(self, store: &dyn ObjectStore) -> Result<Fetched, SyncError> {
+        let (started_ms, last_listed, wanted, mut damaged) =
+            (self.started_ms, self.last_listed, self.wanted, self.damaged);
+        let plan = self.plan;
+        let key = &plan.key;
         let results: Vec<Result<(String, Vec<u8>), Damage>> = stream::iter(wanted)
             .map(|object_key| async move {
                 match store.get(&object_key).await {
@@ -622,7 +685,7 @@ impl SyncPlan {
                     Err(e) => Err(SyncError::from(e)),
                 }
             })
-            .buffered(self.parallelism)
+            .buffered(plan.parallelism)
             .try_filter_map(|r| async move { Ok(r) })
             .try_collect()
             .await?;
@@ -634,7 +697,7 @@ impl SyncPlan {
             }
         }
         Ok(Fetched {
-            full: self.full,
+            full: plan.full,
             started_ms,
             last_listed,
             ops,
@@ -878,12 +941,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_instances_on_garage() {
-        let Some(settings) = S3Settings::from_test_env() else {
-            assert!(
-                std::env::var("FACTEUR_REQUIRE_S3").is_err(),
-                "Garage settings missing"
-            );
-            eprintln!("no Garage settings; skipping");
+        let Some(settings) = S3Settings::for_tests("the Garage stored-log test") else {
             return;
         };
         let store = S3Store::new(settings).unwrap();

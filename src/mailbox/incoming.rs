@@ -49,17 +49,17 @@
 //! trace headers (Return-Path, Delivered-To, Received) are the LMTP
 //! layer's to prepend before calling [`deliver`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::body::{encode_summary, seal_new_body};
 use super::op::{BodyKey, Delivery};
-use super::summary::{MessageSummary, normalize_crlf, summarize};
+use super::summary::MessageSummary;
 use super::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
-use crate::crypto::{UserKeys, UserPublicKey, seal_body, seal_to};
+use crate::crypto::{UserKeys, UserPublicKey, seal_to};
+use crate::log::now_ms;
 use crate::log::stored::{StoredLog, SyncError};
 use crate::store::layout::{self, UserId};
 use crate::store::{ObjectStore, StoreError};
@@ -150,13 +150,6 @@ struct Record {
     summary: MessageSummary,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `<ms since the epoch, 16 hex digits>-<128 random bits, hex>`: names
 /// sort by delivery time, and two deliveries in the same millisecond on
 /// different instances do not collide.
@@ -185,38 +178,33 @@ pub async fn deliver(
     raw: &[u8],
     envelope: DeliveryEnvelope,
 ) -> Result<DeliveryReceipt, IncomingError> {
-    let blob_id = layout::new_blob_id(now_ms());
-    let blob_key = layout::blob(user, &blob_id);
     let name = record_name(now_ms());
     let object = record_key(user, &name);
 
-    let raw = raw.to_vec();
+    let (raw, user_id) = (raw.to_vec(), user.clone());
     let public_key = public_key.clone();
-    let (sealed_body, sealed_record, size) = {
-        let (blob_key, blob_id, object) = (blob_key.clone(), blob_id.clone(), object.clone());
+    let (body, sealed_record) = {
+        let object = object.clone();
         tokio::task::spawn_blocking(move || {
-            let message = normalize_crlf(&raw);
-            let summary = summarize(&message);
-            let size = message.len() as u64;
-            let body_key = BodyKey::random();
-            let sealed_body = seal_body(body_key.key(), &blob_key, &message);
+            let body = seal_new_body(&user_id, &raw, now_ms());
             let record = Record {
                 version: RECORD_VERSION,
                 object,
-                blob_id,
-                body_key,
-                size,
+                blob_id: body.blob_id.clone(),
+                body_key: body.body_key.clone(),
+                size: body.size,
                 envelope,
-                summary,
+                summary: body.summary.clone(),
             };
             let plain = Zeroizing::new(serde_json::to_vec(&record).map_err(IncomingError::Encode)?);
-            Ok::<_, IncomingError>((sealed_body, seal_to(&public_key, &plain), size))
+            Ok::<_, IncomingError>((body, seal_to(&public_key, &plain)))
         })
         .await
         .map_err(IncomingError::Task)??
     };
+    let (blob_key, blob_id, size) = (body.object_key, body.blob_id, body.size);
 
-    store.put(&blob_key, Bytes::from(sealed_body)).await?;
+    store.put(&blob_key, body.sealed).await?;
     if let Err(e) = store.put(&object, Bytes::from(sealed_record)).await {
         // No record names the body: it would be an orphan forever.
         if let Err(cleanup) = store.delete(&blob_key).await {
@@ -408,9 +396,7 @@ impl Collected {
             .iter()
             .filter(|o| !o.already)
             .map(|o| {
-                // `MessageRef::summary` holds the summary as JSON. It was
-                // just parsed from JSON, so encoding it again cannot fail.
-                let summary = serde_json::to_vec(&o.record.summary).unwrap_or_default();
+                let summary = encode_summary(&o.record.summary);
                 Delivery {
                     id: o.name.clone(),
                     new: NewMessage {
@@ -547,6 +533,7 @@ mod tests {
     use crate::crypto::{SymmetricKey, open_body};
     use crate::log::stored::LogTuning;
     use crate::log::{Envelope, InstanceId, Replica};
+    use crate::mailbox::summary::{normalize_crlf, summarize};
     use crate::store::{ListPage, MemoryStore, S3Settings, S3Store, list_all};
 
     const MESSAGE: &[u8] = b"From: Alice <alice@example.org>\n\
@@ -1124,12 +1111,7 @@ mod tests {
 
     #[tokio::test]
     async fn deliver_and_drain_on_garage() {
-        let Some(settings) = S3Settings::from_test_env() else {
-            assert!(
-                !std::env::var("FACTEUR_REQUIRE_S3").is_ok_and(|v| v == "1"),
-                "FACTEUR_REQUIRE_S3=1 but FACTEUR_TEST_S3_* settings are missing"
-            );
-            eprintln!("no FACTEUR_TEST_S3_* settings: skipping the Garage deliver/drain test");
+        let Some(settings) = S3Settings::for_tests("the Garage deliver/drain test") else {
             return;
         };
         let store = S3Store::new(settings).unwrap();

@@ -7,6 +7,7 @@
 //! Not here yet: the real message summary (ENVELOPE, BODYSTRUCTURE, …),
 //! the mailbox list and the incoming queue.
 
+pub mod body;
 pub mod claims;
 pub mod list;
 pub mod incoming;

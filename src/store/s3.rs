@@ -116,6 +116,26 @@ impl S3Settings {
             var("SECRET_KEY")?,
         ))
     }
+
+    /// The test store for a test that needs S3: [`S3Settings::from_test_env`],
+    /// except that a missing setting fails the test when
+    /// `FACTEUR_REQUIRE_S3=1` (CI sets it, so the S3 variants never pass by
+    /// skipping there) and otherwise prints a notice naming `what`.
+    pub fn for_tests(what: &str) -> Option<S3Settings> {
+        let settings = S3Settings::from_test_env();
+        if settings.is_none() {
+            if std::env::var("FACTEUR_REQUIRE_S3").is_ok_and(|v| v == "1") {
+                panic!(
+                    "FACTEUR_REQUIRE_S3=1 but FACTEUR_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY and \
+                     _SECRET_KEY are not all set; run `eval \"$(scripts/garage.sh start <dir>)\"` first"
+                );
+            }
+            eprintln!(
+                "notice: {what} skipped (no FACTEUR_TEST_S3_* variables; see scripts/garage.sh)"
+            );
+        }
+        settings
+    }
 }
 
 impl fmt::Debug for S3Settings {

@@ -1,0 +1,82 @@
+//! A new message body as stored (DESIGN.md §3–§4), the one path shared by
+//! APPEND and LMTP delivery: line endings normalised to CRLF (so sizes and
+//! offsets are those IMAP clients see), the summary computed once,
+//! zstd-compressed and sealed under the body's own random key as
+//! `users/<u>/blob/<blob-id>`. Pure and CPU-heavy: callers run it on the
+//! blocking pool, then PUT the sealed bytes.
+
+use bytes::Bytes;
+
+use super::op::{BodyKey, MessageRef};
+use super::summary::{MessageSummary, normalize_crlf, summarize};
+use crate::crypto::seal_body;
+use crate::store::layout::{self, UserId};
+
+/// A body ready to be stored.
+pub struct SealedBody {
+    pub blob_id: String,
+    /// `users/<u>/blob/<blob-id>`.
+    pub object_key: String,
+    pub sealed: Bytes,
+    pub body_key: BodyKey,
+    /// RFC822.SIZE: octets after CRLF normalisation.
+    pub size: u64,
+    pub summary: MessageSummary,
+}
+
+/// Normalises, summarises and seals `raw` as a new blob of `user`;
+/// `now_ms` dates the blob id (body collection spares young blobs).
+pub fn seal_new_body(user: &UserId, raw: &[u8], now_ms: u64) -> SealedBody {
+    let message = normalize_crlf(raw);
+    let summary = summarize(&message);
+    let blob_id = layout::new_blob_id(now_ms);
+    let object_key = layout::blob(user, &blob_id);
+    let body_key = BodyKey::random();
+    let sealed = Bytes::from(seal_body(body_key.key(), &object_key, &message));
+    SealedBody {
+        blob_id,
+        object_key,
+        sealed,
+        body_key,
+        size: message.len() as u64,
+        summary,
+    }
+}
+
+/// The summary as `MessageRef::summary` carries it: JSON.
+pub fn encode_summary(summary: &MessageSummary) -> Vec<u8> {
+    // A tree of strings and numbers: encoding cannot fail.
+    serde_json::to_vec(summary).unwrap_or_default()
+}
+
+/// Reads back what [`encode_summary`] wrote.
+pub fn decode_summary(message: &MessageRef) -> Result<MessageSummary, serde_json::Error> {
+    serde_json::from_slice(&message.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::open_body;
+
+    #[test]
+    fn a_sealed_body_opens_to_the_crlf_message_under_its_own_name() {
+        let user = UserId::parse(&"ab".repeat(32)).unwrap();
+        let body = seal_new_body(&user, b"Subject: hi\n\nbody\n", 1_700_000_000_000);
+        assert_eq!(layout::blob_id_time(&body.blob_id), Some(1_700_000_000_000));
+        assert_eq!(body.object_key, layout::blob(&user, &body.blob_id));
+        let plain =
+            open_body(body.body_key.key(), &body.object_key, &body.sealed, 1 << 20).unwrap();
+        assert_eq!(plain, b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(body.size, plain.len() as u64);
+        assert!(
+            open_body(
+                body.body_key.key(),
+                "users/x/blob/other",
+                &body.sealed,
+                1 << 20
+            )
+            .is_err()
+        );
+    }
+}
