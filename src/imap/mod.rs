@@ -1,2 +1,70 @@
-//! IMAP sessions and commands, one file per command family. Not built yet:
-//! see the IMAP server issue.
+//! IMAP sessions and commands (RFC 3501, RFC 9051 and the extensions in
+//! [`capability`]), one file per command family. Parsing and serialising
+//! is `imap-codec`'s; [`extend`] adds the grammar of the extensions it
+//! does not know yet. The session core does no I/O; [`connection`] is the
+//! one file that touches a socket.
+
+pub mod mime;
+pub mod search;
+pub mod connection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::account::{Accounts, KeyringStore};
+use crate::directory::Directory;
+use crate::store::layout::UserId;
+
+/// Derives a user's store id from their normalised login.
+pub type UserIdFn = Arc<dyn Fn(&str) -> UserId + Send + Sync>;
+
+/// Limits and timeouts of IMAP sessions (DESIGN.md §7).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Whether LOGIN/AUTHENTICATE are allowed without TLS on a non-loopback
+    /// connection (`LOGINDISABLED` is advertised when they are not).
+    pub plaintext_auth: bool,
+    /// Largest command line plus literals, and largest APPEND message.
+    pub max_message: u32,
+    /// Idle timeout before login (RFC 9051 §5.4: at least 30 minutes after).
+    pub timeout_unauthenticated: Duration,
+    /// Idle timeout after login.
+    pub timeout_authenticated: Duration,
+    /// Interval of `* OK Still here` during IDLE.
+    pub idle_keepalive: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plaintext_auth: false,
+            max_message: 50 * 1024 * 1024,
+            timeout_unauthenticated: Duration::from_secs(60),
+            timeout_authenticated: Duration::from_secs(30 * 60),
+            idle_keepalive: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the IMAP server needs of the rest of Facteur, shared by all
+/// connections of one instance.
+#[derive(Clone)]
+pub struct Imap {
+    pub directory: Arc<dyn Directory>,
+    pub keyrings: KeyringStore,
+    pub accounts: Arc<Accounts>,
+    pub user_id: UserIdFn,
+    pub options: Options,
+    /// The server certificate for STARTTLS; `None` disables STARTTLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Imap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("directory", &self.directory)
+            .field("options", &self.options)
+            .field("starttls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
