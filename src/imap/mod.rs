@@ -6,6 +6,7 @@
 
 pub mod mime;
 pub mod search;
+pub mod throttle;
 pub mod connection;
 
 use std::sync::Arc;
