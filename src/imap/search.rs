@@ -22,7 +22,8 @@
 //!   any message that has the field. SUBJECT is `HEADER Subject`.
 //! - BODY matches the decoded text of the text parts (transfer encoding
 //!   and charset decoded, HTML reduced to its text), including those of
-//!   attached messages; other parts are not searched. TEXT is BODY or any
+//!   attached messages, and the decoded header fields of attached messages
+//!   (`Name: value`); other parts are not searched. TEXT is BODY or any
 //!   top-level header field name or decoded value.
 //! - Dates compare whole days. INTERNALDATE is kept as a Unix time, so its
 //!   day is the UTC day. The sent date is the day written in the Date:
@@ -46,7 +47,7 @@ use imap_codec::imap_types::datetime::NaiveDate;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
-use crate::mailbox::summary::{Address, MessageSummary};
+use crate::mailbox::summary::{Address, BodyPart, MessageSummary, PartKind};
 
 /// The charsets SEARCH accepts, as the `BADCHARSET` response code lists
 /// them (RFC 9051 §6.4.4 requires both).
@@ -594,10 +595,11 @@ fn address_matches(a: &Address, needle: &Needle) -> bool {
     needle.in_segments(&segments)
 }
 
-/// The decoded, case-folded text of the text parts of a raw message
-/// (transfer encoding and charset decoded by mail-parser, HTML reduced to
-/// text), attached messages included.
-fn body_texts(raw: &[u8]) -> Vec<String> {
+/// The decoded, case-folded text of the body of a raw message: its text
+/// parts (transfer encoding and charset decoded by mail-parser, HTML
+/// reduced to text), attached messages included, and the header fields of
+/// attached messages (located through the summary's structure), decoded.
+fn body_texts(raw: &[u8], summary: &MessageSummary) -> Vec<String> {
     fn walk(message: &mail_parser::Message<'_>, out: &mut Vec<String>) {
         for part in &message.parts {
             match &part.body {
@@ -613,6 +615,56 @@ fn body_texts(raw: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(message) = mail_parser::MessageParser::new().parse(raw) {
         walk(&message, &mut out);
+    }
+    encapsulated_headers(raw, &summary.body, &mut out);
+    out
+}
+
+/// Appends the decoded header of every message attached below `part`, as
+/// `Name: value` lines, case-folded.
+fn encapsulated_headers(raw: &[u8], part: &BodyPart, out: &mut Vec<String>) {
+    match &part.kind {
+        PartKind::Leaf => {}
+        PartKind::Multipart(children) => {
+            for child in children {
+                encapsulated_headers(raw, child, out);
+            }
+        }
+        PartKind::Message(inner) => {
+            let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(raw.len());
+            let start = clamp(inner.body.header_start);
+            let end = clamp(inner.body.body_start).max(start);
+            out.push(fold_str(&header_text(&raw[start..end])));
+            encapsulated_headers(raw, &inner.body, out);
+        }
+    }
+}
+
+/// A header block as decoded `Name: value` lines (fields unfolded, RFC
+/// 5322 §2.2.3; values decoded as [`decode_header_text`] does).
+fn header_text(block: &[u8]) -> String {
+    let mut fields: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.first() {
+            Some(b' ' | b'\t') => {
+                if let Some((_, value)) = fields.last_mut() {
+                    value.extend_from_slice(line);
+                }
+            }
+            _ => {
+                if let Some(colon) = line.iter().position(|&b| b == b':') {
+                    fields.push((&line[..colon], line[colon + 1..].to_vec()));
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, value) in fields {
+        out.push_str(&String::from_utf8_lossy(name));
+        out.push_str(": ");
+        out.push_str(&decode_header_text(value.trim_ascii()));
+        out.push('\n');
     }
     out
 }
@@ -677,7 +729,7 @@ impl Eval<'_, '_> {
             return false;
         };
         self.body
-            .get_or_init(|| body_texts(raw))
+            .get_or_init(|| body_texts(raw, self.c.summary))
             .iter()
             .any(|t| t.contains(needle.folded.as_str()))
     }
@@ -1080,6 +1132,10 @@ hi\n";
             // Multipart: text parts and attached messages, not binaries.
             ("BODY attached", &[4]),
             ("BODY \"inner secret\"", &[4]),
+            // The header of an attached message is part of the body.
+            ("BODY frank", &[4]),
+            ("BODY \"subject: inner\"", &[4]),
+            ("TEXT frank", &[4]),
             ("BODY needle", &[]),
             // BODY does not look at the header.
             ("BODY report", &[]),
@@ -1219,6 +1275,10 @@ hi\n";
         assert!(n("a b").in_segments(&["xa", " ", "bx"]));
         assert!(!n("ab").in_segments(&["a", " ", "b"]));
         assert!(n("x").in_segments(&["", "", "X"]));
+        assert_eq!(
+            header_text(b"Subject: =?utf-8?q?a=C3=A9?=\r\n b\r\nX-Y:z\r\nbroken\r\n\r\n"),
+            "Subject: a\u{e9} b\nX-Y: z\n"
+        );
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(days_from_civil(1969, 12, 31), -1);
