@@ -4,15 +4,28 @@
 //! does not know yet. The session core does no I/O; [`connection`] is the
 //! one file that touches a socket.
 
+pub mod mutf7;
 pub mod mime;
 pub mod search;
 pub mod throttle;
+pub mod capability;
+pub mod response;
+pub mod extend;
+pub mod session;
+pub mod auth;
+pub mod mailboxes;
+pub mod selected;
+pub mod fetch;
+pub mod messages;
+pub mod append;
+pub mod find;
 pub mod connection;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::account::{Accounts, KeyringStore};
+use crate::crypto::KdfParams;
 use crate::directory::Directory;
 use crate::store::layout::UserId;
 
@@ -55,7 +68,14 @@ pub struct Imap {
     pub keyrings: KeyringStore,
     pub accounts: Arc<Accounts>,
     pub user_id: UserIdFn,
+    /// Parameters of password slots created at a first login.
+    pub kdf: KdfParams,
+    /// Whether a first login creates a recovery key (delivered once, as a
+    /// message in the new INBOX).
+    pub recovery_key: bool,
     pub options: Options,
+    /// Failed-login throttling, shared by all connections.
+    pub throttle: Arc<throttle::Throttle>,
     /// The server certificate for STARTTLS; `None` disables STARTTLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }

@@ -1,0 +1,109 @@
+//! APPEND (RFC 9051 §6.3.12) with MULTIAPPEND (RFC 3502), UIDPLUS's
+//! APPENDUID (RFC 4315) and APPENDLIMIT (RFC 7889). A message is
+//! acknowledged only once its body and its op are durable in the store;
+//! if one message of a MULTIAPPEND fails, those already placed are
+//! expunged again (RFC 3502 §6.3.11: all or none).
+
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::flag::Flag;
+use imap_codec::imap_types::mailbox::Mailbox;
+
+use super::extend::Ext;
+use super::mailboxes::name_of;
+use super::messages::flag_name;
+use super::response::{Done, Failure, Outcome, code};
+use super::search::sequence_set_string;
+use super::selected::try_create;
+use super::session::Authed;
+use crate::account::AccountError;
+
+/// One message of an APPEND.
+#[derive(Debug)]
+pub struct Message {
+    pub flags: Vec<String>,
+    /// INTERNALDATE, seconds since the epoch; `None`: now.
+    pub date: Option<i64>,
+    pub data: Vec<u8>,
+}
+
+impl Message {
+    pub fn new(
+        flags: Vec<Flag<'_>>,
+        date: Option<DateTime>,
+        data: LiteralOrLiteral8<'_>,
+    ) -> Message {
+        let data = match data {
+            LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
+            LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+        };
+        Message {
+            flags: flags.iter().map(flag_name).collect(),
+            date: date.map(|d| d.as_ref().timestamp()),
+            data,
+        }
+    }
+}
+
+pub async fn append(
+    authed: &Authed,
+    mailbox: &Mailbox<'_>,
+    first: Message,
+    ext: Ext,
+    limit: u32,
+) -> Outcome {
+    let name = name_of(authed, mailbox)?;
+    let mut messages = vec![first];
+    messages.extend(ext.more_appends);
+    for m in &messages {
+        if m.data.len() > limit as usize {
+            return Err(Failure::no(
+                Some(code("TOOBIG")),
+                format!("Messages over {limit} bytes are refused (APPENDLIMIT)"),
+            ));
+        }
+        if m.data.is_empty() {
+            return Err(Failure::no(None, "An empty message cannot be appended"));
+        }
+    }
+    let target = match authed.account.open_by_name(&name).await {
+        Ok((_, mailbox)) => mailbox,
+        Err(AccountError::NoSuchMailbox(_)) => return Err(try_create(&name)),
+        Err(e) => return Err(e.into()),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut placed_uids: Vec<u32> = Vec::new();
+    let mut uid_validity = 0;
+    for m in messages {
+        let flags: Vec<String> = m
+            .flags
+            .into_iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .collect();
+        match target.append(&m.data, flags, m.date.unwrap_or(now)).await {
+            Ok(placed) => {
+                uid_validity = placed.uid_validity;
+                placed_uids.extend(placed.uids.into_iter().flatten());
+            }
+            Err(e) => {
+                if !placed_uids.is_empty()
+                    && let Err(undo) = target.expunge(&placed_uids).await
+                {
+                    tracing::warn!(error = %undo, "could not undo a partial MULTIAPPEND");
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    if placed_uids.is_empty() {
+        // Displaced by a concurrent conflict: stored, UID known later.
+        return Done::ok("APPEND completed");
+    }
+    let code = super::response::code_owned(format!(
+        "APPENDUID {uid_validity} {}",
+        sequence_set_string(&placed_uids)
+    ));
+    Done::with_code(code, "APPEND completed")
+}

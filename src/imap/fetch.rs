@@ -1,0 +1,392 @@
+//! FETCH (RFC 9051 §6.4.5, BINARY RFC 3516). Flags, dates and sizes come
+//! from the mailbox state; ENVELOPE, BODYSTRUCTURE and header sections
+//! from the summary stored with each message; only sections that need the
+//! body download it, a few messages at a time ([`PARALLEL_BODIES`]), and
+//! responses go out message by message, so a FETCH of many large messages
+//! holds a bounded amount of memory.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use bounded_static::IntoBoundedStatic;
+use bytes::Bytes;
+use futures::StreamExt;
+use imap_codec::imap_types::core::{IString, Literal, LiteralMode, NString, NString8, Vec1};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::Literal8;
+use imap_codec::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::flag::{Flag, FlagFetch};
+use imap_codec::imap_types::response::Data;
+
+use super::mime;
+use super::response::{Done, Failure, Out, Outcome, code};
+use super::selected::Selected;
+use crate::account::AccountError;
+use crate::mailbox::summary::MessageSummary;
+
+/// Bodies downloaded at once for one FETCH.
+const PARALLEL_BODIES: usize = 4;
+
+/// The items a FETCH names, macros expanded.
+pub fn items(names: MacroOrMessageDataItemNames<'static>) -> Vec<MessageDataItemName<'static>> {
+    match names {
+        MacroOrMessageDataItemNames::Macro(m) => m
+            .expand()
+            .into_iter()
+            .map(IntoBoundedStatic::into_static)
+            .collect(),
+        MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+    }
+}
+
+/// Whether fetching `item` sets \Seen (RFC 9051 §6.4.5: BODY[...] and
+/// BINARY[...] without .PEEK, RFC822, RFC822.TEXT).
+fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
+    match item {
+        MessageDataItemName::BodyExt { peek, .. } | MessageDataItemName::Binary { peek, .. } => {
+            !peek
+        }
+        MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
+        _ => false,
+    }
+}
+
+fn needs_summary(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Envelope
+            | MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }
+            | MessageDataItemName::Rfc822Header
+    )
+}
+
+/// Whether `item` may need the message body (a header section may still
+/// be answered from the summary).
+fn may_need_body(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+            | MessageDataItemName::Rfc822Header
+    )
+}
+
+/// What the state says of one message.
+struct Meta {
+    uid: u32,
+    flags: Vec<String>,
+    size: u64,
+    internal_date: i64,
+    modseq: u64,
+    summary: Option<MessageSummary>,
+}
+
+pub async fn fetch(
+    selected: &mut Selected,
+    uids: &[u32],
+    mut items: Vec<MessageDataItemName<'static>>,
+    by_uid: bool,
+    out: &mut Out<'_>,
+) -> Outcome {
+    if by_uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+        items.insert(0, MessageDataItemName::Uid);
+    }
+    let mut flags_changed: Vec<u32> = Vec::new();
+    if !selected.read_only && items.iter().any(sets_seen) {
+        let unseen: Vec<u32> = selected
+            .mailbox
+            .read(|s| {
+                uids.iter()
+                    .copied()
+                    .filter(|u| s.message(*u).is_some_and(|m| !m.flags.contains(&"\\Seen")))
+                    .collect()
+            })
+            .await;
+        if !unseen.is_empty() {
+            selected
+                .mailbox
+                .store_flags(&unseen, vec!["\\Seen".to_owned()], Vec::new())
+                .await?;
+            flags_changed = unseen;
+        }
+    }
+    let with_flags = items
+        .iter()
+        .any(|i| matches!(i, MessageDataItemName::Flags));
+    let summary_needed = items.iter().any(needs_summary);
+    let body_maybe = items.iter().any(may_need_body);
+
+    let metas: Vec<Meta> = selected
+        .mailbox
+        .read(|s| {
+            uids.iter()
+                .filter_map(|uid| s.message(*uid))
+                .map(|m| Meta {
+                    uid: m.uid,
+                    flags: m.flags.iter().map(|f| (*f).to_owned()).collect(),
+                    size: m.message.size,
+                    internal_date: m.message.internal_date,
+                    modseq: m.modseq,
+                    summary: None,
+                })
+                .collect()
+        })
+        .await;
+
+    let mailbox = selected.mailbox.clone();
+    let items_ref = &items;
+    let mut loaded = futures::stream::iter(metas)
+        .map(|mut meta| {
+            let mailbox = mailbox.clone();
+            async move {
+                if summary_needed || body_maybe {
+                    meta.summary = Some(mailbox.summary(meta.uid).await?);
+                }
+                let body = if body_maybe
+                    && meta
+                        .summary
+                        .as_ref()
+                        .is_some_and(|s| items_ref.iter().any(|i| needs_body(i, s)))
+                {
+                    Some(mailbox.body(meta.uid).await?)
+                } else {
+                    None
+                };
+                Ok::<_, AccountError>((meta, body))
+            }
+        })
+        .buffered(PARALLEL_BODIES);
+
+    while let Some(next) = loaded.next().await {
+        let (meta, body) = match next {
+            Ok(loaded) => loaded,
+            // Expunged meanwhile by another session: nothing to show.
+            Err(AccountError::NoSuchMessage(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(seq) = selected.seq_of(meta.uid) else {
+            continue;
+        };
+        let mut data: Vec<MessageDataItem<'static>> = Vec::with_capacity(items.len() + 1);
+        for item in &items {
+            data.push(render(item, &meta, body.as_ref())?);
+        }
+        if !with_flags && flags_changed.contains(&meta.uid) {
+            data.push(MessageDataItem::Flags(flags_of(&meta.flags)));
+        }
+        let Ok(data) = Vec1::try_from(data) else {
+            continue;
+        };
+        let Some(seq) = NonZeroU32::new(seq) else {
+            continue;
+        };
+        out.data(Data::Fetch { seq, items: data });
+        out.flush_if_full().await?;
+    }
+    if !flags_changed.is_empty() {
+        // The \Seen changes were just reported with the messages.
+        let highest = selected.mailbox.read(|s| s.highest_modseq()).await;
+        if highest == selected.known_modseq() + 1 {
+            selected.flags_reported_up_to(highest);
+        }
+    }
+    Done::ok(if by_uid {
+        "UID FETCH completed"
+    } else {
+        "FETCH completed"
+    })
+}
+
+/// Whether answering `item` for this message needs its body.
+fn needs_body(item: &MessageDataItemName<'_>, summary: &MessageSummary) -> bool {
+    match item {
+        MessageDataItemName::BodyExt { section, .. } => {
+            mime::section_from_header(summary, section.as_ref()).is_none()
+        }
+        MessageDataItemName::Rfc822Header => {
+            mime::section_from_header(summary, Some(&Section::Header(None))).is_none()
+        }
+        MessageDataItemName::Binary { .. }
+        | MessageDataItemName::BinarySize { .. }
+        | MessageDataItemName::Rfc822
+        | MessageDataItemName::Rfc822Text => true,
+        _ => false,
+    }
+}
+
+pub fn flags_of(flags: &[String]) -> Vec<FlagFetch<'static>> {
+    flags
+        .iter()
+        .filter_map(|f| Flag::try_from(f.as_str()).ok().map(|f| f.into_static()))
+        .map(FlagFetch::Flag)
+        .collect()
+}
+
+fn date_of(seconds: i64) -> DateTime {
+    let utc = chrono::DateTime::from_timestamp(seconds, 0).unwrap_or_default();
+    let fixed =
+        utc.with_timezone(&chrono::FixedOffset::east_opt(0).expect("UTC is a valid offset"));
+    DateTime::try_from(fixed).unwrap_or_else(|_| DateTime::unvalidated(fixed))
+}
+
+/// An nstring carrying message bytes: a literal. NUL cannot appear in an
+/// IMAP literal (RFC 9051 §4.3); like Dovecot we send it as 0x80.
+fn nstring(bytes: Vec<u8>) -> NString<'static> {
+    let literal = match Literal::try_from(bytes) {
+        Ok(l) => l,
+        Err(_) => {
+            let cleaned: Vec<u8> = Vec::new();
+            Literal::try_from(cleaned).expect("an empty literal is valid")
+        }
+    };
+    NString(Some(IString::Literal(literal)))
+}
+
+fn nstring_lossless(bytes: &[u8]) -> NString<'static> {
+    if bytes.contains(&0) {
+        let replaced: Vec<u8> = bytes
+            .iter()
+            .map(|b| if *b == 0 { 0x80 } else { *b })
+            .collect();
+        return nstring(replaced);
+    }
+    nstring(bytes.to_vec())
+}
+
+fn summary_of(meta: &Meta) -> Result<&MessageSummary, Failure> {
+    meta.summary
+        .as_ref()
+        .ok_or_else(|| Failure::Internal("summary not loaded".into()))
+}
+
+fn body_of(body: Option<&Bytes>) -> Result<&[u8], Failure> {
+    body.map(|b| b.as_ref())
+        .ok_or_else(|| Failure::Internal("body not loaded".into()))
+}
+
+fn render(
+    item: &MessageDataItemName<'static>,
+    meta: &Meta,
+    body: Option<&Bytes>,
+) -> Result<MessageDataItem<'static>, Failure> {
+    Ok(match item {
+        MessageDataItemName::Uid => MessageDataItem::Uid(
+            NonZeroU32::new(meta.uid).ok_or_else(|| Failure::Internal("UID 0".into()))?,
+        ),
+        MessageDataItemName::Flags => MessageDataItem::Flags(flags_of(&meta.flags)),
+        MessageDataItemName::InternalDate => {
+            MessageDataItem::InternalDate(date_of(meta.internal_date))
+        }
+        MessageDataItemName::Rfc822Size => {
+            MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
+        }
+        MessageDataItemName::ModSeq => {
+            MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq.max(1)).expect("max(1) is nonzero"))
+        }
+        MessageDataItemName::Envelope => {
+            MessageDataItem::Envelope(mime::envelope(&summary_of(meta)?.envelope))
+        }
+        MessageDataItemName::Body => {
+            MessageDataItem::Body(mime::body_structure(&summary_of(meta)?.body, false))
+        }
+        MessageDataItemName::BodyStructure => {
+            MessageDataItem::BodyStructure(mime::body_structure(&summary_of(meta)?.body, true))
+        }
+        MessageDataItemName::BodyExt {
+            section, partial, ..
+        } => {
+            let summary = summary_of(meta)?;
+            let bytes = match mime::section_from_header(summary, section.as_ref()) {
+                Some(bytes) => bytes,
+                None => {
+                    mime::section(body_of(body)?, summary, section.as_ref()).unwrap_or_default()
+                }
+            };
+            let (origin, data) = match partial {
+                Some((offset, length)) => (
+                    Some(*offset),
+                    mime::partial(&bytes, *offset, length.get()).to_vec(),
+                ),
+                None => (None, bytes),
+            };
+            MessageDataItem::BodyExt {
+                section: section.clone(),
+                origin,
+                data: nstring_lossless(&data),
+            }
+        }
+        MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring_lossless(body_of(body)?)),
+        MessageDataItemName::Rfc822Header => {
+            let summary = summary_of(meta)?;
+            let header = match mime::section_from_header(summary, Some(&Section::Header(None))) {
+                Some(h) => h,
+                None => mime::section(body_of(body)?, summary, Some(&Section::Header(None)))
+                    .unwrap_or_default(),
+            };
+            MessageDataItem::Rfc822Header(nstring_lossless(&header))
+        }
+        MessageDataItemName::Rfc822Text => {
+            let summary = summary_of(meta)?;
+            let text = mime::section(body_of(body)?, summary, Some(&Section::Text(None)))
+                .unwrap_or_default();
+            MessageDataItem::Rfc822Text(nstring_lossless(&text))
+        }
+        MessageDataItemName::Binary {
+            section, partial, ..
+        } => {
+            let summary = summary_of(meta)?;
+            let decoded = match mime::binary(body_of(body)?, summary, section) {
+                Ok(d) => d,
+                Err(mime::BinaryError::NoSuchPart) => Vec::new(),
+                Err(mime::BinaryError::UnknownEncoding(e)) => {
+                    return Err(Failure::no(
+                        Some(code("UNKNOWN-CTE")),
+                        format!("Unknown Content-Transfer-Encoding {e}"),
+                    ));
+                }
+                Err(e @ mime::BinaryError::Corrupt(_)) => {
+                    return Err(Failure::no(Some(code("PARSE")), e.to_string()));
+                }
+            };
+            let data = match partial {
+                Some((offset, length)) => mime::partial(&decoded, *offset, length.get()).to_vec(),
+                None => decoded,
+            };
+            MessageDataItem::Binary {
+                section: section.clone(),
+                value: NString8::Literal8(Literal8 {
+                    data: data.into(),
+                    mode: LiteralMode::Sync,
+                }),
+            }
+        }
+        MessageDataItemName::BinarySize { section } => {
+            let summary = summary_of(meta)?;
+            let size = match mime::binary_size(body_of(body)?, summary, section) {
+                Ok(s) => s,
+                Err(mime::BinaryError::NoSuchPart) => 0,
+                Err(mime::BinaryError::UnknownEncoding(e)) => {
+                    return Err(Failure::no(
+                        Some(code("UNKNOWN-CTE")),
+                        format!("Unknown Content-Transfer-Encoding {e}"),
+                    ));
+                }
+                Err(e @ mime::BinaryError::Corrupt(_)) => {
+                    return Err(Failure::no(Some(code("PARSE")), e.to_string()));
+                }
+            };
+            MessageDataItem::BinarySize {
+                section: section.clone(),
+                size: u32::try_from(size).unwrap_or(u32::MAX),
+            }
+        }
+    })
+}

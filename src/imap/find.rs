@@ -1,0 +1,190 @@
+//! The SEARCH command (RFC 9051 §6.4.4) with ESEARCH results (RFC 4731,
+//! the only form in IMAP4rev2) and SEARCHRES (RFC 5182). Matching is
+//! [`super::search`]'s; this file walks the session's view in chunks, so
+//! the state lock is never held across a body download.
+
+use imap_codec::imap_types::core::{Charset, Tag};
+use imap_codec::imap_types::search::SearchKey;
+
+use super::extend::{Ext, Saved, SearchReturn};
+use super::response::{Done, Failure, Out, Outcome, astring, code_owned};
+use super::search::{Candidate, Query, Scope, check_charset, sequence_set_string};
+use super::selected::Selected;
+use super::session::Authed;
+use crate::account::AccountError;
+use crate::account::mailbox::summary_of;
+use crate::mailbox::op::MessageRef;
+
+/// Messages evaluated per read of the state.
+const CHUNK: usize = 256;
+
+#[allow(clippy::too_many_arguments)]
+pub async fn search(
+    tag: &Tag<'_>,
+    authed: &Authed,
+    selected: &mut Selected,
+    charset: Option<Charset<'_>>,
+    criteria: Vec<SearchKey<'_>>,
+    by_uid: bool,
+    ext: Ext,
+    out: &mut Out<'_>,
+) -> Outcome {
+    if check_charset(charset.as_ref()).is_err() {
+        return Err(Failure::no(
+            Some(code_owned("BADCHARSET (UTF-8 US-ASCII)".to_owned())),
+            "Supported charsets: UTF-8, US-ASCII",
+        ));
+    }
+    let view: Vec<u32> = selected.uids().to_vec();
+    let scope = Scope {
+        max_seq: view.len() as u32,
+        max_uid: view.last().copied().unwrap_or(0),
+    };
+    let query = Query::new(&criteria, scope);
+    let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
+    for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
+        let rows: Vec<(u32, u32, u64, Vec<String>, MessageRef)> = selected
+            .mailbox
+            .read(|s| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, uid)| {
+                        let m = s.message(*uid)?;
+                        let seq = (chunk_index * CHUNK + i + 1) as u32;
+                        Some((
+                            seq,
+                            m.uid,
+                            m.modseq,
+                            m.flags.iter().map(|f| (*f).to_owned()).collect(),
+                            m.message.clone(),
+                        ))
+                    })
+                    .collect()
+            })
+            .await;
+        for (seq, uid, modseq, flags, message) in rows {
+            let summary = summary_of(&message)?;
+            let raw = if query.needs_body() {
+                match selected.mailbox.body(uid).await {
+                    Ok(b) => Some(b),
+                    Err(AccountError::NoSuchMessage(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                None
+            };
+            let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let candidate = Candidate {
+                seq,
+                uid,
+                modseq,
+                flags: &flag_refs,
+                size: message.size,
+                internal_date: message.internal_date,
+                summary: &summary,
+                raw: raw.as_deref(),
+            };
+            if query.matches(&candidate) {
+                matched.push(uid);
+            }
+        }
+        out.flush_if_full().await?;
+    }
+
+    let numbers: Vec<u32> = if by_uid {
+        matched.clone()
+    } else {
+        matched.iter().filter_map(|u| selected.seq_of(*u)).collect()
+    };
+    match (ext.search_return, authed.rev2) {
+        (None, false) => {
+            let mut line = String::from("SEARCH");
+            for n in &numbers {
+                line.push(' ');
+                line.push_str(&n.to_string());
+            }
+            out.untagged(&line);
+        }
+        (options, _) => {
+            let options = options.unwrap_or(SearchReturn {
+                all: true,
+                ..SearchReturn::default()
+            });
+            if options.save {
+                selected.saved = saved_result(&options, &matched);
+            }
+            if !(options.save && !options.min && !options.max && !options.count && !options.all) {
+                out.untagged(&esearch(tag, by_uid, &options, &numbers));
+            }
+        }
+    }
+    Done::ok(if by_uid {
+        "UID SEARCH completed"
+    } else {
+        "SEARCH completed"
+    })
+}
+
+/// RFC 5182 §2.4: with SAVE and only MIN and/or MAX, just those are saved.
+fn saved_result(options: &SearchReturn, matched: &[u32]) -> Vec<u32> {
+    if (options.min || options.max) && !options.all && !options.count {
+        let mut saved = Vec::new();
+        if options.min
+            && let Some(first) = matched.first()
+        {
+            saved.push(*first);
+        }
+        if options.max
+            && let Some(last) = matched.last()
+            && !saved.contains(last)
+        {
+            saved.push(*last);
+        }
+        return saved;
+    }
+    matched.to_vec()
+}
+
+/// `* ESEARCH (TAG "t") [UID] [MIN n] [MAX n] [COUNT n] [ALL set]`
+/// (RFC 4731 §3.1, RFC 9051 §7.3.4).
+fn esearch(tag: &Tag<'_>, by_uid: bool, options: &SearchReturn, numbers: &[u32]) -> String {
+    let mut line = format!("ESEARCH (TAG {})", astring(tag.as_ref()));
+    if by_uid {
+        line.push_str(" UID");
+    }
+    if options.min
+        && let Some(n) = numbers.first()
+    {
+        line.push_str(&format!(" MIN {n}"));
+    }
+    if options.max
+        && let Some(n) = numbers.last()
+    {
+        line.push_str(&format!(" MAX {n}"));
+    }
+    if options.count {
+        line.push_str(&format!(" COUNT {}", numbers.len()));
+    }
+    if options.all && !numbers.is_empty() {
+        line.push_str(&format!(" ALL {}", sequence_set_string(numbers)));
+    }
+    line
+}
+
+impl Selected {
+    /// The saved result in both numberings, for `$` (RFC 5182 §2.1).
+    pub fn saved_sets(&self) -> Saved {
+        let seqs: Vec<u32> = self.saved.iter().filter_map(|u| self.seq_of(*u)).collect();
+        let uids: Vec<u32> = self
+            .saved
+            .iter()
+            .copied()
+            .filter(|u| self.seq_of(*u).is_some())
+            .collect();
+        Saved {
+            uids: sequence_set_string(&uids),
+            seqs: sequence_set_string(&seqs),
+        }
+    }
+}

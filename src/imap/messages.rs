@@ -1,0 +1,204 @@
+//! Commands that change messages of the selected mailbox: STORE (RFC 9051
+//! §6.4.6), EXPUNGE and UID EXPUNGE (§6.4.3, RFC 4315 §2.1), CLOSE's
+//! silent expunge, COPY (§6.4.7) and MOVE (RFC 6851), with COPYUID
+//! (RFC 4315).
+
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+
+use super::mailboxes::encode_name;
+use super::response::{Done, Failure, Out, Outcome, code_owned};
+use super::search::sequence_set_string;
+use super::selected::{Selected, try_create};
+use super::session::Authed;
+use crate::account::AccountError;
+
+/// A flag as the mailbox state stores it: system flags in their RFC
+/// spelling (`\Seen`), keywords as given.
+pub fn flag_name(flag: &Flag<'_>) -> String {
+    match flag {
+        Flag::Answered => "\\Answered".to_owned(),
+        Flag::Deleted => "\\Deleted".to_owned(),
+        Flag::Draft => "\\Draft".to_owned(),
+        Flag::Flagged => "\\Flagged".to_owned(),
+        Flag::Seen => "\\Seen".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// STORE: sets, adds or removes flags; answers FETCH FLAGS unless
+/// `.SILENT` (changes by others are reported either way).
+pub async fn store(
+    selected: &mut Selected,
+    uids: &[u32],
+    kind: StoreType,
+    response: StoreResponse,
+    flags: Vec<Flag<'_>>,
+    by_uid: bool,
+    out: &mut Out<'_>,
+) -> Outcome {
+    let names: Vec<String> = flags
+        .iter()
+        .map(flag_name)
+        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+        .collect();
+    // Others' changes first, so that ours can be told apart.
+    selected.report(out, false).await;
+    let before = selected.mailbox.read(|s| s.highest_modseq()).await;
+    if !uids.is_empty() {
+        let (set, clear) = match kind {
+            StoreType::Add => (names, Vec::new()),
+            StoreType::Remove => (Vec::new(), names),
+            StoreType::Replace => {
+                let current: Vec<String> = selected
+                    .mailbox
+                    .read(|s| {
+                        let mut all: Vec<String> = Vec::new();
+                        for uid in uids {
+                            if let Some(m) = s.message(*uid) {
+                                for f in &m.flags {
+                                    if !all.iter().any(|a| a == f) {
+                                        all.push((*f).to_owned());
+                                    }
+                                }
+                            }
+                        }
+                        all
+                    })
+                    .await;
+                let clear = current.into_iter().filter(|f| !names.contains(f)).collect();
+                (names, clear)
+            }
+        };
+        selected.mailbox.store_flags(uids, set, clear).await?;
+    }
+    let after = selected.mailbox.read(|s| s.highest_modseq()).await;
+    let reported = if after <= before + 1 {
+        // Only our own write happened: it is answered below (or silent).
+        selected.flags_reported_up_to(after);
+        Vec::new()
+    } else {
+        selected.report(out, false).await
+    };
+    if matches!(response, StoreResponse::Answer) {
+        let lines: Vec<String> = selected
+            .mailbox
+            .read(|s| {
+                uids.iter()
+                    .filter(|uid| !reported.contains(uid))
+                    .filter_map(|uid| s.message(*uid))
+                    .map(|m| (m.uid, m.flags.join(" ")))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .into_iter()
+            .filter_map(|(uid, flags)| {
+                let seq = selected.seq_of(uid)?;
+                Some(if by_uid {
+                    format!("{seq} FETCH (FLAGS ({flags}) UID {uid})")
+                } else {
+                    format!("{seq} FETCH (FLAGS ({flags}))")
+                })
+            })
+            .collect();
+        for line in lines {
+            out.untagged(&line);
+        }
+    }
+    Done::ok(if by_uid {
+        "UID STORE completed"
+    } else {
+        "STORE completed"
+    })
+}
+
+/// Expunges the messages flagged \Deleted (among `only`, for UID
+/// EXPUNGE). The EXPUNGE responses follow from the session's report.
+pub async fn expunge_deleted(selected: &mut Selected, only: Option<&[u32]>) -> Result<(), Failure> {
+    let deleted: Vec<u32> = selected
+        .mailbox
+        .read(|s| {
+            s.uids_with_flag("\\Deleted")
+                .into_iter()
+                .filter(|u| only.is_none_or(|o| o.binary_search(u).is_ok()))
+                .collect()
+        })
+        .await;
+    if !deleted.is_empty() {
+        selected.mailbox.expunge(&deleted).await?;
+    }
+    Ok(())
+}
+
+/// COPY and MOVE: `OK [COPYUID ...]` (for MOVE an untagged OK before the
+/// EXPUNGE responses, RFC 6851 §4.3).
+pub async fn copy(
+    authed: &Authed,
+    selected: &mut Selected,
+    uids: &[u32],
+    target: &str,
+    moving: bool,
+    out: &mut Out<'_>,
+) -> Outcome {
+    let verb = if moving { "MOVE" } else { "COPY" };
+    let (_, destination) = match authed.account.open_by_name(target).await {
+        Ok(found) => found,
+        Err(AccountError::NoSuchMailbox(_)) => {
+            return Err(try_create(&encode_name(authed, target)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if uids.is_empty() {
+        return Done::ok(if moving {
+            "MOVE completed"
+        } else {
+            "COPY completed"
+        });
+    }
+    let (sources, placed) = if moving {
+        selected.mailbox.move_to(uids, &destination).await?
+    } else {
+        selected.mailbox.copy_to(uids, &destination).await?
+    };
+    let pairs: Vec<(u32, u32)> = sources
+        .iter()
+        .zip(placed.uids.iter())
+        .filter_map(|(s, d)| d.map(|d| (*s, d)))
+        .collect();
+    let copyuid = (!pairs.is_empty()).then(|| {
+        // COPYUID lists both sets in the same order (RFC 4315 §3); the
+        // compact form keeps ascending source order, which is ours.
+        let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        format!(
+            "COPYUID {} {} {}",
+            placed.uid_validity,
+            sequence_set_string(&src),
+            ordered_set(&dst)
+        )
+    });
+    if moving {
+        if let Some(c) = copyuid {
+            out.ok(Some(code_owned(c)), "Moved");
+        }
+        return Done::ok("MOVE completed");
+    }
+    let _ = verb;
+    match copyuid {
+        Some(c) => Done::with_code(code_owned(c), "COPY completed"),
+        None => Done::ok("COPY completed"),
+    }
+}
+
+/// A UID set in the given order (destination UIDs of COPYUID follow the
+/// source order, which need not be ascending); runs are compacted.
+fn ordered_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    if sorted == uids {
+        return sequence_set_string(uids);
+    }
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,312 @@
+//! Responses on the wire: the session's output buffer ([`Out`]) and the one
+//! place where outcomes become tagged responses ([`Failure`]). Most
+//! responses are serialised by `imap-codec`; the few extension responses
+//! it does not know (ESEARCH, LIST-EXTENDED items, STATUS APPENDLIMIT) are
+//! written here from their ABNF, with [`astring`] quoting.
+
+use std::borrow::Cow;
+use std::io;
+
+use imap_codec::ResponseCodec;
+use imap_codec::encode::Encoder;
+use imap_codec::imap_types::core::{Tag, Text};
+use imap_codec::imap_types::response::{
+    Bye, Code, CodeOther, CommandContinuationRequest, Data, Response, Status, StatusBody,
+    StatusKind, Tagged,
+};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::account::AccountError;
+
+/// Output is flushed to the socket once this much is buffered, so a FETCH
+/// of many messages holds at most about this much plus one message.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// The byte stream a session writes to.
+pub trait Sink: AsyncWrite + Unpin + Send {}
+impl<T: AsyncWrite + Unpin + Send> Sink for T {}
+
+/// Buffered responses of the running command.
+pub struct Out<'a> {
+    sink: &'a mut (dyn Sink + 'a),
+    buf: Vec<u8>,
+}
+
+impl<'a> Out<'a> {
+    pub fn new(sink: &'a mut (dyn Sink + 'a)) -> Self {
+        Out {
+            sink,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Queues an untagged data response.
+    pub fn data(&mut self, data: Data<'_>) {
+        let encoded = ResponseCodec::default()
+            .encode(&Response::Data(data))
+            .dump();
+        self.buf.extend_from_slice(&encoded);
+    }
+
+    /// Queues a response.
+    pub fn response(&mut self, response: &Response<'_>) {
+        let encoded = ResponseCodec::default().encode(response).dump();
+        self.buf.extend_from_slice(&encoded);
+    }
+
+    /// Queues `* <line>\r\n`; `line` must be valid IMAP written by us.
+    pub fn untagged(&mut self, line: &str) {
+        self.buf.extend_from_slice(b"* ");
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Queues raw bytes (a response built with [`astring`] and friends).
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Queues `* OK [code] text`.
+    pub fn ok(&mut self, code: Option<Code<'_>>, text: &str) {
+        self.status(None, StatusKind::Ok, code, text);
+    }
+
+    /// Queues `* NO [code] text` (a warning, the command goes on).
+    pub fn no(&mut self, code: Option<Code<'_>>, text: &str) {
+        self.status(None, StatusKind::No, code, text);
+    }
+
+    pub fn bye(&mut self, text: &str) {
+        let bye = Bye {
+            code: None,
+            text: text_of(text),
+        };
+        self.response(&Response::Status(Status::Bye(bye)));
+    }
+
+    /// Queues a tagged or untagged status response.
+    pub fn status(
+        &mut self,
+        tag: Option<&Tag<'_>>,
+        kind: StatusKind,
+        code: Option<Code<'_>>,
+        text: &str,
+    ) {
+        let body = StatusBody {
+            kind,
+            code,
+            text: text_of(text),
+        };
+        let status = match tag {
+            Some(tag) => Status::Tagged(Tagged {
+                tag: tag.clone(),
+                body,
+            }),
+            None => Status::Untagged(body),
+        };
+        self.response(&Response::Status(status));
+    }
+
+    /// Queues a continuation request `+ text`.
+    pub fn continuation(&mut self, text: &str) {
+        match CommandContinuationRequest::basic(None, text_of(text)) {
+            Ok(req) => self.response(&Response::CommandContinuationRequest(req)),
+            Err(_) => self.raw(b"+ \r\n"),
+        }
+    }
+
+    /// Queues `+ <base64>` for a SASL challenge.
+    pub fn challenge(&mut self, data: &[u8]) {
+        use base64::Engine;
+        self.raw(b"+ ");
+        self.raw(
+            base64::engine::general_purpose::STANDARD
+                .encode(data)
+                .as_bytes(),
+        );
+        self.raw(b"\r\n");
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes what is buffered.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.sink.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.sink.flush().await
+    }
+
+    /// Writes what is buffered if it is a lot: called between messages of
+    /// long responses.
+    pub async fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Response text: free text without CR/LF; never empty (RFC 9051 `text`).
+fn text_of(text: &str) -> Text<'static> {
+    let clean: String = text
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    let clean = if clean.trim().is_empty() {
+        "done".to_owned()
+    } else {
+        clean
+    };
+    Text::try_from(clean).unwrap_or_else(|_| Text::unvalidated("done"))
+}
+
+/// A response code the codec has no variant for (RFC 5530 codes and the
+/// like): an atom of our own, never client input.
+pub fn code(atom: &'static str) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(atom.as_bytes()))
+}
+
+/// An `astring`/`string` for a response we write ourselves: an atom-safe
+/// quoted string when possible, a literal otherwise (RFC 9051 §4.3).
+pub fn astring(value: &str) -> Cow<'_, str> {
+    let quotable = value.len() <= 1024
+        && value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) || (b >= 0x80));
+    if quotable {
+        let mut s = String::with_capacity(value.len() + 2);
+        s.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
+        }
+        s.push('"');
+        Cow::Owned(s)
+    } else {
+        Cow::Owned(format!("{{{}}}\r\n{value}", value.len()))
+    }
+}
+
+/// Why a command did not complete with OK; mapped to the wire in one place
+/// ([`Failure::write`]).
+#[derive(Debug)]
+pub enum Failure {
+    /// `NO [code] text`: the command was understood and refused.
+    No(Option<Code<'static>>, String),
+    /// `BAD text`: a syntax or protocol-state error.
+    Bad(String),
+    /// The store or directory failed: `NO [UNAVAILABLE]`, the session
+    /// goes on; the cause goes to the log only.
+    Unavailable(String),
+    /// A bug or damaged data: `NO [SERVERBUG]`, details logged.
+    Internal(String),
+    /// The socket failed: the connection ends.
+    Io(io::Error),
+}
+
+impl Failure {
+    pub fn no(code: Option<Code<'static>>, text: impl Into<String>) -> Failure {
+        Failure::No(code, text.into())
+    }
+
+    pub fn bad(text: impl Into<String>) -> Failure {
+        Failure::Bad(text.into())
+    }
+
+    /// Writes the tagged response for this failure.
+    pub fn write(self, tag: &Tag<'_>, out: &mut Out<'_>) -> Result<(), io::Error> {
+        match self {
+            Failure::No(code, text) => out.status(Some(tag), StatusKind::No, code, &text),
+            Failure::Bad(text) => out.status(Some(tag), StatusKind::Bad, None, &text),
+            Failure::Unavailable(cause) => {
+                tracing::warn!(%cause, "IMAP command failed on a transient fault");
+                out.status(
+                    Some(tag),
+                    StatusKind::No,
+                    Some(code("UNAVAILABLE")),
+                    "Temporary failure of the mail store, please try again",
+                )
+            }
+            Failure::Internal(cause) => {
+                tracing::error!(%cause, "IMAP command failed");
+                out.status(
+                    Some(tag),
+                    StatusKind::No,
+                    Some(code("SERVERBUG")),
+                    "Internal error, the administrator can find details in the log",
+                )
+            }
+            Failure::Io(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+impl From<AccountError> for Failure {
+    fn from(e: AccountError) -> Failure {
+        use crate::mailbox::list::ListError;
+        if e.is_transient() {
+            return Failure::Unavailable(e.to_string());
+        }
+        match e {
+            AccountError::NoSuchMailbox(name) => {
+                Failure::no(Some(code("NONEXISTENT")), format!("No mailbox {name:?}"))
+            }
+            AccountError::NoSuchMessage(_) => {
+                Failure::no(Some(code("EXPUNGEISSUED")), "Some messages were expunged")
+            }
+            AccountError::List(ListError::AlreadyExists(name)) => Failure::no(
+                Some(code("ALREADYEXISTS")),
+                format!("Mailbox {name:?} already exists"),
+            ),
+            AccountError::List(ListError::NoSuchMailbox(name)) => {
+                Failure::no(Some(code("NONEXISTENT")), format!("No mailbox {name:?}"))
+            }
+            AccountError::List(e) => Failure::no(Some(code("CANNOT")), e.to_string()),
+            other => Failure::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The outcome of a command: the tagged OK's code and text, or why not.
+pub type Outcome = Result<Done, Failure>;
+
+/// A tagged OK.
+#[derive(Debug)]
+pub struct Done {
+    pub code: Option<Code<'static>>,
+    pub text: Cow<'static, str>,
+}
+
+impl Done {
+    pub fn ok(text: &'static str) -> Outcome {
+        Ok(Done {
+            code: None,
+            text: Cow::Borrowed(text),
+        })
+    }
+
+    pub fn with_code(code: Code<'static>, text: impl Into<Cow<'static, str>>) -> Outcome {
+        Ok(Done {
+            code: Some(code),
+            text: text.into(),
+        })
+    }
+}
+
+/// A response code with arguments we computed (`APPENDUID 3 7`).
+pub fn code_owned(text: String) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(text.into_bytes()))
+}

@@ -1,0 +1,295 @@
+//! The selected mailbox as this session has shown it (RFC 9051 §2.3.1.2,
+//! §7.5): the UIDs in sequence-number order as last reported, and the
+//! MODSEQ up to which flag changes were reported. Changes in the shared
+//! state (this instance's other sessions, other instances via the poller)
+//! become EXISTS, EXPUNGE and FETCH FLAGS responses in [`Selected::report`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use tokio::sync::watch;
+
+use super::mailboxes::encode_name;
+use super::response::{Failure, Out, code};
+use super::session::Authed;
+use crate::account::{Folder, Mailbox};
+
+/// The flags every message may carry (RFC 9051 §2.3.2).
+pub const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
+
+pub struct Selected {
+    pub folder: Folder,
+    pub mailbox: Arc<Mailbox>,
+    pub read_only: bool,
+    /// UIDs as the client knows them; index + 1 is the sequence number.
+    uids: Vec<u32>,
+    /// Flag changes up to this MODSEQ were reported.
+    known_modseq: u64,
+    /// Keywords announced in the last FLAGS response.
+    keywords: Vec<String>,
+    /// Woken on every change of the mailbox state.
+    pub watch: watch::Receiver<u64>,
+    /// The SEARCHRES result (RFC 5182), as UIDs.
+    pub saved: Vec<u32>,
+}
+
+impl Selected {
+    /// SELECT/EXAMINE (RFC 9051 §6.3.2): opens the mailbox, brings it up to
+    /// date and writes the untagged responses.
+    pub async fn open(
+        authed: &Authed,
+        name: &str,
+        read_only: bool,
+        out: &mut Out<'_>,
+    ) -> Result<Selected, Failure> {
+        let (folder, mailbox) = authed.account.open_by_name(name).await?;
+        if let Err(e) = mailbox.sync().await {
+            if !e.is_transient() {
+                return Err(e.into());
+            }
+            // Serve what we have; the poller catches up.
+            tracing::warn!(error = %e, "sync at SELECT failed; serving the cached state");
+        }
+        let watch = mailbox.watch();
+        let (uids, known_modseq, uid_next, uid_validity, keywords, first_unseen) = mailbox
+            .read(|s| {
+                let uids: Vec<u32> = s.messages().map(|m| m.uid).collect();
+                let mut keywords: Vec<String> = Vec::new();
+                let mut first_unseen = None;
+                for (i, m) in s.messages().enumerate() {
+                    if first_unseen.is_none() && !m.flags.contains(&"\\Seen") {
+                        first_unseen = Some(i as u32 + 1);
+                    }
+                    for f in &m.flags {
+                        if !f.starts_with('\\') && !keywords.iter().any(|k| k == f) {
+                            keywords.push((*f).to_owned());
+                        }
+                    }
+                }
+                (
+                    uids,
+                    s.highest_modseq(),
+                    s.uid_next(),
+                    s.uid_validity(),
+                    keywords,
+                    first_unseen,
+                )
+            })
+            .await;
+        let selected = Selected {
+            folder,
+            mailbox,
+            read_only,
+            uids,
+            known_modseq,
+            keywords,
+            watch,
+            saved: Vec::new(),
+        };
+        selected.write_flags(out);
+        out.untagged(&format!("{} EXISTS", selected.uids.len()));
+        if !authed.rev2 {
+            out.untagged("0 RECENT");
+        }
+        if let Some(seq) = first_unseen
+            && !authed.rev2
+        {
+            out.untagged(&format!("OK [UNSEEN {seq}] First unseen"));
+        }
+        out.untagged(&format!("OK [UIDVALIDITY {uid_validity}] UIDs valid"));
+        out.untagged(&format!("OK [UIDNEXT {uid_next}] Predicted next UID"));
+        if read_only {
+            out.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox");
+        } else {
+            out.untagged(&format!(
+                "OK [PERMANENTFLAGS ({}{} \\*)] Flags permitted",
+                SYSTEM_FLAGS.join(" "),
+                selected
+                    .keywords
+                    .iter()
+                    .map(|k| format!(" {k}"))
+                    .collect::<String>()
+            ));
+        }
+        if authed.utf8 {
+            out.untagged(&format!(
+                "LIST () \"/\" {}",
+                super::response::astring(&encode_name(authed, &selected.folder.name))
+            ));
+        }
+        Ok(selected)
+    }
+
+    fn write_flags(&self, out: &mut Out<'_>) {
+        let mut flags = SYSTEM_FLAGS.join(" ");
+        for k in &self.keywords {
+            flags.push(' ');
+            flags.push_str(k);
+        }
+        out.untagged(&format!("FLAGS ({flags})"));
+    }
+
+    pub fn exists(&self) -> u32 {
+        self.uids.len() as u32
+    }
+
+    /// The sequence number of `uid` in the client's view.
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
+    }
+
+    pub fn uids(&self) -> &[u32] {
+        &self.uids
+    }
+
+    /// The UIDs a sequence set names, in ascending order (RFC 9051 §9
+    /// `sequence-set`; `*` is the largest number in use). By UID, numbers
+    /// that name no message are ignored; by sequence number, a number past
+    /// the end is an error.
+    pub fn resolve(&self, set: &SequenceSet, by_uid: bool) -> Result<Vec<u32>, Failure> {
+        let mut picked: Vec<u32> = Vec::new();
+        if by_uid {
+            let largest = self.uids.last().copied().unwrap_or(0);
+            for seq in set.0.as_ref() {
+                let (lo, hi) = bounds(seq, largest);
+                let start = self.uids.partition_point(|u| *u < lo);
+                let end = self.uids.partition_point(|u| *u <= hi);
+                picked.extend_from_slice(&self.uids[start..end]);
+            }
+        } else {
+            let count = self.exists();
+            for seq in set.0.as_ref() {
+                let has_star = match seq {
+                    Sequence::Single(v) => matches!(v, SeqOrUid::Asterisk),
+                    Sequence::Range(a, b) => {
+                        matches!(a, SeqOrUid::Asterisk) || matches!(b, SeqOrUid::Asterisk)
+                    }
+                };
+                if count == 0 {
+                    if has_star {
+                        continue;
+                    }
+                    return Err(Failure::bad(
+                        "Invalid message sequence number: the mailbox is empty",
+                    ));
+                }
+                let (lo, hi) = bounds(seq, count);
+                if hi > count {
+                    return Err(Failure::bad(format!(
+                        "Invalid message sequence number {hi} (the mailbox has {count})"
+                    )));
+                }
+                picked.extend_from_slice(&self.uids[lo as usize - 1..hi as usize]);
+            }
+        }
+        picked.sort_unstable();
+        picked.dedup();
+        Ok(picked)
+    }
+
+    /// Reports what changed since the last report (RFC 9051 §7.5.1:
+    /// EXPUNGE only when `expunges`), and takes the new view. Returns the
+    /// UIDs whose flags were reported.
+    pub async fn report(&mut self, out: &mut Out<'_>, expunges: bool) -> Vec<u32> {
+        self.watch.borrow_and_update();
+        let known = self.known_modseq;
+        let last_uid = self.uids.last().copied().unwrap_or(0);
+        let (current, highest, changed, keywords) = self
+            .mailbox
+            .read(|s| {
+                let current: HashSet<u32> = s.messages().map(|m| m.uid).collect();
+                let changed: Vec<(u32, Vec<String>)> = s
+                    .changed_since(known)
+                    .into_iter()
+                    .filter_map(|uid| s.message(uid))
+                    .map(|m| (m.uid, m.flags.iter().map(|f| (*f).to_owned()).collect()))
+                    .collect();
+                let mut keywords = Vec::new();
+                for (_, flags) in &changed {
+                    for f in flags {
+                        if !f.starts_with('\\') {
+                            keywords.push(f.clone());
+                        }
+                    }
+                }
+                (current, s.highest_modseq(), changed, keywords)
+            })
+            .await;
+        // Expunged messages, highest sequence number first so each number
+        // is valid when sent.
+        if expunges {
+            let mut seq = self.uids.len();
+            while seq > 0 {
+                if !current.contains(&self.uids[seq - 1]) {
+                    out.untagged(&format!("{seq} EXPUNGE"));
+                    self.uids.remove(seq - 1);
+                }
+                seq -= 1;
+            }
+        }
+        let new_keywords: Vec<String> = keywords
+            .into_iter()
+            .filter(|k| !self.keywords.contains(k))
+            .collect();
+        if !new_keywords.is_empty() {
+            for k in new_keywords {
+                if !self.keywords.contains(&k) {
+                    self.keywords.push(k);
+                }
+            }
+            self.write_flags(out);
+        }
+        let mut added: Vec<u32> = current.iter().copied().filter(|u| *u > last_uid).collect();
+        added.sort_unstable();
+        if !added.is_empty() {
+            self.uids.extend_from_slice(&added);
+            out.untagged(&format!("{} EXISTS", self.uids.len()));
+        }
+        let mut reported = Vec::new();
+        for (uid, flags) in changed {
+            if uid > last_uid {
+                continue; // new to the client: it fetches their flags
+            }
+            if let Some(seq) = self.seq_of(uid) {
+                out.untagged(&format!(
+                    "{seq} FETCH (UID {uid} FLAGS ({}))",
+                    flags.join(" ")
+                ));
+                reported.push(uid);
+            }
+        }
+        self.known_modseq = highest;
+        reported
+    }
+
+    /// Marks flag changes up to now as reported (after a STORE that
+    /// answered for them itself).
+    pub fn flags_reported_up_to(&mut self, modseq: u64) {
+        self.known_modseq = self.known_modseq.max(modseq);
+    }
+
+    pub fn known_modseq(&self) -> u64 {
+        self.known_modseq
+    }
+}
+
+/// The inclusive bounds of one element of a sequence set.
+fn bounds(seq: &Sequence, largest: u32) -> (u32, u32) {
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    match seq {
+        Sequence::Single(v) => (value(v), value(v)),
+        Sequence::Range(a, b) => {
+            let (a, b) = (value(a), value(b));
+            (a.min(b), a.max(b))
+        }
+    }
+}
+
+/// `[TRYCREATE]`: the target of COPY/MOVE/APPEND does not exist.
+pub fn try_create(name: &str) -> Failure {
+    Failure::no(Some(code("TRYCREATE")), format!("No mailbox {name:?}"))
+}

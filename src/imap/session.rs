@@ -1,0 +1,588 @@
+//! One IMAP session's state machine (RFC 9051 §3): not authenticated,
+//! authenticated, selected, logout. [`Session::handle`] runs one decoded
+//! command and writes its responses; it never reads the socket (the driver
+//! does, for the few commands that exchange more than one message: STARTTLS,
+//! AUTHENTICATE, IDLE, which come back as a [`Flow`]).
+//!
+//! Invariants:
+//! - Every command gets exactly one tagged response, written here.
+//! - A command allowed only in some states gets `BAD` in the others; the
+//!   handlers get the per-state context they need as arguments, so a
+//!   handler cannot run in the wrong state.
+//! - Pending changes of the selected mailbox (other sessions, other
+//!   instances) are reported after every command, never mid-response, and
+//!   expunges never during a FETCH, STORE or SEARCH by sequence number
+//!   (RFC 9051 §7.5.1).
+
+use std::sync::Arc;
+
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::response::StatusKind;
+
+use super::auth::{self, Sasl};
+use super::connection::Peer;
+use super::extend::Ext;
+use super::response::{Done, Failure, Out, Outcome, code};
+use super::selected::Selected;
+use super::{Imap, append, capability, fetch, find, mailboxes, messages};
+use crate::account::Account;
+
+/// A decoded command with what [`super::extend`] found beyond
+/// imap-codec's grammar.
+#[derive(Debug)]
+pub struct Request {
+    pub tag: Tag<'static>,
+    pub body: CommandBody<'static>,
+    pub ext: Ext,
+}
+
+/// What the driver does after a command.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Upgrade the connection to TLS (the tagged OK is already written).
+    StartTls,
+    /// Enter IDLE: send the continuation, wait for DONE.
+    Idle(Tag<'static>),
+    /// Continue an AUTHENTICATE exchange.
+    Sasl(Tag<'static>, Sasl),
+    /// The connection ends (BYE and tagged OK written).
+    Logout,
+}
+
+/// An authenticated user.
+pub struct Authed {
+    pub account: Arc<Account>,
+    pub login: String,
+    /// UTF8=ACCEPT (RFC 6855) or IMAP4rev2 enabled: mailbox names are sent
+    /// and taken as UTF-8 rather than modified UTF-7.
+    pub utf8: bool,
+    /// IMAP4rev2 enabled (RFC 9051 §6.3.1): SEARCH answers ESEARCH, no
+    /// \Recent.
+    pub rev2: bool,
+    /// APPENDLIMIT (RFC 7889): the largest message APPEND takes.
+    pub append_limit: u32,
+}
+
+pub enum State {
+    Fresh,
+    Authed(Box<Authed>),
+    Selected(Box<Authed>, Box<Selected>),
+    Logout,
+}
+
+pub struct Session {
+    pub imap: Arc<Imap>,
+    pub peer: Peer,
+    /// Whether the connection is TLS now (implicit or after STARTTLS).
+    pub tls: bool,
+    pub state: State,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Logout);
+        if let State::Authed(a) | State::Selected(a, _) = state {
+            self.imap.accounts.release(a.account);
+        }
+    }
+}
+
+impl Session {
+    pub fn new(imap: Arc<Imap>, peer: Peer) -> Session {
+        Session {
+            tls: peer.tls,
+            imap,
+            peer,
+            state: State::Fresh,
+        }
+    }
+
+    /// Whether LOGIN/AUTHENTICATE may be used on this connection now.
+    pub fn login_allowed(&self) -> bool {
+        self.tls || self.imap.options.plaintext_auth || self.peer.remote.ip().is_loopback()
+    }
+
+    pub fn capabilities(&self) -> String {
+        let authenticated = matches!(self.state, State::Authed(_) | State::Selected(..));
+        capability::list(
+            authenticated,
+            self.tls,
+            self.login_allowed(),
+            self.imap.tls.is_some(),
+            self.imap.options.max_message,
+        )
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.state, State::Authed(_) | State::Selected(..))
+    }
+
+    pub fn selected(&mut self) -> Option<&mut Selected> {
+        match &mut self.state {
+            State::Selected(_, s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Runs one command; writes its untagged and tagged responses.
+    pub async fn handle(&mut self, request: Request, out: &mut Out<'_>) -> std::io::Result<Flow> {
+        let Request { tag, body, ext } = request;
+        let expunges = expunge_allowed(&body);
+        let mut flow = Flow::Continue;
+        let outcome = self.dispatch(&tag, body, ext, out, &mut flow).await;
+        match outcome {
+            Ok(done) => {
+                if !matches!(flow, Flow::Idle(_) | Flow::Sasl(..)) {
+                    self.report(out, expunges).await?;
+                    out.status(Some(&tag), StatusKind::Ok, done.code, &done.text);
+                }
+            }
+            Err(failure) => {
+                flow = Flow::Continue;
+                if let Err(e) = self.report(out, expunges).await {
+                    tracing::debug!(error = %e, "update report failed");
+                }
+                failure.write(&tag, out)?;
+            }
+        }
+        Ok(flow)
+    }
+
+    /// Reports pending changes of the selected mailbox.
+    pub async fn report(&mut self, out: &mut Out<'_>, expunges: bool) -> std::io::Result<()> {
+        if let State::Selected(_, selected) = &mut self.state {
+            selected.report(out, expunges).await;
+        }
+        Ok(())
+    }
+
+    async fn dispatch(
+        &mut self,
+        tag: &Tag<'static>,
+        body: CommandBody<'static>,
+        ext: Ext,
+        out: &mut Out<'_>,
+        flow: &mut Flow,
+    ) -> Outcome {
+        // Any state (RFC 9051 §6.1).
+        match body {
+            CommandBody::Capability => {
+                out.untagged(&format!("CAPABILITY {}", self.capabilities()));
+                Done::ok("CAPABILITY completed")
+            }
+            CommandBody::Noop => Done::ok("NOOP completed"),
+            CommandBody::Logout => {
+                out.bye("Logging out");
+                *flow = Flow::Logout;
+                let state = std::mem::replace(&mut self.state, State::Logout);
+                if let State::Authed(a) | State::Selected(a, _) = state {
+                    self.imap.accounts.release(a.account);
+                }
+                Done::ok("LOGOUT completed")
+            }
+            CommandBody::Id { .. } => {
+                out.untagged(&format!(
+                    "ID (\"name\" \"Facteur\" \"version\" \"{}\")",
+                    env!("CARGO_PKG_VERSION")
+                ));
+                Done::ok("ID completed")
+            }
+            CommandBody::Enable { capabilities } => {
+                let (State::Authed(authed) | State::Selected(authed, _)) = &mut self.state else {
+                    return Err(Failure::bad("ENABLE needs an authenticated session"));
+                };
+                let mut enabled = Vec::new();
+                for c in capabilities.as_ref() {
+                    let name = c.to_string().to_ascii_uppercase();
+                    match name.as_str() {
+                        "IMAP4REV2" if !authed.rev2 => {
+                            authed.rev2 = true;
+                            authed.utf8 = true;
+                            enabled.push("IMAP4rev2");
+                        }
+                        "UTF8=ACCEPT" if !authed.utf8 || authed.rev2 => {
+                            if !authed.utf8 {
+                                authed.utf8 = true;
+                            }
+                            enabled.push("UTF8=ACCEPT");
+                        }
+                        _ => {}
+                    }
+                }
+                out.untagged(format!("ENABLED {}", enabled.join(" ")).trim_end());
+                Done::ok("ENABLE completed")
+            }
+            body => self.dispatch_state(tag, body, ext, out, flow).await,
+        }
+    }
+
+    async fn dispatch_state(
+        &mut self,
+        tag: &Tag<'static>,
+        body: CommandBody<'static>,
+        ext: Ext,
+        out: &mut Out<'_>,
+        flow: &mut Flow,
+    ) -> Outcome {
+        if let State::Fresh = self.state {
+            return self.not_authenticated(tag, body, out, flow).await;
+        }
+        if let State::Logout = self.state {
+            return Err(Failure::bad("The session is ending"));
+        }
+        // Selected-state commands first (RFC 9051 §6.4).
+        if let State::Selected(authed, selected) = &mut self.state {
+            match body {
+                CommandBody::Check => return Done::ok("CHECK completed"),
+                CommandBody::Close => {
+                    if !selected.read_only {
+                        messages::expunge_deleted(selected, None).await?;
+                    }
+                    self.deselect();
+                    return Done::ok("CLOSE completed");
+                }
+                CommandBody::Unselect => {
+                    self.deselect();
+                    return Done::ok("UNSELECT completed");
+                }
+                CommandBody::Expunge => {
+                    read_write(selected)?;
+                    messages::expunge_deleted(selected, None).await?;
+                    return Done::ok("EXPUNGE completed");
+                }
+                CommandBody::ExpungeUid { sequence_set } => {
+                    read_write(selected)?;
+                    let uids = selected.resolve(&sequence_set, true)?;
+                    messages::expunge_deleted(selected, Some(&uids)).await?;
+                    return Done::ok("UID EXPUNGE completed");
+                }
+                CommandBody::Search {
+                    charset,
+                    criteria,
+                    uid,
+                } => {
+                    return find::search(
+                        tag,
+                        authed,
+                        selected,
+                        charset,
+                        criteria.into_inner(),
+                        uid,
+                        ext,
+                        out,
+                    )
+                    .await;
+                }
+                CommandBody::Fetch {
+                    sequence_set,
+                    macro_or_item_names,
+                    uid,
+                    modifiers,
+                } => {
+                    if !modifiers.is_empty() {
+                        return Err(Failure::bad("FETCH modifiers need CONDSTORE, not offered"));
+                    }
+                    let items = fetch::items(macro_or_item_names);
+                    let uids = selected.resolve(&sequence_set, uid)?;
+                    return fetch::fetch(selected, &uids, items, uid, out).await;
+                }
+                CommandBody::Store {
+                    sequence_set,
+                    kind,
+                    response,
+                    flags,
+                    uid,
+                    modifiers,
+                } => {
+                    if !modifiers.is_empty() {
+                        return Err(Failure::bad("STORE modifiers need CONDSTORE, not offered"));
+                    }
+                    read_write(selected)?;
+                    let uids = selected.resolve(&sequence_set, uid)?;
+                    return messages::store(selected, &uids, kind, response, flags, uid, out).await;
+                }
+                CommandBody::Copy {
+                    sequence_set,
+                    mailbox,
+                    uid,
+                } => {
+                    let uids = selected.resolve(&sequence_set, uid)?;
+                    let target = mailboxes::name_of(authed, &mailbox)?;
+                    return messages::copy(authed, selected, &uids, &target, false, out).await;
+                }
+                CommandBody::Move {
+                    sequence_set,
+                    mailbox,
+                    uid,
+                } => {
+                    read_write(selected)?;
+                    let uids = selected.resolve(&sequence_set, uid)?;
+                    let target = mailboxes::name_of(authed, &mailbox)?;
+                    return messages::copy(authed, selected, &uids, &target, true, out).await;
+                }
+                CommandBody::Idle => {
+                    *flow = Flow::Idle(tag.clone());
+                    return Done::ok("IDLE terminated");
+                }
+                other => return self.authenticated(tag, other, ext, out, flow).await,
+            }
+        }
+        match body {
+            CommandBody::Check
+            | CommandBody::Close
+            | CommandBody::Unselect
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. } => Err(Failure::bad("No mailbox selected")),
+            other => self.authenticated(tag, other, ext, out, flow).await,
+        }
+    }
+
+    fn deselect(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Logout);
+        self.state = match state {
+            State::Selected(authed, _) => State::Authed(authed),
+            other => other,
+        };
+    }
+
+    async fn not_authenticated(
+        &mut self,
+        tag: &Tag<'static>,
+        body: CommandBody<'static>,
+        out: &mut Out<'_>,
+        flow: &mut Flow,
+    ) -> Outcome {
+        match body {
+            CommandBody::StartTLS => {
+                if self.tls {
+                    return Err(Failure::bad("TLS is already active"));
+                }
+                if self.imap.tls.is_none() {
+                    return Err(Failure::bad("STARTTLS is not offered here"));
+                }
+                *flow = Flow::StartTls;
+                Done::ok("Begin TLS negotiation now")
+            }
+            CommandBody::Login { username, password } => {
+                if !self.login_allowed() {
+                    return Err(Failure::no(
+                        Some(code("PRIVACYREQUIRED")),
+                        "Use STARTTLS or the TLS port before logging in",
+                    ));
+                }
+                let login = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                let authed =
+                    auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
+                self.state = State::Authed(Box::new(authed));
+                out.ok(None, "Logged in");
+                Done::with_code(code_capability(&self.capabilities()), "LOGIN completed")
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if !self.login_allowed() {
+                    return Err(Failure::no(
+                        Some(code("PRIVACYREQUIRED")),
+                        "Use STARTTLS or the TLS port before logging in",
+                    ));
+                }
+                let mut sasl = Sasl::start(&mechanism)?;
+                let initial = initial_response.map(|r| r.declassify().to_vec());
+                match sasl.step(initial.as_deref())? {
+                    auth::SaslStep::Challenge(challenge) => {
+                        out.challenge(&challenge);
+                        *flow = Flow::Sasl(tag.clone(), sasl);
+                        Done::ok("continue")
+                    }
+                    auth::SaslStep::Done(login, password) => {
+                        self.finish_login(login, password).await
+                    }
+                }
+            }
+            _ => Err(Failure::bad("Log in first")),
+        }
+    }
+
+    /// Continues an AUTHENTICATE exchange with the client's answer
+    /// (`None`: the client cancelled with `*`). Returns the next challenge,
+    /// or the outcome (the driver writes the tagged response).
+    pub async fn sasl_continue(
+        &mut self,
+        sasl: &mut Sasl,
+        answer: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let Some(answer) = answer else {
+            return Err(Failure::bad("AUTHENTICATE cancelled"));
+        };
+        match sasl.step(Some(answer))? {
+            auth::SaslStep::Challenge(c) => Ok(Some(c)),
+            auth::SaslStep::Done(login, password) => {
+                self.finish_login(login, password).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn finish_login(&mut self, login: String, password: String) -> Outcome {
+        let authed = auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
+        self.state = State::Authed(Box::new(authed));
+        Done::with_code(
+            code_capability(&self.capabilities()),
+            "AUTHENTICATE completed",
+        )
+    }
+
+    async fn authenticated(
+        &mut self,
+        tag: &Tag<'static>,
+        body: CommandBody<'static>,
+        ext: Ext,
+        out: &mut Out<'_>,
+        flow: &mut Flow,
+    ) -> Outcome {
+        let authed = match &mut self.state {
+            State::Authed(a) | State::Selected(a, _) => a,
+            _ => return Err(Failure::bad("Log in first")),
+        };
+        match body {
+            CommandBody::StartTLS
+            | CommandBody::Login { .. }
+            | CommandBody::Authenticate { .. } => Err(Failure::bad("Already logged in")),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            }
+            | CommandBody::Examine {
+                mailbox,
+                parameters,
+            } if !parameters.is_empty() => {
+                let _ = mailbox;
+                Err(Failure::bad(
+                    "SELECT parameters need CONDSTORE/QRESYNC, not offered",
+                ))
+            }
+            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, out).await,
+            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true, out).await,
+            CommandBody::Create { mailbox } => mailboxes::create(authed, &mailbox, ext).await,
+            CommandBody::Delete { mailbox } => {
+                let name = mailboxes::name_of(authed, &mailbox)?;
+                if let State::Selected(_, s) = &self.state
+                    && s.folder.name == name
+                {
+                    self.deselect();
+                }
+                let authed = match &mut self.state {
+                    State::Authed(a) | State::Selected(a, _) => a,
+                    _ => return Err(Failure::bad("Log in first")),
+                };
+                mailboxes::delete(authed, &name).await
+            }
+            CommandBody::Rename { from, to } => mailboxes::rename(authed, &from, &to).await,
+            CommandBody::Subscribe { mailbox } => {
+                mailboxes::subscribe(authed, &mailbox, true).await
+            }
+            CommandBody::Unsubscribe { mailbox } => {
+                mailboxes::subscribe(authed, &mailbox, false).await
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => mailboxes::list(authed, &reference, &mailbox_wildcard, ext, false, out).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => mailboxes::list(authed, &reference, &mailbox_wildcard, ext, true, out).await,
+            CommandBody::Namespace => {
+                out.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
+                Done::ok("NAMESPACE completed")
+            }
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => mailboxes::status(authed, &mailbox, &item_names, ext, out).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let first = append::Message::new(flags, date, message);
+                append::append(authed, &mailbox, first, ext, self.imap.options.max_message).await
+            }
+            CommandBody::Idle => {
+                *flow = Flow::Idle(tag.clone());
+                Done::ok("IDLE terminated")
+            }
+            other => Err(Failure::bad(format!("{} is not supported", other.name()))),
+        }
+    }
+
+    async fn select(
+        &mut self,
+        mailbox: &imap_codec::imap_types::mailbox::Mailbox<'_>,
+        read_only: bool,
+        out: &mut Out<'_>,
+    ) -> Outcome {
+        // A failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2).
+        let had_selection = matches!(self.state, State::Selected(..));
+        self.deselect();
+        if had_selection {
+            out.ok(Some(code("CLOSED")), "Previous mailbox closed");
+        }
+        let State::Authed(authed) = &mut self.state else {
+            return Err(Failure::bad("Log in first"));
+        };
+        let name = mailboxes::name_of(authed, mailbox)?;
+        let selected = Selected::open(authed, &name, read_only, out).await?;
+        let state = std::mem::replace(&mut self.state, State::Logout);
+        let State::Authed(authed) = state else {
+            unreachable!("checked above")
+        };
+        self.state = State::Selected(authed, Box::new(selected));
+        if read_only {
+            Done::with_code(code("READ-ONLY"), "EXAMINE completed")
+        } else {
+            Done::with_code(code("READ-WRITE"), "SELECT completed")
+        }
+    }
+}
+
+/// `[CAPABILITY ...]` after a login (RFC 9051 §6.2.3: clients then skip a
+/// CAPABILITY round trip).
+fn code_capability(caps: &str) -> imap_codec::imap_types::response::Code<'static> {
+    imap_codec::imap_types::response::Code::Other(
+        imap_codec::imap_types::response::CodeOther::unvalidated(
+            format!("CAPABILITY {caps}").into_bytes(),
+        ),
+    )
+}
+
+fn read_write(selected: &Selected) -> Result<(), Failure> {
+    if selected.read_only {
+        return Err(Failure::no(
+            Some(code("READ-ONLY")),
+            "The mailbox is selected read-only (EXAMINE)",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9051 §7.5.1: no EXPUNGE response during FETCH, STORE or SEARCH by
+/// sequence number (the UID forms may have them).
+fn expunge_allowed(body: &CommandBody<'_>) -> bool {
+    !matches!(
+        body,
+        CommandBody::Fetch { uid: false, .. }
+            | CommandBody::Store { uid: false, .. }
+            | CommandBody::Search { uid: false, .. }
+    )
+}
