@@ -58,6 +58,9 @@ pub struct Config {
     /// The LMTP listeners Postfix delivers to.
     #[serde(default)]
     pub lmtp: LmtpConfig,
+    /// The IMAP listeners mail clients connect to.
+    #[serde(default)]
+    pub imap: ImapConfig,
 }
 
 /// A secret given inline, read from a file, or read from an environment
@@ -472,6 +475,176 @@ fn default_lmtp_idle_timeout() -> u64 {
     300
 }
 
+/// `[imap]`: where mail clients connect (RFC 9051), TLS, and the limits of
+/// a connection (DESIGN.md §7).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// Addresses of plaintext IMAP upgraded with STARTTLS (port 143);
+    /// empty disables them.
+    #[serde(default = "default_imap_starttls_listen")]
+    pub starttls_listen: Vec<SocketAddr>,
+    /// Addresses of IMAP over implicit TLS (port 993, RFC 8314); empty
+    /// disables them.
+    #[serde(default = "default_imap_tls_listen")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM file of the server certificate chain, leaf first (e.g. Let's
+    /// Encrypt's `fullchain.pem`). Read at start.
+    pub certificate: Option<PathBuf>,
+    /// PEM file of the certificate's private key (e.g. `privkey.pem`).
+    pub private_key: Option<PathBuf>,
+    /// When `certificate` and `private_key` are unset: a directory where a
+    /// self-signed certificate is generated on first start and reused
+    /// afterwards (`tls-cert.pem`, `tls-key.pem`). The embedded default uses
+    /// its data directory. Clients must pin it; for trials and tests. With
+    /// neither, STARTTLS is not offered and `serve` refuses to start
+    /// implicit-TLS listeners.
+    pub self_signed_dir: Option<PathBuf>,
+    /// Allow LOGIN and AUTHENTICATE without TLS from other machines than
+    /// this one (loopback is always allowed). Only behind a TLS proxy or on
+    /// a trusted network: passwords would cross the network in clear.
+    #[serde(default)]
+    pub plaintext_auth: bool,
+    /// IMAP connections served at once, over all listeners; further ones
+    /// wait in the kernel backlog.
+    #[serde(default = "default_imap_max_connections")]
+    pub max_connections: usize,
+    /// IMAP connections at once from one address (IPv6: one /64); further
+    /// ones get `* BYE` (STARTTLS ports) or are closed (TLS ports). Mail
+    /// clients open several per account, and households share an address.
+    #[serde(default = "default_imap_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Seconds a client of an implicit-TLS port has to finish the TLS
+    /// handshake, and a STARTTLS upgrade.
+    #[serde(default = "default_imap_tls_handshake_timeout")]
+    pub tls_handshake_timeout: u64,
+    /// Seconds of client silence before login after which the connection
+    /// is closed.
+    #[serde(default = "default_imap_timeout_unauthenticated")]
+    pub timeout_unauthenticated: u64,
+    /// Seconds of client silence after login after which the connection
+    /// is closed; at least 1800 (RFC 9051 §5.4). IDLE is not silence.
+    #[serde(default = "default_imap_timeout_authenticated")]
+    pub timeout_authenticated: u64,
+    /// Seconds between `* OK Still here` during IDLE, so that NAT and
+    /// mobile networks keep the connection open.
+    #[serde(default = "default_imap_idle_keepalive")]
+    pub idle_keepalive: u64,
+    /// Largest APPEND message, advertised as APPENDLIMIT (RFC 7889), and
+    /// largest command with its literals.
+    #[serde(default = "default_imap_max_message_size")]
+    pub max_message_size: ByteSize,
+    /// Failed logins from one address (IPv6: one /64) within 15 minutes
+    /// before further attempts from it are delayed, exponentially up to 5
+    /// minutes.
+    #[serde(default = "default_imap_login_failures_per_ip")]
+    pub login_failures_per_ip: u32,
+    /// Failed logins for one login within 15 minutes before further
+    /// attempts for it are delayed, exponentially up to 5 minutes; a
+    /// successful login resets it.
+    #[serde(default = "default_imap_login_failures_per_login")]
+    pub login_failures_per_login: u32,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            starttls_listen: default_imap_starttls_listen(),
+            tls_listen: default_imap_tls_listen(),
+            certificate: None,
+            private_key: None,
+            self_signed_dir: None,
+            plaintext_auth: false,
+            max_connections: default_imap_max_connections(),
+            max_connections_per_ip: default_imap_max_connections_per_ip(),
+            tls_handshake_timeout: default_imap_tls_handshake_timeout(),
+            timeout_unauthenticated: default_imap_timeout_unauthenticated(),
+            timeout_authenticated: default_imap_timeout_authenticated(),
+            idle_keepalive: default_imap_idle_keepalive(),
+            max_message_size: default_imap_max_message_size(),
+            login_failures_per_ip: default_imap_login_failures_per_ip(),
+            login_failures_per_login: default_imap_login_failures_per_login(),
+        }
+    }
+}
+
+impl ImapConfig {
+    /// The embedded default: unprivileged ports on loopback (1143 for
+    /// STARTTLS, 1993 for TLS) and a self-signed certificate in `data_dir`.
+    pub fn embedded(data_dir: &Path) -> ImapConfig {
+        ImapConfig {
+            starttls_listen: vec![SocketAddr::from(([127, 0, 0, 1], 1143))],
+            tls_listen: vec![SocketAddr::from(([127, 0, 0, 1], 1993))],
+            self_signed_dir: Some(data_dir.to_owned()),
+            ..ImapConfig::default()
+        }
+    }
+
+    /// Whether TLS is configured (a certificate or a self-signed one).
+    pub fn has_tls(&self) -> bool {
+        self.certificate.is_some() || self.self_signed_dir.is_some()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("imap.{m}")));
+        if self.certificate.is_some() != self.private_key.is_some() {
+            return invalid("certificate and imap.private_key go together");
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return invalid("max_connections and imap.max_connections_per_ip must be at least 1");
+        }
+        if self.tls_handshake_timeout == 0 || self.timeout_unauthenticated == 0 {
+            return invalid(
+                "tls_handshake_timeout and imap.timeout_unauthenticated must be at least 1 second",
+            );
+        }
+        if self.timeout_authenticated < 1800 {
+            return invalid("timeout_authenticated must be at least 1800 seconds (RFC 9051 §5.4)");
+        }
+        if self.idle_keepalive == 0 {
+            return invalid("idle_keepalive must be at least 1 second");
+        }
+        if u32::try_from(self.max_message_size.0).is_err() {
+            return invalid("max_message_size must be below 4 GiB");
+        }
+        Ok(())
+    }
+}
+
+fn default_imap_starttls_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 143))]
+}
+fn default_imap_tls_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 993))]
+}
+fn default_imap_max_connections() -> usize {
+    1000
+}
+fn default_imap_max_connections_per_ip() -> usize {
+    50
+}
+fn default_imap_tls_handshake_timeout() -> u64 {
+    10
+}
+fn default_imap_timeout_unauthenticated() -> u64 {
+    60
+}
+fn default_imap_timeout_authenticated() -> u64 {
+    30 * 60
+}
+fn default_imap_idle_keepalive() -> u64 {
+    120
+}
+fn default_imap_max_message_size() -> ByteSize {
+    ByteSize(50 << 20)
+}
+fn default_imap_login_failures_per_ip() -> u32 {
+    10
+}
+fn default_imap_login_failures_per_login() -> u32 {
+    5
+}
+
 impl Config {
     /// Reads, parses and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -520,6 +693,7 @@ impl Config {
             crypto: CryptoConfig::default(),
             http: HttpConfig::default(),
             lmtp: LmtpConfig::default(),
+            imap: ImapConfig::embedded(data_dir),
         }
     }
 
@@ -535,6 +709,16 @@ impl Config {
             *p = base.join(&*p);
         }
         if let Some(p) = &mut self.lmtp.unix_socket {
+            *p = base.join(&*p);
+        }
+        for p in [
+            &mut self.imap.certificate,
+            &mut self.imap.private_key,
+            &mut self.imap.self_signed_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
             *p = base.join(&*p);
         }
         if let Some(ldap) = &mut self.directory.ldap {
@@ -578,6 +762,7 @@ impl Config {
         if self.lmtp.idle_timeout == 0 {
             return invalid("lmtp.idle_timeout must be at least 1 second");
         }
+        self.imap.check()?;
         self.crypto
             .argon2
             .validate()
@@ -695,6 +880,65 @@ mod tests {
             Some(Path::new("/run/facteur/lmtp"))
         );
         assert_eq!(c.lmtp.max_message_size, ByteSize(50 << 20));
+        assert_eq!(
+            c.imap.certificate.as_deref(),
+            Some(Path::new(
+                "/etc/letsencrypt/live/mail.example.org/fullchain.pem"
+            ))
+        );
+        assert_eq!(c.imap.tls_listen, [SocketAddr::from(([0, 0, 0, 0], 993))]);
+        assert_eq!(c.imap.max_connections_per_ip, 50);
+        assert!(!c.imap.plaintext_auth);
+    }
+
+    #[test]
+    fn imap_defaults_embedded_and_checks() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/facteur")).unwrap();
+        assert_eq!(c.imap.starttls_listen, default_imap_starttls_listen());
+        assert_eq!(c.imap.tls_listen, default_imap_tls_listen());
+        assert!(!c.imap.has_tls());
+        assert_eq!(c.imap.timeout_authenticated, 1800);
+
+        let e = Config::embedded(Path::new("/data"));
+        assert_eq!(
+            e.imap.starttls_listen,
+            [SocketAddr::from(([127, 0, 0, 1], 1143))]
+        );
+        assert_eq!(
+            e.imap.tls_listen,
+            [SocketAddr::from(([127, 0, 0, 1], 1993))]
+        );
+        assert_eq!(e.imap.self_signed_dir.as_deref(), Some(Path::new("/data")));
+        e.check().unwrap();
+
+        let with = |extra: &str| {
+            Config::parse(&format!("{MINIMAL}\n[imap]\n{extra}"), Path::new("/etc/f"))
+        };
+        let c = with("certificate = \"c.pem\"\nprivate_key = \"k.pem\"\nself_signed_dir = \"tls\"")
+            .unwrap();
+        assert_eq!(
+            c.imap.certificate.as_deref(),
+            Some(Path::new("/etc/f/c.pem"))
+        );
+        assert_eq!(
+            c.imap.private_key.as_deref(),
+            Some(Path::new("/etc/f/k.pem"))
+        );
+        assert_eq!(
+            c.imap.self_signed_dir.as_deref(),
+            Some(Path::new("/etc/f/tls"))
+        );
+        for (bad, expected) in [
+            ("certificate = \"c.pem\"", "go together"),
+            ("timeout_authenticated = 60", "1800"),
+            ("max_connections_per_ip = 0", "at least 1"),
+            ("tls_handshake_timeout = 0", "at least 1 second"),
+            ("max_message_size = \"5 GiB\"", "4 GiB"),
+            ("starttls_listen = \"127.0.0.1:143\"", "sequence"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
     }
 
     #[test]

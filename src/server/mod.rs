@@ -9,6 +9,7 @@
 pub mod http;
 pub mod lmtp;
 pub mod services;
+pub mod tls;
 
 use std::time::Duration;
 
