@@ -524,7 +524,8 @@ fn unix_day(seconds: i64) -> i64 {
 }
 
 /// The day a message was sent: the date as written in its Date: header;
-/// its INTERNALDATE day when it has no valid Date:.
+/// its INTERNALDATE day when it has no valid Date: (the summary decides
+/// validity).
 fn sent_day(c: &Candidate<'_>) -> i64 {
     let Some(sent) = c.summary.sent_date else {
         return unix_day(c.internal_date);
@@ -533,13 +534,49 @@ fn sent_day(c: &Candidate<'_>) -> i64 {
         .envelope
         .date
         .as_ref()
-        .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
-        .and_then(mail_parser::DateTime::parse_rfc822)
-        .filter(|d| d.is_valid())
-        .map(|d| days_from_civil(i64::from(d.year), u32::from(d.month), u32::from(d.day)))
-        // A date the summary read only after repair (`16:00` without
-        // seconds): its UTC day.
+        .and_then(|d| written_date(d.as_bytes()))
+        .map(|(year, month, day)| days_from_civil(year, month, day))
         .unwrap_or_else(|| unix_day(sent))
+}
+
+/// The date part of an RFC 5322 §3.3 date-time, `[day-of-week ","] day
+/// month year`, as written (time and zone ignored). Two- and three-digit
+/// years are read as RFC 5322 §4.3 says.
+fn written_date(value: &[u8]) -> Option<(i64, u32, u32)> {
+    const MONTHS: [&[u8]; 12] = [
+        b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+        b"dec",
+    ];
+    let value = match value.iter().position(|&b| b == b',') {
+        Some(comma) => &value[comma + 1..],
+        None => value,
+    };
+    let mut words = value
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    let number = |w: &[u8]| -> Option<u32> {
+        if w.is_empty() || w.len() > 4 || !w.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(w).ok()?.parse().ok()
+    };
+    let day_word = words.next()?;
+    let day = number(day_word)?;
+    let month_word = words.next()?;
+    let month = MONTHS
+        .iter()
+        .position(|m| month_word.eq_ignore_ascii_case(m))?;
+    let year_word = words.next()?;
+    let year = number(year_word)?;
+    let year = match year_word.len() {
+        2 if year < 50 => year + 2000,
+        2 | 3 => year + 1900,
+        _ => year,
+    };
+    let month = u32::try_from(month).ok()? + 1;
+    (1..=31)
+        .contains(&day)
+        .then_some((i64::from(year), month, day))
 }
 
 /// Header text as UTF-8: RFC 2047 encoded words decoded, raw 8-bit taken
@@ -1214,7 +1251,9 @@ hi\n";
     #[test]
     fn missing_or_broken_date_falls_back_to_internaldate() {
         let broken = "From: a@example.org\nDate: someday\nSubject: x\n\nbody\n";
-        let no_seconds = "From: a@example.org\nDate: 3 Jan 2024 16:00 +0000\n\nbody\n";
+        // Valid for the summary only after its repair (no seconds), and on
+        // the next day in UTC.
+        let no_seconds = "From: a@example.org\nDate: 3 Jan 2024 23:00 -0500\n\nbody\n";
         let messages = vec![
             message(broken, 1, 1, &[], at(2023, 12, 31, 23, 59)),
             message(no_seconds, 2, 1, &[], at(2020, 1, 1, 0, 0)),
@@ -1279,6 +1318,18 @@ hi\n";
             header_text(b"Subject: =?utf-8?q?a=C3=A9?=\r\n b\r\nX-Y:z\r\nbroken\r\n\r\n"),
             "Subject: a\u{e9} b\nX-Y: z\n"
         );
+        assert_eq!(
+            written_date(b"Mon, 1 Jan 2024 10:00 +0000"),
+            Some((2024, 1, 1))
+        );
+        assert_eq!(written_date(b"31 dec 99 23:59 GMT"), Some((1999, 12, 31)));
+        assert_eq!(
+            written_date(b"Thu,\t5 Feb 04 00:00:00 -0100"),
+            Some((2004, 2, 5))
+        );
+        assert_eq!(written_date(b"5 Feb 104 00:00"), Some((2004, 2, 5)));
+        assert_eq!(written_date(b"Mon, 1 Foo 2024"), None);
+        assert_eq!(written_date(b"2024-01-01T10:00:00Z"), None);
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(days_from_civil(1969, 12, 31), -1);
