@@ -11,8 +11,8 @@
 //!
 //! - Strings match as case-insensitive substrings of *decoded* text: RFC
 //!   2047 encoded words decoded and charsets converted to UTF-8 (the
-//!   summary's search headers already are), both sides case-folded with
-//!   [`fold`] (Unicode lowercase, plus `ß` → `ss` and final sigma → sigma).
+//!   summary's search headers already are), both sides case-folded
+//!   (Unicode lowercase, plus `ß` → `ss` and final sigma → sigma).
 //!   There is no Unicode normalisation (NFC/NFD forms do not match each
 //!   other).
 //! - FROM, TO, CC and BCC match the decoded header text, or the decoded
