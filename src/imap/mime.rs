@@ -44,8 +44,14 @@ fn nstring(text: Option<&RawText>) -> NString<'static> {
     NString(text.map(|t| istring(t.as_bytes())))
 }
 
+/// A parameter list: RFC 2231 extended parameters (`name*`) after the
+/// others, each group in header order, as Dovecot writes them.
 fn params(list: &[(String, RawText)]) -> Vec<(IString<'static>, IString<'static>)> {
-    list.iter()
+    let (plain, extended): (Vec<_>, Vec<_>) =
+        list.iter().partition(|(name, _)| !name.ends_with('*'));
+    plain
+        .into_iter()
+        .chain(extended)
         .map(|(name, value)| (istring(name.as_bytes()), istring(value.as_bytes())))
         .collect()
 }
@@ -97,8 +103,8 @@ pub fn envelope(e: &summary::Envelope) -> Envelope<'static> {
 /// - `text/*` parts carry their line count; `message/rfc822` parts the
 ///   envelope, structure and line count of the encapsulated message.
 /// - `message/global` is written as a basic part, as Dovecot 2.3 does
-///   (and RFC 3501's grammar requires); its sections still open the
-///   encapsulated message.
+///   (RFC 3501's grammar knows only `MESSAGE/RFC822`, and imap-codec
+///   writes no other); sections treat it as a leaf too.
 /// - A multipart without parts (no boundary, or no boundary line) gets
 ///   one empty `text/plain` part: the grammar wants at least one (this is
 ///   Dovecot's `EMPTY_BODYSTRUCTURE`).
@@ -219,9 +225,9 @@ fn empty_text_part(extended: bool) -> BodyStructure<'static> {
 /// - a part that is not a multipart answers to `1` once, meaning itself
 ///   (so a non-multipart message's part 1 is its body, and `1.1` of a
 ///   leaf inside a multipart is still that leaf, but `1.1.1` is nothing);
-/// - a `message/rfc822` (or `message/global`) part followed by more
-///   numbers opens the encapsulated message, whose numbering starts
-///   again.
+/// - a `message/rfc822` part followed by more numbers opens the
+///   encapsulated message, whose numbering starts again (`message/global`
+///   is a leaf, see [`body_structure`]).
 fn find_part<'a>(root: &'a BodyPart, path: &[NonZeroU32]) -> Option<&'a BodyPart> {
     let mut part = root;
     let mut used_one = false;
@@ -235,9 +241,9 @@ fn find_part<'a>(root: &'a BodyPart, path: &[NonZeroU32]) -> Option<&'a BodyPart
             _ => return None,
         }
         if i + 1 < path.len()
-            && let PartKind::Message(inner) = &part.kind
+            && let Some(inner) = encapsulated(part)
         {
-            part = &inner.body;
+            part = inner;
             used_one = false;
         }
     }
@@ -262,12 +268,23 @@ fn body_of<'a>(raw: &'a [u8], part: &BodyPart) -> &'a [u8] {
     range(raw, part.body_start, part.body_end)
 }
 
-/// The encapsulated message of a `message/rfc822` part, for
-/// `n.HEADER`, `n.TEXT` and `n.HEADER.FIELDS`; other parts have none.
+/// The encapsulated message of a `message/rfc822` part, for part numbers
+/// below it and `n.HEADER`, `n.TEXT`, `n.HEADER.FIELDS`; other parts
+/// (`message/global` included, see [`body_structure`]) have none.
 fn encapsulated(part: &BodyPart) -> Option<&BodyPart> {
     match &part.kind {
-        PartKind::Message(inner) => Some(&inner.body),
+        PartKind::Message(inner) if part.subtype == "rfc822" => Some(&inner.body),
         _ => None,
+    }
+}
+
+/// A part whose body is its content: neither a multipart nor an
+/// encapsulated message.
+fn is_leaf(part: &BodyPart) -> bool {
+    match part.kind {
+        PartKind::Leaf => true,
+        PartKind::Message(_) => encapsulated(part).is_none(),
+        PartKind::Multipart(_) => false,
     }
 }
 
@@ -331,9 +348,11 @@ pub fn section_from_header(
 
 /// The header fields of `header` whose name is (`keep`) or is not
 /// (`!keep`) in `names`, compared case-insensitively (RFC 9051 §6.4.5),
-/// in message order with their continuation lines, then the blank line:
-/// the header's own, or, when it had none, one added after at least one
-/// field (as Dovecot does: nothing at all when nothing matched).
+/// in message order with their continuation lines, then the blank line.
+/// Where the header has no blank line (a message without body) this
+/// follows Dovecot: `HEADER.FIELDS` still ends in a blank line (and a
+/// last line without its CRLF gets one), `HEADER.FIELDS.NOT` copies the
+/// lines as they are and adds nothing.
 fn filter_header<N: AsRef<[u8]>>(header: &[u8], names: &[N], keep: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut has_blank_line = false;
@@ -356,13 +375,13 @@ fn filter_header<N: AsRef<[u8]>>(header: &[u8], names: &[N], keep: bool) -> Vec<
         }
         if selected {
             out.extend_from_slice(line);
-            if !line.ends_with(b"\n") {
+            if keep && !line.ends_with(b"\n") {
                 out.extend_from_slice(b"\r\n");
             }
         }
         p = end;
     }
-    if has_blank_line || !out.is_empty() {
+    if keep || has_blank_line {
         out.extend_from_slice(b"\r\n");
     }
     out
@@ -413,28 +432,43 @@ pub enum BinaryError {
 }
 
 /// `BINARY[part]` (RFC 3516 §4.2): the part's body with its
-/// Content-Transfer-Encoding undone. An empty `part` is the whole message
-/// as stored. Multiparts and encapsulated messages come as stored (their
-/// encoding can only be 7bit, 8bit or binary, RFC 2045 §6.4).
+/// Content-Transfer-Encoding undone. An empty `part` is the whole message.
+///
+/// A multipart or `message/rfc822` part (or the whole message) has an
+/// identity encoding itself (RFC 2045 §6.4); like Dovecot, its answer has
+/// every base64 or quoted-printable leaf inside decoded, with that leaf's
+/// Content-Transfer-Encoding field replaced by
+/// `Content-Transfer-Encoding: binary` at the end of its header, so the
+/// answer is still a valid MIME entity. One leaf with an unknown encoding
+/// then fails the whole answer.
 pub fn binary(
     raw: &[u8],
     summary: &MessageSummary,
     part: &[NonZeroU32],
 ) -> Result<Vec<u8>, BinaryError> {
     if part.is_empty() {
-        return Ok(raw.to_vec());
+        let mut edits = Vec::new();
+        leaf_edits(raw, &summary.body, &mut edits)?;
+        return Ok(apply_edits(raw, 0, raw.len() as u64, &edits));
     }
     let part = find_part(&summary.body, part).ok_or(BinaryError::NoSuchPart)?;
-    let body = body_of(raw, part);
-    if !matches!(part.kind, PartKind::Leaf) {
-        return Ok(body.to_vec());
+    if is_leaf(part) {
+        return decode_leaf(raw, part);
     }
-    match part.encoding.as_str() {
-        "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
-        "base64" => decode_base64(body).ok_or_else(|| BinaryError::Corrupt("base64".to_owned())),
-        "quoted-printable" => Ok(decode_quoted_printable(body)),
-        other => Err(BinaryError::UnknownEncoding(other.to_owned())),
+    let mut edits = Vec::new();
+    match &part.kind {
+        PartKind::Multipart(children) => {
+            for child in children {
+                leaf_edits(raw, child, &mut edits)?;
+            }
+        }
+        _ => {
+            if let Some(inner) = encapsulated(part) {
+                leaf_edits(raw, inner, &mut edits)?;
+            }
+        }
     }
+    Ok(apply_edits(raw, part.body_start, part.body_end, &edits))
 }
 
 /// `BINARY.SIZE[part]` (RFC 3516 §4.2): the length of [`binary`]'s answer.
@@ -443,16 +477,117 @@ pub fn binary_size(
     summary: &MessageSummary,
     part: &[NonZeroU32],
 ) -> Result<u64, BinaryError> {
-    if part.is_empty() {
-        return Ok(raw.len() as u64);
-    }
-    let found = find_part(&summary.body, part).ok_or(BinaryError::NoSuchPart)?;
-    if !matches!(found.kind, PartKind::Leaf)
-        || matches!(found.encoding.as_str(), "7bit" | "8bit" | "binary")
+    if let Some(found) = find_part(&summary.body, part)
+        && is_leaf(found)
+        && is_identity(&found.encoding)
     {
         return Ok(body_of(raw, found).len() as u64);
     }
     binary(raw, summary, part).map(|b| b.len() as u64)
+}
+
+/// Encodings that leave the body as it is (RFC 2045 §6.2).
+fn is_identity(encoding: &str) -> bool {
+    matches!(encoding, "7bit" | "8bit" | "binary")
+}
+
+/// The body of a leaf, decoded.
+fn decode_leaf(raw: &[u8], part: &BodyPart) -> Result<Vec<u8>, BinaryError> {
+    let body = body_of(raw, part);
+    match part.encoding.as_str() {
+        e if is_identity(e) => Ok(body.to_vec()),
+        "base64" => decode_base64(body).ok_or_else(|| BinaryError::Corrupt("base64".to_owned())),
+        "quoted-printable" => Ok(decode_quoted_printable(body)),
+        other => Err(BinaryError::UnknownEncoding(other.to_owned())),
+    }
+}
+
+/// A replacement of `raw[start..end]`.
+struct Edit {
+    start: u64,
+    end: u64,
+    bytes: Vec<u8>,
+}
+
+/// The edits that decode every encoded leaf at or below `part`, in
+/// message order: the leaf's header and body replaced by its rewritten
+/// header and decoded body.
+fn leaf_edits(raw: &[u8], part: &BodyPart, edits: &mut Vec<Edit>) -> Result<(), BinaryError> {
+    if is_leaf(part) {
+        if !is_identity(&part.encoding) {
+            let mut bytes = binary_header(header_of(raw, part));
+            bytes.extend_from_slice(&decode_leaf(raw, part)?);
+            edits.push(Edit {
+                start: part.header_start,
+                end: part.body_end,
+                bytes,
+            });
+        }
+        return Ok(());
+    }
+    match &part.kind {
+        PartKind::Multipart(children) => {
+            for child in children {
+                leaf_edits(raw, child, edits)?;
+            }
+        }
+        _ => {
+            if let Some(inner) = encapsulated(part) {
+                leaf_edits(raw, inner, edits)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `raw[start..end]` with the edits (sorted, disjoint, inside the range)
+/// applied.
+fn apply_edits(raw: &[u8], start: u64, end: u64, edits: &[Edit]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(range(raw, start, end).len());
+    let mut at = start;
+    for edit in edits {
+        if edit.start < at || edit.end > end {
+            continue; // summary and bytes disagree: keep what is there
+        }
+        out.extend_from_slice(range(raw, at, edit.start));
+        out.extend_from_slice(&edit.bytes);
+        at = edit.end;
+    }
+    out.extend_from_slice(range(raw, at, end));
+    out
+}
+
+/// A part header with its Content-Transfer-Encoding fields removed and
+/// `Content-Transfer-Encoding: binary` added last (as Dovecot writes it).
+fn binary_header(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + 36);
+    let mut skipping = false;
+    let mut blank_line: &[u8] = b"";
+    let mut p = 0;
+    while p < header.len() {
+        let end = header[p..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(header.len(), |i| p + i + 1);
+        let line = &header[p..end];
+        p = end;
+        if line == b"\r\n" || line == b"\n" {
+            blank_line = line;
+            break;
+        }
+        if line[0] != b' ' && line[0] != b'\t' {
+            skipping = field_name(line).eq_ignore_ascii_case(b"content-transfer-encoding");
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"Content-Transfer-Encoding: binary\r\n");
+    out.extend_from_slice(blank_line);
+    out
 }
 
 /// Decodes base64 (RFC 2045 §6.8): whitespace is skipped, decoding stops
@@ -676,7 +811,8 @@ mod tests {
 
     #[test]
     fn header_without_blank_line() {
-        // Dovecot adds the missing blank line after matched fields only.
+        // Dovecot: HEADER.FIELDS always ends in a blank line,
+        // HEADER.FIELDS.NOT adds none the header did not have.
         let m = message("Subject: h\n");
         assert_eq!(
             get(&m, Section::Header(None)).as_deref(),
@@ -690,6 +826,52 @@ mod tests {
             get(&m, Section::HeaderFieldsNot(None, names(&["subject"]))).as_deref(),
             Some("")
         );
+        let m = message("From: a@b\nX-Last: cut");
+        assert_eq!(
+            get(&m, Section::HeaderFields(None, names(&["x-last"]))).as_deref(),
+            Some("X-Last: cut\r\n\r\n")
+        );
+        assert_eq!(
+            get(&m, Section::HeaderFields(None, names(&["nothing"]))).as_deref(),
+            Some("\r\n")
+        );
+        assert_eq!(
+            get(&m, Section::HeaderFieldsNot(None, names(&["from"]))).as_deref(),
+            Some("X-Last: cut")
+        );
+    }
+
+    #[test]
+    fn message_global_is_a_leaf() {
+        let m = message(
+            "Content-Type: multipart/mixed; boundary=b\n\n\
+             --b\nContent-Type: message/global\n\nSubject: inner\n\nhello\n--b--\n",
+        );
+        assert_eq!(get(&m, Section::Header(Some(path(&[1])))), None);
+        assert_eq!(
+            get(&m, Section::Part(path(&[1, 1]))).as_deref(),
+            Some("Subject: inner\r\n\r\nhello")
+        );
+        let n = [NonZeroU32::new(1).unwrap()];
+        assert_eq!(binary_size(&m.0, &m.1, &n), Ok(23));
+        let BodyStructure::Multi { bodies, .. } = body_structure(&m.1.body, false) else {
+            panic!("not a multipart");
+        };
+        let BodyStructure::Single { body, .. } = &bodies.as_ref()[0] else {
+            panic!("not a single part");
+        };
+        assert!(matches!(body.specific, SpecificFields::Basic { .. }));
+    }
+
+    #[test]
+    fn extended_parameters_come_last() {
+        let m =
+            message("Content-Type: text/plain; name*=utf-8''a%20b; charset=utf-8; x=1\n\nbody\n");
+        let names: Vec<Vec<u8>> = params(&m.1.body.params)
+            .into_iter()
+            .map(|(n, _)| n.into_inner().into_owned())
+            .collect();
+        assert_eq!(names, [&b"charset"[..], b"x", b"name*"]);
     }
 
     #[test]
@@ -742,8 +924,42 @@ mod tests {
             binary_size(&m.0, &m.1, &n(&[5])),
             Err(BinaryError::NoSuchPart)
         );
-        assert_eq!(binary(&m.0, &m.1, &[]).unwrap(), m.0);
-        assert_eq!(binary_size(&m.0, &m.1, &[]), Ok(m.0.len() as u64));
+        // The whole message: every leaf decoded, so one unknown encoding
+        // fails it (Dovecot).
+        assert_eq!(
+            binary(&m.0, &m.1, &[]),
+            Err(BinaryError::UnknownEncoding("x-uuencode".to_owned()))
+        );
+        assert_eq!(
+            binary_size(&m.0, &m.1, &[]),
+            Err(BinaryError::UnknownEncoding("x-uuencode".to_owned()))
+        );
+    }
+
+    #[test]
+    fn binary_of_a_multipart_decodes_the_leaves_inside() {
+        let m = message(
+            "Subject: s\nContent-Type: multipart/mixed; boundary=b\n\n\
+             --b\nContent-Transfer-Encoding: base64\nContent-Type: text/plain\n\naGk=\n\
+             --b\nContent-Type: message/rfc822\n\n\
+             Subject: inner\nContent-Transfer-Encoding: quoted-printable\n\ncaf=C3=A9\n\
+             --b\n\nplain\n--b--\n",
+        );
+        let expected = "Subject: s\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: binary\r\n\r\nhi\r\n\
+             --b\r\nContent-Type: message/rfc822\r\n\r\n\
+             Subject: inner\r\nContent-Transfer-Encoding: binary\r\n\r\ncafé\r\n\
+             --b\r\n\r\nplain\r\n--b--\r\n";
+        assert_eq!(
+            String::from_utf8(binary(&m.0, &m.1, &[]).unwrap()).unwrap(),
+            expected
+        );
+        assert_eq!(binary_size(&m.0, &m.1, &[]), Ok(expected.len() as u64));
+        let two = [NonZeroU32::new(2).unwrap()];
+        assert_eq!(
+            String::from_utf8(binary(&m.0, &m.1, &two).unwrap()).unwrap(),
+            "Subject: inner\r\nContent-Transfer-Encoding: binary\r\n\r\ncafé"
+        );
     }
 
     /// Encodes a value as imap-codec writes it on the wire.
