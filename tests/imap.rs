@@ -16,12 +16,17 @@ use facteur::imap::connection::{Peer, serve};
 use facteur::imap::throttle::{Throttle, ThrottleConfig};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
+use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
 use facteur::server::Services;
-use facteur::store::MemoryStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use facteur::store::{MemoryStore, S3Settings, S3Store, SharedStore};
+
+mod imap_client;
+
+use imap_client::Client;
 
 struct World {
     _dir: tempfile::TempDir,
+    services: Services,
     imap: Arc<Imap>,
     store: Arc<MemoryStore>,
 }
@@ -36,25 +41,28 @@ fn user(login: &str) -> UserEntry {
     }
 }
 
-async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
+/// Services over `store` with users alice and bob (keyrings made) and
+/// carol (none yet); `secret` keys user ids, so runs sharing a bucket
+/// do not meet.
+async fn services(dir: &std::path::Path, store: SharedStore, secret: &str) -> Services {
     let config = Config::parse(
-        "cluster_secret = \"0123456789abcdef0123456789abcdef\"\n\
-         [store]\nbackend = \"memory\"\n\
-         [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
-         [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n",
-        dir.path(),
+        &format!(
+            "cluster_secret = \"{secret}\"\n\
+             [store]\nbackend = \"memory\"\n\
+             [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
+             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n"
+        ),
+        dir,
     )
     .unwrap();
     let mut file = UsersFile::default();
     for login in ["alice", "bob", "carol"] {
         file.add(user(login)).unwrap();
     }
-    file.save(&dir.path().join("users.toml")).unwrap();
+    file.save(&dir.join("users.toml")).unwrap();
     let mut services = Services::from_config(&config).unwrap();
-    let store = Arc::new(MemoryStore::new());
     services.store = store.clone();
-    services.keyrings = facteur::account::KeyringStore::new(store.clone(), b"imap-test-secret");
+    services.keyrings = facteur::account::KeyringStore::new(store, secret.as_bytes());
     for login in ["alice", "bob"] {
         services
             .keyrings
@@ -67,11 +75,20 @@ async fn world() -> World {
             .await
             .unwrap();
     }
-    let mut account_config = AccountConfig::new(InstanceId::new("test").unwrap());
+    services
+}
+
+/// One instance's IMAP context: its own accounts, polling every 200 ms.
+fn instance(services: &Services, name: &str) -> Arc<Imap> {
+    let mut account_config = AccountConfig::new(InstanceId::new(name).unwrap());
     account_config.poll_interval = Duration::from_millis(200);
-    let accounts = Accounts::new(store.clone(), account_config, Duration::from_secs(5));
+    let accounts = Accounts::new(
+        services.store.clone(),
+        account_config,
+        Duration::from_secs(5),
+    );
     let user_ids = services.clone();
-    let imap = Arc::new(Imap {
+    Arc::new(Imap {
         directory: services.directory.clone(),
         keyrings: services.keyrings.clone(),
         accounts,
@@ -84,169 +101,61 @@ async fn world() -> World {
         },
         throttle: Arc::new(Throttle::new(ThrottleConfig::default())),
         tls: None,
-    });
+    })
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let services = services(
+        dir.path(),
+        store.clone(),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .await;
+    let imap = instance(&services, "test");
     World {
         _dir: dir,
+        services,
         imap,
         store,
     }
 }
 
-/// A client on one connection.
-struct Client {
-    io: DuplexStream,
-    buf: Vec<u8>,
-    next_tag: u32,
+async fn connect(imap: &Arc<Imap>, remote: &str) -> Client {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let peer = Peer {
+        remote: remote.parse::<SocketAddr>().unwrap(),
+        local: "127.0.0.1:143".parse().unwrap(),
+        tls: false,
+    };
+    tokio::spawn(serve(server, peer, imap.clone(), std::future::pending()));
+    let (c, greeting) = Client::start(client).await;
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
+        "{greeting}"
+    );
+    c
+}
+
+async fn login(imap: &Arc<Imap>, who: &str) -> Client {
+    let mut c = connect(imap, "127.0.0.1:40000").await;
+    let r = c.run(&format!("LOGIN {who} pw")).await;
+    assert!(r.ok(), "{r:?}");
+    c
 }
 
 impl World {
     async fn connect(&self) -> Client {
-        self.connect_from("127.0.0.1:40000").await
+        connect(&self.imap, "127.0.0.1:40000").await
     }
 
     async fn connect_from(&self, remote: &str) -> Client {
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let peer = Peer {
-            remote: remote.parse::<SocketAddr>().unwrap(),
-            local: "127.0.0.1:143".parse().unwrap(),
-            tls: false,
-        };
-        tokio::spawn(serve(
-            server,
-            peer,
-            self.imap.clone(),
-            std::future::pending(),
-        ));
-        let mut c = Client {
-            io: client,
-            buf: Vec::new(),
-            next_tag: 1,
-        };
-        let greeting = c.line().await;
-        assert!(
-            greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
-            "{greeting}"
-        );
-        c
+        connect(&self.imap, remote).await
     }
 
     async fn login(&self, who: &str) -> Client {
-        let mut c = self.connect().await;
-        let r = c.run(&format!("LOGIN {who} pw")).await;
-        assert!(r.ok(), "{r:?}");
-        c
-    }
-}
-
-/// The lines a command got, tagged one last.
-#[derive(Debug)]
-struct Reply {
-    lines: Vec<String>,
-}
-
-impl Reply {
-    fn tagged(&self) -> &str {
-        self.lines.last().map(String::as_str).unwrap_or("")
-    }
-    fn ok(&self) -> bool {
-        self.tagged().split(' ').nth(1) == Some("OK")
-    }
-    fn no(&self) -> bool {
-        self.tagged().split(' ').nth(1) == Some("NO")
-    }
-    fn bad(&self) -> bool {
-        self.tagged().split(' ').nth(1) == Some("BAD")
-    }
-    fn has(&self, needle: &str) -> bool {
-        self.lines.iter().any(|l| l.contains(needle))
-    }
-    fn untagged(&self, prefix: &str) -> Vec<&str> {
-        self.lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("* {prefix}")))
-            .map(String::as_str)
-            .collect()
-    }
-    fn all(&self) -> String {
-        self.lines.join("\n")
-    }
-}
-
-impl Client {
-    async fn fill(&mut self) {
-        let mut chunk = [0u8; 65536];
-        let n = tokio::time::timeout(Duration::from_secs(20), self.io.read(&mut chunk))
-            .await
-            .expect("server answered in time")
-            .unwrap();
-        assert!(n > 0, "server closed the connection");
-        self.buf.extend_from_slice(&chunk[..n]);
-    }
-
-    /// One response line; a literal's data is appended to its line.
-    async fn line(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let mut line: Vec<u8> = self.buf.drain(..end + 2).collect();
-                line.truncate(line.len() - 2);
-                // `{n}` at the end: the literal follows.
-                if line.ends_with(b"}")
-                    && let Some(open) = line.iter().rposition(|b| *b == b'{')
-                    && let Ok(n) = std::str::from_utf8(&line[open + 1..line.len() - 1])
-                        .unwrap_or("x")
-                        .parse::<usize>()
-                {
-                    while self.buf.len() < n {
-                        self.fill().await;
-                    }
-                    line.extend(self.buf.drain(..n));
-                    let rest = Box::pin(self.line()).await;
-                    line.extend_from_slice(rest.as_bytes());
-                }
-                return String::from_utf8_lossy(&line).into_owned();
-            }
-            self.fill().await;
-        }
-    }
-
-    async fn send(&mut self, raw: &[u8]) {
-        self.io.write_all(raw).await.unwrap();
-    }
-
-    fn tag(&mut self) -> String {
-        let t = format!("a{}", self.next_tag);
-        self.next_tag += 1;
-        t
-    }
-
-    async fn until_tagged(&mut self, tag: &str) -> Reply {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.line().await;
-            let done = line.starts_with(&format!("{tag} "));
-            lines.push(line);
-            if done {
-                return Reply { lines };
-            }
-        }
-    }
-
-    async fn run(&mut self, command: &str) -> Reply {
-        let tag = self.tag();
-        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
-        self.until_tagged(&tag).await
-    }
-
-    /// APPEND with a synchronizing literal: waits for the continuation.
-    async fn append(&mut self, mailbox: &str, extra: &str, message: &str) -> Reply {
-        let tag = self.tag();
-        self.send(format!("{tag} APPEND {mailbox} {extra}{{{}}}\r\n", message.len()).as_bytes())
-            .await;
-        let cont = self.line().await;
-        assert!(cont.starts_with('+'), "{cont}");
-        self.send(message.as_bytes()).await;
-        self.send(b"\r\n").await;
-        self.until_tagged(&tag).await
+        login(&self.imap, who).await
     }
 }
 
@@ -636,4 +545,91 @@ async fn bad_input_and_store_outages_keep_the_session() {
     w.store.set_offline(false);
     let r = c.append("INBOX", "", &message("kept", "x")).await;
     assert!(r.ok() && r.has("* 1 EXISTS"), "{r:?}");
+}
+
+#[tokio::test]
+async fn delivered_mail_reaches_an_idling_client_within_the_poll_interval() {
+    let w = world().await;
+    let mut idler = w.login("alice").await;
+    assert!(idler.run("SELECT INBOX").await.ok());
+    let tag = idler.tag();
+    idler.send(format!("{tag} IDLE\r\n").as_bytes()).await;
+    assert!(idler.line().await.starts_with("+ "));
+    // What the LMTP server does for a recipient (tests/lmtp.rs drives the
+    // wire): seal the message into alice's incoming queue.
+    let user = w.services.user_id("alice");
+    let key = w
+        .services
+        .keyrings
+        .delivery_key(&user)
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = message("delivered", "by LMTP");
+    deliver(
+        w.store.as_ref(),
+        &user,
+        &key,
+        raw.as_bytes(),
+        DeliveryEnvelope {
+            mail_from: "bob@example.org".into(),
+            rcpt_to: vec!["alice@example.org".into()],
+            received_at: 1_790_000_000,
+            folder: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(idler.line().await, "* 1 EXISTS");
+    idler.send(b"DONE\r\n").await;
+    assert!(idler.until_tagged(&tag).await.ok());
+    let f = idler
+        .run("FETCH 1 (INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert!(f.has("Subject: delivered"), "{f:?}");
+}
+
+/// Issue 4's acceptance test: two Facteur instances on one Garage bucket;
+/// a message appended through instance 1 is pushed to a client idling on
+/// instance 2, and flags set on 2 reach a client of 1.
+#[tokio::test]
+async fn two_instances_on_garage_push_changes_to_each_other() {
+    let Some(settings) = S3Settings::for_tests("the two-instance IMAP test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(S3Store::new(settings).unwrap());
+    let secret = format!("imap-two-instances-{:016x}", rand::random::<u64>());
+    let services = services(dir.path(), store, &secret).await;
+    let (one, two) = (instance(&services, "one"), instance(&services, "two"));
+
+    let mut idler = login(&two, "alice").await;
+    assert!(idler.run("SELECT INBOX").await.has("* 0 EXISTS"));
+    let tag = idler.tag();
+    idler.send(format!("{tag} IDLE\r\n").as_bytes()).await;
+    assert!(idler.line().await.starts_with("+ "));
+
+    let mut writer = login(&one, "alice").await;
+    let r = writer
+        .append("INBOX", "", &message("across", "instances"))
+        .await;
+    assert!(r.tagged().contains("[APPENDUID "), "{r:?}");
+    assert_eq!(idler.line().await, "* 1 EXISTS");
+    idler.send(b"DONE\r\n").await;
+    assert!(idler.until_tagged(&tag).await.ok());
+    let f = idler.run("FETCH 1 (UID ENVELOPE)").await;
+    assert!(
+        f.has("* 1 FETCH (UID 1 ENVELOPE") && f.has("\"across\""),
+        "{f:?}"
+    );
+
+    assert!(writer.run("SELECT INBOX").await.has("* 1 EXISTS"));
+    let tag = writer.tag();
+    writer.send(format!("{tag} IDLE\r\n").as_bytes()).await;
+    assert!(writer.line().await.starts_with("+ "));
+    assert!(idler.run("STORE 1 +FLAGS (\\Seen)").await.ok());
+    let pushed = writer.line().await;
+    assert!(pushed.contains("FETCH (UID 1 FLAGS (\\Seen))"), "{pushed}");
+    writer.send(b"DONE\r\n").await;
+    assert!(writer.until_tagged(&tag).await.ok());
 }
