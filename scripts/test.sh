@@ -11,6 +11,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/facteur-test.XXXXXX")"
 cleanup() {
     scripts/garage.sh stop "$work/garage" >&2 || true
     scripts/slapd.sh stop "$work/slapd" >&2 || true
+    scripts/dovecot.sh stop "$work/dovecot" >&2 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -22,6 +23,10 @@ export FACTEUR_REQUIRE_S3=1
 echo "== starting a throwaway slapd" >&2
 eval "$(scripts/slapd.sh start "$work/slapd")"
 export FACTEUR_REQUIRE_LDAP=1
+echo "== starting a throwaway Dovecot" >&2
+eval "$(scripts/dovecot.sh start "$work/dovecot")"
+# The differential MIME test (tests/dovecot_mime.rs) fails rather than skips.
+export FACTEUR_REQUIRE_DOVECOT=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check
