@@ -534,3 +534,157 @@ async fn an_outage_is_unavailable_and_recovers_without_restart() {
     assert_eq!(login().await.unwrap(), Some(alice()));
     assert_eq!(dir.find_login("bob").await.unwrap().unwrap().login, "bob");
 }
+
+// ---------------------------------------------------------------------
+// End to end: IMAP logins and LMTP recipients through the directory.
+
+mod imap_client;
+
+use std::sync::Arc;
+
+use facteur::account::{AccountConfig, Accounts, KeyringStore};
+use facteur::crypto::KdfParams;
+use facteur::imap::connection::{Peer, serve};
+use facteur::imap::throttle::{Throttle, ThrottleConfig};
+use facteur::imap::{Imap, Options};
+use facteur::lmtp::reply::RcptRefusal;
+use facteur::lmtp::session::Resolution;
+use facteur::log::InstanceId;
+use facteur::store::{MemoryStore, SharedStore};
+use imap_client::Client;
+
+/// An IMAP context and the LMTP backend over one directory and store.
+fn servers(dir: LdapDirectory) -> (Arc<Imap>, facteur::lmtp::Backend) {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let secret = b"ldap-e2e-cluster-secret".to_vec();
+    let keyrings = KeyringStore::new(store.clone(), &secret);
+    let directory: Arc<dyn Directory> = Arc::new(dir);
+    let ids = secret.clone();
+    let user_id: facteur::imap::UserIdFn =
+        Arc::new(move |login| facteur::crypto::user_id(&ids, login));
+    let imap = Arc::new(Imap {
+        directory: directory.clone(),
+        keyrings: keyrings.clone(),
+        accounts: Accounts::new(
+            store.clone(),
+            AccountConfig::new(InstanceId::new("ldap").unwrap()),
+            Duration::from_secs(5),
+        ),
+        user_id: user_id.clone(),
+        kdf: KdfParams::TEST,
+        recovery_key: true,
+        options: Options::default(),
+        throttle: Arc::new(Throttle::new(ThrottleConfig::default())),
+        tls: None,
+    });
+    let backend = facteur::lmtp::Backend {
+        store,
+        directory,
+        keyrings,
+        user_id,
+        quota_full_temporary: false,
+    };
+    (imap, backend)
+}
+
+async fn imap_client(imap: &Arc<Imap>) -> Client {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let peer = Peer {
+        remote: "127.0.0.1:40001".parse().unwrap(),
+        local: "127.0.0.1:143".parse().unwrap(),
+        tls: false,
+    };
+    tokio::spawn(serve(server, peer, imap.clone(), std::future::pending()));
+    Client::start(client).await.0
+}
+
+fn refusal(r: Resolution<facteur::lmtp::User>) -> Option<RcptRefusal> {
+    match r {
+        Resolution::Accepted(_) => None,
+        Resolution::Refused(why) => Some(why),
+    }
+}
+
+/// Issue 6's flow: an admin adds a person with ldapadd; their first IMAP
+/// login creates their keyring (and delivers the recovery key); LMTP holds
+/// their mail with 450 until then; a password changed in LDAP gets the
+/// documented answer; a person removed from the mail group can no longer
+/// log in or receive mail.
+#[tokio::test]
+async fn an_ldap_user_logs_in_over_imap_and_receives_mail() {
+    let Some(env) = env() else { return };
+    let login = fresh_login();
+    add_user(&env, &login, "first-password");
+    let (imap, lmtp) = servers(directory(
+        &env,
+        &[&env.url],
+        "cache_ttl = 0\nnegative_cache_ttl = 0",
+    ));
+    let address = format!("{login}@example.org");
+    assert!(matches!(
+        refusal(lmtp.resolve(&address, 0).await),
+        Some(RcptRefusal::NotActivated)
+    ));
+
+    let mut c = imap_client(&imap).await;
+    assert!(c.run(&format!("LOGIN {login} first-password")).await.ok());
+    let inbox = c.run("SELECT INBOX").await;
+    assert!(inbox.has("* 1 EXISTS"), "recovery key message: {inbox:?}");
+    assert!(c.run("FETCH 1 BODY.PEEK[TEXT]").await.has("FCTR-"));
+    assert!(
+        refusal(lmtp.resolve(&address, 0).await).is_none(),
+        "now deliverable"
+    );
+    assert!(c.run("LOGOUT").await.ok());
+
+    // The password changes in LDAP only: the bind works, the keyring does
+    // not open; the answer names the fix.
+    ldap_admin(
+        &env,
+        "ldapmodify",
+        &format!(
+            "dn: uid={login},ou=people,{}\nchangetype: modify\nreplace: userPassword\n\
+             userPassword: second-password\n",
+            env.base_dn
+        ),
+    );
+    let mut c = imap_client(&imap).await;
+    let r = c.run(&format!("LOGIN {login} second-password")).await;
+    assert!(
+        r.no() && r.has("[AUTHENTICATIONFAILED]") && r.has("facteur user rekey"),
+        "{r:?}"
+    );
+    let r = c.run(&format!("LOGIN {login} first-password")).await;
+    assert!(r.no(), "the old password no longer binds: {r:?}");
+
+    remove_from_mail_group(&env, &login);
+    let r = c.run(&format!("LOGIN {login} second-password")).await;
+    assert!(r.has("[AUTHENTICATIONFAILED]") && !r.has("rekey"), "{r:?}");
+    assert!(matches!(
+        refusal(lmtp.resolve(&address, 0).await),
+        Some(RcptRefusal::Unknown)
+    ));
+}
+
+#[tokio::test]
+async fn imap_login_during_an_ldap_outage_is_unavailable_then_recovers() {
+    let Some(_) = env() else { return };
+    let (slapd, env) = OwnSlapd::start();
+    let (imap, _) = servers(directory(
+        &env,
+        &[&env.url],
+        "cache_ttl = 0\nnegative_cache_ttl = 0\ntimeout = 1",
+    ));
+    let mut c = imap_client(&imap).await;
+    assert!(c.run("LOGIN alice alice-password-1").await.ok());
+    let mut d = imap_client(&imap).await;
+    slapd.run("stop");
+    let r = d.run("LOGIN alice alice-password-1").await;
+    assert!(r.no() && r.has("[UNAVAILABLE]"), "{r:?}");
+    assert!(
+        c.run("SELECT INBOX").await.ok(),
+        "open sessions keep working"
+    );
+    slapd.run("start");
+    assert!(d.run("LOGIN alice alice-password-1").await.ok());
+}
