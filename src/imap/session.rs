@@ -543,11 +543,10 @@ impl Session {
         };
         let name = mailboxes::name_of(authed, mailbox)?;
         let selected = Selected::open(authed, &name, read_only, out).await?;
-        let state = std::mem::replace(&mut self.state, State::Logout);
-        let State::Authed(authed) = state else {
-            unreachable!("checked above")
+        self.state = match std::mem::replace(&mut self.state, State::Logout) {
+            State::Authed(authed) => State::Selected(authed, Box::new(selected)),
+            other => other,
         };
-        self.state = State::Selected(authed, Box::new(selected));
         if read_only {
             Done::with_code(code("READ-ONLY"), "EXAMINE completed")
         } else {
