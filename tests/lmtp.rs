@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// A running LMTP server with users `alice` (alice@example.org, alias
-/// postmaster@example.org), `bob` and `carol` (no keyring yet).
+/// postmaster@example.org), `bob`, `carol` (no keyring yet) and `dave`
+/// (a quota of [`DAVE_QUOTA`]).
 struct Server {
     _dir: tempfile::TempDir,
     services: Services,
@@ -30,7 +31,12 @@ struct Server {
     bob: UserKeys,
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<()>,
+    /// The host name the server gives in replies and `Received:`.
+    host: String,
 }
+
+/// dave's quota, in bytes.
+const DAVE_QUOTA: u64 = 64 << 10;
 
 fn user(login: &str, addresses: &[&str], aliases: &[&str]) -> UserEntry {
     UserEntry {
@@ -67,6 +73,9 @@ impl Server {
         file.add(user("bob", &["bob@example.org"], &[])).unwrap();
         file.add(user("carol", &["carol@example.org"], &[]))
             .unwrap();
+        let mut dave = user("dave", &["dave@example.org"], &[]);
+        dave.quota = Some(facteur::size::ByteSize(DAVE_QUOTA));
+        file.add(dave).unwrap();
         file.save(&dir.path().join("users.toml")).unwrap();
 
         let mut services = Services::from_config(&config).unwrap();
@@ -90,6 +99,7 @@ impl Server {
         }
         let mut settings = Settings::from_config(&config.lmtp);
         tune(&mut settings);
+        let host = settings.options.hostname.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (trigger, shutdown) = Shutdown::new();
@@ -99,6 +109,17 @@ impl Server {
             settings,
             shutdown,
         ));
+        // dave has a quota; his keys are not needed by the tests.
+        services
+            .keyrings
+            .create(
+                &services.user_id("dave"),
+                &Password::new("pw"),
+                &KdfParams::TEST,
+                false,
+            )
+            .await
+            .unwrap();
         let bob = keys.pop().unwrap();
         let alice = keys.pop().unwrap();
         Server {
@@ -110,6 +131,7 @@ impl Server {
             bob,
             trigger,
             task,
+            host,
         }
     }
 
@@ -236,15 +258,39 @@ async fn delivered_mail_reaches_inbox_with_trace_headers() {
 
     let inbox = s.inbox("alice", &s.alice).await;
     assert_eq!(inbox.len(), 1);
-    let expected = [
-        &b"Return-Path: <sender@example.net>\r\nDelivered-To: Alice+Lists@Example.org\r\n"[..],
-        &MESSAGE.replace_dot(),
-    ]
-    .concat();
+    let stored = String::from_utf8_lossy(&inbox[0]).into_owned();
+    // Return-Path and Delivered-To, then Received (RFC 5321 §4.4, with the
+    // LHLO name and the peer), then the message as sent.
+    let (trace, message) = stored.split_once("\r\nFrom: ").unwrap();
+    let (trace, date) = trace.rsplit_once("; ").unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&inbox[0]),
-        String::from_utf8_lossy(&expected)
+        trace,
+        format!(
+            "Return-Path: <sender@example.net>\r\nDelivered-To: Alice+Lists@Example.org\r\n\
+             Received: from test ([127.0.0.1])\r\n\tby {} (Facteur) with LMTP\r\n\
+             \tfor <Alice+Lists@Example.org>",
+            s.host
+        )
     );
+    assert!(date.ends_with(" +0000"), "{date}");
+    assert_eq!(
+        format!("From: {message}").into_bytes(),
+        MESSAGE.replace_dot()
+    );
+}
+
+/// The stored message without the `Received:` field LMTP added (its date
+/// and host vary).
+fn without_received(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let start = text.find("\r\nReceived: ").expect("a Received field") + 2;
+    let end = start
+        + text[start..]
+            .match_indices("\r\n")
+            .map(|(i, _)| i + 2)
+            .find(|&i| !text[start + i..].starts_with('\t'))
+            .unwrap();
+    format!("{}{}", &text[..start], &text[end..])
 }
 
 /// `..a` on the wire is `.a` in the message.
@@ -406,7 +452,7 @@ async fn bare_lf_lines_are_stored_as_crlf() {
     assert_eq!(c.reply().await, "250 2.0.0 <bob@example.org> delivered\r\n");
     let bob = s.inbox("bob", &s.bob).await;
     assert_eq!(
-        String::from_utf8_lossy(&bob[0]),
+        without_received(&bob[0]),
         "Return-Path: <a@example.net>\r\nDelivered-To: bob@example.org\r\n\
          Subject: lf\r\n\r\nline one\r\nline two\r\n"
     );
@@ -608,4 +654,93 @@ fn serve_listens_for_lmtp_and_delivers_to_the_demo_account() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
+}
+
+/// `size` octets of incompressible text (base64 of random bytes).
+fn random_body(size: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = b"Subject: big\r\n\r\n".to_vec();
+    while out.len() < size {
+        let raw: Vec<u8> = (0..57).map(|_| rand::random::<u8>()).collect();
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(raw)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Quota (issue 5): usage is the stored size of the user's bodies, known
+/// without their keys; a full mailbox is refused at RCPT (with the
+/// declared SIZE) and after DATA (with the real size), 552 5.2.2, and
+/// only that recipient is refused.
+#[tokio::test]
+async fn over_quota_is_refused_552_at_rcpt_and_after_data() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    c.hello().await;
+    // 40 KiB fits into 64 KiB.
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<dave@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(&random_body(40 << 10)).await;
+    assert_eq!(
+        c.cmd(".").await,
+        "250 2.0.0 <dave@example.org> delivered\r\n"
+    );
+
+    // A declared 40 KiB more does not: refused before the data is sent.
+    c.cmd("MAIL FROM:<a@example.net> SIZE=40960").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<dave@example.org>").await,
+        "552 5.2.2 mailbox full: over quota\r\n"
+    );
+    c.cmd("RSET").await;
+
+    // Undeclared, it is refused after DATA, for dave only.
+    c.cmd("MAIL FROM:<a@example.net>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<dave@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(&random_body(40 << 10)).await;
+    c.send(b".\r\n").await;
+    assert_eq!(
+        c.reply().await,
+        "552 5.2.2 <dave@example.org> mailbox full: over quota\r\n"
+    );
+    assert_eq!(c.reply().await, "250 2.0.0 <bob@example.org> delivered\r\n");
+
+    // A small one still fits.
+    c.cmd("MAIL FROM:<a@example.net> SIZE=2000").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<dave@example.org>").await,
+        "250 2.1.5 recipient OK\r\n"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(&random_body(2000)).await;
+    assert_eq!(
+        c.cmd(".").await,
+        "250 2.0.0 <dave@example.org> delivered\r\n"
+    );
+
+    // The usage object is plain and readable without keys.
+    use facteur::store::ObjectStore;
+    let dave = s.services.user_id("dave");
+    let usage = s
+        .store
+        .get(&facteur::lmtp::quota::usage_key(&dave))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&usage).contains("\"bytes\":"));
 }

@@ -34,9 +34,11 @@ fn now_secs() -> i64 {
 }
 
 /// Serves one LMTP connection until QUIT, disconnect, idle timeout or
-/// shutdown (`shutdown` resolving).
+/// shutdown (`shutdown` resolving). `peer` is the client's address when
+/// the transport has one (for `Received:`).
 pub async fn run<S>(
     stream: S,
+    peer: Option<std::net::IpAddr>,
     backend: &Backend,
     options: Options,
     idle_timeout: Duration,
@@ -46,7 +48,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut session: Session<User> = Session::new(options);
+    let mut session: Session<User> = Session::new(options).with_peer(peer);
     let mut buf = vec![0u8; READ_BUFFER];
     tokio::pin!(shutdown);
     let mut stopping = false;
@@ -78,7 +80,9 @@ where
                 }
             }
             Step::Resolve(pending) => {
-                let resolution = backend.resolve(pending.address()).await;
+                let resolution = backend
+                    .resolve(pending.address(), pending.declared_size())
+                    .await;
                 session.resolved(pending, resolution);
             }
             Step::Deliver(delivery) => {

@@ -2,7 +2,10 @@
 //! requests do. A recipient is looked up in the directory (exact address
 //! first, then without its `+detail`), then its keyring in the store for
 //! the public key; a message is sealed to each user's key into their
-//! incoming queue with [`deliver`].
+//! incoming queue with [`deliver`]. A user with a quota
+//! (`UserRecord::quota_bytes`) is checked at RCPT (against the declared
+//! SIZE) and again after DATA (against the real size), see [`quota`].
+//! Only a count made just now can refuse; an unknown usage delivers.
 //!
 //! No socket here, and no reply codes: outcomes are [`RcptRefusal`] and
 //! [`DeliveryOutcome`], turned into replies by [`super::reply`]. Causes go
@@ -13,10 +16,12 @@ use std::sync::Arc;
 use crate::account::KeyringStore;
 use crate::crypto::UserPublicKey;
 use crate::directory::{Directory, DirectoryError, normalise_address};
+use crate::log::now_ms;
 use crate::mailbox::incoming::{DeliveryEnvelope, deliver};
 use crate::store::SharedStore;
 use crate::store::layout::UserId;
 
+use super::quota::{self, Usage};
 use super::reply::{DeliveryOutcome, RcptRefusal};
 use super::session::{Delivery, Recipient, Resolution};
 
@@ -35,6 +40,9 @@ pub struct Backend {
     pub directory: Arc<dyn Directory>,
     pub keyrings: KeyringStore,
     pub user_id: UserIdFn,
+    /// Over quota answers 452 4.2.2 (the sender retries) instead of 552
+    /// 5.2.2 (it bounces).
+    pub quota_full_temporary: bool,
 }
 
 impl std::fmt::Debug for Backend {
@@ -51,6 +59,17 @@ pub struct User {
     pub login: String,
     pub id: UserId,
     pub public_key: UserPublicKey,
+    /// The user's quota, if any.
+    pub quota: Option<Quota>,
+}
+
+/// A quota and the usage figure found at RCPT.
+#[derive(Clone, Debug)]
+pub struct Quota {
+    /// Bytes allowed (`UserRecord::quota_bytes`).
+    pub limit: u64,
+    /// Usage when the recipient was accepted; `None` if unknown.
+    pub usage: Option<Usage>,
 }
 
 /// Splits `local+detail@domain` into `local@domain` and `detail`.
@@ -64,15 +83,20 @@ fn strip_detail(address: &str) -> Option<(String, String)> {
 }
 
 impl Backend {
-    /// Resolves one RCPT address.
-    pub async fn resolve(&self, address: &str) -> Resolution<User> {
-        match self.lookup(address).await {
+    /// Resolves one RCPT address; `declared_size` is MAIL FROM's `SIZE=`
+    /// (0 if none).
+    pub async fn resolve(&self, address: &str, declared_size: u64) -> Resolution<User> {
+        match self.lookup(address, declared_size).await {
             Ok(r) => r,
             Err(refusal) => Resolution::Refused(refusal),
         }
     }
 
-    async fn lookup(&self, address: &str) -> Result<Resolution<User>, RcptRefusal> {
+    async fn lookup(
+        &self,
+        address: &str,
+        declared_size: u64,
+    ) -> Result<Resolution<User>, RcptRefusal> {
         let normalised = normalise_address(address).map_err(|_| RcptRefusal::BadAddress)?;
         let mut found = self.find(&normalised).await?.map(|u| (u, None));
         if found.is_none()
@@ -98,6 +122,23 @@ impl Backend {
                 return Err(RcptRefusal::Unavailable);
             }
         };
+        let quota = match record.quota_bytes {
+            None => None,
+            Some(limit) => {
+                // At least one byte: a mailbox already at its limit is
+                // refused here, before the message is sent.
+                let incoming = declared_size.max(1);
+                let (fits, usage) =
+                    quota::fits(&*self.store, &id, limit, incoming, None, now_ms()).await;
+                if fits == Some(false) {
+                    tracing::info!(login = %record.login, limit, used = ?usage, "lmtp: over quota at RCPT");
+                    return Err(RcptRefusal::OverQuota {
+                        temporary: self.quota_full_temporary,
+                    });
+                }
+                Some(Quota { limit, usage })
+            }
+        };
         Ok(Resolution::Accepted(Recipient {
             key: record.login.clone(),
             folder,
@@ -105,6 +146,7 @@ impl Backend {
                 public_key,
                 login: record.login,
                 id,
+                quota,
             },
         }))
     }
@@ -133,7 +175,7 @@ impl Backend {
     ) -> Vec<DeliveryOutcome> {
         let mut outcomes = Vec::new();
         for target in delivery.targets() {
-            let message = delivery.message_for(&target);
+            let message = delivery.message_for(&target, received_at);
             let envelope = DeliveryEnvelope {
                 mail_from: delivery.mail_from.clone(),
                 rcpt_to: target.rcpt_to.clone(),
@@ -141,6 +183,24 @@ impl Backend {
                 folder: target.folder.clone(),
             };
             let user = target.user;
+            if let Some(q) = &user.quota {
+                let (fits, usage) = quota::fits(
+                    &*self.store,
+                    &user.id,
+                    q.limit,
+                    message.len() as u64,
+                    q.usage,
+                    now_ms(),
+                )
+                .await;
+                if fits == Some(false) {
+                    tracing::info!(login = %user.login, limit = q.limit, used = ?usage, size = message.len(), "lmtp: over quota");
+                    outcomes.push(DeliveryOutcome::OverQuota {
+                        temporary: self.quota_full_temporary,
+                    });
+                    continue;
+                }
+            }
             let outcome =
                 match deliver(&*self.store, &user.id, &user.public_key, &message, envelope).await {
                     Ok(receipt) => {

@@ -6,6 +6,8 @@
 //! - [`data`]: the DATA body decoder (dot-unstuffing, CRLF, size bound).
 //! - [`reply`]: every reply code, and the mapping of outcomes to them.
 //! - [`delivery`]: recipient lookup and sealing into the store.
+//! - [`trace`]: the trace header fields each stored copy gets.
+//! - [`quota`]: how full a mailbox is, without the user's keys.
 //! - [`connection`]: the driver owning one client socket.
 //!
 //! The listeners (TCP, Unix socket, connection bounds, shutdown) are in
@@ -14,8 +16,10 @@
 pub mod connection;
 pub mod data;
 pub mod delivery;
+pub mod quota;
 pub mod reply;
 pub mod session;
+pub mod trace;
 
 pub use delivery::{Backend, User};
 pub use session::{Options, Session, Step};

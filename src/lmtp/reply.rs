@@ -79,6 +79,8 @@ pub enum RcptRefusal {
     Unavailable,
     /// The address is not one we can look up.
     BadAddress,
+    /// The user's mailbox is full (or would be with the declared SIZE).
+    OverQuota { temporary: bool },
 }
 
 /// How a delivery to one user ended.
@@ -89,6 +91,8 @@ pub enum DeliveryOutcome {
     /// The store or something else failed; the message must be retried.
     /// Never a 5xx: nothing about the message itself was wrong.
     Failed,
+    /// The message does not fit under the user's quota.
+    OverQuota { temporary: bool },
 }
 
 // Greeting and session.
@@ -257,6 +261,22 @@ pub fn rcpt_refused(refusal: &RcptRefusal) -> Reply {
         // RFC 3463 4.3.0: other or undefined mail system status.
         RcptRefusal::Unavailable => temporary_failure(),
         RcptRefusal::BadAddress => bad_recipient(),
+        RcptRefusal::OverQuota { temporary } => over_quota(None, *temporary),
+    }
+}
+
+/// RFC 3463 5.2.2 / 4.2.2: mailbox full. Permanent by default, like
+/// Dovecot (the sender learns at once); temporary when configured, so
+/// the mail waits in the sender's queue while the user makes room.
+pub fn over_quota(address: Option<&str>, temporary: bool) -> Reply {
+    let text = match address {
+        Some(a) => format!("<{a}> mailbox full: over quota"),
+        None => "mailbox full: over quota".to_owned(),
+    };
+    if temporary {
+        Reply::new(452, (4, 2, 2), text)
+    } else {
+        Reply::new(552, (5, 2, 2), text)
     }
 }
 
@@ -269,6 +289,7 @@ pub fn delivery(address: &str, outcome: &DeliveryOutcome) -> Reply {
             (4, 3, 0),
             format!("<{address}> temporary failure, try again later"),
         ),
+        DeliveryOutcome::OverQuota { temporary } => over_quota(Some(address), *temporary),
     }
 }
 
@@ -289,6 +310,18 @@ mod tests {
              250-SIZE 10\r\n250 SMTPUTF8\r\n"
         );
         assert_eq!(ok().to_wire(), "250 2.0.0 OK\r\n");
+    }
+
+    #[test]
+    fn over_quota_is_552_or_452_when_configured() {
+        assert_eq!(
+            rcpt_refused(&RcptRefusal::OverQuota { temporary: false }).to_wire(),
+            "552 5.2.2 mailbox full: over quota\r\n"
+        );
+        assert_eq!(
+            delivery("a@b", &DeliveryOutcome::OverQuota { temporary: true }).to_wire(),
+            "452 4.2.2 <a@b> mailbox full: over quota\r\n"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use smtp_proto::{
 
 use super::data::{DataDecoder, Progress};
 use super::reply::{self, DeliveryOutcome, RcptRefusal, Reply};
+use super::trace;
 
 /// The limits of a session (DESIGN.md §7).
 #[derive(Clone, Debug)]
@@ -72,12 +73,20 @@ pub enum Step<U> {
 #[derive(Debug)]
 pub struct PendingRcpt {
     address: String,
+    /// The MAIL FROM `SIZE=` the client declared (RFC 1870), 0 if none.
+    declared_size: u64,
 }
 
 impl PendingRcpt {
     /// The address as the client wrote it, without angle brackets.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The message size the client announced with `SIZE=` (RFC 1870), 0
+    /// when it did not: lets a full mailbox refuse at RCPT.
+    pub fn declared_size(&self) -> u64 {
+        self.declared_size
     }
 }
 
@@ -109,6 +118,12 @@ pub struct Delivery<U> {
     recipients: Vec<(String, Recipient<U>)>,
     /// The body, CRLF line endings, as the client sent it.
     body: Vec<u8>,
+    /// The client's LHLO name, for `Received:`.
+    lhlo: String,
+    /// The client's address, for `Received:`.
+    peer: Option<std::net::IpAddr>,
+    /// Our host name, for `Received:`.
+    host: String,
 }
 
 /// One user's share of a [`Delivery`].
@@ -146,14 +161,26 @@ impl<U> Delivery<U> {
         targets.into_iter().map(|(_, t)| t).collect()
     }
 
-    /// The message stored for a target: `Return-Path` (RFC 5321 §4.4) and
-    /// `Delivered-To` (the first RCPT address of this user) prepended to
-    /// the body.
-    pub fn message_for(&self, target: &Target<'_, U>) -> Vec<u8> {
+    /// The size of the message as received (before trace fields).
+    pub fn size(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    /// The message stored for a target, received at `at` (seconds since
+    /// the epoch): `Return-Path`, `Delivered-To` (the first RCPT address
+    /// of this user) and `Received` ([`trace`]) prepended to the body.
+    pub fn message_for(&self, target: &Target<'_, U>, at: i64) -> Vec<u8> {
         let delivered_to = target.rcpt_to.first().map_or("", String::as_str);
-        let head = format!(
-            "Return-Path: <{}>\r\nDelivered-To: {delivered_to}\r\n",
-            self.mail_from
+        let head = trace::header(
+            &self.mail_from,
+            delivered_to,
+            &trace::Stamp {
+                lhlo: &self.lhlo,
+                peer: self.peer,
+                host: &self.host,
+                rcpt: delivered_to,
+                at,
+            },
         );
         let mut message = Vec::with_capacity(head.len() + self.body.len());
         message.extend_from_slice(head.as_bytes());
@@ -192,6 +219,8 @@ struct Transaction<U> {
     recipients: Vec<(String, Recipient<U>)>,
     /// RCPT commands seen, accepted or not.
     attempts: usize,
+    /// MAIL FROM `SIZE=`, 0 if absent.
+    declared_size: u64,
 }
 
 /// One LMTP session.
@@ -207,6 +236,10 @@ pub struct Session<U> {
     output: Vec<u8>,
     /// Bad commands so far.
     errors: u32,
+    /// The name the client gave in its last LHLO.
+    lhlo: String,
+    /// The client's address, when the transport has one.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl<U> Session<U> {
@@ -218,10 +251,18 @@ impl<U> Session<U> {
             discarding_line: false,
             output: Vec::new(),
             errors: 0,
+            lhlo: String::new(),
+            peer: None,
             options,
         };
         s.reply(reply::greeting(&s.options.hostname.clone()));
         s
+    }
+
+    /// Records the client's address (for `Received:`).
+    pub fn with_peer(mut self, peer: Option<std::net::IpAddr>) -> Session<U> {
+        self.peer = peer;
+        self
     }
 
     /// Bytes to write to the client.
@@ -355,9 +396,10 @@ impl<U> Session<U> {
         };
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);
         match (request, phase) {
-            (Request::Lhlo { .. }, phase) => {
+            (Request::Lhlo { host }, phase) => {
                 // RFC 5321 §4.1.4: a second LHLO resets the transaction.
                 drop(phase);
+                self.lhlo = host.into_owned();
                 let r = reply::lhlo(&self.options.hostname, self.options.max_message_size);
                 self.reply(r);
                 self.phase = Phase::Ready;
@@ -389,8 +431,12 @@ impl<U> Session<U> {
                 }
                 match rcpt_address(to) {
                     Ok(address) => {
+                        let declared_size = tx.declared_size;
                         self.phase = Phase::Waiting(Waiting::Rcpt(tx));
-                        return Some(Step::Resolve(PendingRcpt { address }));
+                        return Some(Step::Resolve(PendingRcpt {
+                            address,
+                            declared_size,
+                        }));
                     }
                     Err(r) => {
                         self.phase = Phase::Mail(tx);
@@ -465,6 +511,7 @@ impl<U> Session<U> {
             mail_from: from.address.into_owned(),
             recipients: Vec::new(),
             attempts: 0,
+            declared_size: from.size as u64,
         })
     }
 
@@ -507,6 +554,9 @@ impl<U> Session<U> {
                     mail_from: tx.mail_from,
                     recipients: tx.recipients,
                     body,
+                    lhlo: self.lhlo.clone(),
+                    peer: self.peer,
+                    host: self.options.hostname.clone(),
                 }))
             }
         }
@@ -638,7 +688,7 @@ mod tests {
                         if failing.contains(&t.user.as_str()) {
                             outcomes.push(DeliveryOutcome::Failed);
                         } else {
-                            let m = d.message_for(&t);
+                            let m = d.message_for(&t, 0);
                             stored.push((t.user.clone(), t.rcpt_to.clone(), t.folder.clone(), m));
                             outcomes.push(DeliveryOutcome::Delivered);
                         }
@@ -731,6 +781,8 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(message),
             "Return-Path: <sender@example.org>\r\nDelivered-To: alice+lists@example.org\r\n\
+             Received: from client\r\n\tby mx.test (Facteur) with LMTP\r\n\
+             \tfor <alice+lists@example.org>; Thu, 01 Jan 1970 00:00:00 +0000\r\n\
              Subject: hi\r\n\r\n.dot\r\n"
         );
     }

@@ -56,6 +56,7 @@ impl Settings {
     pub fn from_config(config: &LmtpConfig) -> Settings {
         Settings {
             options: Options {
+                hostname: host_name(),
                 max_message_size: config.max_message_size.0,
                 max_recipients: config.max_recipients,
                 ..Options::default()
@@ -66,6 +67,17 @@ impl Settings {
     }
 }
 
+/// This machine's host name (the by-domain of `Received:` and the LHLO
+/// reply), or `facteur` if it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| Options::default().hostname)
+}
+
 /// The delivery backend built from the shared services.
 pub fn backend(services: &Services) -> Backend {
     let ids = services.clone();
@@ -74,6 +86,7 @@ pub fn backend(services: &Services) -> Backend {
         directory: services.directory.clone(),
         keyrings: services.keyrings.clone(),
         user_id: Arc::new(move |login| ids.user_id(login)),
+        quota_full_temporary: false,
     }
 }
 
@@ -106,9 +119,12 @@ pub async fn serve(
         tasks.spawn(async move {
             let _permit = permit;
             let result = match stream {
-                Stream::Tcp(s) => session(s, &backend, &settings, shutdown).await,
+                Stream::Tcp(s) => {
+                    let peer = s.peer_addr().ok().map(|a| a.ip());
+                    session(s, peer, &backend, &settings, shutdown).await
+                }
                 #[cfg(unix)]
-                Stream::Unix(s) => session(s, &backend, &settings, shutdown).await,
+                Stream::Unix(s) => session(s, None, &backend, &settings, shutdown).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "lmtp connection ended with an error");
@@ -138,12 +154,14 @@ async fn accept(listener: &Listener) -> std::io::Result<Stream> {
 
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
+    peer: Option<std::net::IpAddr>,
     backend: &Backend,
     settings: &Settings,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
     connection::run(
         stream,
+        peer,
         backend,
         settings.options.clone(),
         settings.idle_timeout,
