@@ -12,6 +12,10 @@ cleanup() {
     scripts/garage.sh stop "$work/garage" >&2 || true
     scripts/slapd.sh stop "$work/slapd" >&2 || true
     scripts/dovecot.sh stop "$work/dovecot" >&2 || true
+    # Postfix instances a killed test could not stop itself.
+    for d in "$work"/postfix/*/postfix; do
+        [ -d "$d" ] && { scripts/postfix.sh stop "$d" >&2 || true; }
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -27,6 +31,15 @@ echo "== starting a throwaway Dovecot" >&2
 eval "$(scripts/dovecot.sh start "$work/dovecot")"
 # The differential MIME test (tests/dovecot_mime.rs) fails rather than skips.
 export FACTEUR_REQUIRE_DOVECOT=1
+echo "== installing Postfix for the end-to-end LMTP tests" >&2
+scripts/postfix.sh install
+# tests/postfix.rs starts one throwaway Postfix per test, each pointed at
+# the LMTP port its test listens on, under this directory (which the
+# postfix user must be able to enter).
+mkdir -p "$work/postfix"
+chmod o+x "$work" "$work/postfix"
+export FACTEUR_TEST_POSTFIX=1 FACTEUR_TEST_POSTFIX_DIR="$work/postfix"
+export FACTEUR_REQUIRE_POSTFIX=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check
