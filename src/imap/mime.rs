@@ -1031,6 +1031,70 @@ mod tests {
         );
     }
 
+    /// Lines that make MIME structure likely: boundaries of two nesting
+    /// levels, multipart and message/rfc822 headers, encodings.
+    fn mime_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(String::new()),
+            Just("--a".to_owned()),
+            Just("--a--".to_owned()),
+            Just("--b".to_owned()),
+            Just("--b--".to_owned()),
+            Just("Content-Type: multipart/mixed; boundary=a".to_owned()),
+            Just("Content-Type: multipart/alternative; boundary=b".to_owned()),
+            Just("Content-Type: message/rfc822".to_owned()),
+            Just("Content-Type: message/global".to_owned()),
+            Just("Content-Transfer-Encoding: base64".to_owned()),
+            Just("Content-Transfer-Encoding: quoted-printable".to_owned()),
+            Just("Content-Transfer-Encoding: x-unknown".to_owned()),
+            Just("Subject: s".to_owned()),
+            Just(" folded".to_owned()),
+            "[ -~]{0,12}",
+            "[=A-F0-9a-z/+]{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Every view answers (or declines) on any message and any part
+        /// path, also given bytes its summary was not made from.
+        #[test]
+        fn views_never_panic(
+            lines in proptest::collection::vec(mime_line(), 0..40),
+            other in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            numbers in proptest::collection::vec(1u32..4, 1..5),
+        ) {
+            let raw = normalize_crlf(lines.join("\n").as_bytes()).into_owned();
+            let summary = summarize(&raw);
+            let numbers: Vec<NonZeroU32> =
+                numbers.iter().map(|&n| NonZeroU32::new(n).unwrap()).collect();
+            let p = Part(Vec1::try_from(numbers.clone()).unwrap());
+            let _ = body_structure(&summary.body, true);
+            let _ = envelope(&summary.envelope);
+            for bytes in [&raw[..], &other[..]] {
+                for s in [
+                    Section::Part(p.clone()),
+                    Section::Mime(p.clone()),
+                    Section::Header(Some(p.clone())),
+                    Section::Text(Some(p.clone())),
+                    Section::HeaderFields(Some(p.clone()), names(&["subject"])),
+                    Section::HeaderFieldsNot(None, names(&["content-type"])),
+                ] {
+                    let _ = section(bytes, &summary, Some(&s));
+                    let _ = section_from_header(&summary, Some(&s));
+                }
+                let _ = binary(bytes, &summary, &numbers);
+                let _ = binary(bytes, &summary, &[]);
+                let _ = binary_size(bytes, &summary, &numbers);
+            }
+            // On its own bytes, BINARY.SIZE is BINARY's length.
+            proptest::prop_assert_eq!(
+                binary_size(&raw, &summary, &numbers),
+                binary(&raw, &summary, &numbers).map(|b| b.len() as u64)
+            );
+        }
+    }
+
     #[test]
     fn nothing_panics_on_a_summary_of_other_bytes() {
         let (_, summary) = message(FORWARD);
