@@ -109,7 +109,18 @@ pub struct Account {
     folders: tokio::sync::OnceCell<Arc<Folders>>,
     /// When bodies were last collected (or the account unlocked).
     last_blob_gc: std::sync::Mutex<std::time::Instant>,
+    /// Mailboxes used lately, kept open although no session holds them
+    /// (a client APPENDs to Sent without selecting it): reopening means
+    /// reading the log again. At most [`KEEP_OPEN`], each for
+    /// [`KEEP_OPEN_FOR`] after its last use.
+    recent: std::sync::Mutex<Vec<(Arc<Mailbox>, std::time::Instant)>>,
 }
+
+/// How many unselected mailboxes an account keeps open.
+const KEEP_OPEN: usize = 8;
+
+/// How long an unselected mailbox stays open after its last use.
+const KEEP_OPEN_FOR: Duration = Duration::from_secs(10 * 60);
 
 impl std::fmt::Debug for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,6 +147,7 @@ impl Account {
             opening: tokio::sync::Mutex::new(()),
             folders: tokio::sync::OnceCell::new(),
             last_blob_gc: std::sync::Mutex::new(std::time::Instant::now()),
+            recent: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -166,6 +178,7 @@ impl Account {
         }
         let _opening = self.opening.lock().await;
         if let Some(open) = self.open_map().get(id).and_then(Weak::upgrade) {
+            self.used(&open);
             return Ok(open);
         }
         let mailbox = Arc::new(
@@ -181,10 +194,27 @@ impl Account {
             )
             .await?,
         );
-        let mut open = self.open_map();
-        open.retain(|_, m| m.strong_count() > 0);
-        open.insert(id.to_owned(), Arc::downgrade(&mailbox));
+        {
+            let mut open = self.open_map();
+            open.retain(|_, m| m.strong_count() > 0);
+            open.insert(id.to_owned(), Arc::downgrade(&mailbox));
+        }
+        self.used(&mailbox);
         Ok(mailbox)
+    }
+
+    /// Keeps `mailbox` open for a while (see `recent`).
+    fn used(&self, mailbox: &Arc<Mailbox>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|(m, _)| !Arc::ptr_eq(m, mailbox));
+        recent.insert(0, (mailbox.clone(), std::time::Instant::now()));
+        recent.truncate(KEEP_OPEN);
+    }
+
+    /// Closes kept mailboxes unused for [`KEEP_OPEN_FOR`].
+    fn forget_unused(&self) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|(_, used)| used.elapsed() < KEEP_OPEN_FOR);
     }
 
     /// The mailbox list (created with the default mailboxes for a new
@@ -370,6 +400,7 @@ impl Account {
     /// A mailbox that fails is logged and does not stop the others.
     pub async fn poll_once(&self) -> usize {
         let mut applied = 0;
+        self.forget_unused();
         if let Some(folders) = self.folders.get() {
             match folders.sync().await {
                 Ok(n) => applied += n,

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
-/// A client on one connection.
-pub struct Client {
-    io: DuplexStream,
+/// A client on one connection (in-memory by default, TCP in benches).
+pub struct Client<S = DuplexStream> {
+    io: S,
     buf: Vec<u8>,
     next_tag: u32,
 }
@@ -48,9 +48,9 @@ impl Reply {
     }
 }
 
-impl Client {
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// A client on `io`, after reading the greeting (returned).
-    pub async fn start(io: DuplexStream) -> (Client, String) {
+    pub async fn start(io: S) -> (Client<S>, String) {
         let mut c = Client {
             io,
             buf: Vec::new(),
@@ -62,7 +62,7 @@ impl Client {
 
     pub async fn fill(&mut self) {
         let mut chunk = [0u8; 65536];
-        let n = tokio::time::timeout(Duration::from_secs(20), self.io.read(&mut chunk))
+        let n = tokio::time::timeout(Duration::from_secs(120), self.io.read(&mut chunk))
             .await
             .expect("server answered in time")
             .unwrap();
