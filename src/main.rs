@@ -48,6 +48,14 @@ enum Command {
         /// socket, if configured, still listens).
         #[arg(long)]
         lmtp: Option<SocketAddr>,
+        /// Listen address of IMAP with STARTTLS, replacing `[imap]
+        /// starttls_listen`.
+        #[arg(long)]
+        imap: Option<SocketAddr>,
+        /// Listen address of IMAP over implicit TLS, replacing `[imap]
+        /// tls_listen`.
+        #[arg(long)]
+        imaps: Option<SocketAddr>,
     },
     /// Manage the users of the static users file. Passwords are asked on
     /// the terminal, or read one per line from standard input.
@@ -164,7 +172,20 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let mut prompt = Prompter::new();
     match cli.command {
-        Command::Serve { http, lmtp } => serve(config, embedded, http, lmtp, &mut prompt).await,
+        Command::Serve {
+            http,
+            lmtp,
+            imap,
+            imaps,
+        } => {
+            let overrides = Overrides {
+                http,
+                lmtp,
+                imap,
+                imaps,
+            };
+            serve(config, embedded, overrides, &mut prompt).await
+        }
         Command::Config(ConfigCommand::Check) => config_check(&config).await,
         Command::User(cmd) => {
             let services = Services::from_config(&config)?;
@@ -522,13 +543,28 @@ async fn config_check(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Listen addresses given on the command line, each replacing its
+/// configured list.
+struct Overrides {
+    http: Option<SocketAddr>,
+    lmtp: Option<SocketAddr>,
+    imap: Option<SocketAddr>,
+    imaps: Option<SocketAddr>,
+}
+
 async fn serve(
     config: Config,
     embedded: bool,
-    http_override: Option<SocketAddr>,
-    lmtp_override: Option<SocketAddr>,
+    overrides: Overrides,
     prompt: &mut Prompter,
 ) -> Result<()> {
+    let Overrides {
+        http: http_override,
+        lmtp: lmtp_override,
+        ..
+    } = overrides;
+    // Before anything is announced: a SIGTERM from then on stops cleanly.
+    let stop = server::termination_signal();
     let services = Services::from_config(&config)?;
     if let Err(e) = services.check_store().await {
         tracing::warn!(error = %e, "object store unavailable at start; serving anyway");
@@ -587,12 +623,90 @@ async fn serve(
             shutdown.clone(),
         ));
     }
-    println!("facteur: ready (the IMAP listener is not built yet)");
-    server::termination_signal().await;
+    if let Some(listeners) = imap_listeners(&config, embedded, &overrides).await? {
+        let (listeners, tls) = listeners;
+        let settings = server::imap::Settings::from_config(&config.imap);
+        let imap = server::imap::context(
+            &services,
+            &settings,
+            tls.map(|t| t.acceptor),
+            server::imap::random_instance(),
+        );
+        tasks.spawn(server::imap::serve(
+            listeners,
+            imap,
+            settings,
+            shutdown.clone(),
+        ));
+    }
+    println!("facteur: ready");
+    stop.await;
     tracing::info!("shutting down");
     trigger.fire();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Loads the certificate and binds the IMAP listeners; `None` if there are
+/// none. Like LMTP, the embedded default only warns when its ports are
+/// taken.
+async fn imap_listeners(
+    config: &Config,
+    embedded: bool,
+    overrides: &Overrides,
+) -> Result<Option<(Vec<server::imap::Listener>, Option<server::imap::LoadedTls>)>> {
+    let starttls = match overrides.imap {
+        Some(addr) => vec![addr],
+        None => config.imap.starttls_listen.clone(),
+    };
+    let implicit = match overrides.imaps {
+        Some(addr) => vec![addr],
+        None => config.imap.tls_listen.clone(),
+    };
+    if starttls.is_empty() && implicit.is_empty() {
+        return Ok(None);
+    }
+    let tls = server::imap::load_tls(&config.imap)?;
+    match &tls {
+        Some(t) if t.self_signed => println!(
+            "facteur: imap certificate {} (self-signed: clients must trust it)",
+            t.certificate.display()
+        ),
+        Some(_) => {}
+        None if !implicit.is_empty() => bail!(
+            "imap.tls_listen needs imap.certificate and imap.private_key \
+             (or imap.self_signed_dir); set tls_listen = [] to serve STARTTLS ports only"
+        ),
+        None => tracing::warn!("imap: no certificate configured, STARTTLS is not offered"),
+    }
+    let mut listeners = vec![];
+    let ports = starttls
+        .into_iter()
+        .map(|a| (a, overrides.imap.is_some(), None))
+        .chain(implicit.into_iter().map(|a| {
+            let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+            (a, overrides.imaps.is_some(), acceptor)
+        }));
+    for (addr, overridden, acceptor) in ports {
+        let (mode, label) = match acceptor {
+            Some(a) => (server::imap::Mode::ImplicitTls(a), "tls"),
+            None => (server::imap::Mode::StartTls, "starttls"),
+        };
+        let tcp = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if embedded && !overridden => {
+                tracing::warn!(error = %e, %addr, "cannot listen for imap; use --imap/--imaps ADDR");
+                continue;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot listen on {addr} for imap ({label})"));
+            }
+        };
+        println!("facteur: imap ({label}) listening on {}", tcp.local_addr()?);
+        listeners.push(server::imap::Listener { tcp, mode });
+    }
+    Ok(Some((listeners, tls)))
 }
 
 /// On the embedded default's first start, creates a demo account so a

@@ -1,12 +1,14 @@
 //! Listeners, limits, shutdown and metrics: everything `facteur serve` runs
-//! in one tokio runtime: the LMTP listeners ([`lmtp`]) and the health and
-//! metrics endpoint ([`http`]); IMAP joins here when it exists.
+//! in one tokio runtime: the IMAP listeners ([`imap`]) and their TLS
+//! ([`tls`]), the LMTP listeners ([`lmtp`]) and the health and metrics
+//! endpoint ([`http`]).
 //!
 //! Invariants: the accept loop never awaits anything but `accept` and a
 //! connection permit (a slow client cannot stall it); shutdown is one
 //! broadcast, after which running connections get a bounded time to finish.
 
 pub mod http;
+pub mod imap;
 pub mod lmtp;
 pub mod services;
 pub mod tls;
@@ -50,25 +52,40 @@ impl Shutdown {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn termination_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: call it before telling
+/// anyone the server is ready, so that an early SIGTERM is a clean stop
+/// rather than the default kill.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut term), Err(_)) => {
+                    term.recv().await;
+                }
+                (Err(_), Ok(mut int)) => {
+                    int.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -96,6 +96,14 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, Path
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| TlsError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
     let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
     // The key first: a certificate without its key is never left behind.
     write_replacing(&key, generated.signing_key.serialize_pem().as_bytes(), true)?;
@@ -147,9 +155,10 @@ mod tests {
 
     #[test]
     fn self_signed_is_generated_once_private_and_loads() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("created");
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let (cert, key) = ensure_self_signed(dir.path(), &names).unwrap();
+        let (cert, key) = ensure_self_signed(&dir, &names).unwrap();
         server_config(&cert, &key).unwrap();
         #[cfg(unix)]
         {
@@ -158,13 +167,13 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "key mode {mode:o}");
         }
         let first = std::fs::read(&cert).unwrap();
-        let (cert2, key2) = ensure_self_signed(dir.path(), &names).unwrap();
+        let (cert2, key2) = ensure_self_signed(&dir, &names).unwrap();
         assert_eq!((&cert2, &key2), (&cert, &key));
         assert_eq!(std::fs::read(&cert).unwrap(), first, "reused, not replaced");
         // A lost certificate is generated again, with a new key.
         let old_key = std::fs::read(&key).unwrap();
         std::fs::remove_file(&cert).unwrap();
-        ensure_self_signed(dir.path(), &names).unwrap();
+        ensure_self_signed(&dir, &names).unwrap();
         assert_ne!(std::fs::read(&key).unwrap(), old_key);
         server_config(&cert, &key).unwrap();
     }

@@ -1,0 +1,350 @@
+//! IMAP end to end: the real `facteur serve` on ports chosen by the kernel,
+//! driven by Python's `imaplib` (the scripts in tests/imap/) over STARTTLS
+//! and implicit TLS, the clients trusting only the server's self-signed
+//! certificate; and the listener's TLS and limits, checked at the socket.
+//!
+//! Each test starts its own server in a temporary directory and learns its
+//! ports from the lines `serve` prints before `facteur: ready`; nothing
+//! sleeps.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_facteur");
+const USER: &str = "alice@example.org";
+const PASSWORD: &str = "correct horse battery";
+/// Upper bound of any wait for the server; a hang fails instead of
+/// blocking the suite.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running `facteur serve` with one user, stopped (SIGTERM) on drop.
+struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    starttls: SocketAddr,
+    tls: SocketAddr,
+    certificate: PathBuf,
+}
+
+impl Server {
+    /// Starts a server whose `[imap]` section has `extra` settings on top
+    /// of listeners on port 0, a self-signed certificate and a 1 s TLS
+    /// handshake timeout.
+    fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let secret: String = (0..32).map(|i| format!("{:x}", (i * 7 + 3) % 16)).collect();
+        let config = format!(
+            "cluster_secret = \"{secret}\"\n\
+             [store]\nbackend = \"fs\"\npath = \"store\"\n\
+             [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
+             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n\
+             [lmtp]\nlisten = []\n\
+             [imap]\nstarttls_listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+             self_signed_dir = \"tls\"\n{extra}\n"
+        );
+        let config_path = dir.path().join("facteur.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let config_arg = config_path.to_str().unwrap().to_owned();
+
+        let mut add = Command::new(BIN)
+            .args(["--config", &config_arg, "user", "add", USER])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(add.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        let out = add.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--config", &config_arg, "serve", "--http", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "facteur=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let lines = read_until_ready(&mut child);
+        let find = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} in {lines:?}"))
+                .to_owned()
+        };
+        let certificate = find("facteur: imap certificate ");
+        let certificate = certificate
+            .split(" (self-signed")
+            .next()
+            .unwrap()
+            .to_owned();
+        Server {
+            starttls: find("facteur: imap (starttls) listening on ")
+                .parse()
+                .unwrap(),
+            tls: find("facteur: imap (tls) listening on ").parse().unwrap(),
+            certificate: PathBuf::from(certificate),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs `tests/imap/<script> <transport>` against this server.
+    fn python(&self, script: &str, transport: &str) {
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap");
+        let out = Command::new("python3")
+            .arg(scripts.join(script))
+            .arg(transport)
+            .current_dir(&scripts)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("FACTEUR_IMAP_HOST", "127.0.0.1")
+            .env("FACTEUR_IMAP_PORT", self.starttls.port().to_string())
+            .env("FACTEUR_IMAPS_PORT", self.tls.port().to_string())
+            .env("FACTEUR_IMAP_CA", &self.certificate)
+            .env("FACTEUR_IMAP_USER", USER)
+            .env("FACTEUR_IMAP_PASSWORD", PASSWORD)
+            .output()
+            .expect("python3 on PATH");
+        assert!(
+            out.status.success(),
+            "{script} over {transport} failed\n--- stdout\n{}\n--- stderr\n{}\n--- server log\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success() || std::thread::panicking(),
+            "serve exited with {status}\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Reads `serve`'s stdout up to its ready line, on a thread so that the
+/// wait is bounded.
+fn read_until_ready(child: &mut Child) -> Vec<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = vec![];
+    loop {
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("serve never got ready: {lines:?}"));
+        let ready = line == "facteur: ready";
+        lines.push(line);
+        if ready {
+            return lines;
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn read_line(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line
+}
+
+/// A TLS client trusting only the server's certificate, for 127.0.0.1.
+fn tls_client(
+    addr: SocketAddr,
+    certificate: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(certificate).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(conn, connect(addr))
+}
+
+/// Reads until the peer closes; the connection must end, not time out.
+fn assert_closed(mut s: TcpStream) {
+    let mut buf = [0; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("connection not closed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn implicit_tls_handshake_succeeds_with_the_generated_certificate() {
+    let server = Server::start("");
+    let pem = std::fs::read_to_string(&server.certificate).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(server.dir.path().join("tls/tls-key.pem").is_file());
+
+    let mut tls = BufReader::new(tls_client(server.tls, &server.certificate));
+    let greeting = read_line(&mut tls);
+    assert!(greeting.starts_with("* OK"), "{greeting:?}");
+    let conn = &tls.get_ref().conn;
+    assert!(conn.peer_certificates().is_some_and(|c| c.len() == 1));
+
+    // A client trusting other authorities refuses the certificate: it is
+    // really the pinned one that made the handshake succeed.
+    let other = tempfile::tempdir().unwrap();
+    let (other_cert, _) =
+        facteur::server::tls::ensure_self_signed(other.path(), &["127.0.0.1".into()]).unwrap();
+    let mut refused = tls_client(server.tls, &other_cert);
+    let mut buf = [0; 16];
+    let err = refused.read(&mut buf).unwrap_err();
+    assert!(
+        err.to_string().contains("UnknownIssuer") || err.to_string().contains("certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_client_that_never_handshakes_is_dropped_after_the_timeout() {
+    let server = Server::start("tls_handshake_timeout = 1");
+    let started = Instant::now();
+    let silent = connect(server.tls);
+    assert_closed(silent);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the 1 s timeout"
+    );
+    // The listener was not stalled meanwhile, and still serves.
+    let mut tls = BufReader::new(tls_client(server.tls, &server.certificate));
+    assert!(read_line(&mut tls).starts_with("* OK"));
+}
+
+#[test]
+fn a_handshake_in_progress_does_not_stall_other_clients() {
+    let server = Server::start("tls_handshake_timeout = 30");
+    // Half a ClientHello, then silence.
+    let mut stalled = connect(server.tls);
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let started = Instant::now();
+    let mut tls = BufReader::new(tls_client(server.tls, &server.certificate));
+    assert!(read_line(&mut tls).starts_with("* OK"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(stalled);
+}
+
+#[test]
+fn the_per_ip_limit_refuses_the_extra_connection() {
+    // A long handshake timeout: a prompt close below is the refusal.
+    let server = Server::start("max_connections_per_ip = 2\ntls_handshake_timeout = 30");
+    let mut first = BufReader::new(connect(server.starttls));
+    assert!(read_line(&mut first).starts_with("* OK"));
+    let mut second = BufReader::new(tls_client(server.tls, &server.certificate));
+    assert!(read_line(&mut second).starts_with("* OK"));
+
+    // STARTTLS ports refuse with a BYE greeting (RFC 9051 §7.1.5).
+    let mut third = BufReader::new(connect(server.starttls));
+    let bye = read_line(&mut third);
+    assert!(bye.starts_with("* BYE [UNAVAILABLE]"), "{bye:?}");
+    assert_closed(third.into_inner());
+
+    // Implicit-TLS ports close before any handshake.
+    let started = Instant::now();
+    assert_closed(connect(server.tls));
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // The counted connections still work.
+    first.get_mut().write_all(b"a NOOP\r\n").unwrap();
+    assert!(read_line(&mut first).starts_with("a OK"));
+}
+
+#[test]
+fn shutdown_says_bye_to_connected_clients() {
+    let mut server = Server::start("");
+    let mut client = BufReader::new(connect(server.starttls));
+    assert!(read_line(&mut client).starts_with("* OK"));
+    server.terminate();
+    let bye = read_line(&mut client);
+    assert!(bye.starts_with("* BYE"), "{bye:?}");
+}
+
+#[test]
+fn imaplib_login_and_logout() {
+    let server = Server::start("");
+    for transport in ["starttls", "tls"] {
+        server.python("login.py", transport);
+    }
+}
+
+#[test]
+fn imaplib_mailboxes() {
+    let server = Server::start("");
+    for transport in ["starttls", "tls"] {
+        server.python("mailboxes.py", transport);
+    }
+}
+
+#[test]
+fn imaplib_messages() {
+    let server = Server::start("");
+    for transport in ["starttls", "tls"] {
+        server.python("messages.py", transport);
+    }
+}
+
+#[test]
+fn imaplib_idle_sees_a_message_appended_by_another_connection() {
+    let server = Server::start("");
+    for transport in ["starttls", "tls"] {
+        server.python("idle.py", transport);
+    }
+}
