@@ -416,6 +416,7 @@ fn http_get(addr: &str, path: &str) -> String {
 fn serve(cwd: &Path) -> (std::process::Child, Vec<String>, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--http", "127.0.0.1:0"])
+        .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -495,6 +496,53 @@ fn embedded_default_creates_a_demo_account_once_and_serves_health() {
         cwd.path(),
     );
     assert_ok(&out);
+}
+
+/// The embedded default serves IMAP on both transports with a self-signed
+/// certificate made at first start, private, and the same after a restart
+/// (clients pinned it).
+#[test]
+fn embedded_default_serves_imap_with_a_certificate_kept_across_restarts() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (child, lines, _) = serve(cwd.path());
+    let listening = |label: &str| {
+        let prefix = format!("facteur: imap ({label}) listening on ");
+        let addr = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {lines:?}"));
+        addr.parse::<std::net::SocketAddr>().unwrap()
+    };
+    let starttls = listening("starttls");
+    listening("tls");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("imap certificate") && l.contains("tls-cert.pem")),
+        "{lines:?}"
+    );
+    let mut greeting = String::new();
+    BufReader::new(TcpStream::connect(starttls).unwrap())
+        .read_line(&mut greeting)
+        .unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting:?}");
+    terminate(child);
+
+    let cert = cwd.path().join("facteur-data/tls-cert.pem");
+    let key = cwd.path().join("facteur-data/tls-key.pem");
+    let first = std::fs::read(&cert).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the TLS key is readable by others: {mode:o}"
+        );
+    }
+    let (child, _, _) = serve(cwd.path());
+    terminate(child);
+    assert_eq!(std::fs::read(&cert).unwrap(), first);
 }
 
 /// With LDAP, users are managed in LDAP: `config check` reaches it, `user
