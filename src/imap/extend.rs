@@ -828,4 +828,25 @@ mod tests {
         assert_eq!(base, "a STATUS INBOX (MESSAGES)\r\n");
         assert!(ext.status_only_appendlimit);
     }
+
+    proptest::proptest! {
+        /// Any bytes: no panic, and a rewrite keeps the command's tag.
+        #[test]
+        fn never_panics_and_keeps_the_tag(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            command in proptest::sample::select(vec![
+                "SEARCH RETURN (", "UID SEARCH ", "LIST (", "LIST ", "CREATE x (USE (",
+                "STATUS x (", "APPEND INBOX ", "FETCH $ ", "UID MOVE $ ",
+            ]),
+        ) {
+            let mut input = format!("t1 {command}").into_bytes();
+            input.extend_from_slice(&body);
+            input.extend_from_slice(b"\r\n");
+            let saved = Saved { uids: "1:3".into(), seqs: "1:2".into() };
+            if let Rewritten::Changed(bytes, _) = rewrite(&input, &saved) {
+                proptest::prop_assert!(bytes.starts_with(b"t1 "));
+                proptest::prop_assert!(bytes.ends_with(b"\n"));
+            }
+        }
+    }
 }
