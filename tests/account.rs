@@ -493,3 +493,136 @@ async fn op_objects_are_collected_behind_snapshots() {
     assert_eq!(subjects(&again).await, subjects(&inbox).await);
     assert_eq!(again.read(|s| s.exists()).await, 20);
 }
+
+/// Summaries leave memory at each snapshot for summary pages; every way of
+/// reading them (this instance, another one opening from the snapshot,
+/// COPY, a page lost to collection) still gives each message its own.
+#[tokio::test]
+async fn summaries_are_paged_out_at_snapshots_and_read_back() {
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap());
+    config.mailbox.log.snapshot_every = 300; // at the sync below only
+    let user = user_id(b"0123456789abcdef", "alice");
+    let a = Account::new(user.clone(), keys, shared.clone(), config);
+    let inbox = a.mailbox("0a", 1).await.unwrap();
+    let expected: BTreeMap<String, usize> =
+        (0..300).map(|i| (format!("note m{i:03}"), 1)).collect();
+    for i in 0..300 {
+        inbox
+            .append(&message(&format!("m{i:03}")), vec![], 0)
+            .await
+            .unwrap();
+    }
+    let held = inbox.read(|s| s.held_summary_bytes()).await;
+    assert!(held > 300 * 100, "{held} bytes held before the snapshot");
+    inbox.sync().await.unwrap();
+    // 300 messages: two pages, and nothing held any more.
+    let pages = || {
+        store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/mbox/0a/side/"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pages().len(), 2, "{:?}", pages());
+    assert_eq!(inbox.read(|s| s.held_summary_bytes()).await, 0);
+    assert_eq!(subjects(&inbox).await, expected);
+    // A batch, in the order asked, unknown UIDs left out.
+    let batch = inbox.summaries(&[300, 1, 999, 257]).await.unwrap();
+    let got: Vec<(u32, Option<String>)> = batch
+        .iter()
+        .map(|(uid, s)| {
+            let subject = s.envelope.subject.as_ref();
+            (
+                *uid,
+                subject.map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (300, Some("note m299".into())),
+            (1, Some("note m000".into())),
+            (257, Some("note m256".into()))
+        ]
+    );
+
+    // Another instance opens from the snapshot: it holds no summary and
+    // reads them from the pages.
+    let b = account(&shared, &keyring, "b", b"0123456789abcdef");
+    let other = b.mailbox("0a", 1).await.unwrap();
+    assert_eq!(other.read(|s| s.held_summary_bytes()).await, 0);
+    assert_eq!(subjects(&other).await, expected);
+
+    // COPY of paged-out messages carries their summaries into the target.
+    let target = b.mailbox("0b", 2).await.unwrap();
+    let (copied, placed) = other.copy_to(&[1, 2], &target).await.unwrap();
+    assert_eq!((copied, placed.uids), (vec![1, 2], vec![Some(1), Some(2)]));
+    assert!(target.read(|s| s.held_summary_bytes()).await > 0);
+    let c = account(&shared, &keyring, "c", b"0123456789abcdef");
+    let copy = c.mailbox("0b", 2).await.unwrap();
+    assert_eq!(
+        subjects(&copy).await.keys().collect::<Vec<_>>(),
+        ["note m000", "note m001"]
+    );
+
+    // A page collected behind an instance's back: the summaries are
+    // computed again from the bodies and held until the next snapshot.
+    for page in pages() {
+        store.delete(&page).await.unwrap();
+    }
+    let d = account(&shared, &keyring, "d", b"0123456789abcdef");
+    let late = d.mailbox("0a", 1).await.unwrap();
+    assert_eq!(subjects(&late).await, expected);
+    assert!(late.read(|s| s.held_summary_bytes()).await > 300 * 100);
+}
+
+/// A summary page whose messages are all expunged is collected once no
+/// kept snapshot refers to it; pages still in use stay.
+#[tokio::test]
+async fn summary_pages_of_expunged_messages_are_collected() {
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap());
+    config.mailbox.log.snapshot_every = 3;
+    config.mailbox.log.gc_grace = Duration::ZERO;
+    let a = Account::new(user_id(b"0123456789abcdef", "alice"), keys, shared, config);
+    let inbox = a.mailbox("0a", 1).await.unwrap();
+    let pages = || {
+        let mut keys: Vec<String> = store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/mbox/0a/side/"))
+            .collect();
+        keys.sort();
+        keys
+    };
+    for i in 0..3 {
+        inbox
+            .append(&message(&format!("old{i}")), vec![], 0)
+            .await
+            .unwrap();
+    }
+    inbox.sync().await.unwrap();
+    let first = pages();
+    assert_eq!(first.len(), 1);
+    inbox.expunge(&[1, 2, 3]).await.unwrap();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(2));
+        for i in 0..3 {
+            let n = format!("new{round}{i}");
+            inbox.append(&message(&n), vec![], 0).await.unwrap();
+        }
+        inbox.sync().await.unwrap();
+    }
+    let now = pages();
+    assert!(!now.contains(&first[0]), "{now:?}");
+    assert_eq!(now.len(), 3, "one page per snapshot in use: {now:?}");
+    assert_eq!(subjects(&inbox).await.len(), 9);
+}

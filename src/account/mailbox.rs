@@ -13,11 +13,18 @@
 //! - A message body is stored before the op that references it, and an op
 //!   is shown only after its PUT succeeded: what APPENDUID reports survives
 //!   a crash (DESIGN.md §4, I4).
+//! - Summaries are held in memory only until the next snapshot, which
+//!   first writes them into summary pages (`mailbox::state`); readers go
+//!   through [`Mailbox::summaries`]: held bytes, then the account's
+//!   summary cache, then page GETs (bounded, in parallel), and for a page
+//!   lost to garbage collection the body, summarised again.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{self, StreamExt};
 use tokio::sync::{Mutex, RwLock, watch};
 
 use super::AccountError;
@@ -25,14 +32,27 @@ use super::cache::BodyCache;
 use crate::crypto::{SymmetricKey, UserKeys, open_body};
 use crate::log::stored::{LogTuning, StoredLog, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
-use crate::mailbox::body::{decode_summary, encode_summary, seal_new_body};
+use crate::mailbox::body::{
+    PAGE_MESSAGES, PagedSummary, SummaryPage, decode_summary, encode_summary, seal_new_body,
+};
 use crate::mailbox::incoming::{self, DrainReport};
-use crate::mailbox::summary::MessageSummary;
+use crate::mailbox::state::SummaryAt;
+use crate::mailbox::summary::{MessageSummary, summarize};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout};
 
-/// The summary an op carries for a message.
+/// Summary pages (or bodies, to summarise again) fetched at once.
+const SUMMARY_FETCHES: usize = 8;
+
+/// The summary an op carries for a message, if the state still holds it:
+/// once a snapshot paged it out, [`Mailbox::summaries`] must be used.
 pub fn summary_of(message: &MessageRef) -> Result<MessageSummary, AccountError> {
+    if message.summary.is_empty() {
+        return Err(AccountError::Internal(format!(
+            "message {}: summary paged out, read it with Mailbox::summaries",
+            message.blob_id
+        )));
+    }
     decode_summary(message).map_err(|e| {
         AccountError::Corrupt(format!(
             "message {}: unreadable summary: {e}",
@@ -85,6 +105,8 @@ impl Default for MailboxTuning {
 pub struct Mailbox {
     /// The mailbox id `<m>` of `users/<u>/mbox/<m>/`.
     id: String,
+    /// The same, shared by this mailbox's entries in the summary cache.
+    cache_id: Arc<str>,
     user: layout::UserId,
     store: SharedStore,
     log: RwLock<StoredLog<MailboxState>>,
@@ -139,6 +161,7 @@ impl Mailbox {
         .await?;
         let (changes, _) = watch::channel(0);
         Ok(Mailbox {
+            cache_id: Arc::from(id.as_str()),
             id,
             user,
             store,
@@ -204,6 +227,7 @@ impl Mailbox {
     }
 
     async fn snapshot(&self) -> Result<(), AccountError> {
+        self.page_out().await?;
         let prepared = self.log.read().await.prepare_snapshot()?;
         let name = prepared.store(self.store.as_ref()).await?;
         self.log.write().await.snapshot_written(name);
@@ -215,6 +239,51 @@ impl Mailbox {
             Ok(n) => tracing::debug!(mailbox = %self.id, objects = n, "collected covered ops"),
             Err(e) => tracing::warn!(mailbox = %self.id, error = %e, "op collection failed"),
         }
+        Ok(())
+    }
+
+    /// Writes the summaries held in memory into summary pages, then lets
+    /// the state drop them (it records which page holds each). Pages are
+    /// stored before any state refers to them.
+    async fn page_out(&self) -> Result<(), AccountError> {
+        let (held, side) = {
+            let log = self.log.read().await;
+            (log.state().held_summaries(), log.side())
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut pages = Vec::new();
+        let mut held = held.into_iter().peekable();
+        while held.peek().is_some() {
+            let summaries = held
+                .by_ref()
+                .take(PAGE_MESSAGES)
+                .map(|(id, summary)| PagedSummary { id, summary })
+                .collect();
+            pages.push(SummaryPage { summaries });
+        }
+        let store = &self.store;
+        let written: Vec<Result<(String, Vec<MessageId>), AccountError>> = stream::iter(pages)
+            .map(|page| {
+                let side = side.clone();
+                async move {
+                    let ids: Vec<MessageId> = page.summaries.iter().map(|s| s.id).collect();
+                    // zstd over a page of summaries: off the async runtime.
+                    let sealer = side.clone();
+                    let (name, sealed) =
+                        tokio::task::spawn_blocking(move || sealer.seal_new(&page.encode()))
+                            .await
+                            .map_err(|e| AccountError::Internal(format!("sealing a page: {e}")))?;
+                    store.put(&side.object_key(&name), sealed).await?;
+                    Ok((name, ids))
+                }
+            })
+            .buffer_unordered(SUMMARY_FETCHES)
+            .collect()
+            .await;
+        let written = written.into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.log.write().await.state_mut().paged_out(written);
         Ok(())
     }
 
@@ -296,7 +365,7 @@ impl Mailbox {
         uids: &[u32],
         target: &Mailbox,
     ) -> Result<(Vec<u32>, Placed), AccountError> {
-        let (source_uids, messages): (Vec<u32>, Vec<NewMessage>) = self
+        let found: Vec<(u32, NewMessage)> = self
             .read(|s| {
                 uids.iter()
                     .filter_map(|uid| s.message(*uid))
@@ -310,9 +379,31 @@ impl Mailbox {
                             },
                         )
                     })
-                    .unzip()
+                    .collect()
             })
             .await;
+        // The copy-in op carries the summaries: fetch those paged out.
+        let paged: Vec<u32> = found
+            .iter()
+            .filter(|(_, new)| new.message.summary.is_empty())
+            .map(|(uid, _)| *uid)
+            .collect();
+        let mut fetched: HashMap<u32, Arc<[u8]>> = self
+            .summary_bytes(&paged)
+            .await?
+            .into_iter()
+            .map(|(uid, _, bytes)| (uid, bytes))
+            .collect();
+        let (source_uids, messages): (Vec<u32>, Vec<NewMessage>) = found
+            .into_iter()
+            .filter_map(|(uid, mut new)| {
+                if new.message.summary.is_empty() {
+                    // None: expunged meanwhile, as if not found above.
+                    new.message.summary = fetched.remove(&uid)?.to_vec();
+                }
+                Some((uid, new))
+            })
+            .unzip();
         let count = messages.len() as u32;
         if count == 0 {
             let uid_validity = target.read(MailboxState::uid_validity).await;
@@ -358,14 +449,182 @@ impl Mailbox {
         Ok(body)
     }
 
-    /// The summary of a message (ENVELOPE, BODYSTRUCTURE, ...), with no
-    /// store call.
+    /// The summary of a message (ENVELOPE, BODYSTRUCTURE, ...): see
+    /// [`Mailbox::summaries`].
     pub async fn summary(&self, uid: u32) -> Result<MessageSummary, AccountError> {
-        let message = self
-            .read(|s| s.message(uid).map(|m| m.message.clone()))
-            .await
-            .ok_or(AccountError::NoSuchMessage(uid))?;
-        summary_of(&message)
+        self.summaries(&[uid])
+            .await?
+            .pop()
+            .map(|(_, summary)| summary)
+            .ok_or(AccountError::NoSuchMessage(uid))
+    }
+
+    /// The summaries of the shown messages among `uids`, in that order;
+    /// UIDs not shown are left out. Memory is bounded by the batch plus
+    /// the account's summary cache: ask in chunks (a few hundred UIDs).
+    pub async fn summaries(
+        &self,
+        uids: &[u32],
+    ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
+        self.summary_bytes(uids)
+            .await?
+            .into_iter()
+            .map(|(uid, id, bytes)| {
+                let summary = serde_json::from_slice(&bytes).map_err(|e| {
+                    AccountError::Corrupt(format!("message {id}: unreadable summary: {e}"))
+                })?;
+                Ok((uid, summary))
+            })
+            .collect()
+    }
+
+    /// Encoded summaries of the shown messages among `uids`: held in the
+    /// state, else from the summary cache, else from summary pages (one
+    /// GET per page, bounded and in parallel; the whole page goes to the
+    /// cache, as neighbours are usually asked next). A message whose page
+    /// is gone (collected while this instance still referred to it) or
+    /// unknown is summarised again from its body, and the result held
+    /// until the next snapshot pages it out again.
+    async fn summary_bytes(
+        &self,
+        uids: &[u32],
+    ) -> Result<Vec<(u32, MessageId, Arc<[u8]>)>, AccountError> {
+        enum Where {
+            Held(Arc<[u8]>),
+            Page(String),
+            Unknown,
+        }
+        let (located, side) = {
+            let log = self.log.read().await;
+            let s = log.state();
+            let located: Vec<(u32, MessageId, Where)> = uids
+                .iter()
+                .filter_map(|uid| {
+                    let id = s.message_id(*uid)?;
+                    let at = match s.summary_at(&id) {
+                        SummaryAt::Held(bytes) => Where::Held(Arc::from(bytes)),
+                        SummaryAt::Page(page) => Where::Page(page.to_owned()),
+                        SummaryAt::Unknown => Where::Unknown,
+                    };
+                    Some((*uid, id, at))
+                })
+                .collect();
+            (located, log.side())
+        };
+        let cache = self.cache.summaries();
+        let mut found: HashMap<MessageId, Arc<[u8]>> = HashMap::new();
+        let mut pages = BTreeSet::new();
+        for (_, id, at) in &located {
+            match at {
+                Where::Held(bytes) => {
+                    found.insert(*id, bytes.clone());
+                }
+                Where::Page(page) => match cache.get(&(self.cache_id.clone(), *id)) {
+                    Some(bytes) => {
+                        found.insert(*id, bytes);
+                    }
+                    None => {
+                        pages.insert(page.clone());
+                    }
+                },
+                Where::Unknown => {}
+            }
+        }
+
+        let store = &self.store;
+        let fetched: Vec<(String, Result<Option<SummaryPage>, AccountError>)> = stream::iter(pages)
+            .map(|name| {
+                let side = side.clone();
+                async move {
+                    let page = match store.get(&side.object_key(&name)).await {
+                        Ok(sealed) => tokio::task::spawn_blocking({
+                            let name = name.clone();
+                            move || {
+                                let plain = side.open(&name, &sealed).map_err(|e| e.to_string())?;
+                                SummaryPage::decode(&plain).map_err(|e| e.to_string())
+                            }
+                        })
+                        .await
+                        .map_err(|e| AccountError::Internal(format!("opening a page: {e}")))
+                        .map(|page| match page {
+                            Ok(page) => Some(page),
+                            Err(reason) => {
+                                tracing::warn!(page = %name, %reason, "unreadable summary page");
+                                None
+                            }
+                        }),
+                        Err(e) if e.is_not_found() => Ok(None),
+                        Err(e) => Err(e.into()),
+                    };
+                    (name, page)
+                }
+            })
+            .buffer_unordered(SUMMARY_FETCHES)
+            .collect()
+            .await;
+        let wanted: BTreeSet<MessageId> = located.iter().map(|(_, id, _)| *id).collect();
+        let mut lost = Vec::new();
+        for (name, page) in fetched {
+            match page? {
+                Some(page) => {
+                    for PagedSummary { id, summary } in page.summaries {
+                        let bytes: Arc<[u8]> = Arc::from(summary);
+                        if wanted.contains(&id) {
+                            found.insert(id, bytes.clone());
+                        }
+                        cache.insert((self.cache_id.clone(), id), bytes);
+                    }
+                }
+                None => lost.push(name),
+            }
+        }
+
+        // Whatever is still missing: summarise the body again.
+        let missing: Vec<(u32, MessageId)> = located
+            .iter()
+            .filter(|(_, id, _)| !found.contains_key(id))
+            .map(|(uid, id, _)| (*uid, *id))
+            .collect();
+        type Redone = Result<Option<(MessageId, Arc<[u8]>)>, AccountError>;
+        let redone: Vec<Redone> = stream::iter(missing)
+            .map(|(uid, id)| async move {
+                let body = match self.body(uid).await {
+                    Ok(body) => body,
+                    Err(AccountError::NoSuchMessage(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let summary =
+                    tokio::task::spawn_blocking(move || encode_summary(&summarize(&body)))
+                        .await
+                        .map_err(|e| AccountError::Internal(format!("summarising: {e}")))?;
+                Ok(Some((id, Arc::from(summary))))
+            })
+            .buffer_unordered(SUMMARY_FETCHES)
+            .collect()
+            .await;
+        let mut restored = Vec::new();
+        for r in redone {
+            if let Some((id, bytes)) = r? {
+                restored.push((id, bytes.to_vec()));
+                found.insert(id, bytes);
+            }
+        }
+        if !lost.is_empty() || !restored.is_empty() {
+            tracing::warn!(
+                mailbox = %self.id,
+                pages = lost.len(),
+                messages = restored.len(),
+                "summaries missing from their pages were computed again"
+            );
+            let mut log = self.log.write().await;
+            let state = log.state_mut();
+            state.pages_lost(&lost);
+            state.hold_summaries(restored);
+        }
+        Ok(located
+            .into_iter()
+            .filter_map(|(uid, id, _)| found.get(&id).map(|b| (uid, id, b.clone())))
+            .collect())
     }
 
     /// Moves the user's queued deliveries (`incoming/`, DESIGN.md §3) into

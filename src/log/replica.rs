@@ -33,6 +33,18 @@ pub trait State {
     /// concurrent with it was delivered; see [`Dag`]). Called before the
     /// new op is applied. States that do not track MODSEQ ignore it.
     fn reseq(&mut self, _op: &OpId, _seq: u64) {}
+
+    /// Side objects (under the log's `side/` prefix, by name) this state
+    /// refers to: a snapshot of it keeps them from garbage collection.
+    fn side_objects(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether the state would like a snapshot soon, whatever the op
+    /// count (the mailbox: too many summaries held in memory).
+    fn wants_snapshot(&self) -> bool {
+        false
+    }
 }
 
 /// An op as written: header (parents, clock, writer) and body. Its
@@ -117,6 +129,12 @@ impl<S: State> Replica<S> {
 
     pub fn state(&self) -> &S {
         &self.state
+    }
+
+    /// The state, for bookkeeping that does not change what the op set
+    /// means (where the mailbox keeps summaries); never to apply changes.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.state
     }
 
     pub fn dag(&self) -> &Dag<S::Op> {

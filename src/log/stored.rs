@@ -451,9 +451,11 @@ where
         Ok(id)
     }
 
-    /// Whether enough ops were applied since the last snapshot.
+    /// Whether enough ops were applied since the last snapshot, or the
+    /// state asks for one.
     pub fn snapshot_due(&self) -> bool {
         self.since_snapshot >= self.tuning.snapshot_every
+            || (self.since_snapshot > 0 && self.replica.state().wants_snapshot())
     }
 
     /// Writes a snapshot of the current replica. Its name starts with the
@@ -503,6 +505,7 @@ where
             key: self.key.clone(),
             log_prefix: self.log_prefix(),
             snap_prefix: self.snap_prefix(),
+            side_prefix: format!("{}side/", self.prefix),
             grace: self.tuning.gc_grace,
             state: std::marker::PhantomData,
         }
@@ -514,6 +517,20 @@ where
 
     pub fn state(&self) -> &S {
         self.replica.state()
+    }
+
+    /// See [`Replica::state_mut`].
+    pub fn state_mut(&mut self) -> &mut S {
+        self.replica.state_mut()
+    }
+
+    /// Sealing and naming of this log's side objects.
+    pub fn side(&self) -> SideObjects {
+        SideObjects {
+            key: self.key.clone(),
+            prefix: format!("{}side/", self.prefix),
+            instance: self.instance.clone(),
+        }
     }
 
     /// Unreadable objects found so far, for reporting.
@@ -534,12 +551,51 @@ where
     }
 }
 
+/// Immutable objects a state refers to besides ops and snapshots, under
+/// `<prefix>side/` (the mailbox's summary pages). Named
+/// `{wall_ms:016x}-{instance}-{random:016x}`, sealed and zstd-compressed
+/// under the log's key with their object key as associated data. A side
+/// object is collected once no snapshot that garbage collection keeps
+/// refers to it and it is older than the grace period (so one written
+/// for a snapshot not stored yet is spared).
+#[derive(Clone, Debug)]
+pub struct SideObjects {
+    key: SymmetricKey,
+    prefix: String,
+    instance: InstanceId,
+}
+
+impl SideObjects {
+    /// A new side object: its name and sealed bytes, to PUT under
+    /// [`SideObjects::object_key`] before any state refers to it.
+    pub fn seal_new(&self, plain: &[u8]) -> (String, Bytes) {
+        let name = format!(
+            "{:016x}-{}-{:016x}",
+            now_ms(),
+            self.instance,
+            rand::random::<u64>()
+        );
+        let sealed = Bytes::from(seal_body(&self.key, &self.object_key(&name), plain));
+        (name, sealed)
+    }
+
+    pub fn object_key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Opens a side object's sealed bytes.
+    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        open_body(&self.key, &self.object_key(name), sealed, MAX_SNAPSHOT)
+    }
+}
+
 /// Garbage collection of one log, detached from the log so that it runs
 /// without holding the log's lock ([`StoredLog::collector`]).
 pub struct Collector<S> {
     key: SymmetricKey,
     log_prefix: String,
     snap_prefix: String,
+    side_prefix: String,
     grace: Duration,
     state: std::marker::PhantomData<fn() -> S>,
 }
@@ -550,7 +606,9 @@ where
     S::Op: DeserializeOwned,
 {
     /// Deletes op objects and snapshots made useless by a snapshot older
-    /// than the grace period. Returns how many objects were deleted.
+    /// than the grace period, and side objects that no snapshot kept
+    /// refers to (see [`SideObjects`]). Returns how many objects were
+    /// deleted.
     pub async fn run(&self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
         let grace_floor = now_ms().saturating_sub(self.grace.as_millis() as u64);
         let snaps = list_all(store, &self.snap_prefix, None).await?;
@@ -561,19 +619,25 @@ where
                 .is_some_and(|hlc| hlc.wall_ms < grace_floor)
         });
         let Some(base) = old_enough else { return Ok(0) };
-        let bytes = store.get(&base.key).await?;
-        let plain = open_body(&self.key, &base.key, &bytes, MAX_SNAPSHOT).map_err(|e| {
-            SyncError::Snapshot {
-                name: base.key.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let covered: Snapshot<S> =
-            serde_json::from_slice(&plain).map_err(|e| SyncError::Snapshot {
-                name: base.key.clone(),
-                reason: e.to_string(),
-            })?;
+        let covered = self.read_snapshot(store, &base.key).await?;
         let covered_ids: HashSet<OpId> = covered.replica.dag().ids().copied().collect();
+        // Side objects that the snapshots kept (the base and newer) refer
+        // to; `None` if one of them could not be read: keep them all then.
+        let mut referenced: Option<HashSet<String>> =
+            Some(covered.replica.state().side_objects().into_iter().collect());
+        drop(covered);
+        for meta in snaps.iter().skip_while(|m| m.key != base.key).skip(1) {
+            match self.read_snapshot(store, &meta.key).await {
+                Ok(snap) => {
+                    if let Some(r) = referenced.as_mut() {
+                        r.extend(snap.replica.state().side_objects());
+                    }
+                }
+                // Collected meanwhile by another instance: refers to nothing.
+                Err(SyncError::Store(e)) if e.is_not_found() => {}
+                Err(_) => referenced = None,
+            }
+        }
         let mut doomed: Vec<String> = snaps
             .iter()
             .take_while(|m| m.key != base.key)
@@ -587,8 +651,36 @@ where
                 doomed.push(meta.key);
             }
         }
+        if let Some(referenced) = referenced {
+            for meta in list_all(store, &self.side_prefix, None).await? {
+                let name = meta.key.strip_prefix(&self.side_prefix).unwrap_or("");
+                let written = name
+                    .split('-')
+                    .next()
+                    .and_then(|t| u64::from_str_radix(t, 16).ok());
+                // Young ones may belong to a snapshot not stored yet.
+                if written.is_some_and(|t| t < grace_floor) && !referenced.contains(name) {
+                    doomed.push(meta.key);
+                }
+            }
+        }
         store.delete_many(&doomed).await?;
         Ok(doomed.len())
+    }
+
+    async fn read_snapshot(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+    ) -> Result<Snapshot<S>, SyncError> {
+        let bytes = store.get(key).await?;
+        let corrupt = |reason: String| SyncError::Snapshot {
+            name: key.to_owned(),
+            reason,
+        };
+        let plain =
+            open_body(&self.key, key, &bytes, MAX_SNAPSHOT).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))
     }
 }
 

@@ -7,7 +7,9 @@
 
 use bytes::Bytes;
 
-use super::op::{BodyKey, MessageRef};
+use serde::{Deserialize, Serialize};
+
+use super::op::{BodyKey, MessageId, MessageRef};
 use super::summary::{MessageSummary, normalize_crlf, summarize};
 use crate::crypto::seal_body;
 use crate::store::layout::{self, UserId};
@@ -49,9 +51,41 @@ pub fn encode_summary(summary: &MessageSummary) -> Vec<u8> {
     serde_json::to_vec(summary).unwrap_or_default()
 }
 
-/// Reads back what [`encode_summary`] wrote.
+/// Reads back what [`encode_summary`] wrote. A message whose summary was
+/// paged out (`mailbox::state`) has none here: read it through
+/// `account::mailbox::Mailbox::summaries`.
 pub fn decode_summary(message: &MessageRef) -> Result<MessageSummary, serde_json::Error> {
     serde_json::from_slice(&message.summary)
+}
+
+/// Messages per summary page: a page is one GET of about 250 KiB sealed
+/// (summaries average 4.5 KB), and SEARCH walks messages 256 at a time.
+pub const PAGE_MESSAGES: usize = 256;
+
+/// A summary page (a side object of the mailbox log, see
+/// `mailbox::state`): the summaries of some messages, as their ops
+/// carried them.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryPage {
+    pub summaries: Vec<PagedSummary>,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagedSummary {
+    pub id: MessageId,
+    #[serde(with = "super::op::base64_bytes")]
+    pub summary: Vec<u8>,
+}
+
+impl SummaryPage {
+    pub fn encode(&self) -> Vec<u8> {
+        // Ids and strings only: encoding cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SummaryPage, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ pub struct MessageRef {
 }
 
 /// Serde for byte strings as standard base64 text.
-mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

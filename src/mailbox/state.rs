@@ -21,6 +21,16 @@
 //!
 //! Everything else ([`Index`]) is derived from those and rebuilt after a
 //! snapshot is read.
+//!
+//! Message summaries (ENVELOPE, BODYSTRUCTURE, header bytes: most of what
+//! ops carry) are not part of the state's meaning and are not kept in
+//! memory for long: a message's summary is held (in its [`MessageRef`])
+//! from the op that placed it until the next snapshot, which first writes
+//! the held summaries into immutable *summary pages* (side objects of the
+//! log, `<mailbox>/side/`) and records here which page holds each
+//! ([`MailboxState::paged_out`]). Readers then fetch pages on demand
+//! (`account::mailbox`). Where a summary lives differs between instances
+//! holding the same op set, so it is left out of equality.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -42,8 +52,9 @@ struct Lww {
 
 /// Everything known about one message id. An entry can exist before (or
 /// without) the op placing the message, if a malformed op names it; it is
-/// then never shown.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// then never shown. Equality ignores the summary bytes (see the module
+/// doc).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<MessageRef>,
@@ -59,6 +70,30 @@ struct Entry {
     expunged_ms: Option<u64>,
     /// Highest sequence number of an op concerning this message.
     modseq: u64,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        let same_message = match (&self.message, &other.message) {
+            (Some(a), Some(b)) => ref_key(a) == ref_key(b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_message
+            && self.claims == other.claims
+            && self.flags == other.flags
+            && self.expunged == other.expunged
+            && self.expunged_ms == other.expunged_ms
+            && self.modseq == other.modseq
+    }
+}
+
+impl Eq for Entry {}
+
+/// What identifies a placed message's description, summary aside: the
+/// summary is a function of the body, and may have been paged out.
+fn ref_key(m: &MessageRef) -> (&str, &super::op::BodyKey, u64, i64) {
+    (&m.blob_id, &m.body_key, m.size, m.internal_date)
 }
 
 impl Entry {
@@ -102,12 +137,49 @@ struct Index {
     by_flag: BTreeMap<String, BTreeSet<MessageId>>,
 }
 
+/// Which summary page holds each paged message's summary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Pages {
+    /// Page names (side objects of the log), by page number.
+    names: Vec<String>,
+    /// Paged message → page number.
+    at: HashMap<MessageId, u32>,
+    /// Bytes of summaries held in memory (in `Entry::message`).
+    #[serde(skip)]
+    held_bytes: usize,
+}
+
+/// Where a message's summary is (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SummaryAt<'a> {
+    /// In memory: the op placing it was applied after the last snapshot.
+    Held(&'a [u8]),
+    /// In this summary page.
+    Page(&'a str),
+    /// Nowhere known (not placed, or a snapshot written by an older
+    /// version): the body must be summarised again.
+    Unknown,
+}
+
+/// Summaries held in memory above which a snapshot (which pages them
+/// out) is wanted, whatever the op count.
+pub const HELD_SUMMARY_BYTES: usize = 2 << 20;
+
 /// A mailbox's state. See the module doc for why it converges.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct MailboxState {
     core: Core,
     index: Index,
+    pages: Pages,
 }
+
+impl PartialEq for MailboxState {
+    fn eq(&self, other: &MailboxState) -> bool {
+        self.core == other.core && self.index == other.index
+    }
+}
+
+impl Eq for MailboxState {}
 
 /// A shown message, as IMAP sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +208,7 @@ impl MailboxState {
         MailboxState {
             core,
             index: Index::default(),
+            pages: Pages::default(),
         }
     }
 
@@ -305,6 +378,133 @@ impl MailboxState {
         self.index.by_modseq.range(from..).map(|(_, id)| *id)
     }
 
+    // ---- Summaries ----
+
+    /// Where the summary of message `id` is.
+    pub fn summary_at(&self, id: &MessageId) -> SummaryAt<'_> {
+        let Some(message) = self.core.entries.get(id).and_then(|e| e.message.as_ref()) else {
+            return SummaryAt::Unknown;
+        };
+        if let Some(page) = self.pages.at.get(id) {
+            return SummaryAt::Page(&self.pages.names[*page as usize]);
+        }
+        if message.summary.is_empty() {
+            SummaryAt::Unknown
+        } else {
+            SummaryAt::Held(&message.summary)
+        }
+    }
+
+    /// Summaries held in memory, of messages placed and not expunged, in
+    /// UID order (displaced messages last): what the next summary pages
+    /// hold.
+    pub fn held_summaries(&self) -> Vec<(MessageId, Vec<u8>)> {
+        let held = |id: &MessageId| match self.summary_at(id) {
+            SummaryAt::Held(bytes) => Some((*id, bytes.to_vec())),
+            _ => None,
+        };
+        let mut out: Vec<(MessageId, Vec<u8>)> =
+            self.index.shown.values().filter_map(held).collect();
+        out.extend(self.index.displaced.iter().filter_map(held));
+        out
+    }
+
+    /// Bytes of summaries held in memory.
+    pub fn held_summary_bytes(&self) -> usize {
+        self.pages.held_bytes
+    }
+
+    /// Records summary pages written to the store (page name, messages it
+    /// holds) and drops those summaries from memory. Pages no live
+    /// message refers to any more are forgotten. Bookkeeping only: what
+    /// the state means is unchanged.
+    pub fn paged_out(&mut self, pages: Vec<(String, Vec<MessageId>)>) {
+        for (name, ids) in pages {
+            let page = self.pages.names.len() as u32;
+            self.pages.names.push(name);
+            for id in ids {
+                let Some(message) = self
+                    .core
+                    .entries
+                    .get_mut(&id)
+                    .and_then(|e| e.message.as_mut())
+                else {
+                    continue;
+                };
+                self.pages.held_bytes -= message.summary.len();
+                message.summary = Vec::new();
+                self.pages.at.insert(id, page);
+            }
+        }
+        // Forget expunged messages' pages, then unreferenced pages.
+        let entries = &self.core.entries;
+        self.pages
+            .at
+            .retain(|id, _| entries.get(id).is_some_and(Entry::is_live));
+        let mut used = vec![false; self.pages.names.len()];
+        for page in self.pages.at.values() {
+            used[*page as usize] = true;
+        }
+        let mut renumber = Vec::with_capacity(used.len());
+        let mut names = Vec::new();
+        for (name, used) in std::mem::take(&mut self.pages.names).into_iter().zip(used) {
+            renumber.push(names.len() as u32);
+            if used {
+                names.push(name);
+            }
+        }
+        self.pages.names = names;
+        for page in self.pages.at.values_mut() {
+            *page = renumber[*page as usize];
+        }
+        self.pages.names.shrink_to_fit();
+        self.pages.at.shrink_to_fit();
+    }
+
+    /// Forgets summary pages found missing from the store (collected
+    /// while this state still referred to them): their messages' summaries
+    /// become unknown, to be computed again and held.
+    pub fn pages_lost(&mut self, names: &[String]) {
+        let lost: BTreeSet<u32> = self
+            .pages
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| names.contains(n))
+            .map(|(i, _)| i as u32)
+            .collect();
+        if !lost.is_empty() {
+            self.pages.at.retain(|_, page| !lost.contains(page));
+        }
+    }
+
+    /// Holds summaries computed again (see [`MailboxState::pages_lost`])
+    /// for live messages that have none, so the next snapshot pages them.
+    pub fn hold_summaries(&mut self, summaries: Vec<(MessageId, Vec<u8>)>) {
+        for (id, summary) in summaries {
+            if self.pages.at.contains_key(&id) {
+                continue;
+            }
+            let Some(entry) = self.core.entries.get_mut(&id) else {
+                continue;
+            };
+            if !entry.is_live() {
+                continue;
+            }
+            if let Some(message) = entry.message.as_mut()
+                && message.summary.is_empty()
+            {
+                self.pages.held_bytes += summary.len();
+                message.summary = summary;
+            }
+        }
+    }
+
+    /// Names of the summary pages this state refers to.
+    pub fn summary_pages(&self) -> &[String] {
+        &self.pages.names
+    }
+
     // ---- Claims and fix-ups ----
 
     /// Live messages without a valid UID, in the order a fix-up should
@@ -346,9 +546,25 @@ impl MailboxState {
         // Only a delivery drained twice places one id twice; both copies
         // come from one record, so they agree. Should they ever differ,
         // the smaller wins, which keeps `apply` order-independent.
-        let entry = self.entry(id);
-        if entry.message.as_ref().is_none_or(|m| new.message < *m) {
-            entry.message = Some(new.message.clone());
+        let paged = self.pages.at.contains_key(&id);
+        let entry = self.core.entries.entry(id).or_default();
+        let replace = entry
+            .message
+            .as_ref()
+            .is_none_or(|m| ref_key(&new.message) < ref_key(m));
+        if replace {
+            let mut message = new.message.clone();
+            let old = entry.message.as_ref().map_or(0, |m| m.summary.len());
+            if entry.expunged {
+                message.summary = Vec::new();
+            }
+            let added = message.summary.len();
+            entry.message = Some(message);
+            self.pages.held_bytes = self.pages.held_bytes - old + added;
+            if paged {
+                // The page holds the description replaced.
+                self.pages.at.remove(&id);
+            }
         }
         for flag in &new.flags {
             self.write_flag(id, flag, true, stamp);
@@ -424,10 +640,17 @@ impl MailboxState {
     }
 
     /// Rebuilds the index from the core (after reading a snapshot).
-    fn from_core(core: Core) -> Self {
+    fn from_core(core: Core, mut pages: Pages) -> Self {
+        pages.held_bytes = core
+            .entries
+            .values()
+            .filter_map(|e| e.message.as_ref())
+            .map(|m| m.summary.len())
+            .sum();
         let mut state = MailboxState {
             core,
             index: Index::default(),
+            pages,
         };
         let ids: Vec<MessageId> = state.core.entries.keys().copied().collect();
         for id in &ids {
@@ -510,9 +733,14 @@ impl State for MailboxState {
             MailboxOp::Expunge(_) => {
                 let at = meta.key.hlc.wall_ms;
                 for id in &targets {
-                    let entry = self.entry(*id);
+                    let entry = self.core.entries.entry(*id).or_default();
                     entry.expunged = true;
                     entry.expunged_ms = Some(entry.expunged_ms.map_or(at, |t| t.min(at)));
+                    // An expunged message's summary is never read again.
+                    if let Some(message) = entry.message.as_mut() {
+                        self.pages.held_bytes -= message.summary.len();
+                        message.summary = Vec::new();
+                    }
                 }
             }
             MailboxOp::FixUp(_) => {}
@@ -528,6 +756,14 @@ impl State for MailboxState {
         }
     }
 
+    fn side_objects(&self) -> Vec<String> {
+        self.pages.names.clone()
+    }
+
+    fn wants_snapshot(&self) -> bool {
+        self.pages.held_bytes > HELD_SUMMARY_BYTES
+    }
+
     fn reseq(&mut self, op: &OpId, seq: u64) {
         let Some(targets) = self.core.op_targets.get(op) else {
             return;
@@ -538,15 +774,33 @@ impl State for MailboxState {
     }
 }
 
-// A snapshot holds the core only; the index is rebuilt on load.
+/// A snapshot's form of the state: the core and the page map; the index
+/// is rebuilt on load.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    core: &'a Core,
+    pages: &'a Pages,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    core: Core,
+    #[serde(default)]
+    pages: Pages,
+}
+
 impl Serialize for MailboxState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.core.serialize(s)
+        StoredRef {
+            core: &self.core,
+            pages: &self.pages,
+        }
+        .serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for MailboxState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MailboxState, D::Error> {
-        Core::deserialize(d).map(MailboxState::from_core)
+        Stored::deserialize(d).map(|s| MailboxState::from_core(s.core, s.pages))
     }
 }

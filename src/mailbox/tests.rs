@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 
 use super::op::BodyKey;
+use super::state::SummaryAt;
 use super::*;
 use crate::log::{Envelope, InstanceId, OpId, Replica};
 
@@ -453,4 +454,72 @@ proptest! {
         let restored: MailboxState = serde_json::from_str(&json).unwrap();
         prop_assert_eq!(&restored, in_order.state());
     }
+}
+
+fn append_with_summary(blob: &str, summary: &[u8]) -> MailboxOp {
+    let MailboxOp::Append(mut new) = append(blob) else {
+        unreachable!("append() builds an append")
+    };
+    new.message.summary = summary.to_vec();
+    MailboxOp::Append(new)
+}
+
+#[test]
+fn paging_summaries_out_changes_where_they_are_not_what_the_state_is() {
+    let (mut a, mut b) = (Node::new("a"), Node::new("b"));
+    let ops: Vec<Op> = (0..3)
+        .map(|i| a.write(append_with_summary(&format!("m{i}"), b"{\"s\":1}")))
+        .collect();
+    let expunged = a.write(MailboxOp::Expunge(a.state().resolve(&[3])));
+    for op in ops.iter().chain([&expunged]) {
+        b.see(op);
+    }
+    let id = |op: &Op| MessageId {
+        op: op.id,
+        index: 0,
+    };
+    // An expunged message's summary is dropped at once.
+    assert_eq!(a.state().held_summary_bytes(), 14);
+    assert_eq!(
+        a.state()
+            .held_summaries()
+            .iter()
+            .map(|(m, _)| *m)
+            .collect::<Vec<_>>(),
+        [id(&ops[0]), id(&ops[1])]
+    );
+    let state = a.replica.state_mut();
+    state.paged_out(vec![
+        ("p0".into(), vec![id(&ops[0])]),
+        ("p1".into(), vec![id(&ops[2])]), // expunged meanwhile: forgotten
+    ]);
+    assert_eq!(state.summary_pages(), ["p0"]);
+    assert_eq!(state.summary_at(&id(&ops[0])), SummaryAt::Page("p0"));
+    assert_eq!(
+        state.summary_at(&id(&ops[1])),
+        SummaryAt::Held(b"{\"s\":1}")
+    );
+    assert_eq!(state.held_summary_bytes(), 7);
+    // Same op set, same state, wherever the summaries are.
+    assert_eq!(a.state(), b.state());
+    // Through a snapshot, the page map survives.
+    let json = serde_json::to_string(a.state()).unwrap();
+    let restored: MailboxState = serde_json::from_str(&json).unwrap();
+    assert_eq!(restored.summary_at(&id(&ops[0])), SummaryAt::Page("p0"));
+    assert_eq!(restored.held_summary_bytes(), 7);
+    // A page lost: unknown until computed again, then held.
+    let state = a.replica.state_mut();
+    state.pages_lost(&["p0".to_owned()]);
+    assert_eq!(state.summary_at(&id(&ops[0])), SummaryAt::Unknown);
+    state.hold_summaries(vec![
+        (id(&ops[0]), b"{}".to_vec()),
+        (id(&ops[2]), b"{}".to_vec()),
+    ]);
+    assert_eq!(state.summary_at(&id(&ops[0])), SummaryAt::Held(b"{}"));
+    assert_eq!(
+        state.summary_at(&id(&ops[2])),
+        SummaryAt::Unknown,
+        "expunged"
+    );
+    assert_eq!(state.held_summary_bytes(), 9);
 }
