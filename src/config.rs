@@ -515,7 +515,7 @@ pub struct ImapConfig {
     #[serde(default = "default_imap_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
     /// Seconds a client of an implicit-TLS port has to finish the TLS
-    /// handshake, and a STARTTLS upgrade.
+    /// handshake (the STARTTLS upgrade has its own 30 s bound).
     #[serde(default = "default_imap_tls_handshake_timeout")]
     pub tls_handshake_timeout: u64,
     /// Seconds of client silence before login after which the connection

@@ -348,3 +348,33 @@ fn imaplib_idle_sees_a_message_appended_by_another_connection() {
         server.python("idle.py", transport);
     }
 }
+
+#[test]
+fn the_total_limit_queues_connections_until_one_ends() {
+    let server = Server::start("max_connections = 1");
+    let mut first = BufReader::new(connect(server.starttls));
+    assert!(read_line(&mut first).starts_with("* OK"));
+
+    // The second connection waits in the backlog: no greeting while the
+    // first holds the only permit.
+    let mut second = BufReader::new(connect(server.starttls));
+    second
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut line = String::new();
+    let err = second.read_line(&mut line).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err} {line:?}"
+    );
+
+    first.get_mut().write_all(b"a LOGOUT\r\n").unwrap();
+    assert!(read_line(&mut first).starts_with("* BYE"));
+    assert_closed(first.into_inner());
+    second.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    assert!(read_line(&mut second).starts_with("* OK"));
+}

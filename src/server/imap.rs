@@ -171,46 +171,37 @@ pub fn context(
 
 /// Serves every listener until shutdown, then gives running sessions
 /// [`SHUTDOWN_GRACE`].
+///
+/// One loop accepts on all listeners at once: it holds one permit while
+/// waiting, so the total limit is exact whatever the number of listeners
+/// (a loop per listener would each hold an idle permit, and with a limit
+/// smaller than the listener count starve some listener entirely).
 pub async fn serve(
     listeners: Vec<Listener>,
     imap: Arc<Imap>,
     settings: Settings,
-    shutdown: Shutdown,
+    mut shutdown: Shutdown,
 ) {
+    if listeners.is_empty() {
+        return;
+    }
+    let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     let shared = Arc::new(Shared {
-        permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
         per_ip: Arc::new(PerIp::default()),
         imap,
         settings,
     });
-    let mut loops = JoinSet::new();
-    for listener in listeners {
-        loops.spawn(accept_loop(listener, shared.clone(), shutdown.clone()));
-    }
-    while loops.join_next().await.is_some() {}
-}
-
-/// What every connection of every IMAP listener shares.
-struct Shared {
-    imap: Arc<Imap>,
-    settings: Settings,
-    /// The total connection limit.
-    permits: Arc<Semaphore>,
-    per_ip: Arc<PerIp>,
-}
-
-async fn accept_loop(listener: Listener, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut tasks = JoinSet::new();
     loop {
         let permit = tokio::select! {
             _ = shutdown.wait() => break,
-            p = shared.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let accepted = tokio::select! {
             _ = shutdown.wait() => break,
-            r = listener.tcp.accept() => r,
+            r = accept_any(&listeners) => r,
         };
-        let (stream, remote) = match accepted {
+        let (stream, remote, mode) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, mostly: give others time to
@@ -225,7 +216,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, mut shutdown: Shut
         let slot = shared
             .per_ip
             .take(remote.ip(), shared.settings.max_connections_per_ip);
-        let (mode, shared, shutdown) = (listener.mode.clone(), shared.clone(), shutdown.clone());
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tasks.spawn(async move {
             connection(stream, remote, mode, slot, permit, &shared, shutdown).await;
         });
@@ -235,6 +226,25 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, mut shutdown: Shut
         while tasks.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// The next connection on any listener (`accept` is cancel-safe: the
+/// listeners that lose the race lose nothing).
+async fn accept_any(listeners: &[Listener]) -> std::io::Result<(TcpStream, SocketAddr, Mode)> {
+    let accepts = listeners.iter().map(|l| {
+        Box::pin(async move {
+            let (stream, remote) = l.tcp.accept().await?;
+            Ok((stream, remote, l.mode.clone()))
+        })
+    });
+    futures::future::select_all(accepts).await.0
+}
+
+/// What every connection of every IMAP listener shares.
+struct Shared {
+    imap: Arc<Imap>,
+    settings: Settings,
+    per_ip: Arc<PerIp>,
 }
 
 /// One connection, in its own task: the per-address refusal, the TLS
