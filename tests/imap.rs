@@ -633,3 +633,108 @@ async fn two_instances_on_garage_push_changes_to_each_other() {
     writer.send(b"DONE\r\n").await;
     assert!(writer.until_tagged(&tag).await.ok());
 }
+
+/// Whether `actual` matches `expected`, where `{*}` matches any text.
+fn line_matches(expected: &str, actual: &str) -> bool {
+    let parts: Vec<&str> = expected.split("{*}").collect();
+    if parts.len() == 1 {
+        return expected == actual;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !actual.starts_with(first) || !actual[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &actual[first.len()..actual.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Replays every transcript in fixtures/imap-transcripts (see its README).
+#[tokio::test]
+async fn transcripts_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/imap-transcripts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "transcripts missing");
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        // (line number, command bytes, tag, expected lines)
+        let mut steps: Vec<(usize, Vec<u8>, String, Vec<String>)> = Vec::new();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            i += 1;
+            if let Some(command) = line.strip_prefix("C: ") {
+                let mut data: Vec<String> = Vec::new();
+                while i < lines.len() && lines[i].starts_with("L:") {
+                    data.push(
+                        lines[i]
+                            .strip_prefix("L:")
+                            .unwrap()
+                            .trim_start_matches(' ')
+                            .to_owned(),
+                    );
+                    i += 1;
+                }
+                let mut bytes = Vec::new();
+                if command.contains("{+}") {
+                    let body = format!("{}\r\n", data.join("\r\n"));
+                    bytes.extend_from_slice(
+                        command
+                            .replace("{+}", &format!("{{{}+}}", body.len()))
+                            .as_bytes(),
+                    );
+                    bytes.extend_from_slice(b"\r\n");
+                    bytes.extend_from_slice(body.as_bytes());
+                } else {
+                    bytes.extend_from_slice(command.as_bytes());
+                }
+                bytes.extend_from_slice(b"\r\n");
+                let tag = command.split(' ').next().unwrap().to_owned();
+                steps.push((i, bytes, tag, Vec::new()));
+            } else if let Some(expected) = line.strip_prefix("S: ") {
+                steps
+                    .last_mut()
+                    .expect("S: before any C:")
+                    .3
+                    .push(expected.to_owned());
+            } else if !(line.trim().is_empty() || line.starts_with('#')) {
+                panic!("{name}:{i}: unknown line {line:?}");
+            }
+        }
+        let w = world().await;
+        let mut c = w.connect().await;
+        for (at, bytes, tag, expected) in steps {
+            c.send(&bytes).await;
+            let reply = c.until_tagged(&tag).await;
+            let actual: Vec<String> = reply
+                .lines
+                .iter()
+                .map(|l| l.replace("\r\n", "\\r\\n"))
+                .collect();
+            let ok = actual.len() == expected.len()
+                && expected
+                    .iter()
+                    .zip(&actual)
+                    .all(|(e, a)| line_matches(e, a));
+            assert!(
+                ok,
+                "{name}:{at}: {}\nexpected:\n  {}\nactual:\n  {}",
+                String::from_utf8_lossy(&bytes).lines().next().unwrap_or(""),
+                expected.join("\n  "),
+                actual.join("\n  ")
+            );
+        }
+    }
+}

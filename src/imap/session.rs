@@ -382,7 +382,6 @@ impl Session {
                 let authed =
                     auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
                 self.state = State::Authed(Box::new(authed));
-                out.ok(None, "Logged in");
                 Done::with_code(code_capability(&self.capabilities()), "LOGIN completed")
             }
             CommandBody::Authenticate {
