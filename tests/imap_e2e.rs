@@ -378,3 +378,44 @@ fn the_total_limit_queues_connections_until_one_ends() {
     second.get_ref().set_read_timeout(Some(WAIT)).unwrap();
     assert!(read_line(&mut second).starts_with("* OK"));
 }
+
+#[test]
+fn failed_logins_are_throttled() {
+    // One free failure per login; then 1 s before the next attempt.
+    let server = Server::start("login_failures_per_login = 1");
+    // Plaintext LOGIN is allowed on loopback.
+    let mut c = BufReader::new(connect(server.starttls));
+    assert!(read_line(&mut c).starts_with("* OK"));
+    let mut command = |line: &str| {
+        c.get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
+        let tag = line.split(' ').next().unwrap().to_owned();
+        loop {
+            let reply = read_line(&mut c);
+            assert!(!reply.is_empty(), "connection closed");
+            if reply.starts_with(&format!("{tag} ")) {
+                return reply;
+            }
+        }
+    };
+    let started = Instant::now();
+    let reply = command(&format!("a LOGIN {USER} \"not the password\""));
+    assert!(
+        reply.starts_with("a NO [AUTHENTICATIONFAILED]"),
+        "{reply:?}"
+    );
+    let reply = command(&format!("b LOGIN {USER} \"{PASSWORD}\""));
+    if started.elapsed() < Duration::from_secs(1) {
+        assert!(reply.starts_with("b NO [UNAVAILABLE]"), "{reply:?}");
+    } else {
+        // Too slow a machine to see the delay: at least it ended.
+        assert!(reply.starts_with("b OK"), "{reply:?}");
+    }
+    // Another login from the same address is not delayed.
+    let reply = command("c LOGIN bob@example.org \"whatever it is\"");
+    assert!(
+        reply.starts_with("c NO [AUTHENTICATIONFAILED]"),
+        "{reply:?}"
+    );
+}
