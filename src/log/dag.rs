@@ -13,7 +13,7 @@
 //! however late, exceeds. The mailbox uses `|S|` as HIGHESTMODSEQ and
 //! `seq` as the MODSEQ of each change (see `mailbox::state`).
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,7 @@ pub struct Delivered<P> {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Node {
-    parents: Vec<OpId>,
+    parents: Box<[OpId]>,
     key: OrderKey,
     generation: u64,
     seq: u64,
@@ -73,14 +73,16 @@ struct Pending<P> {
 
 /// The op set of one log, as a causal DAG. `P` is the payload carried
 /// through the pending buffer (the op body).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(bound = "")]
 pub struct Dag<P> {
     nodes: HashMap<OpId, Node>,
     heads: BTreeSet<OpId>,
-    order: BTreeSet<OrderKey>,
     /// The highest effective clock seen, for writers' ticks.
     latest: Hlc,
+    /// One copy of each writer's name, shared by the nodes' keys.
+    #[serde(skip)]
+    instances: HashSet<InstanceId>,
     /// Ops waiting for parents. Not part of a snapshot: they are still in
     /// the store and are found again by the next sync.
     #[serde(skip)]
@@ -90,12 +92,55 @@ pub struct Dag<P> {
     waiters: HashMap<OpId, Vec<OpId>>,
 }
 
+/// A snapshot's form of the DAG (older snapshots also hold an `order`
+/// set, which is ignored: the order is computed from the nodes).
+#[derive(Deserialize)]
+struct Stored {
+    nodes: HashMap<OpId, Node>,
+    heads: BTreeSet<OpId>,
+    latest: Hlc,
+}
+
+impl<'de, P> Deserialize<'de> for Dag<P> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dag<P>, D::Error> {
+        let Stored {
+            mut nodes,
+            heads,
+            latest,
+        } = Stored::deserialize(d)?;
+        let mut instances = HashSet::new();
+        for node in nodes.values_mut() {
+            node.key.instance = intern(&mut instances, &node.key.instance);
+        }
+        nodes.shrink_to_fit();
+        Ok(Dag {
+            nodes,
+            heads,
+            latest,
+            instances,
+            pending: HashMap::new(),
+            waiters: HashMap::new(),
+        })
+    }
+}
+
+/// The shared copy of `instance`.
+fn intern(instances: &mut HashSet<InstanceId>, instance: &InstanceId) -> InstanceId {
+    match instances.get(instance) {
+        Some(shared) => shared.clone(),
+        None => {
+            instances.insert(instance.clone());
+            instance.clone()
+        }
+    }
+}
+
 impl<P> Default for Dag<P> {
     fn default() -> Self {
         Dag {
             nodes: HashMap::new(),
             heads: BTreeSet::new(),
-            order: BTreeSet::new(),
+            instances: HashSet::new(),
             latest: Hlc::default(),
             pending: HashMap::new(),
             waiters: HashMap::new(),
@@ -182,7 +227,7 @@ impl<P> Dag<P> {
         }
         let key = OrderKey {
             hlc,
-            instance: header.instance,
+            instance: intern(&mut self.instances, &header.instance),
             id,
         };
         let seq = self.nodes.len() as u64 + 1;
@@ -190,10 +235,9 @@ impl<P> Dag<P> {
             self.heads.remove(parent);
         }
         self.heads.insert(id);
-        self.order.insert(key.clone());
         self.latest = self.latest.max(hlc);
         let node = Node {
-            parents: header.parents.clone(),
+            parents: header.parents.clone().into_boxed_slice(),
             key: key.clone(),
             generation,
             seq,
@@ -310,9 +354,12 @@ impl<P> Dag<P> {
     }
 
     /// Delivered op ids in the deterministic total order (effective clock,
-    /// instance, id), which is consistent with causality.
+    /// instance, id), which is consistent with causality. Sorts: for tests
+    /// and tools, not for every op.
     pub fn order(&self) -> impl Iterator<Item = OpId> + '_ {
-        self.order.iter().map(|k| k.id)
+        let mut keys: Vec<&OrderKey> = self.nodes.values().map(|n| &n.key).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|k| k.id)
     }
 
     /// Delivered op ids, in no particular order.

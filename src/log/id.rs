@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -86,8 +87,17 @@ impl<'de> Deserialize<'de> for OpId {
 
 /// Which Facteur instance wrote an op. Chosen by the instance at start
 /// (configured or random); only used to break clock ties and in op names.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct InstanceId(String);
+///
+/// Shared (`Arc`): every op of a log names its writer, and the DAG keeps
+/// one copy of each instance's name for all of them.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(Arc<str>);
+
+impl Serialize for InstanceId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl InstanceId {
     /// Longest id accepted: op names must stay short (store key limits).
@@ -101,7 +111,7 @@ impl InstanceId {
             && s.bytes()
                 .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
         if ok {
-            Ok(InstanceId(s.to_owned()))
+            Ok(InstanceId(Arc::from(s)))
         } else {
             Err(LogError::BadInstance(s.to_owned()))
         }

@@ -40,27 +40,87 @@ use super::claims::{Claims, UidClock, first_claims};
 use super::op::{MailboxOp, MessageId, MessageRef, NewMessage};
 use crate::log::{OpId, OpMeta, OrderKey, State};
 
-/// A last-writer-wins register for one flag of one message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Lww {
+/// A last-writer-wins register for one flag of one message: 48 bytes, in
+/// a small vector per message (a `BTreeMap<String, _>` of `OrderKey`s
+/// took about a kilobyte per message).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FlagReg {
+    /// The flag, interned in [`Core::flag_names`].
+    #[serde(rename = "f")]
+    flag: u32,
+    #[serde(rename = "s")]
+    set: bool,
     /// The writing op's position in the total order: a causal successor
     /// always has a higher one, so a later STORE the writer saw wins, and
     /// concurrent STOREs are decided the same way everywhere.
-    stamp: OrderKey,
-    set: bool,
+    #[serde(rename = "t")]
+    stamp: Stamp,
+}
+
+/// An [`OrderKey`] with its instance interned in [`Core::instances`].
+/// Compared through [`stamp_cmp`], which compares instance names,
+/// so the order is the same on every instance whatever the interning.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Stamp {
+    hlc: crate::log::Hlc,
+    instance: u32,
+    id: OpId,
+}
+
+/// Strings interned by one state: each is stored once, and registers hold
+/// its index. Indexes depend on the order strings were met, so they are
+/// meaningful only inside one state (and its snapshot).
+#[derive(Clone, Debug, Default)]
+struct Interned {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, u32>,
+}
+
+impl Interned {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.into());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    fn name(&self, i: u32) -> &str {
+        self.names.get(i as usize).map_or("", |n| n)
+    }
+}
+
+impl Serialize for Interned {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Interned {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Interned, D::Error> {
+        let names = Vec::<Box<str>>::deserialize(d)?;
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Ok(Interned { names, index })
+    }
 }
 
 /// Everything known about one message id. An entry can exist before (or
 /// without) the op placing the message, if a malformed op names it; it is
-/// then never shown. Equality ignores the summary bytes (see the module
-/// doc).
+/// then never shown.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<MessageRef>,
     /// UID values claimed for this message, ascending.
     claims: Vec<u32>,
-    flags: BTreeMap<String, Lww>,
+    /// One register per flag ever written, in the order first written.
+    flags: Vec<FlagReg>,
     expunged: bool,
     /// Wall-clock time (ms) of the earliest expunge of this message: blob
     /// collection waits a grace period after it, so that an instance that
@@ -71,24 +131,6 @@ struct Entry {
     /// Highest sequence number of an op concerning this message.
     modseq: u64,
 }
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Entry) -> bool {
-        let same_message = match (&self.message, &other.message) {
-            (Some(a), Some(b)) => ref_key(a) == ref_key(b),
-            (None, None) => true,
-            _ => false,
-        };
-        same_message
-            && self.claims == other.claims
-            && self.flags == other.flags
-            && self.expunged == other.expunged
-            && self.expunged_ms == other.expunged_ms
-            && self.modseq == other.modseq
-    }
-}
-
-impl Eq for Entry {}
 
 /// What identifies a placed message's description, summary aside: the
 /// summary is a function of the body, and may have been paged out.
@@ -107,8 +149,11 @@ impl Entry {
 }
 
 /// The part of the state that a snapshot stores.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Core {
+    /// Flag names and instance ids of the registers.
+    flag_names: Interned,
+    instances: Interned,
     uid_validity: u32,
     /// `|S|`: the number of ops applied.
     highest_modseq: u64,
@@ -118,7 +163,104 @@ struct Core {
     uid_clock: UidClock,
     /// Messages each op concerns, so that when an op's sequence number
     /// grows (a concurrent op arrived), its messages' MODSEQ follows.
-    op_targets: HashMap<OpId, Vec<MessageId>>,
+    op_targets: HashMap<OpId, Targets>,
+}
+
+/// The total order of [`OrderKey`], on stamps.
+fn stamp_cmp(instances: &Interned, a: &Stamp, b: &Stamp) -> std::cmp::Ordering {
+    a.hlc
+        .cmp(&b.hlc)
+        .then_with(|| instances.name(a.instance).cmp(instances.name(b.instance)))
+        .then_with(|| a.id.cmp(&b.id))
+}
+
+impl Core {
+    /// An entry's registers with names instead of interned indexes,
+    /// sorted: what equality compares.
+    fn flags_of<'a>(
+        &'a self,
+        e: &'a Entry,
+    ) -> Vec<(&'a str, bool, crate::log::Hlc, &'a str, OpId)> {
+        let mut flags: Vec<_> = e
+            .flags
+            .iter()
+            .map(|r| {
+                (
+                    self.flag_names.name(r.flag),
+                    r.set,
+                    r.stamp.hlc,
+                    self.instances.name(r.stamp.instance),
+                    r.stamp.id,
+                )
+            })
+            .collect();
+        flags.sort_unstable();
+        flags
+    }
+
+    fn entry_eq(&self, a: &Entry, other: &Core, b: &Entry) -> bool {
+        let same_message = match (&a.message, &b.message) {
+            (Some(x), Some(y)) => ref_key(x) == ref_key(y),
+            (None, None) => true,
+            _ => false,
+        };
+        same_message
+            && a.claims == b.claims
+            && a.expunged == b.expunged
+            && a.expunged_ms == b.expunged_ms
+            && a.modseq == b.modseq
+            && self.flags_of(a) == other.flags_of(b)
+    }
+}
+
+/// Equality of what the op set means: summaries (which may be paged out)
+/// and interned indexes (which depend on arrival order) aside.
+impl PartialEq for Core {
+    fn eq(&self, other: &Core) -> bool {
+        self.uid_validity == other.uid_validity
+            && self.highest_modseq == other.highest_modseq
+            && self.uid_space_exhausted == other.uid_space_exhausted
+            && self.uid_clock == other.uid_clock
+            && self.op_targets == other.op_targets
+            && self.entries.len() == other.entries.len()
+            && self.entries.iter().all(|(id, a)| {
+                other
+                    .entries
+                    .get(id)
+                    .is_some_and(|b| self.entry_eq(a, other, b))
+            })
+    }
+}
+
+impl Eq for Core {}
+
+/// The messages an op concerns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Targets {
+    /// The messages it placed itself, `(op, 0)` to `(op, n - 1)`: appends
+    /// and copies, most ops, with nothing to allocate.
+    Placed(u32),
+    Listed(Box<[MessageId]>),
+}
+
+impl Targets {
+    fn of(op: OpId, targets: Vec<MessageId>) -> Targets {
+        let placed = targets
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.op == op && t.index as usize == i);
+        match u32::try_from(targets.len()) {
+            Ok(n) if placed => Targets::Placed(n),
+            _ => Targets::Listed(targets.into_boxed_slice()),
+        }
+    }
+
+    fn ids(&self, op: OpId) -> Vec<MessageId> {
+        match self {
+            Targets::Placed(n) => (0..*n).map(|index| MessageId { op, index }).collect(),
+            Targets::Listed(ids) => ids.to_vec(),
+        }
+    }
 }
 
 /// Lookup structures derived from [`Core`].
@@ -198,6 +340,8 @@ impl MailboxState {
     /// list (a recreated name gets a new one) and never changes here.
     pub fn new(uid_validity: u32) -> Self {
         let core = Core {
+            flag_names: Interned::default(),
+            instances: Interned::default(),
             uid_validity,
             highest_modseq: 0,
             uid_space_exhausted: false,
@@ -294,12 +438,13 @@ impl MailboxState {
 
     fn view(&self, id: MessageId, uid: u32) -> Option<MessageView<'_>> {
         let entry = self.core.entries.get(&id)?;
-        let flags = entry
+        let mut flags: Vec<&str> = entry
             .flags
             .iter()
-            .filter(|(_, r)| r.set)
-            .map(|(f, _)| f.as_str())
+            .filter(|r| r.set)
+            .map(|r| self.core.flag_names.name(r.flag))
             .collect();
+        flags.sort_unstable();
         Some(MessageView {
             id,
             uid,
@@ -572,17 +717,37 @@ impl MailboxState {
     }
 
     fn write_flag(&mut self, id: MessageId, flag: &str, set: bool, stamp: &OrderKey) {
-        let entry = self.entry(id);
-        if entry.flags.get(flag).is_some_and(|r| r.stamp >= *stamp) {
-            return;
+        let Core {
+            entries,
+            instances,
+            flag_names,
+            ..
+        } = &mut self.core;
+        let stamp = Stamp {
+            hlc: stamp.hlc,
+            instance: instances.intern(stamp.instance.as_str()),
+            id: stamp.id,
+        };
+        let flag_index = flag_names.intern(flag);
+        let entry = entries.entry(id).or_default();
+        match entry.flags.iter_mut().find(|r| r.flag == flag_index) {
+            Some(register) => {
+                if stamp_cmp(instances, &register.stamp, &stamp).is_ge() {
+                    return;
+                }
+                register.stamp = stamp;
+                register.set = set;
+            }
+            None => {
+                // Exact capacity: most messages have one or two flags.
+                entry.flags.reserve_exact(1);
+                entry.flags.push(FlagReg {
+                    flag: flag_index,
+                    set,
+                    stamp,
+                });
+            }
         }
-        entry.flags.insert(
-            flag.to_owned(),
-            Lww {
-                stamp: stamp.clone(),
-                set,
-            },
-        );
         if set {
             self.index
                 .by_flag
@@ -652,21 +817,25 @@ impl MailboxState {
             index: Index::default(),
             pages,
         };
+        // Decoding grows vectors by doubling; the state keeps them long.
+        for entry in state.core.entries.values_mut() {
+            entry.flags.shrink_to_fit();
+            entry.claims.shrink_to_fit();
+        }
         let ids: Vec<MessageId> = state.core.entries.keys().copied().collect();
         for id in &ids {
             let entry = &state.core.entries[id];
             for claim in &entry.claims {
                 state.index.claims.add(*claim, *id);
             }
-            for (flag, register) in &entry.flags {
-                if register.set {
-                    state
-                        .index
-                        .by_flag
-                        .entry(flag.clone())
-                        .or_default()
-                        .insert(*id);
-                }
+            for register in entry.flags.iter().filter(|r| r.set) {
+                let flag = state.core.flag_names.name(register.flag);
+                state
+                    .index
+                    .by_flag
+                    .entry(flag.to_owned())
+                    .or_default()
+                    .insert(*id);
             }
             if entry.modseq > 0 {
                 state.index.by_modseq.insert((entry.modseq, *id));
@@ -749,7 +918,9 @@ impl State for MailboxState {
         for id in &targets {
             self.raise_modseq(*id, meta.seq);
         }
-        self.core.op_targets.insert(meta.id, targets);
+        self.core
+            .op_targets
+            .insert(meta.id, Targets::of(meta.id, targets));
         self.core.highest_modseq = self.core.highest_modseq.max(meta.seq);
         for id in touched {
             self.refresh(id);
@@ -768,7 +939,7 @@ impl State for MailboxState {
         let Some(targets) = self.core.op_targets.get(op) else {
             return;
         };
-        for id in targets.clone() {
+        for id in targets.ids(*op) {
             self.raise_modseq(id, seq);
         }
     }
