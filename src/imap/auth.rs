@@ -182,6 +182,7 @@ pub async fn login(
         utf8: false,
         rev2: false,
         append_limit: imap.options.max_message,
+        condstore: false,
     };
     if let Some(recovery) = recovery {
         // A failure here must not lose the key silently: the login fails,

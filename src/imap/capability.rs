@@ -20,6 +20,7 @@ pub fn list(
     if authenticated {
         caps.extend([
             "IDLE",
+            "CONDSTORE",
             "NAMESPACE",
             "UNSELECT",
             "UIDPLUS",

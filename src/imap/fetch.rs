@@ -94,11 +94,42 @@ pub async fn fetch(
     uids: &[u32],
     mut items: Vec<MessageDataItemName<'static>>,
     by_uid: bool,
+    changed_since: Option<u64>,
     out: &mut Out<'_>,
 ) -> Outcome {
     if by_uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
         items.insert(0, MessageDataItemName::Uid);
     }
+    // RFC 7162 §3.1.4: CHANGEDSINCE implies MODSEQ; with CONDSTORE on,
+    // FLAGS come with MODSEQ.
+    let wants_modseq = changed_since.is_some()
+        || (selected.condstore
+            && items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::Flags)));
+    if wants_modseq
+        && !items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::ModSeq))
+    {
+        items.push(MessageDataItemName::ModSeq);
+    }
+    let filtered: Vec<u32>;
+    let uids = match changed_since {
+        Some(since) => {
+            filtered = selected
+                .mailbox
+                .read(|s| {
+                    uids.iter()
+                        .copied()
+                        .filter(|u| s.message(*u).is_some_and(|m| m.modseq > since))
+                        .collect()
+                })
+                .await;
+            &filtered[..]
+        }
+        None => uids,
+    };
     let mut flags_changed: Vec<u32> = Vec::new();
     if !selected.read_only && items.iter().any(sets_seen) {
         let unseen: Vec<u32> = selected
@@ -181,6 +212,13 @@ pub async fn fetch(
         }
         if !with_flags && flags_changed.contains(&meta.uid) {
             data.push(MessageDataItem::Flags(flags_of(&meta.flags)));
+            if selected.condstore
+                && !items
+                    .iter()
+                    .any(|i| matches!(i, MessageDataItemName::ModSeq))
+            {
+                data.push(render(&MessageDataItemName::ModSeq, &meta, None)?);
+            }
         }
         let Ok(data) = Vec1::try_from(data) else {
             continue;

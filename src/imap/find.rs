@@ -42,6 +42,7 @@ pub async fn search(
     };
     let query = Query::new(&criteria, scope);
     let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
+    let mut highest_matched: u64 = 0;
     for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
         let rows: Vec<(u32, u32, u64, Vec<String>, MessageRef)> = selected
             .mailbox
@@ -87,11 +88,20 @@ pub async fn search(
             };
             if query.matches(&candidate) {
                 matched.push(uid);
+                highest_matched = highest_matched.max(modseq);
             }
         }
         out.flush_if_full().await?;
     }
 
+    // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
+    // carries the highest MODSEQ of the matches.
+    let modseq = if query.has_modseq() {
+        selected.condstore = true;
+        (!matched.is_empty()).then_some(highest_matched)
+    } else {
+        None
+    };
     let numbers: Vec<u32> = if by_uid {
         matched.clone()
     } else {
@@ -104,6 +114,9 @@ pub async fn search(
                 line.push(' ');
                 line.push_str(&n.to_string());
             }
+            if let Some(m) = modseq {
+                line.push_str(&format!(" (MODSEQ {m})"));
+            }
             out.untagged(&line);
         }
         (options, _) => {
@@ -115,7 +128,11 @@ pub async fn search(
                 selected.saved = saved_result(&options, &matched);
             }
             if !(options.save && !options.min && !options.max && !options.count && !options.all) {
-                out.untagged(&esearch(tag, by_uid, &options, &numbers));
+                let mut line = esearch(tag, by_uid, &options, &numbers);
+                if let Some(m) = modseq {
+                    line.push_str(&format!(" MODSEQ {m}"));
+                }
+                out.untagged(&line);
             }
         }
     }

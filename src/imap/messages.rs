@@ -25,17 +25,51 @@ pub fn flag_name(flag: &Flag<'_>) -> String {
     }
 }
 
+/// What a STORE changes (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
+#[derive(Debug)]
+pub struct Change<'a> {
+    pub kind: StoreType,
+    pub flags: Vec<Flag<'a>>,
+    /// `UNCHANGEDSINCE`: messages changed after this MODSEQ are left alone
+    /// and reported in `[MODIFIED ...]`.
+    pub unchanged_since: Option<u64>,
+}
+
 /// STORE: sets, adds or removes flags; answers FETCH FLAGS unless
 /// `.SILENT` (changes by others are reported either way).
 pub async fn store(
     selected: &mut Selected,
     uids: &[u32],
-    kind: StoreType,
+    change: Change<'_>,
     response: StoreResponse,
-    flags: Vec<Flag<'_>>,
     by_uid: bool,
     out: &mut Out<'_>,
 ) -> Outcome {
+    let Change {
+        kind,
+        flags,
+        unchanged_since,
+    } = change;
+    let mut modified: Vec<u32> = Vec::new();
+    let kept: Vec<u32>;
+    // (`modified` is set only with UNCHANGEDSINCE.)
+    let uids = match unchanged_since {
+        Some(since) => {
+            let (ok, changed): (Vec<u32>, Vec<u32>) = selected
+                .mailbox
+                .read(|s| {
+                    uids.iter()
+                        .copied()
+                        .filter(|u| s.message(*u).is_some())
+                        .partition(|u| s.message(*u).is_some_and(|m| m.modseq <= since))
+                })
+                .await;
+            modified = changed;
+            kept = ok;
+            &kept[..]
+        }
+        None => uids,
+    };
     let names: Vec<String> = flags
         .iter()
         .map(flag_name)
@@ -86,23 +120,44 @@ pub async fn store(
                 uids.iter()
                     .filter(|uid| !reported.contains(uid))
                     .filter_map(|uid| s.message(*uid))
-                    .map(|m| (m.uid, m.flags.join(" ")))
+                    .map(|m| (m.uid, m.flags.join(" "), m.modseq))
                     .collect::<Vec<_>>()
             })
             .await
             .into_iter()
-            .filter_map(|(uid, flags)| {
+            .filter_map(|(uid, flags, modseq)| {
                 let seq = selected.seq_of(uid)?;
-                Some(if by_uid {
-                    format!("{seq} FETCH (FLAGS ({flags}) UID {uid})")
+                let uid = if by_uid {
+                    format!(" UID {uid}")
                 } else {
-                    format!("{seq} FETCH (FLAGS ({flags}))")
-                })
+                    String::new()
+                };
+                let modseq = if selected.condstore {
+                    format!(" MODSEQ ({modseq})")
+                } else {
+                    String::new()
+                };
+                Some(format!("{seq} FETCH (FLAGS ({flags}){uid}{modseq})"))
             })
             .collect();
         for line in lines {
             out.untagged(&line);
         }
+    }
+    if !modified.is_empty() {
+        // RFC 7162 §3.1.3: the numbers of the messages left alone.
+        let numbers: Vec<u32> = if by_uid {
+            modified
+        } else {
+            modified
+                .iter()
+                .filter_map(|u| selected.seq_of(*u))
+                .collect()
+        };
+        return Done::with_code(
+            code_owned(format!("MODIFIED {}", sequence_set_string(&numbers))),
+            "Conditional STORE failed for some messages",
+        );
     }
     Done::ok(if by_uid {
         "UID STORE completed"

@@ -32,6 +32,8 @@ pub struct Selected {
     pub watch: watch::Receiver<u64>,
     /// The SEARCHRES result (RFC 5182), as UIDs.
     pub saved: Vec<u32>,
+    /// CONDSTORE is on (RFC 7162 §3.1): FETCH responses carry MODSEQ.
+    pub condstore: bool,
 }
 
 impl Selected {
@@ -86,6 +88,7 @@ impl Selected {
             keywords,
             watch,
             saved: Vec::new(),
+            condstore: authed.condstore,
         };
         selected.write_flags(out);
         out.untagged(&format!("{} EXISTS", selected.uids.len()));
@@ -99,6 +102,10 @@ impl Selected {
         }
         out.untagged(&format!("OK [UIDVALIDITY {uid_validity}] UIDs valid"));
         out.untagged(&format!("OK [UIDNEXT {uid_next}] Predicted next UID"));
+        if selected.condstore {
+            // RFC 7162 §3.1.2.1
+            out.untagged(&format!("OK [HIGHESTMODSEQ {known_modseq}] Highest"));
+        }
         if read_only {
             out.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox");
         } else {
@@ -199,14 +206,17 @@ impl Selected {
             .mailbox
             .read(|s| {
                 let current: HashSet<u32> = s.messages().map(|m| m.uid).collect();
-                let changed: Vec<(u32, Vec<String>)> = s
+                let changed: Vec<(u32, Vec<String>, u64)> = s
                     .changed_since(known)
                     .into_iter()
                     .filter_map(|uid| s.message(uid))
-                    .map(|m| (m.uid, m.flags.iter().map(|f| (*f).to_owned()).collect()))
+                    .map(|m| {
+                        let flags = m.flags.iter().map(|f| (*f).to_owned()).collect();
+                        (m.uid, flags, m.modseq)
+                    })
                     .collect();
                 let mut keywords = Vec::new();
-                for (_, flags) in &changed {
+                for (_, flags, _) in &changed {
                     for f in flags {
                         if !f.starts_with('\\') {
                             keywords.push(f.clone());
@@ -247,13 +257,18 @@ impl Selected {
             out.untagged(&format!("{} EXISTS", self.uids.len()));
         }
         let mut reported = Vec::new();
-        for (uid, flags) in changed {
+        for (uid, flags, modseq) in changed {
             if uid > last_uid {
                 continue; // new to the client: it fetches their flags
             }
             if let Some(seq) = self.seq_of(uid) {
+                let modseq = if self.condstore {
+                    format!(" MODSEQ ({modseq})")
+                } else {
+                    String::new()
+                };
                 out.untagged(&format!(
-                    "{seq} FETCH (UID {uid} FLAGS ({}))",
+                    "{seq} FETCH (UID {uid} FLAGS ({}){modseq})",
                     flags.join(" ")
                 ));
                 reported.push(uid);

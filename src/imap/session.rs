@@ -16,8 +16,9 @@
 
 use std::sync::Arc;
 
-use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::command::{CommandBody, FetchModifier, SelectParameter, StoreModifier};
 use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::response::StatusKind;
 
 use super::auth::{self, Sasl};
@@ -63,6 +64,9 @@ pub struct Authed {
     pub rev2: bool,
     /// APPENDLIMIT (RFC 7889): the largest message APPEND takes.
     pub append_limit: u32,
+    /// CONDSTORE enabled (RFC 7162 §3.1): MODSEQ in FETCH responses,
+    /// HIGHESTMODSEQ at SELECT.
+    pub condstore: bool,
 }
 
 pub enum State {
@@ -202,6 +206,10 @@ impl Session {
                             authed.utf8 = true;
                             enabled.push("IMAP4rev2");
                         }
+                        "CONDSTORE" if !authed.condstore => {
+                            authed.condstore = true;
+                            enabled.push("CONDSTORE");
+                        }
                         "UTF8=ACCEPT" if !authed.utf8 || authed.rev2 => {
                             if !authed.utf8 {
                                 authed.utf8 = true;
@@ -281,12 +289,26 @@ impl Session {
                     uid,
                     modifiers,
                 } => {
-                    if !modifiers.is_empty() {
-                        return Err(Failure::bad("FETCH modifiers need CONDSTORE, not offered"));
+                    let mut changed_since = None;
+                    for m in &modifiers {
+                        match m {
+                            FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
+                            FetchModifier::Vanished => {
+                                return Err(Failure::bad("VANISHED needs QRESYNC, not offered"));
+                            }
+                        }
                     }
                     let items = fetch::items(macro_or_item_names);
                     let uids = selected.resolve(&sequence_set, uid)?;
-                    return fetch::fetch(selected, &uids, items, uid, out).await;
+                    if changed_since.is_some()
+                        || items
+                            .iter()
+                            .any(|i| matches!(i, MessageDataItemName::ModSeq))
+                    {
+                        authed.condstore = true;
+                    }
+                    selected.condstore = authed.condstore;
+                    return fetch::fetch(selected, &uids, items, uid, changed_since, out).await;
                 }
                 CommandBody::Store {
                     sequence_set,
@@ -296,12 +318,24 @@ impl Session {
                     uid,
                     modifiers,
                 } => {
-                    if !modifiers.is_empty() {
-                        return Err(Failure::bad("STORE modifiers need CONDSTORE, not offered"));
+                    let unchanged_since = modifiers
+                        .iter()
+                        .map(|m| match m {
+                            StoreModifier::UnchangedSince(v) => *v,
+                        })
+                        .next();
+                    if unchanged_since.is_some() {
+                        authed.condstore = true;
                     }
+                    selected.condstore = authed.condstore;
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, uid)?;
-                    return messages::store(selected, &uids, kind, response, flags, uid, out).await;
+                    let change = messages::Change {
+                        kind,
+                        flags,
+                        unchanged_since,
+                    };
+                    return messages::store(selected, &uids, change, response, uid, out).await;
                 }
                 CommandBody::Copy {
                     sequence_set,
@@ -459,18 +493,17 @@ impl Session {
             CommandBody::Select {
                 mailbox,
                 parameters,
+            } => {
+                select_parameters(authed, &parameters)?;
+                self.select(&mailbox, false, out).await
             }
-            | CommandBody::Examine {
+            CommandBody::Examine {
                 mailbox,
                 parameters,
-            } if !parameters.is_empty() => {
-                let _ = mailbox;
-                Err(Failure::bad(
-                    "SELECT parameters need CONDSTORE/QRESYNC, not offered",
-                ))
+            } => {
+                select_parameters(authed, &parameters)?;
+                self.select(&mailbox, true, out).await
             }
-            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, out).await,
-            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true, out).await,
             CommandBody::Create { mailbox } => mailboxes::create(authed, &mailbox, ext).await,
             CommandBody::Delete { mailbox } => {
                 let name = mailboxes::name_of(authed, &mailbox)?;
@@ -552,6 +585,20 @@ impl Session {
             Done::with_code(code("READ-WRITE"), "SELECT completed")
         }
     }
+}
+
+/// SELECT/EXAMINE parameters (RFC 7162 §3.1.8: `(CONDSTORE)` enables
+/// CONDSTORE; QRESYNC is not offered).
+fn select_parameters(authed: &mut Authed, parameters: &[SelectParameter]) -> Result<(), Failure> {
+    for p in parameters {
+        match p {
+            SelectParameter::CondStore => authed.condstore = true,
+            SelectParameter::QResync { .. } => {
+                return Err(Failure::bad("QRESYNC is not offered"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[CAPABILITY ...]` after a login (RFC 9051 §6.2.3: clients then skip a
