@@ -40,6 +40,11 @@ mkdir -p "$work/postfix"
 chmod o+x "$work" "$work/postfix"
 export FACTEUR_TEST_POSTFIX=1 FACTEUR_TEST_POSTFIX_DIR="$work/postfix"
 export FACTEUR_REQUIRE_POSTFIX=1
+echo "== installing mbsync (isync), a real IMAP client for the end-to-end tests" >&2
+if ! command -v mbsync >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q isync >&2
+fi
+export FACTEUR_REQUIRE_MBSYNC=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

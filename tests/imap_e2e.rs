@@ -419,3 +419,112 @@ fn failed_logins_are_throttled() {
         "{reply:?}"
     );
 }
+
+/// mbsync (isync), a real synchronising client: a message put in one local
+/// Maildir reaches another through the server, a flag set in one reaches
+/// the other, and a message deleted in one disappears from the other.
+/// Skipped without `mbsync` unless `FACTEUR_REQUIRE_MBSYNC=1` (set by
+/// scripts/test.sh, which installs Debian's isync).
+#[test]
+fn mbsync_synchronises_two_maildirs_through_the_server() {
+    let have = Command::new("mbsync").arg("--version").output().is_ok();
+    if !have {
+        assert!(
+            std::env::var("FACTEUR_REQUIRE_MBSYNC").as_deref() != Ok("1"),
+            "FACTEUR_REQUIRE_MBSYNC=1 but mbsync is not installed (Debian package isync)"
+        );
+        eprintln!("notice: mbsync test skipped (no mbsync; apt-get install isync)");
+        return;
+    }
+    let server = Server::start("");
+    let root = server.dir.path();
+    let rc = |name: &str| -> PathBuf {
+        let maildir = root.join(name);
+        std::fs::create_dir_all(&maildir).unwrap();
+        let config = format!(
+            "IMAPAccount facteur\nHost 127.0.0.1\nPort {port}\nUser {USER}\nPass \"{PASSWORD}\"\n\
+             SSLType STARTTLS\nCertificateFile {cert}\nAuthMechs PLAIN\n\n\
+             IMAPStore remote\nAccount facteur\n\n\
+             MaildirStore local\nPath {maildir}/\nInbox {maildir}/INBOX\nSubFolders Verbatim\n\n\
+             Channel sync\nFar :remote:\nNear :local:\nPatterns INBOX Sent\nCreate Both\n\
+             Expunge Both\nSyncState *\nSync All\n",
+            port = server.starttls.port(),
+            cert = server.certificate.display(),
+            maildir = maildir.display(),
+        );
+        let path = root.join(format!("{name}.mbsyncrc"));
+        std::fs::write(&path, config).unwrap();
+        path
+    };
+    let sync = |config: &Path| {
+        let out = Command::new("mbsync")
+            .args(["-c", config.to_str().unwrap(), "-a"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mbsync failed\n--- stdout\n{}\n--- stderr\n{}\n--- server log\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+    };
+    // Files of a Maildir folder: (name, content).
+    let files = |folder: &Path| -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(folder.join(sub)) {
+                for e in entries {
+                    let e = e.unwrap();
+                    let content = std::fs::read_to_string(e.path()).unwrap();
+                    all.push((e.file_name().to_string_lossy().into_owned(), content));
+                }
+            }
+        }
+        all
+    };
+    let (a, b) = (rc("a"), rc("b"));
+    sync(&a);
+    sync(&b);
+    let a_inbox = root.join("a/INBOX");
+    let b_inbox = root.join("b/INBOX");
+    std::fs::write(
+        a_inbox.join("new/1700000000.1.host"),
+        "From: Carol <carol@example.org>\r\nTo: alice@example.org\r\nSubject: via mbsync\r\n\
+         Message-ID: <mbsync-1@example.org>\r\n\r\nSynchronised.\r\n",
+    )
+    .unwrap();
+    sync(&a);
+    sync(&b);
+    let got = files(&b_inbox);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].1.contains("Subject: via mbsync") && got[0].1.contains("Synchronised."));
+    assert!(!got[0].0.contains(":2,S"), "not seen yet: {}", got[0].0);
+
+    // Seen in A: the flag travels to B.
+    let (name, _) = &files(&a_inbox)[0];
+    let dir = if a_inbox.join("cur").join(name).exists() {
+        "cur"
+    } else {
+        "new"
+    };
+    let base = name.split(":2,").next().unwrap();
+    std::fs::rename(
+        a_inbox.join(dir).join(name),
+        a_inbox.join("cur").join(format!("{base}:2,S")),
+    )
+    .unwrap();
+    sync(&a);
+    sync(&b);
+    let got = files(&b_inbox);
+    assert!(got.len() == 1 && got[0].0.ends_with(":2,S"), "{got:?}");
+
+    // Deleted in B: gone from the server, then from A.
+    let (name, _) = &got[0];
+    std::fs::remove_file(b_inbox.join("cur").join(name))
+        .or_else(|_| std::fs::remove_file(b_inbox.join("new").join(name)))
+        .unwrap();
+    sync(&b);
+    sync(&a);
+    assert!(files(&a_inbox).is_empty(), "{:?}", files(&a_inbox));
+}
