@@ -744,3 +744,56 @@ async fn over_quota_is_refused_552_at_rcpt_and_after_data() {
         .unwrap();
     assert!(String::from_utf8_lossy(&usage).contains("\"bytes\":"));
 }
+
+/// CHUNKING (RFC 3030): a message sent in BDAT chunks, pipelined, reaches
+/// INBOX byte for byte (no dot-unstuffing); a client gone mid-chunk
+/// stores nothing.
+#[tokio::test]
+async fn bdat_chunks_reach_inbox_and_a_cut_chunk_stores_nothing() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    let r = c.cmd("LHLO test").await;
+    assert!(r.contains("250-CHUNKING\r\n"), "{r}");
+    let first = b"Subject: chunks\r\n\r\n.a dot that stays\r\n";
+    let second = b"MAIL FROM:<looks@like.a.command>\r\n";
+    let mut wire = b"MAIL FROM:<a@example.net>\r\nRCPT TO:<bob@example.org>\r\n".to_vec();
+    wire.extend_from_slice(format!("BDAT {}\r\n", first.len()).as_bytes());
+    wire.extend_from_slice(first);
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n", second.len()).as_bytes());
+    wire.extend_from_slice(second);
+    c.send(&wire).await;
+    assert_eq!(c.reply().await, "250 2.1.0 sender OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 recipient OK\r\n");
+    assert_eq!(
+        c.reply().await,
+        format!("250 2.0.0 {} octets received\r\n", first.len())
+    );
+    assert_eq!(c.reply().await, "250 2.0.0 <bob@example.org> delivered\r\n");
+    let bob = s.inbox("bob", &s.bob).await;
+    assert_eq!(bob.len(), 1);
+    assert!(
+        without_received(&bob[0]).ends_with(&format!(
+            "Delivered-To: bob@example.org\r\n{}{}",
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(second)
+        )),
+        "{}",
+        String::from_utf8_lossy(&bob[0])
+    );
+
+    // Cut mid-chunk: nothing more is stored.
+    let before = s.mail_objects();
+    let mut c = s.client().await;
+    c.hello().await;
+    c.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<bob@example.org>\r\nBDAT 100 LAST\r\nSubject: cut\r\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 sender OK\r\n");
+    assert_eq!(c.reply().await, "250 2.1.5 recipient OK\r\n");
+    drop(c);
+    // A new session is served (so the old one has been read to its end
+    // or is waiting); nothing was stored for the cut message.
+    let mut c = s.client().await;
+    c.hello().await;
+    assert_eq!(s.mail_objects(), before);
+    assert_eq!(s.inbox("bob", &s.bob).await.len(), 1);
+}

@@ -116,6 +116,7 @@ pub fn lhlo(host: &str, max_size: u64) -> Reply {
             "PIPELINING".into(),
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
             format!("SIZE {max_size}"),
             "SMTPUTF8".into(),
         ],
@@ -142,6 +143,11 @@ pub fn reset() -> Reply {
 /// RFC 5321 §4.1.1.10 QUIT.
 pub fn bye() -> Reply {
     Reply::new(221, (2, 0, 0), "bye")
+}
+
+/// RFC 3030 §2: a BDAT chunk (not the last) was received.
+pub fn chunk_received(total: usize) -> Reply {
+    Reply::new(250, (2, 0, 0), format!("{total} octets received"))
 }
 
 /// RFC 5321 §4.1.1.4: start of mail input.
@@ -307,7 +313,7 @@ mod tests {
         assert_eq!(
             lhlo("mx", 10).to_wire(),
             "250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n\
-             250-SIZE 10\r\n250 SMTPUTF8\r\n"
+             250-CHUNKING\r\n250-SIZE 10\r\n250 SMTPUTF8\r\n"
         );
         assert_eq!(ok().to_wire(), "250 2.0.0 OK\r\n");
     }

@@ -11,6 +11,9 @@
 //! - Commands are parsed by `smtp-proto`, one whole line at a time; a line
 //!   over [`Options::max_line`] octets is read to its end and answered 500
 //!   5.5.2, never parsed in pieces.
+//! - A BDAT chunk (RFC 3030) is read as raw octets to its announced end,
+//!   even when the BDAT is refused, so none of its bytes is taken for a
+//!   command; over the size limit they are counted, not kept.
 //! - After DATA there is exactly one reply per accepted recipient, in RCPT
 //!   order (RFC 2033 §4.2), and a 250 only for a recipient whose user's
 //!   delivery the driver reported done.
@@ -200,10 +203,35 @@ enum Phase<U> {
     Mail(Transaction<U>),
     /// Reading the message.
     Data(Transaction<U>, DataDecoder),
+    /// Between two BDAT chunks (RFC 3030): the message so far, `None` once
+    /// it went over the size limit.
+    Chunks(Transaction<U>, Option<Vec<u8>>),
+    /// Reading the octets of one BDAT chunk.
+    Chunk(Chunk<U>),
     /// A request is out; nothing moves until it is answered.
     Waiting(Waiting<U>),
     /// After QUIT or a fatal error.
     Closed,
+}
+
+/// A BDAT chunk being read (RFC 3030 §2): exactly `remaining` more raw
+/// octets, no dot-stuffing, no line rules.
+#[derive(Debug)]
+struct Chunk<U> {
+    target: ChunkTarget<U>,
+    remaining: u64,
+    /// `BDAT <n> LAST`.
+    last: bool,
+}
+
+#[derive(Debug)]
+enum ChunkTarget<U> {
+    /// Appended to the message (`None`: over the size limit, discarded).
+    Message(Transaction<U>, Option<Vec<u8>>),
+    /// A BDAT that cannot be accepted: its octets are read and dropped
+    /// (they could look like commands), then `reply` is sent and the
+    /// session goes back to `after`.
+    Discard(Reply, Box<Phase<U>>),
 }
 
 #[derive(Debug)]
@@ -274,13 +302,20 @@ impl<U> Session<U> {
     pub fn in_transaction(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Mail(_) | Phase::Data(..) | Phase::Waiting(_)
+            Phase::Mail(_)
+                | Phase::Data(..)
+                | Phase::Chunks(..)
+                | Phase::Chunk(_)
+                | Phase::Waiting(_)
         )
     }
 
     /// Whether the session is reading a message body.
     pub fn in_data(&self) -> bool {
-        matches!(self.phase, Phase::Data(..))
+        matches!(
+            self.phase,
+            Phase::Data(..) | Phase::Chunks(..) | Phase::Chunk(_)
+        )
     }
 
     /// Adds input read from the client.
@@ -315,6 +350,30 @@ impl<U> Session<U> {
                     // The driver stepped without answering: nothing moves.
                     self.phase = Phase::Waiting(w);
                     return Step::NeedInput;
+                }
+                Phase::Chunk(mut chunk) => {
+                    let take = self
+                        .input
+                        .len()
+                        .min(usize::try_from(chunk.remaining).unwrap_or(usize::MAX));
+                    chunk.remaining -= take as u64;
+                    if let ChunkTarget::Message(_, body) = &mut chunk.target {
+                        let max = self.options.max_message_size;
+                        match body {
+                            Some(b) if (b.len() + take) as u64 <= max => {
+                                b.extend_from_slice(&self.input[..take]);
+                            }
+                            _ => *body = None,
+                        }
+                    }
+                    self.input.drain(..take);
+                    if chunk.remaining > 0 {
+                        self.phase = Phase::Chunk(chunk);
+                        return Step::NeedInput;
+                    }
+                    if let Some(step) = self.end_of_chunk(chunk) {
+                        return step;
+                    }
                 }
                 Phase::Data(tx, mut decoder) => {
                     let input = std::mem::take(&mut self.input);
@@ -408,6 +467,16 @@ impl<U> Session<U> {
                 self.phase = phase;
                 self.error(reply::use_lhlo());
             }
+            (
+                Request::Mail { .. } | Request::Rcpt { .. } | Request::Data,
+                phase @ Phase::Chunks(..),
+            ) => {
+                // RFC 3030 §3: a BDAT transaction continues with BDAT only.
+                self.phase = phase;
+                self.error(reply::bad_sequence(
+                    "BDAT transaction in progress: BDAT or RSET",
+                ));
+            }
             (Request::Mail { from }, Phase::Ready) => {
                 self.phase = Phase::Ready;
                 if let Some(tx) = self.mail(from) {
@@ -452,6 +521,34 @@ impl<U> Session<U> {
                 self.reply(reply::start_data());
                 self.phase = Phase::Data(tx, DataDecoder::new(self.options.max_message_size));
             }
+            // RFC 3030 §2: BDAT; the chunk's octets follow the command.
+            (
+                Request::Bdat {
+                    chunk_size,
+                    is_last,
+                },
+                phase,
+            ) => {
+                let target = match phase {
+                    Phase::Mail(tx) if !tx.recipients.is_empty() => {
+                        ChunkTarget::Message(tx, Some(Vec::new()))
+                    }
+                    Phase::Chunks(tx, body) => ChunkTarget::Message(tx, body),
+                    phase @ Phase::Mail(_) => ChunkTarget::Discard(
+                        reply::bad_sequence("no valid recipients"),
+                        Box::new(phase),
+                    ),
+                    phase => ChunkTarget::Discard(
+                        reply::bad_sequence("need MAIL and RCPT before BDAT"),
+                        Box::new(phase),
+                    ),
+                };
+                self.phase = Phase::Chunk(Chunk {
+                    target,
+                    remaining: chunk_size as u64,
+                    last: is_last,
+                });
+            }
             (Request::Data, phase @ Phase::Mail(_)) => {
                 // RFC 2033 §4.2: DATA with no accepted recipient fails 503.
                 self.phase = phase;
@@ -480,8 +577,7 @@ impl<U> Session<U> {
                 self.reply(reply::bye());
                 self.phase = Phase::Closed;
             }
-            // BDAT (CHUNKING not advertised), AUTH, STARTTLS, EXPN, HELP,
-            // ETRN, ATRN, BURL.
+            // AUTH, STARTTLS, EXPN, HELP, ETRN, ATRN, BURL.
             (_, phase) => {
                 self.phase = phase;
                 self.error(reply::not_implemented());
@@ -536,11 +632,40 @@ impl<U> Session<U> {
         self.phase = Phase::Mail(tx);
     }
 
+    /// A BDAT chunk was read to its end.
+    fn end_of_chunk(&mut self, chunk: Chunk<U>) -> Option<Step<U>> {
+        match chunk.target {
+            ChunkTarget::Discard(r, after) => {
+                self.phase = *after;
+                self.error(r);
+                None
+            }
+            ChunkTarget::Message(tx, body) if chunk.last => self.end_of_message(tx, body),
+            ChunkTarget::Message(_, None) => {
+                // RFC 3030 §2: the transaction is over; further chunks of it
+                // are read and refused 503.
+                self.phase = Phase::Ready;
+                self.reply(reply::too_big(self.options.max_message_size));
+                None
+            }
+            ChunkTarget::Message(tx, Some(body)) => {
+                self.reply(reply::chunk_received(body.len()));
+                self.phase = Phase::Chunks(tx, Some(body));
+                None
+            }
+        }
+    }
+
     fn end_of_data(&mut self, tx: Transaction<U>, decoder: DataDecoder) -> Option<Step<U>> {
+        self.end_of_message(tx, decoder.finish())
+    }
+
+    /// The whole message was received (`None`: it went over the limit).
+    fn end_of_message(&mut self, tx: Transaction<U>, body: Option<Vec<u8>>) -> Option<Step<U>> {
         // RFC 5321 §4.1.1.4: the transaction ends with the data, whatever
         // the replies.
         self.phase = Phase::Ready;
-        match decoder.finish() {
+        match body {
             None => {
                 let r = reply::too_big(self.options.max_message_size);
                 for _ in &tx.recipients {
@@ -742,6 +867,7 @@ mod tests {
         S: 250-PIPELINING
         S: 250-8BITMIME
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250-SIZE 64
         S: 250 SMTPUTF8
     ";
@@ -832,6 +958,7 @@ mod tests {
             S: 250-PIPELINING
             S: 250-8BITMIME
             S: 250-ENHANCEDSTATUSCODES
+            S: 250-CHUNKING
             S: 250-SIZE 64
             S: 250 SMTPUTF8
             C: RCPT TO:<alice@example.org>
@@ -854,7 +981,10 @@ mod tests {
             S: 252 2.5.2 cannot VRFY; send the message and delivery will be attempted
             C: NOOP
             S: 250 2.0.0 OK
-            C: BDAT 10 LAST
+            C: BDAT 9 LAST
+            C: FOO bar
+            S: 503 5.5.1 need MAIL and RCPT before BDAT
+            C: STARTTLS
             S: 502 5.5.1 command not implemented
             C: FOO bar
             S: 500 5.5.1 command unrecognized
@@ -863,6 +993,89 @@ mod tests {
             C: NOOP",
             &[],
         );
+    }
+
+    /// RFC 3030: chunks are raw octets (no dot-unstuffing, a line that
+    /// looks like a command is data); one reply per chunk, then one per
+    /// recipient after the last.
+    #[test]
+    fn bdat_chunks_are_delivered_raw() {
+        let r = transcript(
+            &format!(
+                "{HELLO}
+                C: MAIL FROM:<a@b>
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<alice@example.org>
+                S: 250 2.1.5 recipient OK
+                C: RCPT TO:<bob@example.org>
+                S: 250 2.1.5 recipient OK
+                C: BDAT 13
+                C: Subject: hi
+                S: 250 2.0.0 13 octets received
+                C: DATA
+                S: 503 5.5.1 BDAT transaction in progress: BDAT or RSET
+                C: BDAT 15
+                C:
+                C: ..dot
+                C: QUIT
+                S: 250 2.0.0 28 octets received
+                C: BDAT 0 LAST
+                S: 250 2.0.0 <alice@example.org> delivered
+                S: 451 4.3.0 <bob@example.org> temporary failure, try again later
+                C: NOOP
+                S: 250 2.0.0 OK"
+            ),
+            &["bob"],
+        );
+        assert_eq!(r.stored.len(), 1);
+        let message = String::from_utf8_lossy(&r.stored[0].3).into_owned();
+        assert!(
+            message.ends_with("\r\nSubject: hi\r\n\r\n..dot\r\nQUIT\r\n"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bdat_out_of_sequence_or_too_big_is_read_and_refused() {
+        let long = "x".repeat(60);
+        let r = transcript(
+            &format!(
+                "{HELLO}
+                C: BDAT 6 LAST
+                C: QUIT
+                S: 503 5.5.1 need MAIL and RCPT before BDAT
+                C: MAIL FROM:<a@b>
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<ghost@example.org>
+                S: 550 5.1.1 no such user here
+                C: BDAT 6
+                C: NOOP
+                S: 503 5.5.1 no valid recipients
+                C: RCPT TO:<alice@example.org>
+                S: 250 2.1.5 recipient OK
+                C: BDAT 62
+                C: {long}
+                S: 250 2.0.0 62 octets received
+                C: BDAT 62
+                C: {long}
+                S: 552 5.3.4 message size exceeds fixed maximum of 64 bytes
+                C: BDAT 6 LAST
+                C: QUIT
+                S: 503 5.5.1 need MAIL and RCPT before BDAT
+                C: MAIL FROM:<a@b>
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<alice@example.org>
+                S: 250 2.1.5 recipient OK
+                C: BDAT 65 LAST
+                C: {long}
+                C: x
+                S: 552 5.3.4 message size exceeds fixed maximum of 64 bytes
+                C: NOOP
+                S: 250 2.0.0 OK"
+            ),
+            &[],
+        );
+        assert!(r.stored.is_empty());
     }
 
     #[test]
