@@ -444,6 +444,10 @@ pub struct LmtpConfig {
     /// (421 4.4.2).
     #[serde(default = "default_lmtp_idle_timeout")]
     pub idle_timeout: u64,
+    /// Over quota answers 452 4.2.2 (the sender keeps the mail queued and
+    /// retries) instead of 552 5.2.2 (it bounces at once, like Dovecot).
+    #[serde(default)]
+    pub quota_full_temporary: bool,
 }
 
 impl Default for LmtpConfig {
@@ -455,6 +459,7 @@ impl Default for LmtpConfig {
             max_recipients: default_lmtp_max_recipients(),
             max_connections: default_lmtp_max_connections(),
             idle_timeout: default_lmtp_idle_timeout(),
+            quota_full_temporary: false,
         }
     }
 }

@@ -606,7 +606,7 @@ async fn serve(
         println!("facteur: lmtp listening on {}", listener.local_addr()?);
         tasks.spawn(server::lmtp::serve(
             server::lmtp::Listener::Tcp(listener),
-            server::lmtp::backend(&services),
+            server::lmtp::backend_with(&services, config.lmtp.quota_full_temporary),
             lmtp_settings.clone(),
             shutdown.clone(),
         ));
@@ -618,7 +618,7 @@ async fn serve(
         println!("facteur: lmtp listening on unix:{}", path.display());
         tasks.spawn(server::lmtp::serve(
             server::lmtp::Listener::Unix(listener),
-            server::lmtp::backend(&services),
+            server::lmtp::backend_with(&services, config.lmtp.quota_full_temporary),
             lmtp_settings.clone(),
             shutdown.clone(),
         ));

@@ -670,7 +670,7 @@ async fn an_ldap_user_logs_in_over_imap_and_receives_mail() {
 async fn imap_login_during_an_ldap_outage_is_unavailable_then_recovers() {
     let Some(_) = env() else { return };
     let (slapd, env) = OwnSlapd::start();
-    let (imap, _) = servers(directory(
+    let (imap, lmtp) = servers(directory(
         &env,
         &[&env.url],
         "cache_ttl = 0\nnegative_cache_ttl = 0\ntimeout = 1",
@@ -681,6 +681,13 @@ async fn imap_login_during_an_ldap_outage_is_unavailable_then_recovers() {
     slapd.run("stop");
     let r = d.run("LOGIN alice alice-password-1").await;
     assert!(r.no() && r.has("[UNAVAILABLE]"), "{r:?}");
+    // LMTP: 451 4.4.3, so Postfix keeps the mail queued.
+    let refused = refusal(lmtp.resolve("bob@example.org", 0).await).expect("refused");
+    assert!(matches!(refused, RcptRefusal::DirectoryUnavailable));
+    assert_eq!(
+        facteur::lmtp::reply::rcpt_refused(&refused).to_wire(),
+        "451 4.4.3 directory server unavailable, try again later\r\n"
+    );
     assert!(
         c.run("SELECT INBOX").await.ok(),
         "open sessions keep working"

@@ -160,7 +160,7 @@ impl Backend {
             Err(DirectoryError::BadInput(_)) => Err(RcptRefusal::BadAddress),
             Err(e) => {
                 tracing::warn!(error = %e, "lmtp: directory lookup failed");
-                Err(RcptRefusal::Unavailable)
+                Err(RcptRefusal::DirectoryUnavailable)
             }
         }
     }

@@ -75,8 +75,10 @@ pub enum RcptRefusal {
     /// The user exists but has no keyring yet (DESIGN.md §5): temporary,
     /// so the mail stays queued until the user logs in once.
     NotActivated,
-    /// The directory or the store could not answer now.
+    /// The store could not answer now.
     Unavailable,
+    /// The directory (LDAP) could not answer now.
+    DirectoryUnavailable,
     /// The address is not one we can look up.
     BadAddress,
     /// The user's mailbox is full (or would be with the declared SIZE).
@@ -266,6 +268,12 @@ pub fn rcpt_refused(refusal: &RcptRefusal) -> Reply {
         ),
         // RFC 3463 4.3.0: other or undefined mail system status.
         RcptRefusal::Unavailable => temporary_failure(),
+        // RFC 3463 4.4.3: directory server failure.
+        RcptRefusal::DirectoryUnavailable => Reply::new(
+            451,
+            (4, 4, 3),
+            "directory server unavailable, try again later",
+        ),
         RcptRefusal::BadAddress => bad_recipient(),
         RcptRefusal::OverQuota { temporary } => over_quota(None, *temporary),
     }

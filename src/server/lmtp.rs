@@ -78,15 +78,22 @@ fn host_name() -> String {
         .unwrap_or_else(|| Options::default().hostname)
 }
 
-/// The delivery backend built from the shared services.
+/// The delivery backend built from the shared services (over quota
+/// answers 552 5.2.2; see [`backend_with`]).
 pub fn backend(services: &Services) -> Backend {
+    backend_with(services, false)
+}
+
+/// The delivery backend; `quota_full_temporary` is `[lmtp]
+/// quota_full_temporary`.
+pub fn backend_with(services: &Services, quota_full_temporary: bool) -> Backend {
     let ids = services.clone();
     Backend {
         store: services.store.clone(),
         directory: services.directory.clone(),
         keyrings: services.keyrings.clone(),
         user_id: Arc::new(move |login| ids.user_id(login)),
-        quota_full_temporary: false,
+        quota_full_temporary,
     }
 }
 
