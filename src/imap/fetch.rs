@@ -310,6 +310,18 @@ fn body_of(body: Option<&Bytes>) -> Result<&[u8], Failure> {
         .ok_or_else(|| Failure::Internal("body not loaded".into()))
 }
 
+/// RFC 3516 §4.3: `NO [UNKNOWN-CTE]` for an encoding we cannot undo; a
+/// body invalid in its encoding is `NO [PARSE]`, as Dovecot answers.
+fn binary_failure(e: mime::BinaryError) -> Failure {
+    match e {
+        mime::BinaryError::UnknownEncoding(cte) => Failure::no(
+            Some(code("UNKNOWN-CTE")),
+            format!("Unknown Content-Transfer-Encoding {cte}"),
+        ),
+        other => Failure::no(Some(code("PARSE")), other.to_string()),
+    }
+}
+
 fn render(
     item: &MessageDataItemName<'static>,
     meta: &Meta,
@@ -384,15 +396,7 @@ fn render(
             let decoded = match mime::binary(body_of(body)?, summary, section) {
                 Ok(d) => d,
                 Err(mime::BinaryError::NoSuchPart) => Vec::new(),
-                Err(mime::BinaryError::UnknownEncoding(e)) => {
-                    return Err(Failure::no(
-                        Some(code("UNKNOWN-CTE")),
-                        format!("Unknown Content-Transfer-Encoding {e}"),
-                    ));
-                }
-                Err(e @ mime::BinaryError::Corrupt(_)) => {
-                    return Err(Failure::no(Some(code("PARSE")), e.to_string()));
-                }
+                Err(e) => return Err(binary_failure(e)),
             };
             let data = match partial {
                 Some((offset, length)) => mime::partial(&decoded, *offset, length.get()).to_vec(),
@@ -411,15 +415,7 @@ fn render(
             let size = match mime::binary_size(body_of(body)?, summary, section) {
                 Ok(s) => s,
                 Err(mime::BinaryError::NoSuchPart) => 0,
-                Err(mime::BinaryError::UnknownEncoding(e)) => {
-                    return Err(Failure::no(
-                        Some(code("UNKNOWN-CTE")),
-                        format!("Unknown Content-Transfer-Encoding {e}"),
-                    ));
-                }
-                Err(e @ mime::BinaryError::Corrupt(_)) => {
-                    return Err(Failure::no(Some(code("PARSE")), e.to_string()));
-                }
+                Err(e) => return Err(binary_failure(e)),
             };
             MessageDataItem::BinarySize {
                 section: section.clone(),

@@ -108,6 +108,18 @@ impl Session {
         self.tls || self.imap.options.plaintext_auth || self.peer.remote.ip().is_loopback()
     }
 
+    /// RFC 9051 §11.1: no password in clear text off loopback unless
+    /// configured.
+    fn require_login_allowed(&self) -> Result<(), Failure> {
+        if self.login_allowed() {
+            return Ok(());
+        }
+        Err(Failure::no(
+            Some(code("PRIVACYREQUIRED")),
+            "Use STARTTLS or the TLS port before logging in",
+        ))
+    }
+
     pub fn capabilities(&self) -> String {
         let authenticated = matches!(self.state, State::Authed(_) | State::Selected(..));
         capability::list(
@@ -405,12 +417,7 @@ impl Session {
                 Done::ok("Begin TLS negotiation now")
             }
             CommandBody::Login { username, password } => {
-                if !self.login_allowed() {
-                    return Err(Failure::no(
-                        Some(code("PRIVACYREQUIRED")),
-                        "Use STARTTLS or the TLS port before logging in",
-                    ));
-                }
+                self.require_login_allowed()?;
                 let login = String::from_utf8_lossy(username.as_ref()).into_owned();
                 let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
                 let authed =
@@ -422,12 +429,7 @@ impl Session {
                 mechanism,
                 initial_response,
             } => {
-                if !self.login_allowed() {
-                    return Err(Failure::no(
-                        Some(code("PRIVACYREQUIRED")),
-                        "Use STARTTLS or the TLS port before logging in",
-                    ));
-                }
+                self.require_login_allowed()?;
                 let mut sasl = Sasl::start(&mechanism)?;
                 let initial = initial_response.map(|r| r.declassify().to_vec());
                 match sasl.step(initial.as_deref())? {
