@@ -17,7 +17,7 @@
 //!   value, once invalid, is never valid again: a duplicated UID is never
 //!   reused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
@@ -25,25 +25,61 @@ use serde::{Deserialize, Serialize};
 use super::op::MessageId;
 use crate::log::OpId;
 
-/// Claim value → the distinct messages claiming it.
+/// Claim value → the distinct messages claiming it. Values are dense (in
+/// a causally closed set every value `1..=max` is claimed), so a vector
+/// indexed by value, one slot of 24 bytes per UID, with no allocation
+/// unless a value is disputed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_value: BTreeMap<u32, Vec<MessageId>>,
+    by_value: Vec<Claimants>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Claimants {
+    #[default]
+    None,
+    One(MessageId),
+    /// Sorted, at least two.
+    Many(Box<[MessageId]>),
+}
+
+impl Claimants {
+    fn as_slice(&self) -> &[MessageId] {
+        match self {
+            Claimants::None => &[],
+            Claimants::One(m) => std::slice::from_ref(m),
+            Claimants::Many(ms) => ms,
+        }
+    }
 }
 
 impl Claims {
     /// Records that `message` claims `value`; returns every claimant of
     /// `value` (sorted), whose visibility may have changed.
     pub fn add(&mut self, value: u32, message: MessageId) -> &[MessageId] {
-        let claimants = self.by_value.entry(value).or_default();
-        if let Err(at) = claimants.binary_search(&message) {
-            claimants.insert(at, message);
+        let at = value as usize;
+        if self.by_value.len() <= at {
+            self.by_value.resize(at + 1, Claimants::None);
         }
-        claimants
+        let slot = &mut self.by_value[at];
+        *slot = match std::mem::take(slot) {
+            Claimants::None => Claimants::One(message),
+            Claimants::One(m) if m == message => Claimants::One(m),
+            other => {
+                let mut all = other.as_slice().to_vec();
+                if let Err(i) = all.binary_search(&message) {
+                    all.insert(i, message);
+                }
+                Claimants::Many(all.into_boxed_slice())
+            }
+        };
+        slot.as_slice()
     }
 
     pub fn claimants(&self, value: u32) -> &[MessageId] {
-        self.by_value.get(&value).map_or(&[], Vec::as_slice)
+        self.by_value
+            .get(value as usize)
+            .map_or(&[], Claimants::as_slice)
     }
 
     /// Whether `message` holds `value` alone.
@@ -53,7 +89,15 @@ impl Claims {
 
     /// The highest value claimed (valid or not), 0 if none.
     pub fn max(&self) -> u32 {
-        self.by_value.last_key_value().map_or(0, |(v, _)| *v)
+        self.by_value
+            .iter()
+            .rposition(|c| !matches!(c, Claimants::None))
+            .map_or(0, |v| v as u32)
+    }
+
+    /// Drops spare capacity (after a snapshot is read).
+    pub fn shrink_to_fit(&mut self) {
+        self.by_value.shrink_to_fit();
     }
 }
 
@@ -125,6 +169,13 @@ mod tests {
         assert!(claims.is_sole(5, &msg(1)));
         claims.add(5, msg(2));
         assert!(!claims.is_sole(5, &msg(1)) && !claims.is_sole(5, &msg(2)));
+        assert_eq!(claims.max(), 5);
+        // A third claimant, and again the first: sorted, each once.
+        claims.add(5, msg(0));
+        assert_eq!(claims.add(5, msg(1)), [msg(0), msg(1), msg(2)]);
+        assert_eq!(claims.claimants(4), []);
+        assert_eq!(claims.claimants(6), []);
+        claims.add(2, msg(3));
         assert_eq!(claims.max(), 5);
     }
 

@@ -844,6 +844,7 @@ impl MailboxState {
         for id in ids {
             state.refresh(id);
         }
+        state.index.claims.shrink_to_fit();
         state
     }
 }
