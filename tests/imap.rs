@@ -738,3 +738,71 @@ async fn transcripts_replay() {
         }
     }
 }
+
+/// QRESYNC (RFC 7162 §3.2): a client back after a while learns in one
+/// SELECT what vanished and which flags changed; expunges are reported as
+/// VANISHED once it is enabled.
+#[tokio::test]
+async fn qresync_reports_what_vanished_and_changed_since_the_last_visit() {
+    let w = world().await;
+    let mut c = w.login("alice").await;
+    for i in 0..4 {
+        assert!(
+            c.append("INBOX", "", &message(&format!("q{i}"), "x"))
+                .await
+                .ok()
+        );
+    }
+    assert!(
+        c.run("SELECT INBOX (QRESYNC (1 1))").await.bad(),
+        "needs ENABLE QRESYNC"
+    );
+    assert!(c.run("ENABLE QRESYNC").await.has("* ENABLED QRESYNC"));
+    let sel = c.run("SELECT INBOX").await;
+    let field = |reply: &imap_client::Reply, name: &str| -> u64 {
+        let line = reply.lines.iter().find(|l| l.contains(name)).expect(name);
+        let at = line.find(name).unwrap() + name.len() + 1;
+        line[at..].split(']').next().unwrap().parse().unwrap()
+    };
+    let uid_validity = field(&sel, "UIDVALIDITY");
+    let seen_modseq = field(&sel, "HIGHESTMODSEQ");
+
+    // Another session changes things while this client is away.
+    let mut other = w.login("alice").await;
+    assert!(other.run("SELECT INBOX").await.ok());
+    assert!(other.run("UID STORE 2 +FLAGS (\\Deleted)").await.ok());
+    assert!(other.run("UID EXPUNGE 2").await.ok());
+    assert!(other.run("UID STORE 3 +FLAGS (\\Flagged)").await.ok());
+    assert!(c.run("UNSELECT").await.ok());
+
+    let back = c
+        .run(&format!(
+            "SELECT INBOX (QRESYNC ({uid_validity} {seen_modseq} 1:4))"
+        ))
+        .await;
+    assert!(back.ok() && back.has("* VANISHED (EARLIER) 2"), "{back:?}");
+    let fetches = back.untagged("");
+    let changed: Vec<&&str> = fetches.iter().filter(|l| l.contains(" FETCH ")).collect();
+    assert_eq!(changed.len(), 1, "{back:?}");
+    assert!(
+        changed[0].contains("UID 3")
+            && changed[0].contains("\\Flagged")
+            && changed[0].contains("MODSEQ (")
+    );
+
+    // An expunge is now reported as VANISHED.
+    assert!(other.run("UID STORE 4 +FLAGS (\\Deleted)").await.ok());
+    assert!(other.run("EXPUNGE").await.ok());
+    let noop = c.run("NOOP").await;
+    assert!(noop.has("* VANISHED 4") && !noop.has("EXPUNGE"), "{noop:?}");
+    let f = c
+        .run("UID FETCH 1:4 (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+        .await;
+    assert!(f.has("* VANISHED (EARLIER) 2,4"), "{f:?}");
+    assert!(
+        c.run("FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+            .await
+            .bad(),
+        "UID FETCH only"
+    );
+}

@@ -183,6 +183,7 @@ pub async fn login(
         rev2: false,
         append_limit: imap.options.max_message,
         condstore: false,
+        qresync: false,
     };
     if let Some(recovery) = recovery {
         // A failure here must not lose the key silently: the login fails,

@@ -21,6 +21,7 @@ pub fn list(
         caps.extend([
             "IDLE",
             "CONDSTORE",
+            "QRESYNC",
             "NAMESPACE",
             "UNSELECT",
             "UIDPLUS",

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::mailboxes::encode_name;
 use super::response::{Failure, Out, code};
+use super::search::sequence_set_string;
 use super::session::Authed;
 use crate::account::{Folder, Mailbox};
 
@@ -34,6 +35,8 @@ pub struct Selected {
     pub saved: Vec<u32>,
     /// CONDSTORE is on (RFC 7162 §3.1): FETCH responses carry MODSEQ.
     pub condstore: bool,
+    /// QRESYNC is on (RFC 7162 §3.2): expunges are reported as VANISHED.
+    pub qresync: bool,
 }
 
 impl Selected {
@@ -88,7 +91,8 @@ impl Selected {
             keywords,
             watch,
             saved: Vec::new(),
-            condstore: authed.condstore,
+            condstore: authed.condstore || authed.qresync,
+            qresync: authed.qresync,
         };
         selected.write_flags(out);
         out.untagged(&format!("{} EXISTS", selected.uids.len()));
@@ -229,13 +233,24 @@ impl Selected {
         // Expunged messages, highest sequence number first so each number
         // is valid when sent.
         if expunges {
+            let mut vanished = Vec::new();
             let mut seq = self.uids.len();
             while seq > 0 {
-                if !current.contains(&self.uids[seq - 1]) {
-                    out.untagged(&format!("{seq} EXPUNGE"));
+                let uid = self.uids[seq - 1];
+                if !current.contains(&uid) {
+                    if self.qresync {
+                        vanished.push(uid);
+                    } else {
+                        out.untagged(&format!("{seq} EXPUNGE"));
+                    }
                     self.uids.remove(seq - 1);
                 }
                 seq -= 1;
+            }
+            if !vanished.is_empty() {
+                // RFC 7162 §3.2.10
+                vanished.reverse();
+                out.untagged(&format!("VANISHED {}", sequence_set_string(&vanished)));
             }
         }
         let new_keywords: Vec<String> = keywords
@@ -286,6 +301,57 @@ impl Selected {
 
     pub fn known_modseq(&self) -> u64 {
         self.known_modseq
+    }
+}
+
+impl Selected {
+    /// UIDs in `known` (UIDs the client had, `None`: all below UIDNEXT)
+    /// that name no message now, as a sequence set (empty if none): what
+    /// VANISHED (EARLIER) reports. The complement of the present UIDs, so
+    /// it never depends on how long expunges are remembered; RFC 7162
+    /// §3.2.5.2 allows UIDs that never existed.
+    pub async fn vanished_among(&self, known: Option<&SequenceSet>) -> String {
+        let present = &self.uids;
+        let uid_next = self.mailbox.read(|s| s.uid_next()).await;
+        let largest = uid_next.saturating_sub(1);
+        let mut wanted: Vec<(u32, u32)> = match known {
+            Some(set) => set.0.as_ref().iter().map(|s| bounds(s, largest)).collect(),
+            None => vec![(1, largest)],
+        };
+        wanted.sort_unstable();
+        let mut gone: Vec<(u32, u32)> = Vec::new();
+        let mut push = |lo: u32, hi: u32| {
+            if lo > hi {
+                return;
+            }
+            match gone.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => gone.push((lo, hi)),
+            }
+        };
+        for (lo, hi) in wanted {
+            let (lo, hi) = (lo.max(1), hi.min(largest));
+            if lo > hi {
+                continue;
+            }
+            let mut next = lo;
+            let start = present.partition_point(|u| *u < lo);
+            for uid in present[start..].iter().take_while(|u| **u <= hi) {
+                push(next, uid - 1);
+                next = uid + 1;
+            }
+            push(next, hi);
+        }
+        gone.iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}:{hi}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

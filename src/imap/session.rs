@@ -67,6 +67,9 @@ pub struct Authed {
     /// CONDSTORE enabled (RFC 7162 §3.1): MODSEQ in FETCH responses,
     /// HIGHESTMODSEQ at SELECT.
     pub condstore: bool,
+    /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE,
+    /// SELECT (QRESYNC ...), FETCH (... VANISHED).
+    pub qresync: bool,
 }
 
 pub enum State {
@@ -206,8 +209,10 @@ impl Session {
                 Done::ok("ID completed")
             }
             CommandBody::Enable { capabilities } => {
-                let (State::Authed(authed) | State::Selected(authed, _)) = &mut self.state else {
-                    return Err(Failure::bad("ENABLE needs an authenticated session"));
+                let (authed, mut selected) = match &mut self.state {
+                    State::Authed(a) => (a, None),
+                    State::Selected(a, s) => (a, Some(s)),
+                    _ => return Err(Failure::bad("ENABLE needs an authenticated session")),
                 };
                 let mut enabled = Vec::new();
                 for c in capabilities.as_ref() {
@@ -220,7 +225,20 @@ impl Session {
                         }
                         "CONDSTORE" if !authed.condstore => {
                             authed.condstore = true;
+                            if let Some(s) = selected.as_mut() {
+                                s.condstore = true;
+                            }
                             enabled.push("CONDSTORE");
+                        }
+                        "QRESYNC" if !authed.qresync => {
+                            // RFC 7162 §3.2.3: implies CONDSTORE.
+                            authed.qresync = true;
+                            authed.condstore = true;
+                            if let Some(s) = selected.as_mut() {
+                                s.qresync = true;
+                                s.condstore = true;
+                            }
+                            enabled.push("QRESYNC");
                         }
                         "UTF8=ACCEPT" if !authed.utf8 || authed.rev2 => {
                             if !authed.utf8 {
@@ -302,12 +320,24 @@ impl Session {
                     modifiers,
                 } => {
                     let mut changed_since = None;
+                    let mut vanished = false;
                     for m in &modifiers {
                         match m {
                             FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
-                            FetchModifier::Vanished => {
-                                return Err(Failure::bad("VANISHED needs QRESYNC, not offered"));
-                            }
+                            FetchModifier::Vanished => vanished = true,
+                        }
+                    }
+                    if vanished {
+                        // RFC 7162 §3.2.6: UID FETCH only, with CHANGEDSINCE,
+                        // after ENABLE QRESYNC.
+                        if !(uid && changed_since.is_some() && authed.qresync) {
+                            return Err(Failure::bad(
+                                "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+                            ));
+                        }
+                        let gone = selected.vanished_among(Some(&sequence_set)).await;
+                        if !gone.is_empty() {
+                            out.untagged(&format!("VANISHED (EARLIER) {gone}"));
                         }
                     }
                     let items = fetch::items(macro_or_item_names);
@@ -496,15 +526,15 @@ impl Session {
                 mailbox,
                 parameters,
             } => {
-                select_parameters(authed, &parameters)?;
-                self.select(&mailbox, false, out).await
+                let resync = select_parameters(authed, &parameters)?;
+                self.select(&mailbox, false, resync, out).await
             }
             CommandBody::Examine {
                 mailbox,
                 parameters,
             } => {
-                select_parameters(authed, &parameters)?;
-                self.select(&mailbox, true, out).await
+                let resync = select_parameters(authed, &parameters)?;
+                self.select(&mailbox, true, resync, out).await
             }
             CommandBody::Create { mailbox } => mailboxes::create(authed, &mailbox, ext).await,
             CommandBody::Delete { mailbox } => {
@@ -564,6 +594,7 @@ impl Session {
         &mut self,
         mailbox: &imap_codec::imap_types::mailbox::Mailbox<'_>,
         read_only: bool,
+        resync: Option<Resync>,
         out: &mut Out<'_>,
     ) -> Outcome {
         // A failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2).
@@ -576,7 +607,27 @@ impl Session {
             return Err(Failure::bad("Log in first"));
         };
         let name = mailboxes::name_of(authed, mailbox)?;
-        let selected = Selected::open(authed, &name, read_only, out).await?;
+        let mut selected = Selected::open(authed, &name, read_only, out).await?;
+        if let Some(resync) = resync
+            && resync.uid_validity == selected.folder.uid_validity
+        {
+            // RFC 7162 §3.2.5: what changed since the client's last
+            // visit: VANISHED (EARLIER), then the changed flags.
+            let gone = selected.vanished_among(resync.known_uids.as_ref()).await;
+            if !gone.is_empty() {
+                out.untagged(&format!("VANISHED (EARLIER) {gone}"));
+            }
+            let uids = selected.uids().to_vec();
+            fetch::fetch(
+                &mut selected,
+                &uids,
+                vec![MessageDataItemName::Uid, MessageDataItemName::Flags],
+                true,
+                Some(resync.modseq),
+                out,
+            )
+            .await?;
+        }
         self.state = match std::mem::replace(&mut self.state, State::Logout) {
             State::Authed(authed) => State::Selected(authed, Box::new(selected)),
             other => other,
@@ -590,17 +641,42 @@ impl Session {
 }
 
 /// SELECT/EXAMINE parameters (RFC 7162 §3.1.8: `(CONDSTORE)` enables
-/// CONDSTORE; QRESYNC is not offered).
-fn select_parameters(authed: &mut Authed, parameters: &[SelectParameter]) -> Result<(), Failure> {
+/// CONDSTORE; §3.2.5 `(QRESYNC (...))` asks for what changed).
+fn select_parameters(
+    authed: &mut Authed,
+    parameters: &[SelectParameter],
+) -> Result<Option<Resync>, Failure> {
+    let mut resync = None;
     for p in parameters {
         match p {
             SelectParameter::CondStore => authed.condstore = true,
-            SelectParameter::QResync { .. } => {
-                return Err(Failure::bad("QRESYNC is not offered"));
+            SelectParameter::QResync {
+                uid_validity,
+                mod_sequence_value,
+                known_uids,
+                ..
+            } => {
+                // RFC 7162 §3.2.5: only after ENABLE QRESYNC.
+                if !authed.qresync {
+                    return Err(Failure::bad("ENABLE QRESYNC first"));
+                }
+                resync = Some(Resync {
+                    uid_validity: uid_validity.get(),
+                    modseq: mod_sequence_value.get(),
+                    known_uids: known_uids.clone(),
+                });
             }
         }
     }
-    Ok(())
+    Ok(resync)
+}
+
+/// The client's state from a SELECT (QRESYNC ...) parameter.
+#[derive(Debug)]
+pub struct Resync {
+    uid_validity: u32,
+    modseq: u64,
+    known_uids: Option<imap_codec::imap_types::sequence::SequenceSet>,
 }
 
 /// `[CAPABILITY ...]` after a login (RFC 9051 §6.2.3: clients then skip a
