@@ -39,9 +39,6 @@ use super::session::{Flow, Request, Session};
 /// Bytes read from the socket at once.
 const READ_BUFFER: usize = 16 * 1024;
 
-/// How long a TLS handshake after STARTTLS may take.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What the listener knows of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer {
@@ -321,7 +318,9 @@ where
                     return Ok(());
                 };
                 let plain = std::mem::replace(&mut conn.stream, Box::new(tokio::io::duplex(1).0));
-                let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(plain)).await;
+                let tls =
+                    tokio::time::timeout(options.tls_handshake_timeout, acceptor.accept(plain))
+                        .await;
                 match tls {
                     Ok(Ok(tls)) => {
                         // Bytes sent before the handshake are dropped.

@@ -46,6 +46,8 @@ pub struct Options {
     pub timeout_authenticated: Duration,
     /// Interval of `* OK Still here` during IDLE.
     pub idle_keepalive: Duration,
+    /// Longest TLS handshake after STARTTLS.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             timeout_unauthenticated: Duration::from_secs(60),
             timeout_authenticated: Duration::from_secs(30 * 60),
             idle_keepalive: Duration::from_secs(120),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -84,6 +84,7 @@ impl Settings {
                 timeout_unauthenticated: Duration::from_secs(config.timeout_unauthenticated),
                 timeout_authenticated: Duration::from_secs(config.timeout_authenticated),
                 idle_keepalive: Duration::from_secs(config.idle_keepalive),
+                tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
             },
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
