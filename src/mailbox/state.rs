@@ -530,8 +530,10 @@ impl MailboxState {
         let Some(message) = self.core.entries.get(id).and_then(|e| e.message.as_ref()) else {
             return SummaryAt::Unknown;
         };
-        if let Some(page) = self.pages.at.get(id) {
-            return SummaryAt::Page(&self.pages.names[*page as usize]);
+        if let Some(page) = self.pages.at.get(id)
+            && let Some(name) = self.pages.names.get(*page as usize)
+        {
+            return SummaryAt::Page(name);
         }
         if message.summary.is_empty() {
             SummaryAt::Unknown
@@ -576,16 +578,18 @@ impl MailboxState {
                 else {
                     continue;
                 };
-                self.pages.held_bytes -= message.summary.len();
+                self.pages.held_bytes = self.pages.held_bytes.saturating_sub(message.summary.len());
                 message.summary = Vec::new();
                 self.pages.at.insert(id, page);
             }
         }
-        // Forget expunged messages' pages, then unreferenced pages.
+        // Forget expunged messages' pages (and pages a damaged snapshot
+        // numbered wrong), then unreferenced pages.
         let entries = &self.core.entries;
-        self.pages
-            .at
-            .retain(|id, _| entries.get(id).is_some_and(Entry::is_live));
+        let count = self.pages.names.len();
+        self.pages.at.retain(|id, page| {
+            (*page as usize) < count && entries.get(id).is_some_and(Entry::is_live)
+        });
         let mut used = vec![false; self.pages.names.len()];
         for page in self.pages.at.values() {
             used[*page as usize] = true;
@@ -705,7 +709,7 @@ impl MailboxState {
             }
             let added = message.summary.len();
             entry.message = Some(message);
-            self.pages.held_bytes = self.pages.held_bytes - old + added;
+            self.pages.held_bytes = self.pages.held_bytes.saturating_sub(old) + added;
             if paged {
                 // The page holds the description replaced.
                 self.pages.at.remove(&id);
@@ -908,7 +912,8 @@ impl State for MailboxState {
                     entry.expunged_ms = Some(entry.expunged_ms.map_or(at, |t| t.min(at)));
                     // An expunged message's summary is never read again.
                     if let Some(message) = entry.message.as_mut() {
-                        self.pages.held_bytes -= message.summary.len();
+                        self.pages.held_bytes =
+                            self.pages.held_bytes.saturating_sub(message.summary.len());
                         message.summary = Vec::new();
                     }
                 }

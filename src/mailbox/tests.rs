@@ -523,3 +523,24 @@ fn paging_summaries_out_changes_where_they_are_not_what_the_state_is() {
     );
     assert_eq!(state.held_summary_bytes(), 9);
 }
+
+#[test]
+fn a_page_number_out_of_range_in_a_snapshot_is_unknown_not_a_panic() {
+    let mut a = Node::new("a");
+    let op = a.write(append_with_summary("m0", b"{}"));
+    let id = MessageId {
+        op: op.id,
+        index: 0,
+    };
+    a.replica
+        .state_mut()
+        .paged_out(vec![("p0".into(), vec![id])]);
+    let json = serde_json::to_string(a.state()).unwrap();
+    let damaged = json.replace(&format!("\"{id}\":0"), &format!("\"{id}\":7"));
+    assert_ne!(damaged, json);
+    let mut state: MailboxState = serde_json::from_str(&damaged).unwrap();
+    assert_eq!(state.summary_at(&id), SummaryAt::Unknown);
+    state.paged_out(vec![]);
+    assert_eq!(state.summary_at(&id), SummaryAt::Unknown);
+    assert!(state.summary_pages().is_empty());
+}
