@@ -35,11 +35,18 @@ impl Server {
     /// of listeners on port 0, a self-signed certificate and a 1 s TLS
     /// handshake timeout.
     fn start(extra: &str) -> Server {
+        Server::start_on("[store]\nbackend = \"fs\"\npath = \"store\"\n", extra)
+    }
+
+    /// The same with `store` as the `[store]` section (and its
+    /// subsections); the cluster secret is random, so runs sharing a
+    /// bucket do not meet.
+    fn start_on(store: &str, extra: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let secret: String = (0..32).map(|i| format!("{:x}", (i * 7 + 3) % 16)).collect();
+        let secret = format!("{:032x}", rand::random::<u128>());
         let config = format!(
             "cluster_secret = \"{secret}\"\n\
-             [store]\nbackend = \"fs\"\npath = \"store\"\n\
+             {store}\
              [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
              [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n\
              [lmtp]\nlisten = []\n\
@@ -527,4 +534,37 @@ fn mbsync_synchronises_two_maildirs_through_the_server() {
     sync(&b);
     sync(&a);
     assert!(files(&a_inbox).is_empty(), "{:?}", files(&a_inbox));
+}
+
+/// The same imaplib sessions on a server whose store is Garage (the
+/// `FACTEUR_TEST_S3_*` bucket); required in CI (`FACTEUR_REQUIRE_S3=1`).
+#[test]
+fn imaplib_against_a_garage_backed_server() {
+    let var = |name: &str| std::env::var(name).ok();
+    let (Some(endpoint), Some(bucket), Some(access_key), Some(_)) = (
+        var("FACTEUR_TEST_S3_ENDPOINT"),
+        var("FACTEUR_TEST_S3_BUCKET"),
+        var("FACTEUR_TEST_S3_ACCESS_KEY"),
+        var("FACTEUR_TEST_S3_SECRET_KEY"),
+    ) else {
+        assert!(
+            var("FACTEUR_REQUIRE_S3").as_deref() != Some("1"),
+            "FACTEUR_REQUIRE_S3=1 but FACTEUR_TEST_S3_* are not set"
+        );
+        eprintln!("notice: Garage IMAP test skipped (no FACTEUR_TEST_S3_*; see scripts/garage.sh)");
+        return;
+    };
+    let region = var("FACTEUR_TEST_S3_REGION").unwrap_or_else(|| "garage".into());
+    let server = Server::start_on(
+        &format!(
+            "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = {endpoint:?}\nregion = {region:?}\n\
+             bucket = {bucket:?}\naccess_key_id = {access_key:?}\n\
+             secret_access_key = {{ env = \"FACTEUR_TEST_S3_SECRET_KEY\" }}\n"
+        ),
+        "",
+    );
+    for transport in ["starttls", "tls"] {
+        server.python("messages.py", transport);
+        server.python("idle.py", transport);
+    }
 }
