@@ -80,8 +80,17 @@ async fn services(dir: &std::path::Path, store: SharedStore, secret: &str) -> Se
 
 /// One instance's IMAP context: its own accounts, polling every 200 ms.
 fn instance(services: &Services, name: &str) -> Arc<Imap> {
+    instance_tuned(services, name, |_| {})
+}
+
+fn instance_tuned(
+    services: &Services,
+    name: &str,
+    tune: impl FnOnce(&mut AccountConfig),
+) -> Arc<Imap> {
     let mut account_config = AccountConfig::new(InstanceId::new(name).unwrap());
     account_config.poll_interval = Duration::from_millis(200);
+    tune(&mut account_config);
     let accounts = Accounts::new(
         services.store.clone(),
         account_config,
@@ -805,4 +814,37 @@ async fn qresync_reports_what_vanished_and_changed_since_the_last_visit() {
             .bad(),
         "UID FETCH only"
     );
+}
+
+/// Summaries paged out by snapshots (the engine keeps only a page number in
+/// memory) still answer SEARCH and FETCH ENVELOPE, also on a fresh
+/// instance that never held them.
+#[tokio::test]
+async fn search_and_fetch_read_summaries_from_pages_after_snapshots() {
+    let w = world().await;
+    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 3;
+    let writer = instance_tuned(&w.services, "pagingwriter", tuned);
+    let mut c = login(&writer, "alice").await;
+    for i in 0..12 {
+        assert!(
+            c.append("INBOX", "", &message(&format!("paged{i}"), "x"))
+                .await
+                .ok()
+        );
+    }
+    assert!(c.run("SELECT INBOX").await.has("* 12 EXISTS"));
+    let found = c.run("SEARCH SUBJECT paged1").await;
+    assert_eq!(
+        found.untagged("SEARCH"),
+        vec!["* SEARCH 2 11 12"],
+        "{found:?}"
+    );
+    let reader = instance_tuned(&w.services, "pagingreader", tuned);
+    let mut r = login(&reader, "alice").await;
+    assert!(r.run("SELECT INBOX").await.has("* 12 EXISTS"));
+    let found = r.run("UID SEARCH SUBJECT paged3").await;
+    assert_eq!(found.untagged("SEARCH"), vec!["* SEARCH 4"], "{found:?}");
+    let env = r.run("FETCH 1:12 ENVELOPE").await;
+    assert_eq!(env.untagged("").len(), 12, "{env:?}");
+    assert!(env.has("\"paged0\"") && env.has("\"paged11\""), "{env:?}");
 }

@@ -3,6 +3,8 @@
 //! [`super::search`]'s; this file walks the session's view in chunks, so
 //! the state lock is never held across a body download.
 
+use std::collections::HashMap;
+
 use imap_codec::imap_types::core::{Charset, Tag};
 use imap_codec::imap_types::search::SearchKey;
 
@@ -11,9 +13,19 @@ use super::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use super::search::{Candidate, Query, Scope, check_charset, sequence_set_string};
 use super::selected::Selected;
 use super::session::Authed;
+
 use crate::account::AccountError;
-use crate::account::mailbox::summary_of;
-use crate::mailbox::op::MessageRef;
+use crate::mailbox::summary::MessageSummary;
+
+/// What SEARCH reads of a message from the state.
+struct Row {
+    seq: u32,
+    uid: u32,
+    modseq: u64,
+    flags: Vec<String>,
+    size: u64,
+    internal_date: i64,
+}
 
 /// Messages evaluated per read of the state.
 const CHUNK: usize = 256;
@@ -44,7 +56,7 @@ pub async fn search(
     let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
     let mut highest_matched: u64 = 0;
     for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
-        let rows: Vec<(u32, u32, u64, Vec<String>, MessageRef)> = selected
+        let rows: Vec<Row> = selected
             .mailbox
             .read(|s| {
                 chunk
@@ -52,20 +64,39 @@ pub async fn search(
                     .enumerate()
                     .filter_map(|(i, uid)| {
                         let m = s.message(*uid)?;
-                        let seq = (chunk_index * CHUNK + i + 1) as u32;
-                        Some((
-                            seq,
-                            m.uid,
-                            m.modseq,
-                            m.flags.iter().map(|f| (*f).to_owned()).collect(),
-                            m.message.clone(),
-                        ))
+                        Some(Row {
+                            seq: (chunk_index * CHUNK + i + 1) as u32,
+                            uid: m.uid,
+                            modseq: m.modseq,
+                            flags: m.flags.iter().map(|f| (*f).to_owned()).collect(),
+                            size: m.message.size,
+                            internal_date: m.message.internal_date,
+                        })
                     })
                     .collect()
             })
             .await;
-        for (seq, uid, modseq, flags, message) in rows {
-            let summary = summary_of(&message)?;
+        // Summaries may live in summary pages: one batch per chunk.
+        let uids: Vec<u32> = rows.iter().map(|r| r.uid).collect();
+        let mut summaries: HashMap<u32, MessageSummary> = selected
+            .mailbox
+            .summaries(&uids)
+            .await?
+            .into_iter()
+            .collect();
+        for row in rows {
+            let Row {
+                seq,
+                uid,
+                modseq,
+                flags,
+                size,
+                internal_date,
+            } = row;
+            // Expunged meanwhile: nothing to match.
+            let Some(summary) = summaries.remove(&uid) else {
+                continue;
+            };
             let raw = if query.needs_body() {
                 match selected.mailbox.body(uid).await {
                     Ok(b) => Some(b),
@@ -81,8 +112,8 @@ pub async fn search(
                 uid,
                 modseq,
                 flags: &flag_refs,
-                size: message.size,
-                internal_date: message.internal_date,
+                size,
+                internal_date,
                 summary: &summary,
                 raw: raw.as_deref(),
             };
