@@ -631,9 +631,34 @@ async fn an_ldap_user_logs_in_over_imap_and_receives_mail() {
     let inbox = c.run("SELECT INBOX").await;
     assert!(inbox.has("* 1 EXISTS"), "recovery key message: {inbox:?}");
     assert!(c.run("FETCH 1 BODY.PEEK[TEXT]").await.has("FCTR-"));
+    let Resolution::Accepted(recipient) = lmtp.resolve(&address, 0).await else {
+        panic!("now deliverable");
+    };
+    // Mail delivered through LMTP reaches the IMAP session (IDLE).
+    let tag = c.tag();
+    c.send(format!("{tag} IDLE\r\n").as_bytes()).await;
+    assert!(c.line().await.starts_with("+ "));
+    facteur::mailbox::incoming::deliver(
+        lmtp.store.as_ref(),
+        &recipient.user.id,
+        &recipient.user.public_key,
+        b"From: bob@example.org\r\nSubject: welcome\r\n\r\nhello\r\n",
+        facteur::mailbox::incoming::DeliveryEnvelope {
+            mail_from: "bob@example.org".into(),
+            rcpt_to: vec![address.clone()],
+            received_at: 1_790_000_000,
+            folder: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.line().await, "* 2 EXISTS");
+    c.send(b"DONE\r\n").await;
+    assert!(c.until_tagged(&tag).await.ok());
     assert!(
-        refusal(lmtp.resolve(&address, 0).await).is_none(),
-        "now deliverable"
+        c.run("FETCH 2 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
+            .await
+            .has("Subject: welcome")
     );
     assert!(c.run("LOGOUT").await.ok());
 
