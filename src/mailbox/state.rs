@@ -130,6 +130,10 @@ struct Entry {
     expunged_ms: Option<u64>,
     /// Highest sequence number of an op concerning this message.
     modseq: u64,
+    /// The UID it is shown with, if shown: part of the index (derived
+    /// from the claims), kept here to spare a table.
+    #[serde(skip)]
+    shown: Option<u32>,
 }
 
 /// What identifies a placed message's description, summary aside: the
@@ -159,7 +163,9 @@ struct Core {
     highest_modseq: u64,
     /// Set if an op's claims did not fit in 32 bits.
     uid_space_exhausted: bool,
-    entries: HashMap<MessageId, Entry>,
+    /// Boxed: an entry is about 180 bytes, and a hash table keeps an
+    /// eighth to a half of its buckets empty.
+    entries: HashMap<MessageId, Box<Entry>>,
     uid_clock: UidClock,
     /// Messages each op concerns, so that when an op's sequence number
     /// grows (a concurrent op arrived), its messages' MODSEQ follows.
@@ -271,7 +277,6 @@ struct Index {
     shown: BTreeMap<u32, MessageId>,
     /// Shown UIDs ascending: sequence number `n` is `uids[n - 1]`.
     uids: Vec<u32>,
-    uid_of: HashMap<MessageId, u32>,
     /// Live messages with no valid UID, waiting for a fix-up.
     displaced: BTreeSet<MessageId>,
     by_modseq: BTreeSet<(u64, MessageId)>,
@@ -420,7 +425,7 @@ impl MailboxState {
 
     /// The UID a message is shown with, if it is shown.
     pub fn uid_of(&self, id: &MessageId) -> Option<u32> {
-        self.index.uid_of.get(id).copied()
+        self.core.entries.get(id).and_then(|e| e.shown)
     }
 
     pub fn message(&self, uid: u32) -> Option<MessageView<'_>> {
@@ -588,7 +593,7 @@ impl MailboxState {
         let entries = &self.core.entries;
         let count = self.pages.names.len();
         self.pages.at.retain(|id, page| {
-            (*page as usize) < count && entries.get(id).is_some_and(Entry::is_live)
+            (*page as usize) < count && entries.get(id).is_some_and(|e| e.is_live())
         });
         let mut used = vec![false; self.pages.names.len()];
         for page in self.pages.at.values() {
@@ -663,7 +668,7 @@ impl MailboxState {
             .index
             .displaced
             .iter()
-            .map(|id| (self.core.entries.get(id).and_then(Entry::top_claim), *id))
+            .map(|id| (self.core.entries.get(id).and_then(|e| e.top_claim()), *id))
             .collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id).collect()
@@ -778,27 +783,28 @@ impl MailboxState {
     /// Recomputes whether and where message `id` is shown.
     fn refresh(&mut self, id: MessageId) {
         let entry = self.core.entries.get(&id);
-        let live = entry.is_some_and(Entry::is_live);
+        let live = entry.is_some_and(|e| e.is_live());
         let want = entry
             .filter(|e| e.is_live())
-            .and_then(Entry::top_claim)
+            .and_then(|e| e.top_claim())
             .filter(|uid| self.index.claims.is_sole(*uid, &id));
+        let now = entry.and_then(|e| e.shown);
         let index = &mut self.index;
-        let now = index.uid_of.get(&id).copied();
         if now != want {
             if let Some(old) = now {
                 index.shown.remove(&old);
-                index.uid_of.remove(&id);
                 if let Ok(at) = index.uids.binary_search(&old) {
                     index.uids.remove(at);
                 }
             }
             if let Some(new) = want {
                 index.shown.insert(new, id);
-                index.uid_of.insert(id, new);
                 if let Err(at) = index.uids.binary_search(&new) {
                     index.uids.insert(at, new);
                 }
+            }
+            if let Some(entry) = self.core.entries.get_mut(&id) {
+                entry.shown = want;
             }
         }
         if live && want.is_none() {
