@@ -118,7 +118,7 @@ struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<MessageRef>,
     /// UID values claimed for this message, ascending.
-    claims: Vec<u32>,
+    claims: ClaimList,
     /// One register per flag ever written, in the order first written.
     flags: Vec<FlagReg>,
     expunged: bool,
@@ -142,9 +142,62 @@ fn ref_key(m: &MessageRef) -> (&str, &super::op::BodyKey, u64, i64) {
     (&m.blob_id, &m.body_key, m.size, m.internal_date)
 }
 
+/// A message's UID claims, ascending, each once: almost always one,
+/// held inline (a `Vec` would allocate for it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum ClaimList {
+    #[default]
+    None,
+    One(u32),
+    /// At least two.
+    Many(Box<[u32]>),
+}
+
+impl ClaimList {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            ClaimList::None => &[],
+            ClaimList::One(v) => std::slice::from_ref(v),
+            ClaimList::Many(vs) => vs,
+        }
+    }
+
+    fn insert(&mut self, value: u32) {
+        let mut all = self.as_slice().to_vec();
+        if let Err(at) = all.binary_search(&value) {
+            all.insert(at, value);
+            *self = ClaimList::from(all);
+        }
+    }
+}
+
+impl From<Vec<u32>> for ClaimList {
+    fn from(mut values: Vec<u32>) -> ClaimList {
+        values.sort_unstable();
+        values.dedup();
+        match values.as_slice() {
+            [] => ClaimList::None,
+            [v] => ClaimList::One(*v),
+            _ => ClaimList::Many(values.into_boxed_slice()),
+        }
+    }
+}
+
+impl Serialize for ClaimList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClaimList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClaimList, D::Error> {
+        Vec::<u32>::deserialize(d).map(ClaimList::from)
+    }
+}
+
 impl Entry {
     fn top_claim(&self) -> Option<u32> {
-        self.claims.last().copied()
+        self.claims.as_slice().last().copied()
     }
 
     fn is_live(&self) -> bool {
@@ -510,7 +563,13 @@ impl MailboxState {
                 continue;
             };
             let shown = self.uid_of(&id);
-            uids.extend(entry.claims.iter().filter(|c| Some(**c) != shown));
+            uids.extend(
+                entry
+                    .claims
+                    .as_slice()
+                    .iter()
+                    .filter(|c| Some(**c) != shown),
+            );
         }
         uids.sort_unstable();
         uids.dedup();
@@ -830,12 +889,11 @@ impl MailboxState {
         // Decoding grows vectors by doubling; the state keeps them long.
         for entry in state.core.entries.values_mut() {
             entry.flags.shrink_to_fit();
-            entry.claims.shrink_to_fit();
         }
         let ids: Vec<MessageId> = state.core.entries.keys().copied().collect();
         for id in &ids {
             let entry = &state.core.entries[id];
-            for claim in &entry.claims {
+            for claim in entry.claims.as_slice() {
                 state.index.claims.add(*claim, *id);
             }
             for register in entry.flags.iter().filter(|r| r.set) {
@@ -873,9 +931,7 @@ impl State for MailboxState {
             Some(values) if count > 0 => {
                 for (value, id) in values.zip(&targets) {
                     let entry = self.entry(*id);
-                    if let Err(at) = entry.claims.binary_search(&value) {
-                        entry.claims.insert(at, value);
-                    }
+                    entry.claims.insert(value);
                     touched.extend(self.index.claims.add(value, *id));
                 }
             }
