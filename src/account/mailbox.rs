@@ -33,7 +33,7 @@ use crate::crypto::{SymmetricKey, UserKeys, open_body};
 use crate::log::stored::{LogTuning, StoredLog, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
 use crate::mailbox::body::{
-    PAGE_MESSAGES, PagedSummary, SummaryPage, decode_summary, encode_summary, seal_new_body,
+    PAGE_MESSAGES, PagedSummary, SummaryPage, encode_summary, seal_new_body,
 };
 use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::state::SummaryAt;
@@ -43,23 +43,6 @@ use crate::store::{SharedStore, layout};
 
 /// Summary pages (or bodies, to summarise again) fetched at once.
 const SUMMARY_FETCHES: usize = 8;
-
-/// The summary an op carries for a message, if the state still holds it:
-/// once a snapshot paged it out, [`Mailbox::summaries`] must be used.
-pub fn summary_of(message: &MessageRef) -> Result<MessageSummary, AccountError> {
-    if message.summary.is_empty() {
-        return Err(AccountError::Internal(format!(
-            "message {}: summary paged out, read it with Mailbox::summaries",
-            message.blob_id
-        )));
-    }
-    decode_summary(message).map_err(|e| {
-        AccountError::Corrupt(format!(
-            "message {}: unreadable summary: {e}",
-            message.blob_id
-        ))
-    })
-}
 
 /// Stores a new message body (see `mailbox::body`; the sealing runs on the
 /// blocking pool) and returns the reference an op carries.
