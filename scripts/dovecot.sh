@@ -195,21 +195,12 @@ imap_answers() {
 }
 
 start_server() {
-    local deadline
     log "starting dovecot (log: $work/dovecot.log)"
     # -F keeps the master in the foreground (so $! is its pid); no inherited
     # stdout, so `eval "$(... start)"` does not wait on it.
     /usr/sbin/dovecot -F -c "$work/dovecot.conf" </dev/null >>"$work/dovecot.log" 2>&1 &
     echo $! >"$work/dovecot.pid"
-    deadline=$((SECONDS + READY_TIMEOUT_S))
-    until imap_answers; do
-        running || {
-            tail -n 20 "$work/dovecot.log" >&2
-            die "dovecot exited"
-        }
-        [ "$SECONDS" -lt "$deadline" ] || die "dovecot not ready after ${READY_TIMEOUT_S}s"
-        sleep 0.05
-    done
+    wait_ready dovecot "$work/dovecot.log" imap_answers
 }
 
 cmd_start() {
@@ -236,19 +227,7 @@ cmd_stop() {
         rm -f "$work/dovecot.pid"
         return
     fi
-    local pid
-    pid="$(cat "$work/dovecot.pid")"
-    kill -TERM "$pid"
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "dovecot (pid $pid) ignored SIGTERM for 10s; killing it"
-        kill -KILL "$pid"
-    fi
-    rm -f "$work/dovecot.pid"
-    log "stopped (pid $pid)"
+    stop_pidfile dovecot "$work/dovecot.pid"
 }
 
 [ $# -eq 2 ] || usage

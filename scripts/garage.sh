@@ -91,15 +91,7 @@ start_server() {
     # No inherited stdout: `eval "$(... start)"` must not wait on the server.
     "$garage" -c "$work/garage.toml" server </dev/null >>"$work/garage.log" 2>&1 &
     echo $! >"$work/garage.pid"
-    local deadline=$((SECONDS + READY_TIMEOUT_S))
-    until g status >/dev/null 2>&1; do
-        running || {
-            tail -n 20 "$work/garage.log" >&2
-            die "garage server exited"
-        }
-        [ "$SECONDS" -lt "$deadline" ] || die "garage not ready after ${READY_TIMEOUT_S}s"
-        sleep 0.1
-    done
+    wait_ready garage "$work/garage.log" g status
 }
 
 # Runs a CLI command until it succeeds (right after a layout change Garage
@@ -161,19 +153,7 @@ cmd_stop() {
         rm -f "$work/garage.pid"
         return
     fi
-    local pid
-    pid="$(cat "$work/garage.pid")"
-    kill -TERM "$pid"
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "garage (pid $pid) ignored SIGTERM for 10s; killing it"
-        kill -KILL "$pid"
-    fi
-    rm -f "$work/garage.pid"
-    log "stopped (pid $pid)"
+    stop_pidfile garage "$work/garage.pid"
 }
 
 [ $# -eq 2 ] || usage

@@ -1,5 +1,6 @@
 # Shared helpers of the scripts that start throwaway services for tests
-# (garage.sh, slapd.sh). Sourced, not run.
+# (garage.sh, slapd.sh, dovecot.sh, postfix.sh). Sourced, not run; the
+# helpers below use the sourcing script's `log`, `die` and `running`.
 
 # Prints N distinct free TCP ports on 127.0.0.1, one per line (the OS
 # picks them; all sockets stay bound until every port is chosen).
@@ -27,4 +28,38 @@ pid_running() {
     pid="$(cat "$1")"
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
         tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$2"
+}
+
+# Waits until the command "$@" succeeds, for at most READY_TIMEOUT_S
+# seconds; dies (showing the tail of log file $2) if the server named $1
+# exits meanwhile.
+wait_ready() {
+    local name="$1" logfile="$2" deadline=$((SECONDS + READY_TIMEOUT_S))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        running || {
+            tail -n 20 "$logfile" >&2
+            die "$name exited"
+        }
+        [ "$SECONDS" -lt "$deadline" ] || die "$name not ready after ${READY_TIMEOUT_S}s"
+        sleep 0.05
+    done
+}
+
+# Stops the process of pid file $2 (server $1): SIGTERM, then SIGKILL after
+# 10 s; removes the pid file.
+stop_pidfile() {
+    local name="$1" pidfile="$2" pid
+    pid="$(cat "$pidfile")"
+    kill -TERM "$pid"
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name (pid $pid) ignored SIGTERM for 10s; killing it"
+        kill -KILL "$pid"
+    fi
+    rm -f "$pidfile"
+    log "stopped (pid $pid)"
 }

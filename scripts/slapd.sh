@@ -167,7 +167,7 @@ EOF
 }
 
 start_server() {
-    local listen url deadline
+    local listen url
     listen="$(cat "$work/listen")"
     url="${listen%% *}"
     log "starting slapd on $listen (log: $work/slapd.log)"
@@ -175,15 +175,7 @@ start_server() {
     # stderr; no inherited stdout, so `eval "$(... start)"` does not wait.
     "$slapd" -h "$listen" -f "$work/slapd.conf" -d 0 -s 0 </dev/null >>"$work/slapd.log" 2>&1 &
     echo $! >"$work/slapd.pid"
-    deadline=$((SECONDS + READY_TIMEOUT_S))
-    until ldapsearch -x -H "$url" -b "" -s base -LLL namingContexts >/dev/null 2>&1; do
-        running || {
-            tail -n 20 "$work/slapd.log" >&2
-            die "slapd exited"
-        }
-        [ "$SECONDS" -lt "$deadline" ] || die "slapd not ready after ${READY_TIMEOUT_S}s"
-        sleep 0.05
-    done
+    wait_ready slapd "$work/slapd.log" ldapsearch -x -H "$url" -b "" -s base -LLL namingContexts
 }
 
 cmd_start() {
@@ -209,20 +201,8 @@ cmd_stop() {
         rm -f "$work/slapd.pid"
         return
     fi
-    local pid
-    pid="$(cat "$work/slapd.pid")"
-    kill -CONT "$pid" 2>/dev/null || true # a paused slapd cannot exit
-    kill -TERM "$pid"
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "slapd (pid $pid) ignored SIGTERM for 10s; killing it"
-        kill -KILL "$pid"
-    fi
-    rm -f "$work/slapd.pid"
-    log "stopped (pid $pid)"
+    kill -CONT "$(cat "$work/slapd.pid")" 2>/dev/null || true # a paused slapd cannot exit
+    stop_pidfile slapd "$work/slapd.pid"
 }
 
 cmd_signal() { # STOP or CONT
