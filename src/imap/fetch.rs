@@ -5,6 +5,7 @@
 //! responses go out message by message, so a FETCH of many large messages
 //! holds a bounded amount of memory.
 
+use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
 
 use bounded_static::IntoBoundedStatic;
@@ -27,6 +28,9 @@ use crate::mailbox::summary::MessageSummary;
 
 /// Bodies downloaded at once for one FETCH.
 const PARALLEL_BODIES: usize = 4;
+
+/// Messages whose summaries are read in one batch.
+const SUMMARY_BATCH: usize = 256;
 
 /// The items a FETCH names, macros expanded.
 pub fn items(names: MacroOrMessageDataItemNames<'static>) -> Vec<MessageDataItemName<'static>> {
@@ -155,7 +159,7 @@ pub async fn fetch(
     let summary_needed = items.iter().any(needs_summary);
     let body_maybe = items.iter().any(may_need_body);
 
-    let metas: Vec<Meta> = selected
+    let mut metas: Vec<Meta> = selected
         .mailbox
         .read(|s| {
             uids.iter()
@@ -174,60 +178,71 @@ pub async fn fetch(
 
     let mailbox = selected.mailbox.clone();
     let items_ref = &items;
-    let mut loaded = futures::stream::iter(metas)
-        .map(|mut meta| {
-            let mailbox = mailbox.clone();
-            async move {
-                if summary_needed || body_maybe {
-                    meta.summary = Some(mailbox.summary(meta.uid).await?);
-                }
-                let body = if body_maybe
-                    && meta
-                        .summary
-                        .as_ref()
-                        .is_some_and(|s| items_ref.iter().any(|i| needs_body(i, s)))
-                {
-                    Some(mailbox.body(meta.uid).await?)
-                } else {
-                    None
-                };
-                Ok::<_, AccountError>((meta, body))
+    while !metas.is_empty() {
+        let mut chunk: Vec<Meta> = metas.drain(..metas.len().min(SUMMARY_BATCH)).collect();
+        if summary_needed || body_maybe {
+            // One batch read of summaries (they may sit in summary pages).
+            let uids: Vec<u32> = chunk.iter().map(|m| m.uid).collect();
+            let mut summaries: HashMap<u32, MessageSummary> =
+                mailbox.summaries(&uids).await?.into_iter().collect();
+            for meta in &mut chunk {
+                meta.summary = summaries.remove(&meta.uid);
             }
-        })
-        .buffered(PARALLEL_BODIES);
-
-    while let Some(next) = loaded.next().await {
-        let (meta, body) = match next {
-            Ok(loaded) => loaded,
             // Expunged meanwhile by another session: nothing to show.
-            Err(AccountError::NoSuchMessage(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let Some(seq) = selected.seq_of(meta.uid) else {
-            continue;
-        };
-        let mut data: Vec<MessageDataItem<'static>> = Vec::with_capacity(items.len() + 1);
-        for item in &items {
-            data.push(render(item, &meta, body.as_ref())?);
+            chunk.retain(|m| m.summary.is_some());
         }
-        if !with_flags && flags_changed.contains(&meta.uid) {
-            data.push(MessageDataItem::Flags(flags_of(&meta.flags)));
-            if selected.condstore
-                && !items
-                    .iter()
-                    .any(|i| matches!(i, MessageDataItemName::ModSeq))
-            {
-                data.push(render(&MessageDataItemName::ModSeq, &meta, None)?);
+        let mut loaded = futures::stream::iter(chunk)
+            .map(|meta| {
+                let mailbox = mailbox.clone();
+                async move {
+                    let body = if body_maybe
+                        && meta
+                            .summary
+                            .as_ref()
+                            .is_some_and(|s| items_ref.iter().any(|i| needs_body(i, s)))
+                    {
+                        Some(mailbox.body(meta.uid).await?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, AccountError>((meta, body))
+                }
+            })
+            .buffered(PARALLEL_BODIES);
+
+        while let Some(next) = loaded.next().await {
+            let (meta, body) = match next {
+                Ok(loaded) => loaded,
+                // Expunged meanwhile by another session: nothing to show.
+                Err(AccountError::NoSuchMessage(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(seq) = selected.seq_of(meta.uid) else {
+                continue;
+            };
+            let mut data: Vec<MessageDataItem<'static>> = Vec::with_capacity(items.len() + 1);
+            for item in &items {
+                data.push(render(item, &meta, body.as_ref())?);
             }
+            if !with_flags && flags_changed.contains(&meta.uid) {
+                data.push(MessageDataItem::Flags(flags_of(&meta.flags)));
+                if selected.condstore
+                    && !items
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItemName::ModSeq))
+                {
+                    data.push(render(&MessageDataItemName::ModSeq, &meta, None)?);
+                }
+            }
+            let Ok(data) = Vec1::try_from(data) else {
+                continue;
+            };
+            let Some(seq) = NonZeroU32::new(seq) else {
+                continue;
+            };
+            out.data(Data::Fetch { seq, items: data });
+            out.flush_if_full().await?;
         }
-        let Ok(data) = Vec1::try_from(data) else {
-            continue;
-        };
-        let Some(seq) = NonZeroU32::new(seq) else {
-            continue;
-        };
-        out.data(Data::Fetch { seq, items: data });
-        out.flush_if_full().await?;
     }
     if !flags_changed.is_empty() {
         // The \Seen changes were just reported with the messages.
