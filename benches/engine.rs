@@ -52,6 +52,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 use facteur::account::{Account, AccountConfig, Mailbox};
 use facteur::crypto::{KdfParams, Keyring, Password, SymmetricKey, open_body, purpose, user_id};
@@ -285,6 +286,19 @@ impl ObjectStore for Counting {
 // Messages: realistic headers and sizes
 
 /// Words of the generated subjects and bodies.
+/// Counts the bytes the program holds on the heap, so the memory figures
+/// can tell what the state holds from what the allocator keeps around it
+/// (fragmentation, arenas). The counting wrapper is `stats_alloc`'s.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not yet freed since the program started.
+fn heap_live() -> u64 {
+    let stats = GLOBAL.stats();
+    // Reallocations are already counted in both (as their difference).
+    (stats.bytes_allocated as u64).saturating_sub(stats.bytes_deallocated as u64)
+}
+
 static WORDS: LazyLock<Vec<&str>> = LazyLock::new(|| {
     "the meeting project invoice please find attached report quarter review budget \
      schedule thanks regards update server release notes team customer order shipping \
@@ -977,11 +991,7 @@ async fn bench_open(bench: &Bench, report: &mut Report) {
     );
 
     // Snapshot size, and the summary pages beside it.
-    let summary_bytes: usize = replica
-        .state()
-        .messages()
-        .map(|m| m.message.summary.len())
-        .sum();
+    let summary_bytes: usize = replica.state().held_summary_bytes();
     let pages = list_all(store, &format!("{prefix}side/"), None)
         .await
         .expect("list summary pages");
@@ -1077,6 +1087,9 @@ fn rss_kib() -> (u64, u64, u64) {
 struct MemoryFigures {
     /// `RssAnon` in KiB after setup, then after each copy.
     anon: Vec<u64>,
+    /// Live heap bytes (allocated, not freed) after setup, then after each
+    /// copy.
+    heap: Vec<u64>,
     /// `VmRSS` and peak `VmHWM` in KiB, after setup and after the first copy.
     rss: Vec<u64>,
     peak: Vec<u64>,
@@ -1089,6 +1102,13 @@ impl MemoryFigures {
     fn per_copy(&self) -> f64 {
         let n = self.anon.len() - 1;
         (self.anon[n] as f64 - self.anon[1] as f64) * 1024.0 / (n - 1) as f64
+    }
+
+    /// Live heap bytes per copy (slope, as [`MemoryFigures::per_copy`]):
+    /// what the open mailbox itself holds.
+    fn heap_per_copy(&self) -> f64 {
+        let n = self.heap.len() - 1;
+        (self.heap[n] as f64 - self.heap[1] as f64) / (n - 1) as f64
     }
 
     fn first(&self) -> f64 {
@@ -1104,6 +1124,7 @@ impl MemoryFigures {
     fn parse(out: &str) -> Option<MemoryFigures> {
         let mut fig = MemoryFigures {
             anon: Vec::new(),
+            heap: Vec::new(),
             rss: Vec::new(),
             peak: Vec::new(),
             summary_bytes: 0,
@@ -1111,12 +1132,14 @@ impl MemoryFigures {
             messages: 0,
         };
         let mut anon = BTreeMap::new();
+        let mut heap = BTreeMap::new();
         for line in out.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                ["rss", k, rss, a, peak] => {
+                ["rss", k, rss, a, peak, live] => {
                     let k = k.parse::<usize>().ok()?;
                     anon.insert(k, a.parse().ok()?);
+                    heap.insert(k, live.parse().ok()?);
                     if k <= 1 {
                         fig.rss.push(rss.parse().ok()?);
                         fig.peak.push(peak.parse().ok()?);
@@ -1131,6 +1154,7 @@ impl MemoryFigures {
             }
         }
         fig.anon = anon.into_values().collect();
+        fig.heap = heap.into_values().collect();
         (fig.anon.len() >= 3).then_some(fig)
     }
 }
@@ -1212,6 +1236,23 @@ async fn bench_memory(bench: &Bench, report: &mut Report, skeleton: bool) {
             real.summary_bytes / real.messages.max(1),
         ),
     );
+    let heap = real.heap_per_copy();
+    report.add(
+        &bench.name,
+        format!("live heap per open mailbox ({} msgs)", real.messages),
+        mib(heap),
+        format!(
+            "bytes allocated and not freed, slope over {copies} copies: what the open \
+             mailbox holds, without the allocator's fragmentation; {} B per message; \
+             target 5 MiB: {}",
+            heap as u64 / real.messages.max(1),
+            if heap < 5.0 * 1024.0 * 1024.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+        ),
+    );
     if skeleton {
         let skel = memory_child(bench, "skeleton", false).await;
         let rest = skel.per_copy();
@@ -1249,7 +1290,7 @@ fn child_store(backend: &str) -> SharedStore {
 
 fn print_rss(k: usize) {
     let (rss, anon, peak) = rss_kib();
-    println!("rss {k} {rss} {anon} {peak}");
+    println!("rss {k} {rss} {anon} {peak} {}", heap_live());
 }
 
 /// The memory child: opens `FACTEUR_BENCH_COPIES` copies of the large
@@ -1305,18 +1346,12 @@ fn child(mode: &str) {
                 open.push((account, mailbox));
                 print_rss(k);
             }
-            let (n, bytes, cap) = open[0]
+            // Held summaries are kept at their length (the op's bytes).
+            let (n, bytes) = open[0]
                 .1
-                .read(|s| {
-                    s.messages().fold((0u64, 0u64, 0u64), |(n, b, c), m| {
-                        (
-                            n + 1,
-                            b + m.message.summary.len() as u64,
-                            c + m.message.summary.capacity() as u64,
-                        )
-                    })
-                })
+                .read(|s| (s.exists() as u64, s.held_summary_bytes() as u64))
                 .await;
+            let cap = bytes;
             println!("summaries {n} {bytes} {cap}");
         }),
         "skeleton" => runtime.block_on(skeleton_child(copies)),
@@ -1341,7 +1376,9 @@ async fn skeleton_child(copies: usize) {
         let mut rng = StdRng::seed_from_u64(n);
         MailboxOp::Append(NewMessage {
             message: MessageRef {
-                blob_id: hex_of(&mut rng, 16),
+                // The form of `layout::new_blob_id`: a time, then 16
+                // random bytes, in hex.
+                blob_id: format!("{:012x}{}", 1_700_000_000_000 + n, hex_of(&mut rng, 16)),
                 body_key: BodyKey(SymmetricKey::random()),
                 size: rng.gen_range(2048..102_400),
                 internal_date: 1_700_000_000 + n as i64 * 97,

@@ -521,7 +521,7 @@ impl Sim {
                         .iter()
                         .filter_map(|u| state.message(*u))
                         .map(|m| NewMessage {
-                            message: m.message.clone(),
+                            message: m.message.to_ref(),
                             flags: m.flags.iter().map(|f| f.to_string()).collect(),
                         })
                         .collect();
@@ -797,9 +797,9 @@ impl Sim {
         let mut blobs = HashSet::new();
         for view in state.messages().filter(|v| !copies.contains(&v.id)) {
             ensure!(
-                blobs.insert(view.message.blob_id.clone()),
+                blobs.insert(view.message.blob_id()),
                 "I4: blob {} shown twice",
-                view.message.blob_id
+                view.message.blob_id()
             );
         }
 

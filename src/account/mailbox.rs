@@ -357,7 +357,7 @@ impl Mailbox {
                         (
                             m.uid,
                             NewMessage {
-                                message: m.message.clone(),
+                                message: m.message.to_ref(),
                                 flags,
                             },
                         )
@@ -418,7 +418,7 @@ impl Mailbox {
     /// The full body of a message, decrypted (through the account's cache).
     pub async fn body(&self, uid: u32) -> Result<Bytes, AccountError> {
         let message = self
-            .read(|s| s.message(uid).map(|m| m.message.clone()))
+            .read(|s| s.message(uid).map(|m| m.message.to_ref()))
             .await
             .ok_or(AccountError::NoSuchMessage(uid))?;
         if let Some(body) = self.cache.get(&message.blob_id) {

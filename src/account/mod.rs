@@ -373,9 +373,7 @@ impl Account {
         for (id, uid_validity) in every {
             let mailbox = self.mailbox(&id, uid_validity).await?;
             mailbox.sync().await?;
-            mailbox
-                .read(|s| keep.extend(s.blobs_in_use(floor).map(str::to_owned)))
-                .await;
+            mailbox.read(|s| keep.extend(s.blobs_in_use(floor))).await;
         }
         let prefix = format!("{}blob/", layout::user_prefix(&self.user));
         let doomed: Vec<String> = list_all(self.store.as_ref(), &prefix, None)

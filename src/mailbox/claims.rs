@@ -17,127 +17,84 @@
 //!   value, once invalid, is never valid again: a duplicated UID is never
 //!   reused.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
-use serde::{Deserialize, Serialize};
+/// A message as the state numbers it: its slot in the state's entry
+/// table (4 bytes, where a [`super::MessageId`] takes 20). Slots depend on
+/// the order ops arrived in, so they never leave one state.
+pub type Slot = u32;
 
-use super::op::MessageId;
-use crate::log::OpId;
+/// `by_value` marker: nobody claims the value.
+const NOBODY: Slot = Slot::MAX;
+/// `by_value` marker: several messages claim it (see `disputed`).
+const DISPUTED: Slot = Slot::MAX - 1;
 
 /// Claim value → the distinct messages claiming it. Values are dense (in
 /// a causally closed set every value `1..=max` is claimed), so a vector
-/// indexed by value, one slot of 24 bytes per UID, with no allocation
-/// unless a value is disputed.
+/// indexed by value holding the sole claimant, 4 bytes per UID; the rare
+/// disputed values keep their claimants aside.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Claims {
-    by_value: Vec<Claimants>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-enum Claimants {
-    #[default]
-    None,
-    One(MessageId),
-    /// Sorted, at least two.
-    Many(Box<[MessageId]>),
-}
-
-impl Claimants {
-    fn as_slice(&self) -> &[MessageId] {
-        match self {
-            Claimants::None => &[],
-            Claimants::One(m) => std::slice::from_ref(m),
-            Claimants::Many(ms) => ms,
-        }
-    }
+    by_value: Vec<Slot>,
+    /// Claimants of disputed values: sorted, at least two.
+    disputed: BTreeMap<u32, Box<[Slot]>>,
 }
 
 impl Claims {
     /// Records that `message` claims `value`; returns every claimant of
     /// `value` (sorted), whose visibility may have changed.
-    pub fn add(&mut self, value: u32, message: MessageId) -> &[MessageId] {
+    pub fn add(&mut self, value: u32, message: Slot) -> &[Slot] {
+        debug_assert!(message < DISPUTED, "slot out of range");
         let at = value as usize;
         if self.by_value.len() <= at {
-            self.by_value.resize(at + 1, Claimants::None);
+            self.by_value.resize(at + 1, NOBODY);
         }
-        let slot = &mut self.by_value[at];
-        *slot = match std::mem::take(slot) {
-            Claimants::None => Claimants::One(message),
-            Claimants::One(m) if m == message => Claimants::One(m),
-            other => {
-                let mut all = other.as_slice().to_vec();
+        match self.by_value[at] {
+            NOBODY => self.by_value[at] = message,
+            DISPUTED => {
+                let all = self.disputed.entry(value).or_default();
                 if let Err(i) = all.binary_search(&message) {
-                    all.insert(i, message);
+                    let mut more = all.to_vec();
+                    more.insert(i, message);
+                    *all = more.into_boxed_slice();
                 }
-                Claimants::Many(all.into_boxed_slice())
             }
-        };
-        slot.as_slice()
+            sole if sole == message => {}
+            sole => {
+                let mut both = [sole, message];
+                both.sort_unstable();
+                self.disputed.insert(value, Box::new(both));
+                self.by_value[at] = DISPUTED;
+            }
+        }
+        self.claimants(value)
     }
 
-    pub fn claimants(&self, value: u32) -> &[MessageId] {
-        self.by_value
-            .get(value as usize)
-            .map_or(&[], Claimants::as_slice)
+    pub fn claimants(&self, value: u32) -> &[Slot] {
+        match self.by_value.get(value as usize) {
+            None | Some(&NOBODY) => &[],
+            Some(&DISPUTED) => self.disputed.get(&value).map_or(&[], |all| all),
+            Some(sole) => std::slice::from_ref(sole),
+        }
     }
 
     /// Whether `message` holds `value` alone.
-    pub fn is_sole(&self, value: u32, message: &MessageId) -> bool {
-        self.claimants(value) == [*message]
+    pub fn is_sole(&self, value: u32, message: Slot) -> bool {
+        self.by_value.get(value as usize) == Some(&message)
     }
 
     /// The highest value claimed (valid or not), 0 if none.
     pub fn max(&self) -> u32 {
         self.by_value
             .iter()
-            .rposition(|c| !matches!(c, Claimants::None))
+            .rposition(|c| *c != NOBODY)
             .map_or(0, |v| v as u32)
     }
 
     /// Drops spare capacity (after a snapshot is read).
     pub fn shrink_to_fit(&mut self) {
         self.by_value.shrink_to_fit();
-    }
-}
-
-/// The UID clock of every op: the highest claim in its causal past.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UidClock {
-    tops: HashMap<OpId, u32>,
-}
-
-impl UidClock {
-    /// Highest claim in the causal past of an op with these parents.
-    /// Parents the clock never saw count as 0 (cannot happen for ops the
-    /// DAG delivered: it delivers parents first).
-    pub fn past(&self, parents: &[OpId]) -> u32 {
-        parents
-            .iter()
-            .filter_map(|p| self.tops.get(p))
-            .copied()
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Records op `id` with `count` claims after `parents`, and returns the
-    /// claimed values. `None` when they would not fit in a UID (2^32 - 1,
-    /// RFC 9051 §2.3.1.1): the op then claims nothing and its messages stay
-    /// displaced; only a new UIDVALIDITY can help then.
-    pub fn record(
-        &mut self,
-        id: OpId,
-        parents: &[OpId],
-        count: usize,
-    ) -> Option<RangeInclusive<u32>> {
-        let past = self.past(parents);
-        let claims = first_claims(past, count);
-        let top = match &claims {
-            Some(range) if count > 0 => *range.end(),
-            _ => past,
-        };
-        self.tops.insert(id, top);
-        claims
     }
 }
 
@@ -154,42 +111,30 @@ pub fn first_claims(past: u32, count: usize) -> Option<RangeInclusive<u32>> {
 mod tests {
     use super::*;
 
-    fn msg(n: u8) -> MessageId {
-        MessageId {
-            op: OpId::from_raw([n; 16]),
-            index: 0,
-        }
-    }
-
     #[test]
     fn same_message_claiming_twice_stays_valid() {
         let mut claims = Claims::default();
-        claims.add(5, msg(1));
-        claims.add(5, msg(1));
-        assert!(claims.is_sole(5, &msg(1)));
-        claims.add(5, msg(2));
-        assert!(!claims.is_sole(5, &msg(1)) && !claims.is_sole(5, &msg(2)));
+        claims.add(5, 1);
+        claims.add(5, 1);
+        assert!(claims.is_sole(5, 1));
+        claims.add(5, 2);
+        assert!(!claims.is_sole(5, 1) && !claims.is_sole(5, 2));
         assert_eq!(claims.max(), 5);
         // A third claimant, and again the first: sorted, each once.
-        claims.add(5, msg(0));
-        assert_eq!(claims.add(5, msg(1)), [msg(0), msg(1), msg(2)]);
-        assert_eq!(claims.claimants(4), []);
-        assert_eq!(claims.claimants(6), []);
-        claims.add(2, msg(3));
+        claims.add(5, 0);
+        assert_eq!(claims.add(5, 1), [0, 1, 2]);
+        assert_eq!(claims.claimants(4), [] as [Slot; 0]);
+        assert_eq!(claims.claimants(6), [] as [Slot; 0]);
+        claims.add(2, 3);
         assert_eq!(claims.max(), 5);
+        assert_eq!(claims.claimants(2), [3]);
     }
 
     #[test]
-    fn clock_is_lamport_over_claims() {
-        let mut clock = UidClock::default();
-        let a = OpId::from_raw([1; 16]);
-        let b = OpId::from_raw([2; 16]);
-        let c = OpId::from_raw([3; 16]);
-        assert_eq!(clock.record(a, &[], 2), Some(1..=2));
-        // An op that claims nothing carries its past's clock forward.
-        assert!(clock.record(b, &[a], 0).is_some_and(|r| r.is_empty()));
-        assert_eq!(clock.past(&[b]), 2);
-        assert_eq!(clock.record(c, &[b], 1), Some(3..=3));
+    fn claims_follow_the_past() {
+        assert_eq!(first_claims(0, 2), Some(1..=2));
+        assert_eq!(first_claims(2, 1), Some(3..=3));
+        assert!(first_claims(2, 0).is_some_and(|r| r.is_empty()));
         assert_eq!(first_claims(u32::MAX - 1, 2), None);
     }
 }

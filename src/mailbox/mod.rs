@@ -16,7 +16,7 @@ pub mod state;
 pub mod summary;
 
 pub use op::{MailboxOp, MessageId, MessageRef, NewMessage};
-pub use state::{MailboxState, MessageView};
+pub use state::{MailboxState, MessageView, StoredMessage};
 
 /// What can be wrong with mailbox input.
 #[derive(Debug, thiserror::Error)]

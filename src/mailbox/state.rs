@@ -22,6 +22,15 @@
 //! Everything else ([`Index`]) is derived from those and rebuilt after a
 //! snapshot is read.
 //!
+//! Memory: an open mailbox of 10,000 messages must fit in a few MiB, so
+//! the layout is dense (doc/performance.md). Entries live in one table
+//! in arrival order and everything else names a message by its *slot* in
+//! it (4 bytes) rather than by its 20-byte [`MessageId`]; blob ids are
+//! held as bytes; lookups that only a few commands need (by flag, by
+//! MODSEQ) scan the table instead of keeping an index. Slots depend on
+//! arrival order, so they never leave the state: equality and snapshots
+//! speak of message ids.
+//!
 //! Message summaries (ENVELOPE, BODYSTRUCTURE, header bytes: most of what
 //! ops carry) are not part of the state's meaning and are not kept in
 //! memory for long: a message's summary is held (in its [`MessageRef`])
@@ -32,39 +41,50 @@
 //! (`account::mailbox`). Where a summary lives differs between instances
 //! holding the same op set, so it is left out of equality.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
+use indexmap::IndexMap;
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::claims::{Claims, UidClock, first_claims};
-use super::op::{MailboxOp, MessageId, MessageRef, NewMessage};
-use crate::log::{OpId, OpMeta, OrderKey, State};
+use super::claims::{Claims, Slot, first_claims};
+use super::op::{BodyKey, MailboxOp, MessageId, MessageRef, NewMessage};
+use crate::log::{Hlc, OpId, OpMeta, OrderKey, State};
 
-/// A last-writer-wins register for one flag of one message: 48 bytes, in
-/// a small vector per message (a `BTreeMap<String, _>` of `OrderKey`s
-/// took about a kilobyte per message).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A last-writer-wins register for one flag of one message: 40 bytes, in
+/// a boxed slice per message.
+#[derive(Clone, Copy, Debug)]
 struct FlagReg {
-    /// The flag, interned in [`Core::flag_names`].
-    #[serde(rename = "f")]
-    flag: u32,
-    #[serde(rename = "s")]
-    set: bool,
-    /// The writing op's position in the total order: a causal successor
-    /// always has a higher one, so a later STORE the writer saw wins, and
+    /// The writing op's position in the total order (clock, instance
+    /// interned in [`Core::instances`], op id): a causal successor always
+    /// has a higher one, so a later STORE the writer saw wins, and
     /// concurrent STOREs are decided the same way everywhere.
-    #[serde(rename = "t")]
-    stamp: Stamp,
+    wall_ms: u64,
+    counter: u32,
+    instance: u32,
+    /// The flag, interned in [`Core::flag_names`].
+    flag: u32,
+    id: OpId,
+    set: bool,
 }
 
-/// An [`OrderKey`] with its instance interned in [`Core::instances`].
-/// Compared through [`stamp_cmp`], which compares instance names,
-/// so the order is the same on every instance whatever the interning.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct Stamp {
-    hlc: crate::log::Hlc,
-    instance: u32,
-    id: OpId,
+impl FlagReg {
+    fn hlc(&self) -> Hlc {
+        Hlc {
+            wall_ms: self.wall_ms,
+            counter: self.counter,
+        }
+    }
+}
+
+/// The total order of [`OrderKey`], on registers: instance names are
+/// compared, not their interned indexes, so the order is the same on
+/// every instance.
+fn stamp_cmp(instances: &Interned, a: &FlagReg, b: &FlagReg) -> std::cmp::Ordering {
+    a.hlc()
+        .cmp(&b.hlc())
+        .then_with(|| instances.name(a.instance).cmp(instances.name(b.instance)))
+        .then_with(|| a.id.cmp(&b.id))
 }
 
 /// Strings interned by one state: each is stored once, and registers hold
@@ -85,6 +105,10 @@ impl Interned {
         self.names.push(name.into());
         self.index.insert(name.into(), i);
         i
+    }
+
+    fn get(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
     }
 
     fn name(&self, i: u32) -> &str {
@@ -110,36 +134,132 @@ impl<'de> Deserialize<'de> for Interned {
     }
 }
 
+/// A blob id as held in memory: the 22 bytes behind the 44 hex digits of
+/// `layout::new_blob_id`, or the text itself for any other form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BlobName {
+    Hex([u8; 22]),
+    Text(Box<str>),
+}
+
+impl BlobName {
+    fn new(id: &str) -> BlobName {
+        let lower_hex =
+            id.len() == 44 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let mut raw = [0u8; 22];
+        if lower_hex && hex::decode_to_slice(id, &mut raw).is_ok() {
+            BlobName::Hex(raw)
+        } else {
+            BlobName::Text(id.into())
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            BlobName::Hex(raw) => hex::encode(raw),
+            BlobName::Text(text) => text.to_string(),
+        }
+    }
+}
+
+/// What the state keeps of a placed message (the op's [`MessageRef`]
+/// without its summary, which lives in a page or in [`Pages::held`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    blob: BlobName,
+    /// The key the body object is sealed under.
+    pub body_key: BodyKey,
+    /// RFC822.SIZE (RFC 9051 §7.5.2).
+    pub size: u64,
+    /// INTERNALDATE, seconds since the Unix epoch (RFC 9051 §2.3.3).
+    pub internal_date: i64,
+}
+
+impl StoredMessage {
+    fn of(m: &MessageRef) -> StoredMessage {
+        StoredMessage {
+            blob: BlobName::new(&m.blob_id),
+            body_key: m.body_key.clone(),
+            size: m.size,
+            internal_date: m.internal_date,
+        }
+    }
+
+    /// The body object's id (`users/<u>/blob/<blob-id>`).
+    pub fn blob_id(&self) -> String {
+        self.blob.text()
+    }
+
+    /// The op form, with no summary (see [`MailboxState::summary_at`]).
+    pub fn to_ref(&self) -> MessageRef {
+        self.with_summary(Vec::new())
+    }
+
+    fn with_summary(&self, summary: Vec<u8>) -> MessageRef {
+        MessageRef {
+            blob_id: self.blob_id(),
+            body_key: self.body_key.clone(),
+            size: self.size,
+            internal_date: self.internal_date,
+            summary,
+        }
+    }
+
+    /// What decides between two descriptions of one message: the
+    /// [`MessageRef`] order, summary aside.
+    fn order_key(&self) -> (String, &BodyKey, u64, i64) {
+        (
+            self.blob_id(),
+            &self.body_key,
+            self.size,
+            self.internal_date,
+        )
+    }
+}
+
+/// [`Entry::page`] of a message in no summary page.
+const NO_PAGE: u32 = u32::MAX;
+
 /// Everything known about one message id. An entry can exist before (or
 /// without) the op placing the message, if a malformed op names it; it is
-/// then never shown.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// then never shown. 136 bytes.
+#[derive(Clone, Debug)]
 struct Entry {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<MessageRef>,
+    message: Option<StoredMessage>,
     /// UID values claimed for this message, ascending.
     claims: ClaimList,
     /// One register per flag ever written, in the order first written.
-    flags: Vec<FlagReg>,
-    expunged: bool,
-    /// Wall-clock time (ms) of the earliest expunge of this message: blob
-    /// collection waits a grace period after it, so that an instance that
-    /// has not yet seen the expunge cannot copy a body being deleted. The
-    /// minimum over expunge ops keeps `apply` order-independent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expunged_ms: Option<u64>,
+    flags: Box<[FlagReg]>,
     /// Highest sequence number of an op concerning this message.
     modseq: u64,
-    /// The UID it is shown with, if shown: part of the index (derived
-    /// from the claims), kept here to spare a table.
-    #[serde(skip)]
-    shown: Option<u32>,
+    /// Wall-clock time (ms) of the earliest expunge of this message, 0 if
+    /// none recorded: blob collection waits a grace period after it, so
+    /// that an instance that has not yet seen the expunge cannot copy a
+    /// body being deleted. The minimum over expunge ops keeps `apply`
+    /// order-independent.
+    expunged_ms: u64,
+    /// The UID it is shown with, 0 if not shown: part of the index
+    /// (derived from the claims), kept here to spare a table.
+    shown: u32,
+    /// The summary page holding its summary ([`Pages::names`]), or
+    /// [`NO_PAGE`]. Bookkeeping, not meaning.
+    page: u32,
+    expunged: bool,
 }
 
-/// What identifies a placed message's description, summary aside: the
-/// summary is a function of the body, and may have been paged out.
-fn ref_key(m: &MessageRef) -> (&str, &super::op::BodyKey, u64, i64) {
-    (&m.blob_id, &m.body_key, m.size, m.internal_date)
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry {
+            message: None,
+            claims: ClaimList::None,
+            flags: Box::new([]),
+            modseq: 0,
+            expunged_ms: 0,
+            shown: 0,
+            page: NO_PAGE,
+            expunged: false,
+        }
+    }
 }
 
 /// A message's UID claims, ascending, each once: almost always one,
@@ -149,8 +269,12 @@ enum ClaimList {
     #[default]
     None,
     One(u32),
-    /// At least two.
-    Many(Box<[u32]>),
+    /// At least two (boxed twice so the list takes 16 bytes, not 24).
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps the enum at 16 bytes"
+    )]
+    Many(Box<Vec<u32>>),
 }
 
 impl ClaimList {
@@ -178,20 +302,11 @@ impl From<Vec<u32>> for ClaimList {
         match values.as_slice() {
             [] => ClaimList::None,
             [v] => ClaimList::One(*v),
-            _ => ClaimList::Many(values.into_boxed_slice()),
+            _ => {
+                values.shrink_to_fit();
+                ClaimList::Many(Box::new(values))
+            }
         }
-    }
-}
-
-impl Serialize for ClaimList {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.as_slice().serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for ClaimList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClaimList, D::Error> {
-        Vec::<u32>::deserialize(d).map(ClaimList::from)
     }
 }
 
@@ -200,13 +315,46 @@ impl Entry {
         self.claims.as_slice().last().copied()
     }
 
+    fn shown(&self) -> Option<u32> {
+        (self.shown != 0).then_some(self.shown)
+    }
+
+    fn expunged_ms(&self) -> Option<u64> {
+        (self.expunged_ms != 0).then_some(self.expunged_ms)
+    }
+
     fn is_live(&self) -> bool {
         self.message.is_some() && !self.expunged
     }
 }
 
+/// What the state keeps of each op: the highest UID claim in its causal
+/// past, itself included (the UID clock of `claims`), and the messages it
+/// concerns, so that when its sequence number grows (a concurrent op
+/// arrived) their MODSEQ follows.
+#[derive(Clone, Debug)]
+struct OpRec {
+    top: u32,
+    targets: Targets,
+}
+
+/// The messages an op concerns (16 bytes).
+#[derive(Clone, Debug)]
+enum Targets {
+    /// The messages it placed itself, `(op, 0)` to `(op, n - 1)`: appends
+    /// and copies, with nothing to allocate.
+    Placed(u32),
+    /// One message (a STORE or EXPUNGE of one message, the usual case).
+    One(Slot),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps the enum at 16 bytes"
+    )]
+    Listed(Box<Vec<Slot>>),
+}
+
 /// The part of the state that a snapshot stores.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 struct Core {
     /// Flag names and instance ids of the registers.
     flag_names: Interned,
@@ -216,30 +364,63 @@ struct Core {
     highest_modseq: u64,
     /// Set if an op's claims did not fit in 32 bits.
     uid_space_exhausted: bool,
-    /// Boxed: an entry is about 180 bytes, and a hash table keeps an
-    /// eighth to a half of its buckets empty.
-    entries: HashMap<MessageId, Box<Entry>>,
-    uid_clock: UidClock,
-    /// Messages each op concerns, so that when an op's sequence number
-    /// grows (a concurrent op arrived), its messages' MODSEQ follows.
-    op_targets: HashMap<OpId, Targets>,
-}
-
-/// The total order of [`OrderKey`], on stamps.
-fn stamp_cmp(instances: &Interned, a: &Stamp, b: &Stamp) -> std::cmp::Ordering {
-    a.hlc
-        .cmp(&b.hlc)
-        .then_with(|| instances.name(a.instance).cmp(instances.name(b.instance)))
-        .then_with(|| a.id.cmp(&b.id))
+    /// Every message id ever named, in the order first met: its index is
+    /// its [`Slot`]. Never shrinks, so slots stay valid.
+    entries: IndexMap<MessageId, Entry>,
+    ops: HashMap<OpId, OpRec>,
 }
 
 impl Core {
+    fn id(&self, slot: Slot) -> MessageId {
+        self.entries
+            .get_index(slot as usize)
+            .map(|(id, _)| *id)
+            .expect("slots index the entry table")
+    }
+
+    fn at(&self, slot: Slot) -> &Entry {
+        &self.entries[slot as usize]
+    }
+
+    fn at_mut(&mut self, slot: Slot) -> &mut Entry {
+        &mut self.entries[slot as usize]
+    }
+
+    /// The slot of `id`, with a new empty entry if it had none.
+    fn slot(&mut self, id: MessageId) -> Slot {
+        let entry = self.entries.entry(id);
+        let slot = entry.index() as Slot;
+        entry.or_default();
+        slot
+    }
+
+    /// Highest claim in the causal past of an op with these parents.
+    /// Parents never applied count as 0 (cannot happen for ops the DAG
+    /// delivered: it delivers parents first).
+    fn past(&self, parents: &[OpId]) -> u32 {
+        parents
+            .iter()
+            .filter_map(|p| self.ops.get(p))
+            .map(|r| r.top)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The messages op `op` concerns, as slots.
+    fn targets(&self, op: OpId, targets: &Targets) -> Vec<Slot> {
+        match targets {
+            Targets::Placed(n) => (0..*n)
+                .filter_map(|index| self.entries.get_index_of(&MessageId { op, index }))
+                .map(|slot| slot as Slot)
+                .collect(),
+            Targets::One(slot) => vec![*slot],
+            Targets::Listed(slots) => slots.to_vec(),
+        }
+    }
+
     /// An entry's registers with names instead of interned indexes,
     /// sorted: what equality compares.
-    fn flags_of<'a>(
-        &'a self,
-        e: &'a Entry,
-    ) -> Vec<(&'a str, bool, crate::log::Hlc, &'a str, OpId)> {
+    fn flags_of<'a>(&'a self, e: &'a Entry) -> Vec<(&'a str, bool, Hlc, &'a str, OpId)> {
         let mut flags: Vec<_> = e
             .flags
             .iter()
@@ -247,9 +428,9 @@ impl Core {
                 (
                     self.flag_names.name(r.flag),
                     r.set,
-                    r.stamp.hlc,
-                    self.instances.name(r.stamp.instance),
-                    r.stamp.id,
+                    r.hlc(),
+                    self.instances.name(r.instance),
+                    r.id,
                 )
             })
             .collect();
@@ -258,29 +439,32 @@ impl Core {
     }
 
     fn entry_eq(&self, a: &Entry, other: &Core, b: &Entry) -> bool {
-        let same_message = match (&a.message, &b.message) {
-            (Some(x), Some(y)) => ref_key(x) == ref_key(y),
-            (None, None) => true,
-            _ => false,
-        };
-        same_message
+        a.message == b.message
             && a.claims == b.claims
             && a.expunged == b.expunged
             && a.expunged_ms == b.expunged_ms
             && a.modseq == b.modseq
             && self.flags_of(a) == other.flags_of(b)
     }
+
+    fn op_eq(&self, op: OpId, a: &OpRec, other: &Core, b: &OpRec) -> bool {
+        let ids = |core: &Core, r: &OpRec| -> Vec<MessageId> {
+            core.targets(op, &r.targets)
+                .into_iter()
+                .map(|slot| core.id(slot))
+                .collect()
+        };
+        a.top == b.top && ids(self, a) == ids(other, b)
+    }
 }
 
 /// Equality of what the op set means: summaries (which may be paged out)
-/// and interned indexes (which depend on arrival order) aside.
+/// and interned indexes and slots (which depend on arrival order) aside.
 impl PartialEq for Core {
     fn eq(&self, other: &Core) -> bool {
         self.uid_validity == other.uid_validity
             && self.highest_modseq == other.highest_modseq
             && self.uid_space_exhausted == other.uid_space_exhausted
-            && self.uid_clock == other.uid_clock
-            && self.op_targets == other.op_targets
             && self.entries.len() == other.entries.len()
             && self.entries.iter().all(|(id, a)| {
                 other
@@ -288,65 +472,56 @@ impl PartialEq for Core {
                     .get(id)
                     .is_some_and(|b| self.entry_eq(a, other, b))
             })
+            && self.ops.len() == other.ops.len()
+            && self.ops.iter().all(|(op, a)| {
+                other
+                    .ops
+                    .get(op)
+                    .is_some_and(|b| self.op_eq(*op, a, other, b))
+            })
     }
 }
 
 impl Eq for Core {}
 
-/// The messages an op concerns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Targets {
-    /// The messages it placed itself, `(op, 0)` to `(op, n - 1)`: appends
-    /// and copies, most ops, with nothing to allocate.
-    Placed(u32),
-    Listed(Box<[MessageId]>),
-}
-
-impl Targets {
-    fn of(op: OpId, targets: Vec<MessageId>) -> Targets {
-        let placed = targets
-            .iter()
-            .enumerate()
-            .all(|(i, t)| t.op == op && t.index as usize == i);
-        match u32::try_from(targets.len()) {
-            Ok(n) if placed => Targets::Placed(n),
-            _ => Targets::Listed(targets.into_boxed_slice()),
-        }
-    }
-
-    fn ids(&self, op: OpId) -> Vec<MessageId> {
-        match self {
-            Targets::Placed(n) => (0..*n).map(|index| MessageId { op, index }).collect(),
-            Targets::Listed(ids) => ids.to_vec(),
-        }
-    }
-}
-
 /// Lookup structures derived from [`Core`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct Index {
     claims: Claims,
-    /// UID → message, for shown messages.
-    shown: BTreeMap<u32, MessageId>,
     /// Shown UIDs ascending: sequence number `n` is `uids[n - 1]`.
     uids: Vec<u32>,
+    /// The message shown with `uids[i]`.
+    slots: Vec<Slot>,
     /// Live messages with no valid UID, waiting for a fix-up.
-    displaced: BTreeSet<MessageId>,
-    by_modseq: BTreeSet<(u64, MessageId)>,
-    /// Flag → messages whose register for it is set.
-    by_flag: BTreeMap<String, BTreeSet<MessageId>>,
+    displaced: BTreeSet<Slot>,
 }
 
-/// Which summary page holds each paged message's summary.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Where summaries are: pages, or held in memory.
+#[derive(Clone, Debug, Default)]
 struct Pages {
     /// Page names (side objects of the log), by page number.
     names: Vec<String>,
-    /// Paged message → page number.
-    at: HashMap<MessageId, u32>,
-    /// Bytes of summaries held in memory (in `Entry::message`).
-    #[serde(skip)]
+    /// Summaries held in memory, of messages placed since the last
+    /// snapshot (or computed again after a page was lost).
+    held: HashMap<Slot, Vec<u8>>,
+    /// Their bytes.
     held_bytes: usize,
+}
+
+impl Pages {
+    fn drop_held(&mut self, slot: Slot) {
+        if let Some(bytes) = self.held.remove(&slot) {
+            self.held_bytes = self.held_bytes.saturating_sub(bytes.len());
+        }
+    }
+
+    fn hold(&mut self, slot: Slot, summary: Vec<u8>) {
+        self.drop_held(slot);
+        if !summary.is_empty() {
+            self.held_bytes += summary.len();
+            self.held.insert(slot, summary);
+        }
+    }
 }
 
 /// Where a message's summary is (see the module doc).
@@ -375,7 +550,25 @@ pub struct MailboxState {
 
 impl PartialEq for MailboxState {
     fn eq(&self, other: &MailboxState) -> bool {
-        self.core == other.core && self.index == other.index
+        let shown = |s: &MailboxState| -> Vec<(u32, MessageId)> {
+            s.index
+                .uids
+                .iter()
+                .zip(&s.index.slots)
+                .map(|(uid, slot)| (*uid, s.core.id(*slot)))
+                .collect()
+        };
+        let displaced = |s: &MailboxState| -> BTreeSet<MessageId> {
+            s.index
+                .displaced
+                .iter()
+                .map(|slot| s.core.id(*slot))
+                .collect()
+        };
+        self.core == other.core
+            && self.index.claims.max() == other.index.claims.max()
+            && shown(self) == shown(other)
+            && displaced(self) == displaced(other)
     }
 }
 
@@ -388,7 +581,7 @@ pub struct MessageView<'a> {
     pub uid: u32,
     /// RFC 7162 §3.1.1 MODSEQ.
     pub modseq: u64,
-    pub message: &'a MessageRef,
+    pub message: &'a StoredMessage,
     /// Flags currently set, sorted.
     pub flags: Vec<&'a str>,
 }
@@ -403,9 +596,8 @@ impl MailboxState {
             uid_validity,
             highest_modseq: 0,
             uid_space_exhausted: false,
-            entries: HashMap::new(),
-            uid_clock: UidClock::default(),
-            op_targets: HashMap::new(),
+            entries: IndexMap::new(),
+            ops: HashMap::new(),
         };
         MailboxState {
             core,
@@ -462,8 +654,14 @@ impl MailboxState {
             .map(|at| at as u32 + 1)
     }
 
+    /// The slot of the message shown with `uid`.
+    fn shown_slot(&self, uid: u32) -> Option<Slot> {
+        let at = self.index.uids.binary_search(&uid).ok()?;
+        self.index.slots.get(at).copied()
+    }
+
     pub fn message_id(&self, uid: u32) -> Option<MessageId> {
-        self.index.shown.get(&uid).copied()
+        self.shown_slot(uid).map(|slot| self.core.id(slot))
     }
 
     /// Whether a delivery record was already placed in this mailbox (shown,
@@ -478,24 +676,24 @@ impl MailboxState {
 
     /// The UID a message is shown with, if it is shown.
     pub fn uid_of(&self, id: &MessageId) -> Option<u32> {
-        self.core.entries.get(id).and_then(|e| e.shown)
+        self.core.entries.get(id).and_then(Entry::shown)
     }
 
     pub fn message(&self, uid: u32) -> Option<MessageView<'_>> {
-        let id = self.index.shown.get(&uid)?;
-        self.view(*id, uid)
+        self.view(self.shown_slot(uid)?, uid)
     }
 
     /// Shown messages in UID (= sequence) order.
     pub fn messages(&self) -> impl Iterator<Item = MessageView<'_>> + '_ {
         self.index
-            .shown
+            .uids
             .iter()
-            .filter_map(|(uid, id)| self.view(*id, *uid))
+            .zip(&self.index.slots)
+            .filter_map(|(uid, slot)| self.view(*slot, *uid))
     }
 
-    fn view(&self, id: MessageId, uid: u32) -> Option<MessageView<'_>> {
-        let entry = self.core.entries.get(&id)?;
+    fn view(&self, slot: Slot, uid: u32) -> Option<MessageView<'_>> {
+        let (id, entry) = self.core.entries.get_index(slot as usize)?;
         let mut flags: Vec<&str> = entry
             .flags
             .iter()
@@ -504,7 +702,7 @@ impl MailboxState {
             .collect();
         flags.sort_unstable();
         Some(MessageView {
-            id,
+            id: *id,
             uid,
             modseq: entry.modseq,
             message: entry.message.as_ref()?,
@@ -522,31 +720,39 @@ impl MailboxState {
     /// not expunged (shown or displaced), and of messages expunged at or
     /// after `since_ms` (wall clock), which a lagging instance may still
     /// copy.
-    pub fn blobs_in_use(&self, since_ms: u64) -> impl Iterator<Item = &str> + '_ {
+    pub fn blobs_in_use(&self, since_ms: u64) -> impl Iterator<Item = String> + '_ {
         self.core.entries.values().filter_map(move |e| {
             let message = e.message.as_ref()?;
-            let keep = !e.expunged || e.expunged_ms.is_none_or(|t| t >= since_ms);
-            keep.then_some(message.blob_id.as_str())
+            let keep = !e.expunged || e.expunged_ms().is_none_or(|t| t >= since_ms);
+            keep.then(|| message.blob_id())
         })
     }
 
-    /// Shown UIDs whose `flag` is set, ascending.
+    /// Shown UIDs whose `flag` is set, ascending. A scan: only EXPUNGE
+    /// (`\Deleted`) and tests ask.
     pub fn uids_with_flag(&self, flag: &str) -> Vec<u32> {
-        let Some(ids) = self.index.by_flag.get(flag) else {
+        let Some(flag) = self.core.flag_names.get(flag) else {
             return Vec::new();
         };
-        let mut uids: Vec<u32> = ids.iter().filter_map(|id| self.uid_of(id)).collect();
-        uids.sort_unstable();
-        uids
+        self.index
+            .uids
+            .iter()
+            .zip(&self.index.slots)
+            .filter(|(_, slot)| {
+                self.core
+                    .at(**slot)
+                    .flags
+                    .iter()
+                    .any(|r| r.flag == flag && r.set)
+            })
+            .map(|(uid, _)| *uid)
+            .collect()
     }
 
     /// Shown UIDs whose MODSEQ is above `modseq`, ascending: the messages
     /// `FETCH ... (CHANGEDSINCE modseq)` reports (RFC 7162 §3.1.4.1).
     pub fn changed_since(&self, modseq: u64) -> Vec<u32> {
-        let mut uids: Vec<u32> = self
-            .changed_ids(modseq)
-            .filter_map(|id| self.uid_of(&id))
-            .collect();
+        let mut uids: Vec<u32> = self.changed(modseq).filter_map(Entry::shown).collect();
         uids.sort_unstable();
         uids
     }
@@ -558,17 +764,13 @@ impl MailboxState {
     /// allows.
     pub fn vanished_since(&self, modseq: u64) -> Vec<u32> {
         let mut uids = Vec::new();
-        for id in self.changed_ids(modseq) {
-            let Some(entry) = self.core.entries.get(&id) else {
-                continue;
-            };
-            let shown = self.uid_of(&id);
+        for entry in self.changed(modseq) {
             uids.extend(
                 entry
                     .claims
                     .as_slice()
                     .iter()
-                    .filter(|c| Some(**c) != shown),
+                    .filter(|c| **c != entry.shown),
             );
         }
         uids.sort_unstable();
@@ -576,33 +778,32 @@ impl MailboxState {
         uids
     }
 
-    fn changed_ids(&self, modseq: u64) -> impl Iterator<Item = MessageId> + '_ {
-        let from = (
-            modseq.saturating_add(1),
-            MessageId {
-                op: OpId::from_raw([0; 16]),
-                index: 0,
-            },
-        );
-        self.index.by_modseq.range(from..).map(|(_, id)| *id)
+    /// Entries changed after `modseq`: a scan of the table (a few
+    /// microseconds per thousand messages), cheaper in memory than an
+    /// index by MODSEQ that every entry would pay for.
+    fn changed(&self, modseq: u64) -> impl Iterator<Item = &Entry> + '_ {
+        self.core
+            .entries
+            .values()
+            .filter(move |e| e.modseq > modseq)
     }
 
     // ---- Summaries ----
 
     /// Where the summary of message `id` is.
     pub fn summary_at(&self, id: &MessageId) -> SummaryAt<'_> {
-        let Some(message) = self.core.entries.get(id).and_then(|e| e.message.as_ref()) else {
+        let Some((slot, _, entry)) = self.core.entries.get_full(id) else {
             return SummaryAt::Unknown;
         };
-        if let Some(page) = self.pages.at.get(id)
-            && let Some(name) = self.pages.names.get(*page as usize)
-        {
+        if entry.message.is_none() {
+            return SummaryAt::Unknown;
+        }
+        if let Some(name) = self.pages.names.get(entry.page as usize) {
             return SummaryAt::Page(name);
         }
-        if message.summary.is_empty() {
-            SummaryAt::Unknown
-        } else {
-            SummaryAt::Held(&message.summary)
+        match self.pages.held.get(&(slot as Slot)) {
+            Some(bytes) => SummaryAt::Held(bytes),
+            None => SummaryAt::Unknown,
         }
     }
 
@@ -610,12 +811,15 @@ impl MailboxState {
     /// UID order (displaced messages last): what the next summary pages
     /// hold.
     pub fn held_summaries(&self) -> Vec<(MessageId, Vec<u8>)> {
-        let held = |id: &MessageId| match self.summary_at(id) {
-            SummaryAt::Held(bytes) => Some((*id, bytes.to_vec())),
-            _ => None,
+        let held = |slot: &Slot| {
+            let entry = self.core.at(*slot);
+            if entry.page != NO_PAGE || entry.message.is_none() {
+                return None;
+            }
+            let bytes = self.pages.held.get(slot)?;
+            Some((self.core.id(*slot), bytes.clone()))
         };
-        let mut out: Vec<(MessageId, Vec<u8>)> =
-            self.index.shown.values().filter_map(held).collect();
+        let mut out: Vec<(MessageId, Vec<u8>)> = self.index.slots.iter().filter_map(held).collect();
         out.extend(self.index.displaced.iter().filter_map(held));
         out
     }
@@ -634,31 +838,31 @@ impl MailboxState {
             let page = self.pages.names.len() as u32;
             self.pages.names.push(name);
             for id in ids {
-                let Some(message) = self
-                    .core
-                    .entries
-                    .get_mut(&id)
-                    .and_then(|e| e.message.as_mut())
-                else {
+                let Some((slot, _, entry)) = self.core.entries.get_full_mut(&id) else {
                     continue;
                 };
-                self.pages.held_bytes = self.pages.held_bytes.saturating_sub(message.summary.len());
-                message.summary = Vec::new();
-                self.pages.at.insert(id, page);
+                if entry.message.is_none() {
+                    continue;
+                }
+                entry.page = page;
+                self.pages.drop_held(slot as Slot);
             }
         }
         // Forget expunged messages' pages (and pages a damaged snapshot
         // numbered wrong), then unreferenced pages.
-        let entries = &self.core.entries;
         let count = self.pages.names.len();
-        self.pages.at.retain(|id, page| {
-            (*page as usize) < count && entries.get(id).is_some_and(|e| e.is_live())
-        });
-        let mut used = vec![false; self.pages.names.len()];
-        for page in self.pages.at.values() {
-            used[*page as usize] = true;
+        let mut used = vec![false; count];
+        for entry in self.core.entries.values_mut() {
+            if entry.page == NO_PAGE {
+                continue;
+            }
+            if (entry.page as usize) < count && entry.is_live() {
+                used[entry.page as usize] = true;
+            } else {
+                entry.page = NO_PAGE;
+            }
         }
-        let mut renumber = Vec::with_capacity(used.len());
+        let mut renumber = Vec::with_capacity(count);
         let mut names = Vec::new();
         for (name, used) in std::mem::take(&mut self.pages.names).into_iter().zip(used) {
             renumber.push(names.len() as u32);
@@ -667,11 +871,13 @@ impl MailboxState {
             }
         }
         self.pages.names = names;
-        for page in self.pages.at.values_mut() {
-            *page = renumber[*page as usize];
+        for entry in self.core.entries.values_mut() {
+            if entry.page != NO_PAGE {
+                entry.page = renumber[entry.page as usize];
+            }
         }
         self.pages.names.shrink_to_fit();
-        self.pages.at.shrink_to_fit();
+        self.pages.held.shrink_to_fit();
     }
 
     /// Forgets summary pages found missing from the store (collected
@@ -686,8 +892,13 @@ impl MailboxState {
             .filter(|(_, n)| names.contains(n))
             .map(|(i, _)| i as u32)
             .collect();
-        if !lost.is_empty() {
-            self.pages.at.retain(|_, page| !lost.contains(page));
+        if lost.is_empty() {
+            return;
+        }
+        for entry in self.core.entries.values_mut() {
+            if lost.contains(&entry.page) {
+                entry.page = NO_PAGE;
+            }
         }
     }
 
@@ -695,21 +906,14 @@ impl MailboxState {
     /// for live messages that have none, so the next snapshot pages them.
     pub fn hold_summaries(&mut self, summaries: Vec<(MessageId, Vec<u8>)>) {
         for (id, summary) in summaries {
-            if self.pages.at.contains_key(&id) {
-                continue;
-            }
-            let Some(entry) = self.core.entries.get_mut(&id) else {
+            let Some((slot, _, entry)) = self.core.entries.get_full(&id) else {
                 continue;
             };
-            if !entry.is_live() {
+            let slot = slot as Slot;
+            if entry.page != NO_PAGE || !entry.is_live() || self.pages.held.contains_key(&slot) {
                 continue;
             }
-            if let Some(message) = entry.message.as_mut()
-                && message.summary.is_empty()
-            {
-                self.pages.held_bytes += summary.len();
-                message.summary = summary;
-            }
+            self.pages.hold(slot, summary);
         }
     }
 
@@ -727,7 +931,7 @@ impl MailboxState {
             .index
             .displaced
             .iter()
-            .map(|id| (self.core.entries.get(id).and_then(|e| e.top_claim()), *id))
+            .map(|slot| (self.core.at(*slot).top_claim(), self.core.id(*slot)))
             .collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id).collect()
@@ -745,174 +949,134 @@ impl MailboxState {
     /// claims: what APPENDUID / COPYUID report (RFC 4315) once its PUT is
     /// acknowledged. Empty if they would not fit in 32 bits.
     pub fn claims_for(&self, parents: &[OpId], count: usize) -> Vec<u32> {
-        let past = self.core.uid_clock.past(parents);
+        let past = self.core.past(parents);
         first_claims(past, count).map_or_else(Vec::new, |r| r.collect())
     }
 
     // ---- Applying ops ----
 
-    fn entry(&mut self, id: MessageId) -> &mut Entry {
-        self.core.entries.entry(id).or_default()
-    }
-
-    fn place(&mut self, id: MessageId, new: &NewMessage, stamp: &OrderKey) {
+    fn place(&mut self, slot: Slot, new: &NewMessage, stamp: &OrderKey) {
         // Only a delivery drained twice places one id twice; both copies
         // come from one record, so they agree. Should they ever differ,
         // the smaller wins, which keeps `apply` order-independent.
-        let paged = self.pages.at.contains_key(&id);
-        let entry = self.core.entries.entry(id).or_default();
+        let incoming = StoredMessage::of(&new.message);
+        let entry = self.core.at_mut(slot);
         let replace = entry
             .message
             .as_ref()
-            .is_none_or(|m| ref_key(&new.message) < ref_key(m));
+            .is_none_or(|m| incoming.order_key() < m.order_key());
         if replace {
-            let mut message = new.message.clone();
-            let old = entry.message.as_ref().map_or(0, |m| m.summary.len());
-            if entry.expunged {
-                message.summary = Vec::new();
-            }
-            let added = message.summary.len();
-            entry.message = Some(message);
-            self.pages.held_bytes = self.pages.held_bytes.saturating_sub(old) + added;
-            if paged {
-                // The page holds the description replaced.
-                self.pages.at.remove(&id);
+            let expunged = entry.expunged;
+            entry.message = Some(incoming);
+            // A page holds the description replaced.
+            entry.page = NO_PAGE;
+            if expunged {
+                self.pages.drop_held(slot);
+            } else {
+                self.pages.hold(slot, new.message.summary.clone());
             }
         }
         for flag in &new.flags {
-            self.write_flag(id, flag, true, stamp);
+            self.write_flag(slot, flag, true, stamp);
         }
     }
 
-    fn write_flag(&mut self, id: MessageId, flag: &str, set: bool, stamp: &OrderKey) {
+    fn write_flag(&mut self, slot: Slot, flag: &str, set: bool, stamp: &OrderKey) {
         let Core {
             entries,
             instances,
             flag_names,
             ..
         } = &mut self.core;
-        let stamp = Stamp {
-            hlc: stamp.hlc,
+        let new = FlagReg {
+            wall_ms: stamp.hlc.wall_ms,
+            counter: stamp.hlc.counter,
             instance: instances.intern(stamp.instance.as_str()),
+            flag: flag_names.intern(flag),
             id: stamp.id,
+            set,
         };
-        let flag_index = flag_names.intern(flag);
-        let entry = entries.entry(id).or_default();
-        match entry.flags.iter_mut().find(|r| r.flag == flag_index) {
+        let entry = &mut entries[slot as usize];
+        match entry.flags.iter_mut().find(|r| r.flag == new.flag) {
             Some(register) => {
-                if stamp_cmp(instances, &register.stamp, &stamp).is_ge() {
-                    return;
+                if stamp_cmp(instances, register, &new).is_lt() {
+                    *register = new;
                 }
-                register.stamp = stamp;
-                register.set = set;
             }
             None => {
-                // Exact capacity: most messages have one or two flags.
-                entry.flags.reserve_exact(1);
-                entry.flags.push(FlagReg {
-                    flag: flag_index,
-                    set,
-                    stamp,
-                });
-            }
-        }
-        if set {
-            self.index
-                .by_flag
-                .entry(flag.to_owned())
-                .or_default()
-                .insert(id);
-        } else if let Some(holders) = self.index.by_flag.get_mut(flag) {
-            holders.remove(&id);
-            if holders.is_empty() {
-                self.index.by_flag.remove(flag);
+                let mut flags = std::mem::take(&mut entry.flags).into_vec();
+                flags.push(new);
+                entry.flags = flags.into_boxed_slice();
             }
         }
     }
 
-    fn raise_modseq(&mut self, id: MessageId, seq: u64) {
-        let entry = self.core.entries.entry(id).or_default();
-        if seq > entry.modseq {
-            self.index.by_modseq.remove(&(entry.modseq, id));
-            entry.modseq = seq;
-            self.index.by_modseq.insert((seq, id));
-        }
+    fn raise_modseq(&mut self, slot: Slot, seq: u64) {
+        let entry = self.core.at_mut(slot);
+        entry.modseq = entry.modseq.max(seq);
     }
 
-    /// Recomputes whether and where message `id` is shown.
-    fn refresh(&mut self, id: MessageId) {
-        let entry = self.core.entries.get(&id);
-        let live = entry.is_some_and(|e| e.is_live());
+    /// Recomputes whether and where message `slot` is shown.
+    fn refresh(&mut self, slot: Slot) {
+        let entry = self.core.at(slot);
+        let live = entry.is_live();
         let want = entry
-            .filter(|e| e.is_live())
-            .and_then(|e| e.top_claim())
-            .filter(|uid| self.index.claims.is_sole(*uid, &id));
-        let now = entry.and_then(|e| e.shown);
+            .top_claim()
+            // Claims start at 1; a 0 could only come from a damaged
+            // snapshot, and 0 means "not shown" in the entry.
+            .filter(|uid| live && *uid > 0 && self.index.claims.is_sole(*uid, slot));
+        let now = entry.shown();
         let index = &mut self.index;
         if now != want {
-            if let Some(old) = now {
-                index.shown.remove(&old);
-                if let Ok(at) = index.uids.binary_search(&old) {
-                    index.uids.remove(at);
-                }
+            if let Some(old) = now
+                && let Ok(at) = index.uids.binary_search(&old)
+            {
+                index.uids.remove(at);
+                index.slots.remove(at);
             }
             if let Some(new) = want {
-                index.shown.insert(new, id);
-                if let Err(at) = index.uids.binary_search(&new) {
-                    index.uids.insert(at, new);
+                match index.uids.binary_search(&new) {
+                    Ok(at) => index.slots[at] = slot,
+                    Err(at) => {
+                        index.uids.insert(at, new);
+                        index.slots.insert(at, slot);
+                    }
                 }
             }
-            if let Some(entry) = self.core.entries.get_mut(&id) {
-                entry.shown = want;
-            }
+            self.core.at_mut(slot).shown = want.unwrap_or(0);
         }
         if live && want.is_none() {
-            index.displaced.insert(id);
+            index.displaced.insert(slot);
         } else {
-            index.displaced.remove(&id);
+            index.displaced.remove(&slot);
         }
     }
 
-    /// Rebuilds the index from the core (after reading a snapshot).
-    fn from_core(core: Core, mut pages: Pages) -> Self {
-        pages.held_bytes = core
-            .entries
-            .values()
-            .filter_map(|e| e.message.as_ref())
-            .map(|m| m.summary.len())
-            .sum();
+    /// Builds the state from a snapshot's core, rebuilding the index.
+    fn from_core(core: Core, pages: Pages) -> Self {
         let mut state = MailboxState {
             core,
             index: Index::default(),
             pages,
         };
-        // Decoding grows vectors by doubling; the state keeps them long.
-        for entry in state.core.entries.values_mut() {
-            entry.flags.shrink_to_fit();
-        }
-        let ids: Vec<MessageId> = state.core.entries.keys().copied().collect();
-        for id in &ids {
-            let entry = &state.core.entries[id];
-            for claim in entry.claims.as_slice() {
-                state.index.claims.add(*claim, *id);
-            }
-            for register in entry.flags.iter().filter(|r| r.set) {
-                let flag = state.core.flag_names.name(register.flag);
-                state
-                    .index
-                    .by_flag
-                    .entry(flag.to_owned())
-                    .or_default()
-                    .insert(*id);
-            }
-            if entry.modseq > 0 {
-                state.index.by_modseq.insert((entry.modseq, *id));
+        let count = state.core.entries.len();
+        for slot in 0..count as Slot {
+            for claim in state.core.at(slot).claims.as_slice() {
+                state.index.claims.add(*claim, slot);
             }
         }
-        for id in ids {
-            state.refresh(id);
+        for slot in 0..count as Slot {
+            state.refresh(slot);
         }
         state.index.claims.shrink_to_fit();
+        // Decoding grows tables by doubling; keep a little room for the
+        // ops to come, not a doubling's worth.
+        let room = |n: usize| n + n / 16 + 16;
+        state.core.entries.shrink_to(room(count));
+        let ops = state.core.ops.len();
+        state.core.ops.shrink_to(room(ops));
+        state.index.uids.shrink_to(room(state.index.uids.len()));
+        state.index.slots.shrink_to(room(state.index.slots.len()));
         state
     }
 }
@@ -922,17 +1086,22 @@ impl State for MailboxState {
 
     fn apply(&mut self, op: &MailboxOp, meta: &OpMeta) {
         let targets = op.targets(meta.id);
-        let mut touched: BTreeSet<MessageId> = targets.iter().copied().collect();
+        let slots: Vec<Slot> = targets.iter().map(|id| self.core.slot(*id)).collect();
+        let mut touched: BTreeSet<Slot> = slots.iter().copied().collect();
 
         // UID claims: one per target, for the ops that make claims.
         let count = op.claim_count();
-        let claims = self.core.uid_clock.record(meta.id, &meta.parents, count);
+        let past = self.core.past(&meta.parents);
+        let claims = first_claims(past, count);
+        let top = match &claims {
+            Some(range) if count > 0 => *range.end(),
+            _ => past,
+        };
         match claims {
             Some(values) if count > 0 => {
-                for (value, id) in values.zip(&targets) {
-                    let entry = self.entry(*id);
-                    entry.claims.insert(value);
-                    touched.extend(self.index.claims.add(value, *id));
+                for (value, slot) in values.zip(&slots) {
+                    self.core.at_mut(*slot).claims.insert(value);
+                    touched.extend(self.index.claims.add(value, *slot));
                 }
             }
             Some(_) => {}
@@ -941,57 +1110,62 @@ impl State for MailboxState {
 
         match op {
             MailboxOp::Append(new) => {
-                if let Some(id) = targets.first() {
-                    self.place(*id, new, &meta.key);
+                if let Some(slot) = slots.first() {
+                    self.place(*slot, new, &meta.key);
                 }
             }
             MailboxOp::CopyIn(news) => {
-                for (id, new) in targets.iter().zip(news) {
-                    self.place(*id, new, &meta.key);
+                for (slot, new) in slots.iter().zip(news) {
+                    self.place(*slot, new, &meta.key);
                 }
             }
             MailboxOp::Deliver(deliveries) => {
-                for (id, delivery) in targets.iter().zip(deliveries) {
-                    self.place(*id, &delivery.new, &meta.key);
+                for (slot, delivery) in slots.iter().zip(deliveries) {
+                    self.place(*slot, &delivery.new, &meta.key);
                 }
             }
             MailboxOp::Store { set, clear, .. } => {
-                for id in &targets {
+                for slot in &slots {
                     // A flag both set and cleared by one op ends cleared.
                     for flag in set.iter().filter(|f| !clear.contains(f)) {
-                        self.write_flag(*id, flag, true, &meta.key);
+                        self.write_flag(*slot, flag, true, &meta.key);
                     }
                     for flag in clear {
-                        self.write_flag(*id, flag, false, &meta.key);
+                        self.write_flag(*slot, flag, false, &meta.key);
                     }
                 }
             }
             MailboxOp::Expunge(_) => {
                 let at = meta.key.hlc.wall_ms;
-                for id in &targets {
-                    let entry = self.core.entries.entry(*id).or_default();
+                for slot in &slots {
+                    let entry = self.core.at_mut(*slot);
                     entry.expunged = true;
-                    entry.expunged_ms = Some(entry.expunged_ms.map_or(at, |t| t.min(at)));
+                    // 0 stands for none: an expunge stamped 0 records
+                    // nothing, which only keeps its blob longer.
+                    entry.expunged_ms = entry.expunged_ms().map_or(at, |t| t.min(at));
                     // An expunged message's summary is never read again.
-                    if let Some(message) = entry.message.as_mut() {
-                        self.pages.held_bytes =
-                            self.pages.held_bytes.saturating_sub(message.summary.len());
-                        message.summary = Vec::new();
-                    }
+                    self.pages.drop_held(*slot);
                 }
             }
             MailboxOp::FixUp(_) => {}
         }
 
-        for id in &targets {
-            self.raise_modseq(*id, meta.seq);
+        for slot in &slots {
+            self.raise_modseq(*slot, meta.seq);
         }
-        self.core
-            .op_targets
-            .insert(meta.id, Targets::of(meta.id, targets));
+        let placed = targets
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.op == meta.id && t.index as usize == i);
+        let targets = match (slots.as_slice(), u32::try_from(slots.len())) {
+            (_, Ok(n)) if placed => Targets::Placed(n),
+            ([one], _) => Targets::One(*one),
+            _ => Targets::Listed(Box::new(slots)),
+        };
+        self.core.ops.insert(meta.id, OpRec { top, targets });
         self.core.highest_modseq = self.core.highest_modseq.max(meta.seq);
-        for id in touched {
-            self.refresh(id);
+        for slot in touched {
+            self.refresh(slot);
         }
     }
 
@@ -1004,42 +1178,342 @@ impl State for MailboxState {
     }
 
     fn reseq(&mut self, op: &OpId, seq: u64) {
-        let Some(targets) = self.core.op_targets.get(op) else {
+        let Some(rec) = self.core.ops.get(op) else {
             return;
         };
-        for id in targets.ids(*op) {
-            self.raise_modseq(id, seq);
+        for slot in self.core.targets(*op, &rec.targets) {
+            self.raise_modseq(slot, seq);
         }
     }
 }
 
-/// A snapshot's form of the state: the core and the page map; the index
-/// is rebuilt on load.
+// ---- Snapshot form ----
+//
+// A snapshot holds the core and the page map as JSON, in the form the
+// state had before it was made dense (message ids, not slots; the UID
+// clock and the op targets as two maps; summaries inside the messages),
+// so snapshots written by either read with either.
+
+/// A flag register as written: `{"f": flag, "s": set, "t": stamp}`.
+#[derive(Serialize, Deserialize)]
+struct WireFlag {
+    #[serde(rename = "f")]
+    flag: u32,
+    #[serde(rename = "s")]
+    set: bool,
+    #[serde(rename = "t")]
+    stamp: WireStamp,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireStamp {
+    hlc: Hlc,
+    instance: u32,
+    id: OpId,
+}
+
+impl From<&FlagReg> for WireFlag {
+    fn from(r: &FlagReg) -> WireFlag {
+        WireFlag {
+            flag: r.flag,
+            set: r.set,
+            stamp: WireStamp {
+                hlc: r.hlc(),
+                instance: r.instance,
+                id: r.id,
+            },
+        }
+    }
+}
+
+impl From<WireFlag> for FlagReg {
+    fn from(w: WireFlag) -> FlagReg {
+        FlagReg {
+            wall_ms: w.stamp.hlc.wall_ms,
+            counter: w.stamp.hlc.counter,
+            instance: w.stamp.instance,
+            flag: w.flag,
+            id: w.stamp.id,
+            set: w.set,
+        }
+    }
+}
+
+/// An entry as written.
 #[derive(Serialize)]
-struct StoredRef<'a> {
+struct EntryOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<MessageRef>,
+    claims: &'a [u32],
+    flags: Vec<WireFlag>,
+    expunged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expunged_ms: Option<u64>,
+    modseq: u64,
+}
+
+#[derive(Deserialize)]
+struct EntryIn {
+    #[serde(default)]
+    message: Option<MessageRef>,
+    claims: Vec<u32>,
+    flags: Vec<WireFlag>,
+    expunged: bool,
+    #[serde(default)]
+    expunged_ms: Option<u64>,
+    modseq: u64,
+}
+
+impl EntryIn {
+    /// The entry, and the summary it carried.
+    fn into_entry(self) -> (Entry, Vec<u8>) {
+        let (message, summary) = match self.message {
+            Some(mut m) => {
+                let summary = std::mem::take(&mut m.summary);
+                (Some(StoredMessage::of(&m)), summary)
+            }
+            None => (None, Vec::new()),
+        };
+        let entry = Entry {
+            message,
+            claims: ClaimList::from(self.claims),
+            flags: self.flags.into_iter().map(FlagReg::from).collect(),
+            modseq: self.modseq,
+            expunged_ms: self.expunged_ms.unwrap_or(0),
+            shown: 0,
+            page: NO_PAGE,
+            expunged: self.expunged,
+        };
+        (entry, summary)
+    }
+}
+
+/// The entry table read from a snapshot, entry by entry (no intermediate
+/// map of the written form), with the summaries found in it.
+#[derive(Default)]
+struct EntriesIn {
+    entries: IndexMap<MessageId, Entry>,
+    held: Vec<(MessageId, Vec<u8>)>,
+}
+
+impl<'de> Deserialize<'de> for EntriesIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EntriesIn, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = EntriesIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of message ids to entries")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EntriesIn, A::Error> {
+                let mut out = EntriesIn::default();
+                while let Some((id, entry)) = map.next_entry::<MessageId, EntryIn>()? {
+                    let (entry, summary) = entry.into_entry();
+                    if !summary.is_empty() {
+                        out.held.push((id, summary));
+                    }
+                    out.entries.insert(id, entry);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// Op targets as written.
+#[derive(Serialize, Deserialize)]
+enum WireTargets {
+    Placed(u32),
+    Listed(Vec<MessageId>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireClock<T> {
+    tops: T,
+}
+
+/// The core as written (borrowed).
+struct CoreOut<'a> {
     core: &'a Core,
-    pages: &'a Pages,
+    held: &'a HashMap<Slot, Vec<u8>>,
+}
+
+impl Serialize for CoreOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let core = self.core;
+        let entries = Collected(|| {
+            core.entries.iter().enumerate().map(|(slot, (id, e))| {
+                let summary = self.held.get(&(slot as Slot)).cloned().unwrap_or_default();
+                let out = EntryOut {
+                    message: e.message.as_ref().map(|m| m.with_summary(summary)),
+                    claims: e.claims.as_slice(),
+                    flags: e.flags.iter().map(WireFlag::from).collect(),
+                    expunged: e.expunged,
+                    expunged_ms: e.expunged_ms(),
+                    modseq: e.modseq,
+                };
+                (*id, out)
+            })
+        });
+        let tops = Collected(|| core.ops.iter().map(|(op, r)| (*op, r.top)));
+        let targets = Collected(|| {
+            core.ops.iter().map(|(op, r)| {
+                let wire = match &r.targets {
+                    Targets::Placed(n) => WireTargets::Placed(*n),
+                    other => WireTargets::Listed(
+                        core.targets(*op, other)
+                            .into_iter()
+                            .map(|slot| core.id(slot))
+                            .collect(),
+                    ),
+                };
+                (*op, wire)
+            })
+        });
+        let mut out = s.serialize_struct("Core", 8)?;
+        out.serialize_field("flag_names", &core.flag_names)?;
+        out.serialize_field("instances", &core.instances)?;
+        out.serialize_field("uid_validity", &core.uid_validity)?;
+        out.serialize_field("highest_modseq", &core.highest_modseq)?;
+        out.serialize_field("uid_space_exhausted", &core.uid_space_exhausted)?;
+        out.serialize_field("entries", &entries)?;
+        out.serialize_field("uid_clock", &WireClock { tops })?;
+        out.serialize_field("op_targets", &targets)?;
+        out.end()
+    }
+}
+
+/// A map serialised from an iterator made on demand.
+struct Collected<F>(F);
+
+impl<F, I, K, V> Serialize for Collected<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = (K, V)>,
+    K: Serialize,
+    V: Serialize,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map((self.0)())
+    }
+}
+
+#[derive(Deserialize)]
+struct CoreIn {
+    flag_names: Interned,
+    instances: Interned,
+    uid_validity: u32,
+    highest_modseq: u64,
+    uid_space_exhausted: bool,
+    entries: EntriesIn,
+    uid_clock: WireClock<HashMap<OpId, u32>>,
+    op_targets: HashMap<OpId, WireTargets>,
+}
+
+#[derive(Deserialize)]
+struct PagesIn {
+    names: Vec<String>,
+    #[serde(default)]
+    at: HashMap<MessageId, u32>,
 }
 
 #[derive(Deserialize)]
 struct Stored {
-    core: Core,
+    core: CoreIn,
     #[serde(default)]
-    pages: Pages,
+    pages: Option<PagesIn>,
 }
 
 impl Serialize for MailboxState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        StoredRef {
-            core: &self.core,
-            pages: &self.pages,
+        use serde::ser::SerializeStruct;
+        let at = Collected(|| {
+            self.core
+                .entries
+                .iter()
+                .filter(|(_, e)| e.page != NO_PAGE)
+                .map(|(id, e)| (*id, e.page))
+        });
+        #[derive(Serialize)]
+        struct PagesOut<'a, A> {
+            names: &'a [String],
+            at: A,
         }
-        .serialize(s)
+        let mut out = s.serialize_struct("MailboxState", 2)?;
+        out.serialize_field(
+            "core",
+            &CoreOut {
+                core: &self.core,
+                held: &self.pages.held,
+            },
+        )?;
+        out.serialize_field(
+            "pages",
+            &PagesOut {
+                names: &self.pages.names,
+                at,
+            },
+        )?;
+        out.end()
     }
 }
 
 impl<'de> Deserialize<'de> for MailboxState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MailboxState, D::Error> {
-        Stored::deserialize(d).map(|s| MailboxState::from_core(s.core, s.pages))
+        let Stored { core, pages } = Stored::deserialize(d)?;
+        let CoreIn {
+            flag_names,
+            instances,
+            uid_validity,
+            highest_modseq,
+            uid_space_exhausted,
+            entries: EntriesIn { entries, held },
+            uid_clock,
+            mut op_targets,
+        } = core;
+        let mut core = Core {
+            flag_names,
+            instances,
+            uid_validity,
+            highest_modseq,
+            uid_space_exhausted,
+            entries,
+            ops: HashMap::with_capacity(uid_clock.tops.len()),
+        };
+        for (op, top) in uid_clock.tops {
+            let targets = match op_targets.remove(&op) {
+                None => Targets::Placed(0),
+                Some(WireTargets::Placed(n)) => Targets::Placed(n),
+                Some(WireTargets::Listed(ids)) => {
+                    let slots: Vec<Slot> = ids.into_iter().map(|id| core.slot(id)).collect();
+                    match slots.as_slice() {
+                        [one] => Targets::One(*one),
+                        _ => Targets::Listed(Box::new(slots)),
+                    }
+                }
+            };
+            core.ops.insert(op, OpRec { top, targets });
+        }
+        let mut pages_out = Pages::default();
+        if let Some(PagesIn { names, at }) = pages {
+            let count = names.len();
+            pages_out.names = names;
+            for (id, page) in at {
+                if let Some(entry) = core.entries.get_mut(&id)
+                    && (page as usize) < count
+                {
+                    entry.page = page;
+                }
+            }
+        }
+        for (id, summary) in held {
+            if let Some(slot) = core.entries.get_index_of(&id) {
+                pages_out.hold(slot as Slot, summary);
+            }
+        }
+        Ok(MailboxState::from_core(core, pages_out))
     }
 }
