@@ -13,8 +13,9 @@
 //! however late, exceeds. The mailbox uses `|S|` as HIGHESTMODSEQ and
 //! `seq` as the MODSEQ of each change (see `mailbox::state`).
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::id::{Hlc, InstanceId, OpId, OrderKey};
@@ -55,12 +56,54 @@ pub struct Delivered<P> {
     pub bumped: Vec<(OpId, u64)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A delivered op: 48 bytes, the parents inline when there is one (the
+/// usual case), the writer interned in [`Dag::instances`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Node {
-    parents: Box<[OpId]>,
-    key: OrderKey,
-    generation: u64,
-    seq: u64,
+    parents: Parents,
+    /// The effective clock (the writer's, lifted above every parent's),
+    /// flattened so that it packs with the small fields.
+    wall_ms: u64,
+    counter: u32,
+    instance: u32,
+    generation: u32,
+    /// Sequence numbers count ops, so 32 bits are ample.
+    seq: u32,
+}
+
+impl Node {
+    fn hlc(&self) -> Hlc {
+        Hlc {
+            wall_ms: self.wall_ms,
+            counter: self.counter,
+        }
+    }
+}
+
+/// An op's distinct parents, sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Parents {
+    None,
+    One(OpId),
+    Many(Box<[OpId]>),
+}
+
+impl Parents {
+    fn of(parents: &[OpId]) -> Parents {
+        match parents {
+            [] => Parents::None,
+            [one] => Parents::One(*one),
+            many => Parents::Many(many.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[OpId] {
+        match self {
+            Parents::None => &[],
+            Parents::One(one) => std::slice::from_ref(one),
+            Parents::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -73,30 +116,124 @@ struct Pending<P> {
 
 /// The op set of one log, as a causal DAG. `P` is the payload carried
 /// through the pending buffer (the op body).
-#[derive(Debug, Serialize)]
-#[serde(bound = "")]
+#[derive(Debug)]
 pub struct Dag<P> {
-    nodes: HashMap<OpId, Node>,
+    /// In arrival order, which nothing depends on; a table of nodes
+    /// beside an index costs less than a hash map of them.
+    nodes: IndexMap<OpId, Node>,
     heads: BTreeSet<OpId>,
     /// The highest effective clock seen, for writers' ticks.
     latest: Hlc,
-    /// One copy of each writer's name, shared by the nodes' keys.
-    #[serde(skip)]
-    instances: HashSet<InstanceId>,
+    /// Writers' names, each once: nodes hold an index into it.
+    instances: Vec<InstanceId>,
+    instance_index: HashMap<InstanceId, u32>,
     /// Ops waiting for parents. Not part of a snapshot: they are still in
     /// the store and are found again by the next sync.
-    #[serde(skip)]
     pending: HashMap<OpId, Pending<P>>,
     /// Absent parent → pending ops waiting for it.
-    #[serde(skip)]
     waiters: HashMap<OpId, Vec<OpId>>,
 }
 
-/// A snapshot's form of the DAG (older snapshots also hold an `order`
-/// set, which is ignored: the order is computed from the nodes).
+// A snapshot's form of the DAG: `{"nodes": {id: {"parents", "key":
+// OrderKey, "generation", "seq"}}, "heads", "latest"}` (older snapshots
+// also hold an `order` set, which is ignored: the order is computed from
+// the nodes). Written and read node by node, without an intermediate map.
+
+#[derive(Serialize)]
+struct NodeOut<'a> {
+    parents: &'a [OpId],
+    key: OrderKey,
+    generation: u64,
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct NodeIn {
+    parents: Vec<OpId>,
+    key: OrderKey,
+    generation: u64,
+    seq: u64,
+}
+
+impl<P> Serialize for Dag<P> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Nodes<'a, P>(&'a Dag<P>);
+        impl<P> Serialize for Nodes<'_, P> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.nodes.iter().map(|(id, node)| {
+                    let out = NodeOut {
+                        parents: node.parents.as_slice(),
+                        key: self.0.order_key(*id, node),
+                        generation: u64::from(node.generation),
+                        seq: u64::from(node.seq),
+                    };
+                    (*id, out)
+                }))
+            }
+        }
+        let mut out = s.serialize_struct("Dag", 3)?;
+        out.serialize_field("nodes", &Nodes(self))?;
+        out.serialize_field("heads", &self.heads)?;
+        out.serialize_field("latest", &self.latest)?;
+        out.end()
+    }
+}
+
+/// The nodes of a snapshot, with their writers interned.
+#[derive(Default)]
+struct NodesIn {
+    nodes: IndexMap<OpId, Node>,
+    instances: Vec<InstanceId>,
+    instance_index: HashMap<InstanceId, u32>,
+}
+
+impl<'de> Deserialize<'de> for NodesIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NodesIn, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = NodesIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of op ids to DAG nodes")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NodesIn, A::Error> {
+                let mut out = NodesIn::default();
+                while let Some((id, node)) = map.next_entry::<OpId, NodeIn>()? {
+                    let NodeIn {
+                        mut parents,
+                        key,
+                        generation,
+                        seq,
+                    } = node;
+                    parents.sort_unstable();
+                    parents.dedup();
+                    let instance =
+                        intern(&mut out.instances, &mut out.instance_index, &key.instance);
+                    let node = Node {
+                        parents: Parents::of(&parents),
+                        wall_ms: key.hlc.wall_ms,
+                        counter: key.hlc.counter,
+                        instance,
+                        generation: u32::try_from(generation).unwrap_or(u32::MAX),
+                        seq: u32::try_from(seq).unwrap_or(u32::MAX),
+                    };
+                    out.nodes.insert(id, node);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 #[derive(Deserialize)]
 struct Stored {
-    nodes: HashMap<OpId, Node>,
+    nodes: NodesIn,
     heads: BTreeSet<OpId>,
     latest: Hlc,
 }
@@ -104,43 +241,52 @@ struct Stored {
 impl<'de, P> Deserialize<'de> for Dag<P> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dag<P>, D::Error> {
         let Stored {
-            mut nodes,
+            nodes:
+                NodesIn {
+                    mut nodes,
+                    instances,
+                    instance_index,
+                },
             heads,
             latest,
         } = Stored::deserialize(d)?;
-        let mut instances = HashSet::new();
-        for node in nodes.values_mut() {
-            node.key.instance = intern(&mut instances, &node.key.instance);
-        }
-        nodes.shrink_to_fit();
+        // Room for the ops to come, not a doubling's worth.
+        let n = nodes.len();
+        nodes.shrink_to(n + n / 16 + 16);
         Ok(Dag {
             nodes,
             heads,
             latest,
             instances,
+            instance_index,
             pending: HashMap::new(),
             waiters: HashMap::new(),
         })
     }
 }
 
-/// The shared copy of `instance`.
-fn intern(instances: &mut HashSet<InstanceId>, instance: &InstanceId) -> InstanceId {
-    match instances.get(instance) {
-        Some(shared) => shared.clone(),
-        None => {
-            instances.insert(instance.clone());
-            instance.clone()
-        }
+/// The index of `instance` in `names`, added if new.
+fn intern(
+    names: &mut Vec<InstanceId>,
+    index: &mut HashMap<InstanceId, u32>,
+    instance: &InstanceId,
+) -> u32 {
+    if let Some(i) = index.get(instance) {
+        return *i;
     }
+    let i = names.len() as u32;
+    names.push(instance.clone());
+    index.insert(instance.clone(), i);
+    i
 }
 
 impl<P> Default for Dag<P> {
     fn default() -> Self {
         Dag {
-            nodes: HashMap::new(),
+            nodes: IndexMap::new(),
             heads: BTreeSet::new(),
-            instances: HashSet::new(),
+            instances: Vec::new(),
+            instance_index: HashMap::new(),
             latest: Hlc::default(),
             pending: HashMap::new(),
             waiters: HashMap::new(),
@@ -166,7 +312,7 @@ impl<P> Dag<P> {
         let absent: Vec<OpId> = header
             .parents
             .iter()
-            .filter(|p| !self.nodes.contains_key(p))
+            .filter(|p| !self.nodes.contains_key(*p))
             .copied()
             .collect();
         if !absent.is_empty() {
@@ -211,44 +357,47 @@ impl<P> Dag<P> {
         let mut bumped = Vec::with_capacity(concurrent.len());
         for other in concurrent {
             if let Some(node) = self.nodes.get_mut(&other) {
-                node.seq += 1;
-                bumped.push((other, node.seq));
+                node.seq = node.seq.saturating_add(1);
+                bumped.push((other, u64::from(node.seq)));
             }
         }
-        let mut generation = 1;
+        let mut generation = 1u32;
         let mut hlc = header.hlc;
         for parent in &header.parents {
             if let Some(p) = self.nodes.get(parent) {
-                generation = generation.max(p.generation + 1);
+                generation = generation.max(p.generation.saturating_add(1));
                 // Lift the clock above every parent's: a causal successor
                 // always sorts after, whatever its writer's clock said.
-                hlc = hlc.max(p.key.hlc.successor());
+                hlc = hlc.max(p.hlc().successor());
             }
         }
-        let key = OrderKey {
-            hlc,
-            instance: intern(&mut self.instances, &header.instance),
-            id,
-        };
-        let seq = self.nodes.len() as u64 + 1;
+        let instance = intern(
+            &mut self.instances,
+            &mut self.instance_index,
+            &header.instance,
+        );
+        let seq = u32::try_from(self.nodes.len() + 1).unwrap_or(u32::MAX);
         for parent in &header.parents {
             self.heads.remove(parent);
         }
         self.heads.insert(id);
         self.latest = self.latest.max(hlc);
         let node = Node {
-            parents: header.parents.clone().into_boxed_slice(),
-            key: key.clone(),
+            parents: Parents::of(&header.parents),
+            wall_ms: hlc.wall_ms,
+            counter: hlc.counter,
+            instance,
             generation,
             seq,
         };
+        let key = self.order_key(id, &node);
         self.nodes.insert(id, node);
         let meta = OpMeta {
             id,
             parents: header.parents,
             key,
-            generation,
-            seq,
+            generation: u64::from(generation),
+            seq: u64::from(seq),
         };
         Delivered {
             meta,
@@ -295,7 +444,7 @@ impl<P> Dag<P> {
             let Some(node) = self.nodes.get(&id) else {
                 continue;
             };
-            for parent in &node.parents {
+            for parent in node.parents.as_slice() {
                 match in_past.get(parent) {
                     None => {
                         in_past.insert(*parent, past);
@@ -345,19 +494,31 @@ impl<P> Dag<P> {
 
     /// Current sequence number of a delivered op.
     pub fn seq(&self, id: &OpId) -> Option<u64> {
-        self.nodes.get(id).map(|n| n.seq)
+        self.nodes.get(id).map(|n| u64::from(n.seq))
     }
 
     /// Position of a delivered op in the total order.
-    pub fn key(&self, id: &OpId) -> Option<&OrderKey> {
-        self.nodes.get(id).map(|n| &n.key)
+    pub fn key(&self, id: &OpId) -> Option<OrderKey> {
+        self.nodes.get(id).map(|n| self.order_key(*id, n))
+    }
+
+    fn order_key(&self, id: OpId, node: &Node) -> OrderKey {
+        OrderKey {
+            hlc: node.hlc(),
+            instance: self.instances[node.instance as usize].clone(),
+            id,
+        }
     }
 
     /// Delivered op ids in the deterministic total order (effective clock,
     /// instance, id), which is consistent with causality. Sorts: for tests
     /// and tools, not for every op.
     pub fn order(&self) -> impl Iterator<Item = OpId> + '_ {
-        let mut keys: Vec<&OrderKey> = self.nodes.values().map(|n| &n.key).collect();
+        let mut keys: Vec<OrderKey> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| self.order_key(*id, n))
+            .collect();
         keys.sort_unstable();
         keys.into_iter().map(|k| k.id)
     }
