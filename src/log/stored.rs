@@ -612,41 +612,49 @@ where
     pub async fn run(&self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
         let grace_floor = now_ms().saturating_sub(self.grace.as_millis() as u64);
         let snaps = list_all(store, &self.snap_prefix, None).await?;
-        // The newest snapshot whose covered clock is older than the grace
-        // floor: everything it covers is safe to drop.
-        let old_enough = snaps.iter().rev().find(|m| {
+        // The base: the newest snapshot whose covered clock is older than
+        // the grace floor. Older snapshots go.
+        let Some(base_at) = snaps.iter().rposition(|m| {
             snapshot_clock(m.key.strip_prefix(&self.snap_prefix).unwrap_or(""))
                 .is_some_and(|hlc| hlc.wall_ms < grace_floor)
-        });
-        let Some(base) = old_enough else { return Ok(0) };
-        let covered = self.read_snapshot(store, &base.key).await?;
-        let covered_ids: HashSet<OpId> = covered.replica.dag().ids().copied().collect();
-        // Side objects that the snapshots kept (the base and newer) refer
-        // to; `None` if one of them could not be read: keep them all then.
+        }) else {
+            return Ok(0);
+        };
+        let base = self.read_snapshot(store, &snaps[base_at].key).await?;
+        // An op object goes only if the base and every newer snapshot hold
+        // it: a newer one may have been written by an instance that had
+        // not listed the op yet, and it is the one an instance opening
+        // later reads. Side objects stay if any of them refers to them.
+        // A newer snapshot that cannot be read may lack anything and refer
+        // to anything: keep every op and side object then.
+        let mut covered: HashSet<OpId> = base.replica.dag().ids().copied().collect();
         let mut referenced: Option<HashSet<String>> =
-            Some(covered.replica.state().side_objects().into_iter().collect());
-        drop(covered);
-        for meta in snaps.iter().skip_while(|m| m.key != base.key).skip(1) {
+            Some(base.replica.state().side_objects().into_iter().collect());
+        drop(base);
+        for meta in &snaps[base_at + 1..] {
             match self.read_snapshot(store, &meta.key).await {
                 Ok(snap) => {
+                    covered.retain(|id| snap.replica.contains(id));
                     if let Some(r) = referenced.as_mut() {
                         r.extend(snap.replica.state().side_objects());
                     }
                 }
-                // Collected meanwhile by another instance: refers to nothing.
+                // Collected meanwhile by another instance, whose base was
+                // newer: never the newest again, so it does not matter.
                 Err(SyncError::Store(e)) if e.is_not_found() => {}
-                Err(_) => referenced = None,
+                Err(e) => {
+                    tracing::warn!(snapshot = %meta.key, error = %e,
+                        "unreadable snapshot: collecting no op object");
+                    covered.clear();
+                    referenced = None;
+                }
             }
         }
-        let mut doomed: Vec<String> = snaps
-            .iter()
-            .take_while(|m| m.key != base.key)
-            .map(|m| m.key.clone())
-            .collect();
+        let mut doomed: Vec<String> = snaps[..base_at].iter().map(|m| m.key.clone()).collect();
         for meta in list_all(store, &self.log_prefix, None).await? {
             let name = meta.key.strip_prefix(&self.log_prefix).unwrap_or("");
             if let Ok((_, _, id)) = parse_op_name(name)
-                && covered_ids.contains(&id)
+                && covered.contains(&id)
             {
                 doomed.push(meta.key);
             }
@@ -968,6 +976,52 @@ mod tests {
         assert_eq!(ops.len(), 1);
         let c = open_as(&store, &key, "c", tuning).await;
         assert_eq!(words(&c), words(&a));
+    }
+
+    /// A's snapshot O holds op Y; B, which had not listed Y yet, writes N,
+    /// newer by name, without Y. A collection whose base is O must not
+    /// delete Y (N lacks it): once O goes too, an instance opening afresh
+    /// would never see Y.
+    #[tokio::test]
+    async fn an_op_missing_from_a_newer_snapshot_is_not_collected() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning::default();
+        let mut b = open_as(&store, &key, "b", tuning.clone()).await;
+        let mut w = open_as(&store, &key, "w", tuning.clone()).await;
+        w.append(&store, "y".into()).await.unwrap();
+        let mut a = open_as(&store, &key, "a", tuning.clone()).await;
+        assert_eq!(words(&a), ["y"]);
+        let older = a.write_snapshot(&store).await.unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // B writes without syncing first: its snapshot names a later clock.
+        b.append(&store, "z".into()).await.unwrap();
+        let newer = b.write_snapshot(&store).await.unwrap();
+        assert!(newer > older, "{newer} sorts after {older}");
+
+        // The grace floor falls between the two snapshots' clocks: O is
+        // the base, N is younger than the grace period.
+        let clock = |name: &str| {
+            snapshot_clock(name.strip_prefix(&format!("{PREFIX}snap/")).unwrap())
+                .unwrap()
+                .wall_ms
+        };
+        let floor = (clock(&older) + clock(&newer)) / 2;
+        let mut collector = a.collector();
+        collector.grace = Duration::from_millis(now_ms() - floor);
+        collector.run(&store).await.unwrap();
+        // Later N is past the grace period too and becomes the base: O
+        // and the ops N covers go.
+        std::thread::sleep(Duration::from_millis(2));
+        collector.grace = Duration::ZERO;
+        collector.run(&store).await.unwrap();
+        let snaps = list_all(&store, &format!("{PREFIX}snap/"), None)
+            .await
+            .unwrap();
+        assert_eq!(snaps.len(), 1, "only N is left");
+
+        let c = open_as(&store, &key, "c", tuning).await;
+        assert_eq!(words(&c), ["y", "z"], "Y survives in the log");
     }
 
     #[tokio::test]
