@@ -6,15 +6,27 @@
 //! Invariants:
 //! - An op is inserted into the local replica only after the store
 //!   acknowledged its PUT, so nothing is shown that could be lost.
-//! - Every op this instance knows is in the store, either as an op object
-//!   or inside a snapshot; so reloading from the newest snapshot plus the
-//!   remaining op objects never loses anything.
+//! - Every op that landed in the store is, at any time, an op object or
+//!   held by the newest snapshot (doc/consistency.md, "Garbage collection"
+//!   gives the argument); so the newest snapshot plus the op objects is
+//!   the whole log. It rests on rules kept here: garbage collection
+//!   deletes an op object only if the base snapshot *and every newer one*
+//!   hold it ([`Collector::run`]); a replica whose last complete full
+//!   listing is older than `gc_grace - full_list_every`, or that saw a
+//!   listed op vanish before its GET, reloads from the newest snapshot
+//!   before anything else ([`StoredLog::reload_due`]); and a reload lists
+//!   the ops *before* the snapshots.
+//! - A replica only grows: a reload builds the new replica aside and
+//!   installs it only if it holds every op of the current one (an op
+//!   committed or synced meanwhile), so no reader ever sees an op go.
 //! - No lock is held across store calls: a sync is planned from the
 //!   replica ([`StoredLog::plan_sync`]), listed with no access to it
 //!   ([`SyncPlan::list`]), filtered by it ([`StoredLog::unknown`]), fetched
 //!   with no access ([`ToFetch::fetch`]), then applied
-//!   ([`StoredLog::apply`]); [`sync_shared`] does all of it for a log behind
-//!   a lock. Writes are prepared, stored, then committed the same way.
+//!   ([`StoredLog::apply`]); a reload fetches and decodes the snapshot with
+//!   no access too. [`StoredLog::sync`] (a log owned exclusively) and
+//!   [`sync_shared`] (a log behind a lock) run the same driver. Writes are
+//!   prepared, stored, then committed the same way.
 //! - An op object that cannot be read (corrupt, or sealed under another
 //!   name) is reported for this log only and skipped; it never stops the
 //!   ops around it, and never panics.
@@ -23,10 +35,9 @@
 //! cursor minus a lookback ([`LogTuning::lookback`]), because an op written
 //! by a slow writer may get a name just before the cursor; a periodic full
 //! listing ([`LogTuning::full_list_every`]) catches anything later still.
-//! Garbage collection deletes op objects only once a snapshot covering them
-//! is older than [`LogTuning::gc_grace`]; an instance whose last full
-//! listing is older than that reloads from the newest snapshot, since it
-//! may have missed ops that were collected meanwhile.
+//! A reload costs what opening costs (a listing, the snapshot, the ops it
+//! lacks) and happens only after a long silence or a race with garbage
+//! collection.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -58,7 +69,10 @@ pub struct LogTuning {
     /// A snapshot is due once this many ops were applied since the last.
     pub snapshot_every: usize,
     /// Op objects and older snapshots are deleted only once a snapshot that
-    /// covers them is this old. Must exceed `full_list_every` comfortably.
+    /// covers them is this old; a replica whose last full listing is older
+    /// than this minus `full_list_every` reloads from the newest snapshot.
+    /// Must be at least twice `full_list_every` for the guarantees of
+    /// doc/consistency.md to hold (tests set it to zero on one instance).
     pub gc_grace: Duration,
 }
 
@@ -82,14 +96,27 @@ pub enum SyncError {
     Log(#[from] LogError),
     #[error("snapshot {name}: {reason}")]
     Snapshot { name: String, reason: String },
+    /// A reload was overtaken by other changes (ops committed or collected
+    /// meanwhile) every time it was tried.
+    #[error("the log kept changing while reloading from a snapshot ({attempts} attempts)")]
+    Unsettled { attempts: usize },
 }
 
 impl SyncError {
-    /// Whether trying again later may succeed (the store was unreachable).
+    /// Whether trying again later may succeed (the store was unreachable,
+    /// or a reload was overtaken).
     pub fn is_transient(&self) -> bool {
-        matches!(self, SyncError::Store(e) if e.is_transient())
+        match self {
+            SyncError::Store(e) => e.is_transient(),
+            SyncError::Unsettled { .. } => true,
+            SyncError::Log(_) | SyncError::Snapshot { .. } => false,
+        }
     }
 }
+
+/// How many times a sync starts over when a reload was overtaken (see
+/// [`StoredLog::install`]) or an op vanished under it.
+const SYNC_ATTEMPTS: usize = 4;
 
 /// A damaged op object: found in the listing but unreadable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,8 +148,13 @@ pub struct StoredLog<S: State> {
     replica: Replica<S>,
     /// Highest op name listed so far.
     cursor: Option<String>,
-    /// When the last full listing happened (wall clock, ms); 0 = never.
+    /// When the last complete full listing started (wall clock, ms): one
+    /// whose every listed op was fetched, or a reload's; 0 = never.
     last_full_ms: u64,
+    /// A listed op vanished before its GET (collected meanwhile, so held
+    /// by a snapshot this replica may not have): reload before anything
+    /// else.
+    reload_needed: bool,
     /// When the last applied sync started (wall clock, ms); 0 = never.
     last_sync_ms: u64,
     /// Op objects that could not be read, by name.
@@ -183,6 +215,8 @@ pub struct Fetched {
     last_listed: Option<String>,
     ops: Vec<(String, Vec<u8>)>,
     damaged: Vec<Damage>,
+    /// Listed op objects that were gone at GET time.
+    vanished: usize,
 }
 
 /// An op written to the store: insert it with [`StoredLog::commit`].
@@ -223,8 +257,9 @@ where
     S: State + Serialize + DeserializeOwned,
     S::Op: Serialize + DeserializeOwned,
 {
-    /// Opens a log: loads the newest readable snapshot (or starts from
-    /// `init`) and reads every op object not in it.
+    /// Opens a log: lists the op objects, loads the newest readable
+    /// snapshot (or starts from `init`) and reads every op object not in
+    /// it (a reload, see [`StoredLog::reload_due`]).
     pub async fn open(
         store: &dyn ObjectStore,
         key: SymmetricKey,
@@ -241,13 +276,13 @@ where
             replica: Replica::new(init()),
             cursor: None,
             last_full_ms: 0,
+            reload_needed: true,
             last_sync_ms: 0,
             damaged: BTreeMap::new(),
             since_snapshot: 0,
             snapshot: None,
         };
-        log.load_newest_snapshot(store).await?;
-        log.sync(store).await?;
+        drive_sync(&mut log, store).await?;
         Ok(log)
     }
 
@@ -259,36 +294,69 @@ where
         format!("{}snap/", self.prefix)
     }
 
-    /// Replaces the replica with the newest snapshot that opens. Snapshots
-    /// that do not open are reported and skipped.
-    async fn load_newest_snapshot(&mut self, store: &dyn ObjectStore) -> Result<(), SyncError> {
-        let snaps = list_all(store, &self.snap_prefix(), None).await?;
-        for meta in snaps.iter().rev() {
-            let bytes = store.get(&meta.key).await;
-            let bytes = match bytes {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => continue, // collected meanwhile
-                Err(e) => return Err(e.into()),
-            };
-            match open_body(&self.key, &meta.key, &bytes, MAX_SNAPSHOT)
-                .map_err(|e| e.to_string())
-                .and_then(|plain| {
-                    serde_json::from_slice::<Snapshot<S>>(&plain).map_err(|e| e.to_string())
-                }) {
-                Ok(snapshot) => {
-                    self.replica = snapshot.replica;
-                    self.snapshot = Some(meta.key.clone());
-                    self.since_snapshot = 0;
-                    self.cursor = None;
-                    return Ok(());
-                }
-                Err(reason) => {
-                    tracing::warn!(snapshot = %meta.key, %reason, "skipping unreadable snapshot");
-                    self.damaged.insert(meta.key.clone(), reason);
-                }
-            }
+    /// Whether the next sync must start over from the newest snapshot: the
+    /// replica may lack ops that were collected after it last listed them
+    /// (or never listed them). That is so when a listed op vanished before
+    /// its GET, and when the last complete full listing is older than
+    /// `gc_grace - full_list_every`: an op collected now was an op object
+    /// for more than `gc_grace`, so a full listing at most that much
+    /// before would have seen it (doc/consistency.md gives the margins).
+    pub fn reload_due(&self) -> bool {
+        let silence = self
+            .tuning
+            .gc_grace
+            .saturating_sub(self.tuning.full_list_every);
+        self.reload_needed
+            || (self.last_full_ms != 0
+                && now_ms().saturating_sub(self.last_full_ms) > silence.as_millis() as u64)
+    }
+
+    /// Plans a reload: a full listing of the op objects, *then* a listing
+    /// of the snapshots, so that every op collected before the ops were
+    /// listed is held by the snapshot loaded.
+    fn plan_reload(&self) -> ReloadPlan {
+        ReloadPlan {
+            ops: SyncPlan {
+                prefix: self.log_prefix(),
+                key: self.key.clone(),
+                start_after: None,
+                full: true,
+                parallelism: self.tuning.fetch_parallelism.max(1),
+            },
+            snap_prefix: self.snap_prefix(),
         }
-        Ok(())
+    }
+
+    /// Replaces the replica with a reloaded one, if it holds every op the
+    /// current one holds; otherwise (ops committed or synced while the
+    /// reload was fetched) leaves everything as is and returns `None`, and
+    /// the caller starts over. Returns how many ops this replica gained.
+    fn install(&mut self, reloaded: Reloaded<S>) -> Option<usize> {
+        let new = &reloaded.replica;
+        if !self.replica.dag().ids().all(|id| new.contains(id)) {
+            return None;
+        }
+        let gained = new.dag().len() - self.replica.dag().len();
+        self.replica = *reloaded.replica;
+        self.snapshot = Some(reloaded.snapshot);
+        self.since_snapshot = reloaded.applied;
+        for d in reloaded.damaged {
+            self.damaged.insert(d.name, d.reason);
+        }
+        if let Some(last) = reloaded.last_listed {
+            self.advance_cursor(self.relative_name(last));
+        }
+        self.last_full_ms = reloaded.started_ms;
+        self.last_sync_ms = self.last_sync_ms.max(reloaded.started_ms);
+        self.reload_needed = false;
+        Some(gained)
+    }
+
+    fn relative_name(&self, key: String) -> String {
+        match key.strip_prefix(&self.log_prefix()) {
+            Some(name) => name.to_owned(),
+            None => key,
+        }
     }
 
     /// Plans the next sync: incremental from the cursor minus the lookback,
@@ -330,6 +398,12 @@ where
     /// Keeps the listed ops this replica does not know yet (nor knows to be
     /// damaged). A hash lookup per listed name: cheap under a lock.
     pub fn unknown(&self, listed: Listed) -> ToFetch {
+        self.unknown_to(&self.replica, listed)
+    }
+
+    /// Keeps the listed ops that `replica` does not know (nor this log
+    /// knows to be damaged).
+    fn unknown_to(&self, replica: &Replica<S>, listed: Listed) -> ToFetch {
         let mut wanted = Vec::new();
         let mut damaged = Vec::new();
         for (key, id) in listed.names {
@@ -337,7 +411,7 @@ where
                 continue;
             }
             match id {
-                Ok(id) if self.replica.dag().knows(&id) => {}
+                Ok(id) if replica.dag().knows(&id) => {}
                 Ok(_) => wanted.push(key),
                 Err(e) => damaged.push(Damage {
                     name: key,
@@ -369,13 +443,12 @@ where
             self.damaged.insert(d.name, d.reason);
         }
         if let Some(last) = fetched.last_listed {
-            let name = last
-                .strip_prefix(&self.log_prefix())
-                .unwrap_or(&last)
-                .to_owned();
-            self.advance_cursor(name);
+            self.advance_cursor(self.relative_name(last));
         }
-        if fetched.full {
+        if fetched.vanished > 0 {
+            // Collected between LIST and GET: a snapshot holds them.
+            self.reload_needed = true;
+        } else if fetched.full {
             self.last_full_ms = fetched.started_ms;
         }
         if fetched.started_ms > self.last_sync_ms {
@@ -386,18 +459,10 @@ where
     }
 
     /// Plan, fetch and apply in one go (for callers that own the log
-    /// exclusively). Returns how many ops were applied.
+    /// exclusively), reloading from the newest snapshot first when
+    /// [`StoredLog::reload_due`]. Returns how many ops were applied.
     pub async fn sync(&mut self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
-        // A long silence may hide collected ops: start over from the newest
-        // snapshot, which holds them.
-        if self.last_full_ms != 0
-            && now_ms().saturating_sub(self.last_full_ms) > self.tuning.gc_grace.as_millis() as u64
-        {
-            self.load_newest_snapshot(store).await?;
-        }
-        let listed = self.plan_sync().list(store).await?;
-        let fetched = self.unknown(listed).fetch(store).await?;
-        Ok(self.apply(fetched))
+        drive_sync(self, store).await
     }
 
     /// Builds, names and seals a new op whose parents are the current heads.
@@ -694,7 +759,9 @@ where
 
 /// Syncs a log shared behind a lock, the way sessions share one: list with
 /// no lock held, filter under a read lock, fetch with no lock, apply under
-/// the write lock. Returns how many ops were applied.
+/// the write lock; a reload fetches and decodes the snapshot with no lock
+/// and installs it under the write lock. Returns how many ops were
+/// applied.
 pub async fn sync_shared<S>(
     log: &tokio::sync::RwLock<StoredLog<S>>,
     store: &dyn ObjectStore,
@@ -703,11 +770,213 @@ where
     S: State + Serialize + DeserializeOwned,
     S::Op: Serialize + DeserializeOwned,
 {
-    let plan = log.read().await.plan_sync();
-    let listed = plan.list(store).await?;
-    let wanted = log.read().await.unknown(listed);
+    drive_sync(log, store).await
+}
+
+/// How the sync driver reaches the log: owned exclusively, or shared
+/// behind a lock taken only for the moment a step reads or changes the
+/// replica, never across a store call.
+trait Access<S: State> {
+    async fn read<R>(&mut self, f: impl FnOnce(&StoredLog<S>) -> R) -> R;
+    async fn write<R>(&mut self, f: impl FnOnce(&mut StoredLog<S>) -> R) -> R;
+}
+
+impl<S: State> Access<S> for &mut StoredLog<S> {
+    async fn read<R>(&mut self, f: impl FnOnce(&StoredLog<S>) -> R) -> R {
+        f(self)
+    }
+
+    async fn write<R>(&mut self, f: impl FnOnce(&mut StoredLog<S>) -> R) -> R {
+        f(self)
+    }
+}
+
+impl<S: State> Access<S> for &tokio::sync::RwLock<StoredLog<S>> {
+    async fn read<R>(&mut self, f: impl FnOnce(&StoredLog<S>) -> R) -> R {
+        f(&*tokio::sync::RwLock::read(self).await)
+    }
+
+    async fn write<R>(&mut self, f: impl FnOnce(&mut StoredLog<S>) -> R) -> R {
+        f(&mut *tokio::sync::RwLock::write(self).await)
+    }
+}
+
+/// One sync: a reload when one is due, else plan, list, filter, fetch,
+/// apply. Starts over (a few times) when a reload was overtaken or a
+/// listed op vanished, which makes a reload due.
+async fn drive_sync<S>(mut log: impl Access<S>, store: &dyn ObjectStore) -> Result<usize, SyncError>
+where
+    S: State + Serialize + DeserializeOwned,
+    S::Op: Serialize + DeserializeOwned,
+{
+    let mut applied = 0;
+    for _ in 0..SYNC_ATTEMPTS {
+        let (plan, reload) = log.read(|l| (l.plan_sync(), l.reload_due())).await;
+        if reload {
+            match reload_once(&mut log, store).await? {
+                Some(gained) => return Ok(applied + gained),
+                None => continue,
+            }
+        }
+        let listed = plan.list(store).await?;
+        let wanted = log.read(|l| l.unknown(listed)).await;
+        let fetched = wanted.fetch(store).await?;
+        let (n, reload) = log.write(|l| (l.apply(fetched), l.reload_needed)).await;
+        applied += n;
+        if !reload {
+            return Ok(applied);
+        }
+    }
+    Err(SyncError::Unsettled {
+        attempts: SYNC_ATTEMPTS,
+    })
+}
+
+/// A reload: list the op objects, then load the newest snapshot, then
+/// fetch the listed ops it lacks, all with no access to the replica; then
+/// install the result. `None`: overtaken, try again.
+async fn reload_once<S>(
+    log: &mut impl Access<S>,
+    store: &dyn ObjectStore,
+) -> Result<Option<usize>, SyncError>
+where
+    S: State + Serialize + DeserializeOwned,
+    S::Op: Serialize + DeserializeOwned,
+{
+    let (plan, key) = log.read(|l| (l.plan_reload(), l.key.clone())).await;
+    let listed = plan.ops.list(store).await?;
+    let newest = newest_snapshot::<S>(store, &key, &plan.snap_prefix).await?;
+    let (name, mut replica, mut damaged) = match newest {
+        Newest::Vanished => return Ok(None),
+        // Nothing to start from (no snapshot yet, or none opens): with no
+        // snapshot, nothing was collected, so the full listing is all.
+        Newest::Nothing { damaged } => {
+            let wanted = log.read(|l| l.unknown(listed)).await;
+            let fetched = wanted.fetch(store).await?;
+            let complete = fetched.vanished == 0;
+            let applied = log
+                .write(|l| {
+                    for d in damaged {
+                        l.damaged.insert(d.name, d.reason);
+                    }
+                    let applied = l.apply(fetched);
+                    l.reload_needed = !complete;
+                    complete.then_some(applied)
+                })
+                .await;
+            return Ok(applied);
+        }
+        Newest::Found {
+            name,
+            replica,
+            damaged,
+        } => (name, replica, damaged),
+    };
+    let wanted = log.read(|l| l.unknown_to(&replica, listed)).await;
     let fetched = wanted.fetch(store).await?;
-    Ok(log.write().await.apply(fetched))
+    if fetched.vanished > 0 {
+        // Collected since the ops were listed, maybe behind a snapshot
+        // newer than the one loaded: start over.
+        return Ok(None);
+    }
+    let mut applied = 0;
+    for (object_key, bytes) in fetched.ops {
+        match replica.insert_bytes(&bytes) {
+            Ok((_, n)) => applied += n,
+            Err(e) => damaged.push(Damage {
+                name: object_key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    damaged.extend(fetched.damaged);
+    let reloaded = Reloaded {
+        snapshot: name,
+        replica,
+        applied,
+        started_ms: fetched.started_ms,
+        last_listed: fetched.last_listed,
+        damaged,
+    };
+    Ok(log.write(|l| l.install(reloaded)).await)
+}
+
+/// What a reload lists: the op objects first, then the snapshots.
+struct ReloadPlan {
+    ops: SyncPlan,
+    snap_prefix: String,
+}
+
+/// A replica rebuilt from a snapshot and the op objects it lacks, ready
+/// for [`StoredLog::install`].
+struct Reloaded<S: State> {
+    snapshot: String,
+    replica: Box<Replica<S>>,
+    /// Ops applied on top of the snapshot.
+    applied: usize,
+    /// When the listing of the op objects started.
+    started_ms: u64,
+    last_listed: Option<String>,
+    damaged: Vec<Damage>,
+}
+
+/// The newest snapshot that opens, if any.
+enum Newest<S: State> {
+    Found {
+        name: String,
+        replica: Box<Replica<S>>,
+        damaged: Vec<Damage>,
+    },
+    Nothing {
+        damaged: Vec<Damage>,
+    },
+    /// A listed snapshot was gone when read: garbage collection deleted it
+    /// behind a newer one that the listing missed. List again rather than
+    /// fall back to an older one, which may lack collected ops.
+    Vanished,
+}
+
+/// Reads the newest snapshot under `snap_prefix` that opens. Snapshots
+/// that do not open are reported and skipped (damage: an older one is the
+/// best left).
+async fn newest_snapshot<S>(
+    store: &dyn ObjectStore,
+    key: &SymmetricKey,
+    snap_prefix: &str,
+) -> Result<Newest<S>, SyncError>
+where
+    S: State + DeserializeOwned,
+    S::Op: DeserializeOwned,
+{
+    let mut damaged = Vec::new();
+    for meta in list_all(store, snap_prefix, None).await?.iter().rev() {
+        let bytes = match store.get(&meta.key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(Newest::Vanished),
+            Err(e) => return Err(e.into()),
+        };
+        match open_body(key, &meta.key, &bytes, MAX_SNAPSHOT)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| {
+                serde_json::from_slice::<Snapshot<S>>(&plain).map_err(|e| e.to_string())
+            }) {
+            Ok(snapshot) => {
+                return Ok(Newest::Found {
+                    name: meta.key.clone(),
+                    replica: Box::new(snapshot.replica),
+                    damaged,
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(snapshot = %meta.key, %reason, "skipping unreadable snapshot");
+                damaged.push(Damage {
+                    name: meta.key.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(Newest::Nothing { damaged })
 }
 
 /// Borrowing twin of [`Snapshot`] for writing without a clone.
@@ -770,30 +1039,31 @@ impl ToFetch {
             (self.started_ms, self.last_listed, self.wanted, self.damaged);
         let plan = self.plan;
         let key = &plan.key;
-        let results: Vec<Result<(String, Vec<u8>), Damage>> = stream::iter(wanted)
+        let results: Vec<Got> = stream::iter(wanted)
             .map(|object_key| async move {
                 match store.get(&object_key).await {
-                    Ok(sealed) => Ok(Some(match open(key, &object_key, &sealed) {
-                        Ok(plain) => Ok((object_key, plain)),
-                        Err(e) => Err(Damage {
+                    Ok(sealed) => Ok(match open(key, &object_key, &sealed) {
+                        Ok(plain) => Got::Op(object_key, plain),
+                        Err(e) => Got::Damaged(Damage {
                             name: object_key,
                             reason: describe(&e),
                         }),
-                    })),
+                    }),
                     // Collected between LIST and GET: a snapshot holds it.
-                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(e) if e.is_not_found() => Ok(Got::Vanished),
                     Err(e) => Err(SyncError::from(e)),
                 }
             })
             .buffered(plan.parallelism)
-            .try_filter_map(|r| async move { Ok(r) })
             .try_collect()
             .await?;
         let mut ops = Vec::new();
+        let mut vanished = 0;
         for r in results {
             match r {
-                Ok(op) => ops.push(op),
-                Err(d) => damaged.push(d),
+                Got::Op(name, bytes) => ops.push((name, bytes)),
+                Got::Damaged(d) => damaged.push(d),
+                Got::Vanished => vanished += 1,
             }
         }
         Ok(Fetched {
@@ -802,8 +1072,16 @@ impl ToFetch {
             last_listed,
             ops,
             damaged,
+            vanished,
         })
     }
+}
+
+/// What the GET of one listed op object gave.
+enum Got {
+    Op(String, Vec<u8>),
+    Damaged(Damage),
+    Vanished,
 }
 
 fn describe(e: &CryptoError) -> String {
@@ -818,7 +1096,7 @@ mod tests {
 
     use super::*;
     use crate::log::OpMeta;
-    use crate::store::{MemoryStore, S3Settings, S3Store};
+    use crate::store::{MemoryStore, S3Settings, S3Store, StoreError};
 
     /// A grow-only set of words: the simplest state with commutative apply.
     #[derive(Debug, Default, Serialize, Deserialize)]
@@ -1022,6 +1300,291 @@ mod tests {
 
         let c = open_as(&store, &key, "c", tuning).await;
         assert_eq!(words(&c), ["y", "z"], "Y survives in the log");
+    }
+
+    /// A log shared behind a lock, silent for longer than the grace period
+    /// while another instance snapshots and collects the ops it never saw,
+    /// starts over from the newest snapshot at its next sync.
+    #[tokio::test]
+    async fn a_shared_log_silent_past_the_grace_period_reloads() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            full_list_every: Duration::from_millis(50),
+            gc_grace: Duration::from_millis(200),
+            ..LogTuning::default()
+        };
+        let b = tokio::sync::RwLock::new(open_as(&store, &key, "b", tuning.clone()).await);
+        let mut a = open_as(&store, &key, "a", tuning.clone()).await;
+        for i in 0..3 {
+            a.append(&store, format!("w{i}")).await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        a.sync(&store).await.unwrap();
+        a.write_snapshot(&store).await.unwrap();
+        assert_eq!(a.collect_garbage(&store).await.unwrap(), 3);
+        a.append(&store, "w3".into()).await.unwrap();
+
+        sync_shared(&b, &store).await.unwrap();
+        let b = b.read().await;
+        assert_eq!(words(&b), words(&a));
+        assert!(b.missing_parents().is_empty());
+    }
+
+    /// A memory store that runs a hook once, just before serving the first
+    /// GET of a key that starts with `trigger`: a way to make another
+    /// instance act between two steps of a sync.
+    struct HookStore {
+        inner: MemoryStore,
+        hook: std::sync::Mutex<Option<(String, Hook)>>,
+    }
+
+    type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+    impl std::fmt::Debug for HookStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("HookStore").finish_non_exhaustive()
+        }
+    }
+
+    impl HookStore {
+        fn new(inner: &MemoryStore) -> HookStore {
+            HookStore {
+                inner: inner.clone(),
+                hook: std::sync::Mutex::new(None),
+            }
+        }
+
+        fn arm(&self, trigger: &str, hook: Hook) {
+            *self.hook.lock().unwrap() = Some((trigger.to_owned(), hook));
+        }
+
+        fn fired(&self) -> bool {
+            self.hook.lock().unwrap().is_none()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for HookStore {
+        async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+            self.inner.put(key, body).await
+        }
+
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            let hook = {
+                let mut armed = self.hook.lock().unwrap();
+                match armed.take() {
+                    Some((trigger, hook)) if key.starts_with(&trigger) => Some(hook),
+                    other => {
+                        *armed = other;
+                        None
+                    }
+                }
+            };
+            if let Some(hook) = hook {
+                hook().await;
+            }
+            self.inner.get(key).await
+        }
+
+        async fn get_range(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+        ) -> Result<Bytes, StoreError> {
+            self.inner.get_range(key, range).await
+        }
+
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+
+        async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+            self.inner.delete_many(keys).await
+        }
+
+        async fn list(
+            &self,
+            prefix: &str,
+            start_after: Option<&str>,
+            limit: usize,
+        ) -> Result<crate::store::ListPage, StoreError> {
+            self.inner.list(prefix, start_after, limit).await
+        }
+    }
+
+    /// An op this instance commits while a reload is being fetched is
+    /// neither lost nor hidden for a moment: the reload, which listed the
+    /// ops before it was written, is not installed and starts over.
+    #[tokio::test]
+    async fn an_op_committed_during_a_reload_is_kept() {
+        let store = MemoryStore::new();
+        let hooked = HookStore::new(&store);
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            full_list_every: Duration::from_millis(50),
+            gc_grace: Duration::from_millis(200),
+            ..LogTuning::default()
+        };
+        let b = std::sync::Arc::new(tokio::sync::RwLock::new(
+            open_as(&hooked, &key, "b", tuning.clone()).await,
+        ));
+        let mut a = open_as(&store, &key, "a", tuning.clone()).await;
+        for i in 0..3 {
+            a.append(&store, format!("w{i}")).await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        a.write_snapshot(&store).await.unwrap();
+        assert_eq!(a.collect_garbage(&store).await.unwrap(), 3);
+
+        // While B's reload reads the snapshot (no lock held), a session
+        // of B writes an op.
+        let (shared, inner) = (b.clone(), store.clone());
+        hooked.arm(
+            &format!("{PREFIX}snap/"),
+            Box::new(move || {
+                Box::pin(async move {
+                    let prepared = shared.read().await.prepare("mine".into()).unwrap();
+                    let written = prepared.store(&inner).await.unwrap();
+                    assert_eq!(shared.write().await.commit(written), 1);
+                })
+            }),
+        );
+        sync_shared(&b, &hooked).await.unwrap();
+        assert!(hooked.fired());
+        a.sync(&store).await.unwrap();
+        let b = b.read().await;
+        assert_eq!(words(&b), ["mine", "w0", "w1", "w2"]);
+        assert_eq!(words(&b), words(&a));
+    }
+
+    /// An op listed by a sync but collected before its GET is held by a
+    /// snapshot: the sync reloads from it rather than going on without.
+    #[tokio::test]
+    async fn an_op_collected_between_list_and_get_is_reloaded() {
+        let store = MemoryStore::new();
+        let hooked = HookStore::new(&store);
+        let key = SymmetricKey::random();
+        let mut b = open_as(&hooked, &key, "b", LogTuning::default()).await;
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "one".into()).await.unwrap();
+        a.write_snapshot(&store).await.unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let mut collector = a.collector();
+        collector.grace = Duration::ZERO;
+        let inner = store.clone();
+        hooked.arm(
+            &format!("{PREFIX}log/"),
+            Box::new(move || {
+                Box::pin(async move {
+                    assert_eq!(collector.run(&inner).await.unwrap(), 1);
+                })
+            }),
+        );
+        b.sync(&hooked).await.unwrap();
+        assert!(hooked.fired());
+        assert_eq!(words(&b), ["one"]);
+        assert!(!b.reload_due());
+    }
+
+    /// Opening lists the snapshots, and the newest is collected behind a
+    /// newer one before it is read: the opener lists again instead of
+    /// falling back to an older snapshot (or none), which lacks collected
+    /// ops.
+    #[tokio::test]
+    async fn opening_reads_the_newest_snapshot_even_if_replaced_meanwhile() {
+        let store = MemoryStore::new();
+        let hooked = HookStore::new(&store);
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "x".into()).await.unwrap();
+        a.write_snapshot(&store).await.unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        a.append(&store, "y".into()).await.unwrap();
+        let newest = a.write_snapshot(&store).await.unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let mut collector = a.collector();
+        collector.grace = Duration::ZERO;
+        // The older snapshot and both op objects: only the newest is left.
+        assert_eq!(collector.run(&store).await.unwrap(), 3);
+        let inner = store.clone();
+        hooked.arm(
+            &newest,
+            Box::new(move || {
+                Box::pin(async move {
+                    a.append(&inner, "z".into()).await.unwrap();
+                    a.write_snapshot(&inner).await.unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                    // The snapshot being read and the new op object.
+                    assert_eq!(collector.run(&inner).await.unwrap(), 2);
+                })
+            }),
+        );
+        let c = open_as(&hooked, &key, "c", LogTuning::default()).await;
+        assert!(hooked.fired());
+        assert_eq!(words(&c), ["x", "y", "z"]);
+    }
+
+    /// A reload lists the op objects before the snapshots: an op collected
+    /// between the two listings is then either listed (and its GET finds
+    /// it gone, so the reload starts over) or held by a snapshot listed.
+    /// Listing the snapshots first would miss an op collected behind a
+    /// snapshot written after that listing.
+    #[tokio::test]
+    async fn a_reload_lists_the_ops_before_the_snapshots() {
+        let store = MemoryStore::new();
+        let hooked = HookStore::new(&store);
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "x".into()).await.unwrap();
+        let older = a.write_snapshot(&store).await.unwrap();
+        a.append(&store, "y".into()).await.unwrap();
+        let inner = store.clone();
+        hooked.arm(
+            &older,
+            Box::new(move || {
+                Box::pin(async move {
+                    // A newer snapshot holds both ops; their objects go
+                    // (the older snapshot is still there: P allows that).
+                    a.write_snapshot(&inner).await.unwrap();
+                    let ops = list_all(&inner, &format!("{PREFIX}log/"), None)
+                        .await
+                        .unwrap();
+                    let ops: Vec<String> = ops.into_iter().map(|m| m.key).collect();
+                    inner.delete_many(&ops).await.unwrap();
+                })
+            }),
+        );
+        let c = open_as(&hooked, &key, "c", LogTuning::default()).await;
+        assert!(hooked.fired());
+        assert_eq!(words(&c), ["x", "y"]);
+    }
+
+    /// A newer snapshot that cannot be read may lack any op: the collector
+    /// then deletes no op object.
+    #[tokio::test]
+    async fn an_unreadable_newer_snapshot_keeps_every_op() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "x".into()).await.unwrap();
+        a.write_snapshot(&store).await.unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let future = format!(
+            "{PREFIX}snap/{:016x}-00000000-b-0000000000000000",
+            now_ms() + 3_600_000
+        );
+        store
+            .put(&future, Bytes::from_static(b"garbage"))
+            .await
+            .unwrap();
+        let mut collector = a.collector();
+        collector.grace = Duration::ZERO;
+        assert_eq!(collector.run(&store).await.unwrap(), 0);
+        let ops = list_all(&store, &format!("{PREFIX}log/"), None)
+            .await
+            .unwrap();
+        assert_eq!(ops.len(), 1);
     }
 
     #[tokio::test]
