@@ -9,13 +9,15 @@
 //! - Every op that landed in the store is, at any time, an op object or
 //!   held by the newest snapshot (doc/consistency.md, "Garbage collection"
 //!   gives the argument); so the newest snapshot plus the op objects is
-//!   the whole log. It rests on rules kept here: garbage collection
+//!   the whole log. It rests on four rules kept here: garbage collection
 //!   deletes an op object only if the base snapshot *and every newer one*
 //!   hold it ([`Collector::run`]); a replica whose last complete full
 //!   listing is older than `gc_grace - full_list_every`, or that saw a
 //!   listed op vanish before its GET, reloads from the newest snapshot
-//!   before anything else ([`StoredLog::reload_due`]); and a reload lists
-//!   the ops *before* the snapshots.
+//!   before anything else ([`StoredLog::reload_due`]); a reload lists the
+//!   ops *before* the snapshots; and a snapshot is written only from a
+//!   replica whose last complete full listing is younger than
+//!   `full_list_every` ([`StoredLog::snapshot_due`]).
 //! - A replica only grows: a reload builds the new replica aside and
 //!   installs it only if it holds every op of the current one (an op
 //!   committed or synced meanwhile), so no reader ever sees an op go.
@@ -62,7 +64,10 @@ pub const MAX_SNAPSHOT: usize = 1 << 30;
 pub struct LogTuning {
     /// How far before the cursor an incremental sync lists.
     pub lookback: Duration,
-    /// How often a sync lists the whole log instead.
+    /// How often a sync lists the whole log instead. A snapshot is written
+    /// only from a replica whose last full listing is younger than this.
+    /// Must exceed a few times the longest PUT plus clock error
+    /// (doc/consistency.md, "Garbage collection").
     pub full_list_every: Duration,
     /// Op objects fetched at once.
     pub fetch_parallelism: usize,
@@ -96,6 +101,12 @@ pub enum SyncError {
     Log(#[from] LogError),
     #[error("snapshot {name}: {reason}")]
     Snapshot { name: String, reason: String },
+    /// A snapshot was asked of a replica that may lack collected ops (its
+    /// last full listing is too old, or a listed op vanished): sync first.
+    #[error(
+        "no snapshot from this replica: its last full listing is {age_ms} ms old or incomplete"
+    )]
+    Stale { age_ms: u64 },
     /// A reload was overtaken by other changes (ops committed or collected
     /// meanwhile) every time it was tried.
     #[error("the log kept changing while reloading from a snapshot ({attempts} attempts)")]
@@ -104,11 +115,11 @@ pub enum SyncError {
 
 impl SyncError {
     /// Whether trying again later may succeed (the store was unreachable,
-    /// or a reload was overtaken).
+    /// or a sync is wanted first).
     pub fn is_transient(&self) -> bool {
         match self {
             SyncError::Store(e) => e.is_transient(),
-            SyncError::Unsettled { .. } => true,
+            SyncError::Stale { .. } | SyncError::Unsettled { .. } => true,
             SyncError::Log(_) | SyncError::Snapshot { .. } => false,
         }
     }
@@ -153,7 +164,7 @@ pub struct StoredLog<S: State> {
     last_full_ms: u64,
     /// A listed op vanished before its GET (collected meanwhile, so held
     /// by a snapshot this replica may not have): reload before anything
-    /// else.
+    /// else, and write no snapshot until then.
     reload_needed: bool,
     /// When the last applied sync started (wall clock, ms); 0 = never.
     last_sync_ms: u64,
@@ -517,15 +528,38 @@ where
     }
 
     /// Whether enough ops were applied since the last snapshot, or the
-    /// state asks for one.
+    /// state asks for one, and the replica may be snapshotted now (see
+    /// [`StoredLog::prepare_snapshot`]).
     pub fn snapshot_due(&self) -> bool {
-        self.since_snapshot >= self.tuning.snapshot_every
-            || (self.since_snapshot > 0 && self.replica.state().wants_snapshot())
+        (self.since_snapshot >= self.tuning.snapshot_every
+            || (self.since_snapshot > 0 && self.replica.state().wants_snapshot()))
+            && self.snapshot_allowed().is_ok()
     }
 
-    /// Writes a snapshot of the current replica. Its name starts with the
-    /// newest clock reading it covers, so the newest snapshot lists last.
+    /// A snapshot may be taken only from a replica whose last complete full
+    /// listing started less than `full_list_every` ago, and that saw no
+    /// listed op vanish since: it then holds every op that landed before
+    /// that listing, including any that garbage collection may delete
+    /// once this snapshot is the newest (doc/consistency.md).
+    fn snapshot_allowed(&self) -> Result<(), SyncError> {
+        let age_ms = now_ms().saturating_sub(self.last_full_ms);
+        if self.reload_needed
+            || self.last_full_ms == 0
+            || age_ms >= self.tuning.full_list_every.as_millis() as u64
+        {
+            return Err(SyncError::Stale { age_ms });
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the current replica, syncing first if the
+    /// last full listing is too old. Its name starts with the newest clock
+    /// reading it covers, so the newest snapshot lists last.
     pub async fn write_snapshot(&mut self, store: &dyn ObjectStore) -> Result<String, SyncError> {
+        if self.snapshot_allowed().is_err() {
+            // A full listing is due by now, or a reload.
+            self.sync(store).await?;
+        }
         let snapshot = self.prepare_snapshot()?;
         let name = snapshot.store(store).await?;
         self.snapshot_written(name.clone());
@@ -533,8 +567,11 @@ where
     }
 
     /// Seals a snapshot of the current replica, to be stored with no lock
-    /// held, then reported with [`StoredLog::snapshot_written`].
+    /// held, then reported with [`StoredLog::snapshot_written`]. Refused
+    /// ([`SyncError::Stale`]) unless the last complete full listing is
+    /// younger than `full_list_every`.
     pub fn prepare_snapshot(&self) -> Result<PreparedSnapshot, SyncError> {
+        self.snapshot_allowed()?;
         let latest = self.replica.dag().latest();
         let nonce: u64 = rand::random();
         let name = format!(
@@ -1585,6 +1622,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ops.len(), 1);
+    }
+
+    /// A snapshot is taken only from a replica whose last full listing is
+    /// younger than `full_list_every` (and complete).
+    #[tokio::test]
+    async fn a_snapshot_needs_a_recent_full_listing() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            full_list_every: Duration::from_millis(50),
+            snapshot_every: 1,
+            ..LogTuning::default()
+        };
+        let mut a = open_as(&store, &key, "a", tuning).await;
+        a.append(&store, "x".into()).await.unwrap();
+        assert!(a.snapshot_due());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!a.snapshot_due());
+        let err = a.prepare_snapshot().unwrap_err();
+        assert!(
+            matches!(err, SyncError::Stale { .. }) && err.is_transient(),
+            "{err}"
+        );
+        // The next sync lists in full (one is due): allowed again.
+        a.sync(&store).await.unwrap();
+        assert!(a.snapshot_due());
+        a.prepare_snapshot().unwrap();
+        // A listed op that vanished forbids it until the reload.
+        a.reload_needed = true;
+        assert!(!a.snapshot_due());
+        assert!(a.prepare_snapshot().is_err());
+        // write_snapshot syncs (here: reloads) first.
+        a.write_snapshot(&store).await.unwrap();
+        assert!(!a.reload_due());
     }
 
     #[tokio::test]
