@@ -66,8 +66,8 @@ pub struct LogTuning {
     pub lookback: Duration,
     /// How often a sync lists the whole log instead. A snapshot is written
     /// only from a replica whose last full listing is younger than this.
-    /// Must exceed a few times the longest PUT plus clock error
-    /// (doc/consistency.md, "Garbage collection").
+    /// Must be at least six times the bound on clock error, PUT time and
+    /// sync planning time (doc/consistency.md, "Garbage collection").
     pub full_list_every: Duration,
     /// Op objects fetched at once.
     pub fetch_parallelism: usize,
