@@ -1347,8 +1347,8 @@ mod tests {
         let store = MemoryStore::new();
         let key = SymmetricKey::random();
         let tuning = LogTuning {
-            full_list_every: Duration::from_millis(50),
-            gc_grace: Duration::from_millis(200),
+            full_list_every: Duration::from_millis(100),
+            gc_grace: Duration::from_millis(400),
             ..LogTuning::default()
         };
         let b = tokio::sync::RwLock::new(open_as(&store, &key, "b", tuning.clone()).await);
@@ -1356,7 +1356,7 @@ mod tests {
         for i in 0..3 {
             a.append(&store, format!("w{i}")).await.unwrap();
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(500));
         a.sync(&store).await.unwrap();
         a.write_snapshot(&store).await.unwrap();
         assert_eq!(a.collect_garbage(&store).await.unwrap(), 3);
@@ -1459,8 +1459,8 @@ mod tests {
         let hooked = HookStore::new(&store);
         let key = SymmetricKey::random();
         let tuning = LogTuning {
-            full_list_every: Duration::from_millis(50),
-            gc_grace: Duration::from_millis(200),
+            full_list_every: Duration::from_millis(100),
+            gc_grace: Duration::from_millis(400),
             ..LogTuning::default()
         };
         let b = std::sync::Arc::new(tokio::sync::RwLock::new(
@@ -1470,7 +1470,7 @@ mod tests {
         for i in 0..3 {
             a.append(&store, format!("w{i}")).await.unwrap();
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(500));
         a.write_snapshot(&store).await.unwrap();
         assert_eq!(a.collect_garbage(&store).await.unwrap(), 3);
 
@@ -1631,14 +1631,14 @@ mod tests {
         let store = MemoryStore::new();
         let key = SymmetricKey::random();
         let tuning = LogTuning {
-            full_list_every: Duration::from_millis(50),
+            full_list_every: Duration::from_millis(300),
             snapshot_every: 1,
             ..LogTuning::default()
         };
         let mut a = open_as(&store, &key, "a", tuning).await;
         a.append(&store, "x".into()).await.unwrap();
         assert!(a.snapshot_due());
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(350));
         assert!(!a.snapshot_due());
         let err = a.prepare_snapshot().unwrap_err();
         assert!(
