@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 use super::AccountError;
 use super::cache::BodyCache;
 use crate::crypto::{SymmetricKey, UserKeys, open_body};
-use crate::log::stored::{LogTuning, StoredLog, sync_shared};
+use crate::log::stored::{LogTuning, StoredLog, SyncError, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
 use crate::mailbox::body::{
     PAGE_MESSAGES, PagedSummary, SummaryPage, encode_summary, seal_new_body,
@@ -211,7 +211,13 @@ impl Mailbox {
 
     async fn snapshot(&self) -> Result<(), AccountError> {
         self.page_out().await?;
-        let prepared = self.log.read().await.prepare_snapshot()?;
+        let prepared = match self.log.read().await.prepare_snapshot() {
+            Ok(prepared) => prepared,
+            // The last full listing aged while the pages were written: the
+            // next sync lists again and writes the snapshot then.
+            Err(SyncError::Stale { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         let name = prepared.store(self.store.as_ref()).await?;
         self.log.write().await.snapshot_written(name);
         // Each new snapshot is a chance to drop what an older one, past the

@@ -23,7 +23,7 @@ pub mod user_id;
 
 pub use keyring::{KdfParams, Keyring};
 pub use recovery::RecoveryKey;
-pub use seal::{open, open_body, seal, seal_body};
+pub use seal::{open, open_body, open_body_with, seal, seal_body};
 pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};
 pub use secret::{MasterKey, Password, SymmetricKey, purpose};
 pub use user_id::{delivery_key_tag, user_id, verify_delivery_key_tag};

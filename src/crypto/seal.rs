@@ -128,6 +128,71 @@ pub fn open_body(
     }
 }
 
+/// Opens an object sealed by [`seal_body`] (or [`seal`]) and hands its
+/// plaintext to `read` as a stream, decompressed on the fly: for large
+/// objects read by a streaming decoder (snapshots), which then never
+/// exist whole in memory. Returns [`CryptoError::TooLarge`] if `read`
+/// pulled more than `max_size` bytes (it sees at most one byte more).
+pub fn open_body_with<T>(
+    key: &SymmetricKey,
+    object_key: &str,
+    sealed: &[u8],
+    max_size: usize,
+    read: impl FnOnce(&mut dyn Read) -> T,
+) -> Result<T, CryptoError> {
+    let too_large = || CryptoError::TooLarge {
+        object_key: object_key.to_owned(),
+        max_size,
+    };
+    let (format, plaintext) = open_any(key, object_key, sealed)?;
+    let plaintext = Zeroizing::new(plaintext);
+    match format {
+        Format::Plain if plaintext.len() > max_size => Err(too_large()),
+        Format::Plain => Ok(read(&mut &plaintext[..])),
+        Format::Zstd => {
+            let corrupt =
+                |e| CryptoError::Corrupt(format!("object {object_key}: bad zstd data: {e}"));
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(&plaintext[..]).map_err(corrupt)?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(corrupt)?;
+            let limit = u64::try_from(max_size)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
+            let mut counted = Counted {
+                inner: decoder.take(limit),
+                count: 0,
+            };
+            let out = read(&mut std::io::BufReader::with_capacity(
+                STREAM_BUFFER,
+                &mut counted,
+            ));
+            if counted.count > max_size {
+                return Err(too_large());
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Buffer between the zstd decoder and a streaming reader.
+const STREAM_BUFFER: usize = 64 << 10;
+
+/// A reader that counts what went through it.
+struct Counted<R> {
+    inner: R,
+    count: usize,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count = self.count.saturating_add(n);
+        Ok(n)
+    }
+}
+
 /// What the plaintext of a sealed object is; stored as its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
@@ -324,6 +389,30 @@ mod tests {
             open_body(&key, NAME, &sealed, random.len()).unwrap(),
             random
         );
+    }
+
+    #[test]
+    fn open_body_with_streams_and_keeps_the_size_limit() {
+        let key = SymmetricKey::random();
+        let body: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let sealed = seal_body(&key, NAME, &body);
+        let read_all = |r: &mut dyn Read| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map(|_| out)
+        };
+        let streamed = open_body_with(&key, NAME, &sealed, body.len(), read_all).unwrap();
+        assert_eq!(streamed.unwrap(), body);
+        let err = open_body_with(&key, NAME, &sealed, body.len() - 1, read_all).unwrap_err();
+        assert!(matches!(err, CryptoError::TooLarge { .. }), "{err:?}");
+        // Uncompressed objects too.
+        let plain = seal(&key, NAME, b"plain");
+        let read = open_body_with(&key, NAME, &plain, 5, read_all).unwrap();
+        assert_eq!(read.unwrap(), b"plain");
+        assert!(open_body_with(&key, NAME, &plain, 4, read_all).is_err());
+        // A wrong name fails before anything is read.
+        assert!(open_body_with(&key, "other", &sealed, body.len(), |_| ()).is_err());
     }
 
     #[test]
