@@ -291,6 +291,37 @@ fn unreachable_store_is_reported_not_panicked() {
     );
 }
 
+/// `config check` loads the IMAP certificate as `serve` would, so a wrong
+/// path or a file that is not a certificate shows before the server starts.
+#[test]
+fn config_check_loads_the_imap_certificate() {
+    let tls = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        facteur::server::tls::ensure_self_signed(tls.path(), &["localhost".to_owned()]).unwrap();
+    let imap = |cert: &Path, key: &Path| {
+        format!(
+            "[store]\nbackend = \"fs\"\npath = \"store\"\n[imap]\ncertificate = {:?}\n\
+             private_key = {:?}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        )
+    };
+    let s = Setup::with_store(&imap(&cert, &key));
+    let out = s.run(&["config", "check"], "");
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("imap certificate {} loads", cert.display())),
+        "{}",
+        stdout(&out)
+    );
+    let garbage = tls.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let s = Setup::with_store(&imap(&garbage, &key));
+    assert_user_error(&s.run(&["config", "check"], ""), "IMAP certificate");
+    let s = Setup::with_store(&imap(&tls.path().join("missing.pem"), &key));
+    assert_user_error(&s.run(&["config", "check"], ""), "IMAP certificate");
+}
+
 #[test]
 fn config_check_reports_a_working_setup() {
     let s = Setup::fs();
