@@ -391,6 +391,7 @@ impl<P> Dag<P> {
             seq,
         };
         let key = self.order_key(id, &node);
+        super::reserve_gently(&mut self.nodes);
         self.nodes.insert(id, node);
         let meta = OpMeta {
             id,

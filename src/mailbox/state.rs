@@ -49,7 +49,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::claims::{Claims, Slot, first_claims};
 use super::op::{BodyKey, MailboxOp, MessageId, MessageRef, NewMessage};
-use crate::log::{Hlc, OpId, OpMeta, OrderKey, State};
+use crate::log::{Hlc, OpId, OpMeta, OrderKey, State, reserve_gently};
 
 /// A last-writer-wins register for one flag of one message: 40 bytes, in
 /// a boxed slice per message.
@@ -367,7 +367,7 @@ struct Core {
     /// Every message id ever named, in the order first met: its index is
     /// its [`Slot`]. Never shrinks, so slots stay valid.
     entries: IndexMap<MessageId, Entry>,
-    ops: HashMap<OpId, OpRec>,
+    ops: IndexMap<OpId, OpRec>,
 }
 
 impl Core {
@@ -388,6 +388,9 @@ impl Core {
 
     /// The slot of `id`, with a new empty entry if it had none.
     fn slot(&mut self, id: MessageId) -> Slot {
+        if !self.entries.contains_key(&id) {
+            reserve_gently(&mut self.entries);
+        }
         let entry = self.entries.entry(id);
         let slot = entry.index() as Slot;
         entry.or_default();
@@ -597,7 +600,7 @@ impl MailboxState {
             highest_modseq: 0,
             uid_space_exhausted: false,
             entries: IndexMap::new(),
-            ops: HashMap::new(),
+            ops: IndexMap::new(),
         };
         MailboxState {
             core,
@@ -1162,6 +1165,7 @@ impl State for MailboxState {
             ([one], _) => Targets::One(*one),
             _ => Targets::Listed(Box::new(slots)),
         };
+        reserve_gently(&mut self.core.ops);
         self.core.ops.insert(meta.id, OpRec { top, targets });
         self.core.highest_modseq = self.core.highest_modseq.max(meta.seq);
         for slot in touched {
@@ -1481,7 +1485,7 @@ impl<'de> Deserialize<'de> for MailboxState {
             highest_modseq,
             uid_space_exhausted,
             entries,
-            ops: HashMap::with_capacity(uid_clock.tops.len()),
+            ops: IndexMap::with_capacity(uid_clock.tops.len()),
         };
         for (op, top) in uid_clock.tops {
             let targets = match op_targets.remove(&op) {
