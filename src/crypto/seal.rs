@@ -103,23 +103,10 @@ pub fn open_body(
         Format::Zstd => {
             // Compressed mail is still mail: wipe it once decompressed.
             let compressed = Zeroizing::new(plaintext);
-            let corrupt =
-                |e| CryptoError::Corrupt(format!("object {object_key}: bad zstd data: {e}"));
-            let mut decoder =
-                zstd::stream::read::Decoder::with_buffer(&compressed[..]).map_err(corrupt)?;
-            decoder
-                .window_log_max(ZSTD_WINDOW_LOG_MAX)
-                .map_err(corrupt)?;
-            // Reading one byte past the limit tells "exactly max_size" from
-            // "more", without ever holding more than max_size + 1 bytes.
-            let limit = u64::try_from(max_size)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1);
             let mut body = Vec::new();
-            decoder
-                .take(limit)
+            bounded_decoder(&compressed, object_key, max_size)?
                 .read_to_end(&mut body)
-                .map_err(corrupt)?;
+                .map_err(|e| corrupt_zstd(object_key, e))?;
             if body.len() > max_size {
                 return Err(too_large());
             }
@@ -150,18 +137,8 @@ pub fn open_body_with<T>(
         Format::Plain if plaintext.len() > max_size => Err(too_large()),
         Format::Plain => Ok(read(&mut &plaintext[..])),
         Format::Zstd => {
-            let corrupt =
-                |e| CryptoError::Corrupt(format!("object {object_key}: bad zstd data: {e}"));
-            let mut decoder =
-                zstd::stream::read::Decoder::with_buffer(&plaintext[..]).map_err(corrupt)?;
-            decoder
-                .window_log_max(ZSTD_WINDOW_LOG_MAX)
-                .map_err(corrupt)?;
-            let limit = u64::try_from(max_size)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1);
             let mut counted = Counted {
-                inner: decoder.take(limit),
+                inner: bounded_decoder(&plaintext, object_key, max_size)?,
                 count: 0,
             };
             let out = read(&mut std::io::BufReader::with_capacity(
@@ -174,6 +151,29 @@ pub fn open_body_with<T>(
             Ok(out)
         }
     }
+}
+
+/// A zstd decoder of `compressed` that yields at most `max_size + 1`
+/// bytes: reading one byte past the limit tells "exactly max_size" from
+/// "more", without ever producing more. Its window is capped too.
+fn bounded_decoder<'a>(
+    compressed: &'a [u8],
+    object_key: &str,
+    max_size: usize,
+) -> Result<std::io::Take<zstd::stream::read::Decoder<'a, &'a [u8]>>, CryptoError> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(|e| corrupt_zstd(object_key, e))?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| corrupt_zstd(object_key, e))?;
+    let limit = u64::try_from(max_size)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    Ok(decoder.take(limit))
+}
+
+fn corrupt_zstd(object_key: &str, e: std::io::Error) -> CryptoError {
+    CryptoError::Corrupt(format!("object {object_key}: bad zstd data: {e}"))
 }
 
 /// Buffer between the zstd decoder and a streaming reader.
