@@ -49,6 +49,7 @@ static SHOWN_THEN_DISPLACED: AtomicU64 = AtomicU64::new(0);
 static CASES_WITH_CONFLICT: AtomicU64 = AtomicU64::new(0);
 static LATE_LANDINGS: AtomicU64 = AtomicU64::new(0);
 static DRAINED_TWICE: AtomicU64 = AtomicU64::new(0);
+static RESTARTS: AtomicU64 = AtomicU64::new(0);
 
 fn count(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
@@ -623,6 +624,19 @@ impl Sim {
                     inst.planned = Some(inst.fixups_seen);
                 }
             }
+            Action::Restart { instance } => {
+                let inst = &mut self.instances[instance as usize % INSTANCES];
+                let snapshot = serde_json::to_vec(&inst.replica)
+                    .map_err(|e| format!("writing a snapshot: {e}"))?;
+                let restored: Replica<MailboxState> = serde_json::from_slice(&snapshot)
+                    .map_err(|e| format!("reading a snapshot: {e}"))?;
+                ensure!(
+                    restored.state() == inst.replica.state(),
+                    "I1: a snapshot read back gives another state"
+                );
+                inst.replica = restored;
+                count(&RESTARTS, 1);
+            }
             Action::RunFixUp { instance } => {
                 let i = instance as usize % INSTANCES;
                 if let Some(seen) = self.instances[i].planned.take() {
@@ -903,6 +917,12 @@ enum Action {
     RunFixUp {
         instance: u8,
     },
+    /// The instance restarts from a snapshot of its own replica: written,
+    /// read back, and its ops waiting for parents forgotten (the next
+    /// sync finds them again).
+    Restart {
+        instance: u8,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -926,6 +946,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => n().prop_map(|instance| Action::Heal { instance }),
         2 => n().prop_map(|instance| Action::PlanFixUp { instance }),
         2 => n().prop_map(|instance| Action::RunFixUp { instance }),
+        1 => n().prop_map(|instance| Action::Restart { instance }),
     ]
 }
 
@@ -963,7 +984,7 @@ fn invariants_hold_over_random_histories() {
         "simulation: {} cases ({} asked), {} steps, {} client views, {} messages acknowledged; \
          violations: {}; UIDVALIDITY changes: {}; cases with a UID conflict: {}; fix-up ops: {}; \
          messages renumbered by fix-ups: {}; UIDs shown then lost to a conflict: {}; failed PUTs landing late: {}; \
-         deliveries drained twice (one message each): {}",
+         deliveries drained twice (one message each): {}; restarts from a snapshot: {}",
         get(&CASES),
         cases,
         get(&STEPS),
@@ -977,6 +998,7 @@ fn invariants_hold_over_random_histories() {
         get(&SHOWN_THEN_DISPLACED),
         get(&LATE_LANDINGS),
         get(&DRAINED_TWICE),
+        get(&RESTARTS),
     );
     if let Err(e) = result {
         panic!("{e}");
