@@ -73,6 +73,11 @@ pub struct LogTuning {
     pub fetch_parallelism: usize,
     /// A snapshot is due once this many ops were applied since the last.
     pub snapshot_every: usize,
+    /// ... or once the oldest op applied since the last is this old (by
+    /// its writer's clock), however few they are: a quiet mailbox's ops
+    /// are then covered by a snapshot too, opening it reads one object
+    /// instead of replaying them, and garbage collection can remove them.
+    pub snapshot_age: Duration,
     /// Op objects and older snapshots are deleted only once a snapshot that
     /// covers them is this old; a replica whose last full listing is older
     /// than this minus `full_list_every` reloads from the newest snapshot.
@@ -88,6 +93,7 @@ impl Default for LogTuning {
             full_list_every: Duration::from_secs(300),
             fetch_parallelism: 16,
             snapshot_every: 500,
+            snapshot_age: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(3600),
         }
     }
@@ -172,6 +178,9 @@ pub struct StoredLog<S: State> {
     damaged: BTreeMap<String, String>,
     /// Ops applied since the newest snapshot this instance knows.
     since_snapshot: usize,
+    /// The oldest writer's clock (wall ms) among those ops, or of the
+    /// snapshot they were applied on: what `snapshot_age` is counted from.
+    unsnapshotted_since_ms: Option<u64>,
     /// Name of the newest snapshot loaded or written.
     snapshot: Option<String>,
 }
@@ -291,6 +300,7 @@ where
             last_sync_ms: 0,
             damaged: BTreeMap::new(),
             since_snapshot: 0,
+            unsnapshotted_since_ms: None,
             snapshot: None,
         };
         drive_sync(&mut log, store).await?;
@@ -349,6 +359,11 @@ where
         }
         let gained = new.dag().len() - self.replica.dag().len();
         self.replica = *reloaded.replica;
+        // The ops on top of the snapshot are at least as recent as it.
+        self.unsnapshotted_since_ms = (reloaded.applied > 0)
+            .then(|| snapshot_clock(self.relative_snapshot_name(&reloaded.snapshot)))
+            .flatten()
+            .map(|hlc| hlc.wall_ms);
         self.snapshot = Some(reloaded.snapshot);
         self.since_snapshot = reloaded.applied;
         for d in reloaded.damaged {
@@ -444,7 +459,12 @@ where
         let mut applied = 0;
         for (name, bytes) in fetched.ops {
             match self.replica.insert_bytes(&bytes) {
-                Ok((_, n)) => applied += n,
+                Ok((_, n)) => {
+                    applied += n;
+                    if n > 0 {
+                        self.note_unsnapshotted(&name);
+                    }
+                }
                 Err(e) => {
                     self.damaged.insert(name, e.to_string());
                 }
@@ -505,8 +525,29 @@ where
             }
         };
         self.since_snapshot += applied;
+        if applied > 0 {
+            self.note_unsnapshotted(&written.name);
+        }
         self.advance_cursor(written.name);
         applied
+    }
+
+    /// Counts op object `name` (relative or full) among the ops applied
+    /// since the last snapshot, for `snapshot_age`.
+    fn note_unsnapshotted(&mut self, name: &str) {
+        let name = name.strip_prefix(&self.log_prefix()).unwrap_or(name);
+        let written = parse_op_name(name).map_or_else(|_| now_ms(), |(hlc, _, _)| hlc.wall_ms);
+        self.unsnapshotted_since_ms = Some(
+            self.unsnapshotted_since_ms
+                .map_or(written, |t| t.min(written)),
+        );
+    }
+
+    /// `snapshot`, a full snapshot object key, without its prefix.
+    fn relative_snapshot_name<'a>(&self, snapshot: &'a str) -> &'a str {
+        snapshot
+            .strip_prefix(&self.snap_prefix())
+            .unwrap_or(snapshot)
     }
 
     fn advance_cursor(&mut self, name: String) {
@@ -531,8 +572,11 @@ where
     /// state asks for one, and the replica may be snapshotted now (see
     /// [`StoredLog::prepare_snapshot`]).
     pub fn snapshot_due(&self) -> bool {
+        let old_enough = self.unsnapshotted_since_ms.is_some_and(|t| {
+            now_ms().saturating_sub(t) >= self.tuning.snapshot_age.as_millis() as u64
+        });
         (self.since_snapshot >= self.tuning.snapshot_every
-            || (self.since_snapshot > 0 && self.replica.state().wants_snapshot()))
+            || (self.since_snapshot > 0 && (old_enough || self.replica.state().wants_snapshot())))
             && self.snapshot_allowed().is_ok()
     }
 
@@ -593,6 +637,7 @@ where
     pub fn snapshot_written(&mut self, name: String) {
         self.snapshot = Some(name);
         self.since_snapshot = 0;
+        self.unsnapshotted_since_ms = None;
     }
 
     /// Deletes op objects and snapshots made useless by a snapshot older
@@ -1632,6 +1677,37 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ops.len(), 1);
+    }
+
+    /// A few ops are enough for a snapshot once the oldest is
+    /// `snapshot_age` old, counted from its writer's clock, also by an
+    /// instance that found them later.
+    #[tokio::test]
+    async fn a_quiet_log_is_snapshotted_once_its_ops_are_old_enough() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let young = LogTuning {
+            snapshot_age: Duration::from_secs(3600),
+            ..LogTuning::default()
+        };
+        let mut a = open_as(&store, &key, "a", young.clone()).await;
+        assert!(!a.snapshot_due(), "nothing to cover");
+        a.append(&store, "x".into()).await.unwrap();
+        assert!(!a.snapshot_due(), "one op, a second old");
+        let aged = LogTuning {
+            snapshot_age: Duration::ZERO,
+            ..young
+        };
+        // An instance opening the log later counts from the op's clock.
+        let mut b = open_as(&store, &key, "b", aged.clone()).await;
+        assert!(b.snapshot_due());
+        b.write_snapshot(&store).await.unwrap();
+        assert!(!b.snapshot_due(), "covered");
+        // Ops applied on top of a snapshot count from the snapshot's clock.
+        a.append(&store, "y".into()).await.unwrap();
+        let c = open_as(&store, &key, "c", aged).await;
+        assert_eq!(words(&c), ["x", "y"]);
+        assert!(c.snapshot_due());
     }
 
     /// A snapshot is taken only from a replica whose last full listing is
