@@ -627,7 +627,7 @@ mod tests {
         let crate::mailbox::state::SummaryAt::Held(held) = log.state().summary_at(&view.id) else {
             panic!("the summary is held until the next snapshot");
         };
-        let summary: MessageSummary = serde_json::from_slice(held).unwrap();
+        let summary: MessageSummary = serde_json::from_slice(&held).unwrap();
         assert_eq!(summary, summarize(&crlf));
         assert_eq!(
             summary

@@ -506,32 +506,73 @@ struct Pages {
     names: Vec<String>,
     /// Summaries held in memory, of messages placed since the last
     /// snapshot (or computed again after a page was lost).
-    held: HashMap<Slot, Vec<u8>>,
-    /// Their bytes.
+    held: HashMap<Slot, Held>,
+    /// Their bytes, uncompressed.
     held_bytes: usize,
 }
 
-impl Pages {
-    fn drop_held(&mut self, slot: Slot) {
-        if let Some(bytes) = self.held.remove(&slot) {
-            self.held_bytes = self.held_bytes.saturating_sub(bytes.len());
+/// A summary held in memory, zstd-compressed when that makes it smaller
+/// (most are JSON of a few kilobytes, which shrinks about threefold): a
+/// busy mailbox holds up to [`HELD_SUMMARY_BYTES`] of them between
+/// snapshots.
+#[derive(Clone, Debug)]
+struct Held {
+    /// Length of the summary itself.
+    len: u32,
+    /// The summary, or its zstd frame if shorter than `len`.
+    bytes: Box<[u8]>,
+}
+
+impl Held {
+    fn new(summary: &[u8]) -> Held {
+        let bytes = match zstd::bulk::compress(summary, HELD_ZSTD_LEVEL) {
+            Ok(frame) if frame.len() < summary.len() => frame.into_boxed_slice(),
+            _ => summary.into(),
+        };
+        Held {
+            len: u32::try_from(summary.len()).unwrap_or(u32::MAX),
+            bytes,
         }
     }
 
-    fn hold(&mut self, slot: Slot, summary: Vec<u8>) {
+    /// The summary; `None` only if its own frame does not decompress
+    /// (the summary is then computed again, as for a lost page).
+    fn summary(&self) -> Option<Vec<u8>> {
+        if self.bytes.len() == self.len as usize {
+            return Some(self.bytes.to_vec());
+        }
+        zstd::bulk::decompress(&self.bytes, self.len as usize).ok()
+    }
+}
+
+/// Fast: summaries are compressed once, as ops are applied.
+const HELD_ZSTD_LEVEL: i32 = 1;
+
+impl Pages {
+    fn drop_held(&mut self, slot: Slot) {
+        if let Some(held) = self.held.remove(&slot) {
+            self.held_bytes = self.held_bytes.saturating_sub(held.len as usize);
+        }
+    }
+
+    fn hold(&mut self, slot: Slot, summary: &[u8]) {
         self.drop_held(slot);
         if !summary.is_empty() {
             self.held_bytes += summary.len();
-            self.held.insert(slot, summary);
+            self.held.insert(slot, Held::new(summary));
         }
+    }
+
+    fn held_summary(&self, slot: Slot) -> Option<Vec<u8>> {
+        self.held.get(&slot).and_then(Held::summary)
     }
 }
 
 /// Where a message's summary is (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SummaryAt<'a> {
     /// In memory: the op placing it was applied after the last snapshot.
-    Held(&'a [u8]),
+    Held(Vec<u8>),
     /// In this summary page.
     Page(&'a str),
     /// Nowhere known (not placed, or a snapshot written by an older
@@ -804,7 +845,7 @@ impl MailboxState {
         if let Some(name) = self.pages.names.get(entry.page as usize) {
             return SummaryAt::Page(name);
         }
-        match self.pages.held.get(&(slot as Slot)) {
+        match self.pages.held_summary(slot as Slot) {
             Some(bytes) => SummaryAt::Held(bytes),
             None => SummaryAt::Unknown,
         }
@@ -819,8 +860,8 @@ impl MailboxState {
             if entry.page != NO_PAGE || entry.message.is_none() {
                 return None;
             }
-            let bytes = self.pages.held.get(slot)?;
-            Some((self.core.id(*slot), bytes.clone()))
+            let bytes = self.pages.held_summary(*slot)?;
+            Some((self.core.id(*slot), bytes))
         };
         let mut out: Vec<(MessageId, Vec<u8>)> = self.index.slots.iter().filter_map(held).collect();
         out.extend(self.index.displaced.iter().filter_map(held));
@@ -916,7 +957,7 @@ impl MailboxState {
             if entry.page != NO_PAGE || !entry.is_live() || self.pages.held.contains_key(&slot) {
                 continue;
             }
-            self.pages.hold(slot, summary);
+            self.pages.hold(slot, &summary);
         }
     }
 
@@ -976,7 +1017,7 @@ impl MailboxState {
             if expunged {
                 self.pages.drop_held(slot);
             } else {
-                self.pages.hold(slot, new.message.summary.clone());
+                self.pages.hold(slot, &new.message.summary);
             }
         }
         for flag in &new.flags {
@@ -1341,7 +1382,7 @@ struct WireClock<T> {
 /// The core as written (borrowed).
 struct CoreOut<'a> {
     core: &'a Core,
-    held: &'a HashMap<Slot, Vec<u8>>,
+    pages: &'a Pages,
 }
 
 impl Serialize for CoreOut<'_> {
@@ -1350,7 +1391,7 @@ impl Serialize for CoreOut<'_> {
         let core = self.core;
         let entries = Collected(|| {
             core.entries.iter().enumerate().map(|(slot, (id, e))| {
-                let summary = self.held.get(&(slot as Slot)).cloned().unwrap_or_default();
+                let summary = self.pages.held_summary(slot as Slot).unwrap_or_default();
                 let out = EntryOut {
                     message: e.message.as_ref().map(|m| m.with_summary(summary)),
                     claims: e.claims.as_slice(),
@@ -1451,7 +1492,7 @@ impl Serialize for MailboxState {
             "core",
             &CoreOut {
                 core: &self.core,
-                held: &self.pages.held,
+                pages: &self.pages,
             },
         )?;
         out.serialize_field(
@@ -1515,9 +1556,31 @@ impl<'de> Deserialize<'de> for MailboxState {
         }
         for (id, summary) in held {
             if let Some(slot) = core.entries.get_index_of(&id) {
-                pages_out.hold(slot as Slot, summary);
+                pages_out.hold(slot as Slot, &summary);
             }
         }
         Ok(MailboxState::from_core(core, pages_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_summaries_are_compressed_when_it_pays() {
+        let json = br#"{"envelope":{"subject":"Re: re: re: the meeting","from":[["Alice","alice@example.org"]]},"#
+            .repeat(40);
+        let held = Held::new(&json);
+        assert!(
+            held.bytes.len() * 3 < json.len(),
+            "{} bytes",
+            held.bytes.len()
+        );
+        assert_eq!(held.summary().unwrap(), json);
+        // Too short or random to shrink: held as is.
+        let short = Held::new(b"{}");
+        assert_eq!(&*short.bytes, b"{}");
+        assert_eq!(short.summary().unwrap(), b"{}");
     }
 }

@@ -497,7 +497,7 @@ fn paging_summaries_out_changes_where_they_are_not_what_the_state_is() {
     assert_eq!(state.summary_at(&id(&ops[0])), SummaryAt::Page("p0"));
     assert_eq!(
         state.summary_at(&id(&ops[1])),
-        SummaryAt::Held(b"{\"s\":1}")
+        SummaryAt::Held(b"{\"s\":1}".to_vec())
     );
     assert_eq!(state.held_summary_bytes(), 7);
     // Same op set, same state, wherever the summaries are.
@@ -515,7 +515,10 @@ fn paging_summaries_out_changes_where_they_are_not_what_the_state_is() {
         (id(&ops[0]), b"{}".to_vec()),
         (id(&ops[2]), b"{}".to_vec()),
     ]);
-    assert_eq!(state.summary_at(&id(&ops[0])), SummaryAt::Held(b"{}"));
+    assert_eq!(
+        state.summary_at(&id(&ops[0])),
+        SummaryAt::Held(b"{}".to_vec())
+    );
     assert_eq!(
         state.summary_at(&id(&ops[2])),
         SummaryAt::Unknown,
@@ -569,7 +572,10 @@ fn a_snapshot_of_the_previous_layout_reads_and_writes_back_the_same() {
     assert_eq!(state.uid_at(2), Some(4));
     let moved = state.message(5).unwrap();
     assert_eq!(moved.message.blob_id(), "ca");
-    assert_eq!(state.summary_at(&moved.id), SummaryAt::Held(b"{\"s\":2}"));
+    assert_eq!(
+        state.summary_at(&moved.id),
+        SummaryAt::Held(b"{\"s\":2}".to_vec())
+    );
     // UID 2 was expunged, its claim reported as vanished.
     assert_eq!(state.vanished_since(0), [2, 3]);
     let written: serde_json::Value = serde_json::to_value(&replica).unwrap();
