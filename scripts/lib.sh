@@ -22,12 +22,19 @@ random_hex() { # number of bytes
 }
 
 # True when pid file $1 names a live process whose command line holds $2.
+# A command line read as empty while the process is alive is taken as a
+# yes: it reads so while a process replaces its program (Dovecot's master
+# starts as doveconf, which executes dovecot), and answering "exited" then
+# made a start fail now and then. A zombie is not alive.
 pid_running() {
-    local pid
+    local pid cmd state
     [ -f "$1" ] || return 1
     pid="$(cat "$1")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$2"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
+    [ "$state" != Z ] || return 1
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+    [ -z "$cmd" ] || grep -q "$2" <<<"$cmd"
 }
 
 # Waits until the command "$@" succeeds, for at most READY_TIMEOUT_S
