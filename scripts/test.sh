@@ -20,15 +20,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Starts a throwaway service with scripts/$1 in directory $2 and takes its
+# exports; tries a second time if the first start fails (an `eval "$(...)"`
+# alone would hide the failure and leave the tests to fail without it),
+# from a fresh directory, and stops the suite if the second fails too.
+start_service() {
+    local exports attempt
+    for attempt in 1 2; do
+        if exports="$(scripts/"$1" start "$2")"; then
+            eval "$exports"
+            return
+        fi
+        echo "== $1 start failed (attempt $attempt)" >&2
+        scripts/"$1" stop "$2" >&2 || true
+        # Start over with fresh ports and files.
+        rm -rf "$2"
+    done
+    exit 1
+}
+
 echo "== starting a throwaway Garage" >&2
-eval "$(scripts/garage.sh start "$work/garage")"
+start_service garage.sh "$work/garage"
 # The S3 variants of the tests fail rather than skip when Garage is missing.
 export FACTEUR_REQUIRE_S3=1
 echo "== starting a throwaway slapd" >&2
-eval "$(scripts/slapd.sh start "$work/slapd")"
+start_service slapd.sh "$work/slapd"
 export FACTEUR_REQUIRE_LDAP=1
 echo "== starting a throwaway Dovecot" >&2
-eval "$(scripts/dovecot.sh start "$work/dovecot")"
+start_service dovecot.sh "$work/dovecot"
 # The differential MIME test (tests/dovecot_mime.rs) fails rather than skips.
 export FACTEUR_REQUIRE_DOVECOT=1
 echo "== installing Postfix for the end-to-end LMTP tests" >&2
