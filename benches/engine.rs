@@ -1233,8 +1233,8 @@ async fn bench_memory(bench: &Bench, report: &mut Report, skeleton: bool) {
         ),
         mib(single.per_copy()),
         format!(
-            "as below, with MALLOC_ARENA_MAX=1 (what the state holds, without the \
-             fragmentation of the blocking threads' arenas); target 5 MiB: {}",
+            "as below, with MALLOC_ARENA_MAX=1 (without the fragmentation of the \
+             blocking threads' arenas); target 5 MiB: {}",
             if single.per_copy() < 5.0 * 1024.0 * 1024.0 {
                 "met"
             } else {
@@ -1251,8 +1251,8 @@ async fn bench_memory(bench: &Bench, report: &mut Report, skeleton: bool) {
         mib(per_copy),
         format!(
             "RssAnon slope over {copies} copies (first copy {}, with one-time costs; \
-             peak while opening it +{}); target 5 MiB: {}; summaries held: {} ({} \
-             allocated), {} B per message",
+             peak while opening it +{}); target 5 MiB: {}; summaries held: {} \
+             before compression, {} B per message",
             mib(real.first()),
             mib(real.open_peak()),
             if per_copy < 5.0 * 1024.0 * 1024.0 {
@@ -1261,7 +1261,6 @@ async fn bench_memory(bench: &Bench, report: &mut Report, skeleton: bool) {
                 "NOT met"
             },
             mib(real.summary_bytes as f64),
-            mib(real.summary_capacity as f64),
             real.summary_bytes / real.messages.max(1),
         ),
     );
