@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{SHUTDOWN_GRACE, Services, Shutdown};
+use super::{Services, Shutdown, finish, next_connection};
 
 /// Largest request head read; anything longer is answered 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -32,7 +32,7 @@ pub struct Metrics {
     pub health_failures: AtomicU64,
 }
 
-/// Serves until shutdown, then gives running requests [`SHUTDOWN_GRACE`].
+/// Serves until shutdown, then gives running requests [`SHUTDOWN_GRACE`](super::SHUTDOWN_GRACE).
 pub async fn serve(
     listener: TcpListener,
     services: Services,
@@ -41,21 +41,9 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.wait() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (socket, _peer) = tokio::select! {
-            _ = shutdown.wait() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    continue;
-                }
-            },
-        };
+    while let Some(((socket, _peer), permit)) =
+        next_connection("http", &permits, &mut shutdown, || listener.accept()).await
+    {
         let (services, metrics) = (services.clone(), metrics.clone());
         tasks.spawn(async move {
             let _permit = permit;
@@ -65,10 +53,7 @@ pub async fn serve(
         });
         while tasks.try_join_next().is_some() {}
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    finish(tasks).await;
 }
 
 async fn handle(

@@ -10,7 +10,7 @@
 //!   task, the handshake within a timeout, so a slow client stalls no one.
 //! - On shutdown the loops stop accepting; running sessions see their
 //!   shutdown future resolve (they answer `* BYE` after the running
-//!   command) and get [`SHUTDOWN_GRACE`] to finish, then are dropped.
+//!   command) and get [`SHUTDOWN_GRACE`](super::SHUTDOWN_GRACE) to finish, then are dropped.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::tls::{self, TlsError};
-use super::{SHUTDOWN_GRACE, Services, Shutdown};
+use super::{Services, Shutdown, finish, next_connection};
 use crate::account::{AccountConfig, Accounts};
 use crate::config::ImapConfig;
 use crate::imap::connection::{self, Peer};
@@ -171,7 +171,7 @@ pub fn context(
 }
 
 /// Serves every listener until shutdown, then gives running sessions
-/// [`SHUTDOWN_GRACE`].
+/// [`SHUTDOWN_GRACE`](super::SHUTDOWN_GRACE).
 ///
 /// One loop accepts on all listeners at once: it holds one permit while
 /// waiting, so the total limit is exact whatever the number of listeners
@@ -193,27 +193,9 @@ pub async fn serve(
         settings,
     });
     let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.wait() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => break,
-            r = accept_any(&listeners) => r,
-        };
-        let (stream, remote, mode) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of file descriptors, mostly: give others time to
-                // close rather than spin.
-                tracing::warn!(error = %e, "imap accept failed");
-                tokio::select! {
-                    _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                }
-            }
-        };
+    while let Some(((stream, remote, mode), permit)) =
+        next_connection("imap", &permits, &mut shutdown, || accept_any(&listeners)).await
+    {
         let slot = shared
             .per_ip
             .take(remote.ip(), shared.settings.max_connections_per_ip);
@@ -223,10 +205,7 @@ pub async fn serve(
         });
         while tasks.try_join_next().is_some() {}
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    finish(tasks).await;
 }
 
 /// The next connection on any listener (`accept` is cancel-safe: the

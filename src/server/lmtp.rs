@@ -6,7 +6,7 @@
 //! `accept`, and the loop awaits nothing else (a slow client cannot stall
 //! it). On shutdown the loop stops accepting; sessions between
 //! transactions answer 421 at once, the others finish their transaction
-//! within [`SHUTDOWN_GRACE`].
+//! within [`SHUTDOWN_GRACE`](super::SHUTDOWN_GRACE).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{SHUTDOWN_GRACE, Services, Shutdown};
+use super::{Services, Shutdown, finish, next_connection};
 use crate::config::LmtpConfig;
 use crate::lmtp::{Backend, Options, connection};
 
@@ -97,7 +97,7 @@ pub fn backend_with(services: &Services, quota_full_temporary: bool) -> Backend 
     }
 }
 
-/// Serves until shutdown, then gives running sessions [`SHUTDOWN_GRACE`].
+/// Serves until shutdown, then gives running sessions [`SHUTDOWN_GRACE`](super::SHUTDOWN_GRACE).
 pub async fn serve(
     listener: Listener,
     backend: Backend,
@@ -106,22 +106,9 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.wait() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => break,
-            r = accept(&listener) => r,
-        };
-        let stream = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "lmtp accept failed");
-                continue;
-            }
-        };
+    while let Some((stream, permit)) =
+        next_connection("lmtp", &permits, &mut shutdown, || accept(&listener)).await
+    {
         let (backend, settings, shutdown) = (backend.clone(), settings.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;
@@ -139,10 +126,7 @@ pub async fn serve(
         });
         while tasks.try_join_next().is_some() {}
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    finish(tasks).await;
 }
 
 enum Stream {

@@ -13,14 +13,61 @@ pub mod lmtp;
 pub mod services;
 pub mod tls;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
 pub use services::{Services, ServicesError};
 
 /// How long running connections get to finish after shutdown is asked.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The accept step every listener shares: waits for one of `permits` (the
+/// connection limit), then for the next connection from `accept`. An
+/// accept error (out of file descriptors, mostly) is logged and retried
+/// after 50 ms, giving others time to close rather than spinning. `None`
+/// once shutdown is asked.
+pub(crate) async fn next_connection<C, Fut>(
+    what: &str,
+    permits: &Arc<Semaphore>,
+    shutdown: &mut Shutdown,
+    mut accept: impl FnMut() -> Fut,
+) -> Option<(C, OwnedSemaphorePermit)>
+where
+    Fut: Future<Output = std::io::Result<C>>,
+{
+    let permit = tokio::select! {
+        _ = shutdown.wait() => return None,
+        p = permits.clone().acquire_owned() => p.ok()?,
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => return None,
+            r = accept() => r,
+        };
+        match accepted {
+            Ok(connection) => return Some((connection, permit)),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} accept failed");
+                tokio::select! {
+                    _ = shutdown.wait() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// After shutdown: gives the running connections [`SHUTDOWN_GRACE`].
+pub(crate) async fn finish(mut tasks: JoinSet<()>) {
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+}
 
 /// The shutdown broadcast: every listener and connection holds a receiver.
 #[derive(Clone, Debug)]
