@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use facteur::account::{AccountConfig, Accounts};
-use facteur::config::Config;
-use facteur::crypto::{KdfParams, Password};
-use facteur::directory::users_file::hash_password;
-use facteur::directory::{UserEntry, UsersFile};
+use facteur::crypto::KdfParams;
 use facteur::imap::connection::{Peer, serve};
 use facteur::imap::throttle::{Throttle, ThrottleConfig};
 use facteur::imap::{Imap, Options};
@@ -20,6 +17,7 @@ use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
 use facteur::server::Services;
 use facteur::store::{MemoryStore, S3Settings, S3Store, SharedStore};
 
+mod fixture;
 mod imap_client;
 
 use imap_client::Client;
@@ -31,50 +29,23 @@ struct World {
     store: Arc<MemoryStore>,
 }
 
-fn user(login: &str) -> UserEntry {
-    UserEntry {
-        login: login.into(),
-        password: hash_password(&Password::new("pw"), &KdfParams::TEST).unwrap(),
-        addresses: vec![format!("{login}@example.org")],
-        aliases: vec![],
-        quota: None,
-    }
-}
-
 /// Services over `store` with users alice and bob (keyrings made) and
 /// carol (none yet); `secret` keys user ids, so runs sharing a bucket
 /// do not meet.
 async fn services(dir: &std::path::Path, store: SharedStore, secret: &str) -> Services {
-    let config = Config::parse(
-        &format!(
-            "cluster_secret = \"{secret}\"\n\
-             [store]\nbackend = \"memory\"\n\
-             [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
-             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n"
-        ),
+    let config = fixture::config(dir, secret);
+    let users = ["alice", "bob", "carol"]
+        .map(fixture::user_at_example)
+        .to_vec();
+    let (services, _) = fixture::services(
+        &config,
         dir,
+        store,
+        secret.as_bytes(),
+        users,
+        &["alice", "bob"],
     )
-    .unwrap();
-    let mut file = UsersFile::default();
-    for login in ["alice", "bob", "carol"] {
-        file.add(user(login)).unwrap();
-    }
-    file.save(&dir.join("users.toml")).unwrap();
-    let mut services = Services::from_config(&config).unwrap();
-    services.store = store.clone();
-    services.keyrings = facteur::account::KeyringStore::new(store, secret.as_bytes());
-    for login in ["alice", "bob"] {
-        services
-            .keyrings
-            .create(
-                &services.user_id(login),
-                &Password::new("pw"),
-                &KdfParams::TEST,
-                false,
-            )
-            .await
-            .unwrap();
-    }
+    .await;
     services
 }
 

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use facteur::account::{Account, AccountConfig};
-use facteur::config::Config;
-use facteur::crypto::{KdfParams, Password, UserKeys};
-use facteur::directory::users_file::hash_password;
-use facteur::directory::{UserEntry, UsersFile};
+use facteur::crypto::UserKeys;
 use facteur::log::InstanceId;
 use facteur::server::lmtp::{self, Listener, Settings};
 use facteur::server::{Services, Shutdown, ShutdownTrigger};
@@ -18,6 +15,9 @@ use facteur::store::{MemoryStore, SharedStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+mod fixture;
+use fixture::user;
 
 /// A running LMTP server with users `alice` (alice@example.org, alias
 /// postmaster@example.org), `bob`, `carol` (no keyring yet) and `dave`
@@ -38,16 +38,6 @@ struct Server {
 /// dave's quota, in bytes.
 const DAVE_QUOTA: u64 = 64 << 10;
 
-fn user(login: &str, addresses: &[&str], aliases: &[&str]) -> UserEntry {
-    UserEntry {
-        login: login.into(),
-        password: hash_password(&Password::new("pw"), &KdfParams::TEST).unwrap(),
-        addresses: addresses.iter().map(|s| s.to_string()).collect(),
-        aliases: aliases.iter().map(|s| s.to_string()).collect(),
-        quota: None,
-    }
-}
-
 impl Server {
     async fn start() -> Server {
         Server::with(|_| {}).await
@@ -55,48 +45,27 @@ impl Server {
 
     async fn with(tune: impl FnOnce(&mut Settings)) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(
-            "cluster_secret = \"0123456789abcdef0123456789abcdef\"\n\
-             [store]\nbackend = \"memory\"\n\
-             [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
-             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n",
-            dir.path(),
-        )
-        .unwrap();
-        let mut file = UsersFile::default();
-        file.add(user(
-            "alice",
-            &["alice@example.org"],
-            &["postmaster@example.org"],
-        ))
-        .unwrap();
-        file.add(user("bob", &["bob@example.org"], &[])).unwrap();
-        file.add(user("carol", &["carol@example.org"], &[]))
-            .unwrap();
+        let config = fixture::config(dir.path(), "0123456789abcdef0123456789abcdef");
         let mut dave = user("dave", &["dave@example.org"], &[]);
         dave.quota = Some(facteur::size::ByteSize(DAVE_QUOTA));
-        file.add(dave).unwrap();
-        file.save(&dir.path().join("users.toml")).unwrap();
-
-        let mut services = Services::from_config(&config).unwrap();
+        let users = vec![
+            user("alice", &["alice@example.org"], &["postmaster@example.org"]),
+            user("bob", &["bob@example.org"], &[]),
+            user("carol", &["carol@example.org"], &[]),
+            dave,
+        ];
         let store = Arc::new(MemoryStore::new());
-        services.store = store.clone();
-        services.keyrings =
-            facteur::account::KeyringStore::new(store.clone(), b"lmtp-test-cluster-secret");
-        let mut keys = Vec::new();
-        for login in ["alice", "bob"] {
-            let (k, _) = services
-                .keyrings
-                .create(
-                    &services.user_id(login),
-                    &Password::new("pw"),
-                    &KdfParams::TEST,
-                    false,
-                )
-                .await
-                .unwrap();
-            keys.push(k);
-        }
+        // dave has a quota; his keys are not needed by the tests.
+        let (services, keys) = fixture::services(
+            &config,
+            dir.path(),
+            store.clone(),
+            b"lmtp-test-cluster-secret",
+            users,
+            &["alice", "bob", "dave"],
+        )
+        .await;
+        let [alice, bob, _dave]: [UserKeys; 3] = keys.try_into().ok().unwrap();
         let mut settings = Settings::from_config(&config.lmtp);
         tune(&mut settings);
         let host = settings.options.hostname.clone();
@@ -109,19 +78,6 @@ impl Server {
             settings,
             shutdown,
         ));
-        // dave has a quota; his keys are not needed by the tests.
-        services
-            .keyrings
-            .create(
-                &services.user_id("dave"),
-                &Password::new("pw"),
-                &KdfParams::TEST,
-                false,
-            )
-            .await
-            .unwrap();
-        let bob = keys.pop().unwrap();
-        let alice = keys.pop().unwrap();
         Server {
             _dir: dir,
             services,

@@ -22,11 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur::account::{Account, AccountConfig, KeyringStore};
-use facteur::config::Config;
-use facteur::crypto::{KdfParams, Password};
-use facteur::directory::users_file::hash_password;
-use facteur::directory::{UserEntry, UsersFile};
+use facteur::account::{Account, AccountConfig};
+use facteur::crypto::Password;
 use facteur::log::InstanceId;
 use facteur::server::lmtp::{self, Listener, Settings};
 use facteur::server::{Services, Shutdown, ShutdownTrigger};
@@ -34,6 +31,8 @@ use facteur::store::{FsStore, S3Settings, S3Store, SharedStore};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
+
+mod fixture;
 
 /// How long a wait for Postfix may take before the test fails. Retries
 /// come every 1 to 2 s (scripts/postfix.sh); a Garage restart takes about
@@ -306,48 +305,25 @@ struct Facteur {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn user(login: &str) -> UserEntry {
-    UserEntry {
-        login: login.into(),
-        password: hash_password(&Password::new("pw"), &KdfParams::TEST).unwrap(),
-        addresses: vec![format!("{login}@example.org")],
-        aliases: vec![],
-        quota: None,
-    }
-}
-
 impl Facteur {
     async fn start(store: SharedStore) -> Facteur {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(
-            "cluster_secret = \"0123456789abcdef0123456789abcdef\"\n\
-             [store]\nbackend = \"memory\"\n\
-             [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
-             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n",
-            dir.path(),
-        )
-        .unwrap();
-        let mut file = UsersFile::default();
-        file.add(user("alice")).unwrap();
-        file.add(user("bob")).unwrap();
-        file.save(&dir.path().join("users.toml")).unwrap();
-        let mut services = Services::from_config(&config).unwrap();
-        services.store = store.clone();
+        let config = fixture::config(dir.path(), "0123456789abcdef0123456789abcdef");
         // A secret per run: a shared bucket holds other runs' users too.
         let secret: [u8; 16] = rand::random();
-        services.keyrings = KeyringStore::new(store, &secret);
-        for login in ["alice", "bob"] {
-            services
-                .keyrings
-                .create(
-                    &services.user_id(login),
-                    &Password::new("pw"),
-                    &KdfParams::TEST,
-                    false,
-                )
-                .await
-                .unwrap();
-        }
+        let users = vec![
+            fixture::user_at_example("alice"),
+            fixture::user_at_example("bob"),
+        ];
+        let (services, _) = fixture::services(
+            &config,
+            dir.path(),
+            store,
+            &secret,
+            users,
+            &["alice", "bob"],
+        )
+        .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (trigger, shutdown) = Shutdown::new();
