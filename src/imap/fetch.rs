@@ -27,7 +27,7 @@ use crate::account::AccountError;
 use crate::mailbox::summary::MessageSummary;
 
 /// Bodies downloaded at once for one FETCH.
-const PARALLEL_BODIES: usize = 4;
+pub(crate) const PARALLEL_BODIES: usize = 4;
 
 /// Messages whose summaries are read in one batch.
 const SUMMARY_BATCH: usize = 256;

@@ -5,10 +5,13 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
+
 use imap_codec::imap_types::core::{Charset, Tag};
 use imap_codec::imap_types::search::SearchKey;
 
 use super::extend::{Ext, Saved, SearchReturn};
+use super::fetch::PARALLEL_BODIES;
 use super::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use super::search::{Candidate, Query, Scope, check_charset, sequence_set_string};
 use super::selected::Selected;
@@ -84,7 +87,29 @@ pub async fn search(
             .await?
             .into_iter()
             .collect();
-        for row in rows {
+        // Rows with their summary and, for BODY/TEXT keys, their body:
+        // downloaded a few at a time, as FETCH does, in order.
+        let rows: Vec<(Row, MessageSummary)> = rows
+            .into_iter()
+            .filter_map(|row| {
+                // Expunged meanwhile: nothing to match.
+                let summary = summaries.remove(&row.uid)?;
+                Some((row, summary))
+            })
+            .collect();
+        let mailbox = &selected.mailbox;
+        let needs_body = query.needs_body();
+        let mut loaded = futures::stream::iter(rows)
+            .map(|(row, summary)| async move {
+                let raw = if needs_body {
+                    Some(mailbox.body(row.uid).await)
+                } else {
+                    None
+                };
+                (row, summary, raw)
+            })
+            .buffered(PARALLEL_BODIES);
+        while let Some((row, summary, raw)) = loaded.next().await {
             let Row {
                 seq,
                 uid,
@@ -93,18 +118,12 @@ pub async fn search(
                 size,
                 internal_date,
             } = row;
-            // Expunged meanwhile: nothing to match.
-            let Some(summary) = summaries.remove(&uid) else {
-                continue;
-            };
-            let raw = if query.needs_body() {
-                match selected.mailbox.body(uid).await {
-                    Ok(b) => Some(b),
-                    Err(AccountError::NoSuchMessage(_)) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                None
+            let raw = match raw {
+                None => None,
+                Some(Ok(b)) => Some(b),
+                // Expunged meanwhile: nothing to match.
+                Some(Err(AccountError::NoSuchMessage(_))) => continue,
+                Some(Err(e)) => return Err(e.into()),
             };
             let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
             let candidate = Candidate {
