@@ -424,3 +424,60 @@ async fn delivered_mail_is_there_at_the_first_command() {
         assert_eq!(inbox.read(|s| s.exists()).await, 4, "{kind}");
     }
 }
+
+/// In the background, one instance drains a user's deliveries (the
+/// holder of the drain lease), so two pollers do not place the same
+/// records from different states; a command that must show every
+/// delivery drains anyway, and the lease passes on when its holder stops.
+#[tokio::test]
+async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
+    use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let keyring = keyring();
+    let a = instance(&store, &keyring, "a", "lease");
+    let b = instance(&store, &keyring, "b", "lease");
+    let delivery = |n: &'static str| {
+        let store = store.clone();
+        let (user, key) = (a.user().clone(), keyring.public_key());
+        async move {
+            let envelope = DeliveryEnvelope {
+                mail_from: "bob@example.org".into(),
+                rcpt_to: vec!["alice@example.org".into()],
+                received_at: 1_700_000_000,
+                folder: None,
+            };
+            deliver(store.as_ref(), &user, &key, &message(n), envelope)
+                .await
+                .unwrap();
+        }
+    };
+    let (_, inbox_a) = a.open_fresh("INBOX").await.unwrap();
+    let (_, inbox_b) = b.open_fresh("INBOX").await.unwrap();
+
+    delivery("one").await;
+    assert_eq!(a.drain_politely().await.unwrap().delivered.len(), 1);
+    delivery("two").await;
+    assert_eq!(
+        b.drain_politely().await.unwrap().delivered.len(),
+        0,
+        "a holds the lease"
+    );
+    assert_eq!(a.drain_politely().await.unwrap().delivered.len(), 1);
+    // SELECT on b must show a new delivery at once, lease or not.
+    delivery("three").await;
+    b.open_fresh("INBOX").await.unwrap();
+    assert_eq!(inbox_b.read(|s| s.exists()).await, 3);
+    // a stops draining: once its lease expires, b takes over.
+    delivery("four").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.drain_politely().await.unwrap().delivered.len() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never passed"
+        );
+        tokio::task::yield_now().await;
+    }
+    inbox_a.sync().await.unwrap();
+    assert_eq!(inbox_a.read(|s| s.exists()).await, 4);
+    assert!(inbox_a.read(|s| s.displaced().is_empty()).await);
+}

@@ -338,22 +338,28 @@ impl Mailbox {
         flags: Vec<String>,
         internal_date: i64,
     ) -> Result<Placed, AccountError> {
-        let message = store_body(&self.store, &self.user, raw, internal_date).await?;
-        self.place(MailboxOp::Append(NewMessage { message, flags }), 1)
-            .await
+        // Storing the body and bringing the state up to date before the
+        // claim (see `write_placing`) are independent: one round trip for
+        // both, which is what an APPEND costs on a multi-node store.
+        let (message, _) = futures::try_join!(
+            store_body(&self.store, &self.user, raw, internal_date),
+            self.sync_once()
+        )?;
+        let id = self
+            .write(MailboxOp::Append(NewMessage { message, flags }))
+            .await?;
+        Ok(self.placed(id, 1).await)
     }
 
-    async fn place(&self, op: MailboxOp, count: u32) -> Result<Placed, AccountError> {
-        let id = self.write_placing(op).await?;
-        let placed = self
-            .read(|s| Placed {
-                uid_validity: s.uid_validity(),
-                uids: (0..count)
-                    .map(|index| s.uid_of(&MessageId { op: id, index }))
-                    .collect(),
-            })
-            .await;
-        Ok(placed)
+    /// What placing op `id` placed, for APPENDUID and COPYUID.
+    async fn placed(&self, id: OpId, count: u32) -> Placed {
+        self.read(|s| Placed {
+            uid_validity: s.uid_validity(),
+            uids: (0..count)
+                .map(|index| s.uid_of(&MessageId { op: id, index }))
+                .collect(),
+        })
+        .await
     }
 
     /// STORE (RFC 9051 §6.4.6) on the given UIDs; unknown UIDs are ignored.
@@ -443,8 +449,8 @@ impl Mailbox {
                 },
             ));
         }
-        let placed = target.place(MailboxOp::CopyIn(messages), count).await?;
-        Ok((source_uids, placed))
+        let id = target.write_placing(MailboxOp::CopyIn(messages)).await?;
+        Ok((source_uids, target.placed(id, count).await))
     }
 
     /// MOVE (RFC 6851): copy, then expunge the source messages. The copy is

@@ -266,11 +266,15 @@ impl Account {
     /// `NO [UNAVAILABLE]`): the client then sees nothing older than what
     /// the store held when the command arrived, on whatever instance.
     pub async fn open_fresh(&self, name: &str) -> Result<(Folder, Arc<Mailbox>), AccountError> {
-        self.folders().await?.sync().await?;
-        let (folder, mailbox) = self.open_by_name(name).await?;
-        if folder.name == crate::mailbox::list::name::INBOX {
-            self.drain_incoming().await?;
+        use crate::mailbox::list::{name::INBOX, normalize};
+        let folders = self.folders().await?;
+        if normalize(name).is_ok_and(|n| n == INBOX) {
+            // Independent: in parallel, one round trip less.
+            futures::try_join!(folders.sync(), self.drain_incoming())?;
+        } else {
+            folders.sync().await?;
         }
+        let (folder, mailbox) = self.open_by_name(name).await?;
         mailbox.sync().await?;
         Ok((folder, mailbox))
     }
@@ -278,7 +282,7 @@ impl Account {
     /// Brings a session up to date before NOOP, CHECK or IDLE: delivered
     /// mail into INBOX, then the selected mailbox, if any.
     pub async fn refresh(&self, selected: Option<&Mailbox>) -> Result<(), AccountError> {
-        self.drain_incoming().await?;
+        self.drain_politely().await?;
         if let Some(mailbox) = selected {
             mailbox.sync().await?;
         }
@@ -427,6 +431,50 @@ impl Account {
         Ok(())
     }
 
+    /// Drains `incoming/` unless another instance holds the drain lease:
+    /// for the background poller and NOOP/IDLE, where a delay of one poll
+    /// interval is fine. Two instances draining the same records at once
+    /// place them twice from different states, and their UID claims then
+    /// collide: every message of both batches is renumbered by a fix-up.
+    /// So in the background one instance drains a user's deliveries, the
+    /// holder of a lease object (`layout::incoming_lease`: its instance id
+    /// and an expiry three poll intervals ahead, renewed at each drain).
+    /// There is no compare-and-swap: two instances taking the lease at
+    /// once both drain, which is only the old behaviour, and the claims
+    /// rule keeps that safe. Commands that must show every delivery
+    /// (LOGIN, SELECT/STATUS of INBOX) use [`Account::drain_incoming`],
+    /// which ignores the lease. Costs one LIST when nothing waits, as
+    /// before.
+    pub async fn drain_politely(&self) -> Result<DrainReport, AccountError> {
+        let waiting = self
+            .store
+            .list(&layout::incoming_prefix(&self.user), None, 1)
+            .await?;
+        if waiting.objects.is_empty() {
+            return Ok(DrainReport::default());
+        }
+        let key = layout::incoming_lease(&self.user);
+        let now = now_ms();
+        let me = self.config.instance.as_str();
+        match self.store.get(&key).await {
+            Ok(held) => {
+                if let Some((holder, until)) = parse_lease(&held)
+                    && holder != me
+                    && until > now
+                {
+                    return Ok(DrainReport::default());
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let until = now + 3 * self.config.poll_interval.as_millis() as u64;
+        self.store
+            .put(&key, bytes::Bytes::from(format!("{me} {until}")))
+            .await?;
+        self.drain_incoming().await
+    }
+
     /// Moves delivered mail (`incoming/`) into INBOX. One LIST when there
     /// is none.
     pub async fn drain_incoming(&self) -> Result<DrainReport, AccountError> {
@@ -535,7 +583,7 @@ impl Account {
                 Err(e) => tracing::warn!(error = %e, "mailbox list sync failed"),
             }
         }
-        if let Err(e) = self.drain_incoming().await {
+        if let Err(e) = self.drain_politely().await {
             tracing::warn!(error = %e, "draining incoming mail failed");
         }
         // Body collection opens every mailbox: at most once per grace
@@ -581,4 +629,12 @@ impl Account {
             }
         })
     }
+}
+
+/// Reads a drain lease: `<instance> <until_ms>`. Anything else counts as
+/// no lease (a damaged one is simply taken over).
+fn parse_lease(bytes: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (holder, until) = text.split_once(' ')?;
+    Some((holder, until.parse().ok()?))
 }
