@@ -470,7 +470,7 @@ async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
     // a stops draining: once its lease expires, b takes over.
     delivery("four").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.drain_politely().await.unwrap().delivered.len() == 0 {
+    while b.drain_politely().await.unwrap().delivered.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the lease never passed"
