@@ -1,4 +1,4 @@
-//! The `facteur` command line: `serve`, `user add|passwd|list|delete|rekey`
+//! The `facteur` command line: `serve`, `user add|passwd|list|delete|rekey|check`
 //! and `config check`. User mistakes end with one clear line on stderr and a
 //! non-zero exit status, never a panic.
 
@@ -121,6 +121,20 @@ enum UserCommand {
         #[arg(long)]
         new_recovery: bool,
     },
+    /// Read every object of a user (mailbox list, every mailbox's ops,
+    /// snapshots and summary pages, every message body) and report what
+    /// is damaged or missing. Asks for the user's password (its keys
+    /// decrypt the data). Exits with status 1 if anything is wrong.
+    Check {
+        login: String,
+        /// Unlock with the recovery key instead of the password.
+        #[arg(long)]
+        recovery: bool,
+        /// Repair what can be: new snapshots without the lost ops, damaged
+        /// objects deleted, messages whose body is gone expunged.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -239,6 +253,11 @@ async fn run(cli: Cli) -> Result<()> {
                     recovery,
                     new_recovery,
                 } => rekey(&services, &login, recovery, new_recovery, &mut prompt).await,
+                UserCommand::Check {
+                    login,
+                    recovery,
+                    repair,
+                } => check(&services, &login, recovery, repair, &mut prompt).await,
             }
         }
     }
@@ -402,6 +421,47 @@ async fn rekey(
     println!("keyring of {login} now opens with the directory's password");
     print_recovery_key(recovery.as_ref());
     Ok(())
+}
+
+/// `user check`: see `account::check`.
+async fn check(
+    services: &Services,
+    login: &str,
+    use_recovery: bool,
+    repair: bool,
+    prompt: &mut Prompter,
+) -> Result<()> {
+    let login = normalise_login(login)?;
+    let keys = unlock(services, &login, use_recovery, "Password", prompt).await?;
+    let report = facteur::account::check::check_user(
+        services.store.as_ref(),
+        &services.user_id(&login),
+        &keys,
+        repair,
+    )
+    .await
+    .map_err(store_context)?;
+    for problem in &report.problems {
+        println!("damaged: {problem}");
+    }
+    for repaired in &report.repaired {
+        println!("repaired: {repaired}");
+    }
+    println!(
+        "checked {login}: {} objects, {} mailboxes, {} messages, {} problems",
+        report.objects,
+        report.mailboxes,
+        report.messages,
+        report.problems.len()
+    );
+    if report.problems.is_empty() {
+        Ok(())
+    } else if repair {
+        println!("run the check again to see what is left");
+        Ok(())
+    } else {
+        bail!("{login}'s data is damaged (run again with --repair to repair what can be)")
+    }
 }
 
 /// Unlocks a user's keys with a password or the recovery key read from

@@ -6,6 +6,7 @@
 //! changes made by other instances.
 
 pub mod cache;
+pub mod check;
 pub mod folders;
 pub mod keyring;
 pub mod mailbox;

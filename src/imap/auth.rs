@@ -184,6 +184,7 @@ pub async fn login(
         append_limit: imap.options.max_message,
         condstore: false,
         qresync: false,
+        damage_told: false,
     };
     if let Some(recovery) = recovery {
         // A failure here must not lose the key silently: the login fails,

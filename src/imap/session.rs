@@ -70,6 +70,9 @@ pub struct Authed {
     /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE,
     /// SELECT (QRESYNC ...), FETCH (... VANISHED).
     pub qresync: bool,
+    /// Damage to the account's data in the store was told to this
+    /// session (once is enough).
+    pub damage_told: bool,
 }
 
 pub enum State {
@@ -640,6 +643,22 @@ impl Session {
         };
         let name = mailboxes::name_of(authed, mailbox)?;
         let mut selected = Selected::open(authed, &name, read_only, out).await?;
+        // Ops or objects of this mailbox or of the mailbox list found lost
+        // or unreadable in the store: told once per session (RFC 9051
+        // §7.1 ALERT), details in the server log and `facteur user check`.
+        if !authed.damage_told {
+            let mut damage = selected.mailbox.damage().await.len();
+            if let Ok(folders) = authed.account.folders().await {
+                damage += folders.damage().await.len();
+            }
+            if damage > 0 {
+                authed.damage_told = true;
+                out.untagged(
+                    "OK [ALERT] Some of this account's data is damaged or missing in the \
+                     store; tell the administrator (facteur user check)",
+                );
+            }
+        }
         if let Some(resync) = resync
             && resync.uid_validity == selected.folder.uid_validity
         {
