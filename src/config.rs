@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::crypto::{KdfParams, Password};
+use crate::crypto::{KdfParams, Password, UserPublicKey};
 use crate::directory::ldap::LdapSettings;
 use crate::size::ByteSize;
 use crate::store::S3Settings;
@@ -379,6 +379,34 @@ pub struct CryptoConfig {
     /// Create a recovery key for new users (shown once).
     #[serde(default = "default_true")]
     pub recovery_key: bool,
+    /// The association's admin escrow key: 64 hex characters, the public
+    /// half printed by `facteur admin escrow-keygen`. When set, every
+    /// keyring gets an escrow slot sealed to it, when it is created or at
+    /// the user's next login; `facteur user escrow-unlock` then sets a new
+    /// password with the offline secret half. Unset (the default): no
+    /// escrow, and a user with neither password nor recovery key has lost
+    /// their mail.
+    #[serde(default)]
+    pub escrow_public_key: Option<String>,
+}
+
+impl CryptoConfig {
+    /// The escrow key, parsed.
+    pub fn escrow_public_key(&self) -> Result<Option<UserPublicKey>, ConfigError> {
+        let Some(text) = &self.escrow_public_key else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "crypto.escrow_public_key must be 64 hex characters (facteur admin escrow-keygen)"
+                        .into(),
+                )
+            })?;
+        Ok(Some(UserPublicKey::from_bytes(bytes)))
+    }
 }
 
 impl Default for CryptoConfig {
@@ -386,6 +414,7 @@ impl Default for CryptoConfig {
         CryptoConfig {
             argon2: KdfParams::default(),
             recovery_key: default_true(),
+            escrow_public_key: None,
         }
     }
 }
@@ -768,6 +797,7 @@ impl Config {
             return invalid("lmtp.idle_timeout must be at least 1 second");
         }
         self.imap.check()?;
+        self.crypto.escrow_public_key()?;
         self.crypto
             .argon2
             .validate()

@@ -59,7 +59,7 @@ fn instance_tuned(
     name: &str,
     tune: impl FnOnce(&mut AccountConfig),
 ) -> Arc<Imap> {
-    let mut account_config = AccountConfig::new(InstanceId::new(name).unwrap());
+    let mut account_config = services.account_config(InstanceId::new(name).unwrap());
     account_config.poll_interval = Duration::from_millis(200);
     tune(&mut account_config);
     let accounts = Accounts::new(
@@ -550,6 +550,7 @@ async fn delivered_mail_reaches_an_idling_client_within_the_poll_interval() {
         w.store.as_ref(),
         &user,
         &key,
+        &w.services.records,
         raw.as_bytes(),
         DeliveryEnvelope {
             mail_from: "bob@example.org".into(),

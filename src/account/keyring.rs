@@ -14,8 +14,8 @@ use super::AccountError;
 use zeroize::Zeroizing;
 
 use crate::crypto::{
-    CryptoError, KdfParams, Keyring, Password, RecoveryKey, UserKeys, UserPublicKey,
-    delivery_key_tag, verify_delivery_key_tag,
+    CryptoError, EscrowSecretKey, KdfParams, Keyring, Password, RecoveryKey, UserKeys,
+    UserPublicKey, delivery_key_tag, verify_delivery_key_tag,
 };
 use crate::store::{ObjectStore, SharedStore, layout, list_all};
 use layout::UserId;
@@ -26,6 +26,8 @@ pub struct KeyringStore {
     store: SharedStore,
     /// Keys the delivery-key tags.
     cluster_secret: Arc<Zeroizing<Vec<u8>>>,
+    /// The admin escrow key every keyring gets a slot for, if configured.
+    escrow: Option<UserPublicKey>,
 }
 
 impl std::fmt::Debug for KeyringStore {
@@ -41,7 +43,55 @@ impl KeyringStore {
         KeyringStore {
             store,
             cluster_secret: Arc::new(Zeroizing::new(cluster_secret.to_vec())),
+            escrow: None,
         }
+    }
+
+    /// Gives every keyring an escrow slot sealed to `admin` (`[crypto]
+    /// escrow_public_key`): new keyrings at creation, existing ones at
+    /// their next unlock.
+    pub fn with_escrow(mut self, admin: Option<UserPublicKey>) -> Self {
+        self.escrow = admin;
+        self
+    }
+
+    /// Adds (or re-seals) the escrow slot of an unlocked keyring if the
+    /// configured admin key has none; a failure is logged, not fatal (the
+    /// user still logs in; the next unlock tries again).
+    async fn heal_escrow(&self, u: &UserId, keys: &UserKeys) {
+        let Some(admin) = &self.escrow else {
+            return;
+        };
+        let healed = async {
+            let Some(mut keyring) = self.load(u).await? else {
+                return Ok(false);
+            };
+            if keyring.escrow_public_key().as_ref() == Some(admin) {
+                return Ok(false);
+            }
+            keyring.set_escrow(keys, admin)?;
+            self.save(u, &keyring).await?;
+            Ok::<_, AccountError>(true)
+        };
+        match healed.await {
+            Ok(true) => tracing::info!(user = ?u, "added the admin escrow slot to a keyring"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(user = ?u, error = %e, "could not add the admin escrow slot"),
+        }
+    }
+
+    /// Unlocks the user's keys with the offline admin escrow key (`facteur
+    /// user escrow-unlock`), for setting a new password when both the
+    /// password and the recovery key are lost.
+    pub async fn unlock_with_escrow(
+        &self,
+        u: &UserId,
+        admin: &EscrowSecretKey,
+    ) -> Result<UserKeys, AccountError> {
+        let keyring = self.load(u).await?.ok_or(AccountError::NoKeyring)?;
+        let keys = keyring.unlock_with_escrow(admin)?;
+        self.heal_delivery_key(u, &keys).await?;
+        Ok(keys)
     }
 
     /// The public key to seal a user's mail to, if the user has one and
@@ -127,8 +177,11 @@ impl KeyringStore {
             return Err(AccountError::KeyringExists);
         }
         let (password, params) = (Password::new(password.as_str()), params.clone());
-        let (keyring, keys, recovery) =
+        let (mut keyring, keys, recovery) =
             blocking(move || Keyring::create(&password, &params, with_recovery)).await??;
+        if let Some(admin) = &self.escrow {
+            keyring.set_escrow(&keys, admin)?;
+        }
         self.save(u, &keyring).await?;
         // After the keyring: a delivery key whose secret was never stored
         // would swallow mail.
@@ -142,6 +195,7 @@ impl KeyringStore {
         let password = Password::new(password.as_str());
         let keys = blocking(move || keyring.unlock_with_password(&password)).await??;
         self.heal_delivery_key(u, &keys).await?;
+        self.heal_escrow(u, &keys).await;
         Ok(keys)
     }
 

@@ -82,7 +82,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn accounts_are_shared_and_outlive_sessions_by_the_grace_period() {
         let store: SharedStore = Arc::new(MemoryStore::new());
-        let config = AccountConfig::new(InstanceId::new("a").unwrap());
+        let config = AccountConfig::new(
+            InstanceId::new("a").unwrap(),
+            crate::crypto::RecordAuth::from_cluster_secret(b"0123456789abcdef"),
+        );
         let accounts = Accounts::new(store, config, Duration::from_secs(60));
         let (keyring, keys, _) =
             Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();

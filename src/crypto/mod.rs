@@ -8,6 +8,8 @@
 //! - [`sealed_box`]: the X25519 half ([`UserKeys`], [`UserPublicKey`],
 //!   libsodium-compatible sealed boxes for LMTP delivery records).
 //! - [`recovery`]: the human-typable [`RecoveryKey`].
+//! - [`record_auth`]: the MAC under a key derived from the cluster secret
+//!   that authenticates LMTP delivery records ([`RecordAuth`]).
 //! - [`keyring`]: the `users/<u>/keyring` object ([`Keyring`], [`KdfParams`]).
 //! - [`user_id`]: the opaque per-user id of object names.
 //!
@@ -15,6 +17,7 @@
 //! callers run keyring creation and password unlocks on the blocking pool.
 
 pub mod keyring;
+pub mod record_auth;
 pub mod recovery;
 pub mod seal;
 pub mod sealed_box;
@@ -22,8 +25,9 @@ pub mod secret;
 pub mod user_id;
 
 pub use keyring::{KdfParams, Keyring};
+pub use record_auth::{RecordAuth, RecordAuthError};
 pub use recovery::RecoveryKey;
-pub use seal::{open, open_body, open_body_with, seal, seal_body};
+pub use seal::{open, open_body, open_body_with, seal, seal_body, seal_body_padded, seal_padded};
 pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};
 pub use secret::{MasterKey, Password, SymmetricKey, purpose};
 pub use user_id::{delivery_key_tag, user_id, verify_delivery_key_tag};

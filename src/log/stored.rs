@@ -53,7 +53,9 @@ use serde::de::DeserializeOwned;
 use super::LogError;
 use super::id::{Hlc, InstanceId, OpId, now_ms, op_name, op_name_floor, parse_op_name};
 use super::replica::{Envelope, Replica, State};
-use crate::crypto::{CryptoError, SymmetricKey, open, open_body, open_body_with, seal, seal_body};
+use crate::crypto::{
+    CryptoError, SymmetricKey, open, open_body, open_body_with, seal_body_padded, seal_padded,
+};
 use crate::store::{ObjectStore, StoreError, list_all};
 
 /// Largest snapshot accepted when decompressing (a 10,000-message mailbox
@@ -574,6 +576,8 @@ where
                 parents: Vec::new(),
                 hlc,
                 instance: writer,
+                // No parents: nothing to carry (the list keeps no clock).
+                clock: self.replica.state().clock_for(&[]),
             },
             body,
         };
@@ -586,7 +590,8 @@ where
         let (id, bytes) = envelope.encode()?;
         let name = op_name(hlc, &instance, &id);
         let object_key = format!("{}{}", self.log_prefix(), name);
-        let sealed = Bytes::from(seal(&self.key, &object_key, &bytes));
+        // Padded: an op's exact size would tell which operation it is.
+        let sealed = Bytes::from(seal_padded(&self.key, &object_key, &bytes));
         Ok(Prepared {
             object_key,
             name,
@@ -717,7 +722,7 @@ where
             replica: &self.replica,
         })
         .map_err(LogError::Encode)?;
-        let sealed = Bytes::from(seal_body(&self.key, &name, &plain));
+        let sealed = Bytes::from(seal_body_padded(&self.key, &name, &plain));
         Ok(PreparedSnapshot { name, sealed })
     }
 
@@ -920,7 +925,7 @@ impl SideObjects {
             self.instance,
             rand::random::<u64>()
         );
-        let sealed = Bytes::from(seal_body(&self.key, &self.object_key(&name), plain));
+        let sealed = Bytes::from(seal_body_padded(&self.key, &self.object_key(&name), plain));
         (name, sealed)
     }
 
@@ -1408,6 +1413,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+    use crate::crypto::seal;
     use crate::log::OpMeta;
     use crate::store::{MemoryStore, S3Settings, S3Store, StoreError};
 
