@@ -24,7 +24,7 @@ use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
 pub use folders::{Folder, Folders};
-pub use keyring::KeyringStore;
+pub use keyring::{KeyringStore, StoredKeyring};
 pub use mailbox::{Mailbox, MailboxTuning, Placed};
 pub use registry::Accounts;
 
@@ -54,6 +54,9 @@ pub enum AccountError {
     Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too many password checks at once (the Argon2 pool is full).
+    #[error(transparent)]
+    Busy(#[from] crate::crypto::KdfBusy),
 }
 
 impl AccountError {
@@ -64,6 +67,7 @@ impl AccountError {
             AccountError::Store(e) => e.is_transient(),
             AccountError::Sync(e) => e.is_transient(),
             AccountError::Incoming(e) => e.is_transient(),
+            AccountError::Busy(_) => true,
             _ => false,
         }
     }

@@ -9,11 +9,13 @@
 //!   libsodium-compatible sealed boxes for LMTP delivery records).
 //! - [`recovery`]: the human-typable [`RecoveryKey`].
 //! - [`keyring`]: the `users/<u>/keyring` object ([`Keyring`], [`KdfParams`]).
+//! - [`kdf_pool`]: the bounded pool every Argon2 run goes through.
 //! - [`user_id`]: the opaque per-user id of object names.
 //!
 //! Argon2 is slow on purpose (hundreds of milliseconds on a Raspberry Pi):
-//! callers run keyring creation and password unlocks on the blocking pool.
+//! callers run keyring creation and password unlocks through a [`KdfPool`].
 
+pub mod kdf_pool;
 pub mod keyring;
 pub mod recovery;
 pub mod seal;
@@ -21,6 +23,7 @@ pub mod sealed_box;
 pub mod secret;
 pub mod user_id;
 
+pub use kdf_pool::{KdfBusy, KdfPool};
 pub use keyring::{KdfParams, Keyring};
 pub use recovery::RecoveryKey;
 pub use seal::{open, open_body, open_body_with, seal, seal_body};
