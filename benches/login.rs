@@ -181,8 +181,24 @@ fn main() {
             "first login (keys locked)",
             t.elapsed().as_secs_f64() * 1e3
         );
-        measure("re-login, 1 client", &imap, 1, budget, |_| "alice".into(), true).await;
-        measure("re-login, 4 clients", &imap, 4, budget, |_| "alice".into(), true).await;
+        measure(
+            "re-login, 1 client",
+            &imap,
+            1,
+            budget,
+            |_| "alice".into(),
+            true,
+        )
+        .await;
+        measure(
+            "re-login, 4 clients",
+            &imap,
+            4,
+            budget,
+            |_| "alice".into(),
+            true,
+        )
+        .await;
         measure(
             "unknown login, 4 clients",
             &imap,

@@ -981,7 +981,10 @@ mod tests {
     #[test]
     fn argon2_parameters_and_pool_are_checked() {
         let with = |extra: &str| {
-            Config::parse(&format!("{MINIMAL}\n[crypto]\n{extra}"), Path::new("/etc/f"))
+            Config::parse(
+                &format!("{MINIMAL}\n[crypto]\n{extra}"),
+                Path::new("/etc/f"),
+            )
         };
         let c = with("argon2_threads = 3\nargon2_queue = 5").unwrap();
         let pool = c.crypto.kdf_pool();
@@ -990,10 +993,22 @@ mod tests {
         assert_eq!(pool.threads(), crate::crypto::KdfPool::default_threads());
         assert_eq!(pool.queue(), 8 * pool.threads());
         for (bad, expected) in [
-            ("argon2 = { memory_kib = 1048576, iterations = 3, parallelism = 1 }", "memory_kib = 1048576 is above the maximum of 262144"),
-            ("argon2 = { memory_kib = 65536, iterations = 64, parallelism = 1 }", "iterations = 64 is above the maximum of 10"),
-            ("argon2 = { memory_kib = 65536, iterations = 3, parallelism = 16 }", "parallelism = 16 is above the maximum of 8"),
-            ("argon2 = { memory_kib = 512, iterations = 3, parallelism = 1 }", "below the minimum"),
+            (
+                "argon2 = { memory_kib = 1048576, iterations = 3, parallelism = 1 }",
+                "memory_kib = 1048576 is above the maximum of 262144",
+            ),
+            (
+                "argon2 = { memory_kib = 65536, iterations = 64, parallelism = 1 }",
+                "iterations = 64 is above the maximum of 10",
+            ),
+            (
+                "argon2 = { memory_kib = 65536, iterations = 3, parallelism = 16 }",
+                "parallelism = 16 is above the maximum of 8",
+            ),
+            (
+                "argon2 = { memory_kib = 512, iterations = 3, parallelism = 1 }",
+                "below the minimum",
+            ),
             ("argon2_threads = 100000", "argon2_threads"),
         ] {
             let err = with(bad).unwrap_err().to_string();

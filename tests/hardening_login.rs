@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use facteur::account::{AccountConfig, Accounts};
-use facteur::crypto::{KdfParams, Password};
+use facteur::crypto::{KdfParams, KdfPool, Password};
 use facteur::directory::{Directory, DirectoryError, UserRecord, normalise_login};
 use facteur::imap::connection::{Peer, serve};
 use facteur::imap::throttle::{Throttle, ThrottleConfig};
@@ -56,7 +56,11 @@ async fn world_with(kdf: KdfParams, directory: Option<Arc<dyn Directory>>) -> Wo
     let user_ids = services.clone();
     let imap = Arc::new(Imap {
         directory: directory.unwrap_or_else(|| services.directory.clone()),
-        keyrings: services.keyrings.clone(),
+        // Its own pool, to count the logins' Argon2 runs only.
+        keyrings: services
+            .keyrings
+            .clone()
+            .with_kdf_pool(KdfPool::with_default_size()),
         accounts: Accounts::new(
             services.store.clone(),
             AccountConfig::new(InstanceId::new("test").unwrap()),
@@ -91,7 +95,12 @@ impl World {
             local: "127.0.0.1:143".parse().unwrap(),
             tls: false,
         };
-        tokio::spawn(serve(server, peer, self.imap.clone(), std::future::pending()));
+        tokio::spawn(serve(
+            server,
+            peer,
+            self.imap.clone(),
+            std::future::pending(),
+        ));
         Client::start(client).await.0
     }
 
@@ -148,27 +157,45 @@ async fn a_parallel_burst_gets_at_most_the_allowed_checks() {
     let w = world().await;
     let free = ThrottleConfig::default().login_free_failures as usize;
     let replies = w
-        .burst(30, |i| format!("198.51.100.7:{}", 40000 + i), |_| "alice".into(), "guess")
+        .burst(
+            30,
+            |i| format!("198.51.100.7:{}", 40000 + i),
+            |_| "alice".into(),
+            "guess",
+        )
         .await;
     assert!(replies.iter().all(Reply::no), "{replies:?}");
     let checked = count(&replies, "[AUTHENTICATIONFAILED]");
     let refused = count(&replies, "Too many failed logins");
     assert_eq!(checked + refused, 30, "{replies:?}");
-    assert!(checked <= free, "{checked} passwords checked, at most {free} allowed");
+    assert!(
+        checked <= free,
+        "{checked} passwords checked, at most {free} allowed"
+    );
     assert!(w.runs() <= free as u64, "{} Argon2 runs", w.runs());
 
     // The same from many addresses at a single login: bounded by the
     // login's all-addresses counter.
     let all = ThrottleConfig::default().login_free_failures_all as usize;
     let replies = w
-        .burst(40, |i| format!("203.0.113.{i}:4000"), |_| "bob".into(), "guess")
+        .burst(
+            40,
+            |i| format!("203.0.113.{i}:4000"),
+            |_| "bob".into(),
+            "guess",
+        )
         .await;
     let checked = count(&replies, "[AUTHENTICATIONFAILED]");
     assert!(checked <= all, "{checked} checked, at most {all}");
     // And from one address at many logins: its own counter.
     let per_ip = ThrottleConfig::default().ip_free_failures as usize;
     let replies = w
-        .burst(40, |_| "192.0.2.99:4000".into(), |i| format!("user{i}"), "guess")
+        .burst(
+            40,
+            |_| "192.0.2.99:4000".into(),
+            |i| format!("user{i}"),
+            "guess",
+        )
         .await;
     let checked = count(&replies, "[AUTHENTICATIONFAILED]");
     assert!(checked <= per_ip, "{checked} checked, at most {per_ip}");
@@ -186,10 +213,20 @@ async fn guesses_from_elsewhere_never_lock_the_real_user_out() {
     assert!(r.ok(), "{r:?}");
     for round in 0..3 {
         // One address bursting, then many addresses.
-        w.burst(20, |_| "203.0.113.66:4000".into(), |_| "alice".into(), "guess")
-            .await;
-        w.burst(30, |i| format!("198.51.100.{i}:4000"), |_| "alice".into(), "guess")
-            .await;
+        w.burst(
+            20,
+            |_| "203.0.113.66:4000".into(),
+            |_| "alice".into(),
+            "guess",
+        )
+        .await;
+        w.burst(
+            30,
+            |i| format!("198.51.100.{i}:4000"),
+            |_| "alice".into(),
+            "guess",
+        )
+        .await;
         let (_, r) = w.login(home, "alice", "pw").await;
         assert!(r.ok(), "round {round}: {r:?}");
     }
@@ -229,7 +266,13 @@ async fn a_relogin_runs_no_argon2_and_follows_password_changes() {
         .unwrap();
     w.services
         .keyrings
-        .set_password(&user, &keys, &Password::new("new pw"), &KdfParams::TEST, false)
+        .set_password(
+            &user,
+            &keys,
+            &Password::new("new pw"),
+            &KdfParams::TEST,
+            false,
+        )
         .await
         .unwrap();
     let before = w.runs();
@@ -265,7 +308,7 @@ async fn unknown_logins_cost_what_known_ones_cost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_argon2_pool_answers_unavailable() {
     let mut w = world().await;
-    let pool = facteur::crypto::KdfPool::new(1, 1);
+    let pool = KdfPool::new(1, 1);
     let mut imap = (*w.imap).clone();
     imap.keyrings = imap.keyrings.clone().with_kdf_pool(pool.clone());
     // Slow enough that the burst arrives while the first ones run.
@@ -276,7 +319,12 @@ async fn a_full_argon2_pool_answers_unavailable() {
     };
     w.imap = Arc::new(imap);
     let replies = w
-        .burst(12, |i| format!("198.51.100.{i}:4000"), |i| format!("nobody{i}"), "pw")
+        .burst(
+            12,
+            |i| format!("198.51.100.{i}:4000"),
+            |i| format!("nobody{i}"),
+            "pw",
+        )
         .await;
     let busy = replies
         .iter()
@@ -308,11 +356,35 @@ async fn raised_parameters_are_rewrapped_at_login() {
         assert!(tokio::time::Instant::now() < deadline, "never re-wrapped");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The verifier follows the re-written keyring.
+    let pw = Password::new("pw");
+    loop {
+        let digest = w
+            .services
+            .keyrings
+            .fetch(&user)
+            .await
+            .unwrap()
+            .unwrap()
+            .digest;
+        if w.imap.accounts.reuse(&user, &pw, &digest).is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "verifier not updated"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // It still opens with the password, here and anywhere.
     let runs = w.runs();
     let (_, r) = w.login("127.0.0.1:2", "alice", "pw").await;
     assert!(r.ok(), "{r:?}");
-    assert_eq!(w.runs(), runs, "the verifier follows the re-wrapped keyring");
+    assert_eq!(
+        w.runs(),
+        runs,
+        "the verifier follows the re-wrapped keyring"
+    );
     w.services
         .keyrings
         .unlock(&user, &Password::new("pw"))
@@ -369,7 +441,10 @@ impl Directory for Vouching {
 async fn a_first_login_with_a_too_short_directory_password_makes_no_keyring() {
     let w = world_with(KdfParams::TEST, Some(Arc::new(Vouching))).await;
     let (_, r) = w.login("127.0.0.1:1", "dave", "short").await;
-    assert!(r.no() && r.has("[EXPIRED]") && r.has("8 characters"), "{r:?}");
+    assert!(
+        r.no() && r.has("[EXPIRED]") && r.has("8 characters"),
+        "{r:?}"
+    );
     let dave = w.services.user_id("dave");
     assert!(w.services.keyrings.load(&dave).await.unwrap().is_none());
     let (_, r) = w.login("127.0.0.1:1", "dave", "long enough").await;

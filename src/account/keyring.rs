@@ -216,7 +216,8 @@ impl KeyringStore {
         params: &KdfParams,
     ) -> Result<(), AccountError> {
         let (password, params) = (Password::new(password.as_str()), params.clone());
-        self.derive(move || params.dummy_derive(&password)).await??;
+        self.derive(move || params.dummy_derive(&password))
+            .await??;
         Ok(())
     }
 
@@ -308,13 +309,13 @@ impl KeyringStore {
         let (password, params) = (Password::new(new_password.as_str()), params.clone());
         let (keyring, recovery) = self
             .derive(move || {
-            keyring.set_password(&keys, &password, &params)?;
-            let recovery = if new_recovery {
-                Some(keyring.set_recovery(&keys)?)
-            } else {
-                None
-            };
-            Ok::<_, CryptoError>((keyring, recovery))
+                keyring.set_password(&keys, &password, &params)?;
+                let recovery = if new_recovery {
+                    Some(keyring.set_recovery(&keys)?)
+                } else {
+                    None
+                };
+                Ok::<_, CryptoError>((keyring, recovery))
             })
             .await??;
         self.save(u, &keyring).await?;

@@ -119,7 +119,12 @@ impl Accounts {
         self.unlock_inner(user, keys, Some(verifier))
     }
 
-    fn unlock_inner(&self, user: &UserId, keys: UserKeys, verifier: Option<[u8; 32]>) -> Arc<Account> {
+    fn unlock_inner(
+        &self,
+        user: &UserId,
+        keys: UserKeys,
+        verifier: Option<[u8; 32]>,
+    ) -> Arc<Account> {
         let mut live = self.live();
         if let Some(entry) = live.get_mut(user)
             && let Some(account) = entry.account.upgrade()
@@ -242,14 +247,28 @@ mod tests {
         let pw = Password::new("correct horse");
         let digest = [7u8; 32];
 
-        assert!(accounts.reuse(&user, &pw, &digest).is_none(), "not unlocked");
+        assert!(
+            accounts.reuse(&user, &pw, &digest).is_none(),
+            "not unlocked"
+        );
         let account = accounts.unlock_with_password(&user, keys.clone(), &pw, &digest);
         let again = accounts.reuse(&user, &pw, &digest).expect("same password");
         assert!(Arc::ptr_eq(&account, &again));
         drop(again);
-        assert!(accounts.reuse(&user, &Password::new("correct horsE"), &digest).is_none());
-        assert!(accounts.reuse(&user, &Password::new("correct horse "), &digest).is_none());
-        assert!(accounts.reuse(&user, &pw, &[8u8; 32]).is_none(), "keyring changed");
+        assert!(
+            accounts
+                .reuse(&user, &Password::new("correct horsE"), &digest)
+                .is_none()
+        );
+        assert!(
+            accounts
+                .reuse(&user, &Password::new("correct horse "), &digest)
+                .is_none()
+        );
+        assert!(
+            accounts.reuse(&user, &pw, &[8u8; 32]).is_none(),
+            "keyring changed"
+        );
         assert!(accounts.reuse(&bob, &pw, &digest).is_none());
 
         // Unlocked without a password (no verifier): nothing to reuse.

@@ -1065,7 +1065,11 @@ mod tests {
         let cases = [
             ("memory_kib", u64::from(u32::MAX), "memory_kib"),
             ("memory_kib", 1024 * 1024, "memory_kib = 1048576 is above"),
-            ("iterations", 64, "iterations = 64 is above the maximum of 10"),
+            (
+                "iterations",
+                64,
+                "iterations = 64 is above the maximum of 10",
+            ),
             ("parallelism", 16, "parallelism"),
         ];
         for (field, value, expected) in cases {

@@ -111,9 +111,7 @@ impl Sasl {
                     Ok(SaslStep::Challenge(b"Password:".to_vec()))
                 }
                 (Some(_), None) => Ok(SaslStep::Challenge(b"Password:".to_vec())),
-                (Some(name), Some(pass)) => {
-                    Ok(SaslStep::Done(name.clone(), secret_utf8(pass)?))
-                }
+                (Some(name), Some(pass)) => Ok(SaslStep::Done(name.clone(), secret_utf8(pass)?)),
             },
         }
     }
@@ -380,7 +378,9 @@ fn spawn_rewrap(
                 accounts.remember_password(&user, &password, &new.digest);
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(user = ?user, error = %e, "re-wrapping the password slot failed"),
+            Err(e) => {
+                tracing::warn!(user = ?user, error = %e, "re-wrapping the password slot failed")
+            }
         }
     });
 }
@@ -434,7 +434,10 @@ mod tests {
             SaslStep::Done(u, p) => assert_eq!((u.as_str(), p.as_str()), ("alice", "pw")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(s.step(Some(b"\0alice\0\xff")), Err(Failure::Bad(_))));
+        assert!(matches!(
+            s.step(Some(b"\0alice\0\xff")),
+            Err(Failure::Bad(_))
+        ));
         assert!(matches!(
             s.step(Some(b"alice\0alice\0pw")),
             Ok(SaslStep::Done(..))

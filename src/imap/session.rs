@@ -450,7 +450,8 @@ impl Session {
             CommandBody::Login { username, password } => {
                 self.require_login_allowed()?;
                 let login = String::from_utf8_lossy(username.as_ref()).into_owned();
-                let password = Password::new(String::from_utf8_lossy(password.declassify().as_ref()));
+                let password =
+                    Password::new(String::from_utf8_lossy(password.declassify().as_ref()));
                 let authed =
                     auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
                 self.state = State::Authed(Box::new(authed));

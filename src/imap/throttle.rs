@@ -259,7 +259,13 @@ impl Throttle {
     }
 
     /// The delay a key with `entry` still has to wait at `now`.
-    fn wait(&self, entry: Option<Entry>, free: u32, max: Duration, now: Instant) -> Option<Duration> {
+    fn wait(
+        &self,
+        entry: Option<Entry>,
+        free: u32,
+        max: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
         let entry = entry?;
         let over = entry.failures.checked_sub(free)?;
         let delay = self
@@ -283,7 +289,12 @@ impl Throttle {
         let known = t.known.contains(&(ip, login));
         let waits = [
             self.wait(t.ips.get(&ip), c.ip_free_failures, c.max_delay, now),
-            self.wait(t.pairs.get(&(ip, login)), c.login_free_failures, c.max_delay, now),
+            self.wait(
+                t.pairs.get(&(ip, login)),
+                c.login_free_failures,
+                c.max_delay,
+                now,
+            ),
             if known {
                 None
             } else {
@@ -348,7 +359,8 @@ impl Attempt<'_> {
             t.logins.unrecord(&self.login);
         }
         t.known.remove(&(self.ip, self.login));
-        t.known.record_failure((self.ip, self.login), now, c.max_entries);
+        t.known
+            .record_failure((self.ip, self.login), now, c.max_entries);
     }
 
     /// The password could not be checked (the store or the directory is
@@ -441,7 +453,9 @@ mod tests {
         let now = Instant::now();
         let a = ip("192.0.2.1");
         // 30 attempts start at once; none has finished its check.
-        let started: Vec<_> = (0..30).filter_map(|_| t.begin(a, "alice", now).ok()).collect();
+        let started: Vec<_> = (0..30)
+            .filter_map(|_| t.begin(a, "alice", now).ok())
+            .collect();
         assert_eq!(started.len(), 3, "only the free failures get a check");
         // Across logins, the address's own limit holds the same way.
         let b = ip("192.0.2.2");
@@ -616,11 +630,9 @@ mod tests {
         }
         // Started before the others' clock reading, counted after them.
         assert!(t.begin(a, "alice", now).is_err());
-        t.tables(now).pairs.record_failure(
-            (IpKey::of(a), t.login_key("alice")),
-            now,
-            100,
-        );
+        t.tables(now)
+            .pairs
+            .record_failure((IpKey::of(a), t.login_key("alice")), now, 100);
         // Four failures, the last counted at now + 10 s: 2 s from then.
         assert_eq!(check(&t, a, "alice", now + S(10)), Err(S(2)));
     }
