@@ -25,8 +25,9 @@
 //!
 //! A user the directory knows who has no keyring yet (provisioned in LDAP,
 //! first login) gets one created with that password, and a recovery key
-//! delivered once as a message in INBOX. The password must then be at
-//! least [`Password::MIN_CHARS`] long: it is all that protects the keyring.
+//! delivered once as a message in INBOX. An LDAP password must then be at
+//! least [`Password::MIN_CHARS`] long: it is all that protects the keyring
+//! (`facteur user add` and `passwd` enforce it for the users file).
 //! (A users-file user without a keyring, written by hand, costs two Argon2
 //! once: the hash, then the new keyring.)
 
@@ -308,7 +309,9 @@ async fn first_login(
             Err(e) => return Err(directory_refusal(e)),
         }
     }
-    if password.is_too_short() {
+    // The directory's password policy is not ours (LDAP): the keyring's is
+    // checked here. A users-file password was checked when it was set.
+    if !keyring_proves && password.is_too_short() {
         tracing::warn!(login = %record.login, "first login refused: password too short for a keyring");
         return Err(Refusal::Unchecked(Failure::no(
             Some(code("EXPIRED")),
