@@ -978,7 +978,7 @@ struct Prompter {
 }
 
 /// Shortest password accepted for new passwords.
-const MIN_PASSWORD_LEN: usize = 8;
+const MIN_PASSWORD_LEN: usize = Password::MIN_CHARS;
 
 impl Prompter {
     fn new() -> Self {

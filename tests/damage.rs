@@ -26,7 +26,10 @@ fn account(
     lost_after: Option<Duration>,
 ) -> Arc<Account> {
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
-    let mut config = AccountConfig::new(InstanceId::new(instance).unwrap());
+    let mut config = AccountConfig::new(
+        InstanceId::new(instance).unwrap(),
+        facteur::crypto::RecordAuth::from_cluster_secret(b"0123456789abcdef"),
+    );
     config.mailbox.fix_up_jitter = Duration::ZERO;
     if let Some(lost_after) = lost_after {
         config.mailbox.log.lost_after = lost_after;

@@ -25,7 +25,7 @@ use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
 pub use folders::{Folder, Folders};
-pub use keyring::KeyringStore;
+pub use keyring::{KeyringStore, StoredKeyring};
 pub use mailbox::{Mailbox, MailboxTuning, Placed};
 pub use registry::Accounts;
 
@@ -55,6 +55,9 @@ pub enum AccountError {
     Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too many password checks at once (the Argon2 pool is full).
+    #[error(transparent)]
+    Busy(#[from] crate::crypto::KdfBusy),
 }
 
 impl AccountError {
@@ -65,6 +68,7 @@ impl AccountError {
             AccountError::Store(e) => e.is_transient(),
             AccountError::Sync(e) => e.is_transient(),
             AccountError::Incoming(e) => e.is_transient(),
+            AccountError::Busy(_) => true,
             _ => false,
         }
     }

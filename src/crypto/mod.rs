@@ -11,11 +11,13 @@
 //! - [`record_auth`]: the MAC under a key derived from the cluster secret
 //!   that authenticates LMTP delivery records ([`RecordAuth`]).
 //! - [`keyring`]: the `users/<u>/keyring` object ([`Keyring`], [`KdfParams`]).
+//! - [`kdf_pool`]: the bounded pool every Argon2 run goes through.
 //! - [`user_id`]: the opaque per-user id of object names.
 //!
 //! Argon2 is slow on purpose (hundreds of milliseconds on a Raspberry Pi):
-//! callers run keyring creation and password unlocks on the blocking pool.
+//! callers run keyring creation and password unlocks through a [`KdfPool`].
 
+pub mod kdf_pool;
 pub mod keyring;
 pub mod record_auth;
 pub mod recovery;
@@ -24,6 +26,7 @@ pub mod sealed_box;
 pub mod secret;
 pub mod user_id;
 
+pub use kdf_pool::{KdfBusy, KdfPool};
 pub use keyring::{KdfParams, Keyring};
 pub use record_auth::{RecordAuth, RecordAuthError};
 pub use recovery::RecoveryKey;

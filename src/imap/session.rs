@@ -28,6 +28,7 @@ use super::response::{Done, Failure, Out, Outcome, code};
 use super::selected::Selected;
 use super::{Imap, append, capability, fetch, find, mailboxes, messages};
 use crate::account::Account;
+use crate::crypto::Password;
 
 /// A decoded command with what [`super::extend`] found beyond
 /// imap-codec's grammar.
@@ -483,7 +484,8 @@ impl Session {
             CommandBody::Login { username, password } => {
                 self.require_login_allowed()?;
                 let login = String::from_utf8_lossy(username.as_ref()).into_owned();
-                let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                let password =
+                    Password::new(String::from_utf8_lossy(password.declassify().as_ref()));
                 let authed =
                     auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
                 self.logged_in(authed).await;
@@ -531,7 +533,7 @@ impl Session {
         }
     }
 
-    async fn finish_login(&mut self, login: String, password: String) -> Outcome {
+    async fn finish_login(&mut self, login: String, password: Password) -> Outcome {
         let authed = auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
         self.logged_in(authed).await;
         Done::with_code(

@@ -60,12 +60,17 @@ impl Services {
             }
             StoreBackend::Memory => Arc::new(MemoryStore::new()),
         };
+        // One pool for every Argon2 of this process: users file and keyrings.
+        let kdf_pool = config.crypto.kdf_pool();
         let directory: Arc<dyn Directory> = match config.directory.backend {
             DirectoryBackend::Static => {
                 let path = config.directory.users_file.clone().ok_or_else(|| {
                     ConfigError::Invalid("directory.backend = \"static\" needs users_file".into())
                 })?;
-                Arc::new(StaticDirectory::open(path, config.crypto.argon2.clone())?)
+                Arc::new(
+                    StaticDirectory::open(path, config.crypto.argon2.clone())?
+                        .with_kdf_pool(kdf_pool.clone()),
+                )
             }
             DirectoryBackend::Ldap => {
                 let ldap = config.directory.ldap.as_ref().ok_or_else(|| {
@@ -78,7 +83,8 @@ impl Services {
         };
         Ok(Services {
             keyrings: KeyringStore::new(store.clone(), cluster_secret.as_bytes())
-                .with_escrow(config.crypto.escrow_public_key()?),
+                .with_escrow(config.crypto.escrow_public_key()?)
+                .with_kdf_pool(kdf_pool),
             store,
             directory,
             kdf: config.crypto.argon2.clone(),
