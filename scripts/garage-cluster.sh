@@ -7,6 +7,7 @@
 #   eval "$(scripts/garage-cluster.sh start <workdir>)"   # prints exports
 #   scripts/garage-cluster.sh kill <workdir> <n>      # SIGKILL node n (1-3)
 #   scripts/garage-cluster.sh restart <workdir> <n>   # start node n again
+#   scripts/garage-cluster.sh wait-healthy <workdir>  # every node sees all 3
 #   scripts/garage-cluster.sh stop <workdir>          # stops every node
 #
 # `start` prints only `export FACTEUR_TEST_GARAGE_CLUSTER_...=...` lines on
@@ -38,7 +39,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start|stop <workdir> | kill|restart <workdir> <1-3>" >&2
+    echo "usage: $0 start|stop|wait-healthy <workdir> | kill|restart <workdir> <1-3>" >&2
     exit 2
 }
 
@@ -235,6 +236,21 @@ cmd_restart() {
     log "node $n restarted"
 }
 
+# Waits until each node reports the three nodes healthy (after a restart
+# the others reconnect 5-30 s later; until then a second failure loses the
+# quorum).
+cmd_wait_healthy() {
+    local n deadline=$((SECONDS + 90)) out
+    garage="$(find_garage)"
+    for n in $NODES; do
+        until out="$(g "$n" status 2>&1)" && ! grep -q "FAILED NODES" <<<"$out" &&
+            [ "$(grep -c '127.0.0.1:' <<<"$out")" -ge 3 ]; do
+            [ "$SECONDS" -lt "$deadline" ] || die "node $n does not see 3 healthy nodes: $out"
+            sleep 0.2
+        done
+    done
+}
+
 script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 [ $# -ge 2 ] || usage
 mkdir -p "$2"
@@ -243,6 +259,10 @@ case "$1" in
 start | stop)
     [ $# -eq 2 ] || usage
     "cmd_$1"
+    ;;
+wait-healthy)
+    [ $# -eq 2 ] || usage
+    cmd_wait_healthy
     ;;
 kill | restart)
     [ $# -eq 3 ] || usage

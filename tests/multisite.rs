@@ -111,8 +111,10 @@ fn fs_nothing_acknowledged_is_lost_when_an_instance_dies_mid_data() {
 
 // --- the same on the 3-node Garage ----------------------------------------
 
-/// Site and instances A, B, C on nodes 1, 2, 3 of the cluster.
+/// A site on the cluster, once its three nodes are up and connected
+/// (instances A, B, C then go on nodes 1, 2, 3).
 fn garage_site(cluster: &GarageCluster) -> Site {
+    cluster.wait_healthy();
     Site::new(&cluster.node(1))
 }
 
@@ -666,6 +668,10 @@ fn failures(
 
             // Two nodes down: no quorum. LMTP answers 4xx, IMAP writes NO
             // [UNAVAILABLE]; nothing acknowledged is lost.
+            cluster.wait_healthy();
+            let mut session = ra.login(login);
+            let r = session.run("SELECT INBOX");
+            assert!(r.ok(), "{r:?}");
             let down = Downed::kill(cluster, &[2, 3]);
             for (i, instance) in [ra, rb].into_iter().enumerate() {
                 let (code, took) = probe_delivery(instance, login, &format!("probe-down-{i}"));
@@ -676,7 +682,6 @@ fn failures(
                 );
                 probes.push(format!("{}: {code} in {took:?}", instance.name));
             }
-            let mut session = ra.login(login);
             let r = session.append("INBOX", &message("probe-down-imap"));
             assert!(
                 r.no() && r.tagged().contains("[UNAVAILABLE]"),

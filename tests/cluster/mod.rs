@@ -112,28 +112,35 @@ impl GarageCluster {
         }
     }
 
-    fn script(&self, action: &str, n: usize) {
+    fn script(&self, action: &str, n: Option<usize>) {
         let out = Command::new(&self.script)
-            .args([action, &self.dir, &n.to_string()])
+            .args([action, &self.dir])
+            .args(n.map(|n| n.to_string()))
             .stdin(Stdio::null())
             .output()
             .expect("scripts/garage-cluster.sh runs");
         assert!(
             out.status.success(),
-            "garage-cluster.sh {action} {n}: {}",
+            "garage-cluster.sh {action} {n:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
 
     /// SIGKILLs node `n`; returns once it is gone.
     pub fn kill(&self, n: usize) {
-        self.script("kill", n);
+        self.script("kill", Some(n));
     }
 
     /// Starts node `n` again, with its data; returns once its CLI answers
     /// (the other nodes reconnect to it 5-30 s later).
     pub fn restart(&self, n: usize) {
-        self.script("restart", n);
+        self.script("restart", Some(n));
+    }
+
+    /// Waits until every node sees the three nodes healthy (a node
+    /// restarted by an earlier test is reconnected to).
+    pub fn wait_healthy(&self) {
+        self.script("wait-healthy", None);
     }
 }
 
