@@ -7,9 +7,9 @@
 use tokio::sync::{Mutex, RwLock, watch};
 
 use super::AccountError;
-use crate::crypto::SymmetricKey;
-use crate::log::InstanceId;
+use crate::crypto::{MasterKey, SymmetricKey, purpose};
 use crate::log::stored::{LogTuning, StoredLog, sync_shared};
+use crate::log::{Hlc, InstanceId};
 use crate::mailbox::list::{ListError, ListOp, MailboxId, MailboxInfo, MailboxList, SpecialUse};
 use crate::store::{SharedStore, layout};
 
@@ -42,6 +42,42 @@ pub struct Folders {
     changes: watch::Sender<u64>,
 }
 
+/// The first op of an account's list and its clock reading, both derived
+/// from the list key alone, so every instance builds the same op (see
+/// [`Folders::open`]):
+///
+/// - the default mailboxes' ids are derived from the key, so they differ
+///   from account to account and the store's key names do not tell which
+///   mailbox is Trash (INBOX keeps its logical id; see `MailboxId`);
+/// - the clock reading is a time within 2^24 s (194 days) after
+///   [`GENESIS_EPOCH_S`], also derived from the key: UIDVALIDITY comes from the create op's
+///   clock, so a login deleted and provisioned again (a new key) gets new
+///   UIDVALIDITYs, and they stay below the real clock, which every later
+///   create uses.
+pub(crate) fn genesis(master: &MasterKey) -> (ListOp, Hlc) {
+    let seed = master.subkey(purpose::LIST_GENESIS);
+    let bytes = seed.as_bytes();
+    let offset_s = u64::from(u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]));
+    let wall_ms = (GENESIS_EPOCH_S + offset_s) * 1000;
+    let defaults = MailboxList::account_defaults(|n| {
+        let derived = master.subkey(&format!("{}/{n}", purpose::LIST_GENESIS));
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(&derived.as_bytes()[..16]);
+        MailboxId::from_raw(raw)
+    });
+    (
+        defaults,
+        Hlc {
+            wall_ms,
+            counter: 0,
+        },
+    )
+}
+
+/// 2001-09-09, in seconds since the Unix epoch: where genesis clock
+/// readings start (see [`genesis`]).
+const GENESIS_EPOCH_S: u64 = 1_000_000_000;
+
 impl std::fmt::Debug for Folders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Folders").finish_non_exhaustive()
@@ -50,14 +86,17 @@ impl std::fmt::Debug for Folders {
 
 impl Folders {
     /// Opens the list; a list never written gets the default mailboxes
-    /// (INBOX, Drafts, Sent, Trash, Junk, Archive). Their ids are fixed,
-    /// so two instances doing this at once write the same mailboxes.
+    /// (INBOX, Drafts, Sent, Trash, Junk, Archive) in a genesis op
+    /// ([`genesis`]) that every instance builds identically, so two
+    /// instances doing this at once (a first login on two instances)
+    /// write one op: the same mailboxes with the same UIDVALIDITYs.
     pub(crate) async fn open(
         user: &layout::UserId,
         store: SharedStore,
         key: SymmetricKey,
         instance: InstanceId,
         tuning: LogTuning,
+        (defaults, genesis_clock): (ListOp, Hlc),
     ) -> Result<Folders, AccountError> {
         let prefix = format!("{}list/", layout::user_prefix(user));
         let log = StoredLog::open(
@@ -78,9 +117,14 @@ impl Folders {
             changes,
         };
         if fresh {
-            folders
-                .write(|_| Ok((MailboxList::new_account_defaults(), ())))
-                .await?;
+            let prepared = folders
+                .log
+                .read()
+                .await
+                .prepare_genesis(defaults, genesis_clock)?;
+            let written = prepared.store(folders.store.as_ref()).await?;
+            folders.log.write().await.commit(written);
+            folders.changes.send_modify(|v| *v += 1);
         }
         Ok(folders)
     }

@@ -173,15 +173,42 @@ impl Mailbox {
     /// Brings the state up to date with the store; writes a fix-up if a
     /// conflict displaced messages and a snapshot when one is due. Returns
     /// how many ops were applied.
+    ///
+    /// Only the sync itself can fail: a client is answered from a state at
+    /// least as new as the store's when the call began, or not at all. The
+    /// duties that follow (fix-up, snapshot) are retried at the next sync
+    /// and only logged.
     pub async fn sync(&self) -> Result<usize, AccountError> {
         let applied = self.sync_once().await?;
-        if self.read(|s| !s.displaced().is_empty()).await {
-            self.fix_up().await?;
+        if self.read(|s| !s.displaced().is_empty()).await
+            && let Err(e) = self.fix_up().await
+        {
+            tracing::warn!(mailbox = %self.id, error = %e, "fix-up failed; retried at the next sync");
         }
-        if self.log.read().await.snapshot_due() {
-            self.snapshot().await?;
+        if self.log.read().await.snapshot_due()
+            && let Err(e) = self.snapshot().await
+        {
+            tracing::warn!(mailbox = %self.id, error = %e, "snapshot failed; retried at the next sync");
         }
         Ok(applied)
+    }
+
+    /// The UIDVALIDITY this open copy answers with.
+    pub async fn uid_validity(&self) -> u32 {
+        self.read(MailboxState::uid_validity).await
+    }
+
+    /// Corrects the UIDVALIDITY of an open copy when the mailbox list
+    /// gives another (the list is the authority; only accounts whose
+    /// default mailboxes were created by two instances at once before
+    /// the list's first op was deterministic can disagree).
+    pub(crate) async fn set_uid_validity(&self, uid_validity: u32) {
+        self.log
+            .write()
+            .await
+            .state_mut()
+            .set_uid_validity(uid_validity);
+        self.changes.send_modify(|v| *v += 1);
     }
 
     async fn sync_once(&self) -> Result<usize, AccountError> {
@@ -291,6 +318,18 @@ impl Mailbox {
         self.write_locked(op).await
     }
 
+    /// Writes an op that places messages (claims UIDs). It syncs first,
+    /// under the writer lock: a claim made from a state the poller left up
+    /// to a poll interval old collides with every placement another
+    /// instance made meanwhile, and each collision renumbers both
+    /// messages. After the LIST, only placements whose PUT is in flight at
+    /// the same moment can collide.
+    async fn write_placing(&self, op: MailboxOp) -> Result<OpId, AccountError> {
+        let _writing = self.writer.lock().await;
+        self.sync_once().await?;
+        self.write_locked(op).await
+    }
+
     /// APPEND (RFC 9051 §6.3.12): stores the body, then the op. Returns the
     /// UIDVALIDITY and UID for APPENDUID once both are durable.
     pub async fn append(
@@ -299,22 +338,28 @@ impl Mailbox {
         flags: Vec<String>,
         internal_date: i64,
     ) -> Result<Placed, AccountError> {
-        let message = store_body(&self.store, &self.user, raw, internal_date).await?;
-        self.place(MailboxOp::Append(NewMessage { message, flags }), 1)
-            .await
+        // Storing the body and bringing the state up to date before the
+        // claim (see `write_placing`) are independent: one round trip for
+        // both, which is what an APPEND costs on a multi-node store.
+        let (message, _) = futures::try_join!(
+            store_body(&self.store, &self.user, raw, internal_date),
+            self.sync_once()
+        )?;
+        let id = self
+            .write(MailboxOp::Append(NewMessage { message, flags }))
+            .await?;
+        Ok(self.placed(id, 1).await)
     }
 
-    async fn place(&self, op: MailboxOp, count: u32) -> Result<Placed, AccountError> {
-        let id = self.write(op).await?;
-        let placed = self
-            .read(|s| Placed {
-                uid_validity: s.uid_validity(),
-                uids: (0..count)
-                    .map(|index| s.uid_of(&MessageId { op: id, index }))
-                    .collect(),
-            })
-            .await;
-        Ok(placed)
+    /// What placing op `id` placed, for APPENDUID and COPYUID.
+    async fn placed(&self, id: OpId, count: u32) -> Placed {
+        self.read(|s| Placed {
+            uid_validity: s.uid_validity(),
+            uids: (0..count)
+                .map(|index| s.uid_of(&MessageId { op: id, index }))
+                .collect(),
+        })
+        .await
     }
 
     /// STORE (RFC 9051 §6.4.6) on the given UIDs; unknown UIDs are ignored.
@@ -404,8 +449,8 @@ impl Mailbox {
                 },
             ));
         }
-        let placed = target.place(MailboxOp::CopyIn(messages), count).await?;
-        Ok((source_uids, placed))
+        let id = target.write_placing(MailboxOp::CopyIn(messages)).await?;
+        Ok((source_uids, target.placed(id, count).await))
     }
 
     /// MOVE (RFC 6851): copy, then expunge the source messages. The copy is
@@ -621,7 +666,6 @@ impl Mailbox {
     /// them, delete the records the state now holds. Safe to run on several
     /// instances at once: a record drained twice is still one message.
     pub async fn drain_incoming(&self, keys: &UserKeys) -> Result<DrainReport, AccountError> {
-        self.sync_once().await?;
         let mut report = DrainReport::default();
         let mut after: Option<String> = None;
         loop {
@@ -640,6 +684,8 @@ impl Mailbox {
             after = next.map(str::to_owned);
             {
                 let _writing = self.writer.lock().await;
+                // As in `write_placing`: claim from a fresh state.
+                self.sync_once().await?;
                 let op = batch.op(self.log.read().await.state());
                 if let Some(op) = op {
                     self.write_locked(op).await?;

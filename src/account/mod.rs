@@ -177,7 +177,16 @@ impl Account {
             return Err(AccountError::BadMailboxId(id.to_owned()));
         }
         let _opening = self.opening.lock().await;
-        if let Some(open) = self.open_map().get(id).and_then(Weak::upgrade) {
+        let open = self.open_map().get(id).and_then(Weak::upgrade);
+        if let Some(open) = open {
+            if open.uid_validity().await != uid_validity {
+                tracing::warn!(
+                    mailbox = id,
+                    uid_validity,
+                    "the mailbox list gives another UIDVALIDITY; following it"
+                );
+                open.set_uid_validity(uid_validity).await;
+            }
             self.used(&open);
             return Ok(open);
         }
@@ -228,6 +237,7 @@ impl Account {
                     self.keys.master().subkey(purpose::MAILBOX_LIST),
                     self.config.instance.clone(),
                     self.config.mailbox.log.clone(),
+                    folders::genesis(self.keys.master()),
                 )
                 .await?;
                 Ok::<_, AccountError>(Arc::new(folders))
@@ -249,6 +259,139 @@ impl Account {
         Ok((folder, mailbox))
     }
 
+    /// Opens the mailbox shown under `name` for an answer that must not be
+    /// stale (SELECT, EXAMINE, STATUS): the mailbox list is synced first,
+    /// delivered mail is moved into INBOX when INBOX is asked for, and the
+    /// mailbox is synced. Any failure is returned (a transient one becomes
+    /// `NO [UNAVAILABLE]`): the client then sees nothing older than what
+    /// the store held when the command arrived, on whatever instance.
+    pub async fn open_fresh(&self, name: &str) -> Result<(Folder, Arc<Mailbox>), AccountError> {
+        use crate::mailbox::list::{name::INBOX, normalize};
+        let folders = self.folders().await?;
+        if normalize(name).is_ok_and(|n| n == INBOX) {
+            // Independent: in parallel, one round trip less.
+            futures::try_join!(folders.sync(), self.drain_incoming())?;
+        } else {
+            folders.sync().await?;
+        }
+        let (folder, mailbox) = self.open_by_name(name).await?;
+        mailbox.sync().await?;
+        Ok((folder, mailbox))
+    }
+
+    /// Brings a session up to date before NOOP, CHECK or IDLE: delivered
+    /// mail into INBOX, then the selected mailbox, if any.
+    pub async fn refresh(&self, selected: Option<&Mailbox>) -> Result<(), AccountError> {
+        self.drain_politely().await?;
+        if let Some(mailbox) = selected {
+            mailbox.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// APPEND of one message to `mailbox`, kept visible even if the
+    /// mailbox was deleted meanwhile (see [`Account::keep_placed`]).
+    pub async fn append(
+        &self,
+        mailbox: &Mailbox,
+        raw: &[u8],
+        flags: Vec<String>,
+        internal_date: i64,
+    ) -> Result<Placed, AccountError> {
+        let placed = mailbox.append(raw, flags, internal_date).await?;
+        self.keep_placed(mailbox).await?;
+        Ok(placed)
+    }
+
+    /// COPY, or MOVE when `moving`, of `uids` from `source` to `target`.
+    /// For MOVE, the source messages are expunged only once the copies are
+    /// known to stay visible. Returns the source UIDs and what was placed
+    /// (COPYUID).
+    pub async fn copy(
+        &self,
+        source: &Mailbox,
+        uids: &[u32],
+        target: &Mailbox,
+        moving: bool,
+    ) -> Result<(Vec<u32>, Placed), AccountError> {
+        let (copied, placed) = source.copy_to(uids, target).await?;
+        if !copied.is_empty() {
+            self.keep_placed(target).await?;
+            if moving {
+                source.expunge(&copied).await?;
+            }
+        }
+        Ok((copied, placed))
+    }
+
+    /// Keeps messages just placed in `mailbox` visible although a DELETE
+    /// of that mailbox may have raced the placement on another instance
+    /// (doc/consistency.md, "Delete and concurrent placements"): called
+    /// after the placing op is stored and before the client is answered,
+    /// it syncs the mailbox list and, if the mailbox is deleted, restores
+    /// it with the messages its deleter had not seen. The deleter does the
+    /// mirror check ([`Account::delete_mailbox`]); since each looks after
+    /// its own write landed, at least one of them sees the other's.
+    async fn keep_placed(&self, mailbox: &Mailbox) -> Result<(), AccountError> {
+        let id: MailboxId = mailbox
+            .id()
+            .parse()
+            .map_err(|_| AccountError::BadMailboxId(mailbox.id().to_owned()))?;
+        let folders = self.folders().await?;
+        folders.sync().await?;
+        let deleted = folders
+            .read(|l| {
+                l.deleted()
+                    .into_iter()
+                    .find(|d| d.id == id)
+                    .map(|d| (d.uid_validity, d.seen_modseq))
+            })
+            .await;
+        if let Some((uid_validity, seen_modseq)) = deleted {
+            self.recover_one(id, uid_validity, seen_modseq).await?;
+        }
+        Ok(())
+    }
+
+    /// Restores deleted mailbox `id` if it holds messages its deleter had
+    /// not seen (MODSEQ above `seen_modseq`): the messages it had seen are
+    /// expunged (the user deleted those), the mailbox is shown again with
+    /// the others. Returns whether it was restored.
+    async fn recover_one(
+        &self,
+        id: MailboxId,
+        uid_validity: u32,
+        seen_modseq: u64,
+    ) -> Result<bool, AccountError> {
+        let mailbox = self.mailbox(&id.to_hex(), uid_validity).await?;
+        mailbox.sync().await?;
+        let (unseen, seen): (Vec<u32>, Vec<u32>) = mailbox
+            .read(|s| {
+                let unseen = s.changed_since(seen_modseq);
+                let seen = s
+                    .messages()
+                    .map(|m| m.uid)
+                    .filter(|u| !unseen.contains(u))
+                    .collect();
+                (unseen, seen)
+            })
+            .await;
+        if unseen.is_empty() {
+            return Ok(false);
+        }
+        mailbox.expunge(&seen).await?;
+        match self.folders().await?.restore(id).await {
+            Ok(()) => {}
+            // Restored meanwhile (the deleter and a placer both saw it).
+            Err(AccountError::List(crate::mailbox::list::ListError::NotDeleted(_))) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(mailbox = %id, messages = unseen.len(), "restored a mailbox deleted while mail arrived");
+        Ok(true)
+    }
+
     /// RENAME (RFC 9051 §6.3.6). Renaming INBOX moves its messages to a
     /// new mailbox under the new name and leaves INBOX empty.
     pub async fn rename_mailbox(&self, from: &str, to: &str) -> Result<(), AccountError> {
@@ -267,17 +410,69 @@ impl Account {
             .await?;
         inbox.sync().await?;
         let uids: Vec<u32> = inbox.read(|s| s.messages().map(|m| m.uid).collect()).await;
-        inbox.move_to(&uids, &new).await?;
+        self.copy(&inbox, &uids, &new, true).await?;
         Ok(())
     }
 
     /// DELETE (RFC 9051 §6.3.5): the mailbox is hidden; its log stays in
     /// the store so mail appended concurrently can be recovered.
+    ///
+    /// After the delete is stored, the mailbox's log is read once more: a
+    /// placement this instance had not seen (an APPEND or MOVE acknowledged
+    /// on another instance meanwhile) brings the mailbox back at once with
+    /// that mail (the mirror of [`Account::keep_placed`]).
     pub async fn delete_mailbox(&self, name: &str) -> Result<(), AccountError> {
-        let (_, mailbox) = self.open_by_name(name).await?;
+        let (folder, mailbox) = self.open_by_name(name).await?;
         mailbox.sync().await?;
         let seen = mailbox.read(|s| s.highest_modseq()).await;
-        self.folders().await?.delete(name, seen).await
+        self.folders().await?.delete(name, seen).await?;
+        self.recover_one(folder.id, folder.uid_validity, seen)
+            .await?;
+        Ok(())
+    }
+
+    /// Drains `incoming/` unless another instance holds the drain lease:
+    /// for the background poller and NOOP/IDLE, where a delay of one poll
+    /// interval is fine. Two instances draining the same records at once
+    /// place them twice from different states, and their UID claims then
+    /// collide: every message of both batches is renumbered by a fix-up.
+    /// So in the background one instance drains a user's deliveries, the
+    /// holder of a lease object (`layout::incoming_lease`: its instance id
+    /// and an expiry three poll intervals ahead, renewed at each drain).
+    /// There is no compare-and-swap: two instances taking the lease at
+    /// once both drain, which is only the old behaviour, and the claims
+    /// rule keeps that safe. Commands that must show every delivery
+    /// (LOGIN, SELECT/STATUS of INBOX) use [`Account::drain_incoming`],
+    /// which ignores the lease. Costs one LIST when nothing waits, as
+    /// before.
+    pub async fn drain_politely(&self) -> Result<DrainReport, AccountError> {
+        let waiting = self
+            .store
+            .list(&layout::incoming_prefix(&self.user), None, 1)
+            .await?;
+        if waiting.objects.is_empty() {
+            return Ok(DrainReport::default());
+        }
+        let key = layout::incoming_lease(&self.user);
+        let now = now_ms();
+        let me = self.config.instance.as_str();
+        match self.store.get(&key).await {
+            Ok(held) => {
+                if let Some((holder, until)) = parse_lease(&held)
+                    && holder != me
+                    && until > now
+                {
+                    return Ok(DrainReport::default());
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let until = now + 3 * self.config.poll_interval.as_millis() as u64;
+        self.store
+            .put(&key, bytes::Bytes::from(format!("{me} {until}")))
+            .await?;
+        self.drain_incoming().await
     }
 
     /// Moves delivered mail (`incoming/`) into INBOX. One LIST when there
@@ -308,26 +503,9 @@ impl Account {
             .await;
         let mut restored = 0;
         for (id, uid_validity, seen_modseq) in deleted {
-            let mailbox = self.mailbox(&id.to_hex(), uid_validity).await?;
-            mailbox.sync().await?;
-            let (unseen, seen): (Vec<u32>, Vec<u32>) = mailbox
-                .read(|s| {
-                    let unseen = s.changed_since(seen_modseq);
-                    let seen = s
-                        .messages()
-                        .map(|m| m.uid)
-                        .filter(|u| !unseen.contains(u))
-                        .collect();
-                    (unseen, seen)
-                })
-                .await;
-            if unseen.is_empty() {
-                continue;
+            if self.recover_one(id, uid_validity, seen_modseq).await? {
+                restored += 1;
             }
-            mailbox.expunge(&seen).await?;
-            folders.restore(id).await?;
-            tracing::info!(mailbox = %id, messages = unseen.len(), "restored a mailbox deleted while mail arrived");
-            restored += 1;
         }
         Ok(restored)
     }
@@ -405,7 +583,7 @@ impl Account {
                 Err(e) => tracing::warn!(error = %e, "mailbox list sync failed"),
             }
         }
-        if let Err(e) = self.drain_incoming().await {
+        if let Err(e) = self.drain_politely().await {
             tracing::warn!(error = %e, "draining incoming mail failed");
         }
         // Body collection opens every mailbox: at most once per grace
@@ -451,4 +629,12 @@ impl Account {
             }
         })
     }
+}
+
+/// Reads a drain lease: `<instance> <until_ms>`. Anything else counts as
+/// no lease (a damaged one is simply taken over).
+fn parse_lease(bytes: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (holder, until) = text.split_once(' ')?;
+    Some((holder, until.parse().ok()?))
 }

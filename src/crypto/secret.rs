@@ -36,6 +36,10 @@ pub mod purpose {
     /// Mailbox operations and snapshots (`users/<u>/mbox/<m>/…`), including
     /// the per-message body keys recorded in `MailAdd` ops.
     pub const MAILBOX: &str = "mbox";
+    /// The mailbox list's deterministic first op: its clock reading, and
+    /// (with `/<n>` appended) the ids of the default mailboxes
+    /// (`account::folders::genesis`).
+    pub const LIST_GENESIS: &str = "list/genesis";
     /// The MAC tying a keyring to its object name (see `keyring`).
     pub(crate) const KEYRING_BINDING: &str = "keyring/binding";
 }

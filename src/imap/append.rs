@@ -82,7 +82,11 @@ pub async fn append(
             .into_iter()
             .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
             .collect();
-        match target.append(&m.data, flags, m.date.unwrap_or(now)).await {
+        match authed
+            .account
+            .append(&target, &m.data, flags, m.date.unwrap_or(now))
+            .await
+        {
             Ok(placed) => {
                 uid_validity = placed.uid_validity;
                 placed_uids.extend(placed.uids.into_iter().flatten());

@@ -381,16 +381,11 @@ async fn status_line(
     items: &[StatusDataItemName],
     appendlimit: bool,
 ) -> Result<String, Failure> {
-    let (_, mailbox) = match authed.account.open_by_name(name).await {
+    let (_, mailbox) = match authed.account.open_fresh(name).await {
         Ok(found) => found,
         Err(AccountError::NoSuchMailbox(_)) => return Err(no_such(name)),
         Err(e) => return Err(e.into()),
     };
-    if let Err(e) = mailbox.sync().await
-        && !e.is_transient()
-    {
-        return Err(e.into());
-    }
     let parts = mailbox
         .read(|s| {
             let mut parts: Vec<String> = Vec::new();

@@ -209,11 +209,10 @@ pub async fn copy(
             "COPY completed"
         });
     }
-    let (sources, placed) = if moving {
-        selected.mailbox.move_to(uids, &destination).await?
-    } else {
-        selected.mailbox.copy_to(uids, &destination).await?
-    };
+    let (sources, placed) = authed
+        .account
+        .copy(&selected.mailbox, uids, &destination, moving)
+        .await?;
     let pairs: Vec<(u32, u32)> = sources
         .iter()
         .zip(placed.uids.iter())

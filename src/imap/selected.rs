@@ -48,14 +48,10 @@ impl Selected {
         read_only: bool,
         out: &mut Out<'_>,
     ) -> Result<Selected, Failure> {
-        let (folder, mailbox) = authed.account.open_by_name(name).await?;
-        if let Err(e) = mailbox.sync().await {
-            if !e.is_transient() {
-                return Err(e.into());
-            }
-            // Serve what we have; the poller catches up.
-            tracing::warn!(error = %e, "sync at SELECT failed; serving the cached state");
-        }
+        // Never from a cached state: a store that cannot be reached gives
+        // NO [UNAVAILABLE], not an older view than the client may have
+        // seen elsewhere.
+        let (folder, mailbox) = authed.account.open_fresh(name).await?;
         let watch = mailbox.watch();
         let (uids, known_modseq, uid_next, uid_validity, keywords, first_unseen) = mailbox
             .read(|s| {

@@ -191,7 +191,10 @@ impl Session {
                 out.untagged(&format!("CAPABILITY {}", self.capabilities()));
                 Done::ok("CAPABILITY completed")
             }
-            CommandBody::Noop => Done::ok("NOOP completed"),
+            CommandBody::Noop => {
+                self.refresh().await?;
+                Done::ok("NOOP completed")
+            }
             CommandBody::Logout => {
                 out.bye("Logging out");
                 *flow = Flow::Logout;
@@ -273,7 +276,10 @@ impl Session {
         // Selected-state commands first (RFC 9051 §6.4).
         if let State::Selected(authed, selected) = &mut self.state {
             match body {
-                CommandBody::Check => return Done::ok("CHECK completed"),
+                CommandBody::Check => {
+                    authed.account.refresh(Some(&selected.mailbox)).await?;
+                    return Done::ok("CHECK completed");
+                }
                 CommandBody::Close => {
                     if !selected.read_only {
                         messages::expunge_deleted(selected, None).await?;
@@ -399,6 +405,8 @@ impl Session {
                     return messages::copy(authed, selected, &uids, &target, true, out).await;
                 }
                 CommandBody::Idle => {
+                    // Entering IDLE syncs (the poller takes over after).
+                    authed.account.refresh(Some(&selected.mailbox)).await?;
                     *flow = Flow::Idle(tag.clone());
                     return Done::ok("IDLE terminated");
                 }
@@ -418,6 +426,29 @@ impl Session {
             | CommandBody::Move { .. } => Err(Failure::bad("No mailbox selected")),
             other => self.authenticated(tag, other, ext, out, flow).await,
         }
+    }
+
+    /// NOOP: delivered mail and the selected mailbox brought up to date
+    /// (RFC 9051 §6.1.2: NOOP is how a client polls), so a one-shot
+    /// client never waits for the background poll.
+    async fn refresh(&mut self) -> Result<(), Failure> {
+        match &self.state {
+            State::Authed(a) => a.account.refresh(None).await?,
+            State::Selected(a, s) => a.account.refresh(Some(&s.mailbox)).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Enters the authenticated state. Mail delivered while the user had
+    /// no session is moved into INBOX now, so the first SELECT or STATUS
+    /// of a one-shot client shows it (they drain again anyway: a failure
+    /// here is only logged).
+    async fn logged_in(&mut self, authed: Authed) {
+        if let Err(e) = authed.account.drain_incoming().await {
+            tracing::warn!(error = %e, "draining delivered mail at login failed");
+        }
+        self.state = State::Authed(Box::new(authed));
     }
 
     fn deselect(&mut self) {
@@ -452,7 +483,7 @@ impl Session {
                 let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
                 let authed =
                     auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
-                self.state = State::Authed(Box::new(authed));
+                self.logged_in(authed).await;
                 Done::with_code(code_capability(&self.capabilities()), "LOGIN completed")
             }
             CommandBody::Authenticate {
@@ -499,7 +530,7 @@ impl Session {
 
     async fn finish_login(&mut self, login: String, password: String) -> Outcome {
         let authed = auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
-        self.state = State::Authed(Box::new(authed));
+        self.logged_in(authed).await;
         Done::with_code(
             code_capability(&self.capabilities()),
             "AUTHENTICATE completed",
@@ -583,6 +614,7 @@ impl Session {
                 append::append(authed, &mailbox, first, ext, self.imap.options.max_message).await
             }
             CommandBody::Idle => {
+                authed.account.refresh(None).await?;
                 *flow = Flow::Idle(tag.clone());
                 Done::ok("IDLE terminated")
             }

@@ -153,6 +153,11 @@ struct Snapshot<S: State> {
     replica: Replica<S>,
 }
 
+/// The writer named in a log's genesis op ([`StoredLog::prepare_genesis`]):
+/// no instance may take this id, so it is never confused with a real
+/// writer's ops.
+pub const GENESIS_WRITER: &str = "genesis";
+
 /// One instance's view of one log in the store.
 pub struct StoredLog<S: State> {
     /// Seals every object of this log; derived from the user's master key.
@@ -499,9 +504,33 @@ where
     /// Builds, names and seals a new op whose parents are the current heads.
     pub fn prepare(&self, body: S::Op) -> Result<Prepared, SyncError> {
         let envelope: Envelope<S::Op> = self.replica.prepare(body, self.instance.clone(), now_ms());
+        self.seal_envelope(envelope)
+    }
+
+    /// Builds a log's first op so that every instance builds the same one:
+    /// no parents, the clock reading `hlc` and the writer
+    /// [`GENESIS_WRITER`] instead of this instance's. Its canonical bytes,
+    /// hence its id and object name, depend only on `body` and `hlc`: two
+    /// instances that both find the log empty and write it store one op,
+    /// not two concurrent ones (each PUT writes the same plaintext).
+    pub fn prepare_genesis(&self, body: S::Op, hlc: Hlc) -> Result<Prepared, SyncError> {
+        let writer = InstanceId::new(GENESIS_WRITER).map_err(SyncError::Log)?;
+        let envelope = Envelope {
+            header: super::Header {
+                parents: Vec::new(),
+                hlc,
+                instance: writer,
+            },
+            body,
+        };
+        self.seal_envelope(envelope)
+    }
+
+    fn seal_envelope(&self, envelope: Envelope<S::Op>) -> Result<Prepared, SyncError> {
         let hlc = envelope.header.hlc;
+        let instance = envelope.header.instance.clone();
         let (id, bytes) = envelope.encode()?;
-        let name = op_name(hlc, &self.instance, &id);
+        let name = op_name(hlc, &instance, &id);
         let object_key = format!("{}{}", self.log_prefix(), name);
         let sealed = Bytes::from(seal(&self.key, &object_key, &bytes));
         Ok(Prepared {

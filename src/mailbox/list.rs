@@ -464,10 +464,23 @@ impl MailboxList {
     /// Trash, Junk, Archive with their special-use attributes (fixed ids),
     /// all subscribed.
     pub fn new_account_defaults() -> ListOp {
+        MailboxList::account_defaults(MailboxId::fixed)
+    }
+
+    /// The same with the ids `id_of(n)` for default mailbox number `n`
+    /// (1 to 5; INBOX keeps [`MailboxId::INBOX`]). An id that is reserved
+    /// (some chance in 2^120) falls back to the fixed one.
+    pub fn account_defaults(id_of: impl Fn(u8) -> MailboxId) -> ListOp {
         let mut changes = Vec::new();
         for (name, n, special_use) in DEFAULTS {
+            let id = match n {
+                0 => MailboxId::INBOX,
+                n => Some(id_of(n))
+                    .filter(|id| !id.is_reserved() || *id == MailboxId::fixed(n))
+                    .unwrap_or(MailboxId::fixed(n)),
+            };
             changes.push(Change::Create {
-                id: MailboxId::fixed(n),
+                id,
                 name: name.to_owned(),
                 special_use,
             });

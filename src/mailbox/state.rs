@@ -656,6 +656,12 @@ impl MailboxState {
         self.core.uid_validity
     }
 
+    /// Sets the UIDVALIDITY the mailbox list gives (the list is the
+    /// authority; the state only carries it).
+    pub fn set_uid_validity(&mut self, uid_validity: u32) {
+        self.core.uid_validity = uid_validity;
+    }
+
     /// UIDNEXT: above every claim ever made, valid or not, so it never
     /// decreases and a UID once shown is never handed out again. It is
     /// also exactly the UID an append written now will claim.

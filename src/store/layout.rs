@@ -61,6 +61,12 @@ pub fn incoming_prefix(u: &UserId) -> String {
     format!("{USERS_PREFIX}{u}/incoming/")
 }
 
+/// `users/<u>/lease/incoming`: which instance drains `incoming/` in the
+/// background (a best-effort lease: `account::Account::drain_politely`).
+pub fn incoming_lease(u: &UserId) -> String {
+    format!("{USERS_PREFIX}{u}/lease/incoming")
+}
+
 /// `users/<u>/blob/<blob-id>`: message bodies, immutable.
 pub fn blob(u: &UserId, blob_id: &str) -> String {
     format!("{USERS_PREFIX}{u}/blob/{blob_id}")
