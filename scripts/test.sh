@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Facteur's whole test suite on a fresh Debian machine: installs what
 # the tests need (Garage, via cargo), starts a throwaway single-node Garage
-# on loopback ports, then runs formatting, lint and every test against it.
+# and a 3-node one (the multi-site tests) on loopback ports, then runs
+# formatting, lint and every test against them.
 # Everything it starts lives in a temporary directory and is stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 work="$(mktemp -d "${TMPDIR:-/tmp}/facteur-test.XXXXXX")"
 cleanup() {
     scripts/garage.sh stop "$work/garage" >&2 || true
+    scripts/garage-cluster.sh stop "$work/garage-cluster" >&2 || true
     scripts/slapd.sh stop "$work/slapd" >&2 || true
     scripts/dovecot.sh stop "$work/dovecot" >&2 || true
     # Postfix instances a killed test could not stop itself.
@@ -43,6 +45,10 @@ echo "== starting a throwaway Garage" >&2
 start_service garage.sh "$work/garage"
 # The S3 variants of the tests fail rather than skip when Garage is missing.
 export FACTEUR_REQUIRE_S3=1
+echo "== starting a throwaway 3-node Garage (one node per zone)" >&2
+start_service garage-cluster.sh "$work/garage-cluster"
+# The multi-site tests (tests/multisite.rs) fail rather than skip without it.
+export FACTEUR_REQUIRE_GARAGE_CLUSTER=1
 echo "== starting a throwaway slapd" >&2
 start_service slapd.sh "$work/slapd"
 export FACTEUR_REQUIRE_LDAP=1
