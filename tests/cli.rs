@@ -643,7 +643,10 @@ async fn user_check_reports_and_repairs_damage() {
         user.clone(),
         keys,
         services.store.clone(),
-        AccountConfig::new(InstanceId::new("writer").unwrap()),
+        AccountConfig::new(
+            InstanceId::new("writer").unwrap(),
+            facteur::crypto::RecordAuth::from_cluster_secret(b"test cluster secret"),
+        ),
     );
     let (_, inbox) = account.open_by_name("INBOX").await.unwrap();
     for n in 0..4 {
@@ -709,7 +712,10 @@ async fn user_check_reports_and_repairs_damage() {
         user,
         keys,
         services.store.clone(),
-        AccountConfig::new(InstanceId::new("fresh").unwrap()),
+        AccountConfig::new(
+            InstanceId::new("fresh").unwrap(),
+            facteur::crypto::RecordAuth::from_cluster_secret(b"test cluster secret"),
+        ),
     );
     let (_, inbox) = fresh.open_by_name("INBOX").await.unwrap();
     let uids: Vec<u32> = inbox.read(|s| s.messages().map(|m| m.uid).collect()).await;

@@ -63,7 +63,10 @@ async fn world_with(kdf: KdfParams, directory: Option<Arc<dyn Directory>>) -> Wo
             .with_kdf_pool(KdfPool::with_default_size()),
         accounts: Accounts::new(
             services.store.clone(),
-            AccountConfig::new(InstanceId::new("test").unwrap()),
+            AccountConfig::new(
+                InstanceId::new("test").unwrap(),
+                facteur::crypto::RecordAuth::from_cluster_secret(b"test cluster secret"),
+            ),
             Duration::from_secs(60),
         ),
         user_id: Arc::new(move |login| user_ids.user_id(login)),

@@ -57,7 +57,10 @@ async fn forty_parallel_logins_stay_under_400_mib() {
         keyrings: services.keyrings.clone(),
         accounts: Accounts::new(
             services.store.clone(),
-            AccountConfig::new(InstanceId::new("test").unwrap()),
+            AccountConfig::new(
+                InstanceId::new("test").unwrap(),
+                facteur::crypto::RecordAuth::from_cluster_secret(b"test cluster secret"),
+            ),
             Duration::from_secs(60),
         ),
         user_id: Arc::new(move |login| user_ids.user_id(login)),
