@@ -95,7 +95,7 @@ fn no_uid_reused(before: &mut BTreeMap<u32, MessageId>, now: &BTreeMap<u32, Mess
 async fn a_deleted_op_hides_only_its_own_message_and_no_uid_is_reused() {
     let (store, shared, keyring, ops) = six_messages().await;
     let a = account(&shared, &keyring, "a", None);
-    let mut seen = shown(&*a.mailbox(BOX, 1).await.unwrap()).await;
+    let mut seen = shown(&a.mailbox(BOX, 1).await.unwrap()).await;
     let second = store.get(&ops[1]).await.unwrap();
     store.delete(&ops[1]).await.unwrap();
 

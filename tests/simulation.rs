@@ -50,10 +50,6 @@ static CASES_WITH_CONFLICT: AtomicU64 = AtomicU64::new(0);
 static LATE_LANDINGS: AtomicU64 = AtomicU64::new(0);
 static DRAINED_TWICE: AtomicU64 = AtomicU64::new(0);
 static RESTARTS: AtomicU64 = AtomicU64::new(0);
-static LOST_OPS: AtomicU64 = AtomicU64::new(0);
-static ROTTED_OPS: AtomicU64 = AtomicU64::new(0);
-static RESTORED_OPS: AtomicU64 = AtomicU64::new(0);
-static GIVEN_UP: AtomicU64 = AtomicU64::new(0);
 
 fn count(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
@@ -102,21 +98,6 @@ struct Write {
     lands_later: bool,
     revealed: [bool; INSTANCES],
     waiter: Waiter,
-    /// Gone from the store (deleted, or rotted: listed but unreadable),
-    /// until restored.
-    loss: Option<Loss>,
-    /// Lost at some point (instances may still hold it).
-    ever_lost: bool,
-}
-
-/// How a durable op was lost (doc/consistency.md, "Damage").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Loss {
-    /// Deleted; only ops with a durable child are (deleting the newest
-    /// ops with every snapshot holding them rolls back, undefended).
-    Deleted,
-    /// Its object rotted: listed, with its size, but does not open.
-    Rotted,
 }
 
 struct Instance {
@@ -167,10 +148,6 @@ struct Sim {
     /// Messages acknowledged to someone: APPENDUID, COPYUID, LMTP 250.
     acked: Vec<MessageId>,
     blob_serial: u64,
-    /// Ops may be lost: the checks that cannot hold for what a lost op
-    /// did (a client's next view holds every op of its last, VANISHED for
-    /// its messages, I4 for them) are left out for the ops lost.
-    lossy: bool,
 }
 
 type Check = Result<(), String>;
@@ -204,53 +181,7 @@ impl Sim {
             clients: (0..CLIENTS).map(|_| Client::default()).collect(),
             acked: Vec::new(),
             blob_serial: 0,
-            lossy: false,
         }
-    }
-
-    /// Whether write `w` can be read from the store.
-    fn readable(&self, w: usize) -> bool {
-        self.store[w].durable && self.store[w].loss.is_none()
-    }
-
-    /// Messages placed by ops that were lost at some point.
-    fn placed_by_lost(&self) -> HashSet<MessageId> {
-        self.store
-            .iter()
-            .filter(|w| w.ever_lost)
-            .flat_map(|w| match &w.envelope.body {
-                MailboxOp::Append(_) | MailboxOp::CopyIn(_) | MailboxOp::Deliver(_) => {
-                    w.envelope.body.targets(w.id)
-                }
-                _ => Vec::new(),
-            })
-            .collect()
-    }
-
-    /// What instance `i` does after a complete full listing once the
-    /// grace has passed: every op it lacks that is rotted holds UIDs
-    /// back, and every missing parent is given up as lost.
-    fn give_up(&mut self, i: usize) -> bool {
-        if !self.full_sync(i) {
-            return false;
-        }
-        let rotted: Vec<(OpId, usize)> = self
-            .store
-            .iter()
-            .filter(|w| w.durable && w.loss == Some(Loss::Rotted))
-            .map(|w| (w.id, w.envelope.encode().map_or(0, |(_, b)| b.len()) + 40))
-            .collect();
-        let replica = &mut self.instances[i].replica;
-        for (id, size) in rotted {
-            if !replica.dag().knows(&id) {
-                replica.state_mut().damaged_op(id, size);
-                count(&GIVEN_UP, replica.declare_lost(id) as u64);
-            }
-        }
-        for id in replica.dag().missing() {
-            count(&GIVEN_UP, replica.declare_lost(id) as u64);
-        }
-        true
     }
 
     fn new_blob(&mut self) -> MessageRef {
@@ -285,7 +216,7 @@ impl Sim {
             return false;
         }
         for w in 0..self.store.len() {
-            if self.readable(w) {
+            if self.store[w].durable {
                 self.store[w].revealed[i] = true;
                 self.insert(i, w);
             }
@@ -299,7 +230,7 @@ impl Sim {
             return;
         }
         for w in 0..self.store.len() {
-            if self.readable(w) && self.store[w].revealed[i] {
+            if self.store[w].durable && self.store[w].revealed[i] {
                 self.insert(i, w);
             }
         }
@@ -327,8 +258,6 @@ impl Sim {
             lands_later: false,
             revealed: [false; INSTANCES],
             waiter,
-            loss: None,
-            ever_lost: false,
         });
         self.store.len() - 1
     }
@@ -423,23 +352,9 @@ impl Sim {
 
         // The store contract: a client's next view is computed from a
         // superset of the ops behind its last one (else nothing can hold).
-        let ever_lost: HashSet<OpId> = if self.lossy {
-            self.store
-                .iter()
-                .filter(|w| w.ever_lost)
-                .map(|w| w.id)
-                .collect()
-        } else {
-            HashSet::new()
-        };
-        let placed_by_lost = if self.lossy {
-            self.placed_by_lost()
-        } else {
-            HashSet::new()
-        };
         for id in &client.view_ops {
             ensure!(
-                dag.contains(id) || ever_lost.contains(id),
+                dag.contains(id),
                 "model: client {c} moved to a view missing {id:?}"
             );
         }
@@ -500,7 +415,7 @@ impl Sim {
                 }
             }
             for (uid, id) in &client.view_shown {
-                if shown.get(uid) != Some(id) && !placed_by_lost.contains(id) {
+                if shown.get(uid) != Some(id) {
                     ensure!(
                         vanished.contains(uid),
                         "I5: UID {uid} gone but not in VANISHED since {h}"
@@ -722,29 +637,6 @@ impl Sim {
                 inst.replica = restored;
                 count(&RESTARTS, 1);
             }
-            Action::Lose { pick, rot } => {
-                let has_child = |w: &Write| {
-                    self.store.iter().any(|o| {
-                        o.durable && o.loss.is_none() && o.envelope.header.parents.contains(&w.id)
-                    })
-                };
-                let lose = |w: &Write| w.durable && w.loss.is_none() && (rot || has_child(w));
-                if let Some(w) = self.pick_write(pick, lose) {
-                    let loss = if rot { Loss::Rotted } else { Loss::Deleted };
-                    count(if rot { &ROTTED_OPS } else { &LOST_OPS }, 1);
-                    self.store[w].loss = Some(loss);
-                    self.store[w].ever_lost = true;
-                }
-            }
-            Action::Restore { pick } => {
-                if let Some(w) = self.pick_write(pick, |w| w.loss.is_some()) {
-                    count(&RESTORED_OPS, 1);
-                    self.store[w].loss = None;
-                }
-            }
-            Action::GiveUp { instance } => {
-                self.give_up(instance as usize % INSTANCES);
-            }
             Action::RunFixUp { instance } => {
                 let i = instance as usize % INSTANCES;
                 if let Some(seen) = self.instances[i].planned.take() {
@@ -851,11 +743,7 @@ impl Sim {
         let mut rounds = 0;
         loop {
             for i in 0..INSTANCES {
-                if self.lossy {
-                    self.give_up(i);
-                } else {
-                    self.full_sync(i);
-                }
+                self.full_sync(i);
             }
             self.check_convergence()?;
             let needy = (0..INSTANCES).find(|i| !self.state(*i).displaced().is_empty());
@@ -883,12 +771,9 @@ impl Sim {
             fresh.insert(write.id, write.envelope.clone());
         }
         ensure!(
-            self.lossy || fresh.state() == self.state(0),
+            fresh.state() == self.state(0),
             "I1: a replica fed in reverse order differs"
         );
-        if self.lossy {
-            return self.quiet_after_loss();
-        }
 
         // I4: every acknowledged message not expunged is shown exactly once.
         let state = self.state(0);
@@ -960,45 +845,6 @@ impl Sim {
         count(&RENUMBERED, fixups.iter().sum::<usize>() as u64);
         if !fixups.is_empty() {
             count(&CASES_WITH_CONFLICT, 1);
-        }
-        Ok(())
-    }
-}
-
-impl Sim {
-    /// When quiet with ops lost: I4 for every acknowledged message whose
-    /// op is in the store, no message shown twice.
-    fn quiet_after_loss(&mut self) -> Check {
-        let gone: HashSet<MessageId> = self
-            .store
-            .iter()
-            .filter(|w| w.durable && w.loss.is_some())
-            .flat_map(|w| w.envelope.body.targets(w.id))
-            .collect();
-        for i in 0..INSTANCES {
-            let state = self.state(i);
-            let expunged: HashSet<MessageId> = self
-                .store
-                .iter()
-                .filter(|w| w.durable && self.instances[i].replica.contains(&w.id))
-                .filter_map(|w| match &w.envelope.body {
-                    MailboxOp::Expunge(targets) => Some(targets.iter().copied()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            for message in &self.acked {
-                if !expunged.contains(message) && !gone.contains(message) {
-                    ensure!(
-                        state.uid_of(message).is_some(),
-                        "I4: acknowledged {message:?} lost on instance {i}"
-                    );
-                }
-            }
-            let mut ids = HashSet::new();
-            for view in state.messages() {
-                ensure!(ids.insert(view.id), "I4: {:?} shown twice", view.id);
-            }
         }
         Ok(())
     }
@@ -1077,20 +923,6 @@ enum Action {
     Restart {
         instance: u8,
     },
-    /// A durable op is lost from the store (see [`Loss`]).
-    Lose {
-        pick: u8,
-        rot: bool,
-    },
-    /// A lost op is back (a backup restored, a bucket writer undoing).
-    Restore {
-        pick: u8,
-    },
-    /// The instance syncs fully and gives up what is missing (the grace
-    /// has passed).
-    GiveUp {
-        instance: u8,
-    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -1119,13 +951,8 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 fn run(skews: [i16; INSTANCES], actions: &[Action]) -> Check {
-    run_with(skews, actions, false)
-}
-
-fn run_with(skews: [i16; INSTANCES], actions: &[Action], lossy: bool) -> Check {
     count(&CASES, 1);
     let mut sim = Sim::new(skews);
-    sim.lossy = lossy;
     for (n, action) in actions.iter().enumerate() {
         sim.step(action)
             .map_err(|e| format!("step {n} ({action:?}): {e}"))?;
@@ -1177,51 +1004,4 @@ fn invariants_hold_over_random_histories() {
         panic!("{e}");
     }
     assert_eq!(get(&UIDVALIDITY_CHANGES), 0);
-}
-
-/// Damage: ops deleted from the middle of the log or rotted anywhere,
-/// given up by instances after a full listing, and sometimes restored.
-/// No UID ever names two messages for a client (I2), UIDNEXT never goes
-/// back and a message new to a client is above every UIDNEXT it was
-/// shown (I3), I1 and I5 hold except for what the lost ops did, and
-/// every acknowledged message whose op survives is shown once when quiet.
-#[test]
-fn uids_are_never_reused_when_ops_are_lost() {
-    let cases = std::env::var("FACTEUR_SIM_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000);
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let damage = prop_oneof![
-        12 => action(),
-        1 => (any::<u8>(), any::<bool>()).prop_map(|(pick, rot)| Action::Lose { pick, rot }),
-        1 => any::<u8>().prop_map(|pick| Action::Restore { pick }),
-        2 => any::<u8>().prop_map(|instance| Action::GiveUp { instance }),
-    ];
-    let strategy = (
-        prop::array::uniform3(-3_000i16..3_000),
-        prop::collection::vec(damage, 1..120),
-    );
-    let result = runner.run(&strategy, |(skews, actions)| {
-        run_with(skews, &actions, true).map_err(TestCaseError::fail)
-    });
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    println!(
-        "simulation with damage: {} cases; ops deleted: {}, rotted: {}, restored: {}; \
-         ops applied after a lost parent: {}; violations: {}",
-        cases,
-        get(&LOST_OPS),
-        get(&ROTTED_OPS),
-        get(&RESTORED_OPS),
-        get(&GIVEN_UP),
-        if result.is_ok() { 0 } else { 1 },
-    );
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
