@@ -37,7 +37,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Backend, GarageCluster, Imap, Instance, Lmtp, Site, contents_on, message, wait_until};
+use cluster::{
+    Backend, GarageCluster, Imap, Instance, Lmtp, Site, contents_on, message, wait_until,
+};
 
 const LOGIN: &str = "bench@example.org";
 
@@ -100,7 +102,14 @@ impl Seen {
     }
 }
 
-fn run(label: &str, site: &Site, on_a: &Backend, on_b: &Backend, deliveries: usize, appends: usize) {
+fn run(
+    label: &str,
+    site: &Site,
+    on_a: &Backend,
+    on_b: &Backend,
+    deliveries: usize,
+    appends: usize,
+) {
     site.add_user(LOGIN);
     let a = site.instance("a", on_a);
     let b = site.instance("b", on_b);
@@ -154,18 +163,22 @@ fn run(label: &str, site: &Site, on_a: &Backend, on_b: &Backend, deliveries: usi
         // listings a second apart agree (no fix-up pending).
         let acked = acked.lock().unwrap().clone();
         let mut previous = None;
-        last = wait_until(Duration::from_secs(120), "every message shown once, settled", || {
-            let contents = contents_on(a.imap, LOGIN)?;
-            contents.each_once(&acked)?;
-            let same = previous.as_ref() == Some(&contents);
-            previous = Some(contents.clone());
-            if same {
-                Ok(contents)
-            } else {
-                std::thread::sleep(Duration::from_secs(1));
-                Err("not settled".into())
-            }
-        });
+        last = wait_until(
+            Duration::from_secs(120),
+            "every message shown once, settled",
+            || {
+                let contents = contents_on(a.imap, LOGIN)?;
+                contents.each_once(&acked)?;
+                let same = previous.as_ref() == Some(&contents);
+                previous = Some(contents.clone());
+                if same {
+                    Ok(contents)
+                } else {
+                    std::thread::sleep(Duration::from_secs(1));
+                    Err("not settled".into())
+                }
+            },
+        );
         done.store(true, Ordering::SeqCst);
     });
     let acked = acked.into_inner().unwrap();
@@ -288,16 +301,22 @@ fn latency(label: &str, site: &Site, store: &Backend, ops: usize) {
     for i in 0..5 {
         let (code, _) = lmtp.deliver(LOGIN, &message(&format!("warm-{i}"))).unwrap();
         assert_eq!(code, 250);
-        assert!(imap.append("Other", &message(&format!("warm-other-{i}"))).ok());
+        assert!(
+            imap.append("Other", &message(&format!("warm-other-{i}")))
+                .ok()
+        );
     }
     for i in 0..ops {
         let (code, text) = timed(&mut deliver, || {
-            lmtp.deliver(LOGIN, &message(&format!("lat-lmtp-{i}"))).unwrap()
+            lmtp.deliver(LOGIN, &message(&format!("lat-lmtp-{i}")))
+                .unwrap()
         });
         assert_eq!(code, 250, "{text}");
     }
     for i in 0..ops {
-        let r = timed(&mut append, || imap.append("INBOX", &message(&format!("lat-imap-{i}"))));
+        let r = timed(&mut append, || {
+            imap.append("INBOX", &message(&format!("lat-imap-{i}")))
+        });
         assert!(r.ok(), "{r:?}");
     }
     for i in 0..ops {
@@ -310,7 +329,10 @@ fn latency(label: &str, site: &Site, store: &Backend, ops: usize) {
     for i in 0..ops {
         let sign = if i % 2 == 0 { '+' } else { '-' };
         let r = timed(&mut store_flag, || {
-            imap.run(&format!("STORE {} {sign}FLAGS.SILENT (\\Flagged)", 1 + i % 5))
+            imap.run(&format!(
+                "STORE {} {sign}FLAGS.SILENT (\\Flagged)",
+                1 + i % 5
+            ))
         });
         assert!(r.ok(), "{r:?}");
     }

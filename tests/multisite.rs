@@ -41,8 +41,8 @@ use std::sync::{Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cluster::{
-    Downed, GarageCluster, Imap, Instance, Lmtp, POLL_INTERVAL, Site, contents_on,
-    message, wait_until,
+    Downed, GarageCluster, Imap, Instance, Lmtp, POLL_INTERVAL, Site, contents_on, message,
+    wait_until,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -182,7 +182,11 @@ fn garage_an_instance_cut_from_the_store_answers_unavailable_not_stale() {
     }
 
     let down = Downed::kill(&cluster, &[2]);
-    for command in ["SELECT INBOX", "STATUS INBOX (MESSAGES UIDNEXT)", "EXAMINE INBOX"] {
+    for command in [
+        "SELECT INBOX",
+        "STATUS INBOX (MESSAGES UIDNEXT)",
+        "EXAMINE INBOX",
+    ] {
         let r = cb.run(command);
         assert!(
             r.no() && r.tagged().contains("[UNAVAILABLE]"),
@@ -195,7 +199,11 @@ fn garage_an_instance_cut_from_the_store_answers_unavailable_not_stale() {
 
     let r = wait_until(RECOVERY, "B serves INBOX again", || {
         let r = cb.try_run("SELECT INBOX").map_err(|e| e.to_string())?;
-        if r.ok() { Ok(r) } else { Err(r.tagged().to_owned()) }
+        if r.ok() {
+            Ok(r)
+        } else {
+            Err(r.tagged().to_owned())
+        }
     });
     assert_eq!(r.exists(), Some(3), "{r:?}");
 }
@@ -417,7 +425,11 @@ fn moving_client(a: &Instance, b: &Instance, login: &str, appends: usize) {
                     let uidnext = r.number("UIDNEXT").expect("UIDNEXT");
                     let modseq = r.number("HIGHESTMODSEQ").expect("HIGHESTMODSEQ");
                     let v = r.number("UIDVALIDITY").expect("UIDVALIDITY");
-                    assert_eq!(*validity.get_or_insert(v), v, "UIDVALIDITY changed on {name}");
+                    assert_eq!(
+                        *validity.get_or_insert(v),
+                        v,
+                        "UIDVALIDITY changed on {name}"
+                    );
                     assert!(
                         uidnext >= highest.0 && modseq >= highest.1,
                         "view {views} on {name}: UIDNEXT {uidnext}, HIGHESTMODSEQ {modseq} \
@@ -426,11 +438,8 @@ fn moving_client(a: &Instance, b: &Instance, login: &str, appends: usize) {
                     highest = (uidnext, modseq);
                     let f = c.run("UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])");
                     assert!(f.ok(), "{f:?}");
-                    let now: Vec<(u32, String)> = f
-                        .lines
-                        .iter()
-                        .filter_map(|l| cluster_fetched(l))
-                        .collect();
+                    let now: Vec<(u32, String)> =
+                        f.lines.iter().filter_map(|l| cluster_fetched(l)).collect();
                     let uids: HashSet<u32> = now.iter().map(|(u, _)| *u).collect();
                     for (uid, id) in &now {
                         let first = names.entry(*uid).or_insert_with(|| id.clone());
@@ -614,8 +623,7 @@ fn wait_progress(ledger: &Ledger, from: usize, more: usize, what: &str) {
 /// One delivery through `instance`: its final code, and how long it took.
 fn probe_delivery(instance: &Instance, login: &str, id: &str) -> (u16, Duration) {
     let started = Instant::now();
-    let code = match Lmtp::connect(instance.lmtp).and_then(|mut c| c.deliver(login, &message(id)))
-    {
+    let code = match Lmtp::connect(instance.lmtp).and_then(|mut c| c.deliver(login, &message(id))) {
         Ok((code, _)) => code,
         Err(_) => 0,
     };
@@ -694,7 +702,11 @@ fn failures(
                 wait_until(
                     RECOVERY,
                     &format!("{} delivers again", instance.name),
-                    || match probe_delivery(instance, login, &format!("probe-up-{i}-{}", rand::random::<u32>())) {
+                    || match probe_delivery(
+                        instance,
+                        login,
+                        &format!("probe-up-{i}-{}", rand::random::<u32>()),
+                    ) {
                         (250, _) => Ok(()),
                         (code, _) => Err(code.to_string()),
                     },
@@ -761,7 +773,10 @@ fn failures(
     });
     for id in &maybe {
         let places = final_contents.places(id);
-        assert!(places.len() <= 1, "{id} (not acknowledged) arrived twice: {places:?}");
+        assert!(
+            places.len() <= 1,
+            "{id} (not acknowledged) arrived twice: {places:?}"
+        );
     }
     assert!(
         final_contents.places("killed-half").is_empty(),
@@ -769,7 +784,11 @@ fn failures(
     );
     final_contents.uids_increasing().unwrap();
     let (inbox_validity, _) = final_contents.mailboxes["INBOX"];
-    assert_eq!(u64::from(inbox_validity), validity, "UIDVALIDITY of INBOX changed");
+    assert_eq!(
+        u64::from(inbox_validity),
+        validity,
+        "UIDVALIDITY of INBOX changed"
+    );
     // The same mailboxes, messages and flags everywhere.
     let converged = wait_until(
         visible_within(garage),
@@ -782,7 +801,12 @@ fn failures(
             if on[0] == on[1] && on[1] == on[2] {
                 Ok(on[0].clone())
             } else {
-                Err(format!("{} / {} / {} messages", on[0].len(), on[1].len(), on[2].len()))
+                Err(format!(
+                    "{} / {} / {} messages",
+                    on[0].len(),
+                    on[1].len(),
+                    on[2].len()
+                ))
             }
         },
     );

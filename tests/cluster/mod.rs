@@ -227,7 +227,13 @@ impl Site {
     /// Creates `login` (its address is the login) with [`PASSWORD`].
     pub fn add_user(&self, login: &str) {
         let mut add = Command::new(BIN)
-            .args(["--config", self.admin.to_str().unwrap(), "user", "add", login])
+            .args([
+                "--config",
+                self.admin.to_str().unwrap(),
+                "user",
+                "add",
+                login,
+            ])
             .current_dir(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -390,11 +396,7 @@ fn read_until_ready(child: &mut Child) -> Vec<String> {
 
 /// Polls `f` every 50 ms until it gives a value; panics with `what` and
 /// the last failure after `limit`.
-pub fn wait_until<T>(
-    limit: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<T, String>,
-) -> T {
+pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         match f() {
@@ -456,12 +458,10 @@ impl Reply {
     }
     /// `* n EXISTS`, the last one.
     pub fn exists(&self) -> Option<u32> {
-        self.lines.iter().rev().find_map(|l| {
-            l.strip_prefix("* ")?
-                .strip_suffix(" EXISTS")?
-                .parse()
-                .ok()
-        })
+        self.lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
     }
 }
 
@@ -588,7 +588,8 @@ impl Imap {
             let validity = r.number("UIDVALIDITY").unwrap_or(0) as u32;
             let mut messages = Vec::new();
             if r.exists() != Some(0) {
-                let f = self.try_run("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")?;
+                let f = self
+                    .try_run("UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")?;
                 if !f.ok() {
                     return Ok(Err(format!("FETCH in {line}: {}", f.tagged())));
                 }
@@ -709,7 +710,10 @@ impl Contents {
         if wrong.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} messages not exactly once: {wrong:?}", wrong.len()))
+            Err(format!(
+                "{} messages not exactly once: {wrong:?}",
+                wrong.len()
+            ))
         }
     }
 
