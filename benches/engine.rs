@@ -55,7 +55,9 @@ use rand::{Rng, SeedableRng};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 use facteur::account::{Account, AccountConfig, Mailbox};
-use facteur::crypto::{KdfParams, Keyring, Password, SymmetricKey, open_body, purpose, user_id};
+use facteur::crypto::{
+    KdfParams, Keyring, Password, RecordAuth, SymmetricKey, open_body, purpose, user_id,
+};
 use facteur::log::InstanceId;
 use facteur::log::Replica;
 use facteur::log::stored::{LogTuning, MAX_SNAPSHOT, StoredLog};
@@ -649,7 +651,10 @@ impl Bench {
             .keyring
             .unlock_with_password(&Password::new(PASSWORD))
             .expect("unlock the bench keyring");
-        let mut config = AccountConfig::new(InstanceId::new(instance).expect("instance id"));
+        let mut config = AccountConfig::new(
+            InstanceId::new(instance).expect("instance id"),
+            RecordAuth::from_cluster_secret(b"bench"),
+        );
         config.mailbox.log = tuning;
         Account::new(self.user.clone(), keys, store, config)
     }
@@ -1364,8 +1369,10 @@ fn child(mode: &str) {
                 let keys = keyring
                     .unlock_with_password(&Password::new(PASSWORD))
                     .expect("unlock");
-                let config =
-                    AccountConfig::new(InstanceId::new(&format!("mem{k}")).expect("instance"));
+                let config = AccountConfig::new(
+                    InstanceId::new(&format!("mem{k}")).expect("instance"),
+                    RecordAuth::from_cluster_secret(b"bench"),
+                );
                 let account = Account::new(user.clone(), keys, store.clone(), config);
                 let mailbox = account
                     .mailbox(BIG, BIG_UIDVALIDITY)

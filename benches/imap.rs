@@ -132,7 +132,10 @@ async fn start_facteur(store: SharedStore, dir: &Path) -> (u16, String) {
         keyrings,
         accounts: Accounts::new(
             store,
-            AccountConfig::new(InstanceId::new("bench").unwrap()),
+            AccountConfig::new(
+                InstanceId::new("bench").unwrap(),
+                facteur::crypto::RecordAuth::from_cluster_secret(secret.as_bytes()),
+            ),
             Duration::from_secs(60),
         ),
         user_id: Arc::new(move |login| user_id(&user_secret, login)),

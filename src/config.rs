@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::crypto::{KdfParams, Password};
+use crate::crypto::{KdfParams, Password, UserPublicKey};
 use crate::directory::ldap::LdapSettings;
 use crate::size::ByteSize;
 use crate::store::S3Settings;
@@ -370,23 +370,78 @@ impl LdapConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CryptoConfig {
-    /// Argon2id parameters for new password slots and password hashes.
-    /// Existing keyrings keep the parameters they were written with until
-    /// the password changes. The default (64 MiB, 3 passes) takes about a
+    /// Argon2id parameters for new password slots and password hashes,
+    /// between 1 MiB and 256 MiB of memory, 1 to 10 passes, 1 to 8 lanes.
+    /// A keyring written with weaker parameters is re-wrapped with these at
+    /// the user's next login. The default (64 MiB, 3 passes) takes about a
     /// second on a Raspberry Pi 4.
     #[serde(default)]
     pub argon2: KdfParams,
+    /// Password checks (Argon2 runs) at once; 0: one per core. Each takes
+    /// `argon2.memory_kib` while it runs.
+    #[serde(default)]
+    pub argon2_threads: usize,
+    /// Password checks waiting for a thread; further logins are answered
+    /// `NO [UNAVAILABLE]` at once. Unset: 8 per thread.
+    #[serde(default)]
+    pub argon2_queue: Option<usize>,
     /// Create a recovery key for new users (shown once).
     #[serde(default = "default_true")]
     pub recovery_key: bool,
+    /// The association's admin escrow key: 64 hex characters, the public
+    /// half printed by `facteur admin escrow-keygen`. When set, every
+    /// keyring gets an escrow slot sealed to it, when it is created or at
+    /// the user's next login; `facteur user escrow-unlock` then sets a new
+    /// password with the offline secret half. Unset (the default): no
+    /// escrow, and a user with neither password nor recovery key has lost
+    /// their mail.
+    #[serde(default)]
+    pub escrow_public_key: Option<String>,
+}
+
+impl CryptoConfig {
+    /// The escrow key, parsed.
+    pub fn escrow_public_key(&self) -> Result<Option<UserPublicKey>, ConfigError> {
+        let Some(text) = &self.escrow_public_key else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "crypto.escrow_public_key must be 64 hex characters (facteur admin escrow-keygen)"
+                        .into(),
+                )
+            })?;
+        Ok(Some(UserPublicKey::from_bytes(bytes)))
+    }
 }
 
 impl Default for CryptoConfig {
     fn default() -> Self {
         CryptoConfig {
             argon2: KdfParams::default(),
+            argon2_threads: 0,
+            argon2_queue: None,
             recovery_key: default_true(),
+            escrow_public_key: None,
         }
+    }
+}
+
+impl CryptoConfig {
+    /// The pool every password check runs in, as configured.
+    pub fn kdf_pool(&self) -> std::sync::Arc<crate::crypto::KdfPool> {
+        use crate::crypto::KdfPool;
+        let threads = match self.argon2_threads {
+            0 => KdfPool::default_threads(),
+            n => n,
+        };
+        let queue = self
+            .argon2_queue
+            .unwrap_or(threads * KdfPool::DEFAULT_QUEUE_PER_THREAD);
+        KdfPool::new(threads, queue)
     }
 }
 
@@ -541,12 +596,14 @@ pub struct ImapConfig {
     pub max_message_size: ByteSize,
     /// Failed logins from one address (IPv6: one /64) within 15 minutes
     /// before further attempts from it are delayed, exponentially up to 5
-    /// minutes.
+    /// minutes (the policy: `crate::imap::throttle`).
     #[serde(default = "default_imap_login_failures_per_ip")]
     pub login_failures_per_ip: u32,
-    /// Failed logins for one login within 15 minutes before further
-    /// attempts for it are delayed, exponentially up to 5 minutes; a
-    /// successful login resets it.
+    /// Failed logins for one login from one address within 15 minutes
+    /// before further attempts for it from there are delayed,
+    /// exponentially up to 5 minutes; a successful login resets it. (Many
+    /// addresses guessing one login are delayed after 20 failures, by at
+    /// most a minute, except from addresses the login succeeded from.)
     #[serde(default = "default_imap_login_failures_per_login")]
     pub login_failures_per_login: u32,
 }
@@ -768,10 +825,15 @@ impl Config {
             return invalid("lmtp.idle_timeout must be at least 1 second");
         }
         self.imap.check()?;
+        self.crypto.escrow_public_key()?;
         self.crypto
             .argon2
             .validate()
-            .map_err(|e| ConfigError::Invalid(format!("crypto.argon2: {e}")))
+            .map_err(|e| ConfigError::Invalid(format!("crypto.argon2: {e}")))?;
+        if self.crypto.argon2_threads > 1024 || self.crypto.argon2_queue.unwrap_or(0) > 65_536 {
+            return invalid("crypto.argon2_threads must be at most 1024 and argon2_queue 65536");
+        }
+        Ok(())
     }
 
     /// The cluster secret's bytes, checked for length.
@@ -940,6 +1002,44 @@ mod tests {
             ("tls_handshake_timeout = 0", "at least 1 second"),
             ("max_message_size = \"5 GiB\"", "4 GiB"),
             ("starttls_listen = \"127.0.0.1:143\"", "sequence"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn argon2_parameters_and_pool_are_checked() {
+        let with = |extra: &str| {
+            Config::parse(
+                &format!("{MINIMAL}\n[crypto]\n{extra}"),
+                Path::new("/etc/f"),
+            )
+        };
+        let c = with("argon2_threads = 3\nargon2_queue = 5").unwrap();
+        let pool = c.crypto.kdf_pool();
+        assert_eq!((pool.threads(), pool.queue()), (3, 5));
+        let pool = with("").unwrap().crypto.kdf_pool();
+        assert_eq!(pool.threads(), crate::crypto::KdfPool::default_threads());
+        assert_eq!(pool.queue(), 8 * pool.threads());
+        for (bad, expected) in [
+            (
+                "argon2 = { memory_kib = 1048576, iterations = 3, parallelism = 1 }",
+                "memory_kib = 1048576 is above the maximum of 262144",
+            ),
+            (
+                "argon2 = { memory_kib = 65536, iterations = 64, parallelism = 1 }",
+                "iterations = 64 is above the maximum of 10",
+            ),
+            (
+                "argon2 = { memory_kib = 65536, iterations = 3, parallelism = 16 }",
+                "parallelism = 16 is above the maximum of 8",
+            ),
+            (
+                "argon2 = { memory_kib = 512, iterations = 3, parallelism = 1 }",
+                "below the minimum",
+            ),
+            ("argon2_threads = 100000", "argon2_threads"),
         ] {
             let err = with(bad).unwrap_err().to_string();
             assert!(err.contains(expected), "{bad}: {err}");

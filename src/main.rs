@@ -1,5 +1,5 @@
-//! The `facteur` command line: `serve`, `user add|passwd|list|delete|rekey`
-//! and `config check`. User mistakes end with one clear line on stderr and a
+//! The `facteur` command line: `serve`, `user add|passwd|list|delete|rekey|check|requeue`,
+//! `admin escrow-keygen` and `config check`. User mistakes end with one clear line on stderr and a
 //! non-zero exit status, never a panic.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -64,6 +64,19 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The association's administration keys.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make an admin escrow key pair: the secret half goes to FILE (created
+    /// 0600; keep it offline), the public half is printed for `[crypto]
+    /// escrow_public_key`. With it configured, `user passwd` and `user
+    /// rekey` accept `--escrow-key FILE` to set a new password for a user
+    /// who lost both the password and the recovery key.
+    EscrowKeygen { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +106,10 @@ enum UserCommand {
         /// Unlock with the recovery key instead of the current password.
         #[arg(long)]
         recovery: bool,
+        /// Unlock with the admin escrow secret key in this file instead
+        /// (`admin escrow-keygen`).
+        #[arg(long, conflicts_with = "recovery")]
+        escrow_key: Option<PathBuf>,
         /// Also replace the recovery key (the new one is printed once).
         #[arg(long)]
         new_recovery: bool,
@@ -117,9 +134,37 @@ enum UserCommand {
         /// Unlock with the recovery key instead of the old password.
         #[arg(long)]
         recovery: bool,
+        /// Unlock with the admin escrow secret key in this file instead
+        /// (`admin escrow-keygen`).
+        #[arg(long, conflicts_with = "recovery")]
+        escrow_key: Option<PathBuf>,
         /// Also replace the recovery key (the new one is printed once).
         #[arg(long)]
         new_recovery: bool,
+    },
+    /// Read every object of a user (mailbox list, every mailbox's ops,
+    /// snapshots and summary pages, every message body) and report what
+    /// is damaged or missing. Asks for the user's password (its keys
+    /// decrypt the data). Exits with status 1 if anything is wrong.
+    Check {
+        login: String,
+        /// Unlock with the recovery key instead of the password.
+        #[arg(long)]
+        recovery: bool,
+        /// Repair what can be: new snapshots without the lost ops, damaged
+        /// objects deleted, messages whose body is gone expunged.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// List the user's quarantined delivery records (not written by an
+    /// instance of this cluster, or damaged), or put the named ones back
+    /// into the queue with a valid MAC: only for records known to be
+    /// genuine (written before records were authenticated, or under a
+    /// previous cluster secret). Whatever they hold is then delivered.
+    Requeue {
+        login: String,
+        /// Record names, as listed; none lists them.
+        names: Vec<String>,
     },
 }
 
@@ -187,6 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
             serve(config, embedded, overrides, &mut prompt).await
         }
         Command::Config(ConfigCommand::Check) => config_check(&config).await,
+        Command::Admin(AdminCommand::EscrowKeygen { file }) => escrow_keygen(&file),
         Command::User(cmd) => {
             let services = Services::from_config(&config)?;
             // rekey works with any directory; the others edit the users file.
@@ -216,13 +262,15 @@ async fn run(cli: Cli) -> Result<()> {
                 UserCommand::Passwd {
                     login,
                     recovery,
+                    escrow_key,
                     new_recovery,
                 } => {
+                    let with = Unlock::new(recovery, escrow_key);
                     passwd(
                         &services,
                         &users_file()?,
                         &login,
-                        recovery,
+                        with,
                         new_recovery,
                         &mut prompt,
                     )
@@ -237,8 +285,18 @@ async fn run(cli: Cli) -> Result<()> {
                 UserCommand::Rekey {
                     login,
                     recovery,
+                    escrow_key,
                     new_recovery,
-                } => rekey(&services, &login, recovery, new_recovery, &mut prompt).await,
+                } => {
+                    let with = Unlock::new(recovery, escrow_key);
+                    rekey(&services, &login, with, new_recovery, &mut prompt).await
+                }
+                UserCommand::Requeue { login, names } => requeue(&services, &login, &names).await,
+                UserCommand::Check {
+                    login,
+                    recovery,
+                    repair,
+                } => check(&services, &login, recovery, repair, &mut prompt).await,
             }
         }
     }
@@ -345,7 +403,7 @@ async fn passwd(
     services: &Services,
     users_file: &Path,
     login: &str,
-    use_recovery: bool,
+    with: Unlock,
     new_recovery: bool,
     prompt: &mut Prompter,
 ) -> Result<()> {
@@ -354,7 +412,7 @@ async fn passwd(
     if file.find(&login).is_none() {
         bail!("no such user: {login}");
     }
-    let keys = unlock(services, &login, use_recovery, "Current password", prompt).await?;
+    let keys = unlock(services, &login, with, "Current password", prompt).await?;
     let password = prompt.new_password(&login)?;
     let phc = hash(services, &password).await?;
     let u = services.user_id(&login);
@@ -375,7 +433,7 @@ async fn passwd(
 async fn rekey(
     services: &Services,
     login: &str,
-    use_recovery: bool,
+    with: Unlock,
     new_recovery: bool,
     prompt: &mut Prompter,
 ) -> Result<()> {
@@ -383,7 +441,7 @@ async fn rekey(
     if services.directory.find_login(&login).await?.is_none() {
         bail!("no such user: {login}");
     }
-    let keys = unlock(services, &login, use_recovery, "Old password", prompt).await?;
+    let keys = unlock(services, &login, with, "Old password", prompt).await?;
     let password = prompt.secret("Password the directory now has")?;
     if services
         .directory
@@ -404,23 +462,90 @@ async fn rekey(
     Ok(())
 }
 
-/// Unlocks a user's keys with a password or the recovery key read from
-/// the prompter.
-async fn unlock(
+/// `user check`: see `account::check`.
+async fn check(
     services: &Services,
     login: &str,
     use_recovery: bool,
+    repair: bool,
+    prompt: &mut Prompter,
+) -> Result<()> {
+    let login = normalise_login(login)?;
+    let with = Unlock::new(use_recovery, None);
+    let keys = unlock(services, &login, with, "Password", prompt).await?;
+    let report = facteur::account::check::check_user(
+        services.store.as_ref(),
+        &services.user_id(&login),
+        &keys,
+        repair,
+    )
+    .await
+    .map_err(store_context)?;
+    for problem in &report.problems {
+        println!("damaged: {problem}");
+    }
+    for repaired in &report.repaired {
+        println!("repaired: {repaired}");
+    }
+    println!(
+        "checked {login}: {} objects, {} mailboxes, {} messages, {} problems",
+        report.objects,
+        report.mailboxes,
+        report.messages,
+        report.problems.len()
+    );
+    if report.problems.is_empty() {
+        Ok(())
+    } else if repair {
+        println!("run the check again to see what is left");
+        Ok(())
+    } else {
+        bail!("{login}'s data is damaged (run again with --repair to repair what can be)")
+    }
+}
+
+/// What unlocks a user's keys for `passwd` and `rekey`.
+enum Unlock {
+    Password,
+    Recovery,
+    /// The admin escrow secret key in this file.
+    Escrow(PathBuf),
+}
+
+impl Unlock {
+    fn new(recovery: bool, escrow_key: Option<PathBuf>) -> Unlock {
+        match (recovery, escrow_key) {
+            (_, Some(file)) => Unlock::Escrow(file),
+            (true, None) => Unlock::Recovery,
+            (false, None) => Unlock::Password,
+        }
+    }
+}
+
+/// Unlocks a user's keys with a password or the recovery key read from
+/// the prompter, or with the admin escrow key.
+async fn unlock(
+    services: &Services,
+    login: &str,
+    with: Unlock,
     label: &str,
     prompt: &mut Prompter,
 ) -> Result<facteur::crypto::UserKeys> {
     let u = services.user_id(login);
-    let result = if use_recovery {
-        let key = prompt.secret("Recovery key")?;
-        let key = RecoveryKey::parse(key.as_str())?;
-        services.keyrings.unlock_with_recovery(&u, &key).await
-    } else {
-        let password = prompt.secret(label)?;
-        services.keyrings.unlock(&u, &password).await
+    let result = match with {
+        Unlock::Recovery => {
+            let key = prompt.secret("Recovery key")?;
+            let key = RecoveryKey::parse(key.as_str())?;
+            services.keyrings.unlock_with_recovery(&u, &key).await
+        }
+        Unlock::Password => {
+            let password = prompt.secret(label)?;
+            services.keyrings.unlock(&u, &password).await
+        }
+        Unlock::Escrow(file) => {
+            let admin = read_escrow_key(&file)?;
+            services.keyrings.unlock_with_escrow(&u, &admin).await
+        }
     };
     match result {
         Ok(keys) => Ok(keys),
@@ -429,6 +554,14 @@ async fn unlock(
         }
         Err(AccountError::Crypto(CryptoError::WrongRecoveryKey)) => {
             bail!("wrong recovery key for {login}")
+        }
+        Err(AccountError::Crypto(CryptoError::WrongEscrowKey)) => {
+            bail!("this escrow key does not open the keyring of {login}")
+        }
+        Err(AccountError::Crypto(CryptoError::NoSuchSlot(_))) => {
+            bail!(
+                "the keyring of {login} has no escrow slot (it gets one at the next login once [crypto] escrow_public_key is set)"
+            )
         }
         Err(AccountError::NoKeyring) => bail!("{login} has no keyring in the store yet"),
         Err(e) => Err(store_context(e)),
@@ -499,6 +632,68 @@ async fn delete(
     }
     file.save(users_file)?;
     println!("deleted user {login}");
+    Ok(())
+}
+
+/// Writes a new admin escrow secret key to `file` (which must not exist)
+/// and prints the public half for the configuration.
+fn escrow_keygen(file: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = facteur::crypto::EscrowSecretKey::generate();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(&key.to_bytes()[..])));
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "wrote the escrow secret key to {} (keep it offline)\n\
+         [crypto]\nescrow_public_key = \"{}\"",
+        file.display(),
+        hex::encode(key.public_key().to_bytes())
+    );
+    Ok(())
+}
+
+/// Reads an escrow secret key written by [`escrow_keygen`].
+fn read_escrow_key(file: &Path) -> Result<facteur::crypto::EscrowSecretKey> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+    );
+    let bytes = zeroize::Zeroizing::new(
+        hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| anyhow!("{} does not hold an escrow secret key", file.display()))?,
+    );
+    Ok(facteur::crypto::EscrowSecretKey::from_bytes(*bytes))
+}
+
+async fn requeue(services: &Services, login: &str, names: &[String]) -> Result<()> {
+    use facteur::mailbox::incoming;
+    let login = normalise_login(login)?;
+    let user = services.user_id(&login);
+    let store = services.store.as_ref();
+    if names.is_empty() {
+        let held = incoming::quarantined(store, &user)
+            .await
+            .with_context(|| format!("listing the quarantine of {login}"))?;
+        for name in &held {
+            println!("{name}");
+        }
+        println!("{} quarantined records of {login}", held.len());
+        return Ok(());
+    }
+    for name in names {
+        incoming::requeue(store, &user, &services.records, name)
+            .await
+            .with_context(|| format!("requeuing {name} of {login}"))?;
+        println!("requeued {name}: delivered at {login}'s next login");
+    }
     Ok(())
 }
 
@@ -783,7 +978,7 @@ struct Prompter {
 }
 
 /// Shortest password accepted for new passwords.
-const MIN_PASSWORD_LEN: usize = 8;
+const MIN_PASSWORD_LEN: usize = Password::MIN_CHARS;
 
 impl Prompter {
     fn new() -> Self {

@@ -10,9 +10,14 @@ use facteur::crypto::{KdfParams, Keyring, Password, user_id};
 use facteur::log::InstanceId;
 use facteur::store::{MemoryStore, ObjectStore, S3Settings, S3Store, SharedStore, list_all};
 
+/// The delivery-record key of the tests' cluster.
+fn records() -> facteur::crypto::RecordAuth {
+    facteur::crypto::RecordAuth::from_cluster_secret(b"0123456789abcdef")
+}
+
 fn account(store: &SharedStore, keyring: &Keyring, instance: &str, secret: &[u8]) -> Arc<Account> {
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
-    let mut config = AccountConfig::new(InstanceId::new(instance).unwrap());
+    let mut config = AccountConfig::new(InstanceId::new(instance).unwrap(), records());
     config.poll_interval = Duration::from_millis(50);
     Account::new(user_id(secret, "alice"), keys, store.clone(), config)
 }
@@ -319,6 +324,7 @@ async fn deliveries_reach_inbox_on_another_instance() {
         &store,
         reader.user(),
         &keyring.public_key(),
+        &records(),
         &message("delivered"),
         envelope,
     )
@@ -457,7 +463,7 @@ async fn op_objects_are_collected_behind_snapshots() {
     let shared: SharedStore = Arc::new(store.clone());
     let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
-    let mut config = AccountConfig::new(InstanceId::new("a").unwrap());
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
     config.mailbox.log.snapshot_every = 5;
     config.mailbox.log.gc_grace = Duration::ZERO;
     let user = user_id(b"0123456789abcdef", "alice");
@@ -503,7 +509,7 @@ async fn summaries_are_paged_out_at_snapshots_and_read_back() {
     let shared: SharedStore = Arc::new(store.clone());
     let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
-    let mut config = AccountConfig::new(InstanceId::new("a").unwrap());
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
     config.mailbox.log.snapshot_every = 300; // at the sync below only
     let user = user_id(b"0123456789abcdef", "alice");
     let a = Account::new(user.clone(), keys, shared.clone(), config);
@@ -589,7 +595,7 @@ async fn summary_pages_of_expunged_messages_are_collected() {
     let shared: SharedStore = Arc::new(store.clone());
     let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
-    let mut config = AccountConfig::new(InstanceId::new("a").unwrap());
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
     config.mailbox.log.snapshot_every = 3;
     config.mailbox.log.gc_grace = Duration::ZERO;
     let a = Account::new(user_id(b"0123456789abcdef", "alice"), keys, shared, config);

@@ -59,7 +59,7 @@ fn instance_tuned(
     name: &str,
     tune: impl FnOnce(&mut AccountConfig),
 ) -> Arc<Imap> {
-    let mut account_config = AccountConfig::new(InstanceId::new(name).unwrap());
+    let mut account_config = services.account_config(InstanceId::new(name).unwrap());
     account_config.poll_interval = Duration::from_millis(200);
     tune(&mut account_config);
     let accounts = Accounts::new(
@@ -550,6 +550,7 @@ async fn delivered_mail_reaches_an_idling_client_within_the_poll_interval() {
         w.store.as_ref(),
         &user,
         &key,
+        &w.services.records,
         raw.as_bytes(),
         DeliveryEnvelope {
             mail_from: "bob@example.org".into(),
@@ -818,4 +819,45 @@ async fn search_and_fetch_read_summaries_from_pages_after_snapshots() {
     let env = r.run("FETCH 1:12 ENVELOPE").await;
     assert_eq!(env.untagged("").len(), 12, "{env:?}");
     assert!(env.has("\"paged0\"") && env.has("\"paged11\""), "{env:?}");
+}
+
+/// An op of a mailbox lost in the store (one flipped byte): a session on
+/// an instance that finds it is told once, with an ALERT at SELECT, and
+/// the messages after it are still shown.
+#[tokio::test]
+async fn damage_in_the_store_is_told_once_per_session() {
+    use facteur::store::ObjectStore;
+    let w = world().await;
+    let mut c = w.login("alice").await;
+    for n in 0..3 {
+        let r = c.append("INBOX", "", &message(&format!("m{n}"), "x")).await;
+        assert!(r.ok(), "{r:?}");
+    }
+    assert!(!c.run("SELECT INBOX").await.has("[ALERT]"));
+    // The log holding three ops is INBOX's.
+    let mut logs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for key in w.store.keys() {
+        if let Some((log, _)) = key.split_once("/log/")
+            && log.contains("/mbox/")
+        {
+            logs.entry(log.to_owned()).or_default().push(key);
+        }
+    }
+    let mut ops = logs.into_values().find(|ops| ops.len() == 3).unwrap();
+    ops.sort();
+    let mut bytes = w.store.get(&ops[1]).await.unwrap().to_vec();
+    bytes[30] ^= 0x01;
+    w.store.put(&ops[1], bytes.into()).await.unwrap();
+
+    let other = instance(&w.services, "other");
+    let mut d = login(&other, "alice").await;
+    let r = d.run("SELECT INBOX").await;
+    assert!(
+        r.ok() && r.has("* OK [ALERT]") && r.has("* 2 EXISTS"),
+        "{r:?}"
+    );
+    let r = d.run("SELECT INBOX").await;
+    assert!(r.ok() && !r.has("[ALERT]"), "once per session: {r:?}");
+    let mut e = login(&other, "alice").await;
+    assert!(e.run("EXAMINE INBOX").await.has("* OK [ALERT]"));
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use facteur::account::{Account, AccountConfig};
-use facteur::crypto::{KdfParams, Keyring, Password, user_id};
+use facteur::crypto::{KdfParams, Keyring, Password, RecordAuth, user_id};
 use facteur::log::InstanceId;
 use facteur::store::{FsStore, ListPage, MemoryStore, ObjectStore, SharedStore, StoreError};
 
@@ -25,7 +25,7 @@ const ROUNDS: usize = 10;
 /// own instance id) on the shared store.
 fn instance(store: &SharedStore, keyring: &Keyring, name: &str, login: &str) -> Arc<Account> {
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
-    let mut config = AccountConfig::new(InstanceId::new(name).unwrap());
+    let mut config = AccountConfig::new(InstanceId::new(name).unwrap(), records());
     config.poll_interval = Duration::from_millis(50);
     config.mailbox.fix_up_jitter = Duration::from_millis(5);
     Account::new(
@@ -34,6 +34,11 @@ fn instance(store: &SharedStore, keyring: &Keyring, name: &str, login: &str) -> 
         store.clone(),
         config,
     )
+}
+
+/// The delivery-record key every instance derives from the cluster secret.
+fn records() -> RecordAuth {
+    RecordAuth::from_cluster_secret(b"0123456789abcdef")
 }
 
 fn keyring() -> Keyring {
@@ -394,6 +399,7 @@ async fn delivered_mail_is_there_at_the_first_command() {
                 store.as_ref(),
                 probe.user(),
                 &keyring.public_key(),
+                &records(),
                 &message(&format!("d{n}")),
                 envelope,
             )
@@ -415,6 +421,7 @@ async fn delivered_mail_is_there_at_the_first_command() {
             store.as_ref(),
             probe.user(),
             &keyring.public_key(),
+            &records(),
             &message("late"),
             envelope,
         )
@@ -446,9 +453,16 @@ async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
                 received_at: 1_700_000_000,
                 folder: None,
             };
-            deliver(store.as_ref(), &user, &key, &message(n), envelope)
-                .await
-                .unwrap();
+            deliver(
+                store.as_ref(),
+                &user,
+                &key,
+                &records(),
+                &message(n),
+                envelope,
+            )
+            .await
+            .unwrap();
         }
     };
     let (_, inbox_a) = a.open_fresh("INBOX").await.unwrap();
@@ -470,7 +484,7 @@ async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
     // a stops draining: once its lease expires, b takes over.
     delivery("four").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.drain_politely().await.unwrap().delivered.len() == 0 {
+    while b.drain_politely().await.unwrap().delivered.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the lease never passed"

@@ -558,6 +558,7 @@ fn servers(dir: LdapDirectory) -> (Arc<Imap>, facteur::lmtp::Backend) {
     let store: SharedStore = Arc::new(MemoryStore::new());
     let secret = b"ldap-e2e-cluster-secret".to_vec();
     let keyrings = KeyringStore::new(store.clone(), &secret);
+    let records = facteur::crypto::RecordAuth::from_cluster_secret(&secret);
     let directory: Arc<dyn Directory> = Arc::new(dir);
     let ids = secret.clone();
     let user_id: facteur::imap::UserIdFn =
@@ -567,7 +568,7 @@ fn servers(dir: LdapDirectory) -> (Arc<Imap>, facteur::lmtp::Backend) {
         keyrings: keyrings.clone(),
         accounts: Accounts::new(
             store.clone(),
-            AccountConfig::new(InstanceId::new("ldap").unwrap()),
+            AccountConfig::new(InstanceId::new("ldap").unwrap(), records.clone()),
             Duration::from_secs(5),
         ),
         user_id: user_id.clone(),
@@ -581,6 +582,7 @@ fn servers(dir: LdapDirectory) -> (Arc<Imap>, facteur::lmtp::Backend) {
         store,
         directory,
         keyrings,
+        records,
         user_id,
         quota_full_temporary: false,
     };
@@ -642,6 +644,7 @@ async fn an_ldap_user_logs_in_over_imap_and_receives_mail() {
         lmtp.store.as_ref(),
         &recipient.user.id,
         &recipient.user.public_key,
+        &lmtp.records,
         b"From: bob@example.org\r\nSubject: welcome\r\n\r\nhello\r\n",
         facteur::mailbox::incoming::DeliveryEnvelope {
             mail_from: "bob@example.org".into(),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur::account::{Account, AccountConfig};
+use facteur::account::Account;
 use facteur::crypto::UserKeys;
 use facteur::log::InstanceId;
 use facteur::server::lmtp::{self, Listener, Settings};
@@ -101,7 +101,8 @@ impl Server {
             self.services.user_id(login),
             keys.clone(),
             store,
-            AccountConfig::new(InstanceId::new("test").unwrap()),
+            self.services
+                .account_config(InstanceId::new("test").unwrap()),
         )
     }
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur::account::{Account, AccountConfig};
+use facteur::account::Account;
 use facteur::crypto::Password;
 use facteur::log::InstanceId;
 use facteur::server::lmtp::{self, Listener, Settings};
@@ -363,7 +363,8 @@ impl Facteur {
             id,
             keys,
             self.services.store.clone(),
-            AccountConfig::new(InstanceId::new("postfixtest").unwrap()),
+            self.services
+                .account_config(InstanceId::new("postfixtest").unwrap()),
         );
         account.drain_incoming().await.unwrap();
         let (_, inbox) = account.open_by_name("INBOX").await.unwrap();

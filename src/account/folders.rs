@@ -152,6 +152,11 @@ impl Folders {
         .await
     }
 
+    /// Unreadable objects and lost ops of the list's log, for reporting.
+    pub async fn damage(&self) -> Vec<crate::log::stored::Damage> {
+        self.log.read().await.damaged()
+    }
+
     pub async fn sync(&self) -> Result<usize, AccountError> {
         let applied = sync_shared(&self.log, self.store.as_ref()).await?;
         if applied > 0 {

@@ -4,18 +4,24 @@
 //! secret, so that whoever can write the bucket cannot substitute a key of
 //! their own). The delivery key is written after the keyring, and again at
 //! every unlock if it is missing or wrong: the keys are authentic then.
-//! Argon2 runs on the blocking pool: it is meant to be slow.
+//! Argon2 runs through the store's [`KdfPool`]: it is meant to be slow,
+//! and a burst of logins must not run it unbounded.
+//!
+//! A login reads the keyring once ([`KeyringStore::fetch`]) with a digest of
+//! its bytes: the digest tells a later login whether the keyring (and so
+//! the password) is still the one an unlocked account was opened with.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use super::AccountError;
 use zeroize::Zeroizing;
 
 use crate::crypto::{
-    CryptoError, KdfParams, Keyring, Password, RecoveryKey, UserKeys, UserPublicKey,
-    delivery_key_tag, verify_delivery_key_tag,
+    CryptoError, EscrowSecretKey, KdfParams, KdfPool, Keyring, Password, RecoveryKey, UserKeys,
+    UserPublicKey, delivery_key_tag, verify_delivery_key_tag,
 };
 use crate::store::{ObjectStore, SharedStore, layout, list_all};
 use layout::UserId;
@@ -26,22 +32,105 @@ pub struct KeyringStore {
     store: SharedStore,
     /// Keys the delivery-key tags.
     cluster_secret: Arc<Zeroizing<Vec<u8>>>,
+    /// The admin escrow key every keyring gets a slot for, if configured.
+    escrow: Option<UserPublicKey>,
+    /// Where every Argon2 of keyrings runs.
+    kdf_pool: Arc<KdfPool>,
+}
+
+/// A keyring as read from the store, with the SHA-256 of its bytes: any
+/// change to it (a new password, re-wrapped parameters, a new recovery
+/// slot) changes the digest.
+#[derive(Clone, Debug)]
+pub struct StoredKeyring {
+    pub keyring: Keyring,
+    pub digest: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyringStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyringStore")
             .field("store", &self.store)
+            .field("kdf_pool", &self.kdf_pool)
             .finish_non_exhaustive()
     }
 }
 
 impl KeyringStore {
+    /// A keyring store with its own [`KdfPool`] of the default size; share
+    /// one pool with [`KeyringStore::with_kdf_pool`].
     pub fn new(store: SharedStore, cluster_secret: &[u8]) -> Self {
         KeyringStore {
             store,
             cluster_secret: Arc::new(Zeroizing::new(cluster_secret.to_vec())),
+            escrow: None,
+            kdf_pool: KdfPool::with_default_size(),
         }
+    }
+
+    /// Runs this store's Argon2 in `pool`.
+    pub fn with_kdf_pool(mut self, pool: Arc<KdfPool>) -> Self {
+        self.kdf_pool = pool;
+        self
+    }
+
+    pub fn kdf_pool(&self) -> &Arc<KdfPool> {
+        &self.kdf_pool
+    }
+
+    /// Runs an Argon2 derivation in the pool; `Busy` when it is full.
+    async fn derive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountError> {
+        Ok(self.kdf_pool.run(f).await?)
+    }
+
+    /// Gives every keyring an escrow slot sealed to `admin` (`[crypto]
+    /// escrow_public_key`): new keyrings at creation, existing ones at
+    /// their next unlock.
+    pub fn with_escrow(mut self, admin: Option<UserPublicKey>) -> Self {
+        self.escrow = admin;
+        self
+    }
+
+    /// Adds (or re-seals) the escrow slot of an unlocked keyring if the
+    /// configured admin key has none; a failure is logged, not fatal (the
+    /// user still logs in; the next unlock tries again).
+    async fn heal_escrow(&self, u: &UserId, keys: &UserKeys) {
+        let Some(admin) = &self.escrow else {
+            return;
+        };
+        let healed = async {
+            let Some(mut keyring) = self.load(u).await? else {
+                return Ok(false);
+            };
+            if keyring.escrow_public_key().as_ref() == Some(admin) {
+                return Ok(false);
+            }
+            keyring.set_escrow(keys, admin)?;
+            self.save(u, &keyring).await?;
+            Ok::<_, AccountError>(true)
+        };
+        match healed.await {
+            Ok(true) => tracing::info!(user = ?u, "added the admin escrow slot to a keyring"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(user = ?u, error = %e, "could not add the admin escrow slot"),
+        }
+    }
+
+    /// Unlocks the user's keys with the offline admin escrow key (`facteur
+    /// user escrow-unlock`), for setting a new password when both the
+    /// password and the recovery key are lost.
+    pub async fn unlock_with_escrow(
+        &self,
+        u: &UserId,
+        admin: &EscrowSecretKey,
+    ) -> Result<UserKeys, AccountError> {
+        let keyring = self.load(u).await?.ok_or(AccountError::NoKeyring)?;
+        let keys = keyring.unlock_with_escrow(admin)?;
+        self.heal_delivery_key(u, &keys).await?;
+        Ok(keys)
     }
 
     /// The public key to seal a user's mail to, if the user has one and
@@ -98,9 +187,18 @@ impl KeyringStore {
 
     /// The user's keyring, or `None` if the user has none yet.
     pub async fn load(&self, u: &UserId) -> Result<Option<Keyring>, AccountError> {
+        Ok(self.fetch(u).await?.map(|s| s.keyring))
+    }
+
+    /// The user's keyring with the digest of its bytes, or `None` if the
+    /// user has none yet.
+    pub async fn fetch(&self, u: &UserId) -> Result<Option<StoredKeyring>, AccountError> {
         let key = layout::keyring(u);
         match self.store.get(&key).await {
-            Ok(bytes) => Ok(Some(Keyring::from_bytes(&key, &bytes)?)),
+            Ok(bytes) => Ok(Some(StoredKeyring {
+                keyring: Keyring::from_bytes(&key, &bytes)?,
+                digest: Sha256::digest(&bytes).into(),
+            })),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -127,8 +225,12 @@ impl KeyringStore {
             return Err(AccountError::KeyringExists);
         }
         let (password, params) = (Password::new(password.as_str()), params.clone());
-        let (keyring, keys, recovery) =
-            blocking(move || Keyring::create(&password, &params, with_recovery)).await??;
+        let (mut keyring, keys, recovery) = self
+            .derive(move || Keyring::create(&password, &params, with_recovery))
+            .await??;
+        if let Some(admin) = &self.escrow {
+            keyring.set_escrow(&keys, admin)?;
+        }
         self.save(u, &keyring).await?;
         // After the keyring: a delivery key whose secret was never stored
         // would swallow mail.
@@ -138,11 +240,100 @@ impl KeyringStore {
 
     /// Unlocks the user's keys with a password.
     pub async fn unlock(&self, u: &UserId, password: &Password) -> Result<UserKeys, AccountError> {
-        let keyring = self.load(u).await?.ok_or(AccountError::NoKeyring)?;
+        let stored = self.fetch(u).await?.ok_or(AccountError::NoKeyring)?;
+        self.unlock_stored(u, &stored, password).await
+    }
+
+    /// Unlocks a keyring already read with [`KeyringStore::fetch`]: one
+    /// Argon2, in the pool.
+    pub async fn unlock_stored(
+        &self,
+        u: &UserId,
+        stored: &StoredKeyring,
+        password: &Password,
+    ) -> Result<UserKeys, AccountError> {
+        let keyring = stored.keyring.clone();
         let password = Password::new(password.as_str());
-        let keys = blocking(move || keyring.unlock_with_password(&password)).await??;
+        let keys = self
+            .derive(move || keyring.unlock_with_password(&password))
+            .await??;
         self.heal_delivery_key(u, &keys).await?;
+        self.heal_escrow(u, &keys).await;
         Ok(keys)
+    }
+
+    /// Spends what an unlock spends, in the pool, for a login that has no
+    /// keyring to open (an unknown user): see [`KdfParams::dummy_derive`].
+    pub async fn dummy_unlock(
+        &self,
+        password: &Password,
+        params: &KdfParams,
+    ) -> Result<(), AccountError> {
+        let (password, params) = (Password::new(password.as_str()), params.clone());
+        self.derive(move || params.dummy_derive(&password))
+            .await??;
+        Ok(())
+    }
+
+    /// Re-wraps the password slot of `stored` with `params` (stronger ones,
+    /// raised in the configuration since the slot was written), keeping
+    /// every other slot. Best effort and careful, since it rewrites the one
+    /// object that opens the user's mail:
+    /// - the keyring must still be the one unlocked (same digest) just
+    ///   before the write, or nothing is written (a password changed
+    ///   meanwhile wins);
+    /// - the new keyring is parsed back and must carry the same public key
+    ///   before it is written, and is read back after: a mismatch is
+    ///   logged (the previous keyring's keys are the same, so nothing is
+    ///   lost either way).
+    ///
+    /// Returns the new stored keyring, `None` if it was left alone. A full
+    /// pool leaves it alone too: the next login tries again.
+    pub async fn rewrap(
+        &self,
+        u: &UserId,
+        stored: &StoredKeyring,
+        keys: &UserKeys,
+        password: &Password,
+        params: &KdfParams,
+    ) -> Result<Option<StoredKeyring>, AccountError> {
+        let key = layout::keyring(u);
+        let mut keyring = stored.keyring.clone();
+        let (keys, password, params) = (
+            keys.clone(),
+            Password::new(password.as_str()),
+            params.clone(),
+        );
+        let keyring = self
+            .derive(move || {
+                keyring
+                    .set_password(&keys, &password, &params)
+                    .map(|()| keyring)
+            })
+            .await??;
+        let bytes = keyring.to_bytes(&key);
+        let check = Keyring::from_bytes(&key, &bytes)?;
+        if check.public_key() != stored.keyring.public_key() {
+            return Err(AccountError::Internal(
+                "a re-wrapped keyring lost its public key".into(),
+            ));
+        }
+        match self.fetch(u).await? {
+            Some(now) if now.digest == stored.digest => {}
+            _ => return Ok(None),
+        }
+        self.store.put(&key, Bytes::from(bytes.clone())).await?;
+        let written = StoredKeyring {
+            keyring: check,
+            digest: Sha256::digest(&bytes).into(),
+        };
+        match self.fetch(u).await? {
+            Some(back) if back.digest == written.digest => Ok(Some(written)),
+            _ => {
+                tracing::warn!(user = ?u, "a re-wrapped keyring did not read back as written");
+                Ok(None)
+            }
+        }
     }
 
     /// Unlocks the user's keys with the recovery key.
@@ -170,16 +361,17 @@ impl KeyringStore {
         let mut keyring = self.load(u).await?.ok_or(AccountError::NoKeyring)?;
         let keys = keys.clone();
         let (password, params) = (Password::new(new_password.as_str()), params.clone());
-        let (keyring, recovery) = blocking(move || {
-            keyring.set_password(&keys, &password, &params)?;
-            let recovery = if new_recovery {
-                Some(keyring.set_recovery(&keys)?)
-            } else {
-                None
-            };
-            Ok::<_, CryptoError>((keyring, recovery))
-        })
-        .await??;
+        let (keyring, recovery) = self
+            .derive(move || {
+                keyring.set_password(&keys, &password, &params)?;
+                let recovery = if new_recovery {
+                    Some(keyring.set_recovery(&keys)?)
+                } else {
+                    None
+                };
+                Ok::<_, CryptoError>((keyring, recovery))
+            })
+            .await??;
         self.save(u, &keyring).await?;
         Ok(recovery)
     }
@@ -200,14 +392,6 @@ impl KeyringStore {
     pub fn store(&self) -> &dyn ObjectStore {
         self.store.as_ref()
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AccountError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AccountError::Internal(format!("key derivation task failed: {e}")))
 }
 
 #[cfg(test)]
@@ -308,5 +492,80 @@ mod tests {
         assert!(ks.delivery_key(&u).await.unwrap().is_none());
         ks.unlock(&u, &pw).await.unwrap();
         assert!(ks.delivery_key(&u).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn rewrap_raises_the_parameters_and_keeps_every_slot() {
+        let (ks, u) = setup();
+        let pw = Password::new("first password");
+        let (keys, recovery) = ks.create(&u, &pw, &KdfParams::TEST, true).await.unwrap();
+        let stronger = KdfParams {
+            memory_kib: 2 * KdfParams::TEST.memory_kib,
+            ..KdfParams::TEST
+        };
+        let stored = ks.fetch(&u).await.unwrap().unwrap();
+        let unlocked = ks.unlock_stored(&u, &stored, &pw).await.unwrap();
+        let written = ks
+            .rewrap(&u, &stored, &unlocked, &pw, &stronger)
+            .await
+            .unwrap()
+            .expect("re-wrapped");
+        let now = ks.fetch(&u).await.unwrap().unwrap();
+        assert_eq!(now.digest, written.digest);
+        assert_ne!(now.digest, stored.digest);
+        assert_eq!(now.keyring.password_params(), &stronger);
+        let again = ks.unlock(&u, &pw).await.unwrap();
+        assert_eq!(again.public_key(), keys.public_key());
+        let via_recovery = ks
+            .unlock_with_recovery(&u, &recovery.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(via_recovery.public_key(), keys.public_key());
+    }
+
+    #[tokio::test]
+    async fn rewrap_never_overwrites_a_keyring_changed_meanwhile() {
+        let (ks, u) = setup();
+        let old = Password::new("first password");
+        let (keys, _) = ks.create(&u, &old, &KdfParams::TEST, false).await.unwrap();
+        let stored = ks.fetch(&u).await.unwrap().unwrap();
+        // Another instance changes the password after this one read it.
+        let new = Password::new("second password");
+        ks.set_password(&u, &keys, &new, &KdfParams::TEST, false)
+            .await
+            .unwrap();
+        let stronger = KdfParams {
+            iterations: 2,
+            ..KdfParams::TEST
+        };
+        assert!(
+            ks.rewrap(&u, &stored, &keys, &old, &stronger)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(ks.unlock(&u, &new).await.is_ok(), "the new password stays");
+        assert!(ks.unlock(&u, &old).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_refuses_as_busy_and_transient() {
+        let (ks, u) = setup();
+        let ks = ks.with_kdf_pool(KdfPool::new(1, 0));
+        ks.create(&u, &Password::new("pw"), &KdfParams::TEST, false)
+            .await
+            .unwrap();
+        assert_eq!(ks.kdf_pool().runs(), 1);
+        // Two unlocks at once on a pool of one thread and no queue: one is
+        // refused at once.
+        let pw = Password::new("pw");
+        let (a, b) = tokio::join!(ks.unlock(&u, &pw), ks.unlock(&u, &pw));
+        let busy = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Err(AccountError::Busy(_))))
+            .count();
+        assert_eq!(busy, 1, "{a:?} {b:?}");
+        let err = if a.is_err() { a } else { b }.unwrap_err();
+        assert!(err.is_transient());
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 
 use super::AccountError;
 use super::cache::BodyCache;
-use crate::crypto::{SymmetricKey, UserKeys, open_body};
+use crate::crypto::{RecordAuth, SymmetricKey, UserKeys, open_body};
 use crate::log::stored::{LogTuning, StoredLog, SyncError, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
 use crate::mailbox::body::{
@@ -66,20 +66,29 @@ pub async fn store_body(
     })
 }
 
-/// Timing of a mailbox's background duties.
+/// Timing of a mailbox's background duties, and its bounds.
 #[derive(Clone, Debug)]
 pub struct MailboxTuning {
     pub log: LogTuning,
     /// Longest random wait before writing a fix-up, so that instances that
     /// see the same conflict rarely both write one (DESIGN.md §4).
     pub fix_up_jitter: Duration,
+    /// Largest body opened, in bytes: the largest message any listener
+    /// accepts (`imap` and `lmtp` `max_message_size`). Bounds the
+    /// decompression of a body whatever its message claims.
+    pub max_body_size: usize,
 }
+
+/// [`MailboxTuning::max_body_size`] by default: the configuration's
+/// default `max_message_size`.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 50 << 20;
 
 impl Default for MailboxTuning {
     fn default() -> Self {
         MailboxTuning {
             log: LogTuning::default(),
             fix_up_jitter: Duration::from_millis(200),
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
         }
     }
 }
@@ -467,6 +476,10 @@ impl Mailbox {
     }
 
     /// The full body of a message, decrypted (through the account's cache).
+    /// Decompression stops at the message's recorded size, and at
+    /// [`MailboxTuning::max_body_size`] whatever that size says; a body
+    /// whose size differs from the recorded one is damaged and refused
+    /// ([`AccountError::Corrupt`]).
     pub async fn body(&self, uid: u32) -> Result<Bytes, AccountError> {
         let message = self
             .read(|s| s.message(uid).map(|m| m.message.to_ref()))
@@ -477,8 +490,18 @@ impl Mailbox {
         }
         let object_key = layout::blob(&self.user, &message.blob_id);
         let sealed = self.store.get(&object_key).await?;
-        let limit = usize::try_from(message.size).unwrap_or(usize::MAX);
+        let limit = usize::try_from(message.size)
+            .unwrap_or(usize::MAX)
+            .min(self.tuning.max_body_size);
         let body = Bytes::from(open_body(&message.body_key.0, &object_key, &sealed, limit)?);
+        if body.len() as u64 != message.size {
+            tracing::error!(blob = %object_key, size = body.len(), recorded = message.size, "body size differs from its message's");
+            return Err(AccountError::Corrupt(format!(
+                "body {object_key} is {} bytes, its message records {}",
+                body.len(),
+                message.size
+            )));
+        }
         self.cache.insert(message.blob_id, body.clone());
         Ok(body)
     }
@@ -665,7 +688,11 @@ impl Mailbox {
     /// this mailbox, in batches: read the records, write one op placing
     /// them, delete the records the state now holds. Safe to run on several
     /// instances at once: a record drained twice is still one message.
-    pub async fn drain_incoming(&self, keys: &UserKeys) -> Result<DrainReport, AccountError> {
+    pub async fn drain_incoming(
+        &self,
+        keys: &UserKeys,
+        records: &RecordAuth,
+    ) -> Result<DrainReport, AccountError> {
         let mut report = DrainReport::default();
         let mut after: Option<String> = None;
         loop {
@@ -673,6 +700,7 @@ impl Mailbox {
                 self.store.as_ref(),
                 &self.user,
                 keys,
+                records,
                 after.as_deref(),
                 incoming::BATCH,
             )

@@ -6,6 +6,7 @@
 //! changes made by other instances.
 
 pub mod cache;
+pub mod check;
 pub mod folders;
 pub mod keyring;
 pub mod mailbox;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::crypto::{CryptoError, UserKeys, purpose};
+use crate::crypto::{CryptoError, RecordAuth, UserKeys, purpose};
 use crate::log::stored::SyncError;
 use crate::log::{InstanceId, now_ms};
 use crate::mailbox::incoming::{DrainReport, IncomingError};
@@ -24,7 +25,7 @@ use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
 pub use folders::{Folder, Folders};
-pub use keyring::KeyringStore;
+pub use keyring::{KeyringStore, StoredKeyring};
 pub use mailbox::{Mailbox, MailboxTuning, Placed};
 pub use registry::Accounts;
 
@@ -54,6 +55,9 @@ pub enum AccountError {
     Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too many password checks at once (the Argon2 pool is full).
+    #[error(transparent)]
+    Busy(#[from] crate::crypto::KdfBusy),
 }
 
 impl AccountError {
@@ -64,6 +68,7 @@ impl AccountError {
             AccountError::Store(e) => e.is_transient(),
             AccountError::Sync(e) => e.is_transient(),
             AccountError::Incoming(e) => e.is_transient(),
+            AccountError::Busy(_) => true,
             _ => false,
         }
     }
@@ -80,11 +85,17 @@ pub struct AccountConfig {
     pub poll_interval: Duration,
     /// Bytes of decrypted bodies kept in memory for this account.
     pub body_cache_bytes: usize,
+    /// Authenticates delivery records (derived from the cluster secret):
+    /// a record without its MAC is quarantined, never shown.
+    pub records: RecordAuth,
 }
 
 impl AccountConfig {
-    pub fn new(instance: InstanceId) -> Self {
+    /// `records` comes from the cluster secret
+    /// (`RecordAuth::from_cluster_secret`), as LMTP's does.
+    pub fn new(instance: InstanceId, records: RecordAuth) -> Self {
         AccountConfig {
+            records,
             instance,
             mailbox: MailboxTuning::default(),
             poll_interval: Duration::from_secs(2),
@@ -479,9 +490,17 @@ impl Account {
     /// is none.
     pub async fn drain_incoming(&self) -> Result<DrainReport, AccountError> {
         let (_, inbox) = self.open_by_name("INBOX").await?;
-        let report = inbox.drain_incoming(&self.keys).await?;
+        let report = inbox
+            .drain_incoming(&self.keys, &self.config.records)
+            .await?;
         for q in &report.quarantined {
-            tracing::error!(record = %q.name, reason = %q.reason, moved = q.moved, "delivery record quarantined");
+            tracing::error!(
+                record = %q.name,
+                reason = %q.reason,
+                unauthenticated = q.unauthenticated,
+                moved = q.moved,
+                "delivery record quarantined"
+            );
         }
         Ok(report)
     }

@@ -93,13 +93,23 @@ impl KdfParams {
         parallelism: 1,
     };
     /// Below 1 MiB Argon2 is no longer memory-hard in any useful sense.
-    /// Production should stay far above (see [`KdfParams::DEFAULT`]).
+    /// Production should stay far above (see [`KdfParams::DEFAULT`]); the
+    /// floor stays this low so that tests run fast.
     pub const MIN_MEMORY_KIB: u32 = 1024;
-    /// Upper bounds, checked before every unlock too: a tampered keyring
-    /// must not make an unlock allocate gigabytes or spin for minutes.
-    pub const MAX_MEMORY_KIB: u32 = 1024 * 1024;
-    pub const MAX_ITERATIONS: u32 = 64;
-    pub const MAX_PARALLELISM: u32 = 16;
+    /// Upper bounds, checked in the configuration and on every keyring read
+    /// from the store: a tampered keyring must not make an unlock allocate
+    /// gigabytes or spin for seconds. 256 MiB is four times the default
+    /// (about 4 s on a Raspberry Pi 4 with 3 passes); as every Argon2 runs
+    /// through the [`KdfPool`](super::KdfPool), the most a bucket writer
+    /// can make a login cost is `threads` × 256 MiB at once (512 MiB on
+    /// two cores).
+    pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
+    /// RFC 9106 §4 recommends 1 to 3 passes; 10 leaves room to trade memory
+    /// for time on a small machine, and caps a tampered keyring's time.
+    pub const MAX_ITERATIONS: u32 = 10;
+    /// The server runs many logins in parallel itself; lanes only matter
+    /// to a single-threaded Argon2 as extra work.
+    pub const MAX_PARALLELISM: u32 = 8;
 
     /// Checks parameters for a new password slot: at least the minimums,
     /// at most the maximums.
@@ -124,9 +134,27 @@ impl KdfParams {
         self.check_cost()
     }
 
-    /// Only the upper bounds: used at unlock, so a keyring written with
-    /// parameters below a minimum raised since still opens (and can then
-    /// be re-wrapped with stronger ones).
+    /// Whether these parameters cost an attacker more than `other`: at
+    /// least as much memory and as many passes, and more of one. Decides
+    /// whether a password slot is re-wrapped at unlock (never to weaker).
+    pub fn stronger_than(&self, other: &KdfParams) -> bool {
+        self.memory_kib >= other.memory_kib
+            && self.iterations >= other.iterations
+            && (self.memory_kib > other.memory_kib || self.iterations > other.iterations)
+    }
+
+    /// Runs one derivation with these parameters and throws the result
+    /// away: what a login of an unknown user costs, so that it takes as
+    /// long as a known one's (no user enumeration by timing).
+    pub fn dummy_derive(&self, password: &Password) -> Result<(), CryptoError> {
+        self.check_cost()?;
+        self.derive(password, &[0u8; SALT_LEN]).map(drop)
+    }
+
+    /// Only the upper bounds (and Argon2's own floor): used on keyrings
+    /// read from the store, so a keyring written with parameters below a
+    /// minimum raised since still opens (and is then re-wrapped with
+    /// stronger ones).
     fn check_cost(&self) -> Result<(), CryptoError> {
         let too = |what: &str, value: u32, max: u32| {
             Err(CryptoError::CostlyParameters(format!(
@@ -142,7 +170,9 @@ impl KdfParams {
         if self.parallelism > Self::MAX_PARALLELISM {
             return too("parallelism", self.parallelism, Self::MAX_PARALLELISM);
         }
-        Ok(())
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map(drop)
+            .map_err(|e| CryptoError::WeakParameters(format!("invalid Argon2 parameters: {e}")))
     }
 
     /// Argon2id v1.3 (RFC 9106) of the password, as a 32-byte KEK.
@@ -363,6 +393,13 @@ impl Keyring {
                 file.version
             )));
         }
+        file.password.params.check_cost().map_err(|e| match e {
+            CryptoError::CostlyParameters(why) => {
+                CryptoError::CostlyParameters(format!("keyring {object_key}: {why}"))
+            }
+            CryptoError::WeakParameters(why) => corrupt(why),
+            other => other,
+        })?;
         Ok(Keyring {
             public_key: UserPublicKey::from_bytes(file.public_key),
             password: file.password,
@@ -1023,14 +1060,65 @@ mod tests {
     }
 
     #[test]
-    fn tampered_costly_parameters_are_refused_before_running_argon2() {
+    fn keyrings_outside_the_parameter_window_are_refused_when_read() {
         let (keyring, _, _) = created(false);
-        let mut value = json(&keyring);
-        value["password"]["params"]["memory_kib"] = u32::MAX.into();
-        let err = from_json(&value)
-            .unlock_with_password(&Password::new("correct horse"))
-            .unwrap_err();
-        assert!(matches!(err, CryptoError::CostlyParameters(_)), "{err:?}");
+        let cases = [
+            ("memory_kib", u64::from(u32::MAX), "memory_kib"),
+            ("memory_kib", 1024 * 1024, "memory_kib = 1048576 is above"),
+            (
+                "iterations",
+                64,
+                "iterations = 64 is above the maximum of 10",
+            ),
+            ("parallelism", 16, "parallelism"),
+        ];
+        for (field, value, expected) in cases {
+            let mut v = json(&keyring);
+            v["password"]["params"][field] = value.into();
+            let err = Keyring::from_bytes(NAME, &serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, CryptoError::CostlyParameters(m) if m.contains(expected) && m.contains(NAME)),
+                "{field}: {err:?}"
+            );
+        }
+        // Below Argon2's own floor (8 KiB per lane): damaged, not costly.
+        let mut v = json(&keyring);
+        v["password"]["params"]["memory_kib"] = 4.into();
+        let err = Keyring::from_bytes(NAME, &serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, CryptoError::Corrupt(_)), "{err:?}");
+        // Weak but valid (a minimum raised since): still read, to be
+        // re-wrapped at the next unlock.
+        let mut v = json(&keyring);
+        v["password"]["params"]["memory_kib"] = 64.into();
+        assert!(Keyring::from_bytes(NAME, &serde_json::to_vec(&v).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn stronger_means_more_memory_or_passes_and_never_less() {
+        let base = KdfParams::DEFAULT;
+        let more_memory = KdfParams {
+            memory_kib: base.memory_kib * 2,
+            ..base.clone()
+        };
+        let more_passes = KdfParams {
+            iterations: base.iterations + 1,
+            ..base.clone()
+        };
+        let traded = KdfParams {
+            memory_kib: base.memory_kib * 2,
+            iterations: 1,
+            ..base.clone()
+        };
+        assert!(more_memory.stronger_than(&base));
+        assert!(more_passes.stronger_than(&base));
+        assert!(!base.stronger_than(&base));
+        assert!(!base.stronger_than(&more_memory));
+        assert!(!traded.stronger_than(&base), "less time is not stronger");
+        let more_lanes = KdfParams {
+            parallelism: 4,
+            ..base.clone()
+        };
+        assert!(!more_lanes.stronger_than(&base));
     }
 
     /// A keyring written by this version must open in every later one

@@ -8,22 +8,29 @@
 //! - [`sealed_box`]: the X25519 half ([`UserKeys`], [`UserPublicKey`],
 //!   libsodium-compatible sealed boxes for LMTP delivery records).
 //! - [`recovery`]: the human-typable [`RecoveryKey`].
+//! - [`record_auth`]: the MAC under a key derived from the cluster secret
+//!   that authenticates LMTP delivery records ([`RecordAuth`]).
 //! - [`keyring`]: the `users/<u>/keyring` object ([`Keyring`], [`KdfParams`]).
+//! - [`kdf_pool`]: the bounded pool every Argon2 run goes through.
 //! - [`user_id`]: the opaque per-user id of object names.
 //!
 //! Argon2 is slow on purpose (hundreds of milliseconds on a Raspberry Pi):
-//! callers run keyring creation and password unlocks on the blocking pool.
+//! callers run keyring creation and password unlocks through a [`KdfPool`].
 
+pub mod kdf_pool;
 pub mod keyring;
+pub mod record_auth;
 pub mod recovery;
 pub mod seal;
 pub mod sealed_box;
 pub mod secret;
 pub mod user_id;
 
+pub use kdf_pool::{KdfBusy, KdfPool};
 pub use keyring::{KdfParams, Keyring};
+pub use record_auth::{RecordAuth, RecordAuthError};
 pub use recovery::RecoveryKey;
-pub use seal::{open, open_body, open_body_with, seal, seal_body};
+pub use seal::{open, open_body, open_body_with, seal, seal_body, seal_body_padded, seal_padded};
 pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};
 pub use secret::{MasterKey, Password, SymmetricKey, purpose};
 pub use user_id::{delivery_key_tag, user_id, verify_delivery_key_tag};

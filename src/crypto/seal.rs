@@ -8,13 +8,27 @@
 //! [format u8][nonce 24][ciphertext + Poly1305 tag 16]
 //! ```
 //!
-//! The format byte says what the plaintext is ([`FORMAT_PLAIN`] or
-//! [`FORMAT_ZSTD`]). Associated data is `format || object name`, so the
+//! The format byte says what the plaintext is ([`FORMAT_PLAIN`],
+//! [`FORMAT_ZSTD`], or either padded: [`FORMAT_PADDED`],
+//! [`FORMAT_ZSTD_PADDED`]). Associated data is `format || object name`, so the
 //! format byte cannot be flipped and a ciphertext copied to another name
 //! (another mailbox, another user, a snapshot slot) fails to open. A random
 //! 192-bit nonce makes nonce reuse negligible without any counter, which
 //! matters because many instances write with the same key and no
 //! coordination (DESIGN.md §4).
+//!
+//! Padding ([`seal_padded`], [`seal_body_padded`]) hides what an object's
+//! exact size would tell the bucket (a STORE \Seen op is 4 bytes shorter
+//! than a STORE \Answered one; a CREATE op grows with the name). The
+//! padded plaintext is
+//!
+//! ```text
+//! [length u32 big-endian][plaintext][zeros]
+//! ```
+//!
+//! sized so that the whole sealed object is exactly one of a few classes
+//! ([`padded_size`]: 512 B, 1, 2, 4 KiB, then multiples of 4 KiB).
+//! Objects sealed before padding existed (formats 1 and 2) still open.
 
 use std::io::Read;
 
@@ -31,6 +45,17 @@ use super::secret::SymmetricKey;
 pub const FORMAT_PLAIN: u8 = 0x01;
 /// Plaintext is one or more zstd frames (message bodies).
 pub const FORMAT_ZSTD: u8 = 0x02;
+/// Plaintext stored padded (see the module documentation).
+pub const FORMAT_PADDED: u8 = 0x03;
+/// zstd frames stored padded.
+pub const FORMAT_ZSTD_PADDED: u8 = 0x04;
+
+/// Smallest padded object, in bytes (sealed).
+const PAD_MIN: usize = 512;
+/// Padded objects above this size are rounded up to a multiple of it.
+const PAD_STEP: usize = 4096;
+/// Bytes of the length prefix of a padded plaintext.
+const PAD_PREFIX: usize = 4;
 
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -54,13 +79,81 @@ pub fn seal(key: &SymmetricKey, object_key: &str, plaintext: &[u8]) -> Vec<u8> {
     seal_with_format(key, object_key, Format::Plain, plaintext)
 }
 
+/// The sealed size of a padded object whose unpadded sealed form would be
+/// `len` bytes: 512, 1024, 2048 or 4096, then the next multiple of 4096.
+pub fn padded_size(len: usize) -> usize {
+    if len <= PAD_MIN {
+        PAD_MIN
+    } else if len <= PAD_STEP {
+        len.next_power_of_two()
+    } else {
+        len.div_ceil(PAD_STEP).saturating_mul(PAD_STEP)
+    }
+}
+
+/// Like [`seal`], but padded to a size class ([`padded_size`]), so the
+/// sealed size tells only the class. For metadata objects (ops).
+///
+/// # Panics
+///
+/// If `plaintext` is 4 GiB or more (the length prefix is 32 bits).
+pub fn seal_padded(key: &SymmetricKey, object_key: &str, plaintext: &[u8]) -> Vec<u8> {
+    let padded = pad(plaintext);
+    seal_with_format(key, object_key, Format::Padded, &padded)
+}
+
+/// Like [`seal_body`] (compressed when that shrinks it), then padded to a
+/// size class like [`seal_padded`]. Opens with [`open_body`] and
+/// [`open_body_with`]. For snapshots and summary pages.
+///
+/// # Panics
+///
+/// As [`seal_padded`].
+pub fn seal_body_padded(key: &SymmetricKey, object_key: &str, body: &[u8]) -> Vec<u8> {
+    match zstd::bulk::compress(body, ZSTD_LEVEL) {
+        Ok(compressed) if compressed.len() < body.len() => {
+            let compressed = Zeroizing::new(compressed);
+            seal_with_format(key, object_key, Format::ZstdPadded, &pad(&compressed))
+        }
+        _ => seal_padded(key, object_key, body),
+    }
+}
+
+/// `[len u32][plaintext][zeros]`, sized so the sealed object is a class.
+fn pad(plaintext: &[u8]) -> Zeroizing<Vec<u8>> {
+    let len = u32::try_from(plaintext.len()).expect("padded objects are under 4 GiB");
+    let total = padded_size(plaintext.len() + PAD_PREFIX + OVERHEAD) - OVERHEAD;
+    let mut padded = Zeroizing::new(Vec::with_capacity(total));
+    padded.extend_from_slice(&len.to_be_bytes());
+    padded.extend_from_slice(plaintext);
+    padded.resize(total, 0);
+    padded
+}
+
+/// The plaintext inside a padded one.
+fn unpad(object_key: &str, mut padded: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+    let bad = || CryptoError::Corrupt(format!("object {object_key}: bad padding"));
+    let prefix: [u8; PAD_PREFIX] = padded
+        .get(..PAD_PREFIX)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(bad)?;
+    let len = usize::try_from(u32::from_be_bytes(prefix)).map_err(|_| bad())?;
+    if len > padded.len() - PAD_PREFIX {
+        return Err(bad());
+    }
+    // In place: the padded buffer is wiped by the caller's drop anyway.
+    padded.copy_within(PAD_PREFIX..PAD_PREFIX + len, 0);
+    padded.truncate(len);
+    Ok(padded)
+}
+
 /// Decrypts an object sealed by [`seal`] under the name `object_key`.
 pub fn open(key: &SymmetricKey, object_key: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let (format, plaintext) = open_any(key, object_key, sealed)?;
     match format {
-        Format::Plain => Ok(plaintext),
+        Content::Plain => Ok(plaintext),
         // Decompressing here would have no size bound.
-        Format::Zstd => Err(CryptoError::Corrupt(format!(
+        Content::Zstd => Err(CryptoError::Corrupt(format!(
             "object {object_key} is a compressed body: read it with open_body"
         ))),
     }
@@ -98,9 +191,9 @@ pub fn open_body(
     }
     let (format, plaintext) = open_any(key, object_key, sealed)?;
     match format {
-        Format::Plain if plaintext.len() > max_size => Err(too_large()),
-        Format::Plain => Ok(plaintext),
-        Format::Zstd => {
+        Content::Plain if plaintext.len() > max_size => Err(too_large()),
+        Content::Plain => Ok(plaintext),
+        Content::Zstd => {
             // Compressed mail is still mail: wipe it once decompressed.
             let compressed = Zeroizing::new(plaintext);
             let mut body = Vec::new();
@@ -134,9 +227,9 @@ pub fn open_body_with<T>(
     let (format, plaintext) = open_any(key, object_key, sealed)?;
     let plaintext = Zeroizing::new(plaintext);
     match format {
-        Format::Plain if plaintext.len() > max_size => Err(too_large()),
-        Format::Plain => Ok(read(&mut &plaintext[..])),
-        Format::Zstd => {
+        Content::Plain if plaintext.len() > max_size => Err(too_large()),
+        Content::Plain => Ok(read(&mut &plaintext[..])),
+        Content::Zstd => {
             let mut counted = Counted {
                 inner: bounded_decoder(&plaintext, object_key, max_size)?,
                 count: 0,
@@ -198,6 +291,8 @@ impl<R: Read> Read for Counted<R> {
 enum Format {
     Plain,
     Zstd,
+    Padded,
+    ZstdPadded,
 }
 
 impl Format {
@@ -205,6 +300,8 @@ impl Format {
         match self {
             Format::Plain => FORMAT_PLAIN,
             Format::Zstd => FORMAT_ZSTD,
+            Format::Padded => FORMAT_PADDED,
+            Format::ZstdPadded => FORMAT_ZSTD_PADDED,
         }
     }
 
@@ -212,6 +309,8 @@ impl Format {
         match byte {
             FORMAT_PLAIN => Some(Format::Plain),
             FORMAT_ZSTD => Some(Format::Zstd),
+            FORMAT_PADDED => Some(Format::Padded),
+            FORMAT_ZSTD_PADDED => Some(Format::ZstdPadded),
             _ => None,
         }
     }
@@ -243,12 +342,20 @@ fn seal_with_format(
     out
 }
 
-/// Decrypts and authenticates; returns the format and the plaintext.
+/// What a plaintext is, once padding is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Content {
+    Plain,
+    Zstd,
+}
+
+/// Decrypts and authenticates; returns what the plaintext is and the
+/// plaintext, with any padding removed.
 fn open_any(
     key: &SymmetricKey,
     object_key: &str,
     sealed: &[u8],
-) -> Result<(Format, Vec<u8>), CryptoError> {
+) -> Result<(Content, Vec<u8>), CryptoError> {
     if sealed.len() < OVERHEAD {
         return Err(CryptoError::Corrupt(format!(
             "object {object_key} is too short ({} bytes) to be sealed",
@@ -273,7 +380,12 @@ fn open_any(
             },
         )
         .map_err(|_| failed_to_decrypt(object_key))?;
-    Ok((format, plaintext))
+    match format {
+        Format::Plain => Ok((Content::Plain, plaintext)),
+        Format::Zstd => Ok((Content::Zstd, plaintext)),
+        Format::Padded => Ok((Content::Plain, unpad(object_key, plaintext)?)),
+        Format::ZstdPadded => Ok((Content::Zstd, unpad(object_key, plaintext)?)),
+    }
 }
 
 fn associated_data(format: Format, object_key: &str) -> Vec<u8> {
@@ -440,6 +552,68 @@ mod tests {
             open_body(&key, NAME, &plain, 99),
             Err(CryptoError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn padded_objects_have_class_sizes_and_open() {
+        let key = SymmetricKey::random();
+        assert_eq!(
+            [1, 512, 513, 1024, 1025, 4096, 4097, 8193].map(padded_size),
+            [512, 512, 1024, 1024, 2048, 4096, 8192, 12288]
+        );
+        // Every plaintext length up to 10 KiB seals to its class, and back.
+        let mut sizes = std::collections::BTreeSet::new();
+        for len in (0..10_240).step_by(7) {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let sealed = seal_padded(&key, NAME, &plaintext);
+            assert_eq!(sealed.len(), padded_size(len + 4 + OVERHEAD), "len {len}");
+            assert_eq!(sealed[0], FORMAT_PADDED);
+            assert_eq!(open(&key, NAME, &sealed).unwrap(), plaintext);
+            sizes.insert(sealed.len());
+        }
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [512, 1024, 2048, 4096, 8192, 12288]
+        );
+        // Bodies: compressed, padded, bounded as before.
+        let text = b"compressible ".repeat(1000);
+        let sealed = seal_body_padded(&key, NAME, &text);
+        assert_eq!(sealed[0], FORMAT_ZSTD_PADDED);
+        assert_eq!(sealed.len(), 512);
+        assert_eq!(open_body(&key, NAME, &sealed, text.len()).unwrap(), text);
+        assert!(matches!(
+            open_body(&key, NAME, &sealed, text.len() - 1),
+            Err(CryptoError::TooLarge { .. })
+        ));
+        let read_all = |r: &mut dyn Read| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        };
+        let streamed = open_body_with(&key, NAME, &sealed, text.len(), read_all).unwrap();
+        assert_eq!(streamed.unwrap(), text);
+        let random: Vec<u8> = (0..3000).map(|_| rand::random::<u8>()).collect();
+        let sealed = seal_body_padded(&key, NAME, &random);
+        assert_eq!((sealed[0], sealed.len()), (FORMAT_PADDED, 4096));
+        assert_eq!(
+            open_body(&key, NAME, &sealed, random.len()).unwrap(),
+            random
+        );
+        assert!(open_body(&key, NAME, &sealed, random.len() - 1).is_err());
+        // The format byte is authenticated, like the others.
+        let mut flipped = seal_padded(&key, NAME, b"op");
+        flipped[0] = FORMAT_PLAIN;
+        assert!(is_corrupt(open(&key, NAME, &flipped)));
+    }
+
+    #[test]
+    fn a_padded_length_beyond_the_plaintext_is_corrupt() {
+        let key = SymmetricKey::random();
+        let mut lying = vec![0xff, 0xff, 0xff, 0xff];
+        lying.resize(100, 0);
+        let sealed = seal_with_format(&key, NAME, Format::Padded, &lying);
+        assert!(is_corrupt(open(&key, NAME, &sealed)));
+        let sealed = seal_with_format(&key, NAME, Format::Padded, &[0, 0]);
+        assert!(is_corrupt(open(&key, NAME, &sealed)));
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub mod purpose {
 pub struct Password(Zeroizing<String>);
 
 impl Password {
+    /// Shortest password that may protect a keyring, in characters: `facteur
+    /// user add` and `passwd` ask for at least this, and a first login
+    /// (LDAP) with a shorter directory password is refused.
+    pub const MIN_CHARS: usize = 8;
+
     /// Takes ownership of the string, so its buffer is the one zeroized.
     pub fn new(password: impl Into<String>) -> Self {
         Password(Zeroizing::new(password.into()))
@@ -56,6 +61,11 @@ impl Password {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether it has fewer than [`Password::MIN_CHARS`] characters.
+    pub fn is_too_short(&self) -> bool {
+        self.0.chars().count() < Self::MIN_CHARS
     }
 }
 

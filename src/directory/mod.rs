@@ -58,6 +58,18 @@ pub trait Directory: Send + Sync + std::fmt::Debug + 'static {
         password: &Password,
     ) -> Result<Option<UserRecord>, DirectoryError>;
 
+    /// Whether opening the user's keyring with a password proves the
+    /// password as well as [`Directory::authenticate`] would. True when the
+    /// directory's password and the keyring's password slot are set
+    /// together (the users file: `facteur user add` and `passwd` write
+    /// both), so a login runs one Argon2, the keyring's, instead of two;
+    /// [`Directory::authenticate`] is then needed only for a user who has
+    /// no keyring yet. False when the directory is the authority on
+    /// passwords and changes them on its own (LDAP).
+    fn keyring_proves_password(&self) -> bool {
+        false
+    }
+
     /// The user with this login, if any.
     async fn find_login(&self, login: &str) -> Result<Option<UserRecord>, DirectoryError>;
 

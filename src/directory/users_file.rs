@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{Directory, DirectoryError, UserRecord, normalise_address, normalise_login};
-use crate::crypto::{KdfParams, Password};
+use crate::crypto::{KdfParams, KdfPool, Password};
 use crate::size::ByteSize;
 
 /// One `[[user]]` table.
@@ -255,6 +255,8 @@ pub struct StaticDirectory {
     /// The last version read, with the file stamp it was read at.
     cache: Mutex<Option<(FileStamp, Arc<UsersFile>)>>,
     dummy_hash: OnceLock<String>,
+    /// Where the password hashes are checked.
+    kdf_pool: Arc<KdfPool>,
 }
 
 type FileStamp = (Option<SystemTime>, u64);
@@ -267,9 +269,16 @@ impl StaticDirectory {
             params,
             cache: Mutex::new(None),
             dummy_hash: OnceLock::new(),
+            kdf_pool: KdfPool::with_default_size(),
         };
         dir.current()?;
         Ok(dir)
+    }
+
+    /// Checks password hashes in `pool` (shared with the keyrings).
+    pub fn with_kdf_pool(mut self, pool: Arc<KdfPool>) -> Self {
+        self.kdf_pool = pool;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -297,14 +306,21 @@ impl StaticDirectory {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, DirectoryError> {
-        tokio::task::spawn_blocking(f)
+        self.kdf_pool
+            .run(f)
             .await
-            .map_err(|e| DirectoryError::Unavailable(format!("password check failed: {e}")))
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))
     }
 }
 
 #[async_trait]
 impl Directory for StaticDirectory {
+    /// `facteur user add` and `passwd` set the hash and the keyring's
+    /// password slot together.
+    fn keyring_proves_password(&self) -> bool {
+        true
+    }
+
     async fn authenticate(
         &self,
         login: &str,

@@ -1,23 +1,49 @@
 //! LOGIN and AUTHENTICATE (RFC 9051 §6.2.2–§6.2.3; SASL PLAIN RFC 4616,
 //! LOGIN draft-murchison-sasl-login), and what a login does to the
-//! user's keys (DESIGN.md §5): the directory checks the password, then the
-//! same password unlocks the keyring. A user the directory knows who has
-//! no keyring yet (provisioned in LDAP, first login) gets one created with
-//! that password, and a recovery key delivered once as a message in INBOX.
+//! user's keys (DESIGN.md §5).
 //!
-//! Errors never tell whether a login exists.
+//! A login runs at most one Argon2, through the keyrings' bounded
+//! [`KdfPool`](crate::crypto::KdfPool) (a full pool answers `NO
+//! [UNAVAILABLE]` at once):
+//! 1. the attempt is counted by the [`Throttle`](super::throttle::Throttle)
+//!    before anything is checked, so a burst gets at most the free checks;
+//! 2. the directory: with the users file, only "does this login exist"
+//!    (its password hash and the keyring's password slot are set together,
+//!    so opening the keyring proves the password); with LDAP, a bind with
+//!    the password (the directory is the authority, and costs us no
+//!    Argon2);
+//! 3. the keyring is read; if the user's account is unlocked on this
+//!    instance with a verifier of this password and this same keyring
+//!    ([`Accounts::reuse`](crate::account::Accounts::reuse)), that is the
+//!    login, with no Argon2; otherwise the password unlocks the keyring
+//!    (one Argon2), and a slot written with weaker parameters than the
+//!    configuration's is re-wrapped in the background.
+//!
+//! An unknown login costs what a known one does (a keyring read and one
+//! Argon2 with the configured parameters), so timing does not tell
+//! whether a login exists; errors never tell either.
+//!
+//! A user the directory knows who has no keyring yet (provisioned in LDAP,
+//! first login) gets one created with that password, and a recovery key
+//! delivered once as a message in INBOX. An LDAP password must then be at
+//! least [`Password::MIN_CHARS`] long: it is all that protects the keyring
+//! (`facteur user add` and `passwd` enforce it for the users file).
+//! (A users-file user without a keyring, written by hand, costs two Argon2
+//! once: the hash, then the new keyring.)
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use imap_codec::imap_types::auth::AuthMechanism;
 
 use super::Imap;
 use super::response::{Failure, code};
 use super::session::Authed;
-use crate::account::AccountError;
-use crate::crypto::{Password, RecoveryKey};
-use crate::directory::DirectoryError;
+use crate::account::{Account, AccountError, StoredKeyring};
+use crate::crypto::{CryptoError, Password, RecoveryKey, UserKeys};
+use crate::directory::{DirectoryError, UserRecord, normalise_login};
+use crate::store::layout::UserId;
 
 /// The text of a failed login (RFC 5530 AUTHENTICATIONFAILED).
 const BAD_CREDENTIALS: &str = "Wrong login or password";
@@ -41,7 +67,8 @@ pub enum Sasl {
 #[derive(Debug)]
 pub enum SaslStep {
     Challenge(Vec<u8>),
-    Done(String, String),
+    /// The login and the password.
+    Done(String, Password),
 }
 
 impl Sasl {
@@ -76,7 +103,7 @@ impl Sasl {
                         "Acting as another user is not supported",
                     ));
                 }
-                Ok(SaslStep::Done(utf8(user)?, utf8(pass)?))
+                Ok(SaslStep::Done(utf8(user)?, secret_utf8(pass)?))
             }
             Sasl::Login { user } => match (user.as_ref(), data) {
                 (None, None) => Ok(SaslStep::Challenge(b"Username:".to_vec())),
@@ -85,7 +112,7 @@ impl Sasl {
                     Ok(SaslStep::Challenge(b"Password:".to_vec()))
                 }
                 (Some(_), None) => Ok(SaslStep::Challenge(b"Password:".to_vec())),
-                (Some(name), Some(pass)) => Ok(SaslStep::Done(name.clone(), utf8(pass)?)),
+                (Some(name), Some(pass)) => Ok(SaslStep::Done(name.clone(), secret_utf8(pass)?)),
             },
         }
     }
@@ -95,112 +122,271 @@ fn utf8(bytes: &[u8]) -> Result<String, Failure> {
     String::from_utf8(bytes.to_vec()).map_err(|_| Failure::bad("Credentials must be UTF-8"))
 }
 
-fn directory_failure(e: DirectoryError) -> Failure {
-    match e {
-        DirectoryError::BadInput(_) | DirectoryError::NoSuchUser(_) => {
-            Failure::no(Some(code("AUTHENTICATIONFAILED")), BAD_CREDENTIALS)
-        }
-        other => Failure::Unavailable(other.to_string()),
+/// A password from client bytes: the one copy made is the zeroized one.
+fn secret_utf8(bytes: &[u8]) -> Result<Password, Failure> {
+    std::str::from_utf8(bytes)
+        .map(Password::new)
+        .map_err(|_| Failure::bad("Credentials must be UTF-8"))
+}
+
+fn bad_credentials() -> Failure {
+    Failure::no(Some(code("AUTHENTICATIONFAILED")), BAD_CREDENTIALS)
+}
+
+/// Why a login did not succeed, and whether its password was checked.
+enum Refusal {
+    /// The password was checked and is wrong (or the login unknown): the
+    /// attempt stays counted.
+    Wrong(Failure),
+    /// Nothing was learnt about the password (a fault, a full pool), or
+    /// it was right but cannot be used: the attempt is given back.
+    Unchecked(Failure),
+}
+
+impl From<AccountError> for Refusal {
+    fn from(e: AccountError) -> Refusal {
+        Refusal::Unchecked(e.into())
     }
 }
 
-/// Checks credentials and unlocks the user's account.
+fn directory_refusal(e: DirectoryError) -> Refusal {
+    match e {
+        DirectoryError::BadInput(_) | DirectoryError::NoSuchUser(_) => {
+            Refusal::Wrong(bad_credentials())
+        }
+        other => Refusal::Unchecked(Failure::Unavailable(other.to_string())),
+    }
+}
+
+/// A keyring that cannot be used whatever the password: damaged, or
+/// asking for more than this server runs. Logged for the administrator.
+fn unusable_keyring(login: &str, e: CryptoError) -> Refusal {
+    tracing::error!(%login, error = %e, "keyring cannot be used");
+    Refusal::Unchecked(Failure::no(
+        Some(code("CORRUPTION")),
+        "Your mailbox key is damaged or invalid; ask your administrator",
+    ))
+}
+
+/// A successful check.
+struct Success {
+    record: UserRecord,
+    account: Arc<Account>,
+    /// A new user's recovery key, to deliver once.
+    recovery: Option<RecoveryKey>,
+}
+
+/// Checks credentials and unlocks the user's account; see the module doc.
 pub async fn login(
     imap: &Imap,
     ip: IpAddr,
     login: &str,
-    password: String,
+    password: Password,
 ) -> Result<Authed, Failure> {
-    let now = std::time::Instant::now();
-    if let Err(wait) = imap.throttle.check(ip, login, now) {
-        return Err(Failure::no(
-            Some(code("UNAVAILABLE")),
-            format!(
-                "Too many failed logins; try again in {} seconds",
-                wait.as_secs().max(1)
-            ),
-        ));
-    }
-    let password = Password::new(&password);
-    let record = match imap.directory.authenticate(login, &password).await {
-        Ok(Some(record)) => record,
-        Ok(None) => {
-            imap.throttle.failed(ip, login, now);
-            return Err(Failure::no(
-                Some(code("AUTHENTICATIONFAILED")),
-                BAD_CREDENTIALS,
-            ));
-        }
-        Err(e) => {
-            if matches!(
-                e,
-                DirectoryError::BadInput(_) | DirectoryError::NoSuchUser(_)
-            ) {
-                imap.throttle.failed(ip, login, now);
-            }
-            return Err(directory_failure(e));
-        }
-    };
-    let user = (imap.user_id)(&record.login);
-    let (keys, recovery) = match imap.keyrings.unlock(&user, &password).await {
-        Ok(keys) => (keys, None),
-        Err(AccountError::NoKeyring) => {
-            // First login of a directory user (DESIGN.md §5).
-            match imap
-                .keyrings
-                .create(&user, &password, &imap.kdf, imap.recovery_key)
-                .await
-            {
-                Ok(created) => {
-                    tracing::info!(login = %record.login, "keyring created at first login");
-                    created
-                }
-                // Another instance created it at the same moment: unlock it.
-                Err(AccountError::KeyringExists) => (
-                    imap.keyrings
-                        .unlock(&user, &password)
-                        .await
-                        .map_err(unlock_failure)?,
-                    None,
+    let attempt = imap
+        .throttle
+        .begin(ip, login, Instant::now())
+        .map_err(|wait| {
+            Failure::no(
+                Some(code("UNAVAILABLE")),
+                format!(
+                    "Too many failed logins; try again in {} seconds",
+                    wait.as_secs().max(1)
                 ),
-                Err(e) => return Err(e.into()),
-            }
+            )
+        })?;
+    let success = match check(imap, login, &password).await {
+        Ok(success) => {
+            attempt.succeeded(Instant::now());
+            success
         }
-        Err(e) => {
-            let failure = unlock_failure(e);
-            if matches!(failure, Failure::No(..)) {
-                tracing::warn!(login = %record.login, "directory password does not open the keyring");
-            }
+        Err(Refusal::Wrong(failure)) => return Err(failure),
+        Err(Refusal::Unchecked(failure)) => {
+            attempt.refund();
             return Err(failure);
         }
     };
-    imap.throttle.succeeded(ip, login, now);
-    let account = imap.accounts.unlock(&user, keys);
     let authed = Authed {
-        account,
-        login: record.login.clone(),
+        account: success.account,
+        login: success.record.login.clone(),
         utf8: false,
         rev2: false,
         append_limit: imap.options.max_message,
         condstore: false,
         qresync: false,
+        damage_told: false,
     };
-    if let Some(recovery) = recovery {
+    if let Some(recovery) = success.recovery {
         // A failure here must not lose the key silently: the login fails,
         // the keyring stays, `facteur user rekey --new-recovery` makes a
         // new recovery key.
-        deliver_recovery_key(&authed, &record.login, &recovery).await?;
+        deliver_recovery_key(&authed, &success.record.login, &recovery).await?;
     }
     Ok(authed)
 }
 
-fn unlock_failure(e: AccountError) -> Failure {
-    match e {
-        AccountError::Crypto(_) => {
-            Failure::no(Some(code("AUTHENTICATIONFAILED")), KEYRING_MISMATCH)
+/// The password check and unlock of [`login`].
+async fn check(imap: &Imap, login: &str, password: &Password) -> Result<Success, Refusal> {
+    let Ok(login) = normalise_login(login) else {
+        return Err(Refusal::Wrong(bad_credentials()));
+    };
+    let keyring_proves = imap.directory.keyring_proves_password();
+    let record = if keyring_proves {
+        imap.directory
+            .find_login(&login)
+            .await
+            .map_err(directory_refusal)?
+    } else {
+        match imap.directory.authenticate(&login, password).await {
+            Ok(Some(record)) => Some(record),
+            Ok(None) => return Err(Refusal::Wrong(bad_credentials())),
+            Err(e) => return Err(directory_refusal(e)),
         }
-        other => other.into(),
+    };
+    let user = (imap.user_id)(record.as_ref().map_or(login.as_str(), |r| r.login.as_str()));
+    let stored = match imap.keyrings.fetch(&user).await {
+        Ok(stored) => stored,
+        Err(AccountError::Crypto(e)) => return Err(unusable_keyring(&login, e)),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(record) = record else {
+        // Unknown (or removed) login: spend what a known one spends.
+        imap.keyrings.dummy_unlock(password, &imap.kdf).await?;
+        return Err(Refusal::Wrong(bad_credentials()));
+    };
+    let Some(stored) = stored else {
+        return first_login(imap, record, &user, password, keyring_proves).await;
+    };
+    if let Some(account) = imap.accounts.reuse(&user, password, &stored.digest) {
+        return Ok(Success {
+            record,
+            account,
+            recovery: None,
+        });
     }
+    let keys = match imap.keyrings.unlock_stored(&user, &stored, password).await {
+        Ok(keys) => keys,
+        Err(AccountError::Crypto(CryptoError::WrongPassword)) => {
+            if keyring_proves {
+                return Err(Refusal::Wrong(bad_credentials()));
+            }
+            // The directory took the password, the keyring did not.
+            tracing::warn!(login = %record.login, "directory password does not open the keyring");
+            return Err(Refusal::Unchecked(Failure::no(
+                Some(code("AUTHENTICATIONFAILED")),
+                KEYRING_MISMATCH,
+            )));
+        }
+        Err(AccountError::Crypto(e)) => return Err(unusable_keyring(&record.login, e)),
+        Err(e) => return Err(e.into()),
+    };
+    if imap.kdf.stronger_than(stored.keyring.password_params()) {
+        spawn_rewrap(imap, &user, &stored, &keys, password);
+    }
+    let account = imap
+        .accounts
+        .unlock_with_password(&user, keys, password, &stored.digest);
+    Ok(Success {
+        record,
+        account,
+        recovery: None,
+    })
+}
+
+/// First login of a user the directory knows but who has no keyring yet
+/// (DESIGN.md §5): one is created with this password.
+async fn first_login(
+    imap: &Imap,
+    record: UserRecord,
+    user: &UserId,
+    password: &Password,
+    keyring_proves: bool,
+) -> Result<Success, Refusal> {
+    if keyring_proves {
+        // Nothing to open yet: the directory's own hash is the check.
+        match imap.directory.authenticate(&record.login, password).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Refusal::Wrong(bad_credentials())),
+            Err(e) => return Err(directory_refusal(e)),
+        }
+    }
+    // The directory's password policy is not ours (LDAP): the keyring's is
+    // checked here. A users-file password was checked when it was set.
+    if !keyring_proves && password.is_too_short() {
+        tracing::warn!(login = %record.login, "first login refused: password too short for a keyring");
+        return Err(Refusal::Unchecked(Failure::no(
+            Some(code("EXPIRED")),
+            format!(
+                "Your password is shorter than {} characters, too short to protect your \
+                 mailbox key: change it in the directory, then log in again",
+                Password::MIN_CHARS
+            ),
+        )));
+    }
+    let (keys, recovery) = match imap
+        .keyrings
+        .create(user, password, &imap.kdf, imap.recovery_key)
+        .await
+    {
+        Ok(created) => {
+            tracing::info!(login = %record.login, "keyring created at first login");
+            created
+        }
+        // Another instance created it at the same moment: unlock it.
+        Err(AccountError::KeyringExists) => {
+            let keys = match imap.keyrings.unlock(user, password).await {
+                Ok(keys) => keys,
+                Err(AccountError::Crypto(CryptoError::WrongPassword)) => {
+                    return Err(Refusal::Wrong(bad_credentials()));
+                }
+                Err(AccountError::Crypto(e)) => return Err(unusable_keyring(&record.login, e)),
+                Err(e) => return Err(e.into()),
+            };
+            (keys, None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // No verifier yet: the next login reads the new keyring's digest.
+    let account = imap.accounts.unlock(user, keys);
+    Ok(Success {
+        record,
+        account,
+        recovery,
+    })
+}
+
+/// Re-wraps the password slot with the configuration's stronger
+/// parameters, after the login has answered (best effort: see
+/// [`KeyringStore::rewrap`](crate::account::KeyringStore::rewrap)).
+fn spawn_rewrap(
+    imap: &Imap,
+    user: &UserId,
+    stored: &StoredKeyring,
+    keys: &UserKeys,
+    password: &Password,
+) {
+    let (keyrings, accounts, params) = (
+        imap.keyrings.clone(),
+        imap.accounts.clone(),
+        imap.kdf.clone(),
+    );
+    let (user, stored, keys) = (user.clone(), stored.clone(), keys.clone());
+    let password = Password::new(password.as_str());
+    tokio::spawn(async move {
+        match keyrings
+            .rewrap(&user, &stored, &keys, &password, &params)
+            .await
+        {
+            Ok(Some(new)) => {
+                tracing::info!(user = ?user, ?params, "password slot re-wrapped with stronger parameters");
+                accounts.remember_password(&user, &password, &new.digest);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(user = ?user, error = %e, "re-wrapping the password slot failed")
+            }
+        }
+    });
 }
 
 /// Puts the one message that carries a new user's recovery key in their
@@ -252,6 +438,10 @@ mod tests {
             SaslStep::Done(u, p) => assert_eq!((u.as_str(), p.as_str()), ("alice", "pw")),
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            s.step(Some(b"\0alice\0\xff")),
+            Err(Failure::Bad(_))
+        ));
         assert!(matches!(
             s.step(Some(b"alice\0alice\0pw")),
             Ok(SaslStep::Done(..))

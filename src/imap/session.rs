@@ -28,6 +28,7 @@ use super::response::{Done, Failure, Out, Outcome, code};
 use super::selected::Selected;
 use super::{Imap, append, capability, fetch, find, mailboxes, messages};
 use crate::account::Account;
+use crate::crypto::Password;
 
 /// A decoded command with what [`super::extend`] found beyond
 /// imap-codec's grammar.
@@ -70,6 +71,9 @@ pub struct Authed {
     /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE,
     /// SELECT (QRESYNC ...), FETCH (... VANISHED).
     pub qresync: bool,
+    /// Damage to the account's data in the store was told to this
+    /// session (once is enough).
+    pub damage_told: bool,
 }
 
 pub enum State {
@@ -480,7 +484,8 @@ impl Session {
             CommandBody::Login { username, password } => {
                 self.require_login_allowed()?;
                 let login = String::from_utf8_lossy(username.as_ref()).into_owned();
-                let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                let password =
+                    Password::new(String::from_utf8_lossy(password.declassify().as_ref()));
                 let authed =
                     auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
                 self.logged_in(authed).await;
@@ -528,7 +533,7 @@ impl Session {
         }
     }
 
-    async fn finish_login(&mut self, login: String, password: String) -> Outcome {
+    async fn finish_login(&mut self, login: String, password: Password) -> Outcome {
         let authed = auth::login(&self.imap, self.peer.remote.ip(), &login, password).await?;
         self.logged_in(authed).await;
         Done::with_code(
@@ -640,6 +645,22 @@ impl Session {
         };
         let name = mailboxes::name_of(authed, mailbox)?;
         let mut selected = Selected::open(authed, &name, read_only, out).await?;
+        // Ops or objects of this mailbox or of the mailbox list found lost
+        // or unreadable in the store: told once per session (RFC 9051
+        // §7.1 ALERT), details in the server log and `facteur user check`.
+        if !authed.damage_told {
+            let mut damage = selected.mailbox.damage().await.len();
+            if let Ok(folders) = authed.account.folders().await {
+                damage += folders.damage().await.len();
+            }
+            if damage > 0 {
+                authed.damage_told = true;
+                out.untagged(
+                    "OK [ALERT] Some of this account's data is damaged or missing in the \
+                     store; tell the administrator (facteur user check)",
+                );
+            }
+        }
         if let Some(resync) = resync
             && resync.uid_validity == selected.folder.uid_validity
         {

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use crate::account::KeyringStore;
-use crate::crypto::UserPublicKey;
+use crate::crypto::{RecordAuth, UserPublicKey};
 use crate::directory::{Directory, DirectoryError, normalise_address};
 use crate::log::now_ms;
 use crate::mailbox::incoming::{DeliveryEnvelope, deliver};
@@ -39,6 +39,9 @@ pub struct Backend {
     pub store: SharedStore,
     pub directory: Arc<dyn Directory>,
     pub keyrings: KeyringStore,
+    /// Authenticates the delivery records written (derived from the
+    /// cluster secret, as the IMAP side that drains them).
+    pub records: RecordAuth,
     pub user_id: UserIdFn,
     /// Over quota answers 452 4.2.2 (the sender retries) instead of 552
     /// 5.2.2 (it bounces).
@@ -201,27 +204,35 @@ impl Backend {
                     continue;
                 }
             }
-            let outcome =
-                match deliver(&*self.store, &user.id, &user.public_key, &message, envelope).await {
-                    Ok(receipt) => {
-                        tracing::info!(
-                            login = %user.login,
-                            record = %receipt.record,
-                            size = receipt.size,
-                            "lmtp: delivered"
-                        );
-                        DeliveryOutcome::Delivered
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            error = %e,
-                            transient = e.is_transient(),
-                            login = %user.login,
-                            "lmtp: delivery failed"
-                        );
-                        DeliveryOutcome::Failed
-                    }
-                };
+            let outcome = match deliver(
+                &*self.store,
+                &user.id,
+                &user.public_key,
+                &self.records,
+                &message,
+                envelope,
+            )
+            .await
+            {
+                Ok(receipt) => {
+                    tracing::info!(
+                        login = %user.login,
+                        record = %receipt.record,
+                        size = receipt.size,
+                        "lmtp: delivered"
+                    );
+                    DeliveryOutcome::Delivered
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        transient = e.is_transient(),
+                        login = %user.login,
+                        "lmtp: delivery failed"
+                    );
+                    DeliveryOutcome::Failed
+                }
+            };
             outcomes.push(outcome);
         }
         outcomes

@@ -29,6 +29,16 @@ pub struct Header {
     /// The writer's clock reading (also the start of the op's object name).
     pub hlc: Hlc,
     pub instance: InstanceId,
+    /// The state's clock as the writer computed it from the parents (the
+    /// mailbox's UID clock, see [`State::clock_for`](super::State)): so
+    /// that an op whose parent is lost still means what its writer meant.
+    /// 0 (and left out of the op's bytes) for states that keep none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the DAG knows of a delivered op, handed to the state with the op.
@@ -44,6 +54,8 @@ pub struct OpMeta {
     /// The op's sequence number right after delivery: the number of ops
     /// present, itself included (it has no descendants yet).
     pub seq: u64,
+    /// [`Header::clock`], as written.
+    pub clock: u64,
 }
 
 /// An op the DAG has just delivered, in causal order.
@@ -132,6 +144,10 @@ pub struct Dag<P> {
     pending: HashMap<OpId, Pending<P>>,
     /// Absent parent → pending ops waiting for it.
     waiters: HashMap<OpId, Vec<OpId>>,
+    /// Parents given up as lost ([`Dag::declare_lost`]) and still absent.
+    /// Not part of a snapshot: the ops that named them are delivered, and
+    /// a lost op found again is delivered like any other.
+    lost: BTreeSet<OpId>,
 }
 
 // A snapshot's form of the DAG: `{"nodes": {id: {"parents", "key":
@@ -261,6 +277,7 @@ impl<'de, P> Deserialize<'de> for Dag<P> {
             instance_index,
             pending: HashMap::new(),
             waiters: HashMap::new(),
+            lost: BTreeSet::new(),
         })
     }
 }
@@ -290,6 +307,7 @@ impl<P> Default for Dag<P> {
             latest: Hlc::default(),
             pending: HashMap::new(),
             waiters: HashMap::new(),
+            lost: BTreeSet::new(),
         }
     }
 }
@@ -312,7 +330,7 @@ impl<P> Dag<P> {
         let absent: Vec<OpId> = header
             .parents
             .iter()
-            .filter(|p| !self.nodes.contains_key(*p))
+            .filter(|p| !self.nodes.contains_key(*p) && !self.lost.contains(*p))
             .copied()
             .collect();
         if !absent.is_empty() {
@@ -329,27 +347,62 @@ impl<P> Dag<P> {
             );
             return Vec::new();
         }
+        self.release(vec![(id, header, payload)])
+    }
+
+    /// Delivers `ready` and every pending op that was waiting only for
+    /// them, parents always before children.
+    fn release(&mut self, mut ready: Vec<(OpId, Header, P)>) -> Vec<Delivered<P>> {
         let mut out = Vec::new();
-        let mut ready = vec![(id, header, payload)];
         while let Some((id, header, payload)) = ready.pop() {
+            self.lost.remove(&id);
             out.push(self.deliver(id, header, payload));
-            // Sorted so that delivery order does not depend on hash-map
-            // iteration; the state must not care, but tests read better.
-            let mut woken = self.waiters.remove(&id).unwrap_or_default();
-            woken.sort_unstable();
-            for waiter in woken.into_iter().rev() {
-                let Some(p) = self.pending.get_mut(&waiter) else {
-                    continue;
-                };
-                p.missing -= 1;
-                if p.missing == 0
-                    && let Some(p) = self.pending.remove(&waiter)
-                {
-                    ready.push((waiter, p.header, p.payload));
-                }
-            }
+            ready.extend(self.wake(&id));
         }
         out
+    }
+
+    /// The pending ops that become deliverable once `id` is no longer
+    /// awaited (delivered, or given up as lost).
+    fn wake(&mut self, id: &OpId) -> Vec<(OpId, Header, P)> {
+        let mut ready = Vec::new();
+        // Sorted so that delivery order does not depend on hash-map
+        // iteration; the state must not care, but tests read better.
+        let mut woken = self.waiters.remove(id).unwrap_or_default();
+        woken.sort_unstable();
+        for waiter in woken.into_iter().rev() {
+            let Some(p) = self.pending.get_mut(&waiter) else {
+                continue;
+            };
+            p.missing -= 1;
+            if p.missing == 0
+                && let Some(p) = self.pending.remove(&waiter)
+            {
+                ready.push((waiter, p.header, p.payload));
+            }
+        }
+        ready
+    }
+
+    /// Gives up waiting for `id`, a parent that is absent and known lost
+    /// (its object damaged, or missing from complete listings long after
+    /// its children were written): the ops waiting only for lost parents
+    /// are delivered without it. They still say what their writers meant
+    /// ([`Header::clock`]); only what the lost op itself did is missing.
+    /// Should it turn up later, it is delivered as an op nobody has seen
+    /// yet. Returns the ops delivered, parents before children.
+    pub fn declare_lost(&mut self, id: OpId) -> Vec<Delivered<P>> {
+        if self.nodes.contains_key(&id) || self.pending.contains_key(&id) {
+            return Vec::new();
+        }
+        self.lost.insert(id);
+        let ready = self.wake(&id);
+        self.release(ready)
+    }
+
+    /// Parents given up as lost and still absent, sorted.
+    pub fn lost(&self) -> Vec<OpId> {
+        self.lost.iter().copied().collect()
     }
 
     fn deliver(&mut self, id: OpId, header: Header, payload: P) -> Delivered<P> {
@@ -399,6 +452,7 @@ impl<P> Dag<P> {
             key,
             generation: u64::from(generation),
             seq: u64::from(seq),
+            clock: header.clock,
         };
         Delivered {
             meta,
@@ -546,6 +600,27 @@ impl<P> Dag<P> {
         missing.sort_unstable();
         missing
     }
+
+    /// [`Dag::missing`], each with the lowest clock reading of the pending
+    /// ops that name it as a parent: their writers had the missing op
+    /// then, so it had landed before that (give or take clock error).
+    pub fn missing_since(&self) -> Vec<(OpId, Hlc)> {
+        let mut out: Vec<(OpId, Hlc)> = self
+            .waiters
+            .iter()
+            .filter(|(id, _)| !self.pending.contains_key(*id))
+            .filter_map(|(id, waiting)| {
+                let since = waiting
+                    .iter()
+                    .filter_map(|w| self.pending.get(w))
+                    .map(|p| p.header.hlc)
+                    .min()?;
+                Some((*id, since))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -564,6 +639,7 @@ mod tests {
                 counter: 0,
             },
             instance: InstanceId::new("i").unwrap(),
+            clock: 0,
         }
     }
 

@@ -45,6 +45,21 @@ pub trait State {
     fn wants_snapshot(&self) -> bool {
         false
     }
+
+    /// The clock an op written now with `parents` carries
+    /// ([`Header::clock`]): for the mailbox, the highest UID claim it must
+    /// stay above. Recorded in the op so that a reader missing one of the
+    /// parents (lost) computes the same as the writer. States with no
+    /// such clock return 0, which is left out of the op.
+    fn clock_for(&self, _parents: &[OpId]) -> u64 {
+        0
+    }
+
+    /// The object of op `op` was found damaged (`sealed_len` bytes that
+    /// do not open) and the op is lost: the state may guard against what
+    /// the op could have done (the mailbox reserves the UIDs it could
+    /// have claimed, so they are not handed out again).
+    fn damaged_op(&mut self, _op: OpId, _sealed_len: usize) {}
 }
 
 /// An op as written: header (parents, clock, writer) and body. Its
@@ -94,6 +109,17 @@ impl<S: State> Replica<S> {
     /// as a result: 0 if it waits for parents or was already known.
     pub fn insert(&mut self, id: OpId, op: Envelope<S::Op>) -> usize {
         let delivered = self.dag.insert(id, op.header, op.body);
+        self.apply(delivered)
+    }
+
+    /// Gives up waiting for the absent op `id` (see [`Dag::declare_lost`])
+    /// and applies the ops that waited for it. Returns how many.
+    pub fn declare_lost(&mut self, id: OpId) -> usize {
+        let delivered = self.dag.declare_lost(id);
+        self.apply(delivered)
+    }
+
+    fn apply(&mut self, delivered: Vec<super::Delivered<S::Op>>) -> usize {
         let count = delivered.len();
         for d in delivered {
             for (other, seq) in &d.bumped {
@@ -119,8 +145,10 @@ impl<S: State> Replica<S> {
     /// ticked past everything seen. Not inserted: the caller inserts it
     /// once the store acknowledged it.
     pub fn prepare(&self, body: S::Op, instance: InstanceId, wall_ms: u64) -> Envelope<S::Op> {
+        let parents = self.dag.heads();
         let header = Header {
-            parents: self.dag.heads(),
+            clock: self.state.clock_for(&parents),
+            parents,
             hlc: Hlc::tick(self.dag.latest(), wall_ms),
             instance,
         };

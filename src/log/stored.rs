@@ -42,6 +42,7 @@
 //! collection.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,7 +53,9 @@ use serde::de::DeserializeOwned;
 use super::LogError;
 use super::id::{Hlc, InstanceId, OpId, now_ms, op_name, op_name_floor, parse_op_name};
 use super::replica::{Envelope, Replica, State};
-use crate::crypto::{CryptoError, SymmetricKey, open, open_body, open_body_with, seal, seal_body};
+use crate::crypto::{
+    CryptoError, SymmetricKey, open, open_body, open_body_with, seal_body_padded, seal_padded,
+};
 use crate::store::{ObjectStore, StoreError, list_all};
 
 /// Largest snapshot accepted when decompressing (a 10,000-message mailbox
@@ -84,6 +87,12 @@ pub struct LogTuning {
     /// Must be at least twice `full_list_every` for the guarantees of
     /// doc/consistency.md to hold (tests set it to zero on one instance).
     pub gc_grace: Duration,
+    /// An op named as a parent but absent is given up as lost, and the ops
+    /// waiting for it applied without it, once a complete full listing
+    /// that started this long after those ops were written (by their
+    /// writers' clocks) did not find it. Must exceed the bound on clock
+    /// error and PUT time (doc/consistency.md, "Damage").
+    pub lost_after: Duration,
 }
 
 impl Default for LogTuning {
@@ -95,6 +104,7 @@ impl Default for LogTuning {
             snapshot_every: 500,
             snapshot_age: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(3600),
+            lost_after: Duration::from_secs(300),
         }
     }
 }
@@ -135,11 +145,35 @@ impl SyncError {
 /// [`StoredLog::install`]) or an op vanished under it.
 const SYNC_ATTEMPTS: usize = 4;
 
-/// A damaged op object: found in the listing but unreadable.
+/// A damaged object of a log (an op object or a snapshot found in the
+/// listing but unreadable), or an op known lost (named as a parent, never
+/// found: `name` is then `<prefix>log/?<op id>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Damage {
     pub name: String,
     pub reason: String,
+    /// Bytes of the object as stored, when it was read.
+    pub size: Option<usize>,
+}
+
+/// Damage seen by every log of this process since it started: objects
+/// found unreadable and ops given up as lost (each counted once per log
+/// that found it). For metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DamageCounts {
+    pub damaged_objects: u64,
+    pub lost_ops: u64,
+}
+
+static DAMAGED_OBJECTS: AtomicU64 = AtomicU64::new(0);
+static LOST_OPS: AtomicU64 = AtomicU64::new(0);
+
+/// See [`DamageCounts`].
+pub fn damage_counts() -> DamageCounts {
+    DamageCounts {
+        damaged_objects: DAMAGED_OBJECTS.load(Ordering::Relaxed),
+        lost_ops: LOST_OPS.load(Ordering::Relaxed),
+    }
 }
 
 /// What a snapshot object holds: the replica (op set and state) it was
@@ -179,8 +213,11 @@ pub struct StoredLog<S: State> {
     reload_needed: bool,
     /// When the last applied sync started (wall clock, ms); 0 = never.
     last_sync_ms: u64,
-    /// Op objects that could not be read, by name.
-    damaged: BTreeMap<String, String>,
+    /// Objects that could not be read, by name.
+    damaged: BTreeMap<String, Damage>,
+    /// Ops given up as lost (see [`StoredLog::give_up_missing`]), with
+    /// what was said when they were.
+    lost: BTreeMap<OpId, String>,
     /// Ops applied since the newest snapshot this instance knows.
     since_snapshot: usize,
     /// The oldest writer's clock (wall ms) among those ops, or of the
@@ -304,6 +341,7 @@ where
             reload_needed: true,
             last_sync_ms: 0,
             damaged: BTreeMap::new(),
+            lost: BTreeMap::new(),
             since_snapshot: 0,
             unsnapshotted_since_ms: None,
             snapshot: None,
@@ -357,7 +395,16 @@ where
     /// current one holds; otherwise (ops committed or synced while the
     /// reload was fetched) leaves everything as is and returns `None`, and
     /// the caller starts over. Returns how many ops this replica gained.
-    fn install(&mut self, reloaded: Reloaded<S>) -> Option<usize> {
+    fn install(&mut self, mut reloaded: Reloaded<S>) -> Option<usize> {
+        // What this replica gave up as lost, the new one gives up too:
+        // the ops applied without them must be applied there as well.
+        let prefix = self.log_prefix();
+        for d in reloaded.damaged.iter().chain(self.damaged.values()) {
+            lose_damaged(&prefix, &mut reloaded.replica, d);
+        }
+        for id in self.lost.keys() {
+            reloaded.replica.declare_lost(*id);
+        }
         let new = &reloaded.replica;
         if !self.replica.dag().ids().all(|id| new.contains(id)) {
             return None;
@@ -372,7 +419,7 @@ where
         self.snapshot = Some(reloaded.snapshot);
         self.since_snapshot = reloaded.applied;
         for d in reloaded.damaged {
-            self.damaged.insert(d.name, d.reason);
+            self.note_damage(d);
         }
         if let Some(last) = reloaded.last_listed {
             self.advance_cursor(self.relative_name(last));
@@ -380,7 +427,9 @@ where
         self.last_full_ms = reloaded.started_ms;
         self.last_sync_ms = self.last_sync_ms.max(reloaded.started_ms);
         self.reload_needed = false;
-        Some(gained)
+        let given_up = self.give_up_missing(reloaded.started_ms);
+        self.since_snapshot += given_up;
+        Some(gained + given_up)
     }
 
     fn relative_name(&self, key: String) -> String {
@@ -447,6 +496,7 @@ where
                 Err(e) => damaged.push(Damage {
                     name: key,
                     reason: e.to_string(),
+                    size: None,
                 }),
             }
         }
@@ -462,6 +512,7 @@ where
     /// Applies what a sync fetched. Returns how many ops were applied.
     pub fn apply(&mut self, fetched: Fetched) -> usize {
         let mut applied = 0;
+        let mut undecodable = Vec::new();
         for (name, bytes) in fetched.ops {
             match self.replica.insert_bytes(&bytes) {
                 Ok((_, n)) => {
@@ -470,13 +521,17 @@ where
                         self.note_unsnapshotted(&name);
                     }
                 }
-                Err(e) => {
-                    self.damaged.insert(name, e.to_string());
-                }
+                Err(e) => undecodable.push(Damage {
+                    name,
+                    reason: e.to_string(),
+                    size: Some(bytes.len()),
+                }),
             }
         }
-        for d in fetched.damaged {
-            self.damaged.insert(d.name, d.reason);
+        // Damage last: an op is given up as lost only once every op
+        // fetched with it is in (see `mailbox::state` on lost claims).
+        for d in undecodable.into_iter().chain(fetched.damaged) {
+            applied += self.note_damage(d);
         }
         if let Some(last) = fetched.last_listed {
             self.advance_cursor(self.relative_name(last));
@@ -486,6 +541,7 @@ where
             self.reload_needed = true;
         } else if fetched.full {
             self.last_full_ms = fetched.started_ms;
+            applied += self.give_up_missing(fetched.started_ms);
         }
         if fetched.started_ms > self.last_sync_ms {
             self.last_sync_ms = fetched.started_ms;
@@ -520,6 +576,8 @@ where
                 parents: Vec::new(),
                 hlc,
                 instance: writer,
+                // No parents: nothing to carry (the list keeps no clock).
+                clock: self.replica.state().clock_for(&[]),
             },
             body,
         };
@@ -532,7 +590,8 @@ where
         let (id, bytes) = envelope.encode()?;
         let name = op_name(hlc, &instance, &id);
         let object_key = format!("{}{}", self.log_prefix(), name);
-        let sealed = Bytes::from(seal(&self.key, &object_key, &bytes));
+        // Padded: an op's exact size would tell which operation it is.
+        let sealed = Bytes::from(seal_padded(&self.key, &object_key, &bytes));
         Ok(Prepared {
             object_key,
             name,
@@ -549,8 +608,13 @@ where
             Ok((_, n)) => n,
             Err(e) => {
                 // Cannot happen for bytes we encoded; report rather than panic.
-                self.damaged.insert(written.name.clone(), e.to_string());
-                0
+                let name = format!("{}{}", self.log_prefix(), written.name);
+                let size = Some(written.bytes.len());
+                self.note_damage(Damage {
+                    name,
+                    reason: e.to_string(),
+                    size,
+                })
             }
         };
         self.since_snapshot += applied;
@@ -658,7 +722,7 @@ where
             replica: &self.replica,
         })
         .map_err(LogError::Encode)?;
-        let sealed = Bytes::from(seal_body(&self.key, &name, &plain));
+        let sealed = Bytes::from(seal_body_padded(&self.key, &name, &plain));
         Ok(PreparedSnapshot { name, sealed })
     }
 
@@ -709,15 +773,125 @@ where
         }
     }
 
-    /// Unreadable objects found so far, for reporting.
+    /// Unreadable objects found so far, and ops given up as lost, for
+    /// reporting. Empty for a healthy log.
     pub fn damaged(&self) -> Vec<Damage> {
-        self.damaged
+        // A lost op found again since is lost no more.
+        let lost = self
+            .lost
             .iter()
-            .map(|(name, reason)| Damage {
-                name: name.clone(),
-                reason: reason.clone(),
-            })
-            .collect()
+            .filter(|(id, _)| !self.replica.contains(id));
+        let lost = lost.map(|(id, reason)| Damage {
+            name: format!("{}?{id}", self.log_prefix()),
+            reason: reason.clone(),
+            size: None,
+        });
+        self.damaged.values().cloned().chain(lost).collect()
+    }
+
+    /// Records an unreadable object (once), logs it, counts it, and if it
+    /// is an op object whose op this replica lacks, gives the op up as
+    /// lost (see [`lose_damaged`]). Returns how many ops that
+    /// let through.
+    fn note_damage(&mut self, d: Damage) -> usize {
+        if self.damaged.contains_key(&d.name) {
+            return 0;
+        }
+        tracing::error!(object = %d.name, reason = %d.reason, "damaged object in the store");
+        DAMAGED_OBJECTS.fetch_add(1, Ordering::Relaxed);
+        let applied = lose_damaged(&self.log_prefix(), &mut self.replica, &d);
+        self.damaged.insert(d.name.clone(), d);
+        applied
+    }
+
+    /// After a complete full listing (or reload) that started at
+    /// `listing_ms`: gives up the parents still missing that ops written
+    /// at least [`LogTuning::lost_after`] before the listing name. Such a
+    /// parent landed before its child was written, so the listing would
+    /// have found it (doc/consistency.md, Lemma L) unless it was deleted
+    /// or damaged: waiting longer only hides every later op. Returns how
+    /// many ops this let through.
+    fn give_up_missing(&mut self, listing_ms: u64) -> usize {
+        let after = self.tuning.lost_after.as_millis() as u64;
+        let mut applied = 0;
+        for (id, since) in self.replica.dag().missing_since() {
+            if since.wall_ms.saturating_add(after) > listing_ms {
+                continue;
+            }
+            let n = self.replica.declare_lost(id);
+            let reason = format!("op missing from the store: {n} later ops applied without it");
+            tracing::error!(log = %self.prefix, op = %id, later = n, "lost op: {reason}");
+            LOST_OPS.fetch_add(1, Ordering::Relaxed);
+            self.lost.insert(id, reason);
+            applied += n;
+        }
+        if applied > 0 {
+            self.note_unsnapshotted_now();
+        }
+        applied
+    }
+
+    fn note_unsnapshotted_now(&mut self) {
+        let now = now_ms();
+        self.unsnapshotted_since_ms = Some(self.unsnapshotted_since_ms.map_or(now, |t| t.min(now)));
+    }
+
+    /// Reads every snapshot of this log, the newest included (what a
+    /// check does: opening reads only the newest). Returns how many were
+    /// read, and those that do not open.
+    pub async fn check_snapshots(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<(usize, Vec<Damage>), SyncError> {
+        let snaps = list_all(store, &self.snap_prefix(), None).await?;
+        let mut damaged = Vec::new();
+        for meta in &snaps {
+            let bytes = match store.get(&meta.key).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Err(reason) = decode_snapshot::<S>(&self.key, &meta.key, &bytes) {
+                damaged.push(Damage {
+                    name: meta.key.clone(),
+                    reason,
+                    size: Some(bytes.len()),
+                });
+            }
+        }
+        Ok((snaps.len(), damaged))
+    }
+
+    /// Repairs what damage can be repaired (`facteur user check --repair`):
+    /// writes a snapshot of the replica — which holds the ops applied
+    /// without their lost parents, and the UIDs held back for damaged ops
+    /// — so that no instance opening later waits for a lost op, then
+    /// deletes the damaged op objects and the `snapshots` given (which
+    /// do not open: nothing can be read from them). Returns the snapshot
+    /// written (if one was needed) and how many objects were deleted.
+    pub async fn repair(
+        &mut self,
+        store: &dyn ObjectStore,
+        snapshots: &[Damage],
+    ) -> Result<(Option<String>, usize), SyncError> {
+        let damaged = self.damaged();
+        if damaged.is_empty() && snapshots.is_empty() {
+            return Ok((None, 0));
+        }
+        let written = self.write_snapshot(store).await?;
+        let doomed: Vec<String> = self
+            .damaged
+            .keys()
+            .chain(snapshots.iter().map(|d| &d.name))
+            .filter(|name| **name != written)
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        store.delete_many(&doomed).await?;
+        self.damaged.retain(|name, _| !doomed.contains(name));
+        self.lost.clear();
+        Ok((Some(written), doomed.len()))
     }
 
     /// Ops waiting for parents that were never found: a sign of a lost
@@ -751,7 +925,7 @@ impl SideObjects {
             self.instance,
             rand::random::<u64>()
         );
-        let sealed = Bytes::from(seal_body(&self.key, &self.object_key(&name), plain));
+        let sealed = Bytes::from(seal_body_padded(&self.key, &self.object_key(&name), plain));
         (name, sealed)
     }
 
@@ -866,6 +1040,25 @@ where
     }
 }
 
+/// If `d` is an op object of this log whose op `replica` lacks: the op
+/// is lost (an object under an op's name that does not open will not
+/// open later), so the ops waiting for it are applied without it, and
+/// the state guards against what it may have done
+/// ([`State::damaged_op`]). Returns how many ops that let through.
+fn lose_damaged<S: State>(log_prefix: &str, replica: &mut Replica<S>, d: &Damage) -> usize {
+    let Some(name) = d.name.strip_prefix(log_prefix) else {
+        return 0;
+    };
+    let Ok((_, _, id)) = parse_op_name(name) else {
+        return 0;
+    };
+    if replica.dag().knows(&id) {
+        return 0;
+    }
+    replica.state_mut().damaged_op(id, d.size.unwrap_or(0));
+    replica.declare_lost(id)
+}
+
 /// Syncs a log shared behind a lock, the way sessions share one: list with
 /// no lock held, filter under a read lock, fetch with no lock, apply under
 /// the write lock; a reload fetches and decodes the snapshot with no lock
@@ -965,10 +1158,11 @@ where
             let complete = fetched.vanished == 0;
             let applied = log
                 .write(|l| {
+                    let mut applied = 0;
                     for d in damaged {
-                        l.damaged.insert(d.name, d.reason);
+                        applied += l.note_damage(d);
                     }
-                    let applied = l.apply(fetched);
+                    applied += l.apply(fetched);
                     l.reload_needed = !complete;
                     complete.then_some(applied)
                 })
@@ -995,6 +1189,7 @@ where
             Err(e) => damaged.push(Damage {
                 name: object_key,
                 reason: e.to_string(),
+                size: Some(bytes.len()),
             }),
         }
     }
@@ -1077,6 +1272,7 @@ where
                 damaged.push(Damage {
                     name: meta.key.clone(),
                     reason,
+                    size: Some(bytes.len()),
                 });
             }
         }
@@ -1168,6 +1364,7 @@ impl ToFetch {
                         Err(e) => Got::Damaged(Damage {
                             name: object_key,
                             reason: describe(&e),
+                            size: Some(sealed.len()),
                         }),
                     }),
                     // Collected between LIST and GET: a snapshot holds it.
@@ -1216,6 +1413,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+    use crate::crypto::seal;
     use crate::log::OpMeta;
     use crate::store::{MemoryStore, S3Settings, S3Store, StoreError};
 
@@ -1803,15 +2001,59 @@ mod tests {
         );
         store.put(&renamed, second).await.unwrap();
 
+        let before = damage_counts();
         let b = open_as(&store, &key, "b", LogTuning::default()).await;
         let damaged: Vec<String> = b.damaged().into_iter().map(|d| d.name).collect();
         assert!(
             damaged.contains(&ops[0].key) && damaged.contains(&renamed),
             "{damaged:?}"
         );
-        // "two" names "one" as parent: it waits, and the gap is reported.
-        assert!(words(&b).is_empty());
-        assert_eq!(b.missing_parents().len(), 1);
+        assert!(damage_counts().damaged_objects >= before.damaged_objects + 2);
+        // "two" names "one" as parent: "one" does not open, so it is lost
+        // (it will not open later), and "two" is applied without it.
+        assert_eq!(words(&b), ["two"]);
+        assert!(b.missing_parents().is_empty());
+    }
+
+    /// An op named as a parent but missing from the store: the ops after
+    /// it wait while it may still turn up, and are applied without it once
+    /// a complete full listing, started `lost_after` past their writing,
+    /// did not find it. Then it is reported as lost.
+    #[tokio::test]
+    async fn a_missing_parent_is_given_up_after_a_full_listing_past_the_grace() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        for word in ["one", "two", "three"] {
+            a.append(&store, word.into()).await.unwrap();
+        }
+        let ops = list_all(&store, &format!("{PREFIX}log/"), None)
+            .await
+            .unwrap();
+        store.delete(&ops[1].key).await.unwrap();
+        let tuning = LogTuning {
+            lost_after: Duration::from_millis(150),
+            ..LogTuning::default()
+        };
+        let mut b = open_as(&store, &key, "b", tuning).await;
+        assert_eq!(words(&b), ["one"], "three waits");
+        assert!(b.damaged().is_empty(), "not known lost yet");
+        std::thread::sleep(Duration::from_millis(200));
+        b.sync(&store).await.unwrap();
+        assert_eq!(words(&b), ["one"], "an incremental listing proves nothing");
+        let before = damage_counts();
+        b.last_full_ms = 1; // a full listing is due
+        assert_eq!(b.sync(&store).await.unwrap(), 1);
+        assert_eq!(words(&b), ["one", "three"]);
+        let lost = b.damaged();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].reason.contains("missing"), "{lost:?}");
+        assert!(damage_counts().lost_ops > before.lost_ops);
+        // A snapshot of b holds "three": opening from it waits for nothing.
+        b.write_snapshot(&store).await.unwrap();
+        let c = open_as(&store, &key, "c", LogTuning::default()).await;
+        assert_eq!(words(&c), ["one", "three"]);
+        assert!(c.missing_parents().is_empty());
     }
 
     #[tokio::test]

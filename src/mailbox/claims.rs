@@ -29,6 +29,9 @@ pub type Slot = u32;
 const NOBODY: Slot = Slot::MAX;
 /// `by_value` marker: several messages claim it (see `disputed`).
 const DISPUTED: Slot = Slot::MAX - 1;
+/// A claimant that is no message: an op known lost, whose claims are
+/// unknown (see [`Claims::mark_lost`]). Never a slot of the entry table.
+pub const LOST: Slot = Slot::MAX - 2;
 
 /// Claim value → the distinct messages claiming it. Values are dense (in
 /// a causally closed set every value `1..=max` is claimed), so a vector
@@ -45,7 +48,7 @@ impl Claims {
     /// Records that `message` claims `value`; returns every claimant of
     /// `value` (sorted), whose visibility may have changed.
     pub fn add(&mut self, value: u32, message: Slot) -> &[Slot] {
-        debug_assert!(message < DISPUTED, "slot out of range");
+        debug_assert!(message <= LOST, "slot out of range");
         let at = value as usize;
         if self.by_value.len() <= at {
             self.by_value.resize(at + 1, NOBODY);
@@ -69,6 +72,20 @@ impl Claims {
             }
         }
         self.claimants(value)
+    }
+
+    /// Records that `value`, unclaimed so far, was claimed by an op known
+    /// lost: a message claiming it later (the lost op found again, or an
+    /// op concurrent with it) shares it with [`LOST`], so it is never
+    /// valid and nobody is shown under a UID a lost op may have shown.
+    /// Returns whether the value was unclaimed (and is now marked).
+    pub fn mark_lost(&mut self, value: u32) -> bool {
+        let at = value as usize;
+        if self.by_value.get(at).is_some_and(|c| *c != NOBODY) {
+            return false;
+        }
+        self.add(value, LOST);
+        true
     }
 
     pub fn claimants(&self, value: u32) -> &[Slot] {
@@ -128,6 +145,17 @@ mod tests {
         claims.add(2, 3);
         assert_eq!(claims.max(), 5);
         assert_eq!(claims.claimants(2), [3]);
+    }
+
+    #[test]
+    fn a_value_marked_lost_is_valid_for_nobody() {
+        let mut claims = Claims::default();
+        claims.add(1, 0);
+        assert!(!claims.mark_lost(1), "claimed already");
+        assert!(claims.mark_lost(3));
+        assert_eq!(claims.max(), 3);
+        assert_eq!(claims.add(3, 7), [7, LOST]);
+        assert!(!claims.is_sole(3, 7));
     }
 
     #[test]

@@ -25,10 +25,19 @@
 //! - **A bad record blocks nothing.** A record that does not open or parse
 //!   is moved to `users/<u>/quarantine/<name>` (bytes copied, then the
 //!   record deleted) and reported; the others are drained.
-//! - **Records cannot be moved.** A sealed box has no associated data, so
-//!   the record's own object name is sealed inside it and checked on
-//!   opening: a record copied to another name or another user's queue is
-//!   quarantined, not delivered twice.
+//! - **Records cannot be forged.** The user's public key is public, so
+//!   anyone who can write the bucket could seal a record to it. Every
+//!   record therefore carries HMAC-SHA256 under a key derived from the
+//!   cluster secret, over its object name and whole content
+//!   ([`RecordAuth`]); a record without a valid MAC (forged, altered,
+//!   moved, or written before records were authenticated) is quarantined,
+//!   logged as an error and counted ([`quarantined_records`]), never
+//!   shown. `facteur user requeue` puts a quarantined record back, with a
+//!   MAC, once an operator decided it is genuine.
+//! - **Records cannot be moved.** Besides the MAC, the record's own object
+//!   name is sealed inside it and checked on opening: a record copied to
+//!   another name or another user's queue is quarantined, not delivered
+//!   twice.
 //! - **No lock across store calls.** Draining runs in three steps, for
 //!   callers that share the mailbox: [`collect`] (store only), then
 //!   [`Collected::op`] (pure, from the state), the op written with the log,
@@ -49,6 +58,8 @@
 //! trace headers (Return-Path, Delivered-To, Received) are the LMTP
 //! layer's to prepend before calling [`deliver`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -58,7 +69,8 @@ use super::body::{encode_summary, seal_new_body};
 use super::op::{BodyKey, Delivery};
 use super::summary::MessageSummary;
 use super::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
-use crate::crypto::{UserKeys, UserPublicKey, seal_to};
+use crate::crypto::record_auth::{RECORD_AUTH_OVERHEAD, RECORD_MAGIC};
+use crate::crypto::{RecordAuth, RecordAuthError, UserKeys, UserPublicKey, seal_to};
 use crate::log::now_ms;
 use crate::log::stored::{StoredLog, SyncError};
 use crate::store::layout::{self, UserId};
@@ -73,8 +85,25 @@ pub const BATCH: usize = 100;
 pub const FETCH_PARALLELISM: usize = 8;
 
 /// Format of the records this version writes and reads. A record of a
-/// higher version is left in the queue for a newer instance.
+/// higher version is left in the queue for a newer instance. (The MAC
+/// around the sealed box is versioned by its own magic bytes, see
+/// [`RecordAuth`].)
 const RECORD_VERSION: u32 = 1;
+
+/// Records quarantined by this process since it started, for `/metrics`.
+static QUARANTINED: AtomicU64 = AtomicU64::new(0);
+/// Of those, records without a valid MAC (forged, or from before records
+/// were authenticated).
+static UNAUTHENTICATED: AtomicU64 = AtomicU64::new(0);
+
+/// How many delivery records this process quarantined, and how many of
+/// those failed authentication.
+pub fn quarantined_records() -> (u64, u64) {
+    (
+        QUARANTINED.load(Ordering::Relaxed),
+        UNAUTHENTICATED.load(Ordering::Relaxed),
+    )
+}
 
 /// Errors of delivering and draining. Each keeps its cause.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +194,8 @@ fn record_key(user: &UserId, name: &str) -> String {
 /// Stores a message for `user` without their password (DESIGN.md §3):
 /// normalises line endings to CRLF, summarises it (§4), seals the body
 /// under a fresh key to `blob/`, then seals a delivery record to
-/// `public_key` into `incoming/`. Returns once both PUTs succeeded; on a
+/// `public_key` into `incoming/`, authenticated with `auth` (the key derived
+/// from the cluster secret). Returns once both PUTs succeeded; on a
 /// store failure returns [`IncomingError::Store`] (transient for outages),
 /// having tried to delete the body if the record could not be written.
 ///
@@ -175,6 +205,7 @@ pub async fn deliver(
     store: &dyn ObjectStore,
     user: &UserId,
     public_key: &UserPublicKey,
+    auth: &RecordAuth,
     raw: &[u8],
     envelope: DeliveryEnvelope,
 ) -> Result<DeliveryReceipt, IncomingError> {
@@ -182,14 +213,14 @@ pub async fn deliver(
     let object = record_key(user, &name);
 
     let (raw, user_id) = (raw.to_vec(), user.clone());
-    let public_key = public_key.clone();
+    let (public_key, auth) = (public_key.clone(), auth.clone());
     let (body, sealed_record) = {
         let object = object.clone();
         tokio::task::spawn_blocking(move || {
             let body = seal_new_body(&user_id, &raw, now_ms());
             let record = Record {
                 version: RECORD_VERSION,
-                object,
+                object: object.clone(),
                 blob_id: body.blob_id.clone(),
                 body_key: body.body_key.clone(),
                 size: body.size,
@@ -197,7 +228,8 @@ pub async fn deliver(
                 summary: body.summary.clone(),
             };
             let plain = Zeroizing::new(serde_json::to_vec(&record).map_err(IncomingError::Encode)?);
-            Ok::<_, IncomingError>((body, seal_to(&public_key, &plain)))
+            let sealed = auth.wrap(&object, &seal_to(&public_key, &plain));
+            Ok::<_, IncomingError>((body, sealed))
         })
         .await
         .map_err(IncomingError::Task)??
@@ -234,6 +266,8 @@ struct Unreadable {
     name: String,
     bytes: Bytes,
     reason: String,
+    /// It failed authentication (rather than authenticated and damaged).
+    unauthenticated: bool,
 }
 
 /// A record moved aside (or that should have been).
@@ -243,6 +277,9 @@ pub struct Quarantined {
     pub name: String,
     /// Why it could not be drained.
     pub reason: String,
+    /// It had no valid MAC: forged, altered, moved, or older than record
+    /// authentication.
+    pub unauthenticated: bool,
     /// False if moving it failed: it stays in `incoming/` and the next
     /// drain tries again.
     pub moved: bool,
@@ -295,13 +332,15 @@ impl std::fmt::Debug for Collected {
 }
 
 /// Lists up to `limit` (at most [`BATCH`]) records after `start_after` (a
-/// full key) and opens them, fetching [`FETCH_PARALLELISM`] at a time.
-/// Touches no mailbox. A store failure aborts the batch (nothing was
+/// full key) and opens them, fetching [`FETCH_PARALLELISM`] at a time; a
+/// record is opened only if its MAC under `auth` verifies. Touches no
+/// mailbox. A store failure aborts the batch (nothing was
 /// changed); unreadable records are set aside for [`Collected::clean_up`].
 pub async fn collect(
     store: &dyn ObjectStore,
     user: &UserId,
     keys: &UserKeys,
+    auth: &RecordAuth,
     start_after: Option<&str>,
     limit: usize,
 ) -> Result<Collected, IncomingError> {
@@ -340,7 +379,26 @@ pub async fn collect(
             collected.gone += 1;
             continue;
         };
-        match open_record(keys, &key, &bytes) {
+        let sealed = match auth.unwrap(&key, &bytes) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                let hint = match e {
+                    RecordAuthError::Unauthenticated => {
+                        "; if it predates record authentication, `facteur user requeue` accepts it"
+                    }
+                    RecordAuthError::BadMac => "",
+                };
+                tracing::error!(record = %key, reason = %e, "delivery record refused: not written by a Facteur instance of this cluster{hint}");
+                collected.unreadable.push(Unreadable {
+                    name,
+                    bytes,
+                    reason: e.to_string(),
+                    unauthenticated: true,
+                });
+                continue;
+            }
+        };
+        match open_record(keys, &key, sealed) {
             Ok(record) if record.version > RECORD_VERSION => collected.newer += 1,
             Ok(record) => collected.opened.push(Opened {
                 name,
@@ -349,11 +407,12 @@ pub async fn collect(
                 held: false,
             }),
             Err(reason) => {
-                tracing::warn!(record = %key, %reason, "unreadable delivery record");
+                tracing::error!(record = %key, %reason, "unreadable delivery record");
                 collected.unreadable.push(Unreadable {
                     name,
                     bytes,
                     reason,
+                    unauthenticated: false,
                 })
             }
         }
@@ -457,6 +516,10 @@ impl Collected {
             ok = false;
         }
         for bad in self.unreadable {
+            QUARANTINED.fetch_add(1, Ordering::Relaxed);
+            if bad.unauthenticated {
+                UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
+            }
             let moved = quarantine(store, &self.user, &bad).await;
             if let Err(e) = &moved {
                 tracing::warn!(record = %bad.name, error = %e, "could not quarantine a record");
@@ -465,6 +528,7 @@ impl Collected {
             report.quarantined.push(Quarantined {
                 name: bad.name,
                 reason: bad.reason,
+                unauthenticated: bad.unauthenticated,
                 moved: moved.is_ok(),
             });
         }
@@ -484,6 +548,48 @@ async fn quarantine(
     store.delete(&record_key(user, &bad.name)).await
 }
 
+/// The names of `user`'s quarantined records, oldest name first.
+pub async fn quarantined(
+    store: &dyn ObjectStore,
+    user: &UserId,
+) -> Result<Vec<String>, StoreError> {
+    let prefix = layout::quarantine(user, "");
+    Ok(crate::store::list_all(store, &prefix, None)
+        .await?
+        .into_iter()
+        .map(|m| m.key[prefix.len()..].to_owned())
+        .collect())
+}
+
+/// Puts the quarantined record `name` back into `user`'s queue with a
+/// valid MAC under `auth`: for a record an operator has judged genuine
+/// (written before records were authenticated, or under a previous
+/// cluster secret). Whatever the record holds is then delivered at the
+/// next drain, so never requeue a record whose origin is unknown. A record
+/// that was moved from another name stays refused (its sealed name does
+/// not match). The body it names must still exist: bodies of quarantined
+/// records are collected like any unreferenced body.
+pub async fn requeue(
+    store: &dyn ObjectStore,
+    user: &UserId,
+    auth: &RecordAuth,
+    name: &str,
+) -> Result<(), StoreError> {
+    let held = layout::quarantine(user, name);
+    let bytes = store.get(&held).await?;
+    let key = record_key(user, name);
+    // A record that had a header keeps only its sealed box.
+    let sealed = if bytes.starts_with(RECORD_MAGIC) && bytes.len() >= RECORD_AUTH_OVERHEAD {
+        &bytes[RECORD_AUTH_OVERHEAD..]
+    } else {
+        &bytes[..]
+    };
+    store
+        .put(&key, Bytes::from(auth.wrap(&key, sealed)))
+        .await?;
+    store.delete(&held).await
+}
+
 /// Moves every queued delivery of `user` into `inbox`, in batches of
 /// [`BATCH`]: [`collect`], one [`MailboxOp::Deliver`] op written with
 /// `inbox` (skipped if the mailbox already holds every record), then
@@ -500,12 +606,13 @@ pub async fn drain(
     store: &dyn ObjectStore,
     user: &UserId,
     keys: &UserKeys,
+    auth: &RecordAuth,
     inbox: &mut StoredLog<MailboxState>,
 ) -> Result<DrainReport, IncomingError> {
     let mut report = DrainReport::default();
     let mut after: Option<String> = None;
     loop {
-        let mut batch = collect(store, user, keys, after.as_deref(), BATCH).await?;
+        let mut batch = collect(store, user, keys, auth, after.as_deref(), BATCH).await?;
         if batch.is_empty() {
             break;
         }
@@ -543,6 +650,10 @@ mod tests {
         \n\
         The treasure is under the old oak.\n";
 
+    fn auth() -> RecordAuth {
+        RecordAuth::from_cluster_secret(b"0123456789abcdef0123456789abcdef")
+    }
+
     fn user() -> UserId {
         UserId::parse(&"ab".repeat(32)).unwrap()
     }
@@ -577,9 +688,16 @@ mod tests {
         let mut receipts = Vec::new();
         for i in 0..n {
             let raw = [MESSAGE, format!("part {i}\n").as_bytes()].concat();
-            let receipt = deliver(store, &user(), &keys.public_key(), &raw, envelope())
-                .await
-                .unwrap();
+            let receipt = deliver(
+                store,
+                &user(),
+                &keys.public_key(),
+                &auth(),
+                &raw,
+                envelope(),
+            )
+            .await
+            .unwrap();
             receipts.push(receipt);
         }
         receipts
@@ -606,15 +724,24 @@ mod tests {
         let store = MemoryStore::new();
         let keys = UserKeys::generate();
         let mbox_key = SymmetricKey::random();
-        let receipt = deliver(&store, &user(), &keys.public_key(), MESSAGE, envelope())
-            .await
-            .unwrap();
+        let receipt = deliver(
+            &store,
+            &user(),
+            &keys.public_key(),
+            &auth(),
+            MESSAGE,
+            envelope(),
+        )
+        .await
+        .unwrap();
         assert_eq!(store.len(), 2, "one body, one record");
         let crlf = normalize_crlf(MESSAGE).into_owned();
         assert_eq!(receipt.size, crlf.len() as u64);
 
         let mut log = inbox(&store, &mbox_key, "a").await;
-        let report = drain(&store, &user(), &keys, &mut log).await.unwrap();
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
         assert_eq!(
             report.delivered,
             vec![MessageId::delivered(&receipt.record)]
@@ -650,7 +777,9 @@ mod tests {
         // An empty queue costs one LIST.
         let before = store.calls();
         assert_eq!(
-            drain(&store, &user(), &keys, &mut log).await.unwrap(),
+            drain(&store, &user(), &keys, &auth(), &mut log)
+                .await
+                .unwrap(),
             DrainReport::default()
         );
         assert_eq!(store.calls() - before, 1);
@@ -663,7 +792,9 @@ mod tests {
         send(&store, &keys, 5).await;
         let mut log = inbox(&store, &SymmetricKey::random(), "a").await;
         let before = store.calls();
-        let report = drain(&store, &user(), &keys, &mut log).await.unwrap();
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
         assert_eq!(report.delivered.len(), 5);
         assert_eq!(store.calls() - before, 1 + 5 + 1 + 1);
         assert_eq!(log.replica().dag().len(), 1, "one op for the batch");
@@ -676,7 +807,9 @@ mod tests {
         send(&store, &keys, 2).await;
         let mut log = inbox(&store, &keys.master().subkey("mbox"), "a").await;
         let before_drain = store.keys();
-        drain(&store, &user(), &keys, &mut log).await.unwrap();
+        drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
         let mut all = store.keys();
         all.extend(before_drain);
         assert!(all.len() >= 5, "{all:?}");
@@ -752,9 +885,16 @@ mod tests {
         let store = MemoryStore::new();
         let keys = UserKeys::generate();
         store.set_offline(true);
-        let err = deliver(&store, &user(), &keys.public_key(), MESSAGE, envelope())
-            .await
-            .unwrap_err();
+        let err = deliver(
+            &store,
+            &user(),
+            &keys.public_key(),
+            &auth(),
+            MESSAGE,
+            envelope(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.is_transient(), "{err}");
         store.set_offline(false);
         assert!(store.is_empty());
@@ -762,9 +902,16 @@ mod tests {
         // The body was written, the record was not: the body is removed.
         let flaky = Flaky::default();
         *flaky.fail_puts_under.lock().unwrap() = Some(layout::incoming_prefix(&user()));
-        let err = deliver(&flaky, &user(), &keys.public_key(), MESSAGE, envelope())
-            .await
-            .unwrap_err();
+        let err = deliver(
+            &flaky,
+            &user(),
+            &keys.public_key(),
+            &auth(),
+            MESSAGE,
+            envelope(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.is_transient(), "{err}");
         assert!(flaky.inner.is_empty(), "{:?}", flaky.inner.keys());
 
@@ -772,20 +919,24 @@ mod tests {
         send(&store, &keys, 1).await;
         let mut log = inbox(&store, &SymmetricKey::random(), "a").await;
         store.fail_next(1);
-        let err = drain(&store, &user(), &keys, &mut log).await.unwrap_err();
+        let err = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
         // The op PUT fails (LIST, GET succeed): nothing placed, nothing lost.
         let flaky = Flaky::default();
         send(&flaky, &keys, 1).await;
         let mut log = inbox(&flaky, &SymmetricKey::random(), "a").await;
         *flaky.fail_puts_under.lock().unwrap() = Some(layout::user_prefix(&user()));
-        let err = drain(&flaky, &user(), &keys, &mut log).await.unwrap_err();
+        let err = drain(&flaky, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
         assert_eq!(log.state().exists(), 0);
         assert_eq!(queued(&flaky).await, 1);
         *flaky.fail_puts_under.lock().unwrap() = None;
         assert_eq!(
-            drain(&flaky, &user(), &keys, &mut log)
+            drain(&flaky, &user(), &keys, &auth(), &mut log)
                 .await
                 .unwrap()
                 .delivered
@@ -805,8 +956,12 @@ mod tests {
         let mut a = inbox(&store, &mbox_key, "a").await;
         let mut b = inbox(&store, &mbox_key, "b").await;
 
-        let mut ca = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
-        let mut cb = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
+        let mut ca = collect(&store, &user(), &keys, &auth(), None, BATCH)
+            .await
+            .unwrap();
+        let mut cb = collect(&store, &user(), &keys, &auth(), None, BATCH)
+            .await
+            .unwrap();
         let op_a = ca.op(a.state()).unwrap();
         let op_b = cb.op(b.state()).unwrap();
         a.append(&store, op_a).await.unwrap();
@@ -843,10 +998,12 @@ mod tests {
         let mut b = inbox(&store, &mbox_key, "b").await;
         let first = record_key(&user(), &receipts[0].record);
         // a lists from after the first record, b lists both.
-        let mut ca = collect(&store, &user(), &keys, Some(&first), BATCH)
+        let mut ca = collect(&store, &user(), &keys, &auth(), Some(&first), BATCH)
             .await
             .unwrap();
-        let mut cb = collect(&store, &user(), &keys, None, BATCH).await.unwrap();
+        let mut cb = collect(&store, &user(), &keys, &auth(), None, BATCH)
+            .await
+            .unwrap();
         a.append(&store, ca.op(a.state()).unwrap()).await.unwrap();
         b.append(&store, cb.op(b.state()).unwrap()).await.unwrap();
         a.sync(&store).await.unwrap();
@@ -877,9 +1034,10 @@ mod tests {
         let mut b = inbox(&store, &mbox_key, "b").await;
         store.set_latency(Duration::from_millis(1));
         let u = user();
+        let auth = auth();
         let (ra, rb) = tokio::join!(
-            drain(&store, &u, &keys, &mut a),
-            drain(&store, &u, &keys, &mut b)
+            drain(&store, &u, &keys, &auth, &mut a),
+            drain(&store, &u, &keys, &auth, &mut b)
         );
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         assert!(ra.delivered.len() + rb.delivered.len() >= 7);
@@ -912,6 +1070,7 @@ mod tests {
             &alien_store,
             &user(),
             &stranger.public_key(),
+            &auth(),
             MESSAGE,
             envelope(),
         )
@@ -921,8 +1080,12 @@ mod tests {
             .get(&record_key(&user(), &alien_receipt.record))
             .await
             .unwrap();
+        // Authenticated for its new name (as an instance of the cluster
+        // would), but sealed to another key.
+        let alien_key = format!("{prefix}0000000000000002-alien");
+        let alien_box = &alien_bytes[RECORD_AUTH_OVERHEAD..];
         store
-            .put(&format!("{prefix}0000000000000002-alien"), alien_bytes)
+            .put(&alien_key, Bytes::from(auth().wrap(&alien_key, alien_box)))
             .await
             .unwrap();
         let good = store
@@ -930,12 +1093,22 @@ mod tests {
             .await
             .unwrap();
         store
-            .put(&format!("{prefix}0000000000000003-moved"), good)
+            .put(&format!("{prefix}0000000000000003-moved"), good.clone())
+            .await
+            .unwrap();
+        // Moved and given a valid MAC for its new name: the name sealed
+        // inside still refuses it.
+        let rewrapped = format!("{prefix}0000000000000004-rewrapped");
+        let good_box = &good[RECORD_AUTH_OVERHEAD..];
+        store
+            .put(&rewrapped, Bytes::from(auth().wrap(&rewrapped, good_box)))
             .await
             .unwrap();
 
         let mut log = inbox(&store, &SymmetricKey::random(), "a").await;
-        let report = drain(&store, &user(), &keys, &mut log).await.unwrap();
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
         assert_eq!(report.delivered.len(), 2);
         shown_once(log.state(), &receipts);
         let names: Vec<&str> = report.quarantined.iter().map(|q| q.name.as_str()).collect();
@@ -944,19 +1117,143 @@ mod tests {
             [
                 "0000000000000001-garbage",
                 "0000000000000002-alien",
-                "0000000000000003-moved"
+                "0000000000000003-moved",
+                "0000000000000004-rewrapped"
             ]
         );
         assert!(report.quarantined.iter().all(|q| q.moved));
+        let unauthenticated: Vec<bool> = report
+            .quarantined
+            .iter()
+            .map(|q| q.unauthenticated)
+            .collect();
+        assert_eq!(unauthenticated, [true, false, true, false]);
         assert!(
-            report.quarantined[2].reason.contains("another name"),
+            report.quarantined[3].reason.contains("another name"),
             "{:?}",
-            report.quarantined[2]
+            report.quarantined[3]
         );
         assert_eq!(queued(&store).await, 0);
         for name in names {
             assert!(store.get(&layout::quarantine(&user(), name)).await.is_ok());
         }
+    }
+
+    /// What someone who can write the bucket (but holds no cluster secret)
+    /// can plant: a body under a key of their choice and a record sealed
+    /// to the user's public key, which is public in `delivery-key`.
+    async fn plant_forgery(store: &MemoryStore, keys: &UserKeys, name: &str, header: &[u8]) {
+        let body_key = BodyKey::random();
+        let blob_id = layout::new_blob_id(now_ms());
+        let blob = layout::blob(&user(), &blob_id);
+        let phishing = b"Authentication-Results: mx.example.net; dkim=pass\r\n\
+            From: Your Bank <security@bank.example>\r\n\
+            Subject: Verify your account\r\n\r\nhttps://bank.example.evil/\r\n";
+        store
+            .put(
+                &blob,
+                Bytes::from(crate::crypto::seal_body(body_key.key(), &blob, phishing)),
+            )
+            .await
+            .unwrap();
+        let object = record_key(&user(), name);
+        let record = Record {
+            version: RECORD_VERSION,
+            object: object.clone(),
+            blob_id,
+            body_key,
+            size: phishing.len() as u64,
+            envelope: DeliveryEnvelope {
+                received_at: 4_102_444_800, // any INTERNALDATE: 2100
+                ..envelope()
+            },
+            summary: summarize(phishing),
+        };
+        let sealed = seal_to(&keys.public_key(), &serde_json::to_vec(&record).unwrap());
+        store
+            .put(&object, Bytes::from([header, &sealed].concat()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_planted_in_the_bucket_are_quarantined_never_shown() {
+        let store = MemoryStore::new();
+        let keys = UserKeys::generate();
+        let receipts = send(&store, &keys, 1).await;
+        let (before, before_unauth) = quarantined_records();
+        // A bare sealed box (the format before records had a MAC), and
+        // one with a made-up header.
+        plant_forgery(&store, &keys, "0000000000000001-bare", b"").await;
+        let fake_header = [&RECORD_MAGIC[..], &[0x5a; 32]].concat();
+        plant_forgery(&store, &keys, "0000000000000002-header", &fake_header).await;
+
+        let mut log = inbox(&store, &SymmetricKey::random(), "a").await;
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
+        shown_once(log.state(), &receipts);
+        assert_eq!(log.state().exists(), 1, "only the genuine delivery");
+        assert_eq!(report.quarantined.len(), 2);
+        assert!(
+            report
+                .quarantined
+                .iter()
+                .all(|q| q.unauthenticated && q.moved)
+        );
+        assert!(
+            report.quarantined[0].reason.contains("no MAC"),
+            "{:?}",
+            report.quarantined
+        );
+        assert!(
+            report.quarantined[1].reason.contains("does not verify"),
+            "{:?}",
+            report.quarantined
+        );
+        assert_eq!(queued(&store).await, 0);
+        let (after, after_unauth) = quarantined_records();
+        assert!(after >= before + 2 && after_unauth >= before_unauth + 2);
+        assert_eq!(
+            quarantined(&store, &user()).await.unwrap(),
+            ["0000000000000001-bare", "0000000000000002-header"]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_from_before_authentication_can_be_requeued_by_an_operator() {
+        let store = MemoryStore::new();
+        let keys = UserKeys::generate();
+        let receipts = send(&store, &keys, 1).await;
+        // Strip the header: the record as an older version wrote it.
+        let key = record_key(&user(), &receipts[0].record);
+        let stored = store.get(&key).await.unwrap();
+        store
+            .put(&key, stored.slice(RECORD_AUTH_OVERHEAD..))
+            .await
+            .unwrap();
+        let mut log = inbox(&store, &SymmetricKey::random(), "a").await;
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
+        assert_eq!(report.quarantined.len(), 1);
+        assert_eq!(log.state().exists(), 0);
+
+        requeue(&store, &user(), &auth(), &receipts[0].record)
+            .await
+            .unwrap();
+        assert!(quarantined(&store, &user()).await.unwrap().is_empty());
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
+        assert!(report.quarantined.is_empty());
+        shown_once(log.state(), &receipts);
+        assert!(
+            requeue(&store, &user(), &auth(), "nothing-here")
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 
     #[tokio::test]
@@ -974,10 +1271,15 @@ mod tests {
             envelope: envelope(),
             summary: summarize(b"\r\n"),
         };
-        let sealed = seal_to(&keys.public_key(), &serde_json::to_vec(&record).unwrap());
+        let sealed = auth().wrap(
+            &object,
+            &seal_to(&keys.public_key(), &serde_json::to_vec(&record).unwrap()),
+        );
         store.put(&object, Bytes::from(sealed)).await.unwrap();
         let mut log = inbox(&store, &SymmetricKey::random(), "a").await;
-        let report = drain(&store, &user(), &keys, &mut log).await.unwrap();
+        let report = drain(&store, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
         assert_eq!(report.left_for_newer, 1);
         assert_eq!(queued(&store).await, 1);
         assert_eq!(log.state().exists(), 0);
@@ -991,13 +1293,17 @@ mod tests {
         let receipts = send(&flaky, &keys, 2).await;
         let mut a = inbox(&flaky, &mbox_key, "a").await;
         flaky.fail_delete_many.store(true, Ordering::SeqCst);
-        let report = drain(&flaky, &user(), &keys, &mut a).await.unwrap();
+        let report = drain(&flaky, &user(), &keys, &auth(), &mut a)
+            .await
+            .unwrap();
         assert_eq!((report.delivered.len(), report.not_deleted), (2, 2));
         assert_eq!(queued(&flaky).await, 2);
         flaky.fail_delete_many.store(false, Ordering::SeqCst);
 
         // The same instance: the state has them, so it only deletes.
-        let report = drain(&flaky, &user(), &keys, &mut a).await.unwrap();
+        let report = drain(&flaky, &user(), &keys, &auth(), &mut a)
+            .await
+            .unwrap();
         assert!(report.delivered.is_empty());
         assert_eq!(report.already_drained, 2);
         assert_eq!(queued(&flaky).await, 0);
@@ -1006,13 +1312,17 @@ mod tests {
         // Another instance that synced first does the same: crash after
         // the op PUT (no clean-up at all), then b drains.
         let more = send(&flaky, &keys, 1).await;
-        let mut batch = collect(&flaky, &user(), &keys, None, BATCH).await.unwrap();
+        let mut batch = collect(&flaky, &user(), &keys, &auth(), None, BATCH)
+            .await
+            .unwrap();
         a.append(&flaky, batch.op(a.state()).unwrap())
             .await
             .unwrap();
         drop(batch);
         let mut b = inbox(&flaky, &mbox_key, "b").await;
-        let report = drain(&flaky, &user(), &keys, &mut b).await.unwrap();
+        let report = drain(&flaky, &user(), &keys, &auth(), &mut b)
+            .await
+            .unwrap();
         assert_eq!((report.delivered.len(), report.already_drained), (0, 1));
         assert_eq!(b.replica().dag().len(), 2);
         let all: Vec<DeliveryReceipt> = receipts.into_iter().chain(more).collect();
@@ -1130,9 +1440,16 @@ mod tests {
         let mut receipts = Vec::new();
         for _ in 0..3 {
             receipts.push(
-                deliver(&store, &user, &keys.public_key(), MESSAGE, envelope())
-                    .await
-                    .unwrap(),
+                deliver(
+                    &store,
+                    &user,
+                    &keys.public_key(),
+                    &auth(),
+                    MESSAGE,
+                    envelope(),
+                )
+                .await
+                .unwrap(),
             );
         }
         let open = |who: &'static str| {
@@ -1155,9 +1472,10 @@ mod tests {
             }
         };
         let (mut a, mut b) = (open("a").await, open("b").await);
+        let auth = auth();
         let (ra, rb) = tokio::join!(
-            drain(&store, &user, &keys, &mut a),
-            drain(&store, &user, &keys, &mut b)
+            drain(&store, &user, &keys, &auth, &mut a),
+            drain(&store, &user, &keys, &auth, &mut b)
         );
         ra.unwrap();
         rb.unwrap();

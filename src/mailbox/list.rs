@@ -848,18 +848,31 @@ fn first_uid_validity(past: u32, key: &OrderKey) -> u32 {
         .saturating_add(jitter)
 }
 
-impl State for MailboxList {
-    type Op = ListOp;
-
-    fn apply(&mut self, op: &ListOp, meta: &OpMeta) {
-        let stamp = &meta.key;
-        let past = meta
-            .parents
+impl MailboxList {
+    /// The highest UIDVALIDITY in the causal past of an op with `parents`.
+    fn uid_validity_past(&self, parents: &[OpId]) -> u32 {
+        parents
             .iter()
             .filter_map(|p| self.core.uid_validity_clock.get(p))
             .max()
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+}
+
+impl State for MailboxList {
+    type Op = ListOp;
+
+    fn clock_for(&self, parents: &[OpId]) -> u64 {
+        u64::from(self.uid_validity_past(parents))
+    }
+
+    fn apply(&mut self, op: &ListOp, meta: &OpMeta) {
+        let stamp = &meta.key;
+        // The writer's recorded clock too: the same, unless a parent is
+        // lost here (see `log::Dag::declare_lost`).
+        let recorded = u32::try_from(meta.clock).unwrap_or(u32::MAX);
+        let past = self.uid_validity_past(&meta.parents).max(recorded);
         let mut next_uid_validity = first_uid_validity(past, stamp);
         let mut clock = past;
         for change in &op.changes {

@@ -47,7 +47,7 @@ use indexmap::IndexMap;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::claims::{Claims, Slot, first_claims};
+use super::claims::{Claims, LOST, Slot, first_claims};
 use super::op::{BodyKey, MailboxOp, MessageId, MessageRef, NewMessage};
 use crate::log::{Hlc, OpId, OpMeta, OrderKey, State, reserve_gently};
 
@@ -364,6 +364,15 @@ struct Core {
     highest_modseq: u64,
     /// Set if an op's claims did not fit in 32 bits.
     uid_space_exhausted: bool,
+    /// UIDs held back for ops known lost whose claims are unknown (a
+    /// damaged op object, see [`MailboxState::reserve_lost`]): no claim
+    /// made from this state is at or below it. 0 in a healthy mailbox.
+    reserved: u32,
+    /// The lost ops `reserved` was raised for.
+    reserved_for: BTreeSet<OpId>,
+    /// UID values marked as claimed by lost ops ([`Claims::mark_lost`]),
+    /// as ranges: the claims index does not keep them, so a snapshot must.
+    lost_claims: Vec<(u32, u32)>,
     /// Every message id ever named, in the order first met: its index is
     /// its [`Slot`]. Never shrinks, so slots stay valid.
     entries: IndexMap<MessageId, Entry>,
@@ -397,9 +406,10 @@ impl Core {
         slot
     }
 
-    /// Highest claim in the causal past of an op with these parents.
-    /// Parents never applied count as 0 (cannot happen for ops the DAG
-    /// delivered: it delivers parents first).
+    /// Highest claim in the causal past of an op with these parents, as
+    /// this state knows it. Parents never applied count as 0 (the DAG
+    /// delivers parents first, unless one is lost: then the op's recorded
+    /// clock, [`crate::log::Header::clock`], says what its writer saw).
     fn past(&self, parents: &[OpId]) -> u32 {
         parents
             .iter()
@@ -468,6 +478,7 @@ impl PartialEq for Core {
         self.uid_validity == other.uid_validity
             && self.highest_modseq == other.highest_modseq
             && self.uid_space_exhausted == other.uid_space_exhausted
+            && self.reserved == other.reserved
             && self.entries.len() == other.entries.len()
             && self.entries.iter().all(|(id, a)| {
                 other
@@ -580,6 +591,20 @@ pub enum SummaryAt<'a> {
     Unknown,
 }
 
+/// The most UID claims an op sealed in `sealed_len` bytes can make: each
+/// claim needs at least a message id in the op (a fix-up target,
+/// `<32 hex>.<n>`, over 34 bytes of JSON); placed messages take far more.
+/// Over-estimating only leaves a gap in the UIDs. At most
+/// [`MAX_LOST_CLAIMS`], so that a huge object planted under an op's name
+/// cannot make the state mark millions of values.
+pub fn claims_bound(sealed_len: usize) -> u32 {
+    u32::try_from(sealed_len / 32 + 1).map_or(MAX_LOST_CLAIMS, |n| n.min(MAX_LOST_CLAIMS))
+}
+
+/// The most UIDs held back for one damaged op: above any COPY a client
+/// can make in one command (see `imap` limits).
+pub const MAX_LOST_CLAIMS: u32 = 1 << 17;
+
 /// Summaries held in memory above which a snapshot (which pages them
 /// out) is wanted, whatever the op count.
 pub const HELD_SUMMARY_BYTES: usize = 2 << 20;
@@ -640,6 +665,9 @@ impl MailboxState {
             uid_validity,
             highest_modseq: 0,
             uid_space_exhausted: false,
+            reserved: 0,
+            reserved_for: BTreeSet::new(),
+            lost_claims: Vec::new(),
             entries: IndexMap::new(),
             ops: IndexMap::new(),
         };
@@ -666,7 +694,46 @@ impl MailboxState {
     /// decreases and a UID once shown is never handed out again. It is
     /// also exactly the UID an append written now will claim.
     pub fn uid_next(&self) -> u32 {
-        self.index.claims.max().saturating_add(1)
+        self.index
+            .claims
+            .max()
+            .max(self.core.reserved)
+            .saturating_add(1)
+    }
+
+    /// Holds back `count` UIDs above every claim made so far, for an op
+    /// known lost that may have claimed up to that many (its object is
+    /// damaged, so its claims cannot be computed): the next placement
+    /// claims above them, and UIDNEXT never falls below what the lost op
+    /// may have shown. A gap in the UIDs is harmless; a UID handed out
+    /// twice is not.
+    pub fn reserve_lost(&mut self, count: u32) {
+        let top = self.index.claims.max().max(self.core.reserved);
+        self.core.reserved = top.saturating_add(count);
+    }
+
+    /// Marks the unclaimed values of `first..=last` as claimed by lost
+    /// ops (see [`Claims::mark_lost`]).
+    fn mark_lost(&mut self, first: u32, last: u32) {
+        let mut run: Option<(u32, u32)> = None;
+        for value in first..=last {
+            if self.index.claims.mark_lost(value) {
+                run = match run {
+                    Some((a, b)) if b + 1 == value => Some((a, value)),
+                    Some(done) => {
+                        self.core.lost_claims.push(done);
+                        Some((value, value))
+                    }
+                    None => Some((value, value)),
+                };
+            }
+        }
+        self.core.lost_claims.extend(run);
+    }
+
+    /// UIDs held back by [`MailboxState::reserve_lost`] (0 if none).
+    pub fn reserved(&self) -> u32 {
+        self.core.reserved
     }
 
     /// HIGHESTMODSEQ: the number of ops in the set. Every op found later,
@@ -999,8 +1066,14 @@ impl MailboxState {
     /// claims: what APPENDUID / COPYUID report (RFC 4315) once its PUT is
     /// acknowledged. Empty if they would not fit in 32 bits.
     pub fn claims_for(&self, parents: &[OpId], count: usize) -> Vec<u32> {
-        let past = self.core.past(parents);
+        let past = self.clock(parents);
         first_claims(past, count).map_or_else(Vec::new, |r| r.collect())
+    }
+
+    /// The UID clock an op written now with `parents` records: the
+    /// highest claim in its past, and no lower than the UIDs held back.
+    fn clock(&self, parents: &[OpId]) -> u32 {
+        self.core.past(parents).max(self.core.reserved)
     }
 
     // ---- Applying ops ----
@@ -1115,6 +1188,11 @@ impl MailboxState {
                 state.index.claims.add(*claim, slot);
             }
         }
+        for (first, last) in state.core.lost_claims.clone() {
+            for value in first..=last {
+                state.index.claims.add(value, LOST);
+            }
+        }
         for slot in 0..count as Slot {
             state.refresh(slot);
         }
@@ -1139,9 +1217,19 @@ impl State for MailboxState {
         let slots: Vec<Slot> = targets.iter().map(|id| self.core.slot(*id)).collect();
         let mut touched: BTreeSet<Slot> = slots.iter().copied().collect();
 
-        // UID claims: one per target, for the ops that make claims.
+        // UID claims: one per target, for the ops that make claims, above
+        // the op's past and the clock its writer recorded (the same unless
+        // a parent is lost here; older ops record none).
         let count = op.claim_count();
-        let past = self.core.past(&meta.parents);
+        let recorded = u32::try_from(meta.clock).unwrap_or(u32::MAX);
+        let present = self.core.past(&meta.parents);
+        let past = present.max(recorded);
+        if past > present {
+            // A parent is lost here: the values between what this state
+            // knows of the op's past and what its writer knew were
+            // claimed by ops this state will not see (or see late).
+            self.mark_lost(present + 1, past);
+        }
         let claims = first_claims(past, count);
         let top = match &claims {
             Some(range) if count > 0 => *range.end(),
@@ -1151,7 +1239,8 @@ impl State for MailboxState {
             Some(values) if count > 0 => {
                 for (value, slot) in values.zip(&slots) {
                     self.core.at_mut(*slot).claims.insert(value);
-                    touched.extend(self.index.claims.add(value, *slot));
+                    let claimants = self.index.claims.add(value, *slot);
+                    touched.extend(claimants.iter().filter(|c| **c != LOST));
                 }
             }
             Some(_) => {}
@@ -1226,6 +1315,17 @@ impl State for MailboxState {
 
     fn wants_snapshot(&self) -> bool {
         self.pages.held_bytes > HELD_SUMMARY_BYTES
+    }
+
+    fn clock_for(&self, parents: &[OpId]) -> u64 {
+        u64::from(self.clock(parents))
+    }
+
+    fn damaged_op(&mut self, op: OpId, sealed_len: usize) {
+        // Once per op, also across snapshots and reloads.
+        if !self.core.ops.contains_key(&op) && self.core.reserved_for.insert(op) {
+            self.reserve_lost(claims_bound(sealed_len));
+        }
     }
 
     fn reseq(&mut self, op: &OpId, seq: u64) {
@@ -1430,6 +1530,13 @@ impl Serialize for CoreOut<'_> {
         out.serialize_field("uid_validity", &core.uid_validity)?;
         out.serialize_field("highest_modseq", &core.highest_modseq)?;
         out.serialize_field("uid_space_exhausted", &core.uid_space_exhausted)?;
+        if core.reserved != 0 {
+            out.serialize_field("reserved", &core.reserved)?;
+            out.serialize_field("reserved_for", &core.reserved_for)?;
+        }
+        if !core.lost_claims.is_empty() {
+            out.serialize_field("lost_claims", &core.lost_claims)?;
+        }
         out.serialize_field("entries", &entries)?;
         out.serialize_field("uid_clock", &WireClock { tops })?;
         out.serialize_field("op_targets", &targets)?;
@@ -1459,6 +1566,12 @@ struct CoreIn {
     uid_validity: u32,
     highest_modseq: u64,
     uid_space_exhausted: bool,
+    #[serde(default)]
+    reserved: u32,
+    #[serde(default)]
+    reserved_for: BTreeSet<OpId>,
+    #[serde(default)]
+    lost_claims: Vec<(u32, u32)>,
     entries: EntriesIn,
     uid_clock: WireClock<HashMap<OpId, u32>>,
     op_targets: HashMap<OpId, WireTargets>,
@@ -1521,6 +1634,9 @@ impl<'de> Deserialize<'de> for MailboxState {
             uid_validity,
             highest_modseq,
             uid_space_exhausted,
+            reserved,
+            reserved_for,
+            lost_claims,
             entries: EntriesIn { entries, held },
             uid_clock,
             mut op_targets,
@@ -1531,6 +1647,9 @@ impl<'de> Deserialize<'de> for MailboxState {
             uid_validity,
             highest_modseq,
             uid_space_exhausted,
+            reserved,
+            reserved_for,
+            lost_claims,
             entries,
             ops: IndexMap::with_capacity(uid_clock.tops.len()),
         };

@@ -81,11 +81,16 @@ async fn handle(
             }
         },
         ("GET", "/metrics") => {
+            let (quarantined, unauthenticated) = crate::mailbox::incoming::quarantined_records();
             let body = format!(
                 "# TYPE facteur_http_requests_total counter\nfacteur_http_requests_total {}\n\
-                 # TYPE facteur_health_failures_total counter\nfacteur_health_failures_total {}\n",
+                 # TYPE facteur_health_failures_total counter\nfacteur_health_failures_total {}\n\
+                 # TYPE facteur_quarantined_records_total counter\nfacteur_quarantined_records_total {}\n\
+                 # TYPE facteur_unauthenticated_records_total counter\nfacteur_unauthenticated_records_total {}\n",
                 metrics.http_requests.load(Ordering::Relaxed),
                 metrics.health_failures.load(Ordering::Relaxed),
+                quarantined,
+                unauthenticated,
             );
             respond(&mut socket, 200, &body).await
         }

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::tls::{self, TlsError};
 use super::{Services, Shutdown, finish, next_connection};
-use crate::account::{AccountConfig, Accounts};
+use crate::account::Accounts;
 use crate::config::ImapConfig;
 use crate::imap::connection::{self, Peer};
 use crate::imap::throttle::{Throttle, ThrottleConfig};
@@ -158,7 +158,7 @@ pub fn context(
         keyrings: services.keyrings.clone(),
         accounts: Accounts::new(
             services.store.clone(),
-            AccountConfig::new(instance),
+            services.account_config(instance),
             ACCOUNT_GRACE,
         ),
         user_id: Arc::new(move |login| ids.user_id(login)),

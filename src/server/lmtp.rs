@@ -92,6 +92,7 @@ pub fn backend_with(services: &Services, quota_full_temporary: bool) -> Backend 
         store: services.store.clone(),
         directory: services.directory.clone(),
         keyrings: services.keyrings.clone(),
+        records: services.records.clone(),
         user_id: Arc::new(move |login| ids.user_id(login)),
         quota_full_temporary,
     }

@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::account::KeyringStore;
 use crate::config::{Config, ConfigError, DirectoryBackend, StoreBackend};
-use crate::crypto::KdfParams;
+use crate::crypto::{KdfParams, RecordAuth};
 use crate::directory::{Directory, DirectoryError, LdapDirectory, StaticDirectory};
 use crate::store::{FsStore, MemoryStore, S3Store, SharedStore, StoreError, layout::UserId};
 
@@ -32,6 +32,12 @@ pub struct Services {
     pub kdf: KdfParams,
     /// Whether new users get a recovery key.
     pub recovery_key: bool,
+    /// Authenticates delivery records: LMTP writes the MAC, IMAP sessions
+    /// check it (derived from the cluster secret).
+    pub records: RecordAuth,
+    /// The largest message any listener accepts (`imap` and `lmtp`
+    /// `max_message_size`): no stored body is decompressed beyond it.
+    pub max_body_size: usize,
     /// Keys user ids; never leaves memory.
     cluster_secret: Arc<Zeroizing<String>>,
 }
@@ -54,12 +60,17 @@ impl Services {
             }
             StoreBackend::Memory => Arc::new(MemoryStore::new()),
         };
+        // One pool for every Argon2 of this process: users file and keyrings.
+        let kdf_pool = config.crypto.kdf_pool();
         let directory: Arc<dyn Directory> = match config.directory.backend {
             DirectoryBackend::Static => {
                 let path = config.directory.users_file.clone().ok_or_else(|| {
                     ConfigError::Invalid("directory.backend = \"static\" needs users_file".into())
                 })?;
-                Arc::new(StaticDirectory::open(path, config.crypto.argon2.clone())?)
+                Arc::new(
+                    StaticDirectory::open(path, config.crypto.argon2.clone())?
+                        .with_kdf_pool(kdf_pool.clone()),
+                )
             }
             DirectoryBackend::Ldap => {
                 let ldap = config.directory.ldap.as_ref().ok_or_else(|| {
@@ -71,11 +82,22 @@ impl Services {
             }
         };
         Ok(Services {
-            keyrings: KeyringStore::new(store.clone(), cluster_secret.as_bytes()),
+            keyrings: KeyringStore::new(store.clone(), cluster_secret.as_bytes())
+                .with_escrow(config.crypto.escrow_public_key()?)
+                .with_kdf_pool(kdf_pool),
             store,
             directory,
             kdf: config.crypto.argon2.clone(),
             recovery_key: config.crypto.recovery_key,
+            records: RecordAuth::from_cluster_secret(cluster_secret.as_bytes()),
+            max_body_size: usize::try_from(
+                config
+                    .imap
+                    .max_message_size
+                    .0
+                    .max(config.lmtp.max_message_size.0),
+            )
+            .unwrap_or(usize::MAX),
             cluster_secret,
         })
     }
@@ -83,6 +105,17 @@ impl Services {
     /// The opaque store id of a normalised login.
     pub fn user_id(&self, normalised_login: &str) -> UserId {
         crate::crypto::user_id(self.cluster_secret.as_bytes(), normalised_login)
+    }
+
+    /// How accounts behave on this instance: the defaults, with the
+    /// record key and the body bound of this configuration.
+    pub fn account_config(
+        &self,
+        instance: crate::log::InstanceId,
+    ) -> crate::account::AccountConfig {
+        let mut config = crate::account::AccountConfig::new(instance, self.records.clone());
+        config.mailbox.max_body_size = self.max_body_size;
+        config
     }
 
     /// One cheap request proving the store answers.

@@ -19,11 +19,17 @@
 //!   `a/b/c`); the second put fails with [`StoreError::Permanent`]. Facteur's
 //!   layout never does this (DESIGN.md §2).
 //!
+//! - Files are created `0600` and directories `0700` (before the umask):
+//!   objects are ciphertext, but their names, sizes and times are still
+//!   the users' metadata, for the service account alone. An existing root
+//!   keeps its mode.
+//!
 //! All file system work runs on tokio's blocking pool.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +43,18 @@ use super::{
 
 /// Leading characters of temporary file names (`~` is not a key byte).
 const TMP_PREFIX: &str = "~tmp-";
+
+/// Mode of new object files: owner read and write only.
+const FILE_MODE: u32 = 0o600;
+/// Mode of new directories: owner only.
+const DIR_MODE: u32 = 0o700;
+
+/// A builder of directories with [`DIR_MODE`].
+fn dir_builder(recursive: bool) -> DirBuilder {
+    let mut builder = DirBuilder::new();
+    builder.recursive(recursive).mode(DIR_MODE);
+    builder
+}
 
 /// How often a put retries when a concurrent delete removed the directory it
 /// was writing into.
@@ -53,7 +71,9 @@ impl FsStore {
     /// Opens (creating it if needed) the store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<FsStore, StoreError> {
         let root: PathBuf = root.into();
-        fs::create_dir_all(&root).map_err(|e| io_error("create root", &root, e))?;
+        dir_builder(true)
+            .create(&root)
+            .map_err(|e| io_error("create root", &root, e))?;
         if !root.is_dir() {
             return Err(StoreError::Permanent(format!(
                 "{} is not a directory",
@@ -201,13 +221,13 @@ fn make_dirs(root: &Path, dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     let Ok(relative) = dir.strip_prefix(root) else {
-        return fs::create_dir_all(dir);
+        return dir_builder(true).create(dir);
     };
     let mut current = root.to_path_buf();
     for component in relative.components() {
         let parent = current.clone();
         current.push(component);
-        match fs::create_dir(&current) {
+        match dir_builder(false).create(&current) {
             Ok(()) => sync_dir(&parent)?,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -243,7 +263,11 @@ fn put_once(root: &Path, dir: &Path, path: &Path, body: &[u8]) -> io::Result<()>
         rand::thread_rng().r#gen::<u128>()
     ));
     let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
         file.write_all(body)?;
         file.sync_all()?;
         drop(file);
@@ -381,6 +405,32 @@ mod tests {
 
     fn keys(page: &ListPage) -> Vec<&str> {
         page.objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    /// Objects are for the service account alone: files 0600 and
+    /// directories 0700, even under a permissive umask.
+    #[tokio::test]
+    async fn files_and_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = FsStore::open(&root).unwrap();
+        store
+            .put("users/ab/blob/0001", Bytes::from_static(b"sealed"))
+            .await
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("users")), 0o700);
+        assert_eq!(mode(&root.join("users/ab")), 0o700);
+        assert_eq!(mode(&root.join("users/ab/blob")), 0o700);
+        assert_eq!(mode(&root.join("users/ab/blob/0001")), 0o600);
+        // Overwriting keeps it private (the new file replaces the old).
+        store
+            .put("users/ab/blob/0001", Bytes::from_static(b"again"))
+            .await
+            .unwrap();
+        assert_eq!(mode(&root.join("users/ab/blob/0001")), 0o600);
     }
 
     #[tokio::test]
