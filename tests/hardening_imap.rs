@@ -263,11 +263,13 @@ fn many_anonymous_connections_hold_bounded_memory_together() {
     }
     // The server has read it all once every connection answers a command
     // that follows the partial line (ending it).
-    for conn in &mut conns {
-        conn.send(b"\r\n");
-        let answer = conn.tagged("a");
-        assert!(answer.starts_with("a NO [TOOBIG]"), "{answer}");
-    }
+    let answers: Vec<String> = conns
+        .iter_mut()
+        .map(|conn| {
+            conn.send(b"\r\n");
+            conn.tagged("a")
+        })
+        .collect();
     let rise = server.rise(before);
     eprintln!(
         "{CONNECTIONS} anonymous connections sending {} MiB each: peak RSS +{:.1} MiB ({:.0} KiB each)",
@@ -275,6 +277,9 @@ fn many_anonymous_connections_hold_bounded_memory_together() {
         mib(rise),
         rise as f64 / 1024.0 / CONNECTIONS as f64
     );
+    for answer in &answers {
+        assert!(answer.starts_with("a NO [TOOBIG]"), "{answer}");
+    }
     assert!(
         rise < CONNECTIONS * 128 * 1024,
         "peak RSS rose {:.1} MiB for {CONNECTIONS} anonymous connections",
