@@ -578,12 +578,14 @@ pub struct ImapConfig {
     /// handshake (the STARTTLS upgrade has its own 30 s bound).
     #[serde(default = "default_imap_tls_handshake_timeout")]
     pub tls_handshake_timeout: u64,
-    /// Seconds of client silence before login after which the connection
-    /// is closed.
+    /// Seconds a client has to send each whole command before login
+    /// (from the previous answer: a trickle of bytes does not extend it),
+    /// after which the connection is closed.
     #[serde(default = "default_imap_timeout_unauthenticated")]
     pub timeout_unauthenticated: u64,
-    /// Seconds of client silence after login after which the connection
-    /// is closed; at least 1800 (RFC 9051 §5.4). IDLE is not silence.
+    /// The same after login; at least 1800 (RFC 9051 §5.4). A command's
+    /// literals count: a `max_message_size` APPEND must arrive within it.
+    /// IDLE is not silence.
     #[serde(default = "default_imap_timeout_authenticated")]
     pub timeout_authenticated: u64,
     /// Seconds between `* OK Still here` during IDLE, so that NAT and
@@ -591,9 +593,24 @@ pub struct ImapConfig {
     #[serde(default = "default_imap_idle_keepalive")]
     pub idle_keepalive: u64,
     /// Largest APPEND message, advertised as APPENDLIMIT (RFC 7889), and
-    /// largest command with its literals.
+    /// largest literal after login; a command with its literals may be
+    /// 64 KiB more.
     #[serde(default = "default_imap_max_message_size")]
     pub max_message_size: ByteSize,
+    /// Largest command before login, its literals included (LOGIN,
+    /// AUTHENTICATE and its answers, ID, STARTTLS...). A synchronizing
+    /// literal that would pass it is refused before the client sends it;
+    /// any other larger command is read to its end, dropped and answered
+    /// `NO [TOOBIG]`. Together with `max_connections` it bounds the memory
+    /// anonymous clients can hold (doc/imap.md, "Limits").
+    #[serde(default = "default_imap_max_command_unauthenticated")]
+    pub max_command_unauthenticated: ByteSize,
+    /// Largest text of a command after login, its literals' data not
+    /// counted (long UID sets, SEARCH with many keys). Larger commands are
+    /// read to their end, never parsed, and answered `NO [TOOBIG]`: parsing
+    /// takes several times the text's size in memory.
+    #[serde(default = "default_imap_max_command_line")]
+    pub max_command_line: ByteSize,
     /// Failed logins from one address (IPv6: one /64) within 15 minutes
     /// before further attempts from it are delayed, exponentially up to 5
     /// minutes (the policy: `crate::imap::throttle`).
@@ -624,6 +641,8 @@ impl Default for ImapConfig {
             timeout_authenticated: default_imap_timeout_authenticated(),
             idle_keepalive: default_imap_idle_keepalive(),
             max_message_size: default_imap_max_message_size(),
+            max_command_unauthenticated: default_imap_max_command_unauthenticated(),
+            max_command_line: default_imap_max_command_line(),
             login_failures_per_ip: default_imap_login_failures_per_ip(),
             login_failures_per_login: default_imap_login_failures_per_login(),
         }
@@ -669,6 +688,12 @@ impl ImapConfig {
         if u32::try_from(self.max_message_size.0).is_err() {
             return invalid("max_message_size must be below 4 GiB");
         }
+        if !(512..=1 << 20).contains(&self.max_command_unauthenticated.0) {
+            return invalid("max_command_unauthenticated must be between 512 bytes and 1 MiB");
+        }
+        if !(1024..=self.max_message_size.0.max(1024)).contains(&self.max_command_line.0) {
+            return invalid("max_command_line must be between 1 KiB and imap.max_message_size");
+        }
         Ok(())
     }
 }
@@ -699,6 +724,12 @@ fn default_imap_idle_keepalive() -> u64 {
 }
 fn default_imap_max_message_size() -> ByteSize {
     ByteSize(50 << 20)
+}
+fn default_imap_max_command_unauthenticated() -> ByteSize {
+    ByteSize(8 << 10)
+}
+fn default_imap_max_command_line() -> ByteSize {
+    ByteSize(1 << 20)
 }
 fn default_imap_login_failures_per_ip() -> u32 {
     10

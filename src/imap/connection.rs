@@ -7,8 +7,17 @@
 //! Invariants:
 //! - One command at a time; nothing is read while a command runs, so a
 //!   pipelining client is held by TCP flow control, not by our memory.
+//! - What one connection buffers is bounded by the limits of its state
+//!   ([`Limits`]): before login a few KiB for a whole command, literals
+//!   included; after login `max_message` for literals and
+//!   `max_command_line` for the rest. Input over a limit is read to its
+//!   end, dropped and refused, never cut mid-stream (its bytes could look
+//!   like commands), and never parsed.
 //! - A synchronizing literal over the limit is refused before the client
 //!   sends it; a non-synchronizing one is read and dropped.
+//! - A whole command must arrive within the state's timeout: the deadline
+//!   runs from the end of the previous answer, not from the last read, so
+//!   a client trickling bytes is cut off like a silent one.
 //! - After STARTTLS, bytes the client sent before the handshake are
 //!   discarded (no command injection, RFC 9051 §11.1).
 //! - No lock is held across a socket write: sessions read the state into
@@ -18,7 +27,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bounded_static::IntoBoundedStatic;
 use imap_codec::decode::{AuthenticateDataDecodeError, Decoder};
@@ -29,6 +37,7 @@ use imap_codec::imap_types::core::{LiteralMode, Tag};
 use imap_codec::imap_types::response::StatusKind;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
 
 use super::Imap;
 use super::append;
@@ -38,6 +47,233 @@ use super::session::{Flow, Request, Session};
 
 /// Bytes read from the socket at once.
 const READ_BUFFER: usize = 16 * 1024;
+
+/// Room for the command around the literals of an APPEND after login
+/// (mailbox name, flags, date).
+const COMMAND_OVERHEAD: u32 = 64 * 1024;
+
+/// A message buffer grown past this is given back once its message is
+/// done, so that one large APPEND does not pin its size for the rest of
+/// the connection.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// What a connection may buffer for one command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Limits {
+    /// The whole command: its lines and its literals' data.
+    command: u32,
+    /// One literal's data.
+    literal: u32,
+    /// The command's lines together, literal data not counted: what the
+    /// parsers see as syntax, and may take several times in memory.
+    lines: u32,
+}
+
+impl Limits {
+    /// The limits of a session before or after login.
+    fn of(options: &super::Options, authenticated: bool) -> Limits {
+        if authenticated {
+            Limits {
+                command: options.max_message.saturating_add(COMMAND_OVERHEAD),
+                literal: options.max_message,
+                lines: options.max_command_line,
+            }
+        } else {
+            let all = options.max_command_unauthenticated;
+            Limits {
+                command: all,
+                literal: all,
+                lines: all,
+            }
+        }
+    }
+}
+
+/// Splits client bytes into messages (a command line with its literals,
+/// or an AUTHENTICATE or IDLE answer) under [`Limits`], without I/O: the
+/// driver reads into [`Framer::space`] whenever [`Framer::next`] wants
+/// more.
+///
+/// The fragmentizer is given bytes only up to the end of the fragment it
+/// parses (a line's LF, a literal's last octet), so it never holds bytes
+/// of the next message: between messages it can be replaced by one with
+/// other limits (after login) or a smaller buffer.
+#[derive(Debug)]
+struct Framer {
+    fragments: Fragmentizer,
+    limits: Limits,
+    /// Bytes read from the socket: `buf[taken..filled]` are not yet given
+    /// to the fragmentizer.
+    buf: Box<[u8]>,
+    filled: usize,
+    taken: usize,
+    /// Octets of the current literal still to give; 0 within a line.
+    literal_left: u32,
+    /// Line octets of the current message so far.
+    line_bytes: u64,
+    /// Whether no byte of the current message was given yet.
+    at_boundary: bool,
+}
+
+/// What [`Framer::next`] found.
+#[derive(Debug)]
+enum Frame {
+    /// A complete message is in [`Framer::fragments`] (perhaps over a
+    /// limit: then it is marked so and holds a truncated prefix).
+    Message,
+    /// The client announced a synchronizing literal within the limits: it
+    /// waits for a continuation request.
+    LiteralWanted,
+    /// The client announced a synchronizing literal over the limits; it
+    /// will not send it, and the message is dropped (RFC 7888 §4). The
+    /// tag, when it could be read, and the limit.
+    LiteralRefused(Option<Tag<'static>>, u32),
+}
+
+impl Framer {
+    fn new(limits: Limits) -> Framer {
+        Framer {
+            fragments: Fragmentizer::new(limits.command),
+            limits,
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            filled: 0,
+            taken: 0,
+            literal_left: 0,
+            line_bytes: 0,
+            at_boundary: true,
+        }
+    }
+
+    /// The fragmentizer, holding the message [`Frame::Message`] announced.
+    fn fragments(&self) -> &Fragmentizer {
+        &self.fragments
+    }
+
+    /// Whether the current message broke a limit (it must not be parsed).
+    fn over_limit(&self) -> bool {
+        self.fragments.is_max_message_size_exceeded() || self.fragments.is_message_poisoned()
+    }
+
+    /// Sets the limits from the next message on; a no-op in the middle of
+    /// a message.
+    fn set_limits(&mut self, limits: Limits) {
+        if !self.at_boundary {
+            return;
+        }
+        let grown = self.fragments.message_bytes().len() > KEEP_BUFFER;
+        if limits != self.limits || grown {
+            self.fragments = Fragmentizer::new(limits.command);
+            self.limits = limits;
+        }
+    }
+
+    /// Where the next read goes; empty unless [`Framer::next`] returned
+    /// `None` (it wants more input).
+    fn space(&mut self) -> &mut [u8] {
+        if self.taken < self.filled {
+            return &mut [];
+        }
+        self.taken = 0;
+        self.filled = 0;
+        &mut self.buf
+    }
+
+    /// Records that a read put `n` bytes in [`Framer::space`].
+    fn filled(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.buf.len());
+    }
+
+    /// Bytes held for the client: unparsed input and the current message.
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
+        (self.filled - self.taken) + self.fragments.message_bytes().len()
+    }
+
+    /// Advances as far as the buffered input allows; `None` when it needs
+    /// more (read into [`Framer::space`]).
+    fn next(&mut self) -> Option<Frame> {
+        loop {
+            match self.fragments.progress() {
+                Some(FragmentInfo::Line {
+                    announcement: Some(LiteralAnnouncement { mode, length }),
+                    ..
+                }) => {
+                    let so_far = self.fragments.message_bytes().len() as u64;
+                    // A message already over a limit is refused as early.
+                    let over = length > self.limits.literal
+                        || so_far + u64::from(length) > u64::from(self.limits.command)
+                        || self.over_limit();
+                    match (over, mode) {
+                        (true, LiteralMode::Sync) => {
+                            let tag = self.fragments.decode_tag().map(|t| t.into_static());
+                            self.fragments.skip_message();
+                            self.message_done();
+                            return Some(Frame::LiteralRefused(tag, self.limits.literal));
+                        }
+                        (true, LiteralMode::NonSync) => {
+                            // RFC 7888 §4: it arrives anyway; read and drop it.
+                            self.fragments.poison_message();
+                            self.literal_left = length;
+                        }
+                        (false, LiteralMode::Sync) => {
+                            self.literal_left = length;
+                            return Some(Frame::LiteralWanted);
+                        }
+                        (false, LiteralMode::NonSync) => self.literal_left = length,
+                    }
+                }
+                Some(FragmentInfo::Line { .. }) => {
+                    // A line without a literal ends the message.
+                    self.message_done();
+                    return Some(Frame::Message);
+                }
+                Some(FragmentInfo::Literal { .. }) => self.literal_left = 0,
+                None => {
+                    if !self.give() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn message_done(&mut self) {
+        self.literal_left = 0;
+        self.line_bytes = 0;
+        self.at_boundary = true;
+    }
+
+    /// Gives the fragmentizer the buffered bytes up to the end of the
+    /// fragment it is parsing; `false` if there are none.
+    fn give(&mut self) -> bool {
+        let pending = &self.buf[self.taken..self.filled];
+        if pending.is_empty() {
+            return false;
+        }
+        let n = if self.literal_left > 0 {
+            pending.len().min(self.literal_left as usize)
+        } else {
+            pending
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(pending.len(), |lf| lf + 1)
+        };
+        self.fragments.enqueue_bytes(&pending[..n]);
+        self.taken += n;
+        self.at_boundary = false;
+        if self.literal_left > 0 {
+            self.literal_left -= n as u32;
+        } else {
+            self.line_bytes += n as u64;
+            if self.line_bytes > u64::from(self.limits.lines)
+                && !self.fragments.is_message_poisoned()
+            {
+                self.fragments.poison_message();
+            }
+        }
+        true
+    }
+}
 
 /// What the listener knows of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -54,11 +290,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Why reading the next client message stopped.
 enum Input {
-    /// A complete message is in the fragmentizer.
+    /// A complete message is in the framer.
     Message,
     /// The client closed the connection.
     Closed,
-    /// No input within the idle timeout.
+    /// The message did not arrive by its deadline.
     TimedOut,
     /// The server is shutting down.
     Shutdown,
@@ -66,68 +302,49 @@ enum Input {
 
 struct Connection {
     stream: Box<dyn Stream>,
-    fragments: Fragmentizer,
-    buf: Vec<u8>,
-    max_message: u32,
+    framer: Framer,
 }
 
 impl Connection {
-    fn new(stream: Box<dyn Stream>, max_message: u32) -> Self {
+    fn new(stream: Box<dyn Stream>, limits: Limits) -> Self {
         Connection {
             stream,
-            fragments: Fragmentizer::new(max_message.saturating_add(64 * 1024)),
-            buf: vec![0; READ_BUFFER],
-            max_message,
+            framer: Framer::new(limits),
         }
     }
 
-    /// Reads until the fragmentizer holds one complete message, answering
-    /// synchronizing literals on the way.
+    /// Reads until the framer holds one complete message, answering
+    /// synchronizing literals on the way; the whole message must arrive by
+    /// `deadline`.
     async fn next_message(
         &mut self,
-        timeout: Duration,
+        limits: Limits,
+        deadline: Instant,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> io::Result<Input> {
+        self.framer.set_limits(limits);
         loop {
-            match self.fragments.progress() {
-                Some(FragmentInfo::Line {
-                    announcement: Some(LiteralAnnouncement { mode, length }),
-                    ..
-                }) => {
-                    if length > self.max_message {
-                        if mode == LiteralMode::Sync {
-                            // Refuse before the client sends it (RFC 7888 §4
-                            // for the non-synchronizing case below).
-                            let tag = self.fragments.decode_tag().map(|t| t.into_static());
-                            self.fragments.skip_message();
-                            let mut out = Out::new(&mut self.stream as &mut dyn Sink);
-                            too_big(&mut out, tag.as_ref(), self.max_message);
-                            out.flush().await?;
-                            continue;
-                        }
-                        // A non-synchronizing literal arrives anyway: the
-                        // fragmentizer drops what exceeds its limit.
-                        self.fragments.poison_message();
-                    } else if mode == LiteralMode::Sync {
-                        let mut out = Out::new(&mut self.stream as &mut dyn Sink);
-                        out.continuation("Ready for literal data");
-                        out.flush().await?;
-                    }
+            match self.framer.next() {
+                Some(Frame::Message) => return Ok(Input::Message),
+                Some(Frame::LiteralWanted) => {
+                    let mut out = self.out();
+                    out.continuation("Ready for literal data");
+                    out.flush().await?;
                 }
-                Some(_) => {
-                    if self.fragments.is_message_complete() {
-                        return Ok(Input::Message);
-                    }
+                Some(Frame::LiteralRefused(tag, limit)) => {
+                    let mut out = self.out();
+                    too_big(&mut out, tag.as_ref(), limit);
+                    out.flush().await?;
                 }
                 None => {
                     let read = tokio::select! {
-                        r = tokio::time::timeout(timeout, self.stream.read(&mut self.buf)) => r,
+                        r = tokio::time::timeout_at(deadline, self.read()) => r,
                         () = &mut *shutdown => return Ok(Input::Shutdown),
                     };
                     match read {
                         Err(_) => return Ok(Input::TimedOut),
                         Ok(Ok(0)) => return Ok(Input::Closed),
-                        Ok(Ok(n)) => self.fragments.enqueue_bytes(&self.buf[..n]),
+                        Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(e),
                     }
                 }
@@ -135,11 +352,20 @@ impl Connection {
         }
     }
 
+    /// One read into the framer (cancel-safe, like the stream's read).
+    async fn read(&mut self) -> io::Result<usize> {
+        let n = self.stream.read(self.framer.space()).await?;
+        self.framer.filled(n);
+        Ok(n)
+    }
+
     fn out(&mut self) -> Out<'_> {
         Out::new(&mut self.stream as &mut dyn Sink)
     }
 }
 
+/// Refuses a synchronizing literal over the limit (RFC 7888 §4, RFC 5530
+/// §3 `TOOBIG`).
 fn too_big(out: &mut Out<'_>, tag: Option<&Tag<'_>>, limit: u32) {
     let text = format!("Literal too large: the limit is {limit} bytes");
     match tag {
@@ -148,14 +374,13 @@ fn too_big(out: &mut Out<'_>, tag: Option<&Tag<'_>>, limit: u32) {
     }
 }
 
-/// Decodes the complete message in `fragments` as a command.
-fn decode(
-    fragments: &Fragmentizer,
-    saved: &Saved,
-) -> Result<Request, (Option<Tag<'static>>, Failure)> {
+/// Decodes the complete message in `framer` as a command; one over a
+/// limit is refused unparsed.
+fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static>>, Failure)> {
+    let fragments = framer.fragments();
     let bytes = fragments.message_bytes();
     let tag = || fragments.decode_tag().map(|t| t.into_static());
-    if fragments.is_max_message_size_exceeded() || fragments.is_message_poisoned() {
+    if framer.over_limit() {
         return Err((
             tag(),
             Failure::no(Some(code("TOOBIG")), "Command too large"),
@@ -237,7 +462,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let options = imap.options.clone();
-    let mut conn = Connection::new(Box::new(stream), options.max_message);
+    let mut conn = Connection::new(Box::new(stream), Limits::of(&options, false));
     let mut session = Session::new(imap.clone(), peer);
     let mut shutdown = Box::pin(shutdown);
     {
@@ -247,12 +472,17 @@ where
         out.flush().await?;
     }
     loop {
-        let timeout = if session.is_authenticated() {
+        let authenticated = session.is_authenticated();
+        let limits = Limits::of(&options, authenticated);
+        let timeout = if authenticated {
             options.timeout_authenticated
         } else {
             options.timeout_unauthenticated
         };
-        match conn.next_message(timeout, &mut shutdown).await? {
+        match conn
+            .next_message(limits, Instant::now() + timeout, &mut shutdown)
+            .await?
+        {
             Input::Message => {}
             Input::Closed => return Ok(()),
             Input::TimedOut => {
@@ -270,7 +500,7 @@ where
             .selected()
             .map(|s| s.saved_sets())
             .unwrap_or_default();
-        let decoded = decode(&conn.fragments, &saved);
+        let decoded = decode(&conn.framer, &saved);
         let request = match decoded {
             Ok(request) => request,
             Err((tag, failure)) => {
@@ -324,22 +554,25 @@ where
                 match tls {
                     Ok(Ok(tls)) => {
                         // Bytes sent before the handshake are dropped.
-                        conn = Connection::new(Box::new(tls), options.max_message);
+                        conn = Connection::new(Box::new(tls), limits);
                         session.tls = true;
                     }
                     _ => return Ok(()),
                 }
             }
             Flow::Sasl(tag, mut sasl) => {
-                authenticate(
+                let ends = authenticate(
                     &mut conn,
                     &mut session,
                     &tag,
                     &mut sasl,
-                    timeout,
+                    (limits, timeout),
                     &mut shutdown,
                 )
                 .await?;
+                if ends {
+                    return Ok(());
+                }
             }
             Flow::Idle(tag) => {
                 if idle(&mut conn, &mut session, &tag, &options, &mut shutdown).await? {
@@ -350,26 +583,46 @@ where
     }
 }
 
-/// The rest of an AUTHENTICATE exchange: client lines until done.
+/// The rest of an AUTHENTICATE exchange: client lines until done, each
+/// under the limits and within the timeout of the state it started in.
+/// Returns whether the connection ends (closed, timed out, shutdown).
 async fn authenticate(
     conn: &mut Connection,
     session: &mut Session,
     tag: &Tag<'static>,
     sasl: &mut super::auth::Sasl,
-    timeout: Duration,
+    (limits, timeout): (Limits, std::time::Duration),
     shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> io::Result<()> {
+) -> io::Result<bool> {
     loop {
-        match conn.next_message(timeout, shutdown).await? {
+        match conn
+            .next_message(limits, Instant::now() + timeout, shutdown)
+            .await?
+        {
             Input::Message => {}
-            _ => return Ok(()),
+            Input::Closed => return Ok(true),
+            Input::TimedOut => {
+                let mut out = conn.out();
+                out.bye("Idle for too long, closing");
+                out.flush().await?;
+                return Ok(true);
+            }
+            Input::Shutdown => {
+                let mut out = conn.out();
+                out.bye("Server shutting down, please reconnect");
+                out.flush().await?;
+                return Ok(true);
+            }
         }
-        let answer: Result<Option<Vec<u8>>, ()> =
-            match AuthenticateDataCodec::default().decode(conn.fragments.message_bytes()) {
+        let answer: Result<Option<Vec<u8>>, ()> = if conn.framer.over_limit() {
+            Err(())
+        } else {
+            match AuthenticateDataCodec::default().decode(conn.framer.fragments().message_bytes()) {
                 Ok((_, AuthenticateData::Continue(data))) => Ok(Some(data.declassify().to_vec())),
                 Ok((_, AuthenticateData::Cancel)) => Ok(None),
                 Err(AuthenticateDataDecodeError::Incomplete) | Err(_) => Err(()),
-            };
+            }
+        };
         let mut out = conn.out();
         let step = match answer {
             Ok(answer) => session.sasl_continue(sasl, answer.as_deref()).await,
@@ -390,11 +643,13 @@ async fn authenticate(
                     Some(super::response::code_owned(format!("CAPABILITY {caps}"))),
                     "AUTHENTICATE completed",
                 );
-                return out.flush().await;
+                out.flush().await?;
+                return Ok(false);
             }
             Err(failure) => {
                 failure.write(tag, &mut out)?;
-                return out.flush().await;
+                out.flush().await?;
+                return Ok(false);
             }
         }
     }
@@ -419,7 +674,29 @@ async fn idle(
     keepalive.tick().await;
     let deadline = tokio::time::sleep(options.timeout_authenticated);
     tokio::pin!(deadline);
+    // Only `DONE` is expected: the limits of a client before login do.
+    conn.framer.set_limits(Limits::of(options, false));
     loop {
+        // Input already read (DONE pipelined after IDLE) is seen first.
+        while let Some(frame) = conn.framer.next() {
+            if let Frame::LiteralWanted = frame {
+                continue;
+            }
+            let done = matches!(frame, Frame::Message)
+                && !conn.framer.over_limit()
+                && IdleDoneCodec::default()
+                    .decode(conn.framer.fragments().message_bytes())
+                    .is_ok();
+            let mut out = conn.out();
+            if done {
+                session.report(&mut out, true).await?;
+                out.status(Some(tag), StatusKind::Ok, None, "IDLE terminated");
+            } else {
+                out.status(Some(tag), StatusKind::Bad, None, "Expected DONE");
+            }
+            out.flush().await?;
+            return Ok(false);
+        }
         let mut watch = session.selected().map(|s| s.watch.clone());
         let changed = async {
             match watch.as_mut() {
@@ -432,29 +709,9 @@ async fn idle(
             }
         };
         tokio::select! {
-            read = conn.stream.read(&mut conn.buf) => {
-                let n = read?;
-                if n == 0 {
+            read = conn.read() => {
+                if read? == 0 {
                     return Ok(true);
-                }
-                conn.fragments.enqueue_bytes(&conn.buf[..n]);
-                while let Some(_fragment) = conn.fragments.progress() {
-                    if !conn.fragments.is_message_complete() {
-                        continue;
-                    }
-                    let done = IdleDoneCodec::default().decode(conn.fragments.message_bytes()).is_ok();
-                    let mut out = conn.out();
-                    match done {
-                        true => {
-                            session.report(&mut out, true).await?;
-                            out.status(Some(tag), StatusKind::Ok, None, "IDLE terminated");
-                        }
-                        false => {
-                            out.status(Some(tag), StatusKind::Bad, None, "Expected DONE");
-                        }
-                    }
-                    out.flush().await?;
-                    return Ok(false);
                 }
             }
             () = changed => {
@@ -478,6 +735,191 @@ async fn idle(
                 out.bye("Server shutting down, please reconnect");
                 out.flush().await?;
                 return Ok(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What a framer made of some input.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Framed {
+        /// Complete messages: their bytes, or `None` when over a limit.
+        messages: Vec<Option<Vec<u8>>>,
+        /// Synchronizing literals asked for, and refused.
+        wanted: usize,
+        refused: usize,
+        /// The most the framer held at once.
+        most_buffered: usize,
+    }
+
+    /// Feeds `input` to a framer in reads of at most `piece` bytes.
+    fn frame(input: &[u8], piece: usize, limits: Limits) -> Framed {
+        let mut framer = Framer::new(limits);
+        let mut framed = Framed::default();
+        let mut rest = input;
+        loop {
+            framed.most_buffered = framed.most_buffered.max(framer.buffered());
+            match framer.next() {
+                Some(Frame::Message) => {
+                    let fragments = framer.fragments();
+                    let bytes = (!framer.over_limit()).then(|| fragments.message_bytes().to_vec());
+                    // The parser sees every message: it must not panic.
+                    let _ = decode(&framer, &Saved::default());
+                    framed.messages.push(bytes);
+                }
+                Some(Frame::LiteralWanted) => framed.wanted += 1,
+                Some(Frame::LiteralRefused(..)) => framed.refused += 1,
+                None => {
+                    if rest.is_empty() {
+                        return framed;
+                    }
+                    let space = framer.space();
+                    assert!(!space.is_empty(), "more input wanted with input pending");
+                    let n = rest.len().min(piece).min(space.len());
+                    space[..n].copy_from_slice(&rest[..n]);
+                    framer.filled(n);
+                    rest = &rest[n..];
+                }
+            }
+        }
+    }
+
+    const LARGE: Limits = Limits {
+        command: 1 << 20,
+        literal: 1 << 20,
+        lines: 1 << 20,
+    };
+
+    const SMALL: Limits = Limits {
+        command: 64,
+        literal: 64,
+        lines: 64,
+    };
+
+    /// The messages a bare fragmentizer finds in the whole input at once,
+    /// every literal accepted: the framing [`Framer`] must keep.
+    fn reference(input: &[u8]) -> Vec<Vec<u8>> {
+        let mut f = Fragmentizer::new(LARGE.command);
+        f.enqueue_bytes(input);
+        let mut messages = Vec::new();
+        while f.progress().is_some() {
+            if f.is_message_complete() {
+                messages.push(f.message_bytes().to_vec());
+            }
+        }
+        messages
+    }
+
+    #[test]
+    fn messages_are_split_as_the_client_meant_them() {
+        let input = b"a LOGIN {5}\r\nalice {2+}\r\npw\r\nb NOOP\r\nc SEARCH (((\r\n";
+        let framed = frame(input, 3, LARGE);
+        assert_eq!(framed.wanted, 1);
+        assert_eq!(
+            framed.messages,
+            vec![
+                Some(b"a LOGIN {5}\r\nalice {2+}\r\npw\r\n".to_vec()),
+                Some(b"b NOOP\r\n".to_vec()),
+                Some(b"c SEARCH (((\r\n".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn over_the_limits_input_is_read_to_its_end_and_dropped() {
+        let mut input = b"a NOOP ".to_vec();
+        input.extend(std::iter::repeat_n(b'(', 100_000));
+        input.extend_from_slice(b"\r\nb LOGIN {100}\r\nc LOGIN {100+}\r\n");
+        input.extend(std::iter::repeat_n(b'x', 100));
+        input.extend_from_slice(b"\r\nd NOOP\r\n");
+        let framed = frame(&input, 4096, SMALL);
+        assert_eq!(framed.refused, 1, "the synchronizing literal is refused");
+        assert_eq!(framed.wanted, 0);
+        assert_eq!(
+            framed.messages,
+            vec![None, None, Some(b"d NOOP\r\n".to_vec())],
+            "the literal's data is never read as a command"
+        );
+        assert!(
+            framed.most_buffered <= 4096 + 64,
+            "{}",
+            framed.most_buffered
+        );
+    }
+
+    #[test]
+    fn the_line_limit_leaves_literal_data_out() {
+        let limits = Limits {
+            command: 1000,
+            literal: 1000,
+            lines: 32,
+        };
+        let ok = b"a APPEND INBOX {200+}\r\n".iter().copied();
+        let input: Vec<u8> = ok
+            .chain(std::iter::repeat_n(b'x', 200))
+            .chain(*b"\r\nb SEARCH 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16\r\n")
+            .collect();
+        let framed = frame(&input, 7, limits);
+        assert!(framed.messages[0].is_some());
+        assert_eq!(framed.messages[1], None, "a 50-byte line is over 32");
+    }
+
+    /// Hostile IMAP input: floods of parentheses, literal announcements
+    /// of every size and kind, quoted strings, CR/LF mixes, raw bytes.
+    fn hostile_imap() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"a NOOP\r\n".to_vec()),
+            Just(b"a LOGIN alice pw\r\n".to_vec()),
+            Just(b"a SEARCH RETURN (".to_vec()),
+            Just(b"a LIST (".to_vec()),
+            Just(b"a APPEND INBOX ".to_vec()),
+            (
+                1usize..5000,
+                prop::sample::select(vec![b'(', b')', b'{', b'"', b'\r', b'\n', b' ', b'x'])
+            )
+                .prop_map(|(n, b)| vec![b; n]),
+            (0u32..200, any::<bool>(), any::<bool>()).prop_map(|(n, plus, crlf)| {
+                format!(
+                    "{{{n}{}}}{}",
+                    if plus { "+" } else { "" },
+                    if crlf { "\r\n" } else { "\n" }
+                )
+                .into_bytes()
+            }),
+            "[0-9]{1,12}".prop_map(|n| format!("a LOGIN {{{n}+}}\r\n").into_bytes()),
+            "\"[^\"]{0,40}\"?".prop_map(String::into_bytes),
+            Just(b"\r\n".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ];
+        prop::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// Whatever the input and however it is split into reads: no
+        /// panic, the framer never holds more than one read and one
+        /// message under the limit, and with limits it never reaches it
+        /// splits messages exactly as a fragmentizer given all at once.
+        #[test]
+        fn hostile_input_keeps_the_framer_bounded_and_in_step(
+            input in hostile_imap(),
+            piece in 1usize..(2 * READ_BUFFER),
+        ) {
+            let framed = frame(&input, piece, SMALL);
+            let bound = READ_BUFFER + SMALL.command as usize;
+            prop_assert!(framed.most_buffered <= bound, "{} > {bound}", framed.most_buffered);
+            for m in framed.messages.iter().flatten() {
+                prop_assert!(m.len() <= SMALL.command as usize);
+            }
+            let framed = frame(&input, piece, LARGE);
+            if framed.refused == 0 && framed.messages.iter().all(Option::is_some) {
+                let messages: Vec<Vec<u8>> = framed.messages.into_iter().flatten().collect();
+                prop_assert_eq!(messages, reference(&input));
             }
         }
     }

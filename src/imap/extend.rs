@@ -106,15 +106,21 @@ struct Token {
     end: usize,
 }
 
-/// Splits a complete command (its literals included) into tokens; `None`
-/// if it is not well formed at this level.
-fn tokenize(message: &[u8]) -> Option<Vec<Token>> {
+/// Most tokens a command may have for a rewrite: far more than any client
+/// sends (a SEARCH of a thousand keys has a few thousand), and a bound on
+/// the memory tokens take (24 bytes each) whatever the command's size.
+pub const MAX_TOKENS: usize = 100_000;
+
+/// Splits a complete command (its literals included) into its first
+/// `max` tokens; `None` if it is not well formed at this level. Linear in
+/// the bytes scanned; stops after `max` tokens.
+fn tokenize(message: &[u8], max: usize) -> Option<Vec<Token>> {
     let body = message
         .strip_suffix(b"\r\n")
         .or_else(|| message.strip_suffix(b"\n"))?;
     let mut tokens = Vec::new();
     let mut i = 0;
-    while i < body.len() {
+    while i < body.len() && tokens.len() < max {
         match body[i] {
             b' ' => i += 1,
             b'(' => {
@@ -265,19 +271,46 @@ fn closing(tokens: &[Token], open: usize) -> Option<usize> {
 }
 
 /// Rewrites a command that uses extension syntax into its base form.
+/// Only the commands below are split into tokens, at most [`MAX_TOKENS`]
+/// of them: the work and memory stay a small multiple of the command's
+/// size, and bounded.
 pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
-    let Some(tokens) = tokenize(message) else {
+    // The tag, `UID` perhaps, and the command name.
+    let Some(head) = tokenize(message, 3) else {
         return Rewritten::Unchanged;
     };
-    if tokens.len() < 2 {
+    if head.len() < 2 {
         return Rewritten::Unchanged;
     }
-    let uid = is_atom(message, &tokens[1], "UID");
+    let uid = is_atom(message, &head[1], "UID");
     let name_at = if uid { 2 } else { 1 };
-    let Some(name) = tokens.get(name_at) else {
+    let Some(name) = head.get(name_at) else {
         return Rewritten::Unchanged;
     };
     let command = String::from_utf8_lossy(text(message, name)).to_ascii_uppercase();
+    if !matches!(
+        command.as_str(),
+        "SEARCH"
+            | "FETCH"
+            | "STORE"
+            | "COPY"
+            | "MOVE"
+            | "EXPUNGE"
+            | "LIST"
+            | "CREATE"
+            | "STATUS"
+            | "APPEND"
+    ) {
+        return Rewritten::Unchanged;
+    }
+    let Some(tokens) = tokenize(message, MAX_TOKENS + 1) else {
+        return Rewritten::Unchanged;
+    };
+    if tokens.len() > MAX_TOKENS {
+        return Rewritten::Bad(format!(
+            "Command too complex: more than {MAX_TOKENS} words and parentheses"
+        ));
+    }
     let mut edit = Edit::new(message);
     let mut ext = Ext::default();
     let result = match command.as_str() {
@@ -827,6 +860,28 @@ mod tests {
         let (base, ext) = changed("a STATUS INBOX (APPENDLIMIT)\r\n", &Saved::default());
         assert_eq!(base, "a STATUS INBOX (MESSAGES)\r\n");
         assert!(ext.status_only_appendlimit);
+    }
+
+    /// A flood of parentheses used to become one 24-byte token per byte
+    /// whatever the command (1.2 GB for 48 MiB). Commands that need no
+    /// rewrite are not split at all; the others stop at MAX_TOKENS.
+    #[test]
+    fn floods_are_not_tokenised_past_the_cap() {
+        let flood = |command: &str| {
+            let mut m = format!("a {command} ").into_bytes();
+            m.extend(std::iter::repeat_n(b'(', 4 * MAX_TOKENS));
+            m.extend_from_slice(b"\r\n");
+            m
+        };
+        assert!(matches!(
+            rewrite(&flood("NOOP"), &Saved::default()),
+            Rewritten::Unchanged
+        ));
+        match rewrite(&flood("SEARCH"), &Saved::default()) {
+            Rewritten::Bad(text) => assert!(text.contains("too complex"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(tokenize(&flood("SEARCH"), 10).unwrap().len() == 10);
     }
 
     proptest::proptest! {

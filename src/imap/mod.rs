@@ -25,24 +25,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::account::{Accounts, KeyringStore};
+use crate::config::ImapConfig;
 use crate::crypto::KdfParams;
 use crate::directory::Directory;
+use crate::size::ByteSize;
 use crate::store::layout::UserId;
 
 /// Derives a user's store id from their normalised login.
 pub type UserIdFn = Arc<dyn Fn(&str) -> UserId + Send + Sync>;
 
-/// Limits and timeouts of IMAP sessions (DESIGN.md §7).
+/// Limits and timeouts of IMAP sessions (DESIGN.md §7). The defaults are
+/// the configuration's (`[imap]` in [`crate::config::ImapConfig`]).
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Whether LOGIN/AUTHENTICATE are allowed without TLS on a non-loopback
     /// connection (`LOGINDISABLED` is advertised when they are not).
     pub plaintext_auth: bool,
-    /// Largest command line plus literals, and largest APPEND message.
+    /// Largest literal after login, and largest APPEND message.
     pub max_message: u32,
-    /// Idle timeout before login (RFC 9051 §5.4: at least 30 minutes after).
+    /// Largest command before login, literals included.
+    pub max_command_unauthenticated: u32,
+    /// Largest command text after login, literal data not counted.
+    pub max_command_line: u32,
+    /// Time a client has to send a whole command before login, and idle
+    /// timeout then (the deadline is per command, not per read).
     pub timeout_unauthenticated: Duration,
-    /// Idle timeout after login.
+    /// The same after login (RFC 9051 §5.4: at least 30 minutes).
     pub timeout_authenticated: Duration,
     /// Interval of `* OK Still here` during IDLE.
     pub idle_keepalive: Duration,
@@ -50,16 +58,26 @@ pub struct Options {
     pub tls_handshake_timeout: Duration,
 }
 
+impl Options {
+    /// The options `[imap]` sets.
+    pub fn from_config(config: &ImapConfig) -> Options {
+        let bytes = |b: ByteSize| u32::try_from(b.0).unwrap_or(u32::MAX);
+        Options {
+            plaintext_auth: config.plaintext_auth,
+            max_message: bytes(config.max_message_size),
+            max_command_unauthenticated: bytes(config.max_command_unauthenticated),
+            max_command_line: bytes(config.max_command_line),
+            timeout_unauthenticated: Duration::from_secs(config.timeout_unauthenticated),
+            timeout_authenticated: Duration::from_secs(config.timeout_authenticated),
+            idle_keepalive: Duration::from_secs(config.idle_keepalive),
+            tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            plaintext_auth: false,
-            max_message: 50 * 1024 * 1024,
-            timeout_unauthenticated: Duration::from_secs(60),
-            timeout_authenticated: Duration::from_secs(30 * 60),
-            idle_keepalive: Duration::from_secs(120),
-            tls_handshake_timeout: Duration::from_secs(10),
-        }
+        Options::from_config(&ImapConfig::default())
     }
 }
 

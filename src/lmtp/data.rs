@@ -2,11 +2,12 @@
 //! transparency dot, finds the end of data, writes every line ending as
 //! CRLF, and bounds what it keeps.
 //!
-//! Lines end at LF; a CR right before it belongs to the line ending, any
-//! other CR is kept as data. So a bare LF (which RFC 5321 §2.3.8 forbids
-//! but real clients send) becomes CRLF, and `.` alone on a line ends the
-//! data whether the line ends in CRLF or LF: the same line reading as
-//! Postfix's, so what Postfix sent as one message is one message here.
+//! Lines end at CRLF (RFC 5321 §2.3.8), and only `CRLF . CRLF` ends the
+//! data (§4.1.1.4), as Postfix 3.9 and later read it: a bare LF (which
+//! real clients send) is written as CRLF but starts no line, so neither
+//! `LF . LF`, `LF . CRLF` nor `CRLF . LF` ends the message, and a client
+//! cannot smuggle a second message into one DATA. A leading dot is removed
+//! only at the start of a CRLF line; any CR not before LF is data.
 //!
 //! Streaming: input arrives in arbitrary pieces; nothing is buffered but
 //! the body itself and at most two bytes of state. Past the size limit the
@@ -65,6 +66,11 @@ impl DataDecoder {
         self.size > self.max
     }
 
+    /// Bytes of body held (at most the limit).
+    pub fn held(&self) -> usize {
+        self.body.len()
+    }
+
     /// The decoded body, or `None` if it went over the limit.
     pub fn finish(self) -> Option<Vec<u8>> {
         (!self.overflowed()).then_some(self.body)
@@ -83,14 +89,16 @@ impl DataDecoder {
         self.last_cr = last == b'\r';
     }
 
-    /// Ends the current line with CRLF, whatever the client sent.
-    fn end_line(&mut self) {
+    /// An LF inside a line: after a CR it ends the line; a bare one is
+    /// written as CRLF but the line goes on (no dot rule after it).
+    fn line_feed(&mut self) {
         if self.last_cr {
             self.emit(b"\n");
+            self.at = At::LineStart;
         } else {
             self.emit(b"\r\n");
+            self.at = At::Line;
         }
-        self.at = At::LineStart;
     }
 
     /// Decodes a piece of input.
@@ -109,11 +117,11 @@ impl DataDecoder {
                     }
                 }
                 At::Dot => match input[i] {
-                    b'\n' => return self.done(i + 1),
                     b'\r' => {
                         self.at = At::DotCr;
                         i += 1;
                     }
+                    // `.` LF ends nothing: the dot was a stuffed one.
                     _ => self.at = At::Line,
                 },
                 At::DotCr => {
@@ -129,7 +137,7 @@ impl DataDecoder {
                     match rest.iter().position(|&b| b == b'\n') {
                         Some(n) => {
                             self.emit(&rest[..n]);
-                            self.end_line();
+                            self.line_feed();
                             i += n + 1;
                         }
                         None => {
@@ -187,8 +195,19 @@ mod tests {
             (b"a\r\n.\r\nQUIT\r\n", Some(b"a\r\n"), Some(6)),
             // Dot-stuffing removed (RFC 5321 §4.5.2).
             (b"..x\r\n..\r\n.\r\n", Some(b".x\r\n.\r\n"), Some(12)),
-            // Bare LF lines become CRLF, and `.` LF ends the data.
-            (b"a\nb\r\n.\n", Some(b"a\r\nb\r\n"), Some(7)),
+            // A bare LF is written CRLF but ends no line.
+            (b"a\nb\r\n.\r\n", Some(b"a\r\nb\r\n"), Some(8)),
+            // Only CRLF . CRLF ends the data (RFC 5321 §4.1.1.4): not
+            // LF . LF, LF . CRLF nor CRLF . LF.
+            (b"a\n.\nb\r\n.\r\n", Some(b"a\r\n.\r\nb\r\n"), Some(10)),
+            (b"a\n.\r\nb\r\n.\r\n", Some(b"a\r\n.\r\nb\r\n"), Some(11)),
+            (b"a\r\n.\nb\r\n.\r\n", Some(b"a\r\n\r\nb\r\n"), Some(11)),
+            (b"a\n.\n", None, None),
+            (b"a\r\n.\n", None, None),
+            (b".\n", None, None),
+            (b"\n.\r\n", None, None),
+            // A dot after a bare LF is data, not stuffing.
+            (b"a\n..\r\n.\r\n", Some(b"a\r\n..\r\n"), Some(9)),
             // A CR not before LF stays data.
             (b"a\rb\r\n.\r\n", Some(b"a\rb\r\n"), Some(8)),
             (b".\rx\r\n.\r\n", Some(b"\rx\r\n"), Some(8)),

@@ -318,6 +318,22 @@ impl<U> Session<U> {
         )
     }
 
+    /// Bytes held for the client: input not yet consumed (at most one
+    /// read plus [`Options::max_line`]), the message being received (at
+    /// most [`Options::max_message_size`]) and replies not yet taken.
+    pub fn buffered(&self) -> usize {
+        let body = match &self.phase {
+            Phase::Data(_, decoder) => decoder.held(),
+            Phase::Chunks(_, Some(body))
+            | Phase::Chunk(Chunk {
+                target: ChunkTarget::Message(_, Some(body)),
+                ..
+            }) => body.len(),
+            _ => 0,
+        };
+        self.input.len() + body + self.output.len()
+    }
+
     /// Adds input read from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
@@ -446,6 +462,10 @@ impl<U> Session<U> {
 
     /// Handles one command line; `Some` when the driver must act.
     fn command(&mut self, line: &[u8]) -> Option<Step<U>> {
+        if oversized_number(line) {
+            self.error(reply::syntax("size does not fit in 64 bits"));
+            return None;
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
             Err(e) => {
@@ -709,6 +729,40 @@ impl<U> Session<U> {
             self.phase = Phase::Ready;
         }
     }
+}
+
+/// Whether the size of `BDAT chunk-size` (RFC 3030 §2, `chunk-size = 1*DIGIT`) or
+/// of a MAIL `SIZE=` parameter (RFC 1870 §3) when it does not fit in 64
+/// bits. smtp-proto saturates such numbers, then starts again from the
+/// next digit: `BDAT 99999999999999999999999 LAST` would read as a chunk of
+/// 999 octets, and the rest of the real chunk as commands. So the digits
+/// are checked here before parsing, and such a command refused with 501.
+fn oversized_number(line: &[u8]) -> bool {
+    let line = line.trim_ascii();
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let Some(verb) = words.next() else {
+        return false;
+    };
+    let numbers: Vec<&[u8]> = if verb.eq_ignore_ascii_case(b"BDAT") {
+        words.next().into_iter().collect()
+    } else if verb.len() >= 4 && verb[..4].eq_ignore_ascii_case(b"MAIL") {
+        words
+            .filter_map(|w| {
+                let (key, value) = w.split_at(w.iter().position(|&b| b == b'=')?);
+                key.eq_ignore_ascii_case(b"SIZE").then_some(&value[1..])
+            })
+            .collect()
+    } else {
+        return false;
+    };
+    numbers.into_iter().any(|n| {
+        n.iter()
+            .take_while(|b| b.is_ascii_digit())
+            .try_fold(0u64, |v, d| {
+                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .is_none()
+    })
 }
 
 /// The RCPT address, checked; `+detail` handling is the driver's.
@@ -1165,6 +1219,140 @@ mod tests {
             r.output
                 .ends_with("354 send the message, end with <CRLF>.<CRLF>\r\n")
         );
+    }
+
+    /// Only CRLF . CRLF ends DATA (RFC 5321 §4.1.1.4): a bare-LF end of
+    /// data (`LF . LF`, `LF . CRLF`, `CRLF . LF`) inside one DATA must not
+    /// end it and let the rest be read as a second transaction.
+    #[test]
+    fn bare_lf_end_of_data_smuggles_no_second_message() {
+        for fake_end in ["\n.\n", "\n.\r\n", "\r\n.\n"] {
+            // The whole text stays under the tests' 64-byte limit.
+            let input = format!(
+                "LHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n\
+                 x{fake_end}MAIL FROM:<f@x>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n\
+                 y\r\n.\r\nQUIT\r\n"
+            );
+            for piece in [1, 3, input.len()] {
+                let r = run(input.as_bytes(), piece, &[]);
+                assert_eq!(r.stored.len(), 1, "{fake_end:?}: {}", r.output);
+                let (user, _, _, message) = &r.stored[0];
+                assert_eq!(user, "alice", "{fake_end:?}");
+                let message = String::from_utf8_lossy(message);
+                assert!(
+                    message.contains("RCPT TO:<bob@example.org>"),
+                    "{fake_end:?}: the rest is the same message: {message}"
+                );
+                assert_eq!(r.output.matches(" delivered").count(), 1, "{}", r.output);
+                assert!(r.output.ends_with("221 2.0.0 bye\r\n"), "{}", r.output);
+            }
+        }
+    }
+
+    /// smtp-proto wraps sizes past 64 bits (`BDAT 99999999999999999999999
+    /// LAST` read as a 999-octet chunk): such a BDAT or SIZE= is refused
+    /// with 501, and nothing of it is taken as a chunk.
+    #[test]
+    fn bdat_and_size_past_64_bits_are_refused() {
+        transcript(
+            &format!(
+                "{HELLO}
+                C: MAIL FROM:<a@b> SIZE=99999999999999999999999
+                S: 501 5.5.4 syntax error: size does not fit in 64 bits
+                C: MAIL FROM:<a@b>
+                S: 250 2.1.0 sender OK
+                C: RCPT TO:<alice@example.org>
+                S: 250 2.1.5 recipient OK
+                C: BDAT 99999999999999999999999 LAST
+                S: 501 5.5.4 syntax error: size does not fit in 64 bits
+                C: bdat 18446744073709551616
+                S: 501 5.5.4 syntax error: size does not fit in 64 bits
+                C: NOOP
+                S: 250 2.0.0 OK
+                C: BDAT 4 LAST
+                C: ab
+                S: 250 2.0.0 <alice@example.org> delivered"
+            ),
+            &[],
+        );
+        assert!(!oversized_number(b"BDAT 18446744073709551615 LAST\r\n"));
+        assert!(!oversized_number(b"BDAT 0000000000000000000000001\r\n"));
+        assert!(!oversized_number(b"MAIL FROM:<a@b> SIZE=123\r\n"));
+    }
+
+    /// Drives a session over `input` in pieces of `piece` bytes, every
+    /// recipient accepted and every delivery done, and returns the most it
+    /// ever buffered.
+    fn most_buffered(input: &[u8], piece: usize) -> usize {
+        let mut s: Session<String> = Session::new(options());
+        let mut chunks = input.chunks(piece.max(1));
+        let mut most = 0;
+        loop {
+            most = most.max(s.buffered());
+            match s.step() {
+                Step::NeedInput => {
+                    s.take_output();
+                    match chunks.next() {
+                        Some(c) => s.feed(c),
+                        None => return most,
+                    }
+                }
+                Step::Resolve(p) => {
+                    let r = resolve(p.address());
+                    s.resolved(p, r);
+                }
+                Step::Deliver(d) => {
+                    let outcomes = vec![DeliveryOutcome::Delivered; d.targets().len()];
+                    s.delivered(d, &outcomes);
+                }
+                Step::Close => return most,
+            }
+        }
+    }
+
+    /// Adversarial LMTP input: protocol words, long lines, dots, bare CR
+    /// and LF, BDAT sizes, raw bytes.
+    fn hostile_lmtp() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(b"LHLO x\r\n".to_vec()),
+            Just(b"MAIL FROM:<a@b>\r\n".to_vec()),
+            Just(b"RCPT TO:<alice@example.org>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()),
+            Just(b"\r\n.\r\n".to_vec()),
+            Just(b"\n.\n".to_vec()),
+            Just(b"RSET\r\n".to_vec()),
+            (0u64..200, any::<bool>()).prop_map(|(n, last)| format!(
+                "BDAT {n}{}\r\n",
+                if last { " LAST" } else { "" }
+            )
+            .into_bytes()),
+            "[0-9]{1,40}".prop_map(|n| format!("BDAT {n} LAST\r\n").into_bytes()),
+            (
+                1usize..3000,
+                prop::sample::select(vec![b'x', b'.', b'\r', b'\n', b' '])
+            )
+                .prop_map(|(n, b)| vec![b; n]),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        /// Whatever the input and however it is split: no panic, and the
+        /// session holds at most one read, one line and one message
+        /// (plus the replies to one read's commands).
+        #[test]
+        fn hostile_input_keeps_the_session_bounded(
+            input in hostile_lmtp(),
+            piece in 1usize..2048,
+        ) {
+            let o = options();
+            let most = most_buffered(&input, piece);
+            // Replies: fewer than one per input byte, each under 512 bytes.
+            let bound = piece + o.max_line + o.max_message_size as usize + 512 * (piece + 1);
+            proptest::prop_assert!(most <= bound, "{most} > {bound}");
+        }
     }
 
     #[test]

@@ -78,14 +78,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &ImapConfig) -> Settings {
         Settings {
-            options: Options {
-                plaintext_auth: config.plaintext_auth,
-                max_message: u32::try_from(config.max_message_size.0).unwrap_or(u32::MAX),
-                timeout_unauthenticated: Duration::from_secs(config.timeout_unauthenticated),
-                timeout_authenticated: Duration::from_secs(config.timeout_authenticated),
-                idle_keepalive: Duration::from_secs(config.idle_keepalive),
-                tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
-            },
+            options: Options::from_config(config),
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
             tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
