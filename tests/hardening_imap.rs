@@ -358,7 +358,10 @@ mod deadline {
             keyrings: services.keyrings.clone(),
             accounts: Accounts::new(
                 services.store.clone(),
-                AccountConfig::new(InstanceId::new("deadline").unwrap()),
+                AccountConfig::new(
+                    InstanceId::new("deadline").unwrap(),
+                    facteur::crypto::RecordAuth::from_cluster_secret(b"test cluster secret"),
+                ),
                 Duration::from_secs(5),
             ),
             user_id: Arc::new(move |login| ids.user_id(login)),
