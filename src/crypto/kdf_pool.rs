@@ -152,6 +152,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(matches!(pool.run(|| ()).await, Err(KdfBusy)));
+        // Two run (and wait at the gate); no third starts meanwhile.
+        while now.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
         gate.store(true, Ordering::SeqCst);
         for task in tasks {
             task.await.unwrap().unwrap();
