@@ -405,7 +405,8 @@ async fn bare_lf_lines_are_stored_as_crlf() {
     c.reply().await;
     c.reply().await;
     assert!(c.reply().await.starts_with("354 "));
-    c.send(b"Subject: lf\n\nline one\nline two\r\n.\n").await;
+    // Only CRLF . CRLF ends the data (bare-LF ends are message text).
+    c.send(b"Subject: lf\n\nline one\nline two\r\n.\r\n").await;
     assert_eq!(c.reply().await, "250 2.0.0 <bob@example.org> delivered\r\n");
     let bob = s.inbox("bob", &s.bob).await;
     assert_eq!(
