@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use facteur::account::{Account, AccountConfig};
 use facteur::crypto::{KdfParams, Keyring, Password, RecordAuth, user_id};
 use facteur::log::InstanceId;
+use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
 use facteur::store::{FsStore, ListPage, MemoryStore, ObjectStore, SharedStore, StoreError};
 
 const ROUNDS: usize = 10;
@@ -45,6 +46,26 @@ fn keyring() -> Keyring {
     Keyring::create(&Password::new("pw"), &KdfParams::TEST, false)
         .unwrap()
         .0
+}
+
+/// Delivers message `n` to the user of `account` as LMTP does.
+async fn deliver_to(store: &SharedStore, account: &Account, keyring: &Keyring, n: &str) {
+    let envelope = DeliveryEnvelope {
+        mail_from: "bob@example.org".into(),
+        rcpt_to: vec!["alice@example.org".into()],
+        received_at: 1_700_000_000,
+        folder: None,
+    };
+    deliver(
+        store.as_ref(),
+        account.user(),
+        &keyring.public_key(),
+        &records(),
+        &message(n),
+        envelope,
+    )
+    .await
+    .unwrap();
 }
 
 fn message(n: &str) -> Vec<u8> {
@@ -382,51 +403,20 @@ async fn an_instance_that_cannot_sync_gives_no_stale_answer() {
 /// SELECT or STATUS of a new session, without waiting for any poll.
 #[tokio::test]
 async fn delivered_mail_is_there_at_the_first_command() {
-    use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
     for (kind, store, _dir) in stores() {
         let keyring = keyring();
         let login = "oneshot";
         let probe = instance(&store, &keyring, "probe", login);
         probe.folders().await.unwrap();
         for n in 0..3 {
-            let envelope = DeliveryEnvelope {
-                mail_from: "bob@example.org".into(),
-                rcpt_to: vec!["alice@example.org".into()],
-                received_at: 1_700_000_000,
-                folder: None,
-            };
-            deliver(
-                store.as_ref(),
-                probe.user(),
-                &keyring.public_key(),
-                &records(),
-                &message(&format!("d{n}")),
-                envelope,
-            )
-            .await
-            .unwrap();
+            deliver_to(&store, &probe, &keyring, &format!("d{n}")).await;
         }
         // A new session on another instance: no poller runs.
         let fresh = instance(&store, &keyring, "fresh", login);
         let (_, inbox) = fresh.open_fresh("INBOX").await.unwrap();
         assert_eq!(inbox.read(|s| s.exists()).await, 3, "{kind}");
         // NOOP brings the next delivery too.
-        let envelope = DeliveryEnvelope {
-            mail_from: "bob@example.org".into(),
-            rcpt_to: vec!["alice@example.org".into()],
-            received_at: 1_700_000_000,
-            folder: None,
-        };
-        deliver(
-            store.as_ref(),
-            probe.user(),
-            &keyring.public_key(),
-            &records(),
-            &message("late"),
-            envelope,
-        )
-        .await
-        .unwrap();
+        deliver_to(&store, &probe, &keyring, "late").await;
         fresh.refresh(Some(&inbox)).await.unwrap();
         assert_eq!(inbox.read(|s| s.exists()).await, 4, "{kind}");
     }
@@ -438,39 +428,16 @@ async fn delivered_mail_is_there_at_the_first_command() {
 /// delivery drains anyway, and the lease passes on when its holder stops.
 #[tokio::test]
 async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
-    use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
     let store: SharedStore = Arc::new(MemoryStore::new());
     let keyring = keyring();
     let a = instance(&store, &keyring, "a", "lease");
     let b = instance(&store, &keyring, "b", "lease");
-    let delivery = |n: &'static str| {
-        let store = store.clone();
-        let (user, key) = (a.user().clone(), keyring.public_key());
-        async move {
-            let envelope = DeliveryEnvelope {
-                mail_from: "bob@example.org".into(),
-                rcpt_to: vec!["alice@example.org".into()],
-                received_at: 1_700_000_000,
-                folder: None,
-            };
-            deliver(
-                store.as_ref(),
-                &user,
-                &key,
-                &records(),
-                &message(n),
-                envelope,
-            )
-            .await
-            .unwrap();
-        }
-    };
     let (_, inbox_a) = a.open_fresh("INBOX").await.unwrap();
     let (_, inbox_b) = b.open_fresh("INBOX").await.unwrap();
 
-    delivery("one").await;
+    deliver_to(&store, &a, &keyring, "one").await;
     assert_eq!(a.drain_politely().await.unwrap().delivered.len(), 1);
-    delivery("two").await;
+    deliver_to(&store, &a, &keyring, "two").await;
     assert_eq!(
         b.drain_politely().await.unwrap().delivered.len(),
         0,
@@ -478,11 +445,11 @@ async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
     );
     assert_eq!(a.drain_politely().await.unwrap().delivered.len(), 1);
     // SELECT on b must show a new delivery at once, lease or not.
-    delivery("three").await;
+    deliver_to(&store, &a, &keyring, "three").await;
     b.open_fresh("INBOX").await.unwrap();
     assert_eq!(inbox_b.read(|s| s.exists()).await, 3);
     // a stops draining: once its lease expires, b takes over.
-    delivery("four").await;
+    deliver_to(&store, &a, &keyring, "four").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while b.drain_politely().await.unwrap().delivered.is_empty() {
         assert!(

@@ -629,7 +629,13 @@ where
     /// since the last snapshot, for `snapshot_age`.
     fn note_unsnapshotted(&mut self, name: &str) {
         let name = name.strip_prefix(&self.log_prefix()).unwrap_or(name);
-        let written = parse_op_name(name).map_or_else(|_| now_ms(), |(hlc, _, _)| hlc.wall_ms);
+        // A genesis op's clock reading is not when it was written (see
+        // `prepare_genesis`): count it as written now, or every new log
+        // would want a snapshot at once.
+        let written = match parse_op_name(name) {
+            Ok((hlc, writer, _)) if writer.as_str() != GENESIS_WRITER => hlc.wall_ms,
+            _ => now_ms(),
+        };
         self.unsnapshotted_since_ms = Some(
             self.unsnapshotted_since_ms
                 .map_or(written, |t| t.min(written)),
