@@ -79,7 +79,7 @@ echo "== cargo test" >&2
 set +e
 # Unit and integration tests; the benchmark (benches/) is run by hand
 # with `cargo bench`, never here.
-cargo test --locked --lib --bins --tests 2>&1 | tee "$work/test.log"
+cargo test --locked --no-fail-fast --lib --bins --tests 2>&1 | tee "$work/test.log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite, summed over every test binary.

@@ -556,16 +556,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ks.kdf_pool().runs(), 1);
-        // Two unlocks at once on a pool of one thread and no queue: one is
-        // refused at once.
-        let pw = Password::new("pw");
-        let (a, b) = tokio::join!(ks.unlock(&u, &pw), ks.unlock(&u, &pw));
-        let busy = [&a, &b]
-            .iter()
-            .filter(|r| matches!(r, Err(AccountError::Busy(_))))
-            .count();
-        assert_eq!(busy, 1, "{a:?} {b:?}");
-        let err = if a.is_err() { a } else { b }.unwrap_err();
+        // The pool's one thread is taken by a run held until `gate` opens
+        // (a test Argon2 is too quick to count on two overlapping): an
+        // unlock meanwhile is refused at once, as busy and transient.
+        let gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pool = ks.kdf_pool().clone();
+        let held = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                pool.run(move || {
+                    while !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::yield_now();
+                    }
+                })
+                .await
+            })
+        };
+        while ks.kdf_pool().runs() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = ks.unlock(&u, &Password::new("pw")).await;
+        gate.store(true, std::sync::atomic::Ordering::SeqCst);
+        held.await.unwrap().unwrap();
+        let err = refused.unwrap_err();
+        assert!(matches!(err, AccountError::Busy(_)), "{err:?}");
         assert!(err.is_transient());
+        // Once free, the same unlock goes through.
+        ks.unlock(&u, &Password::new("pw")).await.unwrap();
     }
 }
