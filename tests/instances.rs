@@ -311,11 +311,13 @@ async fn default_mailboxes_have_ids_of_their_own() {
     assert_ne!(t1.uid_validity, t2.uid_validity);
 }
 
-/// A store that one instance cannot reach while the others can.
+/// A store that one instance cannot reach while the others can; it also
+/// records which keys were read.
 #[derive(Debug)]
 struct Unreachable {
     inner: SharedStore,
     down: AtomicBool,
+    read: Mutex<Vec<String>>,
 }
 
 impl Unreachable {
@@ -336,6 +338,7 @@ impl ObjectStore for Unreachable {
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.check()?;
+        self.read.lock().unwrap().push(key.to_owned());
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
@@ -371,6 +374,7 @@ async fn an_instance_that_cannot_sync_gives_no_stale_answer() {
     let cut = Arc::new(Unreachable {
         inner: memory.clone(),
         down: AtomicBool::new(false),
+        read: Mutex::new(Vec::new()),
     });
     let b_store: SharedStore = cut.clone();
     let keyring = keyring();
@@ -461,4 +465,36 @@ async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
     inbox_a.sync().await.unwrap();
     assert_eq!(inbox_a.read(|s| s.exists()).await, 4);
     assert!(inbox_a.read(|s| s.displaced().is_empty()).await);
+}
+
+/// An object planted under `incoming/` larger than any record an instance
+/// writes is never read (a few of them used to make every instance that
+/// drained the user load them whole); real deliveries still arrive.
+#[tokio::test]
+async fn an_oversized_planted_record_is_never_read() {
+    let memory: SharedStore = Arc::new(MemoryStore::new());
+    let watched = Arc::new(Unreachable {
+        inner: memory.clone(),
+        down: AtomicBool::new(false),
+        read: Mutex::new(Vec::new()),
+    });
+    let store: SharedStore = watched.clone();
+    let keyring = keyring();
+    let a = instance(&store, &keyring, "a", "planted");
+    let planted = format!(
+        "{}0000000000000-planted",
+        facteur::store::layout::incoming_prefix(a.user())
+    );
+    let size = facteur::mailbox::incoming::MAX_RECORD_BYTES as usize + 1;
+    memory
+        .put(&planted, Bytes::from(vec![0u8; size]))
+        .await
+        .unwrap();
+    deliver_to(&store, &a, &keyring, "real").await;
+    let (_, inbox) = a.open_fresh("INBOX").await.unwrap();
+    assert_eq!(inbox.read(|s| s.exists()).await, 1);
+    assert!(
+        !watched.read.lock().unwrap().contains(&planted),
+        "the planted object was read"
+    );
 }

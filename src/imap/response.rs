@@ -22,6 +22,13 @@ use crate::account::AccountError;
 /// of many messages holds at most about this much plus one message.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// Longest a flush may wait for the client to read: a client that stops
+/// reading (its receive window full) would otherwise hold its connection,
+/// and its slot among `max_connections`, for as long as TCP lets it. At
+/// most [`FLUSH_AT`] and a little more are written per flush, so this
+/// asks about 2 KB/s of a client.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The byte stream a session writes to.
 pub trait Sink: AsyncWrite + Unpin + Send {}
 impl<T: AsyncWrite + Unpin + Send> Sink for T {}
@@ -133,11 +140,20 @@ impl<'a> Out<'a> {
 
     /// Writes what is buffered.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.sink.write_all(&self.buf).await?;
-            self.buf.clear();
+        let write = async {
+            if !self.buf.is_empty() {
+                self.sink.write_all(&self.buf).await?;
+                self.buf.clear();
+            }
+            self.sink.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(done) => done,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading its answers",
+            )),
         }
-        self.sink.flush().await
     }
 
     /// Writes what is buffered if it is a lot: called between messages of
@@ -309,4 +325,24 @@ impl Done {
 /// A response code with arguments we computed (`APPENDUID 3 7`).
 pub fn code_owned(text: String) -> Code<'static> {
     Code::Other(CodeOther::unvalidated(text.into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that never reads its answers does not hold its connection
+    /// past [`WRITE_TIMEOUT`] (the write used to wait forever).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_times_out() {
+        let (mut server, _client) = tokio::io::duplex(1024);
+        let mut out = Out::new(&mut server);
+        for i in 0..1000 {
+            out.untagged(&format!("{i} EXISTS"));
+        }
+        let started = tokio::time::Instant::now();
+        let err = out.flush().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+    }
 }

@@ -165,6 +165,11 @@ pub struct DamageCounts {
     pub lost_ops: u64,
 }
 
+/// How a [`Damage`] reason starts for an op that opens (a key holder
+/// wrote it) but does not decode: kept and waited for, never lost or
+/// deleted (see [`StoredLog::apply`]).
+pub const UNREADABLE_BY_THIS_VERSION: &str = "opens but this version cannot read it: ";
+
 static DAMAGED_OBJECTS: AtomicU64 = AtomicU64::new(0);
 static LOST_OPS: AtomicU64 = AtomicU64::new(0);
 
@@ -528,9 +533,21 @@ where
                 }),
             }
         }
+        // An op that opened (so a key holder wrote it) but does not
+        // decode is not rot: most likely a newer version's format. It is
+        // reported, never given up as lost nor deleted by a repair; the
+        // ops after it wait for a version that reads it.
+        for mut d in undecodable {
+            if !self.damaged.contains_key(&d.name) {
+                tracing::error!(object = %d.name, reason = %d.reason, "an op opens but this version cannot read it (written by a newer version?); later ops wait for it");
+                DAMAGED_OBJECTS.fetch_add(1, Ordering::Relaxed);
+                d.reason = format!("{UNREADABLE_BY_THIS_VERSION}{}", d.reason);
+                self.damaged.insert(d.name.clone(), d);
+            }
+        }
         // Damage last: an op is given up as lost only once every op
         // fetched with it is in (see `mailbox::state` on lost claims).
-        for d in undecodable.into_iter().chain(fetched.damaged) {
+        for d in fetched.damaged {
             applied += self.note_damage(d);
         }
         if let Some(last) = fetched.last_listed {
@@ -888,6 +905,11 @@ where
         let doomed: Vec<String> = self
             .damaged
             .keys()
+            .filter(|name| {
+                !self.damaged[*name]
+                    .reason
+                    .starts_with(UNREADABLE_BY_THIS_VERSION)
+            })
             .chain(snapshots.iter().map(|d| &d.name))
             .filter(|name| **name != written)
             .cloned()
@@ -1975,6 +1997,46 @@ mod tests {
         // write_snapshot syncs (here: reloads) first.
         a.write_snapshot(&store).await.unwrap();
         assert!(!a.reload_due());
+    }
+
+    #[tokio::test]
+    async fn an_op_that_opens_but_does_not_decode_is_kept_not_lost() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", LogTuning::default()).await;
+        a.append(&store, "one".into()).await.unwrap();
+        // What a newer version might write: sealed with the log's key (so
+        // a key holder wrote it) but in a form this version cannot read.
+        let future = format!(
+            "{PREFIX}log/{}",
+            op_name(
+                Hlc {
+                    wall_ms: now_ms(),
+                    counter: 0
+                },
+                &a.instance,
+                &OpId::of_bytes(b"future")
+            )
+        );
+        store
+            .put(
+                &future,
+                Bytes::from(seal(&key, &future, b"{\"a newer\": 1}")),
+            )
+            .await
+            .unwrap();
+        let mut b = open_as(&store, &key, "b", LogTuning::default()).await;
+        let damage = b.damaged();
+        let found = damage.iter().find(|d| d.name == future).expect("reported");
+        assert!(
+            found.reason.starts_with(UNREADABLE_BY_THIS_VERSION),
+            "{found:?}"
+        );
+        assert_eq!(words(&b), ["one"]);
+        // A repair keeps it: it is not rot, and deleting it would lose
+        // whatever it records.
+        b.repair(&store, &[]).await.unwrap();
+        assert!(store.get(&future).await.is_ok(), "the op was deleted");
     }
 
     #[tokio::test]

@@ -84,6 +84,14 @@ pub const BATCH: usize = 100;
 /// Records fetched at once.
 pub const FETCH_PARALLELISM: usize = 8;
 
+/// Largest delivery record read. A record holds a sealed key, the
+/// envelope and the message's summary (headers Postfix caps at 100 KB by
+/// default, a short preview): a few KiB, rarely more. A larger object
+/// under `incoming/` was not written by an instance; it is left unread
+/// (and logged), so a bucket writer cannot make every instance that
+/// drains the user load gigabytes at once.
+pub const MAX_RECORD_BYTES: u64 = 8 << 20;
+
 /// Format of the records this version writes and reads. A record of a
 /// higher version is left in the queue for a newer instance. (The MAC
 /// around the sealed box is versioned by its own magic bytes, see
@@ -351,6 +359,14 @@ pub async fn collect(
     let last_listed = page.objects.last().map(|m| m.key.clone());
     let fetched: Vec<(String, Option<Bytes>)> = stream::iter(page.objects)
         .map(|meta| async move {
+            if meta.size > MAX_RECORD_BYTES {
+                tracing::error!(
+                    record = %meta.key,
+                    size = meta.size,
+                    "delivery record larger than any instance writes; left unread"
+                );
+                return Ok((meta.key, None));
+            }
             match store.get(&meta.key).await {
                 Ok(bytes) => Ok((meta.key, Some(bytes))),
                 // Drained (and deleted) by another instance meanwhile.
