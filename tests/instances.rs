@@ -321,6 +321,14 @@ struct Unreachable {
 }
 
 impl Unreachable {
+    fn over(inner: &SharedStore) -> Arc<Unreachable> {
+        Arc::new(Unreachable {
+            inner: inner.clone(),
+            down: AtomicBool::new(false),
+            read: Mutex::new(Vec::new()),
+        })
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
             Err(StoreError::Transient("unreachable (test)".into()))
@@ -371,11 +379,7 @@ impl ObjectStore for Unreachable {
 #[tokio::test]
 async fn an_instance_that_cannot_sync_gives_no_stale_answer() {
     let memory: SharedStore = Arc::new(MemoryStore::new());
-    let cut = Arc::new(Unreachable {
-        inner: memory.clone(),
-        down: AtomicBool::new(false),
-        read: Mutex::new(Vec::new()),
-    });
+    let cut = Unreachable::over(&memory);
     let b_store: SharedStore = cut.clone();
     let keyring = keyring();
     let a = instance(&memory, &keyring, "a", "stale");
@@ -473,11 +477,7 @@ async fn one_instance_drains_in_the_background_and_the_lease_passes_on() {
 #[tokio::test]
 async fn an_oversized_planted_record_is_never_read() {
     let memory: SharedStore = Arc::new(MemoryStore::new());
-    let watched = Arc::new(Unreachable {
-        inner: memory.clone(),
-        down: AtomicBool::new(false),
-        read: Mutex::new(Vec::new()),
-    });
+    let watched = Unreachable::over(&memory);
     let store: SharedStore = watched.clone();
     let keyring = keyring();
     let a = instance(&store, &keyring, "a", "planted");
