@@ -207,7 +207,22 @@ cmd_stop() {
 
 cmd_signal() { # STOP or CONT
     running || die "not running"
-    kill -"$1" "$(cat "$work/slapd.pid")"
+    pid="$(cat "$work/slapd.pid")"
+    kill -"$1" "$pid"
+    # A signal is delivered asynchronously: a thread already running on the
+    # other core may still answer a request after kill returns. Wait until
+    # every thread shows the wanted state (T when stopped).
+    for _ in $(seq 1 500); do
+        all=yes
+        for stat in /proc/"$pid"/task/*/stat; do
+            state="$(sed 's/^.*) //' "$stat" 2>/dev/null | cut -d' ' -f1)"
+            if [ "$1" = STOP ] && [ "$state" != T ] && [ "$state" != t ]; then all=no; fi
+            if [ "$1" = CONT ] && { [ "$state" = T ] || [ "$state" = t ]; }; then all=no; fi
+        done
+        [ "$all" = yes ] && return 0
+        sleep 0.01
+    done
+    die "slapd (pid $pid) did not reach the state for SIG$1"
 }
 
 [ $# -eq 2 ] || usage
