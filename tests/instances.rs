@@ -498,3 +498,185 @@ async fn an_oversized_planted_record_is_never_read() {
         "the planted object was read"
     );
 }
+
+/// A store whose every call first waits up to `max_delay_us`, at random:
+/// the windows between one instance's LIST and its PUT widen as on a
+/// multi-node store, so that races happen in a test as under load.
+struct Slow {
+    inner: SharedStore,
+    max_delay_us: u64,
+}
+
+impl std::fmt::Debug for Slow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slow")
+    }
+}
+
+impl Slow {
+    fn over(inner: &SharedStore, max_delay_us: u64) -> SharedStore {
+        Arc::new(Slow {
+            inner: inner.clone(),
+            max_delay_us,
+        })
+    }
+
+    async fn pause(&self) {
+        let us = rand::random::<u64>() % self.max_delay_us;
+        tokio::time::sleep(Duration::from_micros(us)).await;
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Slow {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.pause().await;
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.pause().await;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.pause().await;
+        self.inner.get_range(key, range).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.pause().await;
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.pause().await;
+        self.inner.delete_many(keys).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        self.pause().await;
+        self.inner.list(prefix, start_after, limit).await
+    }
+}
+
+/// Placement turns exclude each other: three instances taking the turn of
+/// one mailbox over and over, on a store with random delays, are never
+/// inside it together (no time-out lets one through: `max_wait` is far
+/// beyond the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_turns_exclude_each_other() {
+    use facteur::account::turn::{TurnTuning, Turns};
+    use std::sync::atomic::AtomicUsize;
+    for (kind, store, _dir) in stores() {
+        let slow = Slow::over(&store, 2000);
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tuning = TurnTuning {
+            max_wait: Duration::from_secs(60),
+            stale_after: Duration::from_secs(60),
+            ..TurnTuning::default()
+        };
+        let tasks: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| {
+                let turns = Turns::new(
+                    slow.clone(),
+                    "users/u/lease/turn-m/".into(),
+                    InstanceId::new(name).unwrap(),
+                    tuning.clone(),
+                );
+                let (inside, most) = (inside.clone(), most.clone());
+                tokio::spawn(async move {
+                    for _ in 0..40 {
+                        let held = turns.take().await.unwrap();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        held.release();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "{kind}: two instances held the turn at once"
+        );
+    }
+}
+
+/// Two instances appending to one INBOX at the same time, two clients on
+/// each, over a store with random delays: once each has seen the other
+/// write there, they take turns, and every APPENDUID a client was given
+/// is the message's UID for good (before turns, about one message in six
+/// was renumbered under such load, and a client saw its own append
+/// vanish and come back under another UID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_appending_at_once_renumber_nothing() {
+    for (kind, store, _dir) in stores() {
+        let slow = Slow::over(&store, 2000);
+        let keyring = keyring();
+        let a = instance(&slow, &keyring, "a", "busy");
+        let b = instance(&slow, &keyring, "b", "busy");
+        // Each writes once and sees the other's write.
+        for (who, account) in [("a", &a), ("b", &b)] {
+            let (_, inbox) = account.open_fresh("INBOX").await.unwrap();
+            account
+                .append(&inbox, &message(&format!("hello from {who}")), vec![], 0)
+                .await
+                .unwrap();
+        }
+        for account in [&a, &b] {
+            account.open_fresh("INBOX").await.unwrap();
+        }
+        let clients: Vec<_> = [("a1", &a), ("a2", &a), ("b1", &b), ("b2", &b)]
+            .into_iter()
+            .map(|(client, account)| {
+                let account = account.clone();
+                tokio::spawn(async move {
+                    let (_, inbox) = account.open_by_name("INBOX").await.unwrap();
+                    let mut given = Vec::new();
+                    for i in 0..12 {
+                        let subject = format!("{client}-{i}");
+                        let placed = account
+                            .append(&inbox, &message(&subject), vec![], 0)
+                            .await
+                            .unwrap();
+                        given.push((format!("note {subject}"), placed.uids[0]));
+                    }
+                    given
+                })
+            })
+            .collect();
+        let mut given = Vec::new();
+        for c in clients {
+            given.extend(c.await.unwrap());
+        }
+        let (_, inbox) = a.open_fresh("INBOX").await.unwrap();
+        let mut finals = BTreeMap::new();
+        let uids: Vec<u32> = inbox.read(|s| s.messages().map(|m| m.uid).collect()).await;
+        for uid in uids {
+            let summary = inbox.summary(uid).await.unwrap();
+            let subject = summary.envelope.subject.unwrap();
+            finals.insert(
+                String::from_utf8_lossy(subject.as_bytes()).into_owned(),
+                uid,
+            );
+        }
+        let renumbered: Vec<_> = given
+            .iter()
+            .filter(|(subject, uid)| *uid != finals.get(subject).copied())
+            .collect();
+        assert!(
+            renumbered.is_empty(),
+            "{kind}: {} of {} appends renumbered: {renumbered:?}",
+            renumbered.len(),
+            given.len()
+        );
+    }
+}

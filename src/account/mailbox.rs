@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +30,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 
 use super::AccountError;
 use super::cache::BodyCache;
+use super::turn::{TurnTuning, Turns};
 use crate::crypto::{RecordAuth, SymmetricKey, UserKeys, open_body};
 use crate::log::stored::{LogTuning, StoredLog, SyncError, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
@@ -77,6 +79,8 @@ pub struct MailboxTuning {
     /// accepts (`imap` and `lmtp` `max_message_size`). Bounds the
     /// decompression of a body whatever its message claims.
     pub max_body_size: usize,
+    /// Placement turns between instances (`account::turn`).
+    pub turns: TurnTuning,
 }
 
 /// [`MailboxTuning::max_body_size`] by default: the configuration's
@@ -89,6 +93,7 @@ impl Default for MailboxTuning {
             log: LogTuning::default(),
             fix_up_jitter: Duration::from_millis(200),
             max_body_size: DEFAULT_MAX_BODY_SIZE,
+            turns: TurnTuning::default(),
         }
     }
 }
@@ -104,6 +109,11 @@ pub struct Mailbox {
     log: RwLock<StoredLog<MailboxState>>,
     /// Serialises this instance's writes (see the module invariants).
     writer: Mutex<()>,
+    /// Serialises placements with other instances' when they place here
+    /// too (see [`Mailbox::place_locked`]).
+    turns: Turns,
+    /// Placements waiting for `writer` (see [`Mailbox::lock_for_placing`]).
+    placers_waiting: AtomicUsize,
     /// Bumped whenever the state changes; sessions wait on it (IDLE).
     changes: watch::Sender<u64>,
     cache: Arc<BodyCache>,
@@ -142,6 +152,12 @@ impl Mailbox {
         tuning: MailboxTuning,
     ) -> Result<Mailbox, AccountError> {
         let prefix = format!("{}mbox/{id}/", layout::user_prefix(&user));
+        let turns = Turns::new(
+            store.clone(),
+            layout::placement_turns(&user, &id),
+            instance.clone(),
+            tuning.turns.clone(),
+        );
         let log = StoredLog::open(
             store.as_ref(),
             key,
@@ -159,6 +175,8 @@ impl Mailbox {
             store,
             log: RwLock::new(log),
             writer: Mutex::new(()),
+            turns,
+            placers_waiting: AtomicUsize::new(0),
             changes,
             cache,
             tuning,
@@ -236,12 +254,8 @@ impl Mailbox {
         if jitter > 0 {
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % jitter)).await;
         }
-        let _writing = self.writer.lock().await;
-        self.sync_once().await?;
-        let Some(op) = self.read(MailboxState::fix_up).await else {
-            return Ok(());
-        };
-        self.write_locked(op).await?;
+        let _writing = self.lock_for_placing().await;
+        self.place_locked(MailboxState::fix_up, true).await?;
         Ok(())
     }
 
@@ -334,9 +348,67 @@ impl Mailbox {
     /// messages. After the LIST, only placements whose PUT is in flight at
     /// the same moment can collide.
     async fn write_placing(&self, op: MailboxOp) -> Result<OpId, AccountError> {
-        let _writing = self.writer.lock().await;
-        self.sync_once().await?;
-        self.write_locked(op).await
+        let _writing = self.lock_for_placing().await;
+        let id = self.place_locked(|_| Some(op), true).await?;
+        Ok(id.expect("an op given is written"))
+    }
+
+    /// Plans and writes a placing op; the caller holds `writer`. `fresh`:
+    /// sync first (see [`Mailbox::write_placing`]; an APPEND synced in
+    /// parallel with its body PUT already).
+    ///
+    /// While another instance writes to this mailbox too
+    /// ([`Mailbox::contended`]), the sync and the claim run inside a
+    /// placement turn (`account::turn`): two instances placing at the same
+    /// moment then take turns instead of colliding. Alone, an instance
+    /// places with no extra round trip.
+    async fn place_locked(
+        &self,
+        plan: impl FnOnce(&MailboxState) -> Option<MailboxOp>,
+        fresh: bool,
+    ) -> Result<Option<OpId>, AccountError> {
+        let turn = if self.contended().await {
+            Some(self.turns.take().await?)
+        } else {
+            None
+        };
+        let placed = async {
+            if fresh || turn.is_some() {
+                self.sync_once().await?;
+            }
+            match self.read(plan).await {
+                Some(op) => self.write_locked(op).await.map(Some),
+                None => Ok(None),
+            }
+        }
+        .await;
+        if let Some(turn) = turn {
+            let more = placed.is_ok() && self.placers_waiting.load(Ordering::SeqCst) > 0;
+            self.turns.done(turn, more);
+        }
+        placed
+    }
+
+    /// Takes `writer` for a placement, counted meanwhile among the
+    /// placements waiting (for which a placement turn is kept).
+    async fn lock_for_placing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.placers_waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.placers_waiting);
+        self.writer.lock().await
+    }
+
+    /// Whether another instance wrote to this mailbox recently enough that
+    /// placements take turns ([`TurnTuning::contended_for`]).
+    async fn contended(&self) -> bool {
+        let last = self.log.read().await.last_foreign_write_ms();
+        let window = self.turns.tuning().contended_for.as_millis() as u64;
+        last > 0 && last.saturating_add(window) >= now_ms()
     }
 
     /// APPEND (RFC 9051 §6.3.12): stores the body, then the op. Returns the
@@ -354,10 +426,12 @@ impl Mailbox {
             store_body(&self.store, &self.user, raw, internal_date),
             self.sync_once()
         )?;
-        let id = self
-            .write(MailboxOp::Append(NewMessage { message, flags }))
-            .await?;
-        Ok(self.placed(id, 1).await)
+        let op = MailboxOp::Append(NewMessage { message, flags });
+        let id = {
+            let _writing = self.lock_for_placing().await;
+            self.place_locked(|_| Some(op), false).await?
+        };
+        Ok(self.placed(id.expect("an op given is written"), 1).await)
     }
 
     /// What placing op `id` placed, for APPENDUID and COPYUID.
@@ -711,13 +785,9 @@ impl Mailbox {
             let (next, more) = batch.next();
             after = next.map(str::to_owned);
             {
-                let _writing = self.writer.lock().await;
+                let _writing = self.lock_for_placing().await;
                 // As in `write_placing`: claim from a fresh state.
-                self.sync_once().await?;
-                let op = batch.op(self.log.read().await.state());
-                if let Some(op) = op {
-                    self.write_locked(op).await?;
-                }
+                self.place_locked(|state| batch.op(state), true).await?;
             }
             batch.mark_held(self.log.read().await.state());
             let ok = batch.clean_up(self.store.as_ref(), &mut report).await;

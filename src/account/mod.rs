@@ -11,6 +11,7 @@ pub mod folders;
 pub mod keyring;
 pub mod mailbox;
 pub mod registry;
+pub mod turn;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -276,17 +277,35 @@ impl Account {
     /// mailbox is synced. Any failure is returned (a transient one becomes
     /// `NO [UNAVAILABLE]`): the client then sees nothing older than what
     /// the store held when the command arrived, on whatever instance.
+    ///
+    /// One round trip in the usual case: the mailbox the list named before
+    /// its sync is synced at the same time as the list (and, for INBOX, as
+    /// the drain of delivered mail); only if the synced list names another
+    /// mailbox (renamed or deleted and created again elsewhere) is that one
+    /// synced after.
     pub async fn open_fresh(&self, name: &str) -> Result<(Folder, Arc<Mailbox>), AccountError> {
         use crate::mailbox::list::{name::INBOX, normalize};
         let folders = self.folders().await?;
-        if normalize(name).is_ok_and(|n| n == INBOX) {
-            // Independent: in parallel, one round trip less.
-            futures::try_join!(folders.sync(), self.drain_incoming())?;
-        } else {
-            folders.sync().await?;
-        }
+        let inbox = normalize(name).is_ok_and(|n| n == INBOX);
+        let guessed = async {
+            let Some(guess) = folders.find(name).await else {
+                return Ok(None);
+            };
+            let mailbox = self.mailbox(&guess.id.to_hex(), guess.uid_validity).await?;
+            mailbox.sync().await?;
+            Ok::<_, AccountError>(Some(mailbox))
+        };
+        let drain = async {
+            if inbox {
+                self.drain_incoming().await?;
+            }
+            Ok::<_, AccountError>(())
+        };
+        let (_, guessed, _) = futures::try_join!(folders.sync(), guessed, drain)?;
         let (folder, mailbox) = self.open_by_name(name).await?;
-        mailbox.sync().await?;
+        if !guessed.is_some_and(|g| Arc::ptr_eq(&g, &mailbox)) {
+            mailbox.sync().await?;
+        }
         Ok((folder, mailbox))
     }
 

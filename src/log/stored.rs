@@ -230,6 +230,9 @@ pub struct StoredLog<S: State> {
     unsnapshotted_since_ms: Option<u64>,
     /// Name of the newest snapshot loaded or written.
     snapshot: Option<String>,
+    /// The newest writer's clock (wall ms) among the applied ops of other
+    /// instances: how recently another instance wrote here.
+    last_foreign_ms: u64,
 }
 
 impl<S: State> std::fmt::Debug for StoredLog<S> {
@@ -350,6 +353,7 @@ where
             since_snapshot: 0,
             unsnapshotted_since_ms: None,
             snapshot: None,
+            last_foreign_ms: 0,
         };
         drive_sync(&mut log, store).await?;
         Ok(log)
@@ -425,6 +429,9 @@ where
         self.since_snapshot = reloaded.applied;
         for d in reloaded.damaged {
             self.note_damage(d);
+        }
+        for name in &reloaded.writers {
+            self.note_writer(name);
         }
         if let Some(last) = reloaded.last_listed {
             self.advance_cursor(self.relative_name(last));
@@ -524,6 +531,7 @@ where
                     applied += n;
                     if n > 0 {
                         self.note_unsnapshotted(&name);
+                        self.note_writer(&name);
                     }
                 }
                 Err(e) => undecodable.push(Damage {
@@ -657,6 +665,24 @@ where
             self.unsnapshotted_since_ms
                 .map_or(written, |t| t.min(written)),
         );
+    }
+
+    fn note_writer(&mut self, name: &str) {
+        let name = name.strip_prefix(&self.log_prefix()).unwrap_or(name);
+        if let Ok((hlc, writer, _)) = parse_op_name(name)
+            && writer != self.instance
+            && writer.as_str() != GENESIS_WRITER
+        {
+            // A clock ahead of ours counts as now.
+            let written = hlc.wall_ms.min(now_ms());
+            self.last_foreign_ms = self.last_foreign_ms.max(written);
+        }
+    }
+
+    /// When another instance last wrote to this log, as far as the applied
+    /// ops tell (its clock, wall ms; 0 if never).
+    pub fn last_foreign_write_ms(&self) -> u64 {
+        self.last_foreign_ms
     }
 
     /// `snapshot`, a full snapshot object key, without its prefix.
@@ -1211,9 +1237,15 @@ where
         return Ok(None);
     }
     let mut applied = 0;
+    let mut writers = Vec::new();
     for (object_key, bytes) in fetched.ops {
         match replica.insert_bytes(&bytes) {
-            Ok((_, n)) => applied += n,
+            Ok((_, n)) => {
+                applied += n;
+                if n > 0 {
+                    writers.push(object_key);
+                }
+            }
             Err(e) => damaged.push(Damage {
                 name: object_key,
                 reason: e.to_string(),
@@ -1229,6 +1261,7 @@ where
         started_ms: fetched.started_ms,
         last_listed: fetched.last_listed,
         damaged,
+        writers,
     };
     Ok(log.write(|l| l.install(reloaded)).await)
 }
@@ -1250,6 +1283,8 @@ struct Reloaded<S: State> {
     started_ms: u64,
     last_listed: Option<String>,
     damaged: Vec<Damage>,
+    /// Keys of the ops applied on top of the snapshot.
+    writers: Vec<String>,
 }
 
 /// The newest snapshot that opens, if any.

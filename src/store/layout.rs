@@ -67,6 +67,12 @@ pub fn incoming_lease(u: &UserId) -> String {
     format!("{USERS_PREFIX}{u}/lease/incoming")
 }
 
+/// `users/<u>/lease/turn-<m>/`: placement turns of mailbox `<m>`, taken
+/// by instances placing into it at the same time (`account::turn`).
+pub fn placement_turns(u: &UserId, mailbox_id: &str) -> String {
+    format!("{USERS_PREFIX}{u}/lease/turn-{mailbox_id}/")
+}
+
 /// `users/<u>/blob/<blob-id>`: message bodies, immutable.
 pub fn blob(u: &UserId, blob_id: &str) -> String {
     format!("{USERS_PREFIX}{u}/blob/{blob_id}")
