@@ -589,7 +589,7 @@ async fn placement_turns_exclude_each_other() {
                 let (inside, most) = (inside.clone(), most.clone());
                 tokio::spawn(async move {
                     for _ in 0..40 {
-                        let held = turns.take().await.unwrap();
+                        let held = turns.take().await.unwrap().expect("no time-out");
                         let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(2)).await;

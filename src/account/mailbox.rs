@@ -368,7 +368,7 @@ impl Mailbox {
         fresh: bool,
     ) -> Result<Option<OpId>, AccountError> {
         let turn = if self.contended().await {
-            Some(self.turns.take().await?)
+            self.turns.take().await?
         } else {
             None
         };

@@ -278,30 +278,36 @@ impl Account {
     /// `NO [UNAVAILABLE]`): the client then sees nothing older than what
     /// the store held when the command arrived, on whatever instance.
     ///
-    /// One round trip in the usual case: the mailbox the list named before
-    /// its sync is synced at the same time as the list (and, for INBOX, as
-    /// the drain of delivered mail); only if the synced list names another
-    /// mailbox (renamed or deleted and created again elsewhere) is that one
-    /// synced after.
+    /// One round trip in the usual case (two for INBOX, whose sync follows
+    /// the drain of delivered mail): the mailbox the list named before its
+    /// sync is synced at the same time as the list; only if the synced
+    /// list names another mailbox (renamed, or deleted and created again)
+    /// is that one synced after.
     pub async fn open_fresh(&self, name: &str) -> Result<(Folder, Arc<Mailbox>), AccountError> {
         use crate::mailbox::list::{name::INBOX, normalize};
         let folders = self.folders().await?;
         let inbox = normalize(name).is_ok_and(|n| n == INBOX);
+        // A failed guess is no answer: the mailbox the synced list names
+        // is then synced after, and its failure is the answer.
         let guessed = async {
-            let Some(guess) = folders.find(name).await else {
-                return Ok(None);
-            };
-            let mailbox = self.mailbox(&guess.id.to_hex(), guess.uid_validity).await?;
-            mailbox.sync().await?;
-            Ok::<_, AccountError>(Some(mailbox))
+            let guess = folders.find(name).await?;
+            let mailbox = self
+                .mailbox(&guess.id.to_hex(), guess.uid_validity)
+                .await
+                .ok()?;
+            mailbox.sync().await.ok()?;
+            Some(mailbox)
         };
-        let drain = async {
+        // For INBOX, the mailbox is listed after `incoming/`: a record
+        // another instance drained meanwhile leaves `incoming/` only once
+        // its op is stored, so one of the two LISTs shows it.
+        let drain_then_guess = async {
             if inbox {
                 self.drain_incoming().await?;
             }
-            Ok::<_, AccountError>(())
+            Ok::<_, AccountError>(guessed.await)
         };
-        let (_, guessed, _) = futures::try_join!(folders.sync(), guessed, drain)?;
+        let (_, guessed) = futures::try_join!(folders.sync(), drain_then_guess)?;
         let (folder, mailbox) = self.open_by_name(name).await?;
         if !guessed.is_some_and(|g| Arc::ptr_eq(&g, &mailbox)) {
             mailbox.sync().await?;

@@ -9,9 +9,11 @@
 //! six. The store has no compare-and-swap (Garage ignores conditional
 //! PUTs), so the turn is built from PUT, LIST and DELETE alone:
 //!
-//! 1. *Announce*: PUT `turn/<ticket>-<announced>-<instance>`; the ticket is
-//!    the wall clock when this placement first asked, kept across retries
-//!    (first come, first served), `announced` when this entry was written.
+//! 1. *Announce*: PUT `turn-<m>/<ticket>-<announced>-<nonce>-<instance>`;
+//!    the ticket is the wall clock when this placement first asked, kept
+//!    across retries (first come, first served), `announced` when this
+//!    entry was written, the nonce random (two entries of one instance
+//!    never share a name).
 //! 2. *Look*: LIST the turns. No other live entry: the turn is ours.
 //! 3. An entry of another instance with a smaller (ticket, instance):
 //!    *withdraw* (DELETE ours), wait until no smaller entry is left, and
@@ -32,14 +34,19 @@
 //! the other's announcement was visible: A's announcement < A's look < B's
 //! announcement < B's look < A's announcement, a contradiction.
 //!
-//! Best effort, with the claims rule as the safety net: an entry older than
-//! [`TurnTuning::stale_after`] is ignored (its owner died; the next looker
-//! deletes it), and a placement waits at most [`TurnTuning::max_wait`]
-//! before going ahead anyway, so a slow store, a stalled instance or
-//! entries planted by someone who can write the bucket cost latency, never
-//! availability. Entries name an instance and a time, nothing about the
+//! Best effort, with the claims rule as the safety net: an entry announced
+//! more than [`TurnTuning::stale_after`] ago or ahead of our clock is
+//! ignored (its owner died, or its clock is off; the next looker deletes
+//! it); a placement waits at most [`TurnTuning::max_wait`] before going
+//! ahead anyway, and after such a wait the mailbox's placements take no
+//! turn for `stale_after` (so entries planted by someone who can write the
+//! bucket, or a stalled instance, cost one wait, not one per placement); an
+//! entry left by a placement that failed or was cancelled is deleted when
+//! its [`Held`] is dropped. A slow store or a bad entry thus costs
+//! latency, never availability. Entries name an instance and a time, nothing about the
 //! user or the mailbox beyond the opaque ids already in their key.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,7 +81,7 @@ impl Default for TurnTuning {
             stale_after: Duration::from_secs(5),
             max_wait: Duration::from_secs(2),
             min_poll: Duration::from_millis(1),
-            max_poll: Duration::from_millis(16),
+            max_poll: Duration::from_millis(32),
             contended_for: Duration::from_secs(300),
             keep_for: Duration::from_millis(250),
             keep_uses: 16,
@@ -91,26 +98,40 @@ pub struct Turns {
     tuning: TurnTuning,
     /// A turn kept for the next placement ([`Turns::done`]).
     kept: Arc<Mutex<Option<Held>>>,
+    /// Placements take no turn until then (after a wait that timed out).
+    skip_until: Mutex<Option<Instant>>,
 }
 
-/// A turn held: placing is safe until it is released
-/// ([`Turns::done`]).
-#[must_use = "a held turn must be released"]
+/// A turn held: placing is safe until it is released ([`Turns::done`]),
+/// which dropping it does too (a placement that failed or was cancelled).
 pub struct Held {
     store: SharedStore,
-    key: String,
+    /// The entry's object key; `None` once deleted.
+    key: Option<String>,
     taken: Instant,
     uses: u32,
 }
 
 impl Held {
-    /// Gives the turn up. The DELETE runs in the background: the caller
-    /// answers its client without waiting for it (a lost DELETE only
-    /// makes the next placer wait until the entry is stale).
-    pub fn release(self) {
-        tokio::spawn(async move {
-            if let Err(e) = self.store.delete(&self.key).await {
-                tracing::debug!(key = %self.key, error = %e, "releasing a placement turn failed");
+    /// Gives the turn up (see `Drop`).
+    pub fn release(self) {}
+}
+
+impl Drop for Held {
+    /// Deletes the entry in the background: the caller answers its client
+    /// without waiting (a lost DELETE only makes the next placer wait
+    /// until the entry is stale).
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        runtime.spawn(async move {
+            if let Err(e) = store.delete(&key).await {
+                tracing::debug!(key = %key, error = %e, "releasing a placement turn failed");
             }
         });
     }
@@ -128,9 +149,10 @@ struct Entry {
 impl Entry {
     fn parse(prefix: &str, key: &str) -> Option<Entry> {
         let name = key.strip_prefix(prefix)?;
-        let mut parts = name.splitn(3, '-');
+        let mut parts = name.splitn(4, '-');
         let ticket = u64::from_str_radix(parts.next()?, 16).ok()?;
         let announced = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let _nonce = parts.next()?;
         let instance = parts.next()?.to_owned();
         Some(Entry {
             ticket,
@@ -164,11 +186,15 @@ fn judge<'a>(
     let mut stale = Vec::new();
     let mut look = Look::Ours;
     for e in entries {
-        if e.announced.saturating_add(stale_after) < now {
-            stale.push(e.key.as_str());
+        // Ours are never stale to us: a PUT slower than `stale_after`
+        // must not make us delete the entry we are about to hold.
+        if e.instance == me {
             continue;
         }
-        if e.instance == me {
+        if e.announced.saturating_add(stale_after) < now
+            || e.announced > now.saturating_add(stale_after)
+        {
+            stale.push(e.key.as_str());
             continue;
         }
         if (e.ticket, e.instance.as_str()) < (ticket, me) {
@@ -192,6 +218,7 @@ impl Turns {
             instance,
             tuning,
             kept: Arc::default(),
+            skip_until: Mutex::new(None),
         }
     }
 
@@ -209,7 +236,9 @@ impl Turns {
             held.release();
             return;
         }
-        let key = held.key.clone();
+        let Some(key) = held.key.clone() else {
+            return;
+        };
         let left = self.tuning.keep_for.saturating_sub(held.taken.elapsed());
         if let Some(old) = self.kept.lock().expect("turn lock").replace(held) {
             old.release();
@@ -220,7 +249,7 @@ impl Turns {
             let expired = {
                 let mut slot = kept.lock().expect("turn lock");
                 match slot.as_ref() {
-                    Some(h) if h.key == key => slot.take(),
+                    Some(h) if h.key.as_ref() == Some(&key) => slot.take(),
                     _ => None,
                 }
             };
@@ -234,56 +263,75 @@ impl Turns {
         &self.tuning
     }
 
-    /// Waits for this instance's turn (see the module text). Store errors
+    /// Waits for this instance's turn (see the module text). `None`: no
+    /// turn is being taken for now (a recent wait timed out). Store errors
     /// are returned: the placement would fail on them too.
-    pub async fn take(&self) -> Result<Held, StoreError> {
+    pub async fn take(&self) -> Result<Option<Held>, StoreError> {
         let kept = self.kept.lock().expect("turn lock").take();
         if let Some(held) = kept {
             if held.taken.elapsed() < self.tuning.keep_for {
-                return Ok(held);
+                return Ok(Some(held));
             }
             held.release();
+        }
+        {
+            let mut skip = self.skip_until.lock().expect("turn lock");
+            match *skip {
+                Some(until) if Instant::now() < until => return Ok(None),
+                Some(_) => *skip = None,
+                None => {}
+            }
         }
         let started = Instant::now();
         let ticket = now_ms();
         let me = self.instance.as_str();
         let stale_after = self.tuning.stale_after.as_millis() as u64;
         let mut poll = self.tuning.min_poll;
+        let mut deleted = HashSet::new();
         loop {
-            let key = format!("{}{ticket:016x}-{:016x}-{me}", self.prefix, now_ms());
-            self.store.put(&key, Bytes::new()).await?;
-            let held = Held {
+            let key = format!(
+                "{}{ticket:016x}-{:016x}-{:08x}-{me}",
+                self.prefix,
+                now_ms(),
+                rand::random::<u32>()
+            );
+            // Armed before the PUT: a failed or cancelled announcement is
+            // deleted too.
+            let mut held = Held {
                 store: self.store.clone(),
-                key,
+                key: Some(key.clone()),
                 taken: Instant::now(),
                 uses: 0,
             };
+            self.store.put(&key, Bytes::new()).await?;
             // Looks while announced.
-            let behind = loop {
+            loop {
                 let entries = self.entries().await?;
                 let (look, stale) = judge(&entries, me, ticket, now_ms(), stale_after);
-                self.delete_stale(stale);
+                self.delete_stale(stale, &mut deleted);
                 match look {
-                    Look::Ours => return Ok(held),
+                    Look::Ours => return Ok(Some(held)),
                     _ if started.elapsed() >= self.tuning.max_wait => {
-                        tracing::debug!(turns = %self.prefix, "no placement turn in time; placing anyway");
-                        return Ok(held);
+                        tracing::info!(turns = %self.prefix, "no placement turn within the wait; placing anyway, and without turns for a while");
+                        *self.skip_until.lock().expect("turn lock") =
+                            Some(Instant::now() + self.tuning.stale_after);
+                        return Ok(Some(held));
                     }
-                    Look::Behind => break true,
+                    Look::Behind => break,
                     Look::Ahead => {}
                 }
                 tokio::time::sleep(poll).await;
                 poll = (poll * 2).min(self.tuning.max_poll);
-            };
-            debug_assert!(behind);
+            }
             // Withdrawn: wait until nobody is ahead, then announce again.
-            self.store.delete(&held.key).await?;
+            held.key = None;
+            self.store.delete(&key).await?;
             loop {
                 tokio::time::sleep(poll).await;
                 poll = (poll * 2).min(self.tuning.max_poll);
                 let entries = self.entries().await?;
                 let (look, stale) = judge(&entries, me, ticket, now_ms(), stale_after);
-                self.delete_stale(stale);
+                self.delete_stale(stale, &mut deleted);
                 if look != Look::Behind || started.elapsed() >= self.tuning.max_wait {
                     break;
                 }
@@ -299,14 +347,17 @@ impl Turns {
             .collect())
     }
 
-    fn delete_stale(&self, stale: Vec<&str>) {
-        if stale.is_empty() {
+    /// Deletes stale entries in the background, each once per wait.
+    fn delete_stale(&self, stale: Vec<&str>, deleted: &mut HashSet<String>) {
+        let keys: Vec<String> = stale
+            .into_iter()
+            .filter(|k| deleted.insert((*k).to_owned()))
+            .map(str::to_owned)
+            .collect();
+        if keys.is_empty() {
             return;
         }
-        let (store, keys) = (
-            self.store.clone(),
-            stale.into_iter().map(str::to_owned).collect::<Vec<_>>(),
-        );
+        let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(e) = store.delete_many(&keys).await {
                 tracing::debug!(error = %e, "deleting stale placement turns failed");
@@ -324,7 +375,7 @@ mod tests {
             ticket,
             announced,
             instance: instance.into(),
-            key: format!("p/{ticket:016x}-{announced:016x}-{instance}"),
+            key: format!("p/{ticket:016x}-{announced:016x}-0000abcd-{instance}"),
         }
     }
 
@@ -332,7 +383,7 @@ mod tests {
     fn entries_parse_back() {
         let e = entry(5, 7, "site_a");
         assert_eq!(Entry::parse("p/", &e.key), Some(e));
-        assert_eq!(Entry::parse("p/", "p/zz-01-a"), None);
+        assert_eq!(Entry::parse("p/", "p/zz-01-02-a"), None);
         assert_eq!(Entry::parse("p/", "p/01"), None);
     }
 
@@ -364,9 +415,16 @@ mod tests {
             judge(&[entry(60, now, "a")], "b", 50, now, 5000).0,
             Look::Ahead
         );
-        // A stale one is ignored and reported for deletion.
+        // A stale one is ignored and reported for deletion, and so is one
+        // announced ahead of our clock (planted, or a clock far off).
         let old = [entry(40, now - 6000, "a")];
         let (look, stale) = judge(&old, "b", 50, now, 5000);
         assert_eq!((look, stale), (Look::Ours, vec![old[0].key.as_str()]));
+        let ahead = [entry(0, u64::MAX, "a")];
+        let (look, stale) = judge(&ahead, "b", 50, now, 5000);
+        assert_eq!((look, stale), (Look::Ours, vec![ahead[0].key.as_str()]));
+        // Ours are never stale to us.
+        let mine = [entry(40, now - 6000, "b")];
+        assert_eq!(judge(&mine, "b", 50, now, 5000), (Look::Ours, vec![]));
     }
 }
