@@ -204,6 +204,17 @@ async fn thunderbird_transcript_in_imap4rev1() {
     assert!(r.ok(), "{r:?}");
     let r = c.run("LSUB \"\" *").await;
     assert!(listed(&r, "LSUB").contains(&mutf7.to_owned()), "{r:?}");
+    // LIST-EXTENDED and LIST-STATUS go through the rewriting of
+    // src/imap/extend.rs.
+    let r = c
+        .run("LIST (SUBSCRIBED) \"\" (\"Réu*\" \"été\") RETURN (STATUS (MESSAGES))")
+        .await;
+    assert!(
+        r.has(&format!(
+            "* LIST (\\Subscribed \\HasNoChildren) \"/\" \"{mutf7}\""
+        )) && r.has(&format!("* STATUS \"{mutf7}\" (MESSAGES 2)")),
+        "{r:?}"
+    );
     let r = c.run(&format!("EXAMINE \"{mutf7}\"")).await;
     assert!(r.ok() && r.has("* 2 EXISTS"), "{r:?}");
 
