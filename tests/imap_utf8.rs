@@ -334,6 +334,13 @@ async fn names_that_cannot_exist_answer_no_not_bad() {
     assert!(r.no(), "{r:?}");
     let r = c.run("LIST \"\" *").await;
     assert_eq!(listed(&r, "LIST"), before, "{r:?}");
+    // A client that enabled UTF-8 means the name as it is: no such
+    // mailbox, until it makes one.
+    assert!(c.run("ENABLE UTF8=ACCEPT").await.ok());
+    let r = c.run(&format!("SELECT {odd}")).await;
+    assert!(r.no() && r.has("[NONEXISTENT]"), "{r:?}");
+    assert!(c.run(&format!("CREATE {odd}")).await.ok());
+    assert!(c.run(&format!("SELECT {odd}")).await.ok());
 }
 
 /// RFC 5258 §3.5: a parent that is not subscribed is returned, with
@@ -428,6 +435,10 @@ async fn invalid_utf8_and_long_strings_are_refused_cleanly() {
             );
         }
     }
+    // In a literal the parser lets any bytes through; the name is still
+    // refused.
+    let r = run_bytes(&mut c, b"CREATE {4+}\r\ncaf\xe9").await;
+    assert!(r.bad(), "{r:?}");
     let r = c.run("NOOP").await;
     assert!(r.ok(), "{r:?}");
     let r = c.run("LIST \"\" *").await;
