@@ -17,21 +17,60 @@ use super::session::Authed;
 use crate::account::AccountError;
 use crate::mailbox::list::{DELIMITER, SpecialUse};
 
-/// The UTF-8 name a client means by `mailbox`.
+/// The UTF-8 name a client means by `mailbox`. A name no mailbox can
+/// have (see [`decode_name`]) answers `NO [NONEXISTENT]`, as a missing
+/// mailbox does: the command is well formed, the mailbox just is not there.
 pub fn name_of(authed: &Authed, mailbox: &Mailbox<'_>) -> Result<String, Failure> {
     match mailbox {
         Mailbox::Inbox => Ok("INBOX".to_owned()),
-        Mailbox::Other(other) => decode_name(authed, other.as_ref()),
+        Mailbox::Other(other) => decode_name(authed, other.as_ref())?.ok_or_else(|| {
+            Failure::no(
+                Some(code("NONEXISTENT")),
+                format!("No mailbox can be named {}", shown_raw(other.as_ref())),
+            )
+        }),
     }
 }
 
-fn decode_name(authed: &Authed, raw: &[u8]) -> Result<String, Failure> {
+/// The name a CREATE or RENAME gives: one no mailbox can have answers
+/// `NO [CANNOT]` (RFC 5530 §3).
+fn new_name_of(authed: &Authed, mailbox: &Mailbox<'_>) -> Result<String, Failure> {
+    match mailbox {
+        Mailbox::Inbox => Ok("INBOX".to_owned()),
+        Mailbox::Other(other) => decode_name(authed, other.as_ref())?.ok_or_else(|| {
+            Failure::no(
+                Some(code("CANNOT")),
+                format!(
+                    "{} is not valid modified UTF-7 (RFC 3501 §5.1.3)",
+                    shown_raw(other.as_ref())
+                ),
+            )
+        }),
+    }
+}
+
+/// A client's name for a response text.
+fn shown_raw(raw: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(raw))
+}
+
+/// The UTF-8 name a client means by `raw`; `None` when no mailbox can have
+/// it. Clients that enabled UTF-8 (RFC 6855 §3, RFC 9051) send UTF-8
+/// names. Other clients send modified UTF-7 (RFC 3501 §5.1.3), yet many
+/// send raw UTF-8 in a quoted string: a name with 8-bit bytes cannot be
+/// modified UTF-7, so it is taken as UTF-8 (the same mailbox as its
+/// modified UTF-7 spelling). A 7-bit name that is not valid modified
+/// UTF-7 (`a&b`) is a name no mailbox has: the caller answers `NO` (or
+/// an empty LIST), not `BAD`, since the command itself is well formed.
+/// Bytes that are not UTF-8 at all (only a literal can carry them; the
+/// parser refuses them in a quoted string) are `BAD`.
+fn decode_name(authed: &Authed, raw: &[u8]) -> Result<Option<String>, Failure> {
     let text = std::str::from_utf8(raw)
         .map_err(|_| Failure::bad("Mailbox names must be UTF-8 or modified UTF-7"))?;
-    if authed.utf8 || !text.contains('&') {
-        return Ok(text.to_owned());
+    if authed.utf8 || !text.is_ascii() || !text.contains('&') {
+        return Ok(Some(text.to_owned()));
     }
-    mutf7::decode(text).ok_or_else(|| Failure::bad(format!("Invalid modified UTF-7 name {text:?}")))
+    Ok(mutf7::decode(text))
 }
 
 /// A name as this client reads it.
@@ -43,13 +82,18 @@ pub fn encode_name(authed: &Authed, name: &str) -> String {
     }
 }
 
+/// `NO [NONEXISTENT]`; the name in modified UTF-7, since response text
+/// is 7-bit (RFC 3501 §9 `TEXT-CHAR`).
 fn no_such(name: &str) -> Failure {
-    Failure::no(Some(code("NONEXISTENT")), format!("No mailbox {name:?}"))
+    Failure::no(
+        Some(code("NONEXISTENT")),
+        format!("No mailbox {:?}", mutf7::encode(name)),
+    )
 }
 
 /// CREATE (RFC 9051 §6.3.4; `USE` from RFC 6154 §3).
 pub async fn create(authed: &Authed, mailbox: &Mailbox<'_>, ext: Ext) -> Outcome {
-    let mut name = name_of(authed, mailbox)?;
+    let mut name = new_name_of(authed, mailbox)?;
     // A trailing delimiter only says the name will have inferiors.
     while name.len() > 1 && name.ends_with(DELIMITER) {
         name.pop();
@@ -97,7 +141,7 @@ pub async fn delete(authed: &Authed, name: &str) -> Outcome {
 /// messages and leaves it empty.
 pub async fn rename(authed: &Authed, from: &Mailbox<'_>, to: &Mailbox<'_>) -> Outcome {
     let from = name_of(authed, from)?;
-    let mut to = name_of(authed, to)?;
+    let mut to = new_name_of(authed, to)?;
     while to.len() > 1 && to.ends_with(DELIMITER) {
         to.pop();
     }
@@ -153,30 +197,43 @@ pub async fn list(
     out: &mut Out<'_>,
 ) -> Outcome {
     let opts = ext.list.unwrap_or_default();
+    // A reference or pattern no mailbox name can match (not valid
+    // modified UTF-7) matches nothing: OK with no line, as Dovecot does.
     let reference = match reference {
-        Mailbox::Inbox => "INBOX".to_owned(),
+        Mailbox::Inbox => Some("INBOX".to_owned()),
         Mailbox::Other(o) => decode_name(authed, o.as_ref())?,
     };
-    let mut patterns: Vec<String> = Vec::new();
-    if opts.patterns.is_empty() {
-        let raw: &[u8] = match pattern {
+    let raw_patterns: Vec<&[u8]> = if opts.patterns.is_empty() {
+        vec![match pattern {
             ListMailbox::Token(t) => t.as_ref(),
             ListMailbox::String(s) => s.as_ref(),
-        };
-        patterns.push(decode_name(authed, raw)?);
+        }]
     } else {
-        for raw in &opts.patterns {
-            patterns.push(decode_name(authed, raw)?);
+        opts.patterns.iter().map(Vec::as_slice).collect()
+    };
+    let mut patterns: Vec<String> = Vec::new();
+    for raw in raw_patterns {
+        if let Some(p) = decode_name(authed, raw)? {
+            patterns.push(p);
         }
+    }
+    let done = || {
+        Done::ok(if lsub {
+            "LSUB completed"
+        } else {
+            "LIST completed"
+        })
+    };
+    let Some(reference) = reference else {
+        return done();
+    };
+    if patterns.is_empty() {
+        return done();
     }
     // RFC 9051 §6.3.9: an empty pattern asks for the delimiter.
     if patterns.len() == 1 && patterns[0].is_empty() && !opts.extended() {
         out.untagged("LIST (\\Noselect) \"/\" \"\"");
-        return Done::ok(if lsub {
-            "LSUB completed"
-        } else {
-            "LIST completed"
-        });
+        return done();
     }
     let full: Vec<String> = patterns
         .iter()
@@ -245,7 +302,9 @@ pub async fn list(
                 let wanted = if lsub {
                     full.iter().any(|p| p.contains('%')) && e.subscribed_child
                 } else {
-                    opts.recursive_match && e.subscribed_child
+                    opts.recursive_match
+                        && e.subscribed_child
+                        && unreturned_subscribed_descendant(&entries, name, &full, &opts)
                 };
                 if !wanted {
                     continue;
@@ -312,6 +371,29 @@ pub async fn list(
     } else {
         "LIST completed"
     })
+}
+
+/// Whether `parent` has a subscribed descendant that this LIST does not
+/// return itself. RFC 5258 §3.5: a parent that does not meet the
+/// selection criteria is returned, with CHILDINFO, to tell of matching
+/// children the patterns do not reach; when they are all returned, the
+/// parent is not (as Dovecot does: `LIST (SUBSCRIBED RECURSIVEMATCH) ""
+/// (a/b a/b/c)` with only `a/b/c` subscribed returns `a/b/c` alone).
+fn unreturned_subscribed_descendant(
+    entries: &BTreeMap<String, Entry>,
+    parent: &str,
+    patterns: &[String],
+    opts: &ListExt,
+) -> bool {
+    let prefix = format!("{parent}{DELIMITER}");
+    entries
+        .range(prefix.clone()..)
+        .take_while(|(name, _)| name.starts_with(&prefix))
+        .any(|(name, e)| {
+            let returned = patterns.iter().any(|p| matches(p, name))
+                && (!opts.select_special_use || e.special_use.is_some());
+            e.subscribed && !returned
+        })
 }
 
 /// Whether `name` matches a LIST pattern (RFC 9051 §6.3.9: `*` matches

@@ -1,6 +1,7 @@
 //! Modified UTF-7 mailbox names (RFC 3501 §5.1.3): how IMAP4rev1 clients
 //! spell non-ASCII names. Clients that enabled UTF8=ACCEPT (RFC 6855) or
-//! IMAP4rev2 send and receive UTF-8 instead.
+//! IMAP4rev2 send and receive UTF-8 instead; a name with 8-bit bytes from
+//! any client is read as UTF-8 (`mailboxes::decode_name`).
 
 use base64::Engine;
 use base64::alphabet::IMAP_MUTF7;
