@@ -230,7 +230,7 @@ async fn append_fetch_store_search_expunge() {
     let f = c.run("FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)").await;
     assert!(f.ok(), "{f:?}");
     assert!(
-        f.has("* 1 FETCH (UID 1 FLAGS (\\Flagged) RFC822.SIZE "),
+        f.has("* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) RFC822.SIZE "),
         "{f:?}"
     );
     assert!(f.has("\"first\""), "envelope subject: {f:?}");
@@ -481,11 +481,13 @@ async fn idle_pushes_changes_from_another_session() {
             .ok()
     );
     assert_eq!(idler.line().await, "* 1 EXISTS");
+    // The first session told of it (RFC 3501 §2.3.2).
+    assert_eq!(idler.line().await, "* 1 RECENT");
     assert!(other.run("SELECT INBOX").await.ok());
     assert!(other.run("STORE 1 +FLAGS (\\Answered)").await.ok());
     let flags = idler.line().await;
     assert!(
-        flags.contains("FETCH (UID 1 FLAGS (\\Answered))"),
+        flags.contains("FETCH (UID 1 FLAGS (\\Answered \\Recent))"),
         "{flags}"
     );
     idler.send(b"DONE\r\n").await;
@@ -610,7 +612,11 @@ async fn two_instances_on_garage_push_changes_to_each_other() {
     assert!(writer.line().await.starts_with("+ "));
     assert!(idler.run("STORE 1 +FLAGS (\\Seen)").await.ok());
     let pushed = writer.line().await;
-    assert!(pushed.contains("FETCH (UID 1 FLAGS (\\Seen))"), "{pushed}");
+    // Recent on instance one for the first session there to select.
+    assert!(
+        pushed.contains("FETCH (UID 1 FLAGS (\\Seen \\Recent))"),
+        "{pushed}"
+    );
     writer.send(b"DONE\r\n").await;
     assert!(writer.until_tagged(&tag).await.ok());
 }

@@ -10,6 +10,7 @@ pub mod check;
 pub mod folders;
 pub mod keyring;
 pub mod mailbox;
+pub mod recent;
 pub mod registry;
 pub mod turn;
 

@@ -25,6 +25,7 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::recent::RecentFloors;
 use super::{Account, AccountConfig};
 use crate::crypto::{Password, UserKeys};
 use crate::store::{SharedStore, layout::UserId};
@@ -38,6 +39,8 @@ pub struct Accounts {
     live: Mutex<HashMap<UserId, Live>>,
     /// Keys the verifiers; random per process.
     verifier_key: VerifierKey,
+    /// What this instance has shown as `\Recent`; outlives the accounts.
+    recent: Arc<RecentFloors>,
 }
 
 /// An unlocked account, and the verifier of the password that opened it
@@ -82,7 +85,13 @@ impl Accounts {
             grace,
             live: Mutex::new(HashMap::new()),
             verifier_key: VerifierKey::random(),
+            recent: Arc::new(RecentFloors::default()),
         })
+    }
+
+    /// The `\Recent` bookkeeping of this instance.
+    pub fn recent(&self) -> Arc<RecentFloors> {
+        self.recent.clone()
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Live>> {

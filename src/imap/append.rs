@@ -74,6 +74,13 @@ pub async fn append(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    // Bounded keywords (see MAX_KEYWORDS), checked for all the messages
+    // before any is stored.
+    let flags: Vec<String> = messages
+        .iter()
+        .flat_map(|m| m.flags.iter().cloned())
+        .collect();
+    super::messages::check_keyword_limit(&target, &[], &flags).await?;
     let mut placed_uids: Vec<u32> = Vec::new();
     let mut uid_validity = 0;
     for m in messages {

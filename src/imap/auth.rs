@@ -215,6 +215,7 @@ pub async fn login(
         condstore: false,
         qresync: false,
         damage_told: false,
+        recent: imap.accounts.recent(),
     };
     if let Some(recovery) = success.recovery {
         // A failure here must not lose the key silently: the login fails,

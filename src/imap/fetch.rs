@@ -90,6 +90,8 @@ struct Meta {
     size: u64,
     internal_date: i64,
     modseq: u64,
+    /// `\Recent` in this session (RFC 3501 §2.3.2).
+    recent: bool,
     summary: Option<MessageSummary>,
 }
 
@@ -170,11 +172,25 @@ pub async fn fetch(
                     size: m.message.size,
                     internal_date: m.message.internal_date,
                     modseq: m.modseq,
+                    recent: false,
                     summary: None,
                 })
                 .collect()
         })
         .await;
+    for meta in &mut metas {
+        meta.recent = selected.is_recent(meta.uid);
+    }
+    if with_flags || !flags_changed.is_empty() {
+        // RFC 3501 §7.2.6: keywords set since the last FLAGS response
+        // (here or elsewhere) are announced before a FETCH shows them.
+        selected.announce_keywords(
+            metas
+                .iter()
+                .flat_map(|m| m.flags.iter().map(String::as_str)),
+            out,
+        );
+    }
 
     let mailbox = selected.mailbox.clone();
     let items_ref = &items;
@@ -225,7 +241,7 @@ pub async fn fetch(
                 data.push(render(item, &meta, body.as_ref())?);
             }
             if !with_flags && flags_changed.contains(&meta.uid) {
-                data.push(MessageDataItem::Flags(flags_of(&meta.flags)));
+                data.push(MessageDataItem::Flags(fetch_flags(&meta)));
                 if selected.condstore
                     && !items
                         .iter()
@@ -281,6 +297,16 @@ pub fn flags_of(flags: &[String]) -> Vec<FlagFetch<'static>> {
         .filter_map(|f| Flag::try_from(f.as_str()).ok().map(|f| f.into_static()))
         .map(FlagFetch::Flag)
         .collect()
+}
+
+/// FLAGS of one message: its flags, and `\Recent` if it is recent in
+/// this session.
+fn fetch_flags(meta: &Meta) -> Vec<FlagFetch<'static>> {
+    let mut flags = flags_of(&meta.flags);
+    if meta.recent {
+        flags.push(FlagFetch::Recent);
+    }
+    flags
 }
 
 fn date_of(seconds: i64) -> DateTime {
@@ -346,7 +372,7 @@ fn render(
         MessageDataItemName::Uid => MessageDataItem::Uid(
             NonZeroU32::new(meta.uid).ok_or_else(|| Failure::Internal("UID 0".into()))?,
         ),
-        MessageDataItemName::Flags => MessageDataItem::Flags(flags_of(&meta.flags)),
+        MessageDataItemName::Flags => MessageDataItem::Flags(fetch_flags(meta)),
         MessageDataItemName::InternalDate => {
             MessageDataItem::InternalDate(date_of(meta.internal_date))
         }

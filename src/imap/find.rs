@@ -57,7 +57,7 @@ pub async fn search(
     };
     let query = Query::new(&criteria, scope);
     let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
-    let mut highest_matched: u64 = 0;
+    let mut modseqs: Vec<u64> = Vec::new(); // of `matched`, in its order
     for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
         let rows: Vec<Row> = selected
             .mailbox
@@ -125,7 +125,10 @@ pub async fn search(
                 Some(Err(AccountError::NoSuchMessage(_))) => continue,
                 Some(Err(e)) => return Err(e.into()),
             };
-            let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let mut flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+            if selected.is_recent(uid) {
+                flag_refs.push("\\Recent");
+            }
             let candidate = Candidate {
                 seq,
                 uid,
@@ -138,17 +141,17 @@ pub async fn search(
             };
             if query.matches(&candidate) {
                 matched.push(uid);
-                highest_matched = highest_matched.max(modseq);
+                modseqs.push(modseq);
             }
         }
         out.flush_if_full().await?;
     }
 
     // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
-    // carries the highest MODSEQ of the matches.
+    // carries the highest MODSEQ of the messages it returns.
     let modseq = if query.has_modseq() {
-        selected.condstore = true;
-        (!matched.is_empty()).then_some(highest_matched)
+        selected.enable_condstore(out);
+        answer_modseq(ext.search_return.as_ref(), &modseqs)
     } else {
         None
     };
@@ -191,6 +194,22 @@ pub async fn search(
     } else {
         "SEARCH completed"
     })
+}
+
+/// The MODSEQ a SEARCH with a MODSEQ key answers (`None`: no match):
+/// the highest of the matches (plain SEARCH, RFC 7162 §3.1.5; ESEARCH
+/// with ALL or COUNT), or with only MIN and/or MAX, the highest of the
+/// messages they return (RFC 4731 §3.2).
+fn answer_modseq(options: Option<&SearchReturn>, modseqs: &[u64]) -> Option<u64> {
+    let (first, last) = (modseqs.first()?, modseqs.last()?);
+    match options {
+        Some(o) if (o.min || o.max) && !o.all && !o.count => {
+            let min = if o.min { *first } else { 0 };
+            let max = if o.max { *last } else { 0 };
+            Some(min.max(max))
+        }
+        _ => modseqs.iter().copied().max(),
+    }
 }
 
 /// RFC 5182 §2.4: with SAVE and only MIN and/or MAX, just those are saved.

@@ -463,10 +463,19 @@ async fn status_line(
     items: &[StatusDataItemName],
     appendlimit: bool,
 ) -> Result<String, Failure> {
-    let (_, mailbox) = match authed.account.open_fresh(name).await {
+    let (folder, mailbox) = match authed.account.open_fresh(name).await {
         Ok(found) => found,
         Err(AccountError::NoSuchMailbox(_)) => return Err(no_such(name)),
         Err(e) => return Err(e.into()),
+    };
+    // RFC 3501 §6.3.10: the messages no session of this instance took
+    // as recent yet (see `crate::account::recent`).
+    let recent_floor = |uid_validity| {
+        authed.recent.floor(
+            authed.account.user().as_str(),
+            &folder.id.to_hex(),
+            uid_validity,
+        )
     };
     let parts = mailbox
         .read(|s| {
@@ -474,7 +483,10 @@ async fn status_line(
             for item in items {
                 let part = match item {
                     StatusDataItemName::Messages => format!("MESSAGES {}", s.exists()),
-                    StatusDataItemName::Recent => "RECENT 0".to_owned(),
+                    StatusDataItemName::Recent => {
+                        let floor = recent_floor(s.uid_validity());
+                        format!("RECENT {}", s.messages().filter(|m| m.uid >= floor).count())
+                    }
                     StatusDataItemName::UidNext => format!("UIDNEXT {}", s.uid_next()),
                     StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", s.uid_validity()),
                     StatusDataItemName::Unseen => format!(

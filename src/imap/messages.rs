@@ -6,9 +6,9 @@
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 
 use super::mailboxes::encode_name;
-use super::response::{Done, Failure, Out, Outcome, code_owned};
+use super::response::{Done, Failure, Out, Outcome, code, code_owned};
 use super::search::sequence_set_string;
-use super::selected::{Selected, try_create};
+use super::selected::{MAX_KEYWORDS, Selected, try_create};
 use super::session::Authed;
 use crate::account::AccountError;
 
@@ -77,6 +77,9 @@ pub async fn store(
         .collect();
     // Others' changes first, so that ours can be told apart.
     selected.report(out, false).await;
+    if !matches!(kind, StoreType::Remove) {
+        check_keyword_limit(&selected.mailbox, selected.keywords(), &names).await?;
+    }
     let before = selected.mailbox.read(|s| s.highest_modseq()).await;
     if !uids.is_empty() {
         let (set, clear) = match kind {
@@ -103,6 +106,9 @@ pub async fn store(
                 (names, clear)
             }
         };
+        // Announced before any FETCH shows them (RFC 3501 §7.2.6), also
+        // for .SILENT: a later FETCH may show them.
+        selected.announce_keywords(set.iter().map(String::as_str), out);
         selected.mailbox.store_flags(uids, set, clear).await?;
     }
     let after = selected.mailbox.read(|s| s.highest_modseq()).await;
@@ -120,14 +126,16 @@ pub async fn store(
                 uids.iter()
                     .filter(|uid| !reported.contains(uid))
                     .filter_map(|uid| s.message(*uid))
-                    .map(|m| (m.uid, m.flags.join(" "), m.modseq))
+                    .map(|m| (m.uid, selected.flag_list(m.uid, &m.flags), m.modseq))
                     .collect::<Vec<_>>()
             })
             .await
             .into_iter()
             .filter_map(|(uid, flags, modseq)| {
                 let seq = selected.seq_of(uid)?;
-                let uid = if by_uid {
+                // RFC 7162 §3.1: with CONDSTORE on, UID in every
+                // untagged FETCH.
+                let uid = if by_uid || selected.condstore {
                     format!(" UID {uid}")
                 } else {
                     String::new()
@@ -164,6 +172,42 @@ pub async fn store(
     } else {
         "STORE completed"
     })
+}
+
+/// `NO [LIMIT]` if setting `flags` would give the mailbox more than
+/// [`MAX_KEYWORDS`] distinct keywords, counting those now in use and
+/// those the session was told of (`announced`), so FLAGS stays within it.
+pub async fn check_keyword_limit(
+    mailbox: &crate::account::Mailbox,
+    announced: &[String],
+    flags: &[String],
+) -> Result<(), Failure> {
+    let fresh: Vec<&str> = flags
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !f.starts_with('\\') && !announced.iter().any(|k| k == f))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut keywords: std::collections::HashSet<String> = mailbox
+        .read(|s| {
+            s.messages()
+                .flat_map(|m| m.flags.into_iter())
+                .filter(|f| !f.starts_with('\\'))
+                .map(str::to_owned)
+                .collect()
+        })
+        .await;
+    keywords.extend(announced.iter().cloned());
+    keywords.extend(fresh.iter().map(|f| (*f).to_owned()));
+    if keywords.len() > MAX_KEYWORDS {
+        return Err(Failure::no(
+            Some(code("LIMIT")),
+            format!("A mailbox holds at most {MAX_KEYWORDS} distinct keywords"),
+        ));
+    }
+    Ok(())
 }
 
 /// Expunges the messages flagged \Deleted (among `only`, for UID

@@ -30,8 +30,9 @@
 //!   header, regardless of its time and zone (RFC 9051 §6.4.4: "disregarding
 //!   time and timezone"); a message without a valid Date: uses its
 //!   INTERNALDATE, as Dovecot does.
-//! - We keep no `\Recent` flag: RECENT and NEW match nothing, OLD matches
-//!   everything.
+//! - RECENT, NEW and OLD look for `\Recent` among the candidate's flags:
+//!   the caller adds it for messages recent in the session (never in
+//!   IMAP4rev2 sessions, where RECENT and NEW then match nothing).
 //! - `*` in a sequence set is the largest sequence number or UID of the
 //!   mailbox, and a range matches in either order (RFC 9051 §6.4.9: `UID
 //!   559:*` includes the last message even above every UID).
@@ -211,8 +212,12 @@ impl Query {
             ),
             K::SequenceSet(set) => Node::Seq(Ranges::new(set, scope.max_seq)),
             K::Uid(set) => Node::Uid(Ranges::new(set, scope.max_uid)),
-            K::All | K::Old => Node::Const(true),
-            K::New | K::Recent => Node::Const(false),
+            K::All => Node::Const(true),
+            // RFC 3501 §6.4.4: `\Recent` is in the candidate's flags when
+            // the message is recent in the session.
+            K::Recent => flag("\\Recent", true),
+            K::Old => flag("\\Recent", false),
+            K::New => Node::And(vec![flag("\\Recent", true), flag("\\Seen", false)]),
             K::Answered => flag("\\Answered", true),
             K::Deleted => flag("\\Deleted", true),
             K::Draft => flag("\\Draft", true),

@@ -1,8 +1,19 @@
 //! The selected mailbox as this session has shown it (RFC 9051 §2.3.1.2,
-//! §7.5): the UIDs in sequence-number order as last reported, and the
-//! MODSEQ up to which flag changes were reported. Changes in the shared
+//! §7.5): the UIDs in sequence-number order as last reported, the MODSEQ
+//! up to which flag changes were reported, the keywords announced in
+//! FLAGS and the messages recent in this session. Changes in the shared
 //! state (this instance's other sessions, other instances via the poller)
-//! become EXISTS, EXPUNGE and FETCH FLAGS responses in [`Selected::report`].
+//! become EXISTS, RECENT, EXPUNGE, FLAGS and FETCH FLAGS responses in
+//! [`Selected::report`].
+//!
+//! Invariants:
+//! - A keyword is in the FLAGS list before any FETCH response shows it
+//!   ([`Selected::announce_keywords`]), and the list only grows until the
+//!   next SELECT (RFC 3501 §7.2.6: clients keep the last FLAGS).
+//! - `\Recent` (RFC 3501 §2.3.2, IMAP4rev1 sessions only): a SELECT takes
+//!   the messages no session of this instance took yet, and so does every
+//!   report of new messages; an EXAMINE shows them without taking them
+//!   (RFC 3501 §6.3.2). See [`crate::account::recent`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,10 +25,16 @@ use super::mailboxes::encode_name;
 use super::response::{Failure, Out, code};
 use super::search::sequence_set_string;
 use super::session::Authed;
+use crate::account::recent::RecentFloors;
 use crate::account::{Folder, Mailbox};
 
 /// The flags every message may carry (RFC 9051 §2.3.2).
 pub const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
+
+/// Distinct keywords a mailbox may carry (STORE and APPEND of one more
+/// answer `NO [LIMIT]`), so FLAGS stays short; PERMANENTFLAGS drops `\*`
+/// when they are all in use (RFC 3501 §7.1).
+pub const MAX_KEYWORDS: usize = 256;
 
 pub struct Selected {
     pub folder: Folder,
@@ -37,6 +54,38 @@ pub struct Selected {
     pub condstore: bool,
     /// QRESYNC is on (RFC 7162 §3.2): expunges are reported as VANISHED.
     pub qresync: bool,
+    /// UIDs recent in this session, ascending (RFC 3501 §2.3.2).
+    recent: Vec<u32>,
+    /// How this session takes part in `\Recent`; `None` for IMAP4rev2,
+    /// which has no such flag (RFC 9051 appendix E).
+    recent_role: Option<RecentRole>,
+}
+
+/// A session's share in this instance's `\Recent` bookkeeping.
+struct RecentRole {
+    floors: Arc<RecentFloors>,
+    /// The user's store id: the registry is the instance's.
+    user: String,
+    mailbox: String,
+    uid_validity: u32,
+    /// SELECT takes the new messages; EXAMINE only looks (RFC 3501 §6.3.2).
+    takes: bool,
+}
+
+impl RecentRole {
+    /// Of `uids` (a view of the state whose UIDNEXT is `uid_next`), those
+    /// recent in this session: taken from the instance's floor (SELECT)
+    /// or at or above it (EXAMINE).
+    fn recent_among(&self, uids: &[u32], uid_next: u32) -> Vec<u32> {
+        let floor = if self.takes {
+            self.floors
+                .claim(&self.user, &self.mailbox, self.uid_validity, uid_next)
+        } else {
+            self.floors
+                .floor(&self.user, &self.mailbox, self.uid_validity)
+        };
+        uids.iter().copied().filter(|u| *u >= floor).collect()
+    }
 }
 
 impl Selected {
@@ -78,6 +127,17 @@ impl Selected {
                 )
             })
             .await;
+        let recent_role = (!authed.rev2).then(|| RecentRole {
+            floors: authed.recent.clone(),
+            user: authed.account.user().as_str().to_owned(),
+            mailbox: folder.id.to_hex(),
+            uid_validity,
+            takes: !read_only,
+        });
+        let recent = recent_role
+            .as_ref()
+            .map(|r| r.recent_among(&uids, uid_next))
+            .unwrap_or_default();
         let selected = Selected {
             folder,
             mailbox,
@@ -89,11 +149,14 @@ impl Selected {
             saved: Vec::new(),
             condstore: authed.condstore || authed.qresync,
             qresync: authed.qresync,
+            recent,
+            recent_role,
         };
         selected.write_flags(out);
         out.untagged(&format!("{} EXISTS", selected.uids.len()));
-        if !authed.rev2 {
-            out.untagged("0 RECENT");
+        if selected.recent_role.is_some() {
+            // RFC 3501 §7.3.2
+            out.untagged(&format!("{} RECENT", selected.recent.len()));
         }
         if let Some(seq) = first_unseen
             && !authed.rev2
@@ -106,19 +169,7 @@ impl Selected {
             // RFC 7162 §3.1.2.1
             out.untagged(&format!("OK [HIGHESTMODSEQ {known_modseq}] Highest"));
         }
-        if read_only {
-            out.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox");
-        } else {
-            out.untagged(&format!(
-                "OK [PERMANENTFLAGS ({}{} \\*)] Flags permitted",
-                SYSTEM_FLAGS.join(" "),
-                selected
-                    .keywords
-                    .iter()
-                    .map(|k| format!(" {k}"))
-                    .collect::<String>()
-            ));
-        }
+        selected.write_permanent_flags(out);
         if authed.utf8 {
             out.untagged(&format!(
                 "LIST () \"/\" {}",
@@ -135,6 +186,92 @@ impl Selected {
             flags.push_str(k);
         }
         out.untagged(&format!("FLAGS ({flags})"));
+    }
+
+    /// `OK [PERMANENTFLAGS (...)]` (RFC 3501 §7.1): `\*` while keywords
+    /// may still be created ([`MAX_KEYWORDS`]).
+    fn write_permanent_flags(&self, out: &mut Out<'_>) {
+        if self.read_only {
+            out.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox");
+            return;
+        }
+        let create = if self.keywords.len() < MAX_KEYWORDS {
+            " \\*"
+        } else {
+            ""
+        };
+        out.untagged(&format!(
+            "OK [PERMANENTFLAGS ({}{}{create})] Flags permitted",
+            SYSTEM_FLAGS.join(" "),
+            self.keywords
+                .iter()
+                .map(|k| format!(" {k}"))
+                .collect::<String>()
+        ));
+    }
+
+    /// Announces the keywords among `flags` that the client was not told
+    /// of yet: FLAGS and PERMANENTFLAGS with them added, to be written
+    /// before a FETCH response shows them (RFC 3501 §7.2.6). Keywords are
+    /// never taken out of the list while the mailbox stays selected.
+    pub fn announce_keywords<'a>(
+        &mut self,
+        flags: impl IntoIterator<Item = &'a str>,
+        out: &mut Out<'_>,
+    ) {
+        let mut added = false;
+        for f in flags {
+            if !f.starts_with('\\') && !self.keywords.iter().any(|k| k == f) {
+                self.keywords.push(f.to_owned());
+                added = true;
+            }
+        }
+        if added {
+            self.write_flags(out);
+            self.write_permanent_flags(out);
+        }
+    }
+
+    /// The keywords in this session's FLAGS list.
+    pub fn keywords(&self) -> &[String] {
+        &self.keywords
+    }
+
+    /// Whether `uid` is recent in this session (`\Recent` in FLAGS).
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.binary_search(&uid).is_ok()
+    }
+
+    /// The messages recent in this session, ascending UIDs.
+    pub fn recent(&self) -> &[u32] {
+        &self.recent
+    }
+
+    /// A message's flags as FETCH FLAGS writes them: `flags`, then
+    /// `\Recent` if it is recent here.
+    pub fn flag_list<S: AsRef<str>>(&self, uid: u32, flags: &[S]) -> String {
+        let mut list: Vec<&str> = flags.iter().map(AsRef::as_ref).collect();
+        if self.is_recent(uid) {
+            list.push("\\Recent");
+        }
+        list.join(" ")
+    }
+
+    /// After ENABLE IMAP4rev2: no more `\Recent` (RFC 9051 appendix E).
+    pub fn drop_recent(&mut self) {
+        self.recent.clear();
+        self.recent_role = None;
+    }
+
+    /// A CONDSTORE-enabling command (RFC 7162 §3.1): MODSEQ from now on
+    /// and, if it was off, `OK [HIGHESTMODSEQ n]` with the MODSEQ up to
+    /// which changes were reported (§3.1.2.1: a client that had not
+    /// enabled CONDSTORE learns it now).
+    pub fn enable_condstore(&mut self, out: &mut Out<'_>) {
+        if !self.condstore {
+            self.condstore = true;
+            out.untagged(&format!("OK [HIGHESTMODSEQ {}] Highest", self.known_modseq));
+        }
     }
 
     pub fn exists(&self) -> u32 {
@@ -202,7 +339,7 @@ impl Selected {
         self.watch.borrow_and_update();
         let known = self.known_modseq;
         let last_uid = self.uids.last().copied().unwrap_or(0);
-        let (current, highest, changed, keywords) = self
+        let (current, highest, changed, keywords, uid_next) = self
             .mailbox
             .read(|s| {
                 let current: HashSet<u32> = s.messages().map(|m| m.uid).collect();
@@ -223,7 +360,7 @@ impl Selected {
                         }
                     }
                 }
-                (current, s.highest_modseq(), changed, keywords)
+                (current, s.highest_modseq(), changed, keywords, s.uid_next())
             })
             .await;
         // Expunged messages, highest sequence number first so each number
@@ -249,23 +386,19 @@ impl Selected {
                 out.untagged(&format!("VANISHED {}", sequence_set_string(&vanished)));
             }
         }
-        let new_keywords: Vec<String> = keywords
-            .into_iter()
-            .filter(|k| !self.keywords.contains(k))
-            .collect();
-        if !new_keywords.is_empty() {
-            for k in new_keywords {
-                if !self.keywords.contains(&k) {
-                    self.keywords.push(k);
-                }
-            }
-            self.write_flags(out);
-        }
+        self.recent.retain(|u| current.contains(u));
+        self.announce_keywords(keywords.iter().map(String::as_str), out);
         let mut added: Vec<u32> = current.iter().copied().filter(|u| *u > last_uid).collect();
         added.sort_unstable();
         if !added.is_empty() {
             self.uids.extend_from_slice(&added);
             out.untagged(&format!("{} EXISTS", self.uids.len()));
+            if let Some(role) = &self.recent_role {
+                // RFC 3501 §7.3.2: with the new count.
+                let taken = role.recent_among(&added, uid_next);
+                self.recent.extend(taken);
+                out.untagged(&format!("{} RECENT", self.recent.len()));
+            }
         }
         let mut reported = Vec::new();
         for (uid, flags, modseq) in changed {
@@ -280,7 +413,7 @@ impl Selected {
                 };
                 out.untagged(&format!(
                     "{seq} FETCH (UID {uid} FLAGS ({}){modseq})",
-                    flags.join(" ")
+                    self.flag_list(uid, &flags)
                 ));
                 reported.push(uid);
             }

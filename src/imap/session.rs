@@ -28,6 +28,7 @@ use super::response::{Done, Failure, Out, Outcome, code};
 use super::selected::Selected;
 use super::{Imap, append, capability, fetch, find, mailboxes, messages};
 use crate::account::Account;
+use crate::account::recent::RecentFloors;
 use crate::crypto::Password;
 
 /// A decoded command with what [`super::extend`] found beyond
@@ -74,6 +75,9 @@ pub struct Authed {
     /// Damage to the account's data in the store was told to this
     /// session (once is enough).
     pub damage_told: bool,
+    /// Which messages this instance has shown as `\Recent` (RFC 3501
+    /// §2.3.2), shared by its sessions.
+    pub recent: Arc<RecentFloors>,
 }
 
 pub enum State {
@@ -228,12 +232,15 @@ impl Session {
                         "IMAP4REV2" if !authed.rev2 => {
                             authed.rev2 = true;
                             authed.utf8 = true;
+                            if let Some(s) = selected.as_mut() {
+                                s.drop_recent();
+                            }
                             enabled.push("IMAP4rev2");
                         }
                         "CONDSTORE" if !authed.condstore => {
                             authed.condstore = true;
                             if let Some(s) = selected.as_mut() {
-                                s.condstore = true;
+                                s.enable_condstore(out);
                             }
                             enabled.push("CONDSTORE");
                         }
@@ -243,7 +250,7 @@ impl Session {
                             authed.condstore = true;
                             if let Some(s) = selected.as_mut() {
                                 s.qresync = true;
-                                s.condstore = true;
+                                s.enable_condstore(out);
                             }
                             enabled.push("QRESYNC");
                         }
@@ -311,7 +318,7 @@ impl Session {
                     criteria,
                     uid,
                 } => {
-                    return find::search(
+                    let outcome = find::search(
                         tag,
                         authed,
                         selected,
@@ -322,6 +329,9 @@ impl Session {
                         out,
                     )
                     .await;
+                    // A MODSEQ key enables CONDSTORE (RFC 7162 §3.1).
+                    authed.condstore |= selected.condstore;
+                    return outcome;
                 }
                 CommandBody::Fetch {
                     sequence_set,
@@ -357,9 +367,10 @@ impl Session {
                             .iter()
                             .any(|i| matches!(i, MessageDataItemName::ModSeq))
                     {
+                        // RFC 7162 §3.1: a CONDSTORE-enabling command.
                         authed.condstore = true;
+                        selected.enable_condstore(out);
                     }
-                    selected.condstore = authed.condstore;
                     return fetch::fetch(selected, &uids, items, uid, changed_since, out).await;
                 }
                 CommandBody::Store {
@@ -377,9 +388,10 @@ impl Session {
                         })
                         .next();
                     if unchanged_since.is_some() {
+                        // RFC 7162 §3.1: a CONDSTORE-enabling command.
                         authed.condstore = true;
+                        selected.enable_condstore(out);
                     }
-                    selected.condstore = authed.condstore;
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, uid)?;
                     let change = messages::Change {

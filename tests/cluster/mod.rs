@@ -666,7 +666,13 @@ impl Fetched {
         let flags = after("FLAGS (")
             .and_then(|f| f.split(')').next())
             .map(|f| {
-                let mut v: Vec<String> = f.split_whitespace().map(str::to_owned).collect();
+                // \Recent belongs to the session (and instance) that
+                // fetched, not to the mailbox: left out of comparisons.
+                let mut v: Vec<String> = f
+                    .split_whitespace()
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+                    .map(str::to_owned)
+                    .collect();
                 v.sort();
                 v
             })
