@@ -1,7 +1,7 @@
 //! Differential test of the MIME views of FETCH against Dovecot, the
 //! reference for client compatibility: every message of the corpus
-//! (fixtures/mail, fixtures/imap) is APPENDed to a real Dovecot over plain
-//! TCP, the items of `mime_common::items` are fetched from it, and each
+//! (fixtures/mail, fixtures/imap) is APPENDed, as the file's bytes, to a
+//! real Dovecot over plain TCP (`*-literal8-*` fixtures as a literal8), the items of `mime_common::items` are fetched from it, and each
 //! answer is compared with ours (`mime_common::render`), after parsing
 //! both into the same tree (so quoting and literal choices do not count).
 //!
@@ -105,6 +105,144 @@ const DIFFERENCES: &[(&str, &str, &str)] = &[
         "BINARY.SIZE[6]",
         "Dovecot fails BINARY.SIZE of every part when one part has an unknown encoding",
     ),
+    // "CR runs before LF".
+    (
+        "imap/19-cr-cr-lf",
+        "BODY",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BODYSTRUCTURE",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BODY.PEEK[TEXT]",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BINARY.PEEK[]",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BODY.PEEK[1]",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BINARY.PEEK[1]",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BINARY.SIZE[1]",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    // "Bare CR at the end of a message".
+    (
+        "mail/18-cr-only",
+        "BODY.PEEK[HEADER]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "mail/18-cr-only",
+        "BODY.PEEK[HEADER.FIELDS.NOT (Received DATE Content-Type)]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "mail/18-cr-only",
+        "BINARY.PEEK[]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "mail/18-cr-only",
+        "BODY.PEEK[1.MIME]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "mail/18-cr-only",
+        "BODY.PEEK[HEADER.FIELDS (From to SUBJECT content-type)]",
+        "a header without line end: we end the field with CRLF and add the blank line, Dovecot neither",
+    ),
+    (
+        "mail/18-cr-only",
+        "ENVELOPE",
+        "From: runs over bare CRs: we read on after the first address, Dovecot stops there",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "BODY.PEEK[HEADER]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "BODY.PEEK[HEADER.FIELDS.NOT (Received DATE Content-Type)]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "BINARY.PEEK[]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "BODY.PEEK[1.MIME]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "BODY.PEEK[HEADER.FIELDS (From to SUBJECT content-type)]",
+        "a header without line end: we end the field with CRLF and add the blank line, Dovecot neither",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "ENVELOPE",
+        "From: runs over bare CRs: we read on after the first address, Dovecot stops there",
+    ),
+    (
+        "imap/19-cr-cr-lf",
+        "BINARY.SIZE[]",
+        "CR CR CR LF: every CR before LF is one line end (CRLF), Dovecot's Maildir keeps CR CR LF",
+    ),
+    (
+        "mail/18-cr-only",
+        "BINARY.SIZE[]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    (
+        "imap/20-bare-cr-everywhere",
+        "BINARY.SIZE[]",
+        "a final bare CR is data and kept, Dovecot's Maildir drops it",
+    ),
+    // "Binary parts stay binary".
+    (
+        "imap/21-literal8-binary-part",
+        "BODY",
+        "a literal8 binary part is stored as sent, Dovecot re-encodes it as base64",
+    ),
+    (
+        "imap/21-literal8-binary-part",
+        "BODYSTRUCTURE",
+        "a literal8 binary part is stored as sent, Dovecot re-encodes it as base64",
+    ),
+    (
+        "imap/21-literal8-binary-part",
+        "BODY.PEEK[TEXT]",
+        "a literal8 binary part is stored as sent, Dovecot re-encodes it as base64",
+    ),
+    (
+        "imap/21-literal8-binary-part",
+        "BODY.PEEK[2]",
+        "a literal8 binary part is stored as sent, Dovecot re-encodes it as base64",
+    ),
+    (
+        "imap/21-literal8-binary-part",
+        "BODY.PEEK[2.MIME]",
+        "a literal8 binary part is stored as sent, Dovecot re-encodes it as base64",
+    ),
 ];
 
 // ---------------------------------------------------------------------
@@ -166,11 +304,23 @@ impl Client {
     /// Sends a command (with an optional literal appended) and returns
     /// its untagged responses and the tagged status line.
     fn command(&mut self, command: &str, literal: Option<&[u8]>) -> (Vec<Vec<u8>>, Vec<u8>) {
+        self.command_with(command, literal, false)
+    }
+
+    /// [`Client::command`], the literal sent as a literal8 (`~{n}`, RFC
+    /// 3516 §4.1) when `literal8`.
+    fn command_with(
+        &mut self,
+        command: &str,
+        literal: Option<&[u8]>,
+        literal8: bool,
+    ) -> (Vec<Vec<u8>>, Vec<u8>) {
         let tag = self.tag();
         match literal {
             None => write!(self.writer, "{tag} {command}\r\n").unwrap(),
             Some(data) => {
-                write!(self.writer, "{tag} {command} {{{}}}\r\n", data.len()).unwrap();
+                let tilde = if literal8 { "~" } else { "" };
+                write!(self.writer, "{tag} {command} {tilde}{{{}}}\r\n", data.len()).unwrap();
                 let go = self.line();
                 assert!(go.starts_with(b"+"), "no continuation: {go:?}");
                 self.writer.write_all(data).unwrap();
@@ -473,8 +623,19 @@ fn fetch_answers_match_dovecot() {
     let mut seen_differences = Vec::new();
     let mut compared = 0;
     for fixture in fixtures() {
-        let (_, status) = imap.ok(&format!("APPEND {mailbox}"), Some(&fixture.raw));
+        // Dovecot gets the bytes a client sends; ours are what our APPEND
+        // stores from them (`Fixture::raw`).
+        let (_, status) = imap.command_with(
+            &format!("APPEND {mailbox}"),
+            Some(&fixture.sent),
+            fixture.literal8,
+        );
         let status = String::from_utf8_lossy(&status);
+        assert!(
+            status.split(' ').nth(1) == Some("OK"),
+            "APPEND {}: {status}",
+            fixture.name
+        );
         let uid: u32 = status
             .split_once("APPENDUID ")
             .and_then(|(_, rest)| rest.split(' ').nth(1))

@@ -39,7 +39,7 @@ use crate::mailbox::body::{
 };
 use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::state::SummaryAt;
-use crate::mailbox::summary::{MessageSummary, summarize};
+use crate::mailbox::summary::{LineEnds, MessageSummary, summarize};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout};
 
@@ -52,12 +52,14 @@ pub async fn store_body(
     store: &SharedStore,
     user: &layout::UserId,
     raw: &[u8],
+    line_ends: LineEnds,
     internal_date: i64,
 ) -> Result<MessageRef, AccountError> {
     let (raw, user_id) = (raw.to_vec(), user.clone());
-    let body = tokio::task::spawn_blocking(move || seal_new_body(&user_id, &raw, now_ms()))
-        .await
-        .map_err(|e| AccountError::Internal(format!("sealing a body failed: {e}")))?;
+    let body =
+        tokio::task::spawn_blocking(move || seal_new_body(&user_id, &raw, line_ends, now_ms()))
+            .await
+            .map_err(|e| AccountError::Internal(format!("sealing a body failed: {e}")))?;
     store.put(&body.object_key, body.sealed).await?;
     Ok(MessageRef {
         blob_id: body.blob_id,
@@ -411,11 +413,25 @@ impl Mailbox {
         last > 0 && last.saturating_add(window) >= now_ms()
     }
 
-    /// APPEND (RFC 9051 §6.3.12): stores the body, then the op. Returns the
-    /// UIDVALIDITY and UID for APPENDUID once both are durable.
+    /// APPEND (RFC 9051 §6.3.12) of a text message: every line end stored
+    /// CRLF (see [`Mailbox::append_with`]).
     pub async fn append(
         &self,
         raw: &[u8],
+        flags: Vec<String>,
+        internal_date: i64,
+    ) -> Result<Placed, AccountError> {
+        self.append_with(raw, LineEnds::Crlf, flags, internal_date)
+            .await
+    }
+
+    /// APPEND (RFC 9051 §6.3.12): stores the body (line ends as
+    /// `line_ends` says), then the op. Returns the UIDVALIDITY and UID for
+    /// APPENDUID once both are durable.
+    pub async fn append_with(
+        &self,
+        raw: &[u8],
+        line_ends: LineEnds,
         flags: Vec<String>,
         internal_date: i64,
     ) -> Result<Placed, AccountError> {
@@ -423,7 +439,7 @@ impl Mailbox {
         // claim (see `write_placing`) are independent: one round trip for
         // both, which is what an APPEND costs on a multi-node store.
         let (message, _) = futures::try_join!(
-            store_body(&self.store, &self.user, raw, internal_date),
+            store_body(&self.store, &self.user, raw, line_ends, internal_date),
             self.sync_once()
         )?;
         let op = MailboxOp::Append(NewMessage { message, flags });

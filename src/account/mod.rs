@@ -23,6 +23,7 @@ use crate::log::stored::SyncError;
 use crate::log::{InstanceId, now_ms};
 use crate::mailbox::incoming::{DrainReport, IncomingError};
 use crate::mailbox::list::MailboxId;
+use crate::mailbox::summary::LineEnds;
 use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
@@ -335,7 +336,23 @@ impl Account {
         flags: Vec<String>,
         internal_date: i64,
     ) -> Result<Placed, AccountError> {
-        let placed = mailbox.append(raw, flags, internal_date).await?;
+        self.append_with(mailbox, raw, LineEnds::Crlf, flags, internal_date)
+            .await
+    }
+
+    /// [`Account::append`], line ends stored as `line_ends` says (a
+    /// literal8 APPEND keeps its `binary` parts, RFC 3516 §4.1).
+    pub async fn append_with(
+        &self,
+        mailbox: &Mailbox,
+        raw: &[u8],
+        line_ends: LineEnds,
+        flags: Vec<String>,
+        internal_date: i64,
+    ) -> Result<Placed, AccountError> {
+        let placed = mailbox
+            .append_with(raw, line_ends, flags, internal_date)
+            .await?;
         self.keep_placed(mailbox).await?;
         Ok(placed)
     }

@@ -17,6 +17,7 @@ use super::search::sequence_set_string;
 use super::selected::try_create;
 use super::session::Authed;
 use crate::account::AccountError;
+use crate::mailbox::summary::LineEnds;
 
 /// One message of an APPEND.
 #[derive(Debug)]
@@ -25,6 +26,9 @@ pub struct Message {
     /// INTERNALDATE, seconds since the epoch; `None`: now.
     pub date: Option<i64>,
     pub data: Vec<u8>,
+    /// How its line ends are stored: a literal8 (RFC 3516 §4.1) keeps its
+    /// `binary` parts byte for byte; a literal is text, stored CRLF.
+    pub line_ends: LineEnds,
 }
 
 impl Message {
@@ -33,14 +37,15 @@ impl Message {
         date: Option<DateTime>,
         data: LiteralOrLiteral8<'_>,
     ) -> Message {
-        let data = match data {
-            LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
-            LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+        let (data, line_ends) = match data {
+            LiteralOrLiteral8::Literal(l) => (l.data().to_vec(), LineEnds::Crlf),
+            LiteralOrLiteral8::Literal8(l) => (l.data.to_vec(), LineEnds::KeepBinaryParts),
         };
         Message {
             flags: flags.iter().map(flag_name).collect(),
             date: date.map(|d| d.as_ref().timestamp()),
             data,
+            line_ends,
         }
     }
 }
@@ -91,7 +96,7 @@ pub async fn append(
             .collect();
         match authed
             .account
-            .append(&target, &m.data, flags, m.date.unwrap_or(now))
+            .append_with(&target, &m.data, m.line_ends, flags, m.date.unwrap_or(now))
             .await
         {
             Ok(placed) => {

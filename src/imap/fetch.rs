@@ -11,6 +11,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 use bounded_static::IntoBoundedStatic;
 use bytes::Bytes;
 use futures::StreamExt;
+use imap_codec::ResponseCodec;
+use imap_codec::encode::Encoder as _;
 use imap_codec::imap_types::core::{IString, Literal, LiteralMode, NString, NString8, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::Literal8;
@@ -18,7 +20,7 @@ use imap_codec::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
 };
 use imap_codec::imap_types::flag::{Flag, FlagFetch};
-use imap_codec::imap_types::response::Data;
+use imap_codec::imap_types::response::{Data, Response};
 
 use super::mime;
 use super::response::{Done, Failure, Out, Outcome, code};
@@ -158,6 +160,7 @@ pub async fn fetch(
     let with_flags = items
         .iter()
         .any(|i| matches!(i, MessageDataItemName::Flags));
+    let origins: Vec<Option<u32>> = items.iter().map(binary_origin).collect();
     let summary_needed = items.iter().any(needs_summary);
     let body_maybe = items.iter().any(may_need_body);
 
@@ -256,7 +259,7 @@ pub async fn fetch(
             let Some(seq) = NonZeroU32::new(seq) else {
                 continue;
             };
-            out.data(Data::Fetch { seq, items: data });
+            queue_fetch(out, seq, data, &origins);
             out.flush_if_full().await?;
         }
     }
@@ -272,6 +275,69 @@ pub async fn fetch(
     } else {
         "FETCH completed"
     })
+}
+
+/// The origin octet a partial `BINARY[...]<offset.length>` answer names.
+fn binary_origin(item: &MessageDataItemName<'_>) -> Option<u32> {
+    match item {
+        MessageDataItemName::Binary {
+            partial: Some((offset, _)),
+            ..
+        } => Some(*offset),
+        _ => None,
+    }
+}
+
+/// Queues `* seq FETCH (...)`. A partial BINARY answer names its origin,
+/// `BINARY[5]<0> ~{7}` (RFC 3516 §4.3: "If <number> is present, it refers
+/// to the offset within the DECODED section data"), which imap-types'
+/// `MessageDataItem::Binary` cannot carry: such a response is put together
+/// item by item, each encoded by imap-codec, the origin written after its
+/// section. `origins` is parallel to `data` (shorter is fine: no origin).
+fn queue_fetch(
+    out: &mut Out<'_>,
+    seq: NonZeroU32,
+    data: Vec1<MessageDataItem<'static>>,
+    origins: &[Option<u32>],
+) {
+    if origins.iter().all(Option::is_none) {
+        out.data(Data::Fetch { seq, items: data });
+        return;
+    }
+    let prefix = format!("* {seq} FETCH (");
+    let mut response = prefix.clone().into_bytes();
+    for (n, item) in data.into_inner().into_iter().enumerate() {
+        let one = ResponseCodec::default()
+            .encode(&Response::Data(Data::Fetch {
+                seq,
+                items: Vec1::from(item),
+            }))
+            .dump();
+        // `* seq FETCH (` item `)\r\n`, as imap-codec writes one item.
+        let Some(item) = one
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|rest| rest.strip_suffix(b")\r\n"))
+        else {
+            continue;
+        };
+        if n > 0 {
+            response.push(b' ');
+        }
+        match (
+            origins.get(n).copied().flatten(),
+            item.iter().position(|&b| b == b']'),
+        ) {
+            // `BINARY[` section `]`: the section holds digits and dots.
+            (Some(origin), Some(close)) => {
+                response.extend_from_slice(&item[..=close]);
+                response.extend_from_slice(format!("<{origin}>").as_bytes());
+                response.extend_from_slice(&item[close + 1..]);
+            }
+            _ => response.extend_from_slice(item),
+        }
+    }
+    response.extend_from_slice(b")\r\n");
+    out.raw(&response);
 }
 
 /// Whether answering `item` for this message needs its body.

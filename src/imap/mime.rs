@@ -471,13 +471,16 @@ pub fn binary(
     Ok(apply_edits(raw, part.body_start, part.body_end, &edits))
 }
 
-/// `BINARY.SIZE[part]` (RFC 3516 §4.2): the length of [`binary`]'s answer.
+/// `BINARY.SIZE[part]` (RFC 3516 §4.2): the length of [`binary`]'s answer
+/// (for an empty `part`, of the whole message, header included, even when
+/// its body is one leaf).
 pub fn binary_size(
     raw: &[u8],
     summary: &MessageSummary,
     part: &[NonZeroU32],
 ) -> Result<u64, BinaryError> {
-    if let Some(found) = find_part(&summary.body, part)
+    if !part.is_empty()
+        && let Some(found) = find_part(&summary.body, part)
         && is_leaf(found)
         && is_identity(&found.encoding)
     {

@@ -1,6 +1,7 @@
 //! A new message body as stored (DESIGN.md §3–§4), the one path shared by
 //! APPEND and LMTP delivery: line endings normalised to CRLF (so sizes and
-//! offsets are those IMAP clients see), the summary computed once,
+//! offsets are those IMAP clients see; the bodies of `binary` parts of a
+//! literal8 APPEND excepted, see `summary::LineEnds`), the summary computed once,
 //! zstd-compressed and sealed under the body's own random key as
 //! `users/<u>/blob/<blob-id>`. Pure and CPU-heavy: callers run it on the
 //! blocking pool, then PUT the sealed bytes.
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::op::{BodyKey, MessageId, MessageRef};
-use super::summary::{MessageSummary, normalize_crlf, summarize};
+use super::summary::{LineEnds, MessageSummary, normalize_line_ends, summarize};
 use crate::crypto::seal_body;
 use crate::store::layout::{self, UserId};
 
@@ -21,15 +22,16 @@ pub struct SealedBody {
     pub object_key: String,
     pub sealed: Bytes,
     pub body_key: BodyKey,
-    /// RFC822.SIZE: octets after CRLF normalisation.
+    /// RFC822.SIZE: octets after line end normalisation.
     pub size: u64,
     pub summary: MessageSummary,
 }
 
-/// Normalises, summarises and seals `raw` as a new blob of `user`;
-/// `now_ms` dates the blob id (body collection spares young blobs).
-pub fn seal_new_body(user: &UserId, raw: &[u8], now_ms: u64) -> SealedBody {
-    let message = normalize_crlf(raw);
+/// Normalises (as `line_ends` says), summarises and seals `raw` as a new
+/// blob of `user`; `now_ms` dates the blob id (body collection spares
+/// young blobs).
+pub fn seal_new_body(user: &UserId, raw: &[u8], line_ends: LineEnds, now_ms: u64) -> SealedBody {
+    let message = normalize_line_ends(raw, line_ends);
     let summary = summarize(&message);
     let blob_id = layout::new_blob_id(now_ms);
     let object_key = layout::blob(user, &blob_id);
@@ -96,7 +98,12 @@ mod tests {
     #[test]
     fn a_sealed_body_opens_to_the_crlf_message_under_its_own_name() {
         let user = UserId::parse(&"ab".repeat(32)).unwrap();
-        let body = seal_new_body(&user, b"Subject: hi\n\nbody\n", 1_700_000_000_000);
+        let body = seal_new_body(
+            &user,
+            b"Subject: hi\n\nbody\n",
+            LineEnds::Crlf,
+            1_700_000_000_000,
+        );
         assert_eq!(layout::blob_id_time(&body.blob_id), Some(1_700_000_000_000));
         assert_eq!(body.object_key, layout::blob(&user, &body.blob_id));
         let plain =

@@ -67,6 +67,7 @@ use zeroize::Zeroizing;
 
 use super::body::{encode_summary, seal_new_body};
 use super::op::{BodyKey, Delivery};
+use super::summary::LineEnds;
 use super::summary::MessageSummary;
 use super::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::crypto::record_auth::{RECORD_AUTH_OVERHEAD, RECORD_MAGIC};
@@ -225,7 +226,7 @@ pub async fn deliver(
     let (body, sealed_record) = {
         let object = object.clone();
         tokio::task::spawn_blocking(move || {
-            let body = seal_new_body(&user_id, &raw, now_ms());
+            let body = seal_new_body(&user_id, &raw, LineEnds::Crlf, now_ms());
             let record = Record {
                 version: RECORD_VERSION,
                 object: object.clone(),

@@ -12,11 +12,13 @@
 //! # Input
 //!
 //! [`summarize`] expects the message exactly as it is stored, and messages
-//! are stored with CRLF line endings: callers run [`normalize_crlf`] first
-//! and store and summarise its output. `size` and every offset are of those
-//! bytes. Given bare LF or CR anyway, [`summarize`] still answers (it splits
-//! lines at LF and treats a CR before it as part of the line ending), but
-//! sizes then describe the input, not what a CRLF store would hold.
+//! are stored with CRLF line endings: callers run [`normalize_line_ends`]
+//! first and store and summarise its output. `size` and every offset are
+//! of those bytes. Only the body of a `binary` part of a literal8 APPEND
+//! may keep bare LFs (see [`LineEnds`]), and a CR not before LF is data.
+//! Given bare LF anyway, [`summarize`] still answers (it splits lines at
+//! LF and treats a CR before it as part of the line ending), but sizes
+//! then describe the input, not what a CRLF store would hold.
 //!
 //! # MIME rules (as Dovecot's `message-parser.c` does, for compatibility)
 //!
@@ -384,34 +386,102 @@ fn find_param<'a>(params: &'a [(String, RawText)], name: &str) -> Option<&'a Raw
         .map(|(_, v)| v)
 }
 
-/// Converts bare LF and bare CR line endings to CRLF, as messages are
-/// stored (RFC 5322 §2.1, RFC 9051 §2.3.1.1: IMAP sizes count CRLF). Input
-/// that is already CRLF is returned borrowed.
+/// How the line ends of a new message are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineEnds {
+    /// Every line end becomes CRLF: LMTP delivery, and APPEND of a
+    /// literal, which carries text (RFC 9051 §4.3).
+    Crlf,
+    /// As [`LineEnds::Crlf`], except the bodies of parts whose
+    /// Content-Transfer-Encoding is `binary`, stored byte for byte: APPEND
+    /// of a literal8 (RFC 3516 §4.1), whose binary data must come back
+    /// unchanged in `BINARY[...]`.
+    KeepBinaryParts,
+}
+
+/// [`normalize_line_ends`] with [`LineEnds::Crlf`].
 pub fn normalize_crlf(raw: &[u8]) -> Cow<'_, [u8]> {
-    let clean = raw.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => raw.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && raw[i - 1] == b'\r',
-        _ => true,
+    normalize_line_ends(raw, LineEnds::Crlf)
+}
+
+/// Stores every line end as CRLF (RFC 5322 §2.1, RFC 9051 §2.3.1.1: IMAP
+/// sizes count CRLF), reading line ends as Dovecot does: a line ends at
+/// LF, the CRs just before it are part of its end (`CR CR LF` is one line
+/// end), and a CR not followed by LF is data, kept as it is. With
+/// [`LineEnds::KeepBinaryParts`], the bodies of `binary` parts are left
+/// untouched. Input that needs no change is returned borrowed.
+pub fn normalize_line_ends(raw: &[u8], line_ends: LineEnds) -> Cow<'_, [u8]> {
+    let clean = raw.iter().enumerate().all(|(i, &b)| {
+        b != b'\n' || (i > 0 && raw[i - 1] == b'\r' && (i < 2 || raw[i - 2] != b'\r'))
     });
     if clean {
         return Cow::Borrowed(raw);
     }
+    let mut kept: Vec<(usize, usize)> = Vec::new();
+    if line_ends == LineEnds::KeepBinaryParts {
+        binary_bodies(&summarize(raw).body, &mut kept);
+        if kept.is_empty() {
+            return normalize_line_ends(raw, LineEnds::Crlf);
+        }
+    }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
+    let mut at = 0;
+    for (start, end) in kept {
+        if start < at || end > raw.len() {
+            continue; // not in message order: normalise it like the rest
+        }
+        crlf_into(&raw[at..start], &mut out);
+        out.extend_from_slice(&raw[start..end]);
+        at = end;
+    }
+    crlf_into(&raw[at..], &mut out);
+    Cow::Owned(out)
+}
+
+/// Appends `text` to `out` with its line ends written CRLF (see
+/// [`normalize_line_ends`]).
+fn crlf_into(text: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
+    while i < text.len() {
+        match text[i] {
             b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if raw.get(i + 1) == Some(&b'\n') {
-                    i += 1;
+                let crs = text[i..].iter().take_while(|&&b| b == b'\r').count();
+                if text.get(i + crs) == Some(&b'\n') {
+                    out.extend_from_slice(b"\r\n");
+                    i += crs + 1;
+                } else {
+                    out.extend_from_slice(&text[i..i + crs]);
+                    i += crs;
                 }
             }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
         }
-        i += 1;
     }
-    Cow::Owned(out)
+}
+
+/// The body ranges of the `binary` leaves at or below `part`, in message
+/// order.
+fn binary_bodies(part: &BodyPart, out: &mut Vec<(usize, usize)>) {
+    match &part.kind {
+        PartKind::Multipart(children) => {
+            for child in children {
+                binary_bodies(child, out);
+            }
+        }
+        PartKind::Message(inner) => binary_bodies(&inner.body, out),
+        PartKind::Leaf => {
+            if part.encoding == "binary" && part.body_end > part.body_start {
+                out.push((to_usize(part.body_start), to_usize(part.body_end)));
+            }
+        }
+    }
 }
 
 /// Computes the summary of a stored message (CRLF line endings, see the
@@ -1029,9 +1099,11 @@ impl<'a> Lexer<'a> {
         (self.p > start).then(|| String::from_utf8_lossy(&self.s[start..self.p]).into_owned())
     }
 
-    /// Reads `*(";" attribute "=" value)` (RFC 2045 §5.1), leniently: an
-    /// unquoted value runs to the next `;`. RFC 2231 continuations are
-    /// joined (see [`join_rfc2231`]).
+    /// Reads `*(";" attribute "=" value)` (RFC 2045 §5.1), leniently:
+    /// a value is a token or a quoted string, and whatever follows it up
+    /// to the next `;` is dropped (`charset=us-ascii format=flowed` is
+    /// charset `us-ascii`, as Dovecot reads it). RFC 2231 continuations
+    /// are joined (see [`join_rfc2231`]).
     fn params(&mut self) -> Vec<(String, RawText)> {
         let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
         loop {
@@ -1061,18 +1133,17 @@ impl<'a> Lexer<'a> {
             self.p += 1;
             self.skip_cfws();
             let value = if self.peek() == Some(b'"') {
-                let v = self.quoted();
-                while self.peek().is_some_and(|b| b != b';') {
-                    self.p += 1;
-                }
-                v
+                self.quoted()
             } else {
                 let start = self.p;
-                while self.peek().is_some_and(|b| b != b';') {
+                while self.peek().is_some_and(is_token_char) {
                     self.p += 1;
                 }
-                trim_end_wsp(&self.s[start..self.p]).to_vec()
+                self.s[start..self.p].to_vec()
             };
+            while self.peek().is_some_and(|b| b != b';') {
+                self.p += 1;
+            }
             raw.push((name, value));
         }
         join_rfc2231(raw)
@@ -1402,13 +1473,23 @@ impl AddressParser<'_> {
                     });
                 }
                 _ => {
-                    if !words.is_empty() {
+                    if is_dot_atom(words) {
                         // A bare word: a mailbox without a domain.
                         let name = self.comment_after();
                         self.push(Address {
                             name: name.as_deref().and_then(raw),
                             adl: None,
                             mailbox: raw(&local_part(words)),
+                            host: raw(MISSING_DOMAIN.as_bytes()),
+                        });
+                    } else if !words.is_empty() {
+                        // A display name alone (`From: Someone Else`):
+                        // the name without mailbox or domain, as Dovecot
+                        // reads it, not its words run into one mailbox.
+                        self.push(Address {
+                            name: raw(&phrase(words)),
+                            adl: None,
+                            mailbox: raw(MISSING_MAILBOX.as_bytes()),
                             host: raw(MISSING_DOMAIN.as_bytes()),
                         });
                     }
@@ -1542,6 +1623,20 @@ fn phrase(words: &[Lexed]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Whether `words` are one RFC 5322 §3.2.3 dot-atom (`a`, `a.b`): atoms
+/// joined by dots, no whitespace, no quoted string.
+fn is_dot_atom(words: &[Lexed]) -> bool {
+    !words.is_empty()
+        && words.iter().enumerate().all(|(n, w)| {
+            (n == 0 || !w.space_before)
+                && match w.tok {
+                    Tok::Atom(_) => n % 2 == 0,
+                    Tok::Special(b'.') => n % 2 == 1 && n + 1 < words.len(),
+                    _ => false,
+                }
+        })
 }
 
 /// A local part: atoms and dots without whitespace; a quoted string keeps

@@ -1,5 +1,6 @@
 //! What tests/mime_golden.rs and tests/dovecot_mime.rs share: the corpus
-//! (every `.eml` of fixtures/mail and fixtures/imap, stored with CRLF),
+//! (every `.eml` of fixtures/mail and fixtures/imap, stored as APPEND
+//! stores it: line ends CRLF, binary parts of a literal8 kept),
 //! the FETCH items asked of each message, and our answer to each item on
 //! the wire, as imap-codec encodes it.
 
@@ -9,7 +10,9 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use facteur::imap::mime::{self, BinaryError};
-use facteur::mailbox::summary::{BodyPart, MessageSummary, PartKind, normalize_crlf, summarize};
+use facteur::mailbox::summary::{
+    BodyPart, LineEnds, MessageSummary, PartKind, normalize_line_ends, summarize,
+};
 use imap_codec::encode::Encoder as _;
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::{IString, Literal, NString, NString8, Tag, Vec1};
@@ -24,7 +27,12 @@ use imap_codec::{CommandCodec, ResponseCodec, decode::Decoder as _};
 pub struct Fixture {
     /// `mail/01-plain-ascii`, `imap/06-transfer-encodings`, ...
     pub name: String,
-    /// The message as stored (CRLF line endings).
+    /// The message as a client sends it in APPEND (the file's bytes).
+    pub sent: Vec<u8>,
+    /// Whether it is sent as a literal8 (RFC 3516 §4.1): fixtures named
+    /// `*-literal8-*`, the only ones that may hold NUL.
+    pub literal8: bool,
+    /// The message as stored (line ends normalised as APPEND does).
     pub raw: Vec<u8>,
     pub summary: MessageSummary,
 }
@@ -40,11 +48,20 @@ pub fn fixtures() -> Vec<Fixture> {
             .collect();
         files.sort();
         for file in files {
-            let raw = normalize_crlf(&std::fs::read(&file).unwrap()).into_owned();
-            let summary = summarize(&raw);
             let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+            let sent = std::fs::read(&file).unwrap();
+            let literal8 = stem.contains("-literal8-");
+            let line_ends = if literal8 {
+                LineEnds::KeepBinaryParts
+            } else {
+                LineEnds::Crlf
+            };
+            let raw = normalize_line_ends(&sent, line_ends).into_owned();
+            let summary = summarize(&raw);
             out.push(Fixture {
                 name: format!("{dir}/{stem}"),
+                sent,
+                literal8,
                 raw,
                 summary,
             });
@@ -123,6 +140,7 @@ pub fn items(summary: &MessageSummary) -> Vec<Item> {
         Item::new("BODY.PEEK[HEADER.FIELDS.NOT (Received DATE Content-Type)]"),
         Item::new("BODY.PEEK[HEADER.FIELDS (X-Not-There)]"),
         Item::new("BINARY.PEEK[]"),
+        Item::new("BINARY.SIZE[]"),
     ];
     let paths = part_paths(summary);
     for (path, part) in &paths {
@@ -176,9 +194,13 @@ fn parse_item(line: &str) -> MessageDataItemName<'_> {
     names.remove(0)
 }
 
-/// A body section's data the way Dovecot writes it: always a literal.
+/// A body section's data the way Dovecot writes it: always a literal,
+/// NUL written as 0x80 (as `imap::fetch` and Dovecot do).
 fn literal(bytes: Vec<u8>) -> NString<'static> {
-    let clean: Vec<u8> = bytes.into_iter().filter(|&b| b != 0).collect();
+    let clean: Vec<u8> = bytes
+        .into_iter()
+        .map(|b| if b == 0 { 0x80 } else { b })
+        .collect();
     NString(Some(IString::Literal(
         Literal::try_from(clean).expect("NUL-free bytes make a literal"),
     )))

@@ -189,7 +189,31 @@ fn content_type_parameters() {
         vec![
             ("charset".to_owned(), "us-ascii".into()),
             ("foo".to_owned(), "quoted\"string".into()),
-            ("name".to_owned(), "unquoted name.txt".into()),
+            ("name".to_owned(), "unquoted".into()),
+        ]
+    );
+}
+
+/// An unquoted value is an RFC 2045 §5.1 token; what follows it up to the
+/// next `;` is dropped, as Dovecot does.
+#[test]
+fn unquoted_parameter_values_are_tokens() {
+    let params = |v: &str| Lexer::new(v.as_bytes()).params();
+    assert_eq!(
+        params("; charset=us-ascii format=flowed; delsp=yes"),
+        vec![
+            ("charset".to_owned(), "us-ascii".into()),
+            ("delsp".to_owned(), "yes".into()),
+        ]
+    );
+    assert_eq!(
+        params("; boundary=----=_Part_1; a=x@y; b=c(comment)d; c = \"q\" junk; e=; f"),
+        vec![
+            ("boundary".to_owned(), "----".into()),
+            ("a".to_owned(), "x".into()),
+            ("b".to_owned(), "c".into()),
+            ("c".to_owned(), "q".into()),
+            ("e".to_owned(), "".into()),
         ]
     );
 }
@@ -278,6 +302,21 @@ fn addresses() {
         vec![addr(None, Some("postmaster"), Some(MISSING_DOMAIN))]
     );
     assert_eq!(
+        p("first.last"),
+        vec![addr(None, Some("first.last"), Some(MISSING_DOMAIN))]
+    );
+    // A display name alone is a name, not a mailbox made of its words.
+    let name_only = |n: &str| addr(Some(n), Some(MISSING_MAILBOX), Some(MISSING_DOMAIN));
+    assert_eq!(p("Someone Else"), vec![name_only("Someone Else")]);
+    assert_eq!(
+        p("\"Quoted\", x@y, J. R. Bob"),
+        vec![
+            name_only("Quoted"),
+            addr(None, Some("x"), Some("y")),
+            name_only("J. R. Bob")
+        ]
+    );
+    assert_eq!(
         p("\"a b\"@example.org"),
         vec![addr(None, Some("\"a b\""), Some("example.org"))]
     );
@@ -317,9 +356,44 @@ fn sent_date_with_and_without_seconds() {
 #[test]
 fn normalize_crlf_cases() {
     assert!(matches!(normalize_crlf(b"a\r\nb\r\n"), Cow::Borrowed(_)));
-    assert_eq!(&*normalize_crlf(b"a\nb\rc\r\nd\r"), b"a\r\nb\r\nc\r\nd\r\n");
-    assert_eq!(&*normalize_crlf(b"\n\r"), b"\r\n\r\n");
+    // A bare CR is data, as Dovecot keeps it.
+    assert!(matches!(normalize_crlf(b"a\rb\r\n\r"), Cow::Borrowed(_)));
+    assert_eq!(&*normalize_crlf(b"a\nb\rc\r\nd\r"), b"a\r\nb\rc\r\nd\r");
+    assert_eq!(&*normalize_crlf(b"\n\r"), b"\r\n\r");
     assert_eq!(&*normalize_crlf(b""), b"");
+    // CR CR LF (and more CRs) is one line end.
+    assert_eq!(&*normalize_crlf(b"a\r\r\nb\r\r\r\n\r\n"), b"a\r\nb\r\n\r\n");
+    assert_eq!(&*normalize_crlf(b"\r\r\n"), b"\r\n");
+}
+
+/// A literal8 keeps the bodies of its `binary` parts; everything else is
+/// normalised as usual.
+#[test]
+fn binary_parts_keep_their_line_ends() {
+    let raw = b"Subject: b\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\
+        Content-Transfer-Encoding: binary\n\n\x00\n\r\r\n\r\n--b\n\
+        Content-Transfer-Encoding: BINARY\n\nx\ny\n--b\n\ntext\nz\r\r\n--b--\n";
+    let kept = normalize_line_ends(raw, LineEnds::KeepBinaryParts);
+    assert_eq!(
+        &*kept,
+        &b"Subject: b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+        Content-Transfer-Encoding: binary\r\n\r\n\x00\n\r\r\n\r\n--b\r\n\
+        Content-Transfer-Encoding: BINARY\r\n\r\nx\ny\r\n--b\r\n\r\ntext\r\nz\r\n--b--\r\n"[..]
+    );
+    let s = summarize(&kept);
+    let parts = children(&s.body);
+    assert_eq!(
+        &kept[parts[0].body_start as usize..parts[0].body_end as usize],
+        b"\x00\n\r\r\n"
+    );
+    assert_eq!(
+        &kept[parts[1].body_start as usize..parts[1].body_end as usize],
+        b"x\ny"
+    );
+    // As a literal: everything normalised.
+    let all = normalize_line_ends(raw, LineEnds::Crlf);
+    assert!(all.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r'));
+    assert!(!all.windows(3).any(|w| w == b"\r\r\n"));
 }
 
 #[test]
