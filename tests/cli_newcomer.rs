@@ -63,6 +63,32 @@ fn addr(lines: &[String], prefix: &str) -> SocketAddr {
     value(lines, prefix).parse().unwrap()
 }
 
+/// A child process killed if the test ends early (a failed assertion), so
+/// that no server outlives its test.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
@@ -138,11 +164,13 @@ fn plain(addr: SocketAddr) -> Imap<TcpStream> {
 #[test]
 fn first_start_prints_the_address_the_client_settings_and_a_working_delivery_command() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = serve_command(cwd.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        serve_command(cwd.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (lines, _rx) = until_ready(child.stdout.take().unwrap());
     assert_eq!(value(&lines, "address:"), "demo@localhost");
     let password = value(&lines, "password:").to_owned();
@@ -292,11 +320,13 @@ fn the_embedded_default_fails_clearly_when_no_imap_port_is_free() {
 fn ctrl_c_with_the_log_pipe_closed_stops_cleanly_and_says_bye_to_idle_clients() {
     let cwd = tempfile::tempdir().unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
-    let mut child = serve_command(cwd.path())
-        .stdout(writer.try_clone().unwrap())
-        .stderr(writer)
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        serve_command(cwd.path())
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .spawn()
+            .unwrap(),
+    );
     // Read up to `ready`, then close the reading end, as tee dying does.
     let (tx, rx) = mpsc::channel();
     let reader_thread = std::thread::spawn(move || {
@@ -337,11 +367,13 @@ fn ctrl_c_with_the_log_pipe_closed_stops_cleanly_and_says_bye_to_idle_clients() 
 fn logout_over_tls_sends_close_notify() {
     use rustls::pki_types::pem::PemObject;
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = serve_command(cwd.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        serve_command(cwd.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (lines, _rx) = until_ready(child.stdout.take().unwrap());
     let password = value(&lines, "password:").to_owned();
     let tls = addr(&lines, "facteur: imap (tls) listening on ");
