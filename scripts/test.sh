@@ -70,6 +70,11 @@ if ! command -v mbsync >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q isync >&2
 fi
 export FACTEUR_REQUIRE_MBSYNC=1
+echo "== installing fail2ban, whose fail2ban-regex checks doc/fail2ban/ against a real log" >&2
+if ! command -v fail2ban-regex >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q fail2ban >&2
+fi
+export FACTEUR_REQUIRE_FAIL2BAN=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

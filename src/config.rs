@@ -519,6 +519,18 @@ impl Default for LmtpConfig {
     }
 }
 
+impl LmtpConfig {
+    /// The embedded default: an unprivileged port on loopback (2424; the
+    /// standard 24 needs root), so that a newcomer can deliver a test
+    /// message without a config file.
+    pub fn embedded() -> LmtpConfig {
+        LmtpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2424))],
+            ..LmtpConfig::default()
+        }
+    }
+}
+
 fn default_lmtp_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([127, 0, 0, 1], 24))]
 }
@@ -785,7 +797,7 @@ impl Config {
             },
             crypto: CryptoConfig::default(),
             http: HttpConfig::default(),
-            lmtp: LmtpConfig::default(),
+            lmtp: LmtpConfig::embedded(),
             imap: ImapConfig::embedded(data_dir),
         }
     }
@@ -1007,6 +1019,8 @@ mod tests {
             [SocketAddr::from(([127, 0, 0, 1], 1993))]
         );
         assert_eq!(e.imap.self_signed_dir.as_deref(), Some(Path::new("/data")));
+        // An unprivileged LMTP port: port 24 needs root (issue #14).
+        assert_eq!(e.lmtp.listen, [SocketAddr::from(([127, 0, 0, 1], 2424))]);
         e.check().unwrap();
 
         let with = |extra: &str| {

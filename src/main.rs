@@ -84,6 +84,7 @@ enum UserCommand {
     /// Create a user: a users-file entry and a keyring in the store. Prints
     /// the recovery key once.
     Add {
+        /// The user's login: the user name given in mail clients.
         login: String,
         /// An address delivered to the user (repeatable; the first is the
         /// primary one). Defaults to the login if it looks like an address.
@@ -102,6 +103,7 @@ enum UserCommand {
     /// Change a user's password: unlock with the current password (or the
     /// recovery key) and re-wrap the keys. No mail is re-encrypted.
     Passwd {
+        /// The user's login: the user name given in mail clients.
         login: String,
         /// Unlock with the recovery key instead of the current password.
         #[arg(long)]
@@ -118,6 +120,7 @@ enum UserCommand {
     List,
     /// Delete a user and, unless --keep-data, all of the user's mail.
     Delete {
+        /// The user's login: the user name given in mail clients.
         login: String,
         /// Confirm erasing the user's mail from the store.
         #[arg(long)]
@@ -130,6 +133,7 @@ enum UserCommand {
     /// the user (after it changed outside Facteur): unlock with the old
     /// password or the recovery key, then give the directory's password.
     Rekey {
+        /// The user's login: the user name given in mail clients.
         login: String,
         /// Unlock with the recovery key instead of the old password.
         #[arg(long)]
@@ -147,6 +151,7 @@ enum UserCommand {
     /// is damaged or missing. Asks for the user's password (its keys
     /// decrypt the data). Exits with status 1 if anything is wrong.
     Check {
+        /// The user's login: the user name given in mail clients.
         login: String,
         /// Unlock with the recovery key instead of the password.
         #[arg(long)]
@@ -162,6 +167,7 @@ enum UserCommand {
     /// genuine (written before records were authenticated, or under a
     /// previous cluster secret). Whatever they hold is then delivered.
     Requeue {
+        /// The user's login: the user name given in mail clients.
         login: String,
         /// Record names, as listed; none lists them.
         names: Vec<String>,
@@ -175,10 +181,17 @@ enum ConfigCommand {
     Check,
 }
 
+/// What `serve` logs when `RUST_LOG` is unset: Facteur's events at `info`
+/// (one line per login, doc/logging.md), and rustls only when it fails:
+/// its warnings are about clients (e.g. "Illegal SNI extension: ignoring
+/// IP address" for every connection of a client that sends an IP address
+/// as server name, as neomutt does) and would drown the rest.
+const SERVE_LOG_FILTER: &str = "info,rustls=error";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.command {
-        Command::Serve { .. } => "info",
+        Command::Serve { .. } => SERVE_LOG_FILTER,
         // The error itself is printed once at exit; logs would repeat it.
         _ => "error",
     };
@@ -189,21 +202,54 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log nobody reads any more (`serve | tee log` after Ctrl-C
+        // killed tee) is not worth a panic on the broken pipe.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("facteur: error: cannot start the runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "facteur: error: cannot start the runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("facteur: error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "facteur: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose
+/// text its context already quotes (`cannot read config file x: No such
+/// file...`) is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Prints a line on standard output for whoever started `facteur`. A
+/// closed output (the reader of a pipe is gone) is not an error: the
+/// server goes on, and stops cleanly when told.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -245,7 +291,10 @@ async fn run(cli: Cli) -> Result<()> {
                     quota,
                     no_recovery,
                 } => {
+                    // What can be told without the password is told first.
+                    let login = check_new_login(&users_file()?, &login)?;
                     let password = prompt.new_password(&login)?;
+                    let has_address = !addresses.is_empty() || login.contains('@');
                     let new = NewUser {
                         login,
                         addresses,
@@ -255,8 +304,18 @@ async fn run(cli: Cli) -> Result<()> {
                     };
                     let (login, recovery) =
                         add_user(&services, &users_file()?, new, &password).await?;
-                    println!("created user {login}");
+                    say!("created user {login}");
                     print_recovery_key(recovery.as_ref());
+                    if !has_address {
+                        // It can log in, but no mail can be delivered to it.
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "facteur: warning: {login} has no address, so no mail can be \
+                             delivered to it: add `addresses = [\"{login}@example.org\"]` to its \
+                             entry in {}, or delete it and add it again with --address",
+                            users_file()?.display()
+                        );
+                    }
                     Ok(())
                 }
                 UserCommand::Passwd {
@@ -338,6 +397,16 @@ fn users_file_path(config: &Config) -> Result<PathBuf> {
             bail!("users live in LDAP: add, change and remove them there (doc/ldap.md)")
         }
     }
+}
+
+/// Before asking for a new user's password: refuses a login the users
+/// file already has. Returns the normalised login.
+fn check_new_login(users_file: &Path, login: &str) -> Result<String> {
+    let login = normalise_login(login)?;
+    if UsersFile::load(users_file)?.find(&login).is_some() {
+        bail!("user {login:?} already exists");
+    }
+    Ok(login)
 }
 
 /// Hashes a password for the users file, off the async runtime (Argon2 is
@@ -425,7 +494,7 @@ async fn passwd(
         entry.password = phc;
     }
     file.save(users_file)?;
-    println!("password changed for {login}");
+    say!("password changed for {login}");
     print_recovery_key(recovery.as_ref());
     Ok(())
 }
@@ -457,7 +526,7 @@ async fn rekey(
         .set_password(&u, &keys, &password, &services.kdf, new_recovery)
         .await
         .map_err(store_context)?;
-    println!("keyring of {login} now opens with the directory's password");
+    say!("keyring of {login} now opens with the directory's password");
     print_recovery_key(recovery.as_ref());
     Ok(())
 }
@@ -482,12 +551,12 @@ async fn check(
     .await
     .map_err(store_context)?;
     for problem in &report.problems {
-        println!("damaged: {problem}");
+        say!("damaged: {problem}");
     }
     for repaired in &report.repaired {
-        println!("repaired: {repaired}");
+        say!("repaired: {repaired}");
     }
-    println!(
+    say!(
         "checked {login}: {} objects, {} mailboxes, {} messages, {} problems",
         report.objects,
         report.mailboxes,
@@ -497,7 +566,7 @@ async fn check(
     if report.problems.is_empty() {
         Ok(())
     } else if repair {
-        println!("run the check again to see what is left");
+        say!("run the check again to see what is left");
         Ok(())
     } else {
         bail!("{login}'s data is damaged (run again with --repair to repair what can be)")
@@ -571,7 +640,7 @@ async fn unlock(
 async fn list(services: &Services, users_file: &Path) -> Result<()> {
     let file = UsersFile::load(users_file)?;
     if file.users.is_empty() {
-        println!("no users in {}", users_file.display());
+        say!("no users in {}", users_file.display());
         return Ok(());
     }
     for entry in &file.users {
@@ -601,7 +670,7 @@ async fn list(services: &Services, users_file: &Path) -> Result<()> {
             Some(k) if k.has_recovery() => "\tkeyring: ok, recovery key",
             Some(_) => "\tkeyring: ok",
         };
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }
@@ -628,10 +697,10 @@ async fn delete(
             .delete_user_data(&services.user_id(&login))
             .await
             .map_err(store_context)?;
-        println!("deleted {n} objects of {login} from the store");
+        say!("deleted {n} objects of {login} from the store");
     }
     file.save(users_file)?;
-    println!("deleted user {login}");
+    say!("deleted user {login}");
     Ok(())
 }
 
@@ -650,7 +719,7 @@ fn escrow_keygen(file: &Path) -> Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.sync_all())
         .with_context(|| format!("writing {}", file.display()))?;
-    println!(
+    say!(
         "wrote the escrow secret key to {} (keep it offline)\n\
          [crypto]\nescrow_public_key = \"{}\"",
         file.display(),
@@ -683,16 +752,16 @@ async fn requeue(services: &Services, login: &str, names: &[String]) -> Result<(
             .await
             .with_context(|| format!("listing the quarantine of {login}"))?;
         for name in &held {
-            println!("{name}");
+            say!("{name}");
         }
-        println!("{} quarantined records of {login}", held.len());
+        say!("{} quarantined records of {login}", held.len());
         return Ok(());
     }
     for name in names {
         incoming::requeue(store, &user, &services.records, name)
             .await
             .with_context(|| format!("requeuing {name} of {login}"))?;
-        println!("requeued {name}: delivered at {login}'s next login");
+        say!("requeued {name}: delivered at {login}'s next login");
     }
     Ok(())
 }
@@ -746,7 +815,7 @@ async fn config_check(config: &Config) -> Result<()> {
         (_, _, Some(dir)) => format!("imap self-signed certificate in {}", dir.display()),
         _ => "imap without TLS".to_owned(),
     };
-    println!("config ok: store {store} reachable; {directory}; {tls}");
+    say!("config ok: store {store} reachable; {directory}; {tls}");
     Ok(())
 }
 
@@ -765,27 +834,21 @@ async fn serve(
     overrides: Overrides,
     prompt: &mut Prompter,
 ) -> Result<()> {
-    let Overrides {
-        http: http_override,
-        lmtp: lmtp_override,
-        ..
-    } = overrides;
     // Before anything is announced: a SIGTERM from then on stops cleanly.
     let stop = server::termination_signal();
     let services = Services::from_config(&config)?;
     if let Err(e) = services.check_store().await {
         tracing::warn!(error = %e, "object store unavailable at start; serving anyway");
     }
+    // Every port is bound before the demo account is made, so that a
+    // start that cannot serve fails before the once-only password shows.
+    let bound = bind_listeners(&config, embedded, &overrides).await?;
     if embedded {
-        create_demo_account(&services, &users_file_path(&config)?, prompt).await?;
+        create_demo_account(&services, &users_file_path(&config)?, &bound, prompt).await?;
     }
     let (trigger, shutdown) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = http_override.or(config.http.listen) {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for http"))?;
-        println!("facteur: http listening on {}", listener.local_addr()?);
+    if let Some(listener) = bound.http {
         let metrics = Arc::new(http::Metrics::default());
         tasks.spawn(http::serve(
             listener,
@@ -795,43 +858,15 @@ async fn serve(
         ));
     }
     let lmtp_settings = server::lmtp::Settings::from_config(&config.lmtp);
-    let lmtp_addrs = match lmtp_override {
-        Some(addr) => vec![addr],
-        None => config.lmtp.listen.clone(),
-    };
-    for addr in lmtp_addrs {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            // The embedded default's port 24 needs root: without a config
-            // file, serve the rest rather than fail.
-            Err(e) if embedded && lmtp_override.is_none() => {
-                tracing::warn!(error = %e, %addr, "cannot listen for lmtp; use --lmtp ADDR");
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} for lmtp")),
-        };
-        println!("facteur: lmtp listening on {}", listener.local_addr()?);
+    for listener in bound.lmtp {
         tasks.spawn(server::lmtp::serve(
-            server::lmtp::Listener::Tcp(listener),
+            listener,
             server::lmtp::backend_with(&services, config.lmtp.quota_full_temporary),
             lmtp_settings.clone(),
             shutdown.clone(),
         ));
     }
-    #[cfg(unix)]
-    if let Some(path) = &config.lmtp.unix_socket {
-        let listener = server::lmtp::bind_unix(path)
-            .with_context(|| format!("cannot listen on {} for lmtp", path.display()))?;
-        println!("facteur: lmtp listening on unix:{}", path.display());
-        tasks.spawn(server::lmtp::serve(
-            server::lmtp::Listener::Unix(listener),
-            server::lmtp::backend_with(&services, config.lmtp.quota_full_temporary),
-            lmtp_settings.clone(),
-            shutdown.clone(),
-        ));
-    }
-    if let Some(listeners) = imap_listeners(&config, embedded, &overrides).await? {
-        let (listeners, tls) = listeners;
+    if let Some((listeners, tls)) = bound.imap {
         let settings = server::imap::Settings::from_config(&config.imap);
         let imap = server::imap::context(
             &services,
@@ -846,7 +881,7 @@ async fn serve(
             shutdown.clone(),
         ));
     }
-    println!("facteur: ready");
+    say!("facteur: ready");
     stop.await;
     tracing::info!("shutting down");
     trigger.fire();
@@ -854,14 +889,86 @@ async fn serve(
     Ok(())
 }
 
-/// Loads the certificate and binds the IMAP listeners; `None` if there are
-/// none. Like LMTP, the embedded default only warns when its ports are
-/// taken.
+/// The listeners of `serve`, bound and not yet serving.
+struct Bound {
+    http: Option<tokio::net::TcpListener>,
+    lmtp: Vec<server::lmtp::Listener>,
+    /// The TCP addresses among `lmtp`, for the first start's hints.
+    lmtp_tcp: Vec<SocketAddr>,
+    imap: Option<(Vec<server::imap::Listener>, Option<server::imap::LoadedTls>)>,
+    /// The addresses of the IMAP listeners, implicit TLS first.
+    imap_tls: Vec<SocketAddr>,
+    imap_starttls: Vec<SocketAddr>,
+}
+
+/// Whether a port that cannot be bound stops `serve`: always with a
+/// config file or an address given on the command line; the embedded
+/// default's fixed ports may be taken by something else on a desktop, so
+/// there it warns and goes on, as long as some IMAP port listens.
+fn lenient(embedded: bool, overridden: bool) -> bool {
+    embedded && !overridden
+}
+
+/// Binds every configured listener, printing where each listens.
+async fn bind_listeners(config: &Config, embedded: bool, overrides: &Overrides) -> Result<Bound> {
+    let mut bound = Bound {
+        http: None,
+        lmtp: vec![],
+        lmtp_tcp: vec![],
+        imap: None,
+        imap_tls: vec![],
+        imap_starttls: vec![],
+    };
+    if let Some(addr) = overrides.http.or(config.http.listen) {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                say!("facteur: http listening on {}", listener.local_addr()?);
+                bound.http = Some(listener);
+            }
+            Err(e) if lenient(embedded, overrides.http.is_some()) => {
+                tracing::warn!(error = %e, %addr, "cannot listen for http; use --http ADDR");
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} for http")),
+        }
+    }
+    let lmtp_addrs = match overrides.lmtp {
+        Some(addr) => vec![addr],
+        None => config.lmtp.listen.clone(),
+    };
+    for addr in lmtp_addrs {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if lenient(embedded, overrides.lmtp.is_some()) => {
+                tracing::warn!(error = %e, %addr, "cannot listen for lmtp; use --lmtp ADDR");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} for lmtp")),
+        };
+        let local = listener.local_addr()?;
+        say!("facteur: lmtp listening on {local}");
+        bound.lmtp_tcp.push(local);
+        bound.lmtp.push(server::lmtp::Listener::Tcp(listener));
+    }
+    #[cfg(unix)]
+    if let Some(path) = &config.lmtp.unix_socket {
+        let listener = server::lmtp::bind_unix(path)
+            .with_context(|| format!("cannot listen on {} for lmtp", path.display()))?;
+        say!("facteur: lmtp listening on unix:{}", path.display());
+        bound.lmtp.push(server::lmtp::Listener::Unix(listener));
+    }
+    imap_listeners(config, embedded, overrides, &mut bound).await?;
+    Ok(bound)
+}
+
+/// Loads the certificate and binds the IMAP listeners into `bound`. The
+/// embedded default only warns when one of its ports is taken, but fails
+/// when none is free: a demo server nobody can connect to is no use.
 async fn imap_listeners(
     config: &Config,
     embedded: bool,
     overrides: &Overrides,
-) -> Result<Option<(Vec<server::imap::Listener>, Option<server::imap::LoadedTls>)>> {
+    bound: &mut Bound,
+) -> Result<()> {
     let starttls = match overrides.imap {
         Some(addr) => vec![addr],
         None => config.imap.starttls_listen.clone(),
@@ -871,11 +978,11 @@ async fn imap_listeners(
         None => config.imap.tls_listen.clone(),
     };
     if starttls.is_empty() && implicit.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let tls = server::imap::load_tls(&config.imap)?;
     match &tls {
-        Some(t) if t.self_signed => println!(
+        Some(t) if t.self_signed => say!(
             "facteur: imap certificate {} (self-signed: clients must trust it)",
             t.certificate.display()
         ),
@@ -887,6 +994,7 @@ async fn imap_listeners(
         None => tracing::warn!("imap: no certificate configured, STARTTLS is not offered"),
     }
     let mut listeners = vec![];
+    let mut busy = vec![];
     let ports = starttls
         .into_iter()
         .map(|a| (a, overrides.imap.is_some(), None))
@@ -901,8 +1009,9 @@ async fn imap_listeners(
         };
         let tcp = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
-            Err(e) if embedded && !overridden => {
+            Err(e) if lenient(embedded, overridden) => {
                 tracing::warn!(error = %e, %addr, "cannot listen for imap; use --imap/--imaps ADDR");
+                busy.push(format!("{addr}: {e}"));
                 continue;
             }
             Err(e) => {
@@ -910,17 +1019,32 @@ async fn imap_listeners(
                     .with_context(|| format!("cannot listen on {addr} for imap ({label})"));
             }
         };
-        println!("facteur: imap ({label}) listening on {}", tcp.local_addr()?);
+        let local = tcp.local_addr()?;
+        say!("facteur: imap ({label}) listening on {local}");
+        match mode {
+            server::imap::Mode::ImplicitTls(_) => bound.imap_tls.push(local),
+            server::imap::Mode::StartTls => bound.imap_starttls.push(local),
+        }
         listeners.push(server::imap::Listener { tcp, mode });
     }
-    Ok(Some((listeners, tls)))
+    if listeners.is_empty() {
+        bail!(
+            "cannot listen for imap on any port ({}); stop what uses them, or choose free \
+             ports with --imap ADDR and --imaps ADDR",
+            busy.join("; ")
+        );
+    }
+    bound.imap = Some((listeners, tls));
+    Ok(())
 }
 
 /// On the embedded default's first start, creates a demo account so a
-/// newcomer can point a mail client at the server at once.
+/// newcomer can point a mail client at the server at once, and says how:
+/// the client settings and a command that delivers a test message.
 async fn create_demo_account(
     services: &Services,
     users_file: &Path,
+    bound: &Bound,
     _prompt: &mut Prompter,
 ) -> Result<()> {
     if !UsersFile::load(users_file)?.users.is_empty() {
@@ -929,17 +1053,56 @@ async fn create_demo_account(
     let password = Password::new(random_password());
     let new = NewUser {
         login: "demo".into(),
-        addresses: vec!["demo@localhost".into()],
+        addresses: vec![DEMO_ADDRESS.into()],
         aliases: vec![],
         quota: None,
         recovery: true,
     };
     let (login, recovery) = add_user(services, users_file, new, &password).await?;
-    println!("facteur: first start: created a demo account");
-    println!("  login:    {login}");
-    println!("  password: {}", password.as_str());
+    say!("facteur: first start: created a demo account");
+    say!("  address:  {DEMO_ADDRESS}");
+    say!("  login:    {login}");
+    say!("  password: {}", password.as_str());
     print_recovery_key(recovery.as_ref());
+    say!("{}", next_steps(&login, bound));
     Ok(())
+}
+
+/// The address of the embedded default's demo account.
+const DEMO_ADDRESS: &str = "demo@localhost";
+
+/// What to do after the first start: the mail client's settings and a
+/// one-line command that delivers a test message over LMTP (Python's
+/// `smtplib` speaks LMTP and is on most machines).
+fn next_steps(login: &str, bound: &Bound) -> String {
+    let mut text = String::from("facteur: next steps\n  mail client (IMAP):");
+    let port =
+        |a: &SocketAddr, how: &str| format!("\n    server {}, port {} ({how})", a.ip(), a.port());
+    for a in &bound.imap_tls {
+        text += &port(a, "SSL/TLS");
+    }
+    for a in &bound.imap_starttls {
+        text += &port(a, "STARTTLS");
+    }
+    text += &format!(
+        "\n    user name {login}, normal password (the one above); the certificate is \
+         self-signed: accept it in the client (doc/imap.md)"
+    );
+    match bound.lmtp_tcp.first() {
+        Some(lmtp) => {
+            text += &format!(
+                "\n  deliver a test message (LMTP on {lmtp}):\n    python3 -c \"import smtplib; \
+                 smtplib.LMTP('{}', {}).sendmail('test@localhost', ['{DEMO_ADDRESS}'], \
+                 'Subject: Hello from Facteur\\n\\nIt works.\\n'); print('delivered')\"",
+                lmtp.ip(),
+                lmtp.port()
+            );
+        }
+        None => {
+            text += "\n  (no LMTP port listens: start with --lmtp 127.0.0.1:PORT to deliver mail)"
+        }
+    }
+    text
 }
 
 fn random_password() -> String {
@@ -953,10 +1116,8 @@ fn random_password() -> String {
 
 fn print_recovery_key(key: Option<&RecoveryKey>) {
     if let Some(key) = key {
-        println!("  recovery key: {key}");
-        println!(
-            "  (shown once: it unlocks the mailbox if the password is lost; store it offline)"
-        );
+        say!("  recovery key: {key}");
+        say!("  (shown once: it unlocks the mailbox if the password is lost; store it offline)");
     }
 }
 

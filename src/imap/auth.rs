@@ -168,6 +168,24 @@ fn unusable_keyring(login: &str, e: CryptoError) -> Refusal {
     ))
 }
 
+/// Longest part of a login written to the log: enough for any real one,
+/// while a client's few KiB of junk stay out of it.
+const LOGGED_LOGIN_CHARS: usize = 128;
+
+/// A login as the client sent it, for the log: `Debug` quotes it and
+/// escapes quotes, control characters and line ends (one line per
+/// attempt whatever the client sends), cut at [`LOGGED_LOGIN_CHARS`].
+struct LoggedLogin<'a>(&'a str);
+
+impl std::fmt::Debug for LoggedLogin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(LOGGED_LOGIN_CHARS) {
+            Some((cut, _)) => write!(f, "{:?}...", &self.0[..cut]),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
 /// A successful check.
 struct Success {
     record: UserRecord,
@@ -177,32 +195,50 @@ struct Success {
 }
 
 /// Checks credentials and unlocks the user's account; see the module doc.
+///
+/// Every attempt leaves one line in the log at the default level, for the
+/// administrator and fail2ban (doc/logging.md): `imap login ok`, `imap
+/// login failed` (a wrong password or an unknown login), `imap login
+/// throttled`, or `imap login not checked` (a fault: the password was not
+/// judged). The client address comes first, then the login as the client
+/// sent it, quoted and escaped so that no login can forge a line or
+/// another address; never the password.
 pub async fn login(
     imap: &Imap,
     ip: IpAddr,
     login: &str,
     password: Password,
 ) -> Result<Authed, Failure> {
-    let attempt = imap
-        .throttle
-        .begin(ip, login, Instant::now())
-        .map_err(|wait| {
-            Failure::no(
+    let logged = LoggedLogin(login);
+    let attempt = match imap.throttle.begin(ip, login, Instant::now()) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let wait = wait.as_secs().max(1);
+            tracing::warn!(%ip, login = ?logged, wait_s = wait, "imap login throttled");
+            return Err(Failure::no(
                 Some(code("UNAVAILABLE")),
-                format!(
-                    "Too many failed logins; try again in {} seconds",
-                    wait.as_secs().max(1)
-                ),
-            )
-        })?;
+                format!("Too many failed logins; try again in {wait} seconds"),
+            ));
+        }
+    };
     let success = match check(imap, login, &password).await {
         Ok(success) => {
             attempt.succeeded(Instant::now());
+            tracing::info!(%ip, login = ?logged, "imap login ok");
             success
         }
-        Err(Refusal::Wrong(failure)) => return Err(failure),
+        Err(Refusal::Wrong(failure)) => {
+            tracing::info!(%ip, login = ?logged, "imap login failed");
+            return Err(failure);
+        }
         Err(Refusal::Unchecked(failure)) => {
             attempt.refund();
+            let why = match &failure {
+                Failure::Unavailable(_) => "unavailable",
+                Failure::Internal(_) => "server error",
+                Failure::No(..) | Failure::Bad(_) | Failure::Io(_) => "refused",
+            };
+            tracing::warn!(%ip, login = ?logged, why, "imap login not checked");
             return Err(failure);
         }
     };
@@ -452,6 +488,29 @@ mod tests {
             Err(Failure::No(..))
         ));
         assert!(matches!(s.step(Some(b"alice\0pw")), Err(Failure::Bad(_))));
+    }
+
+    /// A login in the log is one quoted token on one line, whatever the
+    /// client sent, and bounded.
+    #[test]
+    fn logged_logins_are_quoted_escaped_and_cut() {
+        let shown = format!("{:?}", LoggedLogin("alice@example.org"));
+        assert_eq!(shown, "\"alice@example.org\"");
+        let forged = "x\" ip=203.0.113.9\r\nINFO imap login failed ip=203.0.113.9 login=\"\\";
+        let shown = format!("{:?}", LoggedLogin(forged));
+        assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown}");
+        assert!(!shown.contains("=\""), "an unescaped quote: {shown}");
+        assert!(
+            shown.starts_with('"') && shown.ends_with("\\\\\""),
+            "{shown}"
+        );
+        let long = "é".repeat(1000);
+        let shown = format!("{:?}", LoggedLogin(&long));
+        assert_eq!(
+            shown.chars().filter(|c| *c == 'é').count(),
+            LOGGED_LOGIN_CHARS
+        );
+        assert!(shown.ends_with("\"..."), "{shown}");
     }
 
     #[test]

@@ -22,6 +22,9 @@
 //!   discarded (no command injection, RFC 9051 §11.1).
 //! - No lock is held across a socket write: sessions read the state into
 //!   owned values before writing.
+//! - A connection that ends cleanly (LOGOUT, `* BYE` on timeout or
+//!   shutdown, the client closing) is shut down, which over TLS sends
+//!   close_notify, within a bounded time.
 
 use std::future::Future;
 use std::io;
@@ -463,6 +466,29 @@ where
 {
     let options = imap.options.clone();
     let mut conn = Connection::new(Box::new(stream), Limits::of(&options, false));
+    let served = drive(&mut conn, peer, imap, shutdown).await;
+    if served.is_ok() {
+        // The server ends the connection (LOGOUT, BYE) or saw the client
+        // end it: over TLS, close_notify first (RFC 8446 §6.1), so the
+        // client can tell the end from a truncation; then the TCP FIN. A
+        // client that stopped reading does not hold the task for long.
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.stream.shutdown()).await;
+    }
+    served
+}
+
+/// How long the closing of a connection may wait on the client.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exchanges of one connection, until it ends; see [`serve`].
+async fn drive(
+    conn: &mut Connection,
+    peer: Peer,
+    imap: Arc<Imap>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let options = imap.options.clone();
     let mut session = Session::new(imap.clone(), peer);
     let mut shutdown = Box::pin(shutdown);
     {
@@ -554,7 +580,7 @@ where
                 match tls {
                     Ok(Ok(tls)) => {
                         // Bytes sent before the handshake are dropped.
-                        conn = Connection::new(Box::new(tls), limits);
+                        *conn = Connection::new(Box::new(tls), limits);
                         session.tls = true;
                     }
                     _ => return Ok(()),
@@ -562,7 +588,7 @@ where
             }
             Flow::Sasl(tag, mut sasl) => {
                 let ends = authenticate(
-                    &mut conn,
+                    conn,
                     &mut session,
                     &tag,
                     &mut sasl,
@@ -575,7 +601,7 @@ where
                 }
             }
             Flow::Idle(tag) => {
-                if idle(&mut conn, &mut session, &tag, &options, &mut shutdown).await? {
+                if idle(conn, &mut session, &tag, &options, &mut shutdown).await? {
                     return Ok(());
                 }
             }

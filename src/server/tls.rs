@@ -1,6 +1,8 @@
 //! TLS for the IMAP listeners: the rustls server configuration from a PEM
 //! certificate chain and private key, and the self-signed certificate of
-//! the embedded default, generated on first start and reused afterwards.
+//! the embedded default: generated on first start for the host name,
+//! valid about a year, reused afterwards and renewed (same key) at a start
+//! within a month of its end.
 //!
 //! Invariants: the crypto provider is aws-lc-rs, the one the rest of the
 //! crate uses; a generated private key is written with owner-only
@@ -9,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
@@ -86,14 +89,52 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// How long a generated certificate is valid: about a year, like the
+/// certificates clients see elsewhere (one valid until 4096 looks wrong to
+/// them, and to anyone reading it).
+pub const SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A generated certificate this close to its end (or past it) is renewed
+/// at start, with the same key.
+pub const SELF_SIGNED_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The paths of a self-signed certificate and key in `dir`, generated for
-/// `names` (DNS names and IP addresses, as subject alternative names) if
-/// they do not exist yet. An existing pair is reused as it is, so clients
-/// that pinned the certificate keep trusting it.
+/// `names` if they do not exist yet: the first name is the subject's
+/// common name, every name a subject alternative name (DNS names and IP
+/// addresses). An existing pair is reused as it is, so clients that
+/// pinned the certificate keep trusting it, unless the certificate ends
+/// within [`SELF_SIGNED_RENEW_BEFORE`]: then it is made again from the
+/// same key, valid for [`SELF_SIGNED_VALIDITY`] from now.
 pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+    ensure_self_signed_at(dir, names, SystemTime::now())
+}
+
+/// [`ensure_self_signed`] with the current time given.
+pub fn ensure_self_signed_at(
+    dir: &Path,
+    names: &[String],
+    now: SystemTime,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert = dir.join(SELF_SIGNED_CERT);
     let key = dir.join(SELF_SIGNED_KEY);
     if cert.exists() && key.exists() {
+        let ends = not_after(&cert)?;
+        if ends > now + SELF_SIGNED_RENEW_BEFORE {
+            return Ok((cert, key));
+        }
+        let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key).map_err(|source| {
+            TlsError::Read {
+                path: key.clone(),
+                source,
+            }
+        })?);
+        let key_pair = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadKey {
+            path: key.clone(),
+            message: e.to_string(),
+        })?;
+        let renewed = self_signed(names, &key_pair, now)?;
+        write_replacing(&cert, renewed.pem().as_bytes(), false)?;
+        tracing::info!(path = %cert.display(), ?names, "renewed the self-signed certificate");
         return Ok((cert, key));
     }
     let mut builder = std::fs::DirBuilder::new();
@@ -104,25 +145,66 @@ pub fn ensure_self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, Path
         path: dir.to_owned(),
         source,
     })?;
-    let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
+    let key_pair = rcgen::KeyPair::generate()?;
+    let generated = self_signed(names, &key_pair, now)?;
     // The key first: a certificate without its key is never left behind.
-    write_replacing(&key, generated.signing_key.serialize_pem().as_bytes(), true)?;
-    write_replacing(&cert, generated.cert.pem().as_bytes(), false)?;
+    write_replacing(&key, key_pair.serialize_pem().as_bytes(), true)?;
+    write_replacing(&cert, generated.pem().as_bytes(), false)?;
     tracing::info!(path = %cert.display(), ?names, "generated a self-signed certificate");
     Ok((cert, key))
 }
 
-/// The names a self-signed certificate of this machine covers: loopback
-/// and the host name, so that a client on the same machine or the local
-/// network can pin it.
+/// A certificate for `names` signed by its own `key`, valid from a day
+/// before `now` (clocks differ) for [`SELF_SIGNED_VALIDITY`].
+fn self_signed(
+    names: &[String],
+    key: &rcgen::KeyPair,
+    now: SystemTime,
+) -> Result<rcgen::Certificate, TlsError> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    let mut subject = rcgen::DistinguishedName::new();
+    if let Some(name) = names.first() {
+        subject.push(rcgen::DnType::CommonName, name.as_str());
+    }
+    subject.push(rcgen::DnType::OrganizationName, "Facteur self-signed");
+    params.distinguished_name = subject;
+    let now = time::OffsetDateTime::from(now);
+    params.not_before = now - time::Duration::DAY;
+    params.not_after = now + SELF_SIGNED_VALIDITY;
+    Ok(params.self_signed(key)?)
+}
+
+/// When the (first) certificate in the PEM file `path` stops being valid.
+fn not_after(path: &Path) -> Result<SystemTime, TlsError> {
+    let bad = |message: String| TlsError::BadCertificate {
+        path: path.to_owned(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let seconds = cert.validity().not_after.timestamp();
+    Ok(match u64::try_from(seconds) {
+        Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    })
+}
+
+/// The names a self-signed certificate of this machine covers: the host
+/// name first (the certificate's common name), then loopback, so that a
+/// client on the same machine or the local network can pin it.
 pub fn default_names() -> Vec<String> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+    let mut names = vec![];
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let host = host.trim();
         if !host.is_empty() && host != "localhost" {
             names.push(host.to_owned());
         }
     }
+    names.extend(["localhost".to_owned(), "127.0.0.1".into(), "::1".into()]);
     names
 }
 
@@ -176,6 +258,91 @@ mod tests {
         ensure_self_signed(&dir, &names).unwrap();
         assert_ne!(std::fs::read(&key).unwrap(), old_key);
         server_config(&cert, &key).unwrap();
+    }
+
+    /// The subject's common name, the DNS and IP names, and the validity
+    /// of the certificate in `path`, in seconds since the epoch.
+    fn describe(path: &Path) -> (String, Vec<String>, i64, i64) {
+        let pem = std::fs::read(path).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .map(|cn| cn.as_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let names = cert
+            .subject_alternative_name()
+            .unwrap()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let v = cert.validity();
+        (cn, names, v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    fn epoch(t: SystemTime) -> i64 {
+        t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    /// Issue #14: the certificate names the host (not "rcgen self signed
+    /// cert") and is valid about a year from now (not until 4096).
+    #[test]
+    fn self_signed_names_the_host_and_lasts_a_year() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["mail.example.org".to_owned(), "127.0.0.1".to_owned()];
+        let now = SystemTime::now();
+        let (cert, _) = ensure_self_signed_at(dir.path(), &names, now).unwrap();
+        let (cn, sans, from, until) = describe(&cert);
+        assert_eq!(cn, "mail.example.org");
+        assert!(
+            sans.iter().any(|n| n.contains("mail.example.org")),
+            "{sans:?}"
+        );
+        // 127.0.0.1, as x509-parser shows an IP address.
+        assert!(sans.iter().any(|n| n.contains("7f:00:00:01")), "{sans:?}");
+        let now = epoch(now);
+        assert!(from <= now && from >= now - 2 * 86_400, "{from} vs {now}");
+        let days = (until - now) / 86_400;
+        assert!((364..=366).contains(&days), "valid for {days} days");
+        assert_eq!(default_names().last().map(String::as_str), Some("::1"));
+    }
+
+    /// A certificate within a month of its end is renewed at start with the
+    /// same key; one further from it is left alone.
+    #[test]
+    fn self_signed_is_renewed_near_its_end_with_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_owned()];
+        let year = SELF_SIGNED_VALIDITY;
+        let made = SystemTime::now() - year + Duration::from_secs(60 * 86_400);
+        let (cert, key) = ensure_self_signed_at(dir.path(), &names, made).unwrap();
+        let (first_cert, first_key) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+        // 60 days left: kept.
+        ensure_self_signed(dir.path(), &names).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), first_cert);
+        // 20 days left: renewed, same key, a year from then.
+        let later = SystemTime::now() + Duration::from_secs(40 * 86_400);
+        ensure_self_signed_at(dir.path(), &names, later).unwrap();
+        assert_ne!(std::fs::read(&cert).unwrap(), first_cert);
+        assert_eq!(std::fs::read(&key).unwrap(), first_key);
+        let (_, _, _, until) = describe(&cert);
+        assert!(
+            until > epoch(later) + 364 * 86_400,
+            "not renewed for a year"
+        );
+        server_config(&cert, &key).unwrap();
+        // Expired long ago: renewed as well.
+        let (_, _, _, before) = describe(&cert);
+        let much_later = SystemTime::now() + Duration::from_secs(3 * 365 * 86_400);
+        ensure_self_signed_at(dir.path(), &names, much_later).unwrap();
+        assert!(describe(&cert).3 > before);
     }
 
     #[test]
