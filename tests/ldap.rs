@@ -709,6 +709,8 @@ async fn imap_login_during_an_ldap_outage_is_unavailable_then_recovers() {
     slapd.run("stop");
     let r = d.run("LOGIN alice alice-password-1").await;
     assert!(r.no() && r.has("[UNAVAILABLE]"), "{r:?}");
+    // The text names what is down: the directory, not the mail store.
+    assert!(r.has("user directory") && !r.has("mail store"), "{r:?}");
     // LMTP: 451 4.4.3, so Postfix keeps the mail queued.
     let refused = refusal(lmtp.resolve("bob@example.org", 0).await).expect("refused");
     assert!(matches!(refused, RcptRefusal::DirectoryUnavailable));

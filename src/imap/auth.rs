@@ -154,6 +154,9 @@ fn directory_refusal(e: DirectoryError) -> Refusal {
         DirectoryError::BadInput(_) | DirectoryError::NoSuchUser(_) => {
             Refusal::Wrong(bad_credentials())
         }
+        e @ DirectoryError::Unavailable(_) => {
+            Refusal::Unchecked(Failure::DirectoryUnavailable(e.to_string()))
+        }
         other => Refusal::Unchecked(Failure::Unavailable(other.to_string())),
     }
 }
@@ -235,6 +238,7 @@ pub async fn login(
             attempt.refund();
             let why = match &failure {
                 Failure::Unavailable(_) => "unavailable",
+                Failure::DirectoryUnavailable(_) => "directory unavailable",
                 Failure::Internal(_) => "server error",
                 Failure::No(..) | Failure::Bad(_) | Failure::Io(_) => "refused",
             };

@@ -217,9 +217,13 @@ pub enum Failure {
     No(Option<Code<'static>>, String),
     /// `BAD text`: a syntax or protocol-state error.
     Bad(String),
-    /// The store or directory failed: `NO [UNAVAILABLE]`, the session
-    /// goes on; the cause goes to the log only.
+    /// The store failed: `NO [UNAVAILABLE]`, the session goes on; the
+    /// cause goes to the log only.
     Unavailable(String),
+    /// The user directory (LDAP) could not be reached at login: as
+    /// `Unavailable`, with a text that names the directory, so that a
+    /// user or an admin looks at the right server.
+    DirectoryUnavailable(String),
     /// A bug or damaged data: `NO [SERVERBUG]`, details logged.
     Internal(String),
     /// The socket failed: the connection ends.
@@ -247,6 +251,15 @@ impl Failure {
                     StatusKind::No,
                     Some(code("UNAVAILABLE")),
                     "Temporary failure of the mail store, please try again",
+                )
+            }
+            Failure::DirectoryUnavailable(cause) => {
+                tracing::warn!(%cause, "IMAP command failed: the user directory is unreachable");
+                out.status(
+                    Some(tag),
+                    StatusKind::No,
+                    Some(code("UNAVAILABLE")),
+                    "Temporary failure of the user directory, please try again",
                 )
             }
             Failure::Internal(cause) => {
