@@ -57,8 +57,10 @@ enum Command {
         #[arg(long)]
         imaps: Option<SocketAddr>,
     },
-    /// Manage the users of the static users file. Passwords are asked on
-    /// the terminal, or read one per line from standard input.
+    /// Manage users: `add`, `passwd`, `list` and `delete` edit the static
+    /// users file; `rekey`, `check` and `requeue` work with any directory,
+    /// LDAP included. Passwords are asked on the terminal, or read one per
+    /// line from standard input.
     #[command(subcommand)]
     User(UserCommand),
     /// Inspect the configuration.

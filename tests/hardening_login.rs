@@ -456,5 +456,5 @@ async fn a_first_login_with_a_too_short_directory_password_makes_no_keyring() {
     // The directory vouches for another password: the keyring does not
     // open, and says how to fix it.
     let (_, r) = w.login("127.0.0.1:1", "dave", "changed in ldap").await;
-    assert!(r.has("facteur user rekey"), "{r:?}");
+    assert!(r.has("facteur user rekey dave"), "{r:?}");
 }

@@ -49,10 +49,21 @@ use crate::store::layout::UserId;
 const BAD_CREDENTIALS: &str = "Wrong login or password";
 
 /// The documented fix when the directory's password does not open the
-/// keyring (the password changed in LDAP; DESIGN.md §5).
-const KEYRING_MISMATCH: &str = "Your password was accepted but does not open your mailbox key: \
-     it was probably changed in the directory. Ask your administrator to run \
-     `facteur user rekey <login>` (with your previous password or your recovery key)";
+/// keyring (the password changed in LDAP; doc/ldap.md), naming the login
+/// when it is plain enough to quote in a response text.
+fn keyring_mismatch(login: &str) -> String {
+    let plain = !login.is_empty()
+        && login.len() <= 64
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@._-+".contains(&b));
+    let login = if plain { login } else { "<login>" };
+    format!(
+        "Your password was accepted but does not open your mailbox key: \
+         it was probably changed in the directory. Ask your administrator to run \
+         `facteur user rekey {login}` (with your previous password or your recovery key)"
+    )
+}
 
 /// An AUTHENTICATE exchange in progress.
 #[derive(Debug)]
@@ -315,7 +326,7 @@ async fn check(imap: &Imap, login: &str, password: &Password) -> Result<Success,
             tracing::warn!(login = %record.login, "directory password does not open the keyring");
             return Err(Refusal::Unchecked(Failure::no(
                 Some(code("AUTHENTICATIONFAILED")),
-                KEYRING_MISMATCH,
+                keyring_mismatch(&record.login),
             )));
         }
         Err(AccountError::Crypto(e)) => return Err(unusable_keyring(&record.login, e)),
