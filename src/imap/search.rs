@@ -655,7 +655,7 @@ fn body_texts(raw: &[u8], summary: &MessageSummary) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    if let Some(message) = mail_parser::MessageParser::new().parse(raw) {
+    if let Some(message) = crate::mailbox::summary::parse_mail(raw) {
         walk(&message, &mut out);
     }
     encapsulated_headers(raw, &summary.body, &mut out);
@@ -785,6 +785,16 @@ mod tests {
 
     use super::*;
     use crate::mailbox::summary::{normalize_crlf, summarize};
+
+    /// SEARCH BODY/TEXT decode bodies with mail-parser, which panics on
+    /// this message: the search must answer (no match), not panic.
+    #[test]
+    fn text_search_survives_a_message_that_makes_mail_parser_panic() {
+        let raw = crate::mailbox::summary::tests::MAIL_PARSER_PANIC;
+        let summary = summarize(raw);
+        let texts = body_texts(raw, &summary);
+        assert!(!texts.iter().any(|t| t.contains("needle")));
+    }
 
     /// Unix time of a UTC date and time.
     fn at(year: i64, month: u32, day: u32, hour: i64, minute: i64) -> i64 {

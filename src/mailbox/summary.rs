@@ -1698,6 +1698,17 @@ fn preview_part<'p>(part: &'p BodyPart, subtype: &str) -> Option<&'p BodyPart> {
     }
 }
 
+/// Parses with mail-parser, which panics on some malformed nestings
+/// (0.11: "Invalid part ID, could not find multipart", on two
+/// Content-Type fields over nested message/rfc822 parts; found by
+/// `never_panics_on_mime_like_input`): such a message counts as one it
+/// cannot parse, never as a failed delivery or a dropped connection.
+pub(crate) fn parse_mail(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| mail_parser::MessageParser::new().parse(raw))
+        .ok()
+        .flatten()
+}
+
 /// RFC 8970 PREVIEW text: decoded with mail-parser (transfer encoding and
 /// charset), markup stripped for HTML, whitespace collapsed, cut at
 /// [`PREVIEW_CHARS`] characters.
@@ -1717,7 +1728,7 @@ fn preview(raw: &[u8], body: &BodyPart) -> String {
         slice.extend_from_slice(b"\r\n\r\n");
     }
     slice.extend_from_slice(&raw[body_start..end]);
-    let Some(message) = mail_parser::MessageParser::new().parse(&slice) else {
+    let Some(message) = parse_mail(&slice) else {
         return String::new();
     };
     let text = match message.parts.first().map(|p| &p.body) {
@@ -1747,4 +1758,4 @@ fn preview(raw: &[u8], body: &BodyPart) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -582,3 +582,18 @@ proptest! {
         prop_assert_eq!(serde_json::from_str::<MessageSummary>(&json).unwrap(), s);
     }
 }
+
+/// The message on which mail-parser 0.11 panics ("Invalid part ID, could
+/// not find multipart"): two Content-Type fields over nested
+/// message/rfc822 parts. Summarising it (PREVIEW parses the text part
+/// with mail-parser) must not panic.
+pub(crate) const MAIL_PARSER_PANIC: &[u8] = b"Content-Type: text/plain; charset=\"iso-8859-1\"\r\n\
+Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\n\
+Content-Type: message/rfc822\r\n\r\n\r\n--a--\r\n";
+
+#[test]
+fn a_message_that_makes_mail_parser_panic_is_summarised() {
+    let s = summarize(MAIL_PARSER_PANIC);
+    assert_eq!(s.size, MAIL_PARSER_PANIC.len() as u64);
+    assert_eq!(s.preview, "");
+}
