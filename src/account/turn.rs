@@ -285,7 +285,6 @@ impl Turns {
         let started = Instant::now();
         let ticket = now_ms();
         let me = self.instance.as_str();
-        let stale_after = self.tuning.stale_after.as_millis() as u64;
         let mut poll = self.tuning.min_poll;
         let mut deleted = HashSet::new();
         loop {
@@ -306,10 +305,7 @@ impl Turns {
             self.store.put(&key, Bytes::new()).await?;
             // Looks while announced.
             loop {
-                let entries = self.entries().await?;
-                let (look, stale) = judge(&entries, me, ticket, now_ms(), stale_after);
-                self.delete_stale(stale, &mut deleted);
-                match look {
+                match self.look(ticket, &mut deleted).await? {
                     Look::Ours => return Ok(Some(held)),
                     _ if started.elapsed() >= self.tuning.max_wait => {
                         tracing::info!(turns = %self.prefix, "no placement turn within the wait; placing anyway, and without turns for a while");
@@ -329,14 +325,28 @@ impl Turns {
             loop {
                 tokio::time::sleep(poll).await;
                 poll = (poll * 2).min(self.tuning.max_poll);
-                let entries = self.entries().await?;
-                let (look, stale) = judge(&entries, me, ticket, now_ms(), stale_after);
-                self.delete_stale(stale, &mut deleted);
+                let look = self.look(ticket, &mut deleted).await?;
                 if look != Look::Behind || started.elapsed() >= self.tuning.max_wait {
                     break;
                 }
             }
         }
+    }
+
+    /// One look: LIST the entries, judge ours against them, and have the
+    /// stale ones deleted (each once per wait).
+    async fn look(&self, ticket: u64, deleted: &mut HashSet<String>) -> Result<Look, StoreError> {
+        let entries = self.entries().await?;
+        let stale_after = self.tuning.stale_after.as_millis() as u64;
+        let (look, stale) = judge(
+            &entries,
+            self.instance.as_str(),
+            ticket,
+            now_ms(),
+            stale_after,
+        );
+        self.delete_stale(stale, deleted);
+        Ok(look)
     }
 
     async fn entries(&self) -> Result<Vec<Entry>, StoreError> {
