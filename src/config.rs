@@ -472,7 +472,7 @@ fn default_http_listen() -> Option<SocketAddr> {
 }
 
 /// `[lmtp]`: where Postfix delivers (RFC 2033), and the limits of a
-/// delivery (DESIGN.md §7).
+/// delivery (doc/lmtp.md; doc/architecture.md, "Limits").
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LmtpConfig {
@@ -548,7 +548,7 @@ fn default_lmtp_idle_timeout() -> u64 {
 }
 
 /// `[imap]`: where mail clients connect (RFC 9051), TLS, and the limits of
-/// a connection (DESIGN.md §7).
+/// a connection (doc/imap.md, "Limits").
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImapConfig {

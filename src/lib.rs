@@ -1,6 +1,6 @@
 //! Facteur: an IMAP + LMTP mail server that keeps every user's mailboxes
 //! encrypted in an S3 object store, so that any instance on any site can
-//! serve any user (see `doc/` and DESIGN.md).
+//! serve any user (see `doc/architecture.md` and the rest of `doc/`).
 //!
 //! Modules are listed in dependency order: a module never imports one
 //! listed after it.

@@ -1,12 +1,13 @@
-//! Simulation of many instances sharing one store (DESIGN.md §4): random
-//! histories of appends, LMTP deliveries (records in `incoming/` drained
-//! by any instance, sometimes by two at once or twice after a failed PUT),
-//! copies, flag stores, expunges, syncs and fix-ups, with delayed and reordered visibility of writes, PUTs that
-//! hang, fail or land late, partitions that heal, and clients that move
-//! from one instance to another. After every step it checks the invariants
-//! I1–I5 against what each client was shown; once the system is quiet, I4.
+//! Simulation of many instances sharing one store (doc/consistency.md,
+//! "Simulation"): random histories of appends, LMTP deliveries (records in
+//! `incoming/` drained by any instance, sometimes by two at once or twice after
+//! a failed PUT), copies, flag stores, expunges, syncs and fix-ups, with
+//! delayed and reordered visibility of writes, PUTs that hang, fail or land
+//! late, partitions that heal, and clients that move from one instance to
+//! another. After every step it checks the invariants I1–I5 against what each
+//! client was shown; once the system is quiet, I4.
 //!
-//! The store model is the contract of DESIGN.md §2 and what the I/O layer
+//! The store model is the contract of `ObjectStore` (src/store/mod.rs) and what the I/O layer
 //! must provide on top of it:
 //!
 //! - a write is *durable* once its PUT succeeded (or, for a PUT that
@@ -105,8 +106,8 @@ struct Instance {
     replica: Replica<MailboxState>,
     partitioned: bool,
     skew_ms: i64,
-    /// Fix-up ops seen when a fix-up was planned (DESIGN.md §4: wait a
-    /// random delay, skip if another fix-up appears).
+    /// Fix-up ops seen when a fix-up was planned (doc/consistency.md, "The I/O
+    /// layer": wait a random delay, skip if another fix-up appears).
     planned: Option<usize>,
     fixups_seen: usize,
 }
@@ -129,7 +130,8 @@ struct Client {
     view_shown: BTreeMap<u32, MessageId>,
 }
 
-/// A delivery record in `incoming/` (DESIGN.md §3), written by LMTP.
+/// A delivery record in `incoming/` (doc/storage.md, "Encryption"), written by
+/// LMTP.
 struct Queued {
     name: String,
     message: MessageRef,

@@ -1,5 +1,5 @@
 //! Reading and writing a user's keyring object (`users/<u>/keyring`,
-//! DESIGN.md §3), and the delivery key LMTP seals mail to
+//! doc/storage.md, "Encryption"), and the delivery key LMTP seals mail to
 //! (`users/<u>/delivery-key`: the public key and a tag under the cluster
 //! secret, so that whoever can write the bucket cannot substitute a key of
 //! their own). The delivery key is written after the keyring, and again at

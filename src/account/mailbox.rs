@@ -12,7 +12,7 @@
 //!   from other instances).
 //! - A message body is stored before the op that references it, and an op
 //!   is shown only after its PUT succeeded: what APPENDUID reports survives
-//!   a crash (DESIGN.md §4, I4).
+//!   a crash (doc/consistency.md, "The I/O layer", writes; I4).
 //! - Summaries are held in memory only until the next snapshot, which
 //!   first writes them into summary pages (`mailbox::state`); readers go
 //!   through [`Mailbox::summaries`]: held bytes, then the account's
@@ -75,7 +75,8 @@ pub async fn store_body(
 pub struct MailboxTuning {
     pub log: LogTuning,
     /// Longest random wait before writing a fix-up, so that instances that
-    /// see the same conflict rarely both write one (DESIGN.md §4).
+    /// see the same conflict rarely both write one (doc/consistency.md, "The
+    /// I/O layer", fix-ups).
     pub fix_up_jitter: Duration,
     /// Largest body opened, in bytes: the largest message any listener
     /// accepts (`imap` and `lmtp` `max_message_size`). Bounds the
@@ -774,10 +775,10 @@ impl Mailbox {
             .collect())
     }
 
-    /// Moves the user's queued deliveries (`incoming/`, DESIGN.md §3) into
-    /// this mailbox, in batches: read the records, write one op placing
-    /// them, delete the records the state now holds. Safe to run on several
-    /// instances at once: a record drained twice is still one message.
+    /// Moves the user's queued deliveries (`incoming/`, doc/storage.md,
+    /// "Encryption") into this mailbox, in batches: read the records, write one
+    /// op placing them, delete the records the state now holds. Safe to run on
+    /// several instances at once: a record drained twice is still one message.
     pub async fn drain_incoming(
         &self,
         keys: &UserKeys,

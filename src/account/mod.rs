@@ -1,5 +1,6 @@
 //! An unlocked user: keys and open mailboxes shared by all of that user's
-//! sessions on one instance (DESIGN.md §3–§4). It owns the user's keyring
+//! sessions on one instance (doc/storage.md, "Encryption"; doc/consistency.md,
+//! "The I/O layer"). It owns the user's keyring
 //! object (creating it at provisioning, loading it at unlock, re-wrapping
 //! it), one in-memory copy of each open mailbox, and change notification:
 //! in memory for sessions on this instance, and by polling the store for
@@ -84,7 +85,7 @@ pub struct AccountConfig {
     pub instance: InstanceId,
     pub mailbox: MailboxTuning,
     /// How often open mailboxes are synced to see other instances' changes
-    /// (DESIGN.md §4: default 2 s).
+    /// (doc/consistency.md, "The I/O layer": default 2 s).
     pub poll_interval: Duration,
     /// Bytes of decrypted bodies kept in memory for this account.
     pub body_cache_bytes: usize,
@@ -572,14 +573,14 @@ impl Account {
         Ok(restored)
     }
 
-    /// Deletes message bodies no message references any more (DESIGN.md
-    /// §4): a blob is kept if any mailbox, shown or deleted, has a message
-    /// on it that is not expunged or was expunged less than `grace` ago
-    /// (an instance that has not seen the expunge yet may still copy it),
-    /// or if it is younger than `grace` (its op may not be written yet).
-    /// Skipped while old delivery records wait in `incoming/`, since their
-    /// bodies are referenced only from inside them. Returns how many blobs
-    /// were deleted.
+    /// Deletes message bodies no message references any more
+    /// (doc/consistency.md, "The I/O layer", blobs): a blob is kept if any
+    /// mailbox, shown or deleted, has a message on it that is not expunged or
+    /// was expunged less than `grace` ago (an instance that has not seen the
+    /// expunge yet may still copy it), or if it is younger than `grace` (its op
+    /// may not be written yet). Skipped while old delivery records wait in
+    /// `incoming/`, since their bodies are referenced only from inside them.
+    /// Returns how many blobs were deleted.
     pub async fn collect_blobs(&self, grace: Duration) -> Result<usize, AccountError> {
         let floor = now_ms().saturating_sub(grace.as_millis() as u64);
         self.drain_incoming().await?;

@@ -1,8 +1,8 @@
 //! The unlocked accounts of this instance. Sessions of one user share one
 //! [`Account`]; it lives while a session holds it, plus a short grace period
 //! after the last one ends, so that IDLE reconnects and mail arriving
-//! between two connections keep working without a new unlock (DESIGN.md
-//! §3). Then the keys are dropped, and zeroized.
+//! between two connections keep working without a new unlock (doc/storage.md,
+//! "Encryption", keys in memory). Then the keys are dropped, and zeroized.
 //!
 //! Re-logins without Argon2 (a phone opens many short connections): an
 //! account unlocked with a password keeps a *verifier*, HMAC-SHA256 under a

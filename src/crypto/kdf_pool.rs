@@ -1,5 +1,5 @@
-//! The one place password key derivation runs (Argon2, DESIGN.md §7:
-//! "bound everything a client can grow"). Each Argon2 run takes tens of
+//! The one place password key derivation runs (Argon2; doc/architecture.md,
+//! "Limits": every resource a client can make the server spend is bounded). Each Argon2 run takes tens of
 //! MiB and hundreds of milliseconds of one core by design, so a burst of
 //! logins must not start them all at once: at most `threads` run at a
 //! time, at most `queue` more wait, and any further one is refused at

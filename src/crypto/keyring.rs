@@ -1,5 +1,5 @@
-//! The keyring object, `users/<u>/keyring` (DESIGN.md §2–§3): the user's
-//! X25519 public key, in clear for LMTP, and the user's secrets (`MK ||
+//! The keyring object, `users/<u>/keyring` (doc/storage.md, "Encryption"): the
+//! user's X25519 public key, in clear for LMTP, and the user's secrets (`MK ||
 //! X25519 secret`, see [`UserKeys`]) wrapped in up to three slots:
 //!
 //! - **password** (always): Argon2id(password, 16-byte salt) → KEK. The
@@ -246,7 +246,8 @@ impl Keyring {
     }
 
     /// The key LMTP seals delivery records to. Not authenticated until an
-    /// unlock: the store could have changed it (DESIGN.md §3).
+    /// unlock: the store could have changed it (doc/storage.md, "Encryption",
+    /// delivery).
     pub fn public_key(&self) -> UserPublicKey {
         self.public_key.clone()
     }
@@ -294,7 +295,8 @@ impl Keyring {
     }
 
     /// Replaces the password slot: the same keys wrapped under the new
-    /// password, so no mail is re-encrypted (DESIGN.md §3). Runs Argon2.
+    /// password, so no mail is re-encrypted (doc/storage.md, "Encryption").
+    /// Runs Argon2.
     pub fn set_password(
         &mut self,
         keys: &UserKeys,

@@ -1,5 +1,6 @@
-//! Everything cryptographic (DESIGN.md §3): sealing objects, per-user keys,
-//! keyrings, user ids. Nothing else in the crate touches a cipher.
+//! Everything cryptographic (doc/storage.md, "Encryption"): sealing objects,
+//! per-user keys, keyrings, user ids. Nothing else in the crate touches a
+//! cipher.
 //!
 //! - [`secret`]: the secret types ([`Password`], [`SymmetricKey`],
 //!   [`MasterKey`]) with redacted `Debug` and zeroize-on-drop.

@@ -1,5 +1,5 @@
-//! The recovery key (DESIGN.md §3): 256 random bits shown once at keyring
-//! creation, which unlock the keyring when the password is lost.
+//! The recovery key (doc/storage.md, "Encryption"): 256 random bits shown once
+//! at keyring creation, which unlock the keyring when the password is lost.
 //!
 //! Human form: `FCTR-` then 55 Crockford base32 characters in groups of 5,
 //! e.g. `FCTR-7Q2MB-…-K4D0S` (70 characters). The 55 characters carry

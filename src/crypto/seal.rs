@@ -1,6 +1,6 @@
-//! Sealing stored objects (DESIGN.md §3): XChaCha20-Poly1305 with a random
-//! 24-byte nonce, the object's name as associated data, and, for message
-//! bodies, zstd compression inside the encryption.
+//! Sealing stored objects (doc/storage.md, "Encryption"): XChaCha20-Poly1305
+//! with a random 24-byte nonce, the object's name as associated data, and, for
+//! message bodies, zstd compression inside the encryption.
 //!
 //! Format of a sealed object:
 //!
@@ -15,7 +15,7 @@
 //! (another mailbox, another user, a snapshot slot) fails to open. A random
 //! 192-bit nonce makes nonce reuse negligible without any counter, which
 //! matters because many instances write with the same key and no
-//! coordination (DESIGN.md §4).
+//! coordination (doc/consistency.md, "The I/O layer").
 //!
 //! Padding ([`seal_padded`], [`seal_body_padded`]) hides what an object's
 //! exact size would tell the bucket (a STORE \Seen op is 4 bytes shorter

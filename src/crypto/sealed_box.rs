@@ -1,9 +1,8 @@
-//! The public-key half of a user's keys (DESIGN.md §3): LMTP knows no
-//! password, so it seals each delivery record's body key to the user's
-//! X25519 public key with a libsodium-compatible sealed box
-//! (`crypto_box_seal`: ephemeral X25519, XSalsa20-Poly1305, nonce =
-//! BLAKE2b(ephemeral pk || recipient pk)). Only [`UserKeys`], unlocked from
-//! the keyring, can open it.
+//! The public-key half of a user's keys (doc/storage.md, "Encryption"): LMTP
+//! knows no password, so it seals each delivery record's body key to the user's
+//! X25519 public key with a libsodium-compatible sealed box (`crypto_box_seal`:
+//! ephemeral X25519, XSalsa20-Poly1305, nonce = BLAKE2b(ephemeral pk ||
+//! recipient pk)). Only [`UserKeys`], unlocked from the keyring, can open it.
 //!
 //! The same construction seals a keyring's escrow slot to an offline admin
 //! key ([`EscrowSecretKey`]).
@@ -57,9 +56,9 @@ pub fn seal_to(public: &UserPublicKey, plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// A user's unlocked keys: the master key and the X25519 secret key.
-/// Exists only in memory, while the user has a session (DESIGN.md §3).
-/// `Clone` so sessions and delivery draining can share it; every copy is
-/// zeroized on drop (`crypto_box::SecretKey` zeroizes itself).
+/// Exists only in memory, while the user has a session (doc/storage.md,
+/// "Encryption"). `Clone` so sessions and delivery draining can share it; every
+/// copy is zeroized on drop (`crypto_box::SecretKey` zeroizes itself).
 #[derive(Clone)]
 pub struct UserKeys {
     master: MasterKey,
@@ -124,8 +123,9 @@ impl fmt::Debug for UserKeys {
 }
 
 /// The secret half of an admin escrow key pair. Kept offline by the
-/// association (DESIGN.md §3); its public half goes in the server config
-/// and is what [`crate::crypto::Keyring::set_escrow`] seals to.
+/// association (doc/storage.md, "Encryption", keyring); its public half goes in
+/// the server config and is what [`crate::crypto::Keyring::set_escrow`] seals
+/// to.
 pub struct EscrowSecretKey(crypto_box::SecretKey);
 
 impl EscrowSecretKey {

@@ -3,8 +3,8 @@
 //! in `Debug`, so a stray `{:?}` or a `tracing` field never leaks one.
 //!
 //! Subkeys of the master key are derived with HKDF-SHA256 (RFC 5869), one
-//! per purpose (DESIGN.md §3); the purposes in use are listed in
-//! [`purpose`]. Purpose strings are part of the storage format: renaming one
+//! per purpose (doc/storage.md, "Encryption"); the purposes in use are listed
+//! in [`purpose`]. Purpose strings are part of the storage format: renaming one
 //! makes every object sealed under it unreadable.
 
 use std::fmt;
@@ -181,8 +181,9 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
-/// The user's master key `MK` (DESIGN.md §3): never used directly, only
-/// through [`MasterKey::subkey`]. It is wrapped by every keyring slot.
+/// The user's master key `MK` (doc/storage.md, "Encryption"): never used
+/// directly, only through [`MasterKey::subkey`]. It is wrapped by every keyring
+/// slot.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey([u8; KEY_LEN]);
 

@@ -1,8 +1,8 @@
-//! The opaque per-user id in object names (DESIGN.md §2): HMAC-SHA256 of
-//! the normalised login under the cluster secret, so a bucket listing shows
-//! who has mail only to someone who also holds the server's configuration.
-//! Also the tag that vouches for a user's delivery key under the same
-//! secret, so that whoever can write the bucket cannot make LMTP seal new
+//! The opaque per-user id in object names (doc/storage.md, "Object names"):
+//! HMAC-SHA256 of the normalised login under the cluster secret, so a bucket
+//! listing shows who has mail only to someone who also holds the server's
+//! configuration. Also the tag that vouches for a user's delivery key under the
+//! same secret, so that whoever can write the bucket cannot make LMTP seal new
 //! mail to a key of their own.
 
 use hmac::{Hmac, Mac};

@@ -1,4 +1,5 @@
-//! Who the users are (DESIGN.md §5): a [`Directory`] answers "may this login
+//! Who the users are (doc/architecture.md, "Users"; doc/ldap.md): a
+//! [`Directory`] answers "may this login
 //! in with this password?" and "which user owns this address?". Two
 //! providers: a TOML users file ([`users_file`], for small setups and the
 //! embedded default) and LDAP ([`ldap`]). Keys never live here: they live in the

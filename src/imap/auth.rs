@@ -1,6 +1,6 @@
 //! LOGIN and AUTHENTICATE (RFC 9051 §6.2.2–§6.2.3; SASL PLAIN RFC 4616,
 //! LOGIN draft-murchison-sasl-login), and what a login does to the
-//! user's keys (DESIGN.md §5).
+//! user's keys (doc/imap.md, "Logins"; doc/ldap.md, "First login").
 //!
 //! A login runs at most one Argon2, through the keyrings' bounded
 //! [`KdfPool`](crate::crypto::KdfPool) (a full pool answers `NO
@@ -346,7 +346,7 @@ async fn check(imap: &Imap, login: &str, password: &Password) -> Result<Success,
 }
 
 /// First login of a user the directory knows but who has no keyring yet
-/// (DESIGN.md §5): one is created with this password.
+/// (doc/ldap.md, "First login"): one is created with this password.
 async fn first_login(
     imap: &Imap,
     record: UserRecord,

@@ -34,8 +34,8 @@ use crate::store::layout::UserId;
 /// Derives a user's store id from their normalised login.
 pub type UserIdFn = Arc<dyn Fn(&str) -> UserId + Send + Sync>;
 
-/// Limits and timeouts of IMAP sessions (DESIGN.md §7). The defaults are
-/// the configuration's (`[imap]` in [`crate::config::ImapConfig`]).
+/// Limits and timeouts of IMAP sessions (doc/imap.md, "Limits"). The defaults
+/// are the configuration's (`[imap]` in [`crate::config::ImapConfig`]).
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Whether LOGIN/AUTHENTICATE are allowed without TLS on a non-loopback

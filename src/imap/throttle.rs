@@ -1,5 +1,5 @@
-//! Throttling of login attempts (DESIGN.md §7: "login attempts per IP and
-//! per user").
+//! Throttling of login attempts per address and per login
+//! (doc/imap.md, "Logins"; doc/security.md, "1. Anonymous clients").
 //!
 //! Pure and in memory: the caller passes the clock, nothing sleeps here.
 //! An attempt is counted as a failure *before* its password is checked

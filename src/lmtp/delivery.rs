@@ -1,11 +1,11 @@
-//! Recipients and delivery (DESIGN.md §3, §5, §6): what the session's two
-//! requests do. A recipient is looked up in the directory (exact address
-//! first, then without its `+detail`), then its keyring in the store for
-//! the public key; a message is sealed to each user's key into their
+//! Recipients and delivery (doc/lmtp.md; doc/storage.md, "Encryption"): what
+//! the session's two requests do. A recipient is looked up in the directory
+//! (exact address first, then without its `+detail`), then its keyring in the
+//! store for the public key; a message is sealed to each user's key into their
 //! incoming queue with [`deliver`]. A user with a quota
-//! (`UserRecord::quota_bytes`) is checked at RCPT (against the declared
-//! SIZE) and again after DATA (against the real size), see [`quota`].
-//! Only a count made just now can refuse; an unknown usage delivers.
+//! (`UserRecord::quota_bytes`) is checked at RCPT (against the declared SIZE)
+//! and again after DATA (against the real size), see [`quota`]. Only a count
+//! made just now can refuse; an unknown usage delivers.
 //!
 //! No socket here, and no reply codes: outcomes are [`RcptRefusal`] and
 //! [`DeliveryOutcome`], turned into replies by [`super::reply`]. Causes go

@@ -1,5 +1,6 @@
 //! LMTP (RFC 2033): how Postfix hands mail to Facteur, and delivery into
-//! each user's incoming queue (DESIGN.md §3, §6).
+//! each user's incoming queue (doc/lmtp.md; doc/storage.md, "Encryption",
+//! delivery).
 //!
 //! - [`session`]: the protocol core, no I/O (commands parsed by
 //!   `smtp-proto`, the only user of that crate).

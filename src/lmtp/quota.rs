@@ -1,5 +1,5 @@
 //! How full a mailbox is, known without the user's keys (LMTP never holds
-//! them), for the quota check at delivery (DESIGN.md §7, issue 5).
+//! them), for the quota check at delivery (doc/lmtp.md, "Quota").
 //!
 //! **What counts.** A user's usage is the stored size of their message
 //! bodies: the sum of the sizes of the objects under `users/<u>/blob/`

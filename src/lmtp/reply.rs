@@ -3,10 +3,10 @@
 //! codes: RFC 5321 §4.2 basic codes with RFC 3463 enhanced status codes
 //! (RFC 2034). Internal details never reach the client; callers log them.
 //!
-//! Rule of the house (DESIGN.md §6): a fault of the store, the directory
-//! or the server itself is always a 4xx, so the sending MTA keeps the
-//! message queued and retries; only the client's own mistakes and
-//! definitive facts (no such user, message too big) are 5xx.
+//! Rule of the house (doc/lmtp.md, "Reply codes"): a fault of the store, the
+//! directory or the server itself is always a 4xx, so the sending MTA keeps the
+//! message queued and retries; only the client's own mistakes and definitive
+//! facts (no such user, message too big) are 5xx.
 
 use std::fmt::Write as _;
 
@@ -72,8 +72,8 @@ impl Reply {
 pub enum RcptRefusal {
     /// No user has this address.
     Unknown,
-    /// The user exists but has no keyring yet (DESIGN.md §5): temporary,
-    /// so the mail stays queued until the user logs in once.
+    /// The user exists but has no keyring yet (doc/ldap.md, "First login"):
+    /// temporary, so the mail stays queued until the user logs in once.
     NotActivated,
     /// The store could not answer now.
     Unavailable,
@@ -307,7 +307,7 @@ pub fn delivery(address: &str, outcome: &DeliveryOutcome) -> Reply {
     }
 }
 
-/// A fault on our side: 451 4.3.0, never a 5xx (DESIGN.md §6).
+/// A fault on our side: 451 4.3.0, never a 5xx (doc/lmtp.md, "Reply codes").
 pub fn temporary_failure() -> Reply {
     Reply::new(451, (4, 3, 0), "temporary failure, try again later")
 }

@@ -31,7 +31,7 @@ use super::data::{DataDecoder, Progress};
 use super::reply::{self, DeliveryOutcome, RcptRefusal, Reply};
 use super::trace;
 
-/// The limits of a session (DESIGN.md §7).
+/// The limits of a session (doc/lmtp.md, "Protocol").
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Name in the greeting and the LHLO reply.

@@ -1,8 +1,8 @@
-//! The causal DAG of one log (DESIGN.md §4): which ops are present, their
-//! parents, heads, a deterministic total order consistent with causality,
-//! and the per-op sequence numbers that MODSEQ is built on. Ops may arrive
-//! in any order; an op is buffered until all its parents are present, then
-//! delivered. Pure: no I/O, no decryption, no knowledge of what ops mean.
+//! The causal DAG of one log (doc/consistency.md, "The op set"): which ops are
+//! present, their parents, heads, a deterministic total order consistent with
+//! causality, and the per-op sequence numbers that MODSEQ is built on. Ops may
+//! arrive in any order; an op is buffered until all its parents are present,
+//! then delivered. Pure: no I/O, no decryption, no knowledge of what ops mean.
 //!
 //! Sequence number of an op `o` in a set `S`: `seq(o) = |S| - |desc(o)|`,
 //! the number of ops in `S` that are not strict descendants of `o`. It only

@@ -1,4 +1,5 @@
-//! Names and clocks of the operation log (DESIGN.md §4): op ids (a hash of
+//! Names and clocks of the operation log (doc/consistency.md,
+//! "The op set"): op ids (a hash of
 //! the op's canonical bytes), instance ids, the hybrid logical clock, the
 //! total-order key, and the op object names that make a LIST with
 //! start-after find new ops cheaply.
@@ -206,8 +207,8 @@ pub struct OrderKey {
 /// The object name of an op inside its log prefix:
 /// `{wall_ms:016x}-{counter:08x}-{instance}-{op id}`. Zero-padded hex makes
 /// byte order equal clock order, so `LIST start-after` a cursor finds the
-/// ops written after it (DESIGN.md §4). The writer's own clock reading is
-/// used, as written in the op.
+/// ops written after it (doc/consistency.md, "The op set"). The writer's own
+/// clock reading is used, as written in the op.
 pub fn op_name(hlc: Hlc, instance: &InstanceId, id: &OpId) -> String {
     format!(
         "{:016x}-{:08x}-{}-{}",

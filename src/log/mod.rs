@@ -1,7 +1,7 @@
-//! The causal operation log (DESIGN.md §4), pure part: op ids and names,
-//! the hybrid logical clock, the causal DAG that buffers ops until their
-//! parents are present and orders them deterministically, and [`Replica`],
-//! one instance's op set with the [`State`] computed from it.
+//! The causal operation log (doc/consistency.md, "The op set"), pure part: op
+//! ids and names, the hybrid logical clock, the causal DAG that buffers ops
+//! until their parents are present and orders them deterministically, and
+//! [`Replica`], one instance's op set with the [`State`] computed from it.
 //!
 //! Not here (yet): listing, fetching, encrypting and writing op objects,
 //! snapshots on the store and garbage collection. They wrap this module;

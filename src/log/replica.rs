@@ -3,7 +3,8 @@
 //! the state ([`State`]); the mailbox is one such state. Pure: the I/O layer
 //! lists, fetches, decrypts and then calls [`Replica::insert_bytes`]; to
 //! write, it calls [`Replica::prepare`], stores the bytes, and inserts its
-//! own op only after the store acknowledged the PUT (DESIGN.md §4).
+//! own op only after the store acknowledged the PUT (doc/consistency.md,
+//! "The I/O layer", writes).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

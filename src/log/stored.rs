@@ -1,4 +1,5 @@
-//! The op log on the object store (DESIGN.md §2, §4): encrypted op objects
+//! The op log on the object store (doc/storage.md, "Object names";
+//! doc/consistency.md, "The I/O layer"): encrypted op objects
 //! under `<prefix>log/`, encrypted snapshots under `<prefix>snap/`,
 //! incremental sync by `LIST start-after`, and garbage collection of what a
 //! snapshot covers.
@@ -62,7 +63,8 @@ use crate::store::{ObjectStore, StoreError, list_all};
 /// is a few MiB).
 pub const MAX_SNAPSHOT: usize = 1 << 30;
 
-/// Timing knobs. Defaults follow DESIGN.md §4.
+/// Timing knobs. The defaults are those doc/consistency.md gives ("The
+/// I/O layer", "Garbage collection", "Damage").
 #[derive(Clone, Debug)]
 pub struct LogTuning {
     /// How far before the cursor an incremental sync lists.

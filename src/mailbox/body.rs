@@ -1,8 +1,8 @@
-//! A new message body as stored (DESIGN.md §3–§4), the one path shared by
-//! APPEND and LMTP delivery: line endings normalised to CRLF (so sizes and
-//! offsets are those IMAP clients see; the bodies of `binary` parts of a
-//! literal8 APPEND excepted, see `summary::LineEnds`), the summary computed once,
-//! zstd-compressed and sealed under the body's own random key as
+//! A new message body as stored (doc/storage.md, "Encryption"), the one path
+//! shared by APPEND and LMTP delivery: line endings normalised to CRLF (so
+//! sizes and offsets are those IMAP clients see; the bodies of `binary` parts
+//! of a literal8 APPEND excepted, see `summary::LineEnds`), the summary
+//! computed once, zstd-compressed and sealed under the body's own random key as
 //! `users/<u>/blob/<blob-id>`. Pure and CPU-heavy: callers run it on the
 //! blocking pool, then PUT the sealed bytes.
 

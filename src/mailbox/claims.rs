@@ -1,4 +1,4 @@
-//! UID claims (DESIGN.md §4, "Claims" and "Validity"): how a message gets
+//! UID claims (doc/consistency.md, "UIDs: claims"): how a message gets
 //! its UID with no coordinator.
 //!
 //! - Every op carries a UID clock: the highest UID claim in its causal past

@@ -1,4 +1,4 @@
-//! The incoming queue (DESIGN.md §3, "LMTP knows no password"): how mail
+//! The incoming queue (doc/storage.md, "Encryption", delivery): how mail
 //! reaches a mailbox while nobody holds the user's keys.
 //!
 //! - [`deliver`] (LMTP): seals the body under a fresh random key to
@@ -178,8 +178,8 @@ pub struct DeliveryReceipt {
 struct Record {
     version: u32,
     /// The record's full object key. A sealed box has no associated data,
-    /// so the name is bound here instead (DESIGN.md §3: a ciphertext
-    /// cannot be moved to another name).
+    /// so the name is bound here instead (doc/storage.md, "Encryption": a
+    /// ciphertext cannot be moved to another name).
     object: String,
     blob_id: String,
     body_key: BodyKey,
@@ -200,13 +200,13 @@ fn record_key(user: &UserId, name: &str) -> String {
     format!("{}{name}", layout::incoming_prefix(user))
 }
 
-/// Stores a message for `user` without their password (DESIGN.md §3):
-/// normalises line endings to CRLF, summarises it (§4), seals the body
-/// under a fresh key to `blob/`, then seals a delivery record to
+/// Stores a message for `user` without their password (doc/storage.md,
+/// "Encryption"): normalises line endings to CRLF, summarises it (§4), seals
+/// the body under a fresh key to `blob/`, then seals a delivery record to
 /// `public_key` into `incoming/`, authenticated with `auth` (the key derived
-/// from the cluster secret). Returns once both PUTs succeeded; on a
-/// store failure returns [`IncomingError::Store`] (transient for outages),
-/// having tried to delete the body if the record could not be written.
+/// from the cluster secret). Returns once both PUTs succeeded; on a store
+/// failure returns [`IncomingError::Store`] (transient for outages), having
+/// tried to delete the body if the record could not be written.
 ///
 /// Summarising and compressing run on the blocking pool: a large message
 /// takes a while on a small machine.

@@ -1,4 +1,5 @@
-//! The user's mailbox list (DESIGN.md §2 `users/<u>/list/`): which
+//! The user's mailbox list (`users/<u>/list/`, doc/consistency.md, "The
+//! mailbox list"): which
 //! mailboxes exist, under which names, with which UIDVALIDITY and
 //! special-use attribute (RFC 6154), and which names are subscribed. Like a
 //! mailbox, it is a pure [`State`] computed from an op log ([`ListOp`]),

@@ -1,8 +1,8 @@
-//! Pure mailbox state (DESIGN.md §4): the operations a mailbox's log is
-//! made of ([`MailboxOp`]), UID claims ([`claims`]), and the state computed
-//! from an op set ([`MailboxState`]), with the lookups IMAP needs. No I/O:
-//! the log layer delivers ops, this module only computes. How the rules
-//! meet the invariants I1–I5 is told in `doc/consistency.md`.
+//! Pure mailbox state (doc/consistency.md, "The op set"): the operations a
+//! mailbox's log is made of ([`MailboxOp`]), UID claims ([`claims`]), and the
+//! state computed from an op set ([`MailboxState`]), with the lookups IMAP
+//! needs. No I/O: the log layer delivers ops, this module only computes. How
+//! the rules meet the invariants I1–I5 is told in `doc/consistency.md`.
 //!
 //! Not here yet: the real message summary (ENVELOPE, BODYSTRUCTURE, …),
 //! the mailbox list and the incoming queue.

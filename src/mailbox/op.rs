@@ -1,7 +1,7 @@
-//! Mailbox operations: what a mailbox's log is made of (DESIGN.md §4), and
-//! the ids that name messages inside it. UIDs never appear in an op: a UID
-//! is computed by every reader from the op set (see `claims`), so an op
-//! cannot carry a wrong one, and clients' UIDs are translated to
+//! Mailbox operations: what a mailbox's log is made of (doc/consistency.md,
+//! "The op set"), and the ids that name messages inside it. UIDs never appear
+//! in an op: a UID is computed by every reader from the op set (see `claims`),
+//! so an op cannot carry a wrong one, and clients' UIDs are translated to
 //! [`MessageId`]s before an op is written.
 
 use std::fmt;
@@ -28,9 +28,9 @@ pub struct MessageId {
 impl MessageId {
     /// The identity of the message a delivery record places: a function of
     /// the record's name alone, so that two instances draining the same
-    /// record (DESIGN.md §3) place one message, not two. The hash is
-    /// domain-separated from op ids, which hash op bytes (JSON, never
-    /// starting with this prefix).
+    /// record (doc/consistency.md, "The I/O layer", draining twice) place one
+    /// message, not two. The hash is domain-separated from op ids, which hash
+    /// op bytes (JSON, never starting with this prefix).
     pub fn delivered(delivery_id: &str) -> MessageId {
         let mut bytes = Vec::with_capacity(DELIVERY_DOMAIN.len() + delivery_id.len());
         bytes.extend_from_slice(DELIVERY_DOMAIN);
@@ -85,9 +85,9 @@ impl<'de> Deserialize<'de> for MessageId {
 }
 
 /// What the mailbox knows of a message body without opening it. A
-/// placeholder for the full summary of DESIGN.md §4 (blob key, ENVELOPE,
-/// BODYSTRUCTURE, search headers, preview), which will travel in `summary`
-/// or replace it.
+/// placeholder for the full summary (doc/storage.md, "Mailbox snapshots and
+/// summary pages": blob key, ENVELOPE, BODYSTRUCTURE, search headers, preview),
+/// which will travel in `summary` or replace it.
 ///
 /// `Ord` lets the state pick one description deterministically when a
 /// delivery is placed twice (see [`MailboxOp::Deliver`]).
@@ -124,11 +124,11 @@ pub(crate) mod base64_bytes {
     }
 }
 
-/// The random key a message body is sealed under (DESIGN.md §3: "each
-/// message body has its own random key, recorded (under MK) in the op that
-/// adds the message"). Redacted in `Debug` and zeroized on drop, as the
-/// [`SymmetricKey`] it wraps; comparable so that states can be compared
-/// and a twice-placed delivery resolved (see [`MailboxOp::Deliver`]).
+/// The random key a message body is sealed under (doc/storage.md, "Encryption":
+/// "each message body has its own random key, recorded (under MK) in the op
+/// that adds the message"). Redacted in `Debug` and zeroized on drop, as the
+/// [`SymmetricKey`] it wraps; comparable so that states can be compared and a
+/// twice-placed delivery resolved (see [`MailboxOp::Deliver`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct BodyKey(pub SymmetricKey);
@@ -174,8 +174,8 @@ pub struct NewMessage {
     pub flags: Vec<String>,
 }
 
-/// A message drained from `incoming/` (DESIGN.md §3), with the id of its
-/// delivery record.
+/// A message drained from `incoming/` (doc/storage.md, "Encryption", delivery),
+/// with the id of its delivery record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// The delivery record's name (`<ts>-<rand>` under `incoming/`). Every

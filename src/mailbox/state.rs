@@ -1,7 +1,7 @@
-//! The pure state of one mailbox (DESIGN.md §4): its messages with UID,
-//! flags, MODSEQ, and UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, computed from
-//! the mailbox's op set, plus the lookups IMAP needs (UID ↔ sequence
-//! number, by flag, CHANGEDSINCE and VANISHED of RFC 7162).
+//! The pure state of one mailbox (doc/consistency.md, "The op set"): its
+//! messages with UID, flags, MODSEQ, and UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ,
+//! computed from the mailbox's op set, plus the lookups IMAP needs (UID ↔
+//! sequence number, by flag, CHANGEDSINCE and VANISHED of RFC 7162).
 //!
 //! Convergence (I1) by construction: every field is a function of the op
 //! *set*, never of delivery order, so an op found late gives the state it
@@ -1056,7 +1056,8 @@ impl MailboxState {
 
     /// The fix-up op to write, if any message is displaced. An instance
     /// should wait a short random delay, sync, and write it only if no
-    /// other fix-up appeared meanwhile (DESIGN.md §4).
+    /// other fix-up appeared meanwhile (doc/consistency.md, "The I/O layer",
+    /// fix-ups).
     pub fn fix_up(&self) -> Option<MailboxOp> {
         let displaced = self.displaced();
         (!displaced.is_empty()).then_some(MailboxOp::FixUp(displaced))

@@ -1,4 +1,5 @@
-//! The message summary (DESIGN.md §4): everything IMAP needs to know about a
+//! The message summary (doc/storage.md, "Mailbox snapshots and summary
+//! pages"): everything IMAP needs to know about a
 //! message without opening its body, computed once at ingestion (LMTP
 //! delivery or APPEND) and stored inside the encrypted add op.
 //!

@@ -285,7 +285,8 @@ fn a_late_op_can_displace_a_fixed_up_message_again() {
 
 #[test]
 fn a_late_flag_change_is_reported_by_changedsince_without_a_touch() {
-    // The Lamport MODSEQ claims of DESIGN.md §4 would give b's late STORE
+    // The Lamport MODSEQ claims of the first design (doc/consistency.md,
+    // "MODSEQ: sequence numbers instead of MODSEQ claims") would give b's late STORE
     // a MODSEQ at or below what a's client saw; sequence numbers do not.
     let (mut a, mut b, _) = two_nodes();
     for n in 0..5 {

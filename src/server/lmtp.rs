@@ -1,4 +1,5 @@
-//! The LMTP listeners (DESIGN.md §1): TCP and a Unix socket, each with a
+//! The LMTP listeners (doc/architecture.md, "Processes and state";
+//! doc/lmtp.md): TCP and a Unix socket, each with a
 //! bounded number of connections, one task per connection running
 //! [`crate::lmtp::connection::run`].
 //!

@@ -17,7 +17,7 @@
 //!   collecting the whole tree.
 //! - Limitation: a key cannot also be a directory of other keys (`a/b` and
 //!   `a/b/c`); the second put fails with [`StoreError::Permanent`]. Facteur's
-//!   layout never does this (DESIGN.md §2).
+//!   layout never does this (doc/storage.md, "Object names").
 //!
 //! - Files are created `0600` and directories `0700` (before the umask):
 //!   objects are ciphertext, but their names, sizes and times are still

@@ -1,6 +1,6 @@
-//! Object names (DESIGN.md §2). Every object of a user lives under
-//! `users/<u>/`, where `<u>` is an opaque id (an HMAC of the login under the
-//! cluster secret), so a bucket listing never shows who the users are.
+//! Object names (doc/storage.md, "Object names"). Every object of a user lives
+//! under `users/<u>/`, where `<u>` is an opaque id (an HMAC of the login under
+//! the cluster secret), so a bucket listing never shows who the users are.
 
 use std::fmt;
 

@@ -1,7 +1,7 @@
-//! The object store (DESIGN.md §2): one small trait, [`ObjectStore`], and
-//! three backends behind it — [`S3Store`] (any S3, Garage in production),
-//! [`FsStore`] (a local directory, the embedded default) and [`MemoryStore`]
-//! (tests, with fault injection).
+//! The object store (doc/storage.md, "Object names"): one small trait,
+//! [`ObjectStore`], and three backends behind it — [`S3Store`] (any S3, Garage
+//! in production), [`FsStore`] (a local directory, the embedded default) and
+//! [`MemoryStore`] (tests, with fault injection).
 //!
 //! What every backend promises, and all that the rest of Facteur may assume:
 //!
@@ -35,7 +35,7 @@ use bytes::Bytes;
 /// default metadata engine) does not: measured on Garage 2.5.0, a PUT of a
 /// 472-byte key succeeds and its DELETE then fails with a 503 (LMDB
 /// `MDB_BAD_VALSIZE`), and PUT fails from 480 bytes. 400 leaves a margin;
-/// Facteur's own keys stay under 200 bytes (DESIGN.md §2).
+/// Facteur's own keys stay under 200 bytes (doc/storage.md, "Object names").
 pub const MAX_KEY_LEN: usize = 400;
 
 /// Longest segment (text between two `/`) accepted, in bytes: the usual
@@ -102,7 +102,7 @@ pub struct ListPage {
 }
 
 /// The operations Facteur needs from an object store, and nothing
-/// store-specific (no conditional PUT, no K2V; DESIGN.md §2).
+/// store-specific (no conditional PUT, no K2V; doc/storage.md, "Object names").
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores `body` under `key`, replacing any previous object. Once this
