@@ -38,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server until SIGINT or SIGTERM.
+    /// Run the server until SIGINT or SIGTERM; SIGHUP reloads the TLS
+    /// certificate.
     Serve {
         /// Listen address of the health and metrics endpoint, overriding
         /// `[http] listen`.
@@ -838,6 +839,7 @@ async fn serve(
 ) -> Result<()> {
     // Before anything is announced: a SIGTERM from then on stops cleanly.
     let stop = server::termination_signal();
+    let hangup = server::hangup_signal();
     let services = Services::from_config(&config)?;
     if let Err(e) = services.check_store().await {
         tracing::warn!(error = %e, "object store unavailable at start; serving anyway");
@@ -868,6 +870,15 @@ async fn serve(
             shutdown.clone(),
         ));
     }
+    let certificate = bound
+        .imap
+        .as_ref()
+        .and_then(|(_, tls)| tls.as_ref().map(|t| t.certificate.clone()));
+    tasks.spawn(server::reload_on_hangup(
+        hangup,
+        certificate,
+        shutdown.clone(),
+    ));
     if let Some((listeners, tls)) = bound.imap {
         let settings = server::imap::Settings::from_config(&config.imap);
         let imap = server::imap::context(
@@ -984,9 +995,9 @@ async fn imap_listeners(
     }
     let tls = server::imap::load_tls(&config.imap)?;
     match &tls {
-        Some(t) if t.self_signed => say!(
+        Some(t) if t.certificate.is_self_signed() => say!(
             "facteur: imap certificate {} (self-signed: clients must trust it)",
-            t.certificate.display()
+            t.certificate.path().display()
         ),
         Some(_) => {}
         None if !implicit.is_empty() => bail!(

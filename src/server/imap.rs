@@ -1,4 +1,5 @@
-//! The IMAP listeners (DESIGN.md §1): ports of plaintext IMAP upgraded with
+//! The IMAP listeners (doc/architecture.md, "Processes and state";
+//! doc/imap.md): ports of plaintext IMAP upgraded with
 //! STARTTLS (143) and ports of implicit TLS (993, RFC 8314 §3.3), one task
 //! per connection running [`crate::imap::connection::serve`].
 //!
@@ -95,38 +96,40 @@ impl Settings {
 /// or the self-signed pair in `self_signed_dir` (generated if missing).
 /// `None` when neither is configured.
 pub fn load_tls(config: &ImapConfig) -> Result<Option<LoadedTls>, TlsError> {
-    let (cert, key, self_signed) = match (&config.certificate, &config.private_key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone(), false),
+    let source = match (&config.certificate, &config.private_key) {
+        (Some(cert), Some(key)) => tls::CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
         _ => match &config.self_signed_dir {
-            Some(dir) => {
-                let (cert, key) = tls::ensure_self_signed(dir, &tls::default_names())?;
-                (cert, key, true)
-            }
+            Some(dir) => tls::CertSource::SelfSigned {
+                dir: dir.clone(),
+                names: tls::default_names(),
+            },
             None => return Ok(None),
         },
     };
-    let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key)?);
+    let certificate = Arc::new(tls::ReloadableCert::load(source)?);
     Ok(Some(LoadedTls {
-        acceptor,
-        certificate: cert,
-        self_signed,
+        acceptor: TlsAcceptor::from(certificate.clone().server_config()?),
+        certificate,
     }))
 }
 
 /// A loaded certificate.
 #[derive(Clone)]
 pub struct LoadedTls {
+    /// Presents the current `certificate` at every handshake.
     pub acceptor: TlsAcceptor,
-    /// The certificate file, to tell users what to pin when self-signed.
-    pub certificate: std::path::PathBuf,
-    pub self_signed: bool,
+    /// The certificate, reloaded on SIGHUP.
+    pub certificate: Arc<tls::ReloadableCert>,
 }
 
 impl std::fmt::Debug for LoadedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedTls")
-            .field("certificate", &self.certificate)
-            .field("self_signed", &self.self_signed)
+            .field("certificate", &self.certificate.path())
+            .field("self_signed", &self.certificate.is_self_signed())
             .finish_non_exhaustive()
     }
 }

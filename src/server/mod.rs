@@ -1,11 +1,13 @@
 //! Listeners, limits, shutdown and metrics: everything `facteur serve` runs
 //! in one tokio runtime: the IMAP listeners ([`imap`]) and their TLS
 //! ([`tls`]), the LMTP listeners ([`lmtp`]) and the health and metrics
-//! endpoint ([`http`]).
+//! endpoint ([`http`]); and SIGHUP, which reloads the IMAP certificate.
 //!
 //! Invariants: the accept loop never awaits anything but `accept` and a
 //! connection permit (a slow client cannot stall it); shutdown is one
-//! broadcast, after which running connections get a bounded time to finish.
+//! broadcast, after which running connections get a bounded time to finish;
+//! SIGHUP never ends the process, and a reload that fails keeps serving
+//! what was served before.
 
 pub mod http;
 pub mod imap;
@@ -133,6 +135,87 @@ pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send + 's
     {
         async {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// SIGHUP, caught from the moment [`hangup_signal`] is called: its default
+/// action would end the process, so a `systemctl reload` (or certbot's
+/// deploy hook) before the server is ready must find it installed.
+#[derive(Debug)]
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+/// Installs the SIGHUP handler now (see [`Hangup`]). Should installing it
+/// fail, a warning says so and SIGHUP keeps its default action.
+pub fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signal = signal(SignalKind::hangup())
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot catch SIGHUP: reload needs a restart"),
+            )
+            .ok();
+        Hangup { signal }
+    }
+    #[cfg(not(unix))]
+    Hangup {}
+}
+
+impl Hangup {
+    /// The next SIGHUP; never resolves when it cannot be caught.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// Until shutdown: at each SIGHUP, reads the IMAP certificate and key
+/// again ([`tls::ReloadableCert::reload`]); new connections get the new
+/// certificate, open ones keep theirs. A certificate that does not load is
+/// not served: the previous one stays and the error, naming the file, is
+/// logged. Nothing else is reloaded: the configuration file is read only at
+/// start (the users file of the static directory is re-read whenever it
+/// changes, SIGHUP or not).
+pub async fn reload_on_hangup(
+    mut hangup: Hangup,
+    certificate: Option<Arc<tls::ReloadableCert>>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = hangup.recv() => {}
+        }
+        let Some(certificate) = &certificate else {
+            tracing::info!(
+                "SIGHUP: no TLS certificate to reload; the configuration is read only at start"
+            );
+            continue;
+        };
+        // File reads, and for a self-signed certificate maybe a new key.
+        let reloading = certificate.clone();
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(())) => tracing::info!(
+                certificate = %certificate.path().display(),
+                "SIGHUP: reloaded the TLS certificate; the configuration is read only at start"
+            ),
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "SIGHUP: cannot reload the TLS certificate; still serving the previous one"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: the certificate reload failed; still serving the previous one"
+            ),
         }
     }
 }

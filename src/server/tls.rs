@@ -1,21 +1,25 @@
 //! TLS for the IMAP listeners: the rustls server configuration from a PEM
-//! certificate chain and private key, and the self-signed certificate of
-//! the embedded default: generated on first start for the host name,
-//! valid about a year, reused afterwards and renewed (same key) at a start
-//! within a month of its end.
+//! certificate chain and private key, the certificate replaced while the
+//! server runs ([`ReloadableCert`], on SIGHUP), and the self-signed
+//! certificate of the embedded default: generated on first start for the
+//! host name, valid about a year, reused afterwards and renewed (same key)
+//! at a start or reload within a month of its end.
 //!
 //! Invariants: the crypto provider is aws-lc-rs, the one the rest of the
 //! crate uses; a generated private key is written with owner-only
 //! permissions and never replaced while its certificate exists; every error
-//! names the file it is about.
+//! names the file it is about; a certificate that fails to load never
+//! replaces the one being served.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// File names of the generated certificate and key in their directory.
 pub const SELF_SIGNED_CERT: &str = "tls-cert.pem";
@@ -45,11 +49,23 @@ pub enum TlsError {
     },
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("TLS protocol versions: {0}")]
+    Protocols(rustls::Error),
 }
 
 /// The TLS configuration of a server holding the certificate chain in
 /// `cert` (leaf first) and its private key in `key`, both PEM.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let source = CertSource::Files {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    };
+    Arc::new(ReloadableCert::load(source)?).server_config()
+}
+
+/// The chain in `cert` (leaf first) and the private key in `key`, both PEM,
+/// checked to fit together.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.to_owned(),
@@ -74,19 +90,104 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         path: key.to_owned(),
         message: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mismatch = |source| TlsError::Mismatch {
+    CertifiedKey::from_der(chain, private_key, &provider()).map_err(|source| TlsError::Mismatch {
         cert: cert.to_owned(),
         key: key.to_owned(),
         source,
-    };
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(mismatch)?
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map_err(mismatch)?;
-    Ok(Arc::new(config))
+    })
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Where the server's certificate comes from, read again at each reload.
+#[derive(Clone, Debug)]
+pub enum CertSource {
+    /// A chain and key in PEM files (`imap.certificate`, `imap.private_key`).
+    Files { cert: PathBuf, key: PathBuf },
+    /// The self-signed pair in `dir` for `names`, generated if missing and
+    /// renewed near its end ([`ensure_self_signed`]).
+    SelfSigned { dir: PathBuf, names: Vec<String> },
+}
+
+impl CertSource {
+    /// Reads (for a self-signed pair: first makes or renews) the
+    /// certificate; returns it with the path of its certificate file.
+    fn load(&self) -> Result<(CertifiedKey, PathBuf), TlsError> {
+        let (cert, key) = match self {
+            CertSource::Files { cert, key } => (cert.clone(), key.clone()),
+            CertSource::SelfSigned { dir, names } => ensure_self_signed(dir, names)?,
+        };
+        Ok((certified_key(&cert, &key)?, cert))
+    }
+}
+
+/// The certificate the server presents, replaceable while it runs: every
+/// TLS handshake (implicit TLS and STARTTLS alike) asks it for the current
+/// one, so after [`reload`](Self::reload) new connections get the new
+/// certificate, and connections already open keep the session they have.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    source: CertSource,
+    /// The certificate file the current certificate was read from.
+    path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Loads the certificate of `source`; fails as a start should.
+    pub fn load(source: CertSource) -> Result<ReloadableCert, TlsError> {
+        let (key, path) = source.load()?;
+        Ok(ReloadableCert {
+            source,
+            path,
+            current: RwLock::new(Arc::new(key)),
+        })
+    }
+
+    /// Reads the certificate again from its source and serves it from the
+    /// next handshake on. On any error the certificate being served stays,
+    /// and the error (naming the file) is returned.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let (key, _) = self.source.load()?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(())
+    }
+
+    /// The certificate file (to tell users what to pin when self-signed).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_self_signed(&self) -> bool {
+        matches!(self.source, CertSource::SelfSigned { .. })
+    }
+
+    /// The current certificate.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A server configuration presenting this certificate, whichever it is
+    /// at the time of each handshake.
+    pub fn server_config(self: Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let config = ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Protocols)?
+            .with_no_client_auth()
+            .with_cert_resolver(self);
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
 }
 
 /// How long a generated certificate is valid: about a year, like the
@@ -343,6 +444,80 @@ mod tests {
         let much_later = SystemTime::now() + Duration::from_secs(3 * 365 * 86_400);
         ensure_self_signed_at(dir.path(), &names, much_later).unwrap();
         assert!(describe(&cert).3 > before);
+    }
+
+    /// The end-entity certificate `reloadable` presents now.
+    fn presented(reloadable: &ReloadableCert) -> Vec<u8> {
+        reloadable.current().cert[0].as_ref().to_vec()
+    }
+
+    fn first_der(path: &Path) -> Vec<u8> {
+        CertificateDer::pem_file_iter(path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    /// A reload serves the new files; a reload that fails (broken key,
+    /// key of another certificate, missing file) keeps the certificate
+    /// being served and names the file.
+    #[test]
+    fn reload_replaces_the_certificate_or_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_cert, a_key) =
+            ensure_self_signed(&dir.path().join("a"), &["a.test".into()]).unwrap();
+        let (b_cert, b_key) =
+            ensure_self_signed(&dir.path().join("b"), &["b.test".into()]).unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::copy(&a_cert, &cert).unwrap();
+        std::fs::copy(&a_key, &key).unwrap();
+        let source = CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let reloadable = ReloadableCert::load(source).unwrap();
+        assert_eq!(presented(&reloadable), first_der(&a_cert));
+
+        std::fs::copy(&b_cert, &cert).unwrap();
+        std::fs::copy(&b_key, &key).unwrap();
+        reloadable.reload().unwrap();
+        assert_eq!(presented(&reloadable), first_der(&b_cert));
+
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nbroken\n").unwrap();
+        let e = reloadable.reload().unwrap_err().to_string();
+        assert!(e.contains("key.pem"), "{e}");
+        assert_eq!(presented(&reloadable), first_der(&b_cert));
+
+        std::fs::copy(&a_key, &key).unwrap();
+        let e = reloadable.reload().unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
+        assert_eq!(presented(&reloadable), first_der(&b_cert));
+
+        std::fs::remove_file(&cert).unwrap();
+        let e = reloadable.reload().unwrap_err().to_string();
+        assert!(e.contains("cert.pem"), "{e}");
+        assert_eq!(presented(&reloadable), first_der(&b_cert));
+    }
+
+    /// A self-signed certificate is made again when its file is gone and
+    /// the server reloads.
+    #[test]
+    fn reload_of_a_self_signed_certificate_regenerates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = CertSource::SelfSigned {
+            dir: dir.path().to_owned(),
+            names: vec!["localhost".into()],
+        };
+        let reloadable = ReloadableCert::load(source).unwrap();
+        assert!(reloadable.is_self_signed());
+        let before = presented(&reloadable);
+        std::fs::remove_file(reloadable.path()).unwrap();
+        reloadable.reload().unwrap();
+        assert_ne!(presented(&reloadable), before);
+        assert_eq!(presented(&reloadable), first_der(reloadable.path()));
     }
 
     #[test]
