@@ -75,6 +75,11 @@ if ! command -v fail2ban-regex >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q fail2ban >&2
 fi
 export FACTEUR_REQUIRE_FAIL2BAN=1
+echo "== installing systemd-analyze, which checks doc/deploy/facteur.service" >&2
+if ! command -v systemd-analyze >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >&2
+fi
+export FACTEUR_REQUIRE_SYSTEMD_ANALYZE=1
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

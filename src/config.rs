@@ -987,14 +987,12 @@ mod tests {
         assert_eq!(ldap.quota_attribute.as_deref(), Some("mailQuota"));
         assert_eq!(
             c.lmtp.unix_socket.as_deref(),
-            Some(Path::new("/run/facteur/lmtp"))
+            Some(Path::new("/var/spool/postfix/private/facteur-lmtp"))
         );
         assert_eq!(c.lmtp.max_message_size, ByteSize(50 << 20));
         assert_eq!(
             c.imap.certificate.as_deref(),
-            Some(Path::new(
-                "/etc/letsencrypt/live/mail.example.org/fullchain.pem"
-            ))
+            Some(Path::new("/etc/facteur/tls/fullchain.pem"))
         );
         assert_eq!(c.imap.tls_listen, [SocketAddr::from(([0, 0, 0, 0], 993))]);
         assert_eq!(c.imap.max_connections_per_ip, 50);
