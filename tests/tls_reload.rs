@@ -97,11 +97,14 @@ fn client(trusted: &[&CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
         roots.add((*cert).clone()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // A resumed session shows the certificate of the session it resumes:
+    // every connection does a full handshake instead.
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
