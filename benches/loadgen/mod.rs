@@ -384,13 +384,10 @@ impl Conn {
     }
 
     async fn fill(&mut self, cmd: Cmd) -> Result<(), Failure> {
-        let mut chunk = [0u8; 65536];
-        match tokio::time::timeout(ANSWER_TIMEOUT, self.io.read(&mut chunk)).await {
+        self.buf.reserve(16 << 10);
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.io.read_buf(&mut self.buf)).await {
             Ok(Ok(0)) => fail(cmd, "server closed the connection"),
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => fail(cmd, format!("read: {e}")),
             Err(_) => fail(cmd, format!("no answer in {ANSWER_TIMEOUT:?}")),
         }
