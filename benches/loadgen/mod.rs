@@ -1739,3 +1739,83 @@ async fn idle(options: &Options) -> Report {
     report.rss = Some((rss_before, rss_with));
     report
 }
+
+/// The checks themselves, on answers a faulty server could send.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(lines: &[&str]) -> Reply {
+        Reply {
+            lines: lines
+                .iter()
+                .map(|l| Line {
+                    text: (*l).to_owned(),
+                    literals: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn view(uids: &[u32]) -> View {
+        let mut v = View::default();
+        v.apply(Cmd::Select, &reply(&[&format!("* {} EXISTS", uids.len())]))
+            .unwrap();
+        for (i, uid) in uids.iter().enumerate() {
+            v.learn(Cmd::FetchFlags, i + 1, *uid).unwrap();
+        }
+        v
+    }
+
+    fn error(v: &mut View, lines: &[&str]) -> String {
+        v.apply(Cmd::Noop, &reply(lines))
+            .expect_err("an inconsistency")
+            .detail
+    }
+
+    #[test]
+    fn exists_going_down_without_expunge_is_an_error() {
+        let mut v = view(&[3, 5, 9]);
+        assert!(error(&mut v, &["* 2 EXISTS", "L1 OK"]).contains("without EXPUNGE"));
+        let mut v = view(&[3, 5, 9]);
+        v.apply(Cmd::Noop, &reply(&["* 2 EXPUNGE", "* 2 EXISTS", "L1 OK"]))
+            .unwrap();
+        assert_eq!(v.uids, [Some(3), Some(9)]);
+    }
+
+    #[test]
+    fn a_message_keeps_its_uid_and_uids_ascend() {
+        let mut v = view(&[3, 5, 9]);
+        assert!(error(&mut v, &["* 2 FETCH (UID 6 FLAGS ())"]).contains("had UID 5"));
+        let mut v = view(&[3, 5, 9]);
+        v.apply(Cmd::Noop, &reply(&["* 4 EXISTS"])).unwrap();
+        assert!(error(&mut v, &["* 4 FETCH (FLAGS () UID 8)"]).contains("out of order"));
+        let mut v = view(&[3, 5, 9]);
+        assert!(error(&mut v, &["* 4 FETCH (UID 10)"]).contains("FETCH of message 4 of 3"));
+        assert!(error(&mut v, &["* 0 EXPUNGE"]).contains("EXPUNGE 0"));
+    }
+
+    #[test]
+    fn an_expunged_uid_never_comes_back() {
+        let mut v = view(&[3, 5, 9]);
+        v.apply(Cmd::Noop, &reply(&["* 2 EXPUNGE", "* 3 EXISTS"]))
+            .unwrap();
+        assert!(error(&mut v, &["* 3 FETCH (UID 5 FLAGS ())"]).contains("came back"));
+    }
+
+    #[test]
+    fn fetch_search_and_response_codes_parse() {
+        assert_eq!(
+            fetch_uid("* 1 FETCH (FLAGS (\\Seen) UID 42 BODY[] {3}"),
+            Some(42)
+        );
+        assert_eq!(
+            fetch_flags("* 1 FETCH (UID 4 FLAGS (\\Seen \\Flagged))"),
+            Some("\\Seen \\Flagged")
+        );
+        let r = reply(&["* SEARCH 1 4 9", "L3 OK [APPENDUID 7 12] done"]);
+        assert_eq!(search_results(&r).unwrap(), [1, 4, 9]);
+        assert_eq!(r.code("APPENDUID"), Some(vec![7, 12]));
+        assert!(search_results(&reply(&["L3 OK"])).is_err());
+    }
+}
