@@ -435,15 +435,13 @@ for st in steps:
     row(st, {s: med([next((y["ms"] for y in x.get("steps", []) if y["step"] == st), None) for x in runs[s]]) for s in servers})
 row("server CPU seconds", {s: med([x.get("cpu_seconds") for x in runs[s]]) for s in servers}, 2)
 
-header("Memory per connection in IDLE (KiB, server PSS rise / sessions; Garage's not counted)")
+header("Memory per connection in IDLE, KiB (server PSS rise from a tenth of the sessions to all)")
 for n in idle_counts:
     vals = {}
     for s in servers:
         x = load(f"idle-{n}-{s}")
-        if x.get("rss_with") is not None and x.get("clients"):
-            vals[s] = (x["rss_with"] - x["rss_before"]) / 1024 / x["clients"]
-        else:
-            vals[s] = None
+        per = x.get("rss_per_connection")
+        vals[s] = None if per is None else per / 1024
         if x.get("clients") is not None and str(x.get("clients")) != n:
             samples.append(f"idle-{n}-{s}: only {x.get('clients')} sessions reached IDLE")
     row(f"{n} sessions in IDLE", vals)

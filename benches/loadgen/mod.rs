@@ -1183,6 +1183,8 @@ pub struct Report {
     pub steps: Vec<(String, f64, u64)>,
     /// idle: resident memory of the server before and with the sessions.
     pub rss: Option<(u64, u64)>,
+    /// idle: sessions open at the first measure, and the memory then.
+    pub rss_tenth: Option<(usize, u64)>,
     /// fill: messages appended.
     pub appended: u64,
 }
@@ -1194,6 +1196,14 @@ impl Report {
 
     pub fn ran(&self, cmd: Cmd) -> u64 {
         self.stats.commands.get(&cmd).map_or(0, |s| s.latency.count)
+    }
+
+    /// idle: bytes one more session in IDLE costs the server (between
+    /// the first measure and the last).
+    pub fn rss_per_connection(&self) -> Option<f64> {
+        let ((_, with), (first, at_first)) = (self.rss?, self.rss_tenth?);
+        let added = self.clients.checked_sub(first).filter(|n| *n > 0)?;
+        Some((with as f64 - at_first as f64) / added as f64)
     }
 
     /// The table, human-readable.
@@ -1260,14 +1270,18 @@ impl Report {
             };
             println!("  {step:40} {ms:10.1} ms{rate}");
         }
-        if let Some((before, with)) = self.rss {
+        if let (Some((before, with)), Some((first, at_first))) = (self.rss, self.rss_tenth) {
+            let mib = |b: u64| b as f64 / 1048576.0;
             println!(
-                "  server memory {:.1} MiB idle, {:.1} MiB with {} sessions in IDLE: {:.1} KiB per connection",
-                before as f64 / 1048576.0,
-                with as f64 / 1048576.0,
-                self.clients,
-                with.saturating_sub(before) as f64 / 1024.0 / self.clients.max(1) as f64
+                "  server memory {:.1} MiB without sessions, {:.1} MiB with {first}, {:.1} MiB with {}",
+                mib(before),
+                mib(at_first),
+                mib(with),
+                self.clients
             );
+            if let Some(per) = self.rss_per_connection() {
+                println!("  {:.1} KiB per connection in IDLE", per / 1024.0);
+            }
         }
         if self.appended > 0 {
             println!("  appended {} messages", self.appended);
@@ -1310,6 +1324,9 @@ impl Report {
             "steps": self.steps.iter().map(|(s, ms, b)| serde_json::json!({"step": s, "ms": ms, "bytes": b})).collect::<Vec<_>>(),
             "rss_before": self.rss.map(|r| r.0),
             "rss_with": self.rss.map(|r| r.1),
+            "rss_first_sessions": self.rss_tenth.map(|r| r.0),
+            "rss_first": self.rss_tenth.map(|r| r.1),
+            "rss_per_connection": self.rss_per_connection(),
             "appended": self.appended,
         })
     }
@@ -1687,14 +1704,16 @@ async fn bigbox(options: &Options) -> Report {
     report
 }
 
-/// `idle`: `clients` sessions in IDLE, then the server's memory.
-async fn idle(options: &Options) -> Report {
-    let shared = shared(options, 0.0);
-    let rss_before = procs::rss(&options.server_pids);
-    // Opened 50 at a time: logins cost the server a password check each.
+/// Opens sessions `ids` (LOGIN, SELECT INBOX, IDLE), 50 logins at a time;
+/// the ones that reached IDLE.
+async fn open_idle(
+    options: &Options,
+    shared: &Arc<Shared>,
+    ids: std::ops::Range<usize>,
+) -> Vec<Conn> {
     let gate = Arc::new(tokio::sync::Semaphore::new(50));
     let mut tasks = Vec::new();
-    for id in 0..options.clients {
+    for id in ids {
         let (options, gate, shared) = (options.clone(), gate.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
             let result: Result<Conn, Failure> = async {
@@ -1727,8 +1746,26 @@ async fn idle(options: &Options) -> Report {
             conns.push(c);
         }
     }
+    conns
+}
+
+/// `idle`: a tenth of `clients` sessions in IDLE, the server's memory,
+/// then all of them and the memory again: the rise between the two,
+/// divided by the sessions added, is what one more idle connection costs
+/// (every user has sessions at both points when users are at most a
+/// tenth of the sessions, so what a server keeps per user is left out).
+async fn idle(options: &Options) -> Report {
+    let shared = shared(options, 0.0);
     // Let the server settle (buffers freed after the logins).
-    tokio::time::sleep(Duration::from_secs_f64(options.seconds.min(5.0))).await;
+    let settle = Duration::from_secs_f64(options.seconds.min(5.0));
+    let rss_before = procs::rss(&options.server_pids);
+    let tenth = (options.clients / 10).max(1).min(options.clients);
+    let mut conns = open_idle(options, &shared, 0..tenth).await;
+    tokio::time::sleep(settle).await;
+    let rss_tenth = procs::rss(&options.server_pids);
+    let first = conns.len();
+    conns.extend(open_idle(options, &shared, tenth..options.clients).await);
+    tokio::time::sleep(settle).await;
     let rss_with = procs::rss(&options.server_pids);
     let open = conns.len();
     for mut c in conns {
@@ -1737,6 +1774,7 @@ async fn idle(options: &Options) -> Report {
     let mut report = finish_report("idle", options, &shared, Stats::default());
     report.clients = open;
     report.rss = Some((rss_before, rss_with));
+    report.rss_tenth = Some((first, rss_tenth));
     report
 }
 
