@@ -169,6 +169,7 @@ async fn the_mail_client_mix_runs_without_errors_against_facteur() {
     assert_eq!(idle.clients, 6);
     assert!(
         idle.rss.is_some_and(|(before, _)| before > 0),
-        "server RSS read"
+        "server memory read"
     );
+    assert!(idle.rss_per_connection().is_some());
 }
