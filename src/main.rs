@@ -682,7 +682,10 @@ impl facteur::migrate::Progress for Bar {
 }
 
 /// `import`: see `facteur::migrate`.
-async fn import(account: &facteur::account::Account, source: &facteur::migrate::Source) -> Result<()> {
+async fn import(
+    account: &facteur::account::Account,
+    source: &facteur::migrate::Source,
+) -> Result<()> {
     let bar = Bar::new(source.message_count());
     let result = facteur::migrate::import(account, source, &bar).await;
     bar.0.finish_and_clear();

@@ -38,7 +38,13 @@ impl Setup {
         let setup = Setup { dir };
         for user in ["alice", "bob"] {
             let out = setup.run(
-                &["user", "add", user, "--address", &format!("{user}@example.org")],
+                &[
+                    "user",
+                    "add",
+                    user,
+                    "--address",
+                    &format!("{user}@example.org"),
+                ],
                 &format!("{PASSWORD}\n"),
             );
             assert!(out.status.success(), "{}", stderr(&out));
@@ -78,7 +84,13 @@ impl Setup {
     }
 
     fn import(&self, login: &str, maildir: &Path) -> String {
-        self.ok(&["import", "--login", login, "--maildir", maildir.to_str().unwrap()])
+        self.ok(&[
+            "import",
+            "--login",
+            login,
+            "--maildir",
+            maildir.to_str().unwrap(),
+        ])
     }
 
     fn export(&self, login: &str, to: &Path) -> String {
@@ -150,11 +162,35 @@ fn text(n: usize) -> String {
 /// UIDNEXT above the last message, keywords, a message not in the uidlist
 /// yet, a nested folder with a non-ASCII name, subscriptions.
 fn sample_maildir(root: &Path) {
-    put(root, "1700000001.M1P1.host,S=10", "S", &text(1), 1_700_000_001);
-    put(root, "1700000002.M2P1.host,S=10", "FRSa", &text(2), 1_700_000_002);
-    put(root, "1700000004.M4P1.host,S=10", "PTb", &text(4), 1_700_000_004);
+    put(
+        root,
+        "1700000001.M1P1.host,S=10",
+        "S",
+        &text(1),
+        1_700_000_001,
+    );
+    put(
+        root,
+        "1700000002.M2P1.host,S=10",
+        "FRSa",
+        &text(2),
+        1_700_000_002,
+    );
+    put(
+        root,
+        "1700000004.M4P1.host,S=10",
+        "PTb",
+        &text(4),
+        1_700_000_004,
+    );
     // Same text twice: two messages, not one.
-    put(root, "1700000005.M5P1.host,S=10", "", &text(4), 1_700_000_005);
+    put(
+        root,
+        "1700000005.M5P1.host,S=10",
+        "",
+        &text(4),
+        1_700_000_005,
+    );
     std::fs::write(
         root.join("dovecot-uidlist"),
         "3 V1600000000 N9 G0123456789abcdef\n1 :1700000001.M1P1.host,S=10\n\
@@ -164,8 +200,20 @@ fn sample_maildir(root: &Path) {
     .unwrap();
     std::fs::write(root.join("dovecot-keywords"), "0 $Junk\n1 todo\n").unwrap();
     let sent = root.join(".Archives.Envoy&AOk-s");
-    put(&sent, "1700000010.M10P1.host", "S", &text(10), 1_700_000_010);
-    put(&sent, "1700000011.M11P1.host", "D", &text(11), 1_700_000_011);
+    put(
+        &sent,
+        "1700000010.M10P1.host",
+        "S",
+        &text(10),
+        1_700_000_010,
+    );
+    put(
+        &sent,
+        "1700000011.M11P1.host",
+        "D",
+        &text(11),
+        1_700_000_011,
+    );
     std::fs::write(
         sent.join("dovecot-uidlist"),
         "3 V1650000000 N3\n1 :1700000010.M10P1.host\n",
@@ -259,7 +307,13 @@ fn mbox_files_import_with_their_flags_once() {
          Subject: two\n\nbody\n",
     )
     .unwrap();
-    let args = ["import", "--login", "alice", "--mbox", mbox.to_str().unwrap()];
+    let args = [
+        "import",
+        "--login",
+        "alice",
+        "--mbox",
+        mbox.to_str().unwrap(),
+    ];
     let out = setup.ok(&args);
     assert!(out.contains("1 folders: 2 messages, 0 skipped"), "{out}");
     let out = setup.ok(&args);
@@ -311,7 +365,13 @@ fn an_import_killed_midway_continues_without_duplicates() {
     std::fs::write(folder.join("dovecot-uidlist"), uidlist).unwrap();
 
     let mut child = setup
-        .command(&["import", "--login", "alice", "--maildir", source.to_str().unwrap()])
+        .command(&[
+            "import",
+            "--login",
+            "alice",
+            "--maildir",
+            source.to_str().unwrap(),
+        ])
         .spawn()
         .unwrap();
     child
@@ -405,7 +465,10 @@ impl Imap {
 
     /// APPEND; returns the UID from APPENDUID (RFC 4315).
     fn append(&mut self, mailbox: &str, flags: &str, date: &str, text: &[u8]) -> (u32, u32) {
-        let lines = self.send(&format!("APPEND \"{mailbox}\" ({flags}) \"{date}\""), Some(text));
+        let lines = self.send(
+            &format!("APPEND \"{mailbox}\" ({flags}) \"{date}\""),
+            Some(text),
+        );
         let last = lines.last().unwrap();
         let at = last.find("[APPENDUID ").expect("APPENDUID") + 11;
         let mut fields = last[at..].split([' ', ']']);
@@ -462,7 +525,12 @@ fn a_maildir_written_by_dovecot_keeps_uids_and_flags_and_round_trips() {
         let date = format!("0{n}-Feb-2024 10:00:00 +0000");
         appended.push((n, imap.append(&run, flags, &date, body(n).as_bytes())));
     }
-    let (validity, _) = imap.append(&child, "\\Seen", "05-Feb-2024 10:00:00 +0000", body(5).as_bytes());
+    let (validity, _) = imap.append(
+        &child,
+        "\\Seen",
+        "05-Feb-2024 10:00:00 +0000",
+        body(5).as_bytes(),
+    );
     // Leave a gap: expunge the third.
     imap.ok(&format!("SELECT \"{run}\""));
     imap.ok(&format!("UID STORE {} +FLAGS (\\Deleted)", appended[2].1.1));
@@ -511,7 +579,10 @@ fn a_maildir_written_by_dovecot_keeps_uids_and_flags_and_round_trips() {
         ),
         (appended[3].1.1, flags(&["$Junk", "\\Draft"]), lf(4)),
     ];
-    assert_eq!(got, wanted, "UIDs (with the expunged one's gap), flags, texts");
+    assert_eq!(
+        got, wanted,
+        "UIDs (with the expunged one's gap), flags, texts"
+    );
     assert_eq!(ours.2[0].2, 1_706_781_600, "INTERNALDATE of the APPEND");
     let child_name = format!("{run}/Résumé");
     assert_eq!(exported[&child_name].0, Some(validity));

@@ -519,7 +519,9 @@ impl Sim {
                 let i = instance as usize % INSTANCES;
                 if !self.instances[i].partitioned {
                     let n = u32::from(len % 4) + 1;
-                    self.put(i, MailboxOp::Skip(n), |_, _| Waiter::Drain { records: vec![] });
+                    self.put(i, MailboxOp::Skip(n), |_, _| Waiter::Drain {
+                        records: vec![],
+                    });
                 }
             }
             Action::Copy { client, pick, len } => {

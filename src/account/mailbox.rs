@@ -38,9 +38,9 @@ use crate::mailbox::body::{
     PAGE_MESSAGES, PagedSummary, SummaryPage, encode_summary, seal_new_body,
 };
 use crate::mailbox::incoming::{self, DrainReport};
+use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::state::SummaryAt;
 use crate::mailbox::summary::{LineEnds, MessageSummary, summarize};
-use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout};
 

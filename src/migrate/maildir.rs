@@ -292,7 +292,10 @@ impl FolderWriter {
         let mut dropped = 0;
         let mut keyword_letters = Vec::new();
         for flag in flags {
-            if let Some((l, _)) = SYSTEM_FLAGS.iter().find(|(_, f)| f.eq_ignore_ascii_case(flag)) {
+            if let Some((l, _)) = SYSTEM_FLAGS
+                .iter()
+                .find(|(_, f)| f.eq_ignore_ascii_case(flag))
+            {
                 letters.push(*l);
                 continue;
             }
@@ -319,7 +322,8 @@ impl FolderWriter {
         let path = self.dir.join("cur").join(format!("{base}:2,{letters}"));
         let lf = lf_line_ends(crlf_body);
         let mut file = std::fs::File::create(&path).map_err(|e| MigrateError::io(&path, e))?;
-        file.write_all(&lf).map_err(|e| MigrateError::io(&path, e))?;
+        file.write_all(&lf)
+            .map_err(|e| MigrateError::io(&path, e))?;
         let mtime = std::time::UNIX_EPOCH
             + std::time::Duration::from_secs(u64::try_from(internal_date).unwrap_or(0));
         file.set_modified(mtime)
@@ -380,7 +384,10 @@ mod tests {
     fn flags_come_from_the_info_part_and_keyword_letters() {
         let keywords = vec![Some("$Junk".to_owned()), None, Some("todo".to_owned())];
         let flags = flags_of("1700.M1P2.host,S=10:2,FPSac", &keywords);
-        assert_eq!(flags, ["$Forwarded", "$Junk", "\\Flagged", "\\Seen", "todo"]);
+        assert_eq!(
+            flags,
+            ["$Forwarded", "$Junk", "\\Flagged", "\\Seen", "todo"]
+        );
         assert!(flags_of("1700.M1P2.host", &keywords).is_empty(), "new/");
     }
 
@@ -394,7 +401,10 @@ mod tests {
         )
         .unwrap();
         let list = read_uidlist(&path).unwrap();
-        assert_eq!((list.uid_validity, list.next_uid), (Some(1_700_000_000), Some(9)));
+        assert_eq!(
+            (list.uid_validity, list.next_uid),
+            (Some(1_700_000_000), Some(9))
+        );
         assert_eq!(list.by_base.get("a.host"), Some(&1));
         assert_eq!(list.by_base.get("b.host,S=118"), Some(&4));
     }

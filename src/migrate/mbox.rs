@@ -54,10 +54,7 @@ fn split(bytes: &[u8]) -> Vec<(&[u8], Vec<u8>)> {
 
 /// The lines of one message, unquoted, without the separating blank line.
 fn join(mut lines: Vec<&[u8]>) -> Vec<u8> {
-    if lines
-        .last()
-        .is_some_and(|l| *l == b"\n" || *l == b"\r\n")
-    {
+    if lines.last().is_some_and(|l| *l == b"\n" || *l == b"\r\n") {
         lines.pop();
     }
     let mut raw = Vec::new();
@@ -130,11 +127,12 @@ fn message(from_line: &[u8], raw: Vec<u8>, fallback: i64) -> SourceMessage {
     flags.sort();
     flags.dedup();
     let date = String::from_utf8_lossy(from_line);
-    // `From sender Sat Jan  3 01:05:34 1996`: the last five words.
+    // `From sender Sat Jan  3 01:05:34 1996`: the last four words (the
+    // weekday is left out: chrono refuses one that disagrees).
     let words: Vec<&str> = date.split_whitespace().collect();
     let internal_date = (words.len() >= 7)
-        .then(|| words[words.len() - 5..].join(" "))
-        .and_then(|d| chrono::NaiveDateTime::parse_from_str(&d, "%a %b %e %H:%M:%S %Y").ok())
+        .then(|| words[words.len() - 4..].join(" "))
+        .and_then(|d| chrono::NaiveDateTime::parse_from_str(&d, "%b %d %H:%M:%S %Y").ok())
         .map_or(fallback, |d| d.and_utc().timestamp());
     SourceMessage {
         uid: None,

@@ -218,9 +218,7 @@ async fn import_folder(
     let created_kept = match folders.find(&source.name).await {
         Some(_) => false,
         None => {
-            let (_, kept) = folders
-                .create_kept(&source.name, wanted_validity)
-                .await?;
+            let (_, kept) = folders.create_kept(&source.name, wanted_validity).await?;
             kept
         }
     };

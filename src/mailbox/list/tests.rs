@@ -715,8 +715,9 @@ proptest! {
 fn an_imported_mailbox_keeps_its_uid_validity_and_a_recreated_name_gets_a_higher_one() {
     let mut a = Node::new("a");
     let (op, id, kept) = a
-        .list()
-        .plan_create_kept("Old/Mail", 1_234, &mut a.rng.clone())
+        .replica
+        .state()
+        .plan_create_kept("Old/Mail", 1_234, &mut a.rng)
         .unwrap();
     assert!(kept);
     a.write(op);
@@ -727,15 +728,20 @@ fn an_imported_mailbox_keeps_its_uid_validity_and_a_recreated_name_gets_a_higher
     // and a name once used never takes an imported value again.
     a.delete("Old/Mail");
     let (op, _, kept) = a
-        .list()
-        .plan_create_kept("Old/Mail", 1_000, &mut a.rng.clone())
+        .replica
+        .state()
+        .plan_create_kept("Old/Mail", 1_000, &mut a.rng)
         .unwrap();
-    assert!(!kept, "Old/Mail was used: its clients may know another value");
+    assert!(
+        !kept,
+        "Old/Mail was used: its clients may know another value"
+    );
     a.write(op);
     assert!(a.list().by_name("Old/Mail").unwrap().uid_validity > 1_234);
     let (_, _, kept) = a
-        .list()
-        .plan_create_kept("INBOX", 5, &mut a.rng.clone())
+        .replica
+        .state()
+        .plan_create_kept("INBOX", 5, &mut a.rng)
         .unwrap_or_else(|_| (ListOp::default(), MailboxId::INBOX, false));
     assert!(!kept, "INBOX always exists");
 }
@@ -745,8 +751,9 @@ fn an_imported_uid_validity_raises_the_clock_of_later_creates() {
     let mut a = Node::new("a");
     let far = 4_000_000_000;
     let (op, _, _) = a
-        .list()
-        .plan_create_kept("Future", far, &mut a.rng.clone())
+        .replica
+        .state()
+        .plan_create_kept("Future", far, &mut a.rng)
         .unwrap();
     a.write(op);
     a.create("Next");
