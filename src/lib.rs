@@ -18,3 +18,4 @@ pub mod imap;
 pub mod lmtp;
 pub mod config;
 pub mod server;
+pub mod migrate;

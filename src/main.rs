@@ -1,5 +1,5 @@
 //! The `facteur` command line: `serve`, `user add|passwd|list|delete|rekey|check|requeue`,
-//! `admin escrow-keygen` and `config check`. User mistakes end with one clear line on stderr and a
+//! `import`, `export`, `admin escrow-keygen` and `config check`. User mistakes end with one clear line on stderr and a
 //! non-zero exit status, never a panic.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -64,6 +64,41 @@ enum Command {
     /// line from standard input.
     #[command(subcommand)]
     User(UserCommand),
+    /// Import mail from another server into a user's mailboxes: a Dovecot
+    /// Maildir (UIDVALIDITY, UIDs, flags, keywords and subscriptions kept
+    /// where the folder is new) or mbox files (one folder each). Running it
+    /// again, or after an interruption, imports only what is missing.
+    /// Asks for the user's password (doc/migration.md).
+    Import {
+        /// The user's login.
+        #[arg(long)]
+        login: String,
+        /// The user's Maildir (the directory holding cur/, new/ and the
+        /// `.Folder` directories).
+        #[arg(long, required_unless_present = "mbox", conflicts_with = "mbox")]
+        maildir: Option<PathBuf>,
+        /// An mbox file, imported into the folder named after it
+        /// (repeatable; `inbox` goes to INBOX).
+        #[arg(long)]
+        mbox: Vec<PathBuf>,
+        /// Unlock with the recovery key instead of the password.
+        #[arg(long)]
+        recovery: bool,
+    },
+    /// Write a user's mailboxes as a Maildir with Dovecot's UID files,
+    /// which Dovecot and `facteur import` read with the same UIDs. Asks
+    /// for the user's password.
+    Export {
+        /// The user's login.
+        #[arg(long)]
+        login: String,
+        /// The Maildir to write (must not exist, or be empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// Unlock with the recovery key instead of the password.
+        #[arg(long)]
+        recovery: bool,
+    },
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -281,6 +316,29 @@ async fn run(cli: Cli) -> Result<()> {
             serve(config, embedded, overrides, &mut prompt).await
         }
         Command::Config(ConfigCommand::Check) => config_check(&config).await,
+        Command::Import {
+            login,
+            maildir,
+            mbox,
+            recovery,
+        } => {
+            let source = match maildir {
+                Some(dir) => facteur::migrate::Source::maildir(&dir)?,
+                None => facteur::migrate::Source::mbox(&mbox)?,
+            };
+            let services = Services::from_config(&config)?;
+            let account = open_account(&services, &login, recovery, &mut prompt).await?;
+            import(&account, &source).await
+        }
+        Command::Export {
+            login,
+            to,
+            recovery,
+        } => {
+            let services = Services::from_config(&config)?;
+            let account = open_account(&services, &login, recovery, &mut prompt).await?;
+            export(&account, &to).await
+        }
         Command::Admin(AdminCommand::EscrowKeygen { file }) => escrow_keygen(&file),
         Command::User(cmd) => {
             let services = Services::from_config(&config)?;
@@ -573,6 +631,104 @@ async fn check(
         Ok(())
     } else {
         bail!("{login}'s data is damaged (run again with --repair to repair what can be)")
+    }
+}
+
+/// Unlocks a user's account on this process (a short-lived instance of
+/// its own), for `import` and `export`.
+async fn open_account(
+    services: &Services,
+    login: &str,
+    use_recovery: bool,
+    prompt: &mut Prompter,
+) -> Result<Arc<facteur::account::Account>> {
+    let login = normalise_login(login)?;
+    let with = Unlock::new(use_recovery, None);
+    let keys = unlock(services, &login, with, "Password", prompt).await?;
+    Ok(facteur::account::Account::new(
+        services.user_id(&login),
+        keys,
+        services.store.clone(),
+        services.account_config(server::imap::random_instance()),
+    ))
+}
+
+/// A progress bar on stderr, hidden when stderr is no terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(total: usize) -> Bar {
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(total as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages, {eta} left  {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        Bar(bar)
+    }
+}
+
+impl facteur::migrate::Progress for Bar {
+    fn folder(&self, name: &str) {
+        self.0.set_message(name.to_owned());
+    }
+
+    fn message(&self) {
+        self.0.inc(1);
+    }
+}
+
+/// `import`: see `facteur::migrate`.
+async fn import(
+    account: &facteur::account::Account,
+    source: &facteur::migrate::Source,
+) -> Result<()> {
+    let bar = Bar::new(source.message_count());
+    let result = facteur::migrate::import(account, source, &bar).await;
+    bar.0.finish_and_clear();
+    let report = result.map_err(migrate_context)?;
+    for name in &report.new_uid_validity {
+        say!("{name}: existed already, its UIDVALIDITY is Facteur's (clients resync it)");
+    }
+    say!(
+        "imported {} folders: {} messages, {} skipped (already there), {} renumbered",
+        report.folders,
+        report.messages,
+        report.skipped,
+        report.renumbered
+    );
+    Ok(())
+}
+
+/// `export`: see `facteur::migrate`.
+async fn export(account: &facteur::account::Account, to: &Path) -> Result<()> {
+    let bar = Bar::new(0);
+    let result = facteur::migrate::export(account, to, &bar).await;
+    bar.0.finish_and_clear();
+    let report = result.map_err(migrate_context)?;
+    if report.keywords_dropped > 0 {
+        say!(
+            "{} keywords left out: a Maildir file name holds at most 26",
+            report.keywords_dropped
+        );
+    }
+    say!(
+        "exported {} folders: {} messages to {}",
+        report.folders,
+        report.messages,
+        to.display()
+    );
+    Ok(())
+}
+
+fn migrate_context(e: facteur::migrate::MigrateError) -> anyhow::Error {
+    match e {
+        facteur::migrate::MigrateError::Account(e) => store_context(e),
+        other => other.into(),
     }
 }
 

@@ -515,6 +515,17 @@ impl Sim {
             Action::Drain { instance } => {
                 self.drain(instance as usize % INSTANCES);
             }
+            Action::Skip { instance, len } => {
+                // `facteur import` keeping an old server's UID gaps, on
+                // whatever instance, concurrently with clients.
+                let i = instance as usize % INSTANCES;
+                if !self.instances[i].partitioned {
+                    let n = u32::from(len % 4) + 1;
+                    self.put(i, MailboxOp::Skip(n), |_, _| Waiter::Drain {
+                        records: vec![],
+                    });
+                }
+            }
             Action::Copy { client, pick, len } => {
                 let c = client as usize % CLIENTS;
                 if let (Some(i), None) = (self.clients[c].instance, self.clients[c].busy) {
@@ -873,6 +884,10 @@ enum Action {
     Drain {
         instance: u8,
     },
+    Skip {
+        instance: u8,
+        len: u8,
+    },
     Copy {
         client: u8,
         pick: u8,
@@ -935,6 +950,7 @@ fn action() -> impl Strategy<Value = Action> {
         5 => (n(), n()).prop_map(|(client, flag)| Action::Append { client, flag }),
         2 => n().prop_map(|instance| Action::Deliver { instance }),
         2 => n().prop_map(|instance| Action::Drain { instance }),
+        1 => (n(), n()).prop_map(|(instance, len)| Action::Skip { instance, len }),
         1 => (n(), n(), n()).prop_map(|(client, pick, len)| Action::Copy { client, pick, len }),
         3 => (n(), n(), n(), n(), any::<bool>())
             .prop_map(|(client, pick, len, flag, set)| Action::Store { client, pick, len, flag, set }),

@@ -202,6 +202,22 @@ impl Folders {
             .await
     }
 
+    /// CREATE of a mailbox migrated from another server, keeping its
+    /// UIDVALIDITY when the name is new to the list
+    /// ([`MailboxList::plan_create_kept`]). Returns the id and whether the
+    /// UIDVALIDITY was kept.
+    pub async fn create_kept(
+        &self,
+        name: &str,
+        uid_validity: u32,
+    ) -> Result<(MailboxId, bool), AccountError> {
+        self.write(|l| {
+            let (op, id, kept) = l.plan_create_kept(name, uid_validity, &mut rand::rngs::OsRng)?;
+            Ok((op, (id, kept)))
+        })
+        .await
+    }
+
     /// RENAME (RFC 9051 §6.3.6). For INBOX, returns the new mailbox the
     /// caller must move INBOX's messages to.
     pub async fn rename(&self, from: &str, to: &str) -> Result<Option<MailboxId>, AccountError> {

@@ -38,10 +38,62 @@ use crate::mailbox::body::{
     PAGE_MESSAGES, PagedSummary, SummaryPage, encode_summary, seal_new_body,
 };
 use crate::mailbox::incoming::{self, DrainReport};
+use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::state::SummaryAt;
 use crate::mailbox::summary::{LineEnds, MessageSummary, summarize};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout};
+
+/// A message for [`Mailbox::import`].
+#[derive(Clone, Debug)]
+pub struct ImportedMessage {
+    /// Names the message for good in this mailbox: the same id is never
+    /// placed twice.
+    pub id: String,
+    /// The UID it had on the old server, kept if still free.
+    pub uid: Option<u32>,
+    pub new: NewMessage,
+}
+
+/// Most messages in one op of [`Mailbox::import`].
+const IMPORT_BATCH: usize = 64;
+
+/// The next op of an import, and how many of `pending` it settles: a
+/// skip up to the first message's wanted UID, or a delivery of the
+/// messages that take the next UIDs in turn (those already placed are
+/// settled with no op).
+fn plan_import(
+    state: &MailboxState,
+    pending: &std::collections::VecDeque<ImportedMessage>,
+) -> (Option<MailboxOp>, usize) {
+    let next = state.uid_next();
+    if let Some(first) = pending.front()
+        && !state.has_delivery(&first.id)
+        && let Some(uid) = first.uid
+        && uid > next
+    {
+        return (Some(MailboxOp::Skip((uid - next).min(MAX_SKIP))), 0);
+    }
+    let mut deliveries = Vec::new();
+    let mut taken = 0;
+    for m in pending.iter().take(IMPORT_BATCH) {
+        if state.has_delivery(&m.id) {
+            taken += 1;
+            continue;
+        }
+        let claim = next.saturating_add(deliveries.len() as u32);
+        if m.uid.is_some_and(|u| u > claim) {
+            break;
+        }
+        deliveries.push(Delivery {
+            id: m.id.clone(),
+            new: m.new.clone(),
+        });
+        taken += 1;
+    }
+    let op = (!deliveries.is_empty()).then_some(MailboxOp::Deliver(deliveries));
+    (op, taken)
+}
 
 /// Summary pages (or bodies, to summarise again) fetched at once.
 const SUMMARY_FETCHES: usize = 8;
@@ -815,8 +867,147 @@ impl Mailbox {
         Ok(report)
     }
 
+    /// Places messages migrated from another server (`facteur import`),
+    /// their bodies already stored, in the given order. Each is named by
+    /// an import id, placed as a delivery of that id
+    /// ([`MessageId::delivered`]): a message whose id the mailbox already
+    /// holds (shown, or expunged since) is not placed again, so a second
+    /// or interrupted run places nothing twice, even two runs at once.
+    /// A message with a wanted UID at or above UIDNEXT gets it: the UIDs
+    /// in between are skipped ([`MailboxOp::Skip`]); one below UIDNEXT,
+    /// or with none, gets the next UID. Returns the UID each message got
+    /// (`None` if it was there already or is displaced by a concurrent
+    /// placement).
+    pub async fn import(
+        &self,
+        messages: Vec<ImportedMessage>,
+    ) -> Result<Vec<Option<u32>>, AccountError> {
+        let ids: Vec<MessageId> = messages
+            .iter()
+            .map(|m| MessageId::delivered(&m.id))
+            .collect();
+        let mut pending: std::collections::VecDeque<ImportedMessage> = messages.into();
+        let mut placed: BTreeSet<MessageId> = BTreeSet::new();
+        {
+            let _writing = self.lock_for_placing().await;
+            let mut fresh = true;
+            while !pending.is_empty() {
+                let mut taken = 0;
+                let plan = |state: &MailboxState| {
+                    let (op, n) = plan_import(state, &pending);
+                    taken = n;
+                    op
+                };
+                let written = self.place_locked(plan, fresh).await?;
+                if written.is_none() && taken == 0 {
+                    return Err(AccountError::Internal(
+                        "an import step placed nothing (UID space exhausted?)".into(),
+                    ));
+                }
+                fresh = false;
+                for m in pending.drain(..taken) {
+                    placed.insert(MessageId::delivered(&m.id));
+                }
+            }
+        }
+        Ok(self
+            .read(|s| {
+                ids.iter()
+                    .map(|id| placed.contains(id).then(|| s.uid_of(id)).flatten())
+                    .collect()
+            })
+            .await)
+    }
+
+    /// Raises UIDNEXT to `uid_next` with a [`MailboxOp::Skip`], if below:
+    /// a migrated mailbox keeps the UIDNEXT it had, so a message its old
+    /// server expunged last never has its UID given again.
+    pub async fn skip_to(&self, uid_next: u32) -> Result<(), AccountError> {
+        let _writing = self.lock_for_placing().await;
+        let plan = |state: &MailboxState| {
+            let gap = uid_next.saturating_sub(state.uid_next());
+            (gap > 0).then_some(MailboxOp::Skip(gap.min(MAX_SKIP)))
+        };
+        self.place_locked(plan, true).await?;
+        Ok(())
+    }
+
     /// Unreadable op objects of this mailbox, for reporting.
     pub async fn damage(&self) -> Vec<crate::log::stored::Damage> {
         self.log.read().await.damaged()
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::log::Replica;
+    use crate::mailbox::op::BodyKey;
+
+    fn imported(id: &str, uid: Option<u32>) -> ImportedMessage {
+        ImportedMessage {
+            id: id.into(),
+            uid,
+            new: NewMessage {
+                message: MessageRef {
+                    blob_id: format!("blob-{id}"),
+                    body_key: BodyKey::random(),
+                    size: 1,
+                    internal_date: 0,
+                    summary: vec![],
+                },
+                flags: vec!["\\Seen".into()],
+            },
+        }
+    }
+
+    /// Runs an import to its end as `Mailbox::import` does; returns the
+    /// number of ops written.
+    fn run(replica: &mut Replica<MailboxState>, mut pending: VecDeque<ImportedMessage>) -> usize {
+        let instance = InstanceId::new("a").unwrap();
+        let mut ops = 0;
+        while !pending.is_empty() {
+            let (op, taken) = plan_import(replica.state(), &pending);
+            if let Some(op) = op {
+                ops += 1;
+                let envelope = replica.prepare(op, instance.clone(), 1_000 + ops as u64);
+                let (id, _) = envelope.encode().unwrap();
+                replica.insert(id, envelope);
+            }
+            assert!(ops < 100, "no progress");
+            pending.drain(..taken);
+        }
+        ops
+    }
+
+    fn uid(replica: &Replica<MailboxState>, id: &str) -> Option<u32> {
+        replica.state().uid_of(&MessageId::delivered(id))
+    }
+
+    #[test]
+    fn an_import_keeps_wanted_uids_across_gaps_and_places_nothing_twice() {
+        let mut replica = Replica::new(MailboxState::new(7));
+        let all = || {
+            VecDeque::from([
+                imported("x", Some(2)),
+                imported("y", Some(3)),
+                imported("z", Some(6)),
+                imported("w", None),
+            ])
+        };
+        // Skip 1, deliver x y, skip 4-5, deliver z w.
+        assert_eq!(run(&mut replica, all()), 4);
+        let uids: Vec<_> = ["x", "y", "z", "w"]
+            .iter()
+            .map(|id| uid(&replica, id))
+            .collect();
+        assert_eq!(uids, [Some(2), Some(3), Some(6), Some(7)]);
+        assert_eq!(replica.state().exists(), 4);
+        assert_eq!(run(&mut replica, all()), 0, "a second run writes nothing");
+        // A wanted UID already passed is given the next one.
+        run(&mut replica, VecDeque::from([imported("v", Some(5))]));
+        assert_eq!(uid(&replica, "v"), Some(8));
     }
 }

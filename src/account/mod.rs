@@ -30,7 +30,7 @@ use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 pub use cache::BodyCache;
 pub use folders::{Folder, Folders};
 pub use keyring::{KeyringStore, StoredKeyring};
-pub use mailbox::{Mailbox, MailboxTuning, Placed};
+pub use mailbox::{ImportedMessage, Mailbox, MailboxTuning, Placed};
 pub use registry::Accounts;
 
 #[derive(Debug, thiserror::Error)]

@@ -252,6 +252,18 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         special_use: Option<SpecialUse>,
     },
+    /// A new mailbox migrated from another server (`facteur import`,
+    /// doc/migration.md), keeping the UIDVALIDITY it had there so that
+    /// clients keep their caches. Otherwise as `Create`. Planned only for
+    /// a name no mailbox of the list has ever had
+    /// ([`MailboxList::plan_create_kept`]), so no client has seen another
+    /// UIDVALIDITY under it; the list's UIDVALIDITY clock is raised to it,
+    /// so a later create of the same name gets a higher one.
+    CreateKept {
+        id: MailboxId,
+        name: String,
+        uid_validity: u32,
+    },
     /// A new name for one mailbox. A RENAME (RFC 9051 §6.3.6) is one of
     /// these for the mailbox and one for each inferior, in one op.
     Rename {
@@ -662,6 +674,40 @@ impl MailboxList {
         Ok((ListOp { changes }, id))
     }
 
+    /// CREATE of a mailbox migrated from another server, with the
+    /// UIDVALIDITY it had there, if no mailbox of this list (live or
+    /// deleted) wants `name` and `uid_validity` is nonzero; otherwise an
+    /// ordinary [`MailboxList::plan_create`]. Returns the op, the new id and
+    /// whether the UIDVALIDITY is kept.
+    pub fn plan_create_kept(
+        &self,
+        name: &str,
+        uid_validity: u32,
+        rng: &mut impl RngCore,
+    ) -> Result<(ListOp, MailboxId, bool), ListError> {
+        let normalized = normalize(name)?;
+        if self.exists(&normalized) {
+            return Err(ListError::AlreadyExists(normalized));
+        }
+        let used = self
+            .core
+            .entries
+            .values()
+            .any(|e| e.name.as_ref().is_some_and(|n| n.value == normalized));
+        if used || uid_validity == 0 {
+            let (op, id) = self.plan_create(name, None, rng)?;
+            return Ok((op, id, false));
+        }
+        let mut changes = self.create_superiors(&normalized, rng);
+        let id = MailboxId::random(rng);
+        changes.push(Change::CreateKept {
+            id,
+            name: normalized,
+            uid_validity,
+        });
+        Ok((ListOp { changes }, id, true))
+    }
+
     fn create_superiors(&self, name: &str, rng: &mut impl RngCore) -> Vec<Change> {
         superiors(name)
             .filter(|s| !self.exists(s))
@@ -899,6 +945,27 @@ impl State for MailboxList {
                     Reg::write(&mut entry.name, stamp, name);
                     Reg::write(&mut entry.life, stamp, Life::Alive);
                     Reg::write(&mut entry.special_use, stamp, *special_use);
+                }
+                Change::CreateKept {
+                    id,
+                    name,
+                    uid_validity,
+                } => {
+                    let uid_validity = (*uid_validity).max(1);
+                    clock = clock.max(uid_validity);
+                    let Some(name) = Self::accepted_name(*id, name) else {
+                        continue;
+                    };
+                    let entry = self.entry(*id);
+                    if entry.created.as_ref().is_none_or(|c| c.stamp > *stamp) {
+                        entry.created = Some(Created {
+                            stamp: stamp.clone(),
+                            uid_validity,
+                        });
+                    }
+                    Reg::write(&mut entry.name, stamp, name);
+                    Reg::write(&mut entry.life, stamp, Life::Alive);
+                    Reg::write(&mut entry.special_use, stamp, None);
                 }
                 Change::Rename { id, name } => {
                     if *id == MailboxId::INBOX {

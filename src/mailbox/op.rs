@@ -220,7 +220,20 @@ pub enum MailboxOp {
     /// agree; different ones leave the message at its highest claim, or
     /// displaced until a fix-up, as for any concurrent write.
     Deliver(Vec<Delivery>),
+    /// UIDs left unused: `n` claims (at most [`MAX_SKIP`]) that name no
+    /// message, so that the next placement claims above them. `facteur
+    /// import` writes it to keep the UIDs of a mailbox migrated from
+    /// another server, gaps included (doc/migration.md). A value it claims
+    /// is never valid for a message: one placed concurrently with the same
+    /// claim is displaced and claims again after a fix-up, as after any
+    /// concurrent placement, so no UID shown names two messages (I2).
+    Skip(u32),
 }
+
+/// The most claims one [`MailboxOp::Skip`] makes: each costs 4 bytes of
+/// the state's claim table, so a gap is bounded even in an op that says
+/// more.
+pub const MAX_SKIP: u32 = 1 << 20;
 
 impl MailboxOp {
     /// How many UID claims this op makes.
@@ -230,6 +243,7 @@ impl MailboxOp {
             MailboxOp::CopyIn(messages) => messages.len(),
             MailboxOp::Deliver(deliveries) => deliveries.len(),
             MailboxOp::FixUp(targets) => targets.len(),
+            MailboxOp::Skip(n) => (*n).min(MAX_SKIP) as usize,
             MailboxOp::Store { .. } | MailboxOp::Expunge(_) => 0,
         }
     }
@@ -252,6 +266,7 @@ impl MailboxOp {
             MailboxOp::Store { targets, .. }
             | MailboxOp::Expunge(targets)
             | MailboxOp::FixUp(targets) => targets.clone(),
+            MailboxOp::Skip(_) => Vec::new(),
         }
     }
 }

@@ -731,6 +731,16 @@ impl MailboxState {
         self.core.lost_claims.extend(run);
     }
 
+    /// Records `first..=last` among the values claimed by no message, for
+    /// the snapshot (the claims index forgets who claimed a value),
+    /// joined to the last run when they follow it.
+    fn record_lost_run(&mut self, first: u32, last: u32) {
+        match self.core.lost_claims.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(first) => *end = last,
+            _ => self.core.lost_claims.push((first, last)),
+        }
+    }
+
     /// UIDs held back by [`MailboxState::reserve_lost`] (0 if none).
     pub fn reserved(&self) -> u32 {
         self.core.reserved
@@ -1237,6 +1247,15 @@ impl State for MailboxState {
             _ => past,
         };
         match claims {
+            Some(values) if count > 0 && matches!(op, MailboxOp::Skip(_)) => {
+                // Claimed by no message: LOST shares the values with any
+                // message claiming them concurrently, so none is valid.
+                for value in values.clone() {
+                    let claimants = self.index.claims.add(value, LOST);
+                    touched.extend(claimants.iter().filter(|c| **c != LOST));
+                }
+                self.record_lost_run(*values.start(), *values.end());
+            }
             Some(values) if count > 0 => {
                 for (value, slot) in values.zip(&slots) {
                     self.core.at_mut(*slot).claims.insert(value);
@@ -1287,7 +1306,7 @@ impl State for MailboxState {
                     self.pages.drop_held(*slot);
                 }
             }
-            MailboxOp::FixUp(_) => {}
+            MailboxOp::FixUp(_) | MailboxOp::Skip(_) => {}
         }
 
         for slot in &slots {

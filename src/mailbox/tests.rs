@@ -583,3 +583,81 @@ fn a_snapshot_of_the_previous_layout_reads_and_writes_back_the_same() {
     let original: serde_json::Value = serde_json::from_str(text).unwrap();
     assert_eq!(written, original);
 }
+
+// ---- Skip: UIDs kept from another server (facteur import) ----
+
+#[test]
+fn a_skip_leaves_a_gap_and_the_next_placement_claims_above_it() {
+    let mut a = Node::new("a");
+    let first = a.write(append("m1"));
+    a.write(MailboxOp::Skip(2));
+    assert_eq!(a.state().uid_next(), 4, "UIDs 2 and 3 are used up");
+    let fourth = a.write(append("m4"));
+    assert_eq!((a.uid(&first), a.uid(&fourth)), (Some(1), Some(4)));
+    assert_eq!(a.state().exists(), 2);
+    assert_eq!(a.state().message_id(2), None);
+    // A skip at the end keeps UIDNEXT where the other server had it.
+    a.write(MailboxOp::Skip(6));
+    assert_eq!(a.state().uid_next(), 11);
+    assert!(a.state().displaced().is_empty());
+}
+
+#[test]
+fn a_message_placed_concurrently_with_a_skip_never_shows_a_skipped_uid() {
+    let (mut a, mut b, _) = two_nodes();
+    let skip = a.write(MailboxOp::Skip(3));
+    let op_b = b.write(append("mb"));
+    // b's client was told UID 2 before b saw the skip.
+    assert_eq!(b.uid(&op_b), Some(2));
+    b.see(&skip);
+    a.see(&op_b);
+    for node in [&a, &b] {
+        assert_eq!(node.state().message_id(2), None, "2 is claimed twice");
+        assert_eq!(node.state().displaced().len(), 1);
+        assert_eq!(node.state().uid_next(), 5);
+    }
+    assert_eq!(a.state(), b.state(), "I1");
+    let fix = a.write(a.state().fix_up().unwrap());
+    b.see(&fix);
+    let id = MessageId {
+        op: op_b.id,
+        index: 0,
+    };
+    assert_eq!(a.state().uid_of(&id), Some(5), "above everything claimed");
+    assert_eq!(b.state().uid_of(&id), Some(5));
+}
+
+#[test]
+fn skipped_uids_survive_a_snapshot() {
+    let mut a = Node::new("a");
+    a.write(append("m1"));
+    a.write(MailboxOp::Skip(2));
+    a.write(MailboxOp::Skip(1));
+    let json = serde_json::to_string(&a.replica).unwrap();
+    let mut restored: Replica<MailboxState> = serde_json::from_str(&json).unwrap();
+    assert_eq!(restored.state(), a.state());
+    assert_eq!(restored.state().uid_next(), 5);
+    // A late op claiming a skipped value is still seen as a duplicate.
+    let mut late = Node::new("late");
+    let op = late.write(append("x"));
+    let op2 = late.write(append("y"));
+    restored.insert(op.id, op.envelope.clone());
+    restored.insert(op2.id, op2.envelope.clone());
+    let id2 = MessageId {
+        op: op2.id,
+        index: 0,
+    };
+    assert_eq!(restored.state().uid_of(&id2), None, "2 was skipped");
+    assert!(restored.state().displaced().contains(&id2));
+}
+
+#[test]
+fn a_skip_is_bounded() {
+    assert_eq!(
+        MailboxOp::Skip(u32::MAX).claim_count(),
+        op::MAX_SKIP as usize
+    );
+    let mut a = Node::new("a");
+    a.write(MailboxOp::Skip(u32::MAX));
+    assert_eq!(a.state().uid_next(), op::MAX_SKIP + 1);
+}

@@ -710,3 +710,52 @@ proptest! {
         run(&actions, seed)?;
     }
 }
+
+#[test]
+fn an_imported_mailbox_keeps_its_uid_validity_and_a_recreated_name_gets_a_higher_one() {
+    let mut a = Node::new("a");
+    let (op, id, kept) = a
+        .replica
+        .state()
+        .plan_create_kept("Old/Mail", 1_234, &mut a.rng)
+        .unwrap();
+    assert!(kept);
+    a.write(op);
+    let info = a.list().by_name("Old/Mail").unwrap();
+    assert_eq!((info.id, info.uid_validity), (id, 1_234));
+    assert!(a.list().exists("Old"), "superiors are created");
+    // The clock passed it: a name created later gets a higher value,
+    // and a name once used never takes an imported value again.
+    a.delete("Old/Mail");
+    let (op, _, kept) = a
+        .replica
+        .state()
+        .plan_create_kept("Old/Mail", 1_000, &mut a.rng)
+        .unwrap();
+    assert!(
+        !kept,
+        "Old/Mail was used: its clients may know another value"
+    );
+    a.write(op);
+    assert!(a.list().by_name("Old/Mail").unwrap().uid_validity > 1_234);
+    let (_, _, kept) = a
+        .replica
+        .state()
+        .plan_create_kept("INBOX", 5, &mut a.rng)
+        .unwrap_or_else(|_| (ListOp::default(), MailboxId::INBOX, false));
+    assert!(!kept, "INBOX always exists");
+}
+
+#[test]
+fn an_imported_uid_validity_raises_the_clock_of_later_creates() {
+    let mut a = Node::new("a");
+    let far = 4_000_000_000;
+    let (op, _, _) = a
+        .replica
+        .state()
+        .plan_create_kept("Future", far, &mut a.rng)
+        .unwrap();
+    a.write(op);
+    a.create("Next");
+    assert!(a.list().by_name("Next").unwrap().uid_validity > far);
+}

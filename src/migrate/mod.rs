@@ -1,0 +1,406 @@
+//! Migration from another server (doc/migration.md): `facteur import`
+//! reads a Dovecot Maildir ([`maildir`]) or mbox files ([`mbox`]) and
+//! places their messages in an unlocked account; `facteur export` writes
+//! an account as a Maildir that Dovecot, or `facteur import`, reads with
+//! its UIDs.
+//!
+//! Guarantees of an import:
+//! - *Nothing twice.* Every message is placed under an import id: the
+//!   SHA-256 of its text (line ends as CRLF) and how many identical texts
+//!   came before it in the same folder. The mailbox never places one id
+//!   twice (`Mailbox::import`), so a second run, or a run after an
+//!   interrupted one, places only what is missing, whatever was written
+//!   before the interruption (a body stored without its op is an orphan
+//!   the body collector removes).
+//! - *UIDs kept where they can be.* A folder the list has never had gets
+//!   the UIDVALIDITY it had; a message gets its old UID if that is still
+//!   at or above UIDNEXT (UIDs skipped in between stay unused), and the
+//!   folder its old UIDNEXT. Otherwise (the folder held other mail, or
+//!   INBOX and the default folders, which every account has) messages
+//!   are placed in order with new UIDs, and the report says so.
+
+pub mod maildir;
+pub mod mbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::account::mailbox::store_body;
+use crate::account::{Account, AccountError, ImportedMessage};
+use crate::mailbox::NewMessage;
+use crate::mailbox::summary::{LineEnds, normalize_crlf};
+
+/// What an import or export refuses or fails on.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a Maildir (no cur/ or new/)")]
+    NotMaildir(PathBuf),
+    #[error("{0} is not an mbox file (it does not start with \"From \")")]
+    NotMbox(PathBuf),
+    #[error("{0} exists and is not empty: export into a new directory")]
+    NotEmpty(PathBuf),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+}
+
+impl MigrateError {
+    fn io(path: &Path, source: std::io::Error) -> MigrateError {
+        MigrateError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Where a message's text is.
+#[derive(Clone, Debug)]
+pub enum Body {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Body {
+    fn name(&self) -> String {
+        match self {
+            Body::File(path) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Body::Bytes(_) => String::new(),
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, MigrateError> {
+        match self {
+            Body::File(path) => std::fs::read(path).map_err(|e| MigrateError::io(path, e)),
+            Body::Bytes(bytes) => Ok(bytes.clone()),
+        }
+    }
+}
+
+/// A message of the old server.
+#[derive(Clone, Debug)]
+pub struct SourceMessage {
+    /// Its UID there, if it had one.
+    pub uid: Option<u32>,
+    /// Flags and keywords, IMAP names, sorted.
+    pub flags: Vec<String>,
+    /// INTERNALDATE, seconds since the Unix epoch.
+    pub internal_date: i64,
+    pub body: Body,
+}
+
+/// A folder of the old server, its messages in UID order.
+#[derive(Clone, Debug)]
+pub struct SourceFolder {
+    /// Facteur's name (`/` between levels).
+    pub name: String,
+    pub uid_validity: Option<u32>,
+    pub next_uid: Option<u32>,
+    pub messages: Vec<SourceMessage>,
+}
+
+/// What an import reads: folders and subscribed names.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub folders: Vec<SourceFolder>,
+    pub subscriptions: Vec<String>,
+}
+
+impl Source {
+    /// A Dovecot (or any Maildir++) Maildir.
+    pub fn maildir(root: &Path) -> Result<Source, MigrateError> {
+        let (folders, subscriptions) = maildir::read(root)?;
+        Ok(Source {
+            folders,
+            subscriptions,
+        })
+    }
+
+    /// mbox files, each one folder named after the file (`inbox` is
+    /// INBOX).
+    pub fn mbox(files: &[PathBuf]) -> Result<Source, MigrateError> {
+        let mut folders = Vec::new();
+        for file in files {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "mbox".into());
+            let name = if stem.eq_ignore_ascii_case("inbox") {
+                "INBOX".to_owned()
+            } else {
+                stem
+            };
+            folders.push(mbox::read(file, name)?);
+        }
+        Ok(Source {
+            folders,
+            subscriptions: Vec::new(),
+        })
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.folders.iter().map(|f| f.messages.len()).sum()
+    }
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub folders: usize,
+    /// Messages placed by this run.
+    pub messages: usize,
+    /// Messages already there (an earlier run placed them).
+    pub skipped: usize,
+    /// Messages placed with another UID than they had.
+    pub renumbered: usize,
+    /// Folders whose UIDVALIDITY could not be kept (clients resync them).
+    pub new_uid_validity: Vec<String>,
+}
+
+/// Told of each message handled (for a progress bar).
+pub trait Progress {
+    fn folder(&self, _name: &str) {}
+    fn message(&self) {}
+}
+
+impl Progress for () {}
+
+/// UIDs above this are not kept: every UID up to UIDNEXT costs the state
+/// 4 bytes, so an old server's sparse numbering could cost memory for
+/// nothing (the messages are then numbered from UIDNEXT).
+pub const MAX_KEPT_UID: u32 = 1 << 22;
+
+/// Bytes of bodies read before their op is written.
+const BATCH_BYTES: usize = 16 << 20;
+/// Messages per batch.
+const BATCH_MESSAGES: usize = 64;
+
+/// Imports `source` into `account`. See the module doc.
+pub async fn import(
+    account: &Account,
+    source: &Source,
+    progress: &dyn Progress,
+) -> Result<ImportReport, MigrateError> {
+    let mut report = ImportReport::default();
+    let folders = account.folders().await?;
+    folders.sync().await?;
+    for folder in &source.folders {
+        progress.folder(&folder.name);
+        import_folder(account, folder, progress, &mut report).await?;
+        report.folders += 1;
+    }
+    folders.sync().await?;
+    for name in &source.subscriptions {
+        let subscribed = folders.read(|l| l.is_subscribed(name)).await;
+        if !subscribed {
+            folders.subscribe(name).await?;
+        }
+    }
+    Ok(report)
+}
+
+async fn import_folder(
+    account: &Account,
+    source: &SourceFolder,
+    progress: &dyn Progress,
+    report: &mut ImportReport,
+) -> Result<(), MigrateError> {
+    let folders = account.folders().await?;
+    let wanted_validity = source.uid_validity.unwrap_or(0);
+    let created_kept = match folders.find(&source.name).await {
+        Some(_) => false,
+        None => {
+            let (_, kept) = folders.create_kept(&source.name, wanted_validity).await?;
+            kept
+        }
+    };
+    let (folder, mailbox) = account.open_by_name(&source.name).await?;
+    mailbox.sync().await?;
+    if source.uid_validity.is_some() && folder.uid_validity != wanted_validity {
+        report.new_uid_validity.push(source.name.clone());
+    }
+    let sparse = source.next_uid.is_some_and(|n| n > MAX_KEPT_UID)
+        || source
+            .messages
+            .iter()
+            .any(|m| m.uid.is_some_and(|u| u >= MAX_KEPT_UID));
+    let mut ids = ImportIds::default();
+    let mut batch: Vec<(ImportedMessage, Option<u32>)> = Vec::new();
+    let mut batch_bytes = 0;
+    // UIDs are kept in a mailbox this import made, or one that held
+    // nothing or only this source's messages when the import began (a
+    // resumed run): not in one with other mail, where they would only
+    // leave gaps.
+    let mut keep_uids: Option<bool> = (created_kept && !sparse).then_some(true);
+    if sparse {
+        keep_uids = Some(false);
+    }
+    for message in &source.messages {
+        let raw = message.body.read()?;
+        let crlf = normalize_crlf(&raw).into_owned();
+        let id = ids.next(&crlf);
+        let there = mailbox.read(|s| s.has_delivery(&id)).await;
+        if keep_uids.is_none() {
+            keep_uids = Some(there || mailbox.read(|s| s.exists() == 0).await);
+        }
+        let keep = keep_uids == Some(true);
+        if there {
+            report.skipped += 1;
+            progress.message();
+            continue;
+        }
+        let flags: Vec<String> = message
+            .flags
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .cloned()
+            .collect();
+        let stored = store_body(
+            account.store(),
+            account.user(),
+            &crlf,
+            LineEnds::Crlf,
+            message.internal_date,
+        )
+        .await?;
+        batch_bytes += crlf.len();
+        batch.push((
+            ImportedMessage {
+                id,
+                uid: message.uid.filter(|_| keep),
+                new: NewMessage {
+                    message: stored,
+                    flags,
+                },
+            },
+            message.uid,
+        ));
+        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
+            place(&mailbox, std::mem::take(&mut batch), report, progress).await?;
+            batch_bytes = 0;
+        }
+    }
+    place(&mailbox, batch, report, progress).await?;
+    if keep_uids == Some(true)
+        && let Some(next) = source.next_uid
+    {
+        mailbox.skip_to(next).await?;
+    }
+    // Writes the snapshot the new ops made due, so the next reader does
+    // not replay them all.
+    mailbox.sync().await?;
+    Ok(())
+}
+
+/// Places one batch and counts it.
+async fn place(
+    mailbox: &crate::account::Mailbox,
+    batch: Vec<(ImportedMessage, Option<u32>)>,
+    report: &mut ImportReport,
+    progress: &dyn Progress,
+) -> Result<(), MigrateError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let (messages, old): (Vec<ImportedMessage>, Vec<Option<u32>>) = batch.into_iter().unzip();
+    let uids = mailbox.import(messages).await?;
+    for (got, old) in uids.iter().zip(old) {
+        report.messages += 1;
+        if old.is_some() && *got != old {
+            report.renumbered += 1;
+        }
+        progress.message();
+    }
+    Ok(())
+}
+
+/// Import ids of one folder: a text's hash and its rank among identical
+/// texts before it.
+#[derive(Default)]
+struct ImportIds {
+    seen: HashMap<[u8; 32], u32>,
+}
+
+impl ImportIds {
+    fn next(&mut self, crlf: &[u8]) -> String {
+        let hash: [u8; 32] = Sha256::digest(crlf).into();
+        let rank = self.seen.entry(hash).or_insert(0);
+        let id = format!("import-{}-{rank}", hex::encode(hash));
+        *rank += 1;
+        id
+    }
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    pub folders: usize,
+    pub messages: usize,
+    /// Keywords past the 26 a Maildir file name can hold, left out.
+    pub keywords_dropped: usize,
+}
+
+/// Writes every folder of `account` as a Maildir at `root` (which must
+/// not exist, or be empty), with `dovecot-uidlist` and `dovecot-keywords`
+/// so that Dovecot and `facteur import` keep the UIDs.
+pub async fn export(
+    account: &Account,
+    root: &Path,
+    progress: &dyn Progress,
+) -> Result<ExportReport, MigrateError> {
+    if let Ok(mut entries) = std::fs::read_dir(root)
+        && entries.next().is_some()
+    {
+        return Err(MigrateError::NotEmpty(root.to_owned()));
+    }
+    std::fs::create_dir_all(root).map_err(|e| MigrateError::io(root, e))?;
+    let folders = account.folders().await?;
+    folders.sync().await?;
+    let mut report = ExportReport::default();
+    for folder in folders.all().await {
+        progress.folder(&folder.name);
+        let (folder, mailbox) = account.open_by_name(&folder.name).await?;
+        mailbox.sync().await?;
+        let mut writer = maildir::FolderWriter::create(root, &folder.name, folder.uid_validity)?;
+        type Listed = (Vec<(u32, Vec<String>, i64)>, u32);
+        let (messages, uid_next): Listed = mailbox
+            .read(|s| {
+                let messages = s
+                    .messages()
+                    .map(|m| {
+                        let flags = m.flags.iter().map(|f| f.to_string()).collect();
+                        (m.uid, flags, m.message.internal_date)
+                    })
+                    .collect();
+                (messages, s.uid_next())
+            })
+            .await;
+        for (uid, flags, internal_date) in messages {
+            let body = match mailbox.body(uid).await {
+                Ok(body) => body,
+                // Expunged meanwhile.
+                Err(AccountError::NoSuchMessage(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            report.keywords_dropped += writer.write(uid, &flags, internal_date, &body)?;
+            report.messages += 1;
+            progress.message();
+        }
+        writer.finish(uid_next)?;
+        report.folders += 1;
+    }
+    let subscriptions: Vec<String> = folders
+        .read(|l| l.subscriptions().map(str::to_owned).collect())
+        .await;
+    maildir::write_subscriptions(root, &subscriptions)?;
+    Ok(report)
+}
