@@ -163,7 +163,39 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deflated<S> {
             if this.ended {
                 return Poll::Ready(Ok(()));
             }
-            if this.start == this.end {
+            // Inflate what there is, even nothing: the inflater may hold
+            // output it had no room for at the last call.
+            let before_in = this.inflate.total_in();
+            let before_out = this.inflate.total_out();
+            let room = buf.initialize_unfilled();
+            let had_input = this.start < this.end;
+            let status = this.inflate.decompress(
+                &this.input[this.start..this.end],
+                room,
+                FlushDecompress::None,
+            );
+            let status = match status {
+                Ok(s) => Some(s),
+                Err(e) if had_input => {
+                    return Poll::Ready(Err(invalid(&format!("bad deflate data: {e}"))));
+                }
+                Err(_) => None,
+            };
+            let taken = (this.inflate.total_in() - before_in) as usize;
+            let produced = (this.inflate.total_out() - before_out) as usize;
+            this.start += taken;
+            buf.advance(produced);
+            if status == Some(Status::StreamEnd) {
+                this.ended = true;
+            }
+            if produced > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if had_input && taken == 0 && !this.ended {
+                // Room and input, and no progress: not deflate data.
+                return Poll::Ready(Err(invalid("inflate made no progress")));
+            }
+            if this.start == this.end && !this.ended {
                 if this.input.len() > READ_CHUNK {
                     // The larger buffer of `with_input` is used up.
                     this.input = vec![0; READ_CHUNK].into_boxed_slice();
@@ -175,31 +207,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deflated<S> {
                 }
                 this.start = 0;
                 this.end = read.filled().len();
-            }
-            let before_in = this.inflate.total_in();
-            let before_out = this.inflate.total_out();
-            let room = buf.initialize_unfilled();
-            let status = this
-                .inflate
-                .decompress(
-                    &this.input[this.start..this.end],
-                    room,
-                    FlushDecompress::None,
-                )
-                .map_err(|e| invalid(&format!("bad deflate data: {e}")))?;
-            let taken = (this.inflate.total_in() - before_in) as usize;
-            let produced = (this.inflate.total_out() - before_out) as usize;
-            this.start += taken;
-            buf.advance(produced);
-            if status == Status::StreamEnd {
-                this.ended = true;
-            }
-            if produced > 0 {
-                return Poll::Ready(Ok(()));
-            }
-            if taken == 0 && this.start < this.end && !this.ended {
-                // Room and input, and no progress: not deflate data.
-                return Poll::Ready(Err(invalid("inflate made no progress")));
             }
         }
     }
