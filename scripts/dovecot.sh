@@ -12,8 +12,11 @@
 #   DOVECOT_LMTP_PORT     LMTP on 127.0.0.1; any domain reaches the user
 #                         (RCPT TO:<$DOVECOT_USER@example.org>)
 #   DOVECOT_LMTP_SOCKET   the same LMTP service on a Unix socket
-#   DOVECOT_USER          the one user (passwd-file, {PLAIN} password)
-#   DOVECOT_PASSWORD
+#   DOVECOT_USER          the user of the MIME tests (passwd-file, {PLAIN}
+#                         password), without quota
+#   DOVECOT_QUOTA_USER    a user with a 10 KiB storage quota (`count`
+#                         quota with vsizes: RFC822.SIZE; tests/imap_quota.rs)
+#   DOVECOT_PASSWORD      both users' password
 #   DOVECOT_MAILDIR       the user's Maildir
 # and waits until the IMAP port answers its greeting. Progress goes to
 # stderr, Dovecot's own log to <workdir>/dovecot.log. Everything (config,
@@ -33,6 +36,7 @@ set -euo pipefail
 READY_TIMEOUT_S=30
 MAIL_USER=facteur-dovecot
 DOVECOT_USER=facteur
+DOVECOT_QUOTA_USER=facteur-quota
 
 log() { echo "dovecot.sh: $*" >&2; }
 die() {
@@ -111,11 +115,14 @@ write_config() {
     mkdir -p "$work/run" "$work/state" "$work/mail"
     chmod 0755 "$work/run"
     # Read by the auth process, which runs as the internal user.
-    printf '%s:{PLAIN}%s::::%s::\n' "$DOVECOT_USER" "$password" "$work/mail/$DOVECOT_USER" \
-        >"$work/users"
+    {
+        printf '%s:{PLAIN}%s::::%s::\n' "$DOVECOT_USER" "$password" "$work/mail/$DOVECOT_USER"
+        printf '%s:{PLAIN}%s::::%s::userdb_quota_rule=*:storage=10K\n' \
+            "$DOVECOT_QUOTA_USER" "$password" "$work/mail/$DOVECOT_QUOTA_USER"
+    } >"$work/users"
     chmod 0640 "$work/users"
     chgrp "$(id -gn "$internal_user")" "$work/users"
-    mkdir -p "$work/mail/$DOVECOT_USER"
+    mkdir -p "$work/mail/$DOVECOT_USER" "$work/mail/$DOVECOT_QUOTA_USER"
     chown -R "$mail_user:$(id -gn "$mail_user")" "$work/mail"
     cat >"$work/dovecot.conf" <<EOF
 # Throwaway Dovecot written by scripts/dovecot.sh; delete freely.
@@ -137,6 +144,17 @@ first_valid_uid = 1
 first_valid_gid = 1
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 1000
+
+# QUOTA (RFC 9208) as tests/imap_quota.rs compares it: one root "", usage
+# counted as the sum of RFC822.SIZE; only DOVECOT_QUOTA_USER has a limit.
+mail_plugins = \$mail_plugins quota
+protocol imap {
+  mail_plugins = \$mail_plugins imap_quota
+}
+plugin {
+  quota = count
+  quota_vsizes = yes
+}
 
 passdb {
   driver = passwd-file
@@ -177,6 +195,7 @@ EOF
         printf 'export DOVECOT_LMTP_PORT=%q\n' "$lmtp"
         printf 'export DOVECOT_LMTP_SOCKET=%q\n' "$work/run/lmtp"
         printf 'export DOVECOT_USER=%q\n' "$DOVECOT_USER"
+        printf 'export DOVECOT_QUOTA_USER=%q\n' "$DOVECOT_QUOTA_USER"
         printf 'export DOVECOT_PASSWORD=%q\n' "$password"
         printf 'export DOVECOT_MAILDIR=%q\n' "$work/mail/$DOVECOT_USER/Maildir"
     } >"$work/env.tmp"

@@ -9,6 +9,7 @@ use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
 
+use super::Imap;
 use super::extend::Ext;
 use super::mailboxes::name_of;
 use super::messages::flag_name;
@@ -51,12 +52,13 @@ impl Message {
 }
 
 pub async fn append(
+    imap: &Imap,
     authed: &Authed,
     mailbox: &Mailbox<'_>,
     first: Message,
     ext: Ext,
-    limit: u32,
 ) -> Outcome {
+    let limit = imap.options.max_message;
     let name = name_of(authed, mailbox)?;
     let mut messages = vec![first];
     messages.extend(ext.more_appends);
@@ -76,6 +78,8 @@ pub async fn append(
         Err(AccountError::NoSuchMailbox(_)) => return Err(try_create(&name)),
         Err(e) => return Err(e.into()),
     };
+    let incoming = messages.iter().map(|m| m.data.len() as u64).sum::<u64>();
+    super::quota::check(imap, authed, incoming).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

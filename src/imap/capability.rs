@@ -37,6 +37,9 @@ pub fn list(
             "STATUS=SIZE",
             "BINARY",
             "UTF8=ACCEPT",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "COMPRESS=DEFLATE",
         ]);
         let mut out = caps.join(" ");
         out.push_str(&format!(" APPENDLIMIT={append_limit}"));

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use super::Imap;
 use super::append;
+use super::compress;
 use super::extend::{self, Ext, Rewritten, Saved};
 use super::response::{Failure, Out, Sink, code};
 use super::session::{Flow, Request, Session};
@@ -181,6 +182,15 @@ impl Framer {
         &mut self.buf
     }
 
+    /// Takes the input read but not yet given to the fragmentizer (none
+    /// past a message's end is ever given).
+    fn take_unread(&mut self) -> Vec<u8> {
+        let unread = self.buf[self.taken..self.filled].to_vec();
+        self.taken = 0;
+        self.filled = 0;
+        unread
+    }
+
     /// Records that a read put `n` bytes in [`Framer::space`].
     fn filled(&mut self, n: usize) {
         self.filled = (self.filled + n).min(self.buf.len());
@@ -306,6 +316,8 @@ enum Input {
 struct Connection {
     stream: Box<dyn Stream>,
     framer: Framer,
+    /// COMPRESS=DEFLATE is active (RFC 4978).
+    compressed: bool,
 }
 
 impl Connection {
@@ -313,7 +325,29 @@ impl Connection {
         Connection {
             stream,
             framer: Framer::new(limits),
+            compressed: false,
         }
+    }
+
+    /// COMPRESS (RFC 4978 §3): answers, and once OK is written, both
+    /// directions are deflate; bytes the client sent after the command
+    /// are compressed ones.
+    async fn compress(&mut self, tag: &Tag<'static>, authenticated: bool) -> io::Result<()> {
+        let refusal = compress::refusal(authenticated, self.compressed);
+        let mut out = self.out();
+        match refusal {
+            Some(failure) => {
+                failure.write(tag, &mut out)?;
+                return out.flush().await;
+            }
+            None => out.status(Some(tag), StatusKind::Ok, None, "DEFLATE active"),
+        }
+        out.flush().await?;
+        let pending = self.framer.take_unread();
+        let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::duplex(1).0));
+        self.stream = Box::new(compress::Deflated::with_input(plain, &pending));
+        self.compressed = true;
+        Ok(())
     }
 
     /// Reads until the framer holds one complete message, answering
@@ -558,6 +592,11 @@ async fn drive(
                 "Nothing saved, nothing done",
             );
             out.flush().await?;
+            continue;
+        }
+        if let CommandBody::Compress { .. } = request.body {
+            conn.compress(&request.tag, session.is_authenticated())
+                .await?;
             continue;
         }
         let flow = {

@@ -19,6 +19,8 @@ pub mod fetch;
 pub mod messages;
 pub mod append;
 pub mod find;
+pub mod quota;
+pub mod compress;
 pub mod connection;
 
 use std::sync::Arc;

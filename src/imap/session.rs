@@ -26,7 +26,7 @@ use super::connection::Peer;
 use super::extend::Ext;
 use super::response::{Done, Failure, Out, Outcome, code};
 use super::selected::Selected;
-use super::{Imap, append, capability, fetch, find, mailboxes, messages};
+use super::{Imap, append, capability, fetch, find, mailboxes, messages, quota};
 use crate::account::Account;
 use crate::account::recent::RecentFloors;
 use crate::crypto::Password;
@@ -408,6 +408,7 @@ impl Session {
                 } => {
                     let uids = selected.resolve(&sequence_set, uid)?;
                     let target = mailboxes::name_of(authed, &mailbox)?;
+                    quota::check_copy(&self.imap, authed, selected, &uids).await?;
                     return messages::copy(authed, selected, &uids, &target, false, out).await;
                 }
                 CommandBody::Move {
@@ -628,8 +629,15 @@ impl Session {
                 message,
             } => {
                 let first = append::Message::new(flags, date, message);
-                append::append(authed, &mailbox, first, ext, self.imap.options.max_message).await
+                append::append(&self.imap, authed, &mailbox, first, ext).await
             }
+            CommandBody::GetQuota { root } => {
+                quota::get_quota(&self.imap, authed, &root, out).await
+            }
+            CommandBody::GetQuotaRoot { mailbox } => {
+                quota::get_quota_root(&self.imap, authed, &mailbox, out).await
+            }
+            CommandBody::SetQuota { .. } => quota::set_quota(),
             CommandBody::Idle => {
                 authed.account.refresh(None).await?;
                 *flow = Flow::Idle(tag.clone());

@@ -62,6 +62,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (c, greeting)
     }
 
+    /// The stream, e.g. to switch it to compression (COMPRESS).
+    pub fn io_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
     pub async fn fill(&mut self) {
         let mut chunk = [0u8; 65536];
         let n = tokio::time::timeout(Duration::from_secs(120), self.io.read(&mut chunk))
