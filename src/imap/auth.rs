@@ -500,7 +500,7 @@ mod tests {
         };
         let message = recovery_message(&record, &key, 1_790_000_000);
         let to: Vec<&str> = message.lines().filter(|l| l.starts_with("To:")).collect();
-        assert_eq!(to, ["To: dave.smith@example.org\r"]);
+        assert_eq!(to, ["To: dave.smith@example.org"]);
         assert!(message.contains(&key.to_string()));
         // No address: the login, the only name there is.
         record.addresses.clear();
