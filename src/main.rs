@@ -2,6 +2,7 @@
 //! `import`, `export`, `admin escrow-keygen` and `config check`. User mistakes end with one clear line on stderr and a
 //! non-zero exit status, never a panic.
 
+use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,10 @@ use facteur::account::AccountError;
 use facteur::config::{Config, DirectoryBackend, StoreBackend};
 use facteur::crypto::{CryptoError, Password, RecoveryKey};
 use facteur::directory::users_file::hash_password;
-use facteur::directory::{UserEntry, UsersFile, normalise_login};
+use facteur::directory::{Directory, LdapDirectory, UserEntry, UsersFile, normalise_login};
 use facteur::server::{self, Services, Shutdown, http};
 use facteur::size::ByteSize;
+use facteur::store::layout::UserId;
 
 #[derive(Parser)]
 #[command(
@@ -58,8 +60,8 @@ enum Command {
         #[arg(long)]
         imaps: Option<SocketAddr>,
     },
-    /// Manage users: `add`, `passwd`, `list` and `delete` edit the static
-    /// users file; `rekey`, `check` and `requeue` work with any directory,
+    /// Manage users: `add` and `passwd` edit the static users file; `list`,
+    /// `delete`, `rekey`, `check` and `requeue` work with any directory,
     /// LDAP included. Passwords are asked on the terminal, or read one per
     /// line from standard input.
     #[command(subcommand)]
@@ -154,9 +156,13 @@ enum UserCommand {
         #[arg(long)]
         new_recovery: bool,
     },
-    /// List users, their addresses and whether their keyring exists.
+    /// List users, their addresses and whether their keyring exists. With
+    /// LDAP: every user who has data in the store, by login where the
+    /// directory knows it, `unknown (id …)` where it no longer does.
     List,
-    /// Delete a user and, unless --keep-data, all of the user's mail.
+    /// Delete a user and, unless --keep-data, all of the user's mail. With
+    /// LDAP: erase the mail of a login, whether or not its entry is still
+    /// in the directory (people are removed in LDAP).
     Delete {
         /// The user's login: the user name given in mail clients.
         login: String,
@@ -342,8 +348,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Admin(AdminCommand::EscrowKeygen { file }) => escrow_keygen(&file),
         Command::User(cmd) => {
             let services = Services::from_config(&config)?;
-            // rekey works with any directory; the others edit the users file.
+            // add and passwd edit the users file; list and delete read it,
+            // or with LDAP the store; the others work with any directory.
             let users_file = || users_file_path(&config);
+            let ldap = config.directory.backend == DirectoryBackend::Ldap;
             match cmd {
                 UserCommand::Add {
                     login,
@@ -396,7 +404,13 @@ async fn run(cli: Cli) -> Result<()> {
                     )
                     .await
                 }
+                UserCommand::List if ldap => list_ldap(&services, &config).await,
                 UserCommand::List => list(&services, &users_file()?).await,
+                UserCommand::Delete {
+                    login,
+                    yes,
+                    keep_data,
+                } if ldap => delete_ldap(&services, &login, yes, keep_data).await,
                 UserCommand::Delete {
                     login,
                     yes,
@@ -860,6 +874,108 @@ async fn delete(
     }
     file.save(users_file)?;
     say!("deleted user {login}");
+    Ok(())
+}
+
+/// `user list` with LDAP: the users who have data in the store, named by
+/// the logins the directory lists (doc/ldap.md). User ids are HMACs of the
+/// login, so an id whose login has left the directory can only be shown
+/// as an id.
+async fn list_ldap(services: &Services, config: &Config) -> Result<()> {
+    let settings = config
+        .directory
+        .ldap
+        .as_ref()
+        .ok_or_else(|| anyhow!("directory.backend = \"ldap\" needs [directory.ldap]"))?;
+    let directory = LdapDirectory::new(settings.settings()?, settings.bind_password()?)?;
+    let logins: HashMap<UserId, String> = directory
+        .logins()
+        .await
+        .map_err(|e| anyhow!("cannot list the users in LDAP: {e}"))?
+        .into_iter()
+        .map(|login| (services.user_id(&login), login))
+        .collect();
+    let ids = services.keyrings.user_ids().await.map_err(store_context)?;
+    if ids.is_empty() {
+        say!("no user has data in the store");
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for id in &ids {
+        let keyring = services.keyrings.load(id).await.map_err(store_context)?;
+        let keyring = match &keyring {
+            None => "keyring: MISSING",
+            Some(k) if k.has_recovery() => "keyring: ok, recovery key",
+            Some(_) => "keyring: ok",
+        };
+        let line = match logins.get(id) {
+            Some(login) => {
+                let mail = match directory.find_login(login).await {
+                    Ok(Some(record)) if record.addresses.is_empty() => "addresses: -".to_owned(),
+                    Ok(Some(record)) => format!("addresses: {}", record.addresses.join(", ")),
+                    Ok(None) => "mail disabled in LDAP".to_owned(),
+                    Err(e) => format!("LDAP: {e}"),
+                };
+                format!("{login}\t{mail}\t{keyring}")
+            }
+            None => format!("unknown (id {id})\tnot in LDAP\t{keyring}"),
+        };
+        lines.push(line);
+    }
+    // Known logins first, in order; then the ids nobody has any more.
+    lines.sort_by_key(|l| (l.starts_with("unknown (id "), l.clone()));
+    for line in lines {
+        say!("{line}");
+    }
+    Ok(())
+}
+
+/// `user delete` with LDAP: erases everything the login has in the store.
+/// The person is added and removed in LDAP, not here; their entry is
+/// usually gone already, which is fine: the login alone names their data.
+async fn delete_ldap(services: &Services, login: &str, yes: bool, keep_data: bool) -> Result<()> {
+    let login = normalise_login(login)?;
+    if keep_data {
+        bail!(
+            "with LDAP there is no entry to remove here: remove {login} in LDAP \
+             (user delete only erases their mail)"
+        );
+    }
+    let id = services.user_id(&login);
+    if !services
+        .keyrings
+        .has_user_data(&id)
+        .await
+        .map_err(store_context)?
+    {
+        bail!("{login} has nothing in the store (check the spelling: `facteur user list`)");
+    }
+    let still_active = match services.directory.find_login(&login).await {
+        Ok(found) => found.is_some(),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "facteur: warning: cannot ask LDAP whether {login} is still there: {e}"
+            );
+            false
+        }
+    };
+    if !yes {
+        bail!("this erases all of {login}'s mail from the store; run again with --yes");
+    }
+    let n = services
+        .keyrings
+        .delete_user_data(&id)
+        .await
+        .map_err(store_context)?;
+    say!("deleted {n} objects of {login} from the store");
+    if still_active {
+        let _ = writeln!(
+            std::io::stderr(),
+            "facteur: warning: {login} may still use mail in LDAP: their next login \
+             creates a new, empty mailbox; remove or disable them in LDAP to stop that"
+        );
+    }
     Ok(())
 }
 

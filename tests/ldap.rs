@@ -521,17 +521,34 @@ async fn an_outage_is_unavailable_and_recovers_without_restart() {
     assert_eq!(dir.find_login("bob").await.unwrap().unwrap().login, "bob");
 
     // Frozen: TCP still accepts but nothing answers; timeouts bound it.
+    // The pooled connection's timeout is not followed by a reconnect's,
+    // and once it has timed out the directory is known down: the next
+    // requests fail without contacting it (the circuit breaker).
     slapd.run("pause");
     let started = Instant::now();
     assert_unavailable(dir.find_login("bob").await, "find_login, paused");
+    let requests = dir.requests();
     assert_unavailable(login().await, "authenticate, paused");
+    assert_unavailable(dir.find_address("bob@example.org").await, "find_address");
+    assert_eq!(dir.requests(), requests, "known down: nothing sent");
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "timeouts took {:?}",
+        started.elapsed() < Duration::from_secs(5),
+        "one 1 s timeout took {:?}",
         started.elapsed()
     );
+    // Back: within the breaker's retry period, a probe finds it again.
     slapd.run("resume");
-    assert_eq!(login().await.unwrap(), Some(alice()));
+    let deadline = Instant::now() + facteur::directory::ldap::RETRY_AFTER + Duration::from_secs(10);
+    loop {
+        match login().await {
+            Ok(found) => {
+                assert_eq!(found, Some(alice()));
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "not recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(dir.find_login("bob").await.unwrap().unwrap().login, "bob");
 }
 
@@ -553,10 +570,18 @@ use facteur::log::InstanceId;
 use facteur::store::{MemoryStore, SharedStore};
 use imap_client::Client;
 
-/// An IMAP context and the LMTP backend over one directory and store.
+/// An IMAP context and the LMTP backend over one directory and a store
+/// of their own.
 fn servers(dir: LdapDirectory) -> (Arc<Imap>, facteur::lmtp::Backend) {
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    let secret = b"ldap-e2e-cluster-secret".to_vec();
+    servers_on(dir, Arc::new(MemoryStore::new()))
+}
+
+/// The cluster secret of [`servers`].
+const E2E_SECRET: &[u8] = b"ldap-e2e-cluster-secret";
+
+/// An IMAP context and the LMTP backend over one directory and store.
+fn servers_on(dir: LdapDirectory, store: SharedStore) -> (Arc<Imap>, facteur::lmtp::Backend) {
+    let secret = E2E_SECRET.to_vec();
     let keyrings = KeyringStore::new(store.clone(), &secret);
     let records = facteur::crypto::RecordAuth::from_cluster_secret(&secret);
     let directory: Arc<dyn Directory> = Arc::new(dir);
@@ -724,4 +749,284 @@ async fn imap_login_during_an_ldap_outage_is_unavailable_then_recovers() {
     );
     slapd.run("start");
     assert!(d.run("LOGIN alice alice-password-1").await.ok());
+}
+
+/// The `facteur` command with a configuration file.
+fn facteur_cli(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_facteur"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Delivers one message to `address` the way LMTP does.
+async fn deliver(lmtp: &facteur::lmtp::Backend, address: &str, subject: &str) {
+    let Resolution::Accepted(recipient) = lmtp.resolve(address, 0).await else {
+        panic!("{address} is deliverable");
+    };
+    facteur::mailbox::incoming::deliver(
+        lmtp.store.as_ref(),
+        &recipient.user.id,
+        &recipient.user.public_key,
+        &lmtp.records,
+        format!("From: bob@example.org\r\nSubject: {subject}\r\n\r\nhello\r\n").as_bytes(),
+        facteur::mailbox::incoming::DeliveryEnvelope {
+            mail_from: "bob@example.org".into(),
+            rcpt_to: vec![address.to_owned()],
+            received_at: 1_790_000_000,
+            folder: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// With INBOX holding one message (the recovery key's), delivers one more
+/// and waits until the session sees it (the fs store has no change
+/// notification: the account's poller finds it).
+async fn receive(c: &mut Client, lmtp: &facteur::lmtp::Backend, address: &str, subject: &str) {
+    assert!(c.run("SELECT INBOX").await.has("* 1 EXISTS"));
+    deliver(lmtp, address, subject).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.run("NOOP").await.has("* 2 EXISTS") {
+        assert!(Instant::now() < deadline, "{subject} never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 14 item 6, de-provisioning: a person leaves (their entry is
+/// removed from LDAP), `user list` still shows their data (as an unknown
+/// id), `user delete` erases every object of theirs, and the login given
+/// to someone new later opens a fresh, empty mailbox instead of meeting
+/// the old keyring.
+#[tokio::test]
+async fn user_delete_erases_a_departed_ldap_users_mail_and_the_login_can_be_reused() {
+    let Some(env) = env() else { return };
+    let login = fresh_login();
+    let address = format!("{login}@example.org");
+    add_user(&env, &login, "first-password");
+    let work = tempfile::tempdir().unwrap();
+    let store_dir = work.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    let config = work.path().join("facteur.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            cluster_secret = {secret:?}
+            [store]
+            backend = "fs"
+            path = {store:?}
+            [directory]
+            backend = "ldap"
+            [directory.ldap]
+            urls = [{url:?}]
+            base_dn = {base:?}
+            bind_dn = {bind_dn:?}
+            bind_password = {bind_password:?}
+            group_filter = "(&(objectClass=groupOfNames)(cn=mail)(member=%d))"
+            "#,
+            secret = std::str::from_utf8(E2E_SECRET).unwrap(),
+            store = store_dir.display().to_string(),
+            url = env.url,
+            base = env.base_dn,
+            bind_dn = env.bind_dn,
+            bind_password = env.bind_password,
+        ),
+    )
+    .unwrap();
+    let store: SharedStore = Arc::new(facteur::store::FsStore::open(&store_dir).unwrap());
+    let uncached = "cache_ttl = 0\nnegative_cache_ttl = 0";
+    let (imap, lmtp) = servers_on(directory(&env, &[&env.url], uncached), store.clone());
+
+    let mut c = imap_client(&imap).await;
+    assert!(c.run(&format!("LOGIN {login} first-password")).await.ok());
+    receive(&mut c, &lmtp, &address, "before leaving").await;
+    assert!(c.run("LOGOUT").await.ok());
+
+    let id = facteur::crypto::user_id(E2E_SECRET, &login);
+    let prefix = facteur::store::layout::user_prefix(&id);
+    let objects = || async {
+        facteur::store::list_all(store.as_ref(), &prefix, None)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert!(objects().await > 2, "keyring, delivery key, mail");
+
+    let out = facteur_cli(&config, &["user", "list"]);
+    let listed = text(&out);
+    assert!(out.status.success(), "{listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{login}\t")))
+        .unwrap_or_else(|| panic!("{login} listed by login: {listed}"));
+    assert!(
+        line.contains(&address) && line.contains("keyring: ok, recovery key"),
+        "{line}"
+    );
+    assert!(!listed.contains(id.as_str()), "{listed}");
+
+    // The person leaves: out of the mail group, entry deleted.
+    remove_from_mail_group(&env, &login);
+    ldap_admin(
+        &env,
+        "ldapdelete",
+        &format!("uid={login},ou=people,{}\n", env.base_dn),
+    );
+    let listed = text(&facteur_cli(&config, &["user", "list"]));
+    assert!(
+        listed.contains(&format!("unknown (id {id})\tnot in LDAP\tkeyring: ok")),
+        "{listed}"
+    );
+    assert!(!listed.contains(&format!("{login}\t")), "{listed}");
+
+    // Asks for confirmation first; a misspelt login erases nothing.
+    let out = facteur_cli(&config, &["user", "delete", &login]);
+    assert!(!out.status.success() && text(&out).contains("--yes"));
+    let out = facteur_cli(&config, &["user", "delete", &format!("{login}x"), "--yes"]);
+    assert!(
+        !out.status.success() && text(&out).contains("nothing in the store"),
+        "{}",
+        text(&out)
+    );
+    assert!(objects().await > 2);
+    let out = facteur_cli(&config, &["user", "delete", &login, "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("objects of"), "{}", text(&out));
+    assert_eq!(objects().await, 0, "every object under {prefix} erased");
+    assert!(!text(&facteur_cli(&config, &["user", "list"])).contains(id.as_str()));
+
+    // The login is given to someone new: a fresh mailbox, no lockout.
+    add_user(&env, &login, "new-person-password");
+    let (imap, lmtp) = servers_on(directory(&env, &[&env.url], uncached), store.clone());
+    let mut c = imap_client(&imap).await;
+    let r = c.run(&format!("LOGIN {login} new-person-password")).await;
+    assert!(r.ok(), "{r:?}");
+    // Only the new recovery key message, then new mail.
+    receive(&mut c, &lmtp, &address, "welcome").await;
+    // Addressed to the user's primary address, not the bare login.
+    let to = c.run("FETCH 1 BODY.PEEK[HEADER.FIELDS (TO)]").await;
+    assert!(to.has(&format!("To: {address}")), "{to:?}");
+}
+
+// ---------------------------------------------------------------------
+// The schema, in both forms doc/ldap.md offers.
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ldap");
+
+/// The definitions in a schema file, white space collapsed, each with the
+/// index of its keyword in `keywords` (attribute type, object class). In
+/// LDIF (`ldif`), a line starting with one space continues the previous
+/// one without it (RFC 2849); in slapd.conf form, any line starting with
+/// white space continues the previous one.
+fn definitions(text: &str, keywords: [&str; 2], ldif: bool) -> Vec<(usize, String)> {
+    let mut found: Vec<(usize, String)> = Vec::new();
+    let mut open = false;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if line.starts_with([' ', '\t']) {
+            if open && let Some((_, body)) = found.last_mut() {
+                body.push_str(if ldif { &line[1..] } else { line });
+            }
+            continue;
+        }
+        open = false;
+        if let Some(k) = keywords.iter().position(|k| line.starts_with(k)) {
+            found.push((k, line[keywords[k].len()..].to_owned()));
+            open = true;
+        }
+    }
+    for (_, body) in &mut found {
+        *body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    found
+}
+
+#[test]
+fn the_cn_config_schema_says_what_mail_schema_says() {
+    let read = |name: &str| std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap();
+    let schema = definitions(
+        &read("mail.schema"),
+        ["attributetype", "objectclass"],
+        false,
+    );
+    let ldif = definitions(
+        &read("mail.ldif"),
+        ["olcAttributeTypes:", "olcObjectClasses:"],
+        true,
+    );
+    assert_eq!(schema.len(), 3, "{schema:?}");
+    assert_eq!(ldif, schema);
+    assert!(read("mail.ldif").contains("dn: cn=facteur-mail,cn=schema,cn=config\n"));
+}
+
+/// mail.ldif loads into a cn=config directory next to Debian's core,
+/// cosine and inetorgperson schemas, as `ldapadd -Y EXTERNAL` would add
+/// it, and slapd accepts the result.
+#[test]
+fn the_cn_config_schema_loads_into_slapd() {
+    // Needs slapd installed, which the shared server proves.
+    let Some(_) = env() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let config_dir = work.path().join("slapd.d");
+    std::fs::create_dir(&config_dir).unwrap();
+    let ldif = work.path().join("config.ldif");
+    let schema = |name: &str| format!("include: file:///etc/ldap/schema/{name}.ldif\n\n");
+    std::fs::write(
+        &ldif,
+        format!(
+            "dn: cn=config\nobjectClass: olcGlobal\ncn: config\n\n\
+             dn: cn=schema,cn=config\nobjectClass: olcSchemaConfig\ncn: schema\n\n\
+             {}{}{}include: file://{FIXTURES}/mail.ldif\n\n\
+             dn: olcDatabase={{0}}config,cn=config\nobjectClass: olcDatabaseConfig\n\
+             olcDatabase: {{0}}config\n",
+            schema("core"),
+            schema("cosine"),
+            schema("inetorgperson"),
+        ),
+    )
+    .unwrap();
+    let run = |tool: &str, args: &[&std::ffi::OsStr]| {
+        let out = Command::new(tool).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        "/usr/sbin/slapadd",
+        &[
+            "-n0".as_ref(),
+            "-F".as_ref(),
+            config_dir.as_os_str(),
+            "-l".as_ref(),
+            ldif.as_os_str(),
+        ],
+    );
+    run(
+        "/usr/sbin/slaptest",
+        &["-F".as_ref(), config_dir.as_os_str()],
+    );
+    let loaded =
+        std::fs::read_to_string(config_dir.join("cn=config/cn=schema/cn={3}facteur-mail.ldif"))
+            .unwrap();
+    // slapd folds long lines (RFC 2849 §2).
+    assert!(
+        loaded
+            .replace("\n ", "")
+            .contains("NAME 'facteurMailAccount'"),
+        "{loaded}"
+    );
 }

@@ -376,6 +376,39 @@ impl KeyringStore {
         Ok(recovery)
     }
 
+    /// Every user id that has objects in the store, in order, whatever
+    /// the directory says: one listing request per user, skipping over
+    /// each user's objects (`users/<u>0` sorts after every `users/<u>/…`
+    /// and before the next id). Names under `users/` that are not user ids
+    /// are passed over.
+    pub async fn user_ids(&self) -> Result<Vec<UserId>, AccountError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(layout::USERS_PREFIX, after.as_deref(), 1)
+                .await?;
+            let Some(first) = page.objects.first() else {
+                return Ok(ids);
+            };
+            let rest = &first.key[layout::USERS_PREFIX.len()..];
+            after = Some(match rest.split_once('/') {
+                Some((segment, _)) => {
+                    ids.extend(UserId::parse(segment));
+                    format!("{}{segment}0", layout::USERS_PREFIX)
+                }
+                None => first.key.clone(),
+            });
+        }
+    }
+
+    /// Whether the user has any object in the store.
+    pub async fn has_user_data(&self, u: &UserId) -> Result<bool, AccountError> {
+        let page = self.store.list(&layout::user_prefix(u), None, 1).await?;
+        Ok(!page.objects.is_empty())
+    }
+
     /// Deletes every object of the user (keyring, mail, everything);
     /// returns how many objects were deleted.
     pub async fn delete_user_data(&self, u: &UserId) -> Result<usize, AccountError> {
@@ -408,6 +441,31 @@ mod tests {
             KeyringStore::new(store, b"0123456789abcdef"),
             user_id(b"0123456789abcdef", "alice"),
         )
+    }
+
+    #[tokio::test]
+    async fn user_ids_lists_each_user_with_data_once() {
+        let (ks, alice) = setup();
+        let bob = user_id(b"0123456789abcdef", "bob");
+        let store = ks.store();
+        assert!(ks.user_ids().await.unwrap().is_empty());
+        for key in [
+            layout::keyring(&alice),
+            layout::blob(&alice, "b1"),
+            layout::blob(&alice, "b2"),
+            layout::incoming_prefix(&bob) + "r1",
+            "users/not-an-id/x".to_owned(),
+            "users/stray".to_owned(),
+        ] {
+            store.put(&key, Bytes::from_static(b"x")).await.unwrap();
+        }
+        let mut expected = vec![alice.clone(), bob.clone()];
+        expected.sort();
+        assert_eq!(ks.user_ids().await.unwrap(), expected);
+        assert!(ks.has_user_data(&bob).await.unwrap());
+        assert_eq!(ks.delete_user_data(&alice).await.unwrap(), 3);
+        assert_eq!(ks.user_ids().await.unwrap(), vec![bob]);
+        assert!(!ks.has_user_data(&alice).await.unwrap());
     }
 
     #[tokio::test]

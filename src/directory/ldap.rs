@@ -25,6 +25,11 @@
 //! - A connection that failed at the transport level is dropped, never
 //!   reused: the next call reconnects (failing over along `urls`), so the
 //!   directory recovers from an outage without a restart.
+//! - A directory that timed out is known down: for [`RETRY_AFTER`] every
+//!   request fails at once (a circuit breaker), then one request probes it
+//!   again. A timeout on a pooled connection is not retried on a fresh one,
+//!   so a login waits at most one `timeout` for a directory that stopped
+//!   answering, and the logins after it do not wait at all.
 //! - Search connections stay bound as the service account; user binds only
 //!   happen on the bind pool, whose connections are never used to search.
 
@@ -37,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{
     Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry, SearchOptions,
 };
@@ -48,6 +54,18 @@ use crate::size::ByteSize;
 
 /// Most recipient lookups remembered at once.
 pub const CACHE_CAPACITY: usize = 10_000;
+
+/// How long requests fail at once after the directory timed out, before
+/// one request tries it again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Most entries [`LdapDirectory::logins`] reads: an admin listing, not a
+/// client's doing, but bounded all the same.
+pub const MAX_LISTED: usize = 1_000_000;
+
+/// Entries per page when listing (RFC 2696 paged results), below the
+/// usual server size limit of 500.
+const LIST_PAGE: i32 = 400;
 
 /// Everything the LDAP directory needs but the service password, checked by
 /// [`LdapSettings::validate`]. Built from `[directory.ldap]`
@@ -220,6 +238,19 @@ impl FilterTemplate {
         Ok(template)
     }
 
+    /// The filter matching any value: each placeholder becomes `*`,
+    /// unescaped (`(uid=%u)` becomes the presence filter `(uid=*)`).
+    pub fn render_any(&self) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Value(_) => out.push('*'),
+            }
+        }
+        out
+    }
+
     /// The filter with each placeholder replaced by its escaped value.
     pub fn render<'a>(&self, value: impl Fn(char) -> &'a str) -> String {
         let mut out = String::new();
@@ -346,11 +377,63 @@ impl Pool {
     }
 }
 
-/// Why an operation failed: the server's answer (the connection is fine)
-/// or the transport (the connection is dropped).
+/// Why an operation failed: the server's answer (the connection is fine),
+/// the transport (the connection is dropped), or no answer in time (the
+/// connection is dropped and the directory is known down: [`Breaker`]).
 enum OpError {
     Answer(DirectoryError),
     Connection(String),
+    TimedOut(String),
+}
+
+/// The circuit breaker: whether the directory recently timed out, and
+/// until when requests fail without trying it. Only timeouts trip it: a
+/// refused connection fails in a moment anyway, and trying again each time
+/// notices at once that the server is back.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Until when requests fail at once, and why.
+    open: Mutex<Option<(Instant, String)>>,
+}
+
+impl Breaker {
+    /// Whether a request may go to the directory at `now`; if not, why.
+    /// Once the open period is over, the first caller is let through as
+    /// the probe and the others keep failing for another [`RETRY_AFTER`]
+    /// (or until the probe succeeds), so an outage costs one timeout per
+    /// period, not one per login.
+    fn admit(&self, now: Instant) -> Result<(), String> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match open.as_mut() {
+            None => Ok(()),
+            Some((until, why)) if now < *until => Err(why.clone()),
+            Some((until, _)) => {
+                *until = now + RETRY_AFTER;
+                Ok(())
+            }
+        }
+    }
+
+    /// The directory did not answer in time.
+    fn trip(&self, now: Instant, why: &str) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.is_none() {
+            tracing::warn!(
+                error = why,
+                retry_after_s = RETRY_AFTER.as_secs(),
+                "LDAP directory timed out: requests fail at once until it is tried again"
+            );
+        }
+        *open = Some((now + RETRY_AFTER, why.to_owned()));
+    }
+
+    /// The directory answered (or refused at once): requests go through.
+    fn close(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.take().is_some() {
+            tracing::info!("LDAP directory answers again");
+        }
+    }
 }
 
 /// The user's entry as found by a search.
@@ -377,6 +460,7 @@ pub struct LdapDirectory {
     cache: Mutex<Cache>,
     /// LDAP requests sent (binds and searches), for metrics and tests.
     requests: AtomicU64,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for LdapDirectory {
@@ -438,6 +522,7 @@ impl LdapDirectory {
             attributes,
             cache: Mutex::new(Cache::new(CACHE_CAPACITY)),
             requests: AtomicU64::new(0),
+            breaker: Breaker::default(),
         })
     }
 
@@ -445,6 +530,72 @@ impl LdapDirectory {
     /// included): cached answers do not count.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Every login `user_filter` matches with any login (`%u` as `*`),
+    /// sorted and deduplicated. The group filter is not applied: people
+    /// taken out of the mail group are listed too. For `facteur user list`,
+    /// which matches them against the keyrings in the store; at most
+    /// [`MAX_LISTED`].
+    pub async fn logins(&self) -> Result<Vec<String>, DirectoryError> {
+        let filter = self.filters.user.render_any();
+        if ldap3::parse_filter(&filter).is_err() {
+            return Err(DirectoryError::Invalid(format!(
+                "user_filter with %u as * is not a valid filter: {filter:?}"
+            )));
+        }
+        let timeout = self.settings.timeout;
+        let base = self.settings.base_dn.as_str();
+        let login_attribute = self.settings.login_attribute.as_str();
+        let attributes = vec![login_attribute.to_owned()];
+        let (filter, attributes) = (&filter, &attributes);
+        let mut logins = self
+            .with_connection(&self.search_pool, |mut ldap| async move {
+                let adapters: Vec<Box<dyn Adapter<String, Vec<String>>>> = vec![
+                    Box::new(EntriesOnly::new()),
+                    Box::new(PagedResults::new(LIST_PAGE)),
+                ];
+                let mut stream = ldap
+                    .with_timeout(timeout)
+                    .streaming_search_with(
+                        adapters,
+                        base,
+                        Scope::Subtree,
+                        filter,
+                        attributes.clone(),
+                    )
+                    .await
+                    .map_err(|e| classify("list", e))?;
+                let mut logins = Vec::new();
+                while let Some(entry) = stream.next().await.map_err(|e| classify("list", e))? {
+                    let entry = SearchEntry::construct(entry);
+                    match values(&entry, login_attribute)
+                        .first()
+                        .map(|l| normalise_login(l))
+                    {
+                        Some(Ok(login)) => logins.push(login),
+                        _ => tracing::warn!(
+                            dn = entry.dn,
+                            "LDAP entry without a valid login skipped"
+                        ),
+                    }
+                    if logins.len() > MAX_LISTED {
+                        return Err(OpError::Answer(DirectoryError::Invalid(format!(
+                            "{filter:?} matches more than {MAX_LISTED} entries"
+                        ))));
+                    }
+                }
+                let status = stream.finish().await;
+                if status.rc != 0 {
+                    let what = format!("list {filter:?} under {base:?}");
+                    return Err(answer_error(&what, &status));
+                }
+                Ok(logins)
+            })
+            .await?;
+        logins.sort();
+        logins.dedup();
+        Ok(logins)
     }
 
     /// Forgets every cached recipient lookup.
@@ -457,8 +608,11 @@ impl LdapDirectory {
     }
 
     /// Opens a connection, trying each URL in order (failover).
+    /// Opens a connection, trying each URL in order (failover). When none
+    /// answers and one of them timed out, the breaker trips.
     async fn connect(&self, pool: &Pool) -> Result<Ldap, DirectoryError> {
         let mut errors = Vec::new();
+        let mut timed_out = false;
         for url in &self.settings.urls {
             match self.connect_to(url, pool.service_bind).await {
                 Ok(ldap) => return Ok(ldap),
@@ -467,12 +621,29 @@ impl LdapDirectory {
                     tracing::warn!(url, error = %e, "LDAP server unreachable");
                     errors.push(format!("{url}: {e}"));
                 }
+                Err(OpError::TimedOut(e)) => {
+                    tracing::warn!(url, error = %e, "LDAP server unreachable");
+                    errors.push(format!("{url}: {e}"));
+                    timed_out = true;
+                }
             }
         }
-        Err(DirectoryError::Unavailable(format!(
-            "no LDAP server answered ({})",
-            errors.join("; ")
-        )))
+        let why = format!("no LDAP server answered ({})", errors.join("; "));
+        if timed_out {
+            self.trip(&why);
+        } else {
+            self.breaker.close();
+        }
+        Err(DirectoryError::Unavailable(why))
+    }
+
+    /// Opens the breaker and drops the idle connections: they lead to the
+    /// server that stopped answering, and the probe must start afresh.
+    fn trip(&self, why: &str) {
+        self.breaker.trip(Instant::now(), why);
+        for pool in [&self.search_pool, &self.bind_pool] {
+            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     async fn connect_to(&self, url: &str, service_bind: bool) -> Result<Ldap, OpError> {
@@ -485,7 +656,10 @@ impl LdapDirectory {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, url)
             .await
-            .map_err(|e| OpError::Connection(format!("cannot connect: {e}")))?;
+            .map_err(|e| match e {
+                LdapError::Timeout { .. } => OpError::TimedOut(format!("cannot connect: {e}")),
+                e => OpError::Connection(format!("cannot connect: {e}")),
+            })?;
         let url_owned = url.to_owned();
         tokio::spawn(async move {
             if let Err(e) = conn.drive().await {
@@ -514,12 +688,20 @@ impl LdapDirectory {
 
     /// Runs `op` on a pooled connection. A connection taken from the pool
     /// may have died while idle (server restarted): on a transport error
-    /// the operation is tried once more on a fresh connection.
+    /// the operation is tried once more on a fresh connection. Not after a
+    /// timeout: the server is then known down ([`Breaker`]), and waiting a
+    /// second timeout would only double the wait.
     async fn with_connection<T, F, Fut>(&self, pool: &Pool, op: F) -> Result<T, DirectoryError>
     where
         F: Fn(Ldap) -> Fut,
         Fut: Future<Output = Result<T, OpError>>,
     {
+        if let Err(why) = self.breaker.admit(Instant::now()) {
+            return Err(DirectoryError::Unavailable(format!(
+                "LDAP directory known down, not tried (retried within {} s): {why}",
+                RETRY_AFTER.as_secs()
+            )));
+        }
         let _permit = tokio::time::timeout(self.settings.timeout, pool.permits.acquire())
             .await
             .map_err(|_| {
@@ -539,17 +721,26 @@ impl LdapDirectory {
             self.requests.fetch_add(1, Ordering::Relaxed);
             match op(ldap.clone()).await {
                 Ok(value) => {
+                    self.breaker.close();
                     pool.put_idle(ldap);
                     return Ok(value);
                 }
                 Err(OpError::Answer(e)) => {
+                    self.breaker.close();
                     pool.put_idle(ldap);
                     return Err(e);
+                }
+                Err(OpError::TimedOut(e)) => {
+                    self.trip(&e);
+                    return Err(DirectoryError::Unavailable(e));
                 }
                 Err(OpError::Connection(e)) if reused => {
                     tracing::info!(error = %e, "pooled LDAP connection failed; reconnecting");
                 }
-                Err(OpError::Connection(e)) => return Err(DirectoryError::Unavailable(e)),
+                Err(OpError::Connection(e)) => {
+                    self.breaker.close();
+                    return Err(DirectoryError::Unavailable(e));
+                }
             }
         }
     }
@@ -789,6 +980,7 @@ fn classify(what: &str, e: LdapError) -> OpError {
         LdapError::FilterParsing => OpError::Answer(DirectoryError::Invalid(format!(
             "{what}: invalid LDAP filter"
         ))),
+        e @ LdapError::Timeout { .. } => OpError::TimedOut(format!("LDAP {what}: {e}")),
         other => OpError::Connection(format!("LDAP {what}: {other}")),
     }
 }
@@ -1007,6 +1199,53 @@ mod tests {
             dir.find_login("alice").await,
             Err(DirectoryError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn the_breaker_opens_on_timeouts_and_probes_once_per_period() {
+        let t0 = Instant::now();
+        let b = Breaker::default();
+        assert!(b.admit(t0).is_ok());
+        b.trip(t0, "timed out");
+        assert_eq!(b.admit(t0).unwrap_err(), "timed out");
+        assert!(
+            b.admit(t0 + RETRY_AFTER - Duration::from_millis(1))
+                .is_err()
+        );
+        // Over: one probe goes through, the others still fail at once.
+        let t1 = t0 + RETRY_AFTER;
+        assert!(b.admit(t1).is_ok());
+        assert!(b.admit(t1).is_err());
+        // A probe that never reports (cancelled) does not block for ever.
+        assert!(b.admit(t1 + RETRY_AFTER).is_ok());
+        b.close();
+        assert!(b.admit(t1 + RETRY_AFTER).is_ok());
+        assert!(b.admit(t1 + RETRY_AFTER).is_ok());
+    }
+
+    /// A server that accepts connections and never answers (a frozen
+    /// slapd, a black hole): the first request waits one timeout, the next
+    /// ones fail at once without sending anything.
+    #[tokio::test]
+    async fn a_directory_that_stopped_answering_fails_fast() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = settings();
+        s.urls = vec![format!("ldap://{}", silent.local_addr().unwrap())];
+        s.timeout = Duration::from_secs(1);
+        let dir = LdapDirectory::new(s, None).unwrap();
+        match dir.find_login("alice").await {
+            Err(DirectoryError::Unavailable(e)) => assert!(e.contains("timeout"), "{e}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        let sent = dir.requests();
+        assert!(sent > 0);
+        for _ in 0..3 {
+            match dir.authenticate("alice", &Password::new("pw")).await {
+                Err(DirectoryError::Unavailable(e)) => assert!(e.contains("known down"), "{e}"),
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+        assert_eq!(dir.requests(), sent, "nothing sent while known down");
     }
 
     fn record(login: &str) -> Option<UserRecord> {

@@ -272,7 +272,7 @@ pub async fn login(
         // A failure here must not lose the key silently: the login fails,
         // the keyring stays, `facteur user rekey --new-recovery` makes a
         // new recovery key.
-        deliver_recovery_key(&authed, &success.record.login, &recovery).await?;
+        deliver_recovery_key(&authed, &success.record, &recovery).await?;
     }
     Ok(authed)
 }
@@ -445,18 +445,29 @@ fn spawn_rewrap(
 /// INBOX.
 async fn deliver_recovery_key(
     authed: &Authed,
-    login: &str,
+    record: &UserRecord,
     recovery: &RecoveryKey,
 ) -> Result<(), Failure> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    let message = recovery_message(record, recovery, now);
+    let (_, inbox) = authed.account.open_by_name("INBOX").await?;
+    inbox.append(message.as_bytes(), Vec::new(), now).await?;
+    Ok(())
+}
+
+/// The recovery key message, addressed to the user's primary address (the
+/// login if the directory gives none: a users-file user may have no
+/// address).
+fn recovery_message(record: &UserRecord, recovery: &RecoveryKey, now: i64) -> String {
+    let to = record.addresses.first().unwrap_or(&record.login);
     let date = chrono::DateTime::from_timestamp(now, 0)
         .unwrap_or_default()
         .to_rfc2822();
-    let message = format!(
+    format!(
         "From: Facteur <postmaster@localhost>\r\n\
-         To: {login}\r\n\
+         To: {to}\r\n\
          Subject: Your mailbox recovery key\r\n\
          Date: {date}\r\n\
          Message-ID: <recovery-{now}@facteur>\r\n\
@@ -472,15 +483,30 @@ async fn deliver_recovery_key(
          cannot read this message without your password), then delete this\r\n\
          message. Nobody else has a copy: the people hosting this server\r\n\
          cannot read your mail or recover it for you.\r\n"
-    );
-    let (_, inbox) = authed.account.open_by_name("INBOX").await?;
-    inbox.append(message.as_bytes(), Vec::new(), now).await?;
-    Ok(())
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recovery_message_goes_to_the_primary_address() {
+        let key = RecoveryKey::random();
+        let mut record = UserRecord {
+            login: "dave".into(),
+            addresses: vec!["dave.smith@example.org".into(), "dave@example.org".into()],
+            quota_bytes: None,
+        };
+        let message = recovery_message(&record, &key, 1_790_000_000);
+        let to: Vec<&str> = message.lines().filter(|l| l.starts_with("To:")).collect();
+        assert_eq!(to, ["To: dave.smith@example.org"]);
+        assert!(message.contains(&key.to_string()));
+        // No address: the login, the only name there is.
+        record.addresses.clear();
+        let message = recovery_message(&record, &key, 1_790_000_000);
+        assert!(message.contains("\r\nTo: dave\r\n"), "{message}");
+    }
 
     #[test]
     fn plain_takes_one_message_and_refuses_proxying() {
