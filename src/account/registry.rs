@@ -137,6 +137,11 @@ impl Accounts {
         let mut live = self.live();
         if let Some(entry) = live.get_mut(user)
             && let Some(account) = entry.account.upgrade()
+            // Other keys: the user was deleted and the login given to someone
+            // new while the old account was still in memory. The old one
+            // keeps serving only its own sessions; the new keys get their
+            // own account.
+            && account.keys().public_key() == keys.public_key()
         {
             if verifier.is_some() {
                 entry.verifier = verifier;
@@ -246,6 +251,28 @@ mod tests {
             "keys dropped after the grace period"
         );
         assert_eq!(accounts.unlocked(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_login_with_new_keys_never_gets_the_old_account() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let config = AccountConfig::new(
+            InstanceId::new("a").unwrap(),
+            crate::crypto::RecordAuth::from_cluster_secret(b"0123456789abcdef"),
+        );
+        let accounts = Accounts::new(store, config, Duration::from_secs(60));
+        let (_, departed, _) =
+            Keyring::create(&Password::new("old"), &KdfParams::TEST, false).unwrap();
+        let (_, newcomer, _) =
+            Keyring::create(&Password::new("new"), &KdfParams::TEST, false).unwrap();
+        let user = user_id(b"0123456789abcdef", "dave");
+
+        let old = accounts.unlock(&user, departed);
+        let new = accounts.unlock(&user, newcomer.clone());
+        assert!(!Arc::ptr_eq(&old, &new), "the newcomer got the departed user's account");
+        assert!(new.keys().public_key() == newcomer.public_key());
+        let again = accounts.unlock(&user, newcomer);
+        assert!(Arc::ptr_eq(&new, &again), "the newcomer's own account is shared");
     }
 
     #[tokio::test(start_paused = true)]
