@@ -269,10 +269,16 @@ mod tests {
 
         let old = accounts.unlock(&user, departed);
         let new = accounts.unlock(&user, newcomer.clone());
-        assert!(!Arc::ptr_eq(&old, &new), "the newcomer got the departed user's account");
+        assert!(
+            !Arc::ptr_eq(&old, &new),
+            "the newcomer got the departed user's account"
+        );
         assert!(new.keys().public_key() == newcomer.public_key());
         let again = accounts.unlock(&user, newcomer);
-        assert!(Arc::ptr_eq(&new, &again), "the newcomer's own account is shared");
+        assert!(
+            Arc::ptr_eq(&new, &again),
+            "the newcomer's own account is shared"
+        );
     }
 
     #[tokio::test(start_paused = true)]
