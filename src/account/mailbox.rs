@@ -120,6 +120,8 @@ pub struct Mailbox {
     changes: watch::Sender<u64>,
     cache: Arc<BodyCache>,
     tuning: MailboxTuning,
+    /// Counts this mailbox as open (`/metrics`) while it lives.
+    _live: crate::metrics::Live,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -182,6 +184,7 @@ impl Mailbox {
             changes,
             cache,
             tuning,
+            _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
     }
 

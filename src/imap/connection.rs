@@ -47,6 +47,7 @@ use super::append;
 use super::extend::{self, Ext, Rewritten, Saved};
 use super::response::{Failure, Out, Sink, code};
 use super::session::{Flow, Request, Session};
+use crate::metrics;
 
 /// Bytes read from the socket at once.
 const READ_BUFFER: usize = 16 * 1024;
@@ -306,6 +307,9 @@ enum Input {
 struct Connection {
     stream: Box<dyn Stream>,
     framer: Framer,
+    /// The command being answered, for `/metrics`; taken by its tagged
+    /// status (see [`Out::counting`]).
+    command: Option<metrics::ImapCommand>,
 }
 
 impl Connection {
@@ -313,6 +317,7 @@ impl Connection {
         Connection {
             stream,
             framer: Framer::new(limits),
+            command: None,
         }
     }
 
@@ -363,7 +368,7 @@ impl Connection {
     }
 
     fn out(&mut self) -> Out<'_> {
-        Out::new(&mut self.stream as &mut dyn Sink)
+        Out::new(&mut self.stream as &mut dyn Sink).counting(&mut self.command)
     }
 }
 
@@ -509,7 +514,10 @@ async fn drive(
             .next_message(limits, Instant::now() + timeout, &mut shutdown)
             .await?
         {
-            Input::Message => {}
+            Input::Message => {
+                let message = conn.framer.fragments().message_bytes();
+                conn.command = Some(metrics::ImapCommand::arrived(message));
+            }
             Input::Closed => return Ok(()),
             Input::TimedOut => {
                 let mut out = conn.out();
