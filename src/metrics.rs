@@ -557,7 +557,7 @@ mod tests {
             "# TYPE facteur_open_mailboxes gauge",
             "# TYPE facteur_unlocked_accounts gauge",
             "facteur_store_calls_total{op=\"get\",outcome=\"not_found\"} ",
-            "facteur_store_call_duration_seconds_bucket{le=\"0.004\",op=\"get\"} ",
+            "facteur_store_call_duration_seconds_bucket{op=\"get\",le=\"0.004\"} ",
         ] {
             assert!(out.contains(name), "{name} not in\n{out}");
         }
