@@ -552,8 +552,6 @@ mod tests {
         let mut out = String::new();
         encode(&mut out).unwrap();
         for name in [
-            "# TYPE facteur_connections_total counter",
-            "# TYPE facteur_imap_command_duration_seconds histogram",
             "# TYPE facteur_open_mailboxes gauge",
             "# TYPE facteur_unlocked_accounts gauge",
             "facteur_store_calls_total{op=\"get\",outcome=\"not_found\"} ",
