@@ -6,6 +6,7 @@
 //! listed after it.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod size;
 pub mod tomlfile;
 pub mod store;

@@ -173,6 +173,8 @@ pub struct Mailbox {
     changes: watch::Sender<u64>,
     cache: Arc<BodyCache>,
     tuning: MailboxTuning,
+    /// Counts this mailbox as open (`/metrics`) while it lives.
+    _live: crate::metrics::Live,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -235,6 +237,7 @@ impl Mailbox {
             changes,
             cache,
             tuning,
+            _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
     }
 

@@ -129,6 +129,8 @@ pub struct Account {
     /// reading the log again. At most [`KEEP_OPEN`], each for
     /// [`KEEP_OPEN_FOR`] after its last use.
     recent: std::sync::Mutex<Vec<(Arc<Mailbox>, std::time::Instant)>>,
+    /// Counts this account as unlocked (`/metrics`) while it lives.
+    _live: crate::metrics::Live,
 }
 
 /// How many unselected mailboxes an account keeps open.
@@ -163,6 +165,7 @@ impl Account {
             folders: tokio::sync::OnceCell::new(),
             last_blob_gc: std::sync::Mutex::new(std::time::Instant::now()),
             recent: std::sync::Mutex::new(Vec::new()),
+            _live: crate::metrics::Live::new(crate::metrics::Kind::UnlockedAccount),
         })
     }
 
@@ -537,6 +540,13 @@ impl Account {
         let report = inbox
             .drain_incoming(&self.keys, &self.config.records)
             .await?;
+        crate::metrics::drained(&[
+            ("delivered", report.delivered.len()),
+            ("already_drained", report.already_drained),
+            ("gone", report.gone),
+            ("left_for_newer", report.left_for_newer),
+            ("quarantined", report.quarantined.len()),
+        ]);
         for q in &report.quarantined {
             tracing::error!(
                 record = %q.name,

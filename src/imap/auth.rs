@@ -43,6 +43,7 @@ use super::session::Authed;
 use crate::account::{Account, AccountError, StoredKeyring};
 use crate::crypto::{CryptoError, Password, RecoveryKey, UserKeys};
 use crate::directory::{DirectoryError, UserRecord, normalise_login};
+use crate::metrics;
 use crate::store::layout::UserId;
 
 /// The text of a failed login (RFC 5530 AUTHENTICATIONFAILED).
@@ -229,6 +230,7 @@ pub async fn login(
         Err(wait) => {
             let wait = wait.as_secs().max(1);
             tracing::warn!(%ip, login = ?logged, wait_s = wait, "imap login throttled");
+            metrics::login(metrics::Login::Throttled);
             return Err(Failure::no(
                 Some(code("UNAVAILABLE")),
                 format!("Too many failed logins; try again in {wait} seconds"),
@@ -239,21 +241,28 @@ pub async fn login(
         Ok(success) => {
             attempt.succeeded(Instant::now());
             tracing::info!(%ip, login = ?logged, "imap login ok");
+            metrics::login(metrics::Login::Ok);
             success
         }
         Err(Refusal::Wrong(failure)) => {
             tracing::info!(%ip, login = ?logged, "imap login failed");
+            metrics::login(metrics::Login::Failed);
             return Err(failure);
         }
         Err(Refusal::Unchecked(failure)) => {
             attempt.refund();
-            let why = match &failure {
-                Failure::Unavailable(_) => "unavailable",
-                Failure::DirectoryUnavailable(_) => "directory unavailable",
-                Failure::Internal(_) => "server error",
-                Failure::No(..) | Failure::Bad(_) | Failure::Io(_) => "refused",
+            let (why, outcome) = match &failure {
+                Failure::Unavailable(_) => ("unavailable", metrics::Login::Unavailable),
+                Failure::DirectoryUnavailable(_) => {
+                    ("directory unavailable", metrics::Login::Unavailable)
+                }
+                Failure::Internal(_) => ("server error", metrics::Login::Error),
+                Failure::No(..) | Failure::Bad(_) | Failure::Io(_) => {
+                    ("refused", metrics::Login::Error)
+                }
             };
             tracing::warn!(%ip, login = ?logged, why, "imap login not checked");
+            metrics::login(outcome);
             return Err(failure);
         }
     };

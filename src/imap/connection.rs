@@ -48,6 +48,7 @@ use super::compress;
 use super::extend::{self, Ext, Rewritten, Saved};
 use super::response::{Failure, Out, Sink, code};
 use super::session::{Flow, Request, Session};
+use crate::metrics;
 
 /// Bytes read from the socket at once.
 const READ_BUFFER: usize = 16 * 1024;
@@ -318,6 +319,9 @@ struct Connection {
     framer: Framer,
     /// COMPRESS=DEFLATE is active (RFC 4978).
     compressed: bool,
+    /// The command being answered, for `/metrics`; taken by its tagged
+    /// status (see [`Out::counting`]).
+    command: Option<metrics::ImapCommand>,
 }
 
 impl Connection {
@@ -326,6 +330,7 @@ impl Connection {
             stream,
             framer: Framer::new(limits),
             compressed: false,
+            command: None,
         }
     }
 
@@ -397,7 +402,7 @@ impl Connection {
     }
 
     fn out(&mut self) -> Out<'_> {
-        Out::new(&mut self.stream as &mut dyn Sink)
+        Out::new(&mut self.stream as &mut dyn Sink).counting(&mut self.command)
     }
 }
 
@@ -543,7 +548,10 @@ async fn drive(
             .next_message(limits, Instant::now() + timeout, &mut shutdown)
             .await?
         {
-            Input::Message => {}
+            Input::Message => {
+                let message = conn.framer.fragments().message_bytes();
+                conn.command = Some(metrics::ImapCommand::arrived(message));
+            }
             Input::Closed => return Ok(()),
             Input::TimedOut => {
                 let mut out = conn.out();

@@ -17,6 +17,7 @@ use imap_codec::imap_types::response::{
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::account::AccountError;
+use crate::metrics::{ImapCommand, ImapOutcome};
 
 /// Output is flushed to the socket once this much is buffered, so a FETCH
 /// of many messages holds at most about this much plus one message.
@@ -37,6 +38,9 @@ impl<T: AsyncWrite + Unpin + Send> Sink for T {}
 pub struct Out<'a> {
     sink: &'a mut (dyn Sink + 'a),
     buf: Vec<u8>,
+    /// The command being answered, counted (`/metrics`) when its tagged
+    /// status is queued; see [`Out::counting`].
+    command: Option<&'a mut Option<ImapCommand>>,
 }
 
 impl<'a> Out<'a> {
@@ -44,7 +48,15 @@ impl<'a> Out<'a> {
         Out {
             sink,
             buf: Vec::with_capacity(4096),
+            command: None,
         }
+    }
+
+    /// This output, counting `command` once a tagged status is queued (and
+    /// taking it, so a command is counted once).
+    pub fn counting(mut self, command: &'a mut Option<ImapCommand>) -> Self {
+        self.command = Some(command);
+        self
     }
 
     /// Queues an untagged data response.
@@ -99,6 +111,15 @@ impl<'a> Out<'a> {
         code: Option<Code<'_>>,
         text: &str,
     ) {
+        if tag.is_some()
+            && let Some(command) = self.command.as_mut().and_then(|c| c.take())
+        {
+            command.answered(match kind {
+                StatusKind::Ok => ImapOutcome::Ok,
+                StatusKind::No => ImapOutcome::No,
+                StatusKind::Bad => ImapOutcome::Bad,
+            });
+        }
         let body = StatusBody {
             kind,
             code,

@@ -18,6 +18,7 @@ use crate::crypto::{RecordAuth, UserPublicKey};
 use crate::directory::{Directory, DirectoryError, normalise_address};
 use crate::log::now_ms;
 use crate::mailbox::incoming::{DeliveryEnvelope, deliver};
+use crate::metrics;
 use crate::store::SharedStore;
 use crate::store::layout::UserId;
 
@@ -89,10 +90,20 @@ impl Backend {
     /// Resolves one RCPT address; `declared_size` is MAIL FROM's `SIZE=`
     /// (0 if none).
     pub async fn resolve(&self, address: &str, declared_size: u64) -> Resolution<User> {
-        match self.lookup(address, declared_size).await {
+        let resolution = match self.lookup(address, declared_size).await {
             Ok(r) => r,
             Err(refusal) => Resolution::Refused(refusal),
-        }
+        };
+        metrics::lmtp_recipient(match &resolution {
+            Resolution::Accepted(_) => "accepted",
+            Resolution::Refused(RcptRefusal::Unknown) => "unknown",
+            Resolution::Refused(RcptRefusal::NotActivated) => "not_activated",
+            Resolution::Refused(RcptRefusal::Unavailable) => "unavailable",
+            Resolution::Refused(RcptRefusal::DirectoryUnavailable) => "directory_unavailable",
+            Resolution::Refused(RcptRefusal::BadAddress) => "bad_address",
+            Resolution::Refused(RcptRefusal::OverQuota { .. }) => "over_quota",
+        });
+        resolution
     }
 
     async fn lookup(
@@ -178,6 +189,7 @@ impl Backend {
     ) -> Vec<DeliveryOutcome> {
         let mut outcomes = Vec::new();
         for target in delivery.targets() {
+            let started = std::time::Instant::now();
             let message = delivery.message_for(&target, received_at);
             let envelope = DeliveryEnvelope {
                 mail_from: delivery.mail_from.clone(),
@@ -201,6 +213,7 @@ impl Backend {
                     outcomes.push(DeliveryOutcome::OverQuota {
                         temporary: self.quota_full_temporary,
                     });
+                    metrics::lmtp_delivery("over_quota", started.elapsed());
                     continue;
                 }
             }
@@ -221,6 +234,7 @@ impl Backend {
                         size = receipt.size,
                         "lmtp: delivered"
                     );
+                    metrics::lmtp_delivery("delivered", started.elapsed());
                     DeliveryOutcome::Delivered
                 }
                 Err(e) => {
@@ -230,6 +244,7 @@ impl Backend {
                         login = %user.login,
                         "lmtp: delivery failed"
                     );
+                    metrics::lmtp_delivery("failed", started.elapsed());
                     DeliveryOutcome::Failed
                 }
             };

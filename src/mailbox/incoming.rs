@@ -195,6 +195,13 @@ fn record_name(ms: u64) -> String {
     format!("{ms:016x}-{:032x}", rand::random::<u128>())
 }
 
+/// How long ago, at `now` (ms since the epoch), the record `name` was
+/// written, from the time its name starts with ([`record_name`]).
+fn delivered_ago(name: &str, now: u64) -> Option<std::time::Duration> {
+    let ms = u64::from_str_radix(name.get(..16)?, 16).ok()?;
+    Some(std::time::Duration::from_millis(now.saturating_sub(ms)))
+}
+
 /// `users/<u>/incoming/<name>`.
 fn record_key(user: &UserId, name: &str) -> String {
     format!("{}{name}", layout::incoming_prefix(user))
@@ -524,6 +531,9 @@ impl Collected {
                 report.already_drained += 1;
             } else {
                 report.delivered.push(MessageId::delivered(&opened.name));
+                if let Some(lag) = delivered_ago(&opened.name, now_ms()) {
+                    crate::metrics::drain_lag(lag);
+                }
             }
             doomed.push(record_key(&self.user, &opened.name));
         }
@@ -734,6 +744,19 @@ mod tests {
             let id = MessageId::delivered(&r.record);
             assert!(state.uid_of(&id).is_some(), "{} not shown", r.record);
         }
+    }
+
+    #[test]
+    fn the_delivery_time_is_read_from_the_record_name() {
+        let name = record_name(1_700_000_000_000);
+        assert_eq!(
+            delivered_ago(&name, 1_700_000_002_500),
+            Some(Duration::from_millis(2_500))
+        );
+        // A clock behind the writer's is no lag, not an overflow.
+        assert_eq!(delivered_ago(&name, 0), Some(Duration::ZERO));
+        assert_eq!(delivered_ago("short", 1), None);
+        assert_eq!(delivered_ago("zzzzzzzzzzzzzzzz-1", 1), None);
     }
 
     #[tokio::test]

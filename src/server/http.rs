@@ -11,6 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -47,6 +52,7 @@ pub async fn serve(
         let (services, metrics) = (services.clone(), metrics.clone());
         tasks.spawn(async move {
             let _permit = permit;
+            let _open = crate::metrics::connection(crate::metrics::Protocol::Http);
             if let Err(e) = handle(socket, &services, &metrics).await {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
@@ -80,22 +86,94 @@ async fn handle(
                 respond(&mut socket, 503, "store unavailable\n").await
             }
         },
-        ("GET", "/metrics") => {
-            let (quarantined, unauthenticated) = crate::mailbox::incoming::quarantined_records();
-            let body = format!(
-                "# TYPE facteur_http_requests_total counter\nfacteur_http_requests_total {}\n\
-                 # TYPE facteur_health_failures_total counter\nfacteur_health_failures_total {}\n\
-                 # TYPE facteur_quarantined_records_total counter\nfacteur_quarantined_records_total {}\n\
-                 # TYPE facteur_unauthenticated_records_total counter\nfacteur_unauthenticated_records_total {}\n",
-                metrics.http_requests.load(Ordering::Relaxed),
-                metrics.health_failures.load(Ordering::Relaxed),
-                quarantined,
-                unauthenticated,
-            );
-            respond(&mut socket, 200, &body).await
-        }
+        ("GET", "/metrics") => match exposition(metrics) {
+            Ok(body) => respond_as(&mut socket, 200, crate::metrics::CONTENT_TYPE, &body).await,
+            Err(_) => respond(&mut socket, 500, "cannot encode the metrics\n").await,
+        },
         ("GET", _) => respond(&mut socket, 404, "not found\n").await,
         _ => respond(&mut socket, 405, "method not allowed\n").await,
+    }
+}
+
+/// The `/metrics` body: the counters kept elsewhere (read now, see
+/// [`Kept`]), then every family of [`crate::metrics`].
+fn exposition(metrics: &Metrics) -> Result<String, std::fmt::Error> {
+    let (quarantined, unauthenticated) = crate::mailbox::incoming::quarantined_records();
+    let damage = crate::log::stored::damage_counts();
+    let mut registry = Registry::with_prefix("facteur");
+    registry.register_collector(Box::new(Kept {
+        http_requests: metrics.http_requests.load(Ordering::Relaxed),
+        health_failures: metrics.health_failures.load(Ordering::Relaxed),
+        quarantined,
+        unauthenticated,
+        damaged_objects: damage.damaged_objects,
+        lost_ops: damage.lost_ops,
+    }));
+    let mut body = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)?;
+    crate::metrics::encode(&mut body)?;
+    Ok(body)
+}
+
+/// Counters kept as atomics by the code that counts (this endpoint, the
+/// incoming queue, the logs), as read for one scrape.
+#[derive(Debug)]
+struct Kept {
+    http_requests: u64,
+    health_failures: u64,
+    quarantined: u64,
+    unauthenticated: u64,
+    damaged_objects: u64,
+    lost_ops: u64,
+}
+
+impl Collector for Kept {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let plain: [(&str, &str, u64); 4] = [
+            (
+                "http_requests",
+                "HTTP requests to this endpoint",
+                self.http_requests,
+            ),
+            (
+                "health_failures",
+                "Health checks that found the store unavailable",
+                self.health_failures,
+            ),
+            (
+                "quarantined_records",
+                "Delivery records moved to quarantine (unreadable or unauthenticated)",
+                self.quarantined,
+            ),
+            (
+                "unauthenticated_records",
+                "Of the quarantined records, those without a valid MAC",
+                self.unauthenticated,
+            ),
+        ];
+        for (name, help, value) in plain {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "damage_found",
+            "Damage found in the store: unreadable log objects, ops given up as lost, quarantined delivery records",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, value) in [
+            ("damaged_object", self.damaged_objects),
+            ("lost_op", self.lost_ops),
+            ("quarantined_record", self.quarantined),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -121,8 +199,18 @@ async fn read_head(socket: &mut TcpStream) -> std::io::Result<Option<String>> {
 }
 
 async fn respond(socket: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+    respond_as(socket, status, "text/plain; charset=utf-8", body).await
+}
+
+async fn respond_as(
+    socket: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        500 => "Internal Server Error",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -130,7 +218,7 @@ async fn respond(socket: &mut TcpStream, status: u16, body: &str) -> std::io::Re
         _ => "Service Unavailable",
     };
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );

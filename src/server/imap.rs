@@ -234,6 +234,10 @@ async fn connection(
     shared: &Shared,
     mut shutdown: Shutdown,
 ) {
+    let _open = crate::metrics::connection(match mode {
+        Mode::StartTls => crate::metrics::Protocol::Imap,
+        Mode::ImplicitTls(_) => crate::metrics::Protocol::Imaps,
+    });
     let timeout = shared.settings.tls_handshake_timeout;
     let Some(_slot) = slot else {
         tracing::info!(%remote, "imap: too many connections from this address");

@@ -114,6 +114,7 @@ pub async fn serve(
         let (backend, settings, shutdown) = (backend.clone(), settings.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;
+            let _open = crate::metrics::connection(crate::metrics::Protocol::Lmtp);
             let result = match stream {
                 Stream::Tcp(s) => {
                     let peer = s.peer_addr().ok().map(|a| a.ip());

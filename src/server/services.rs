@@ -10,7 +10,9 @@ use crate::account::KeyringStore;
 use crate::config::{Config, ConfigError, DirectoryBackend, StoreBackend};
 use crate::crypto::{KdfParams, RecordAuth};
 use crate::directory::{Directory, DirectoryError, LdapDirectory, StaticDirectory};
-use crate::store::{FsStore, MemoryStore, S3Store, SharedStore, StoreError, layout::UserId};
+use crate::store::{
+    FsStore, MemoryStore, Metered, S3Store, SharedStore, StoreError, layout::UserId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
@@ -60,6 +62,7 @@ impl Services {
             }
             StoreBackend::Memory => Arc::new(MemoryStore::new()),
         };
+        let store: SharedStore = Arc::new(Metered::new(store));
         // One pool for every Argon2 of this process: users file and keyrings.
         let kdf_pool = config.crypto.kdf_pool();
         let directory: Arc<dyn Directory> = match config.directory.backend {

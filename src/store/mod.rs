@@ -20,10 +20,12 @@
 pub mod fs;
 pub mod layout;
 pub mod memory;
+pub mod metered;
 pub mod s3;
 
 pub use fs::FsStore;
 pub use memory::MemoryStore;
+pub use metered::Metered;
 pub use s3::{S3Settings, S3Store};
 
 use std::ops::Range;
