@@ -297,7 +297,9 @@ fn sort_and_thread_match_dovecot() {
         let listed = DIFFERENCES.iter().any(|(c, _)| c == command);
         match (ours == theirs, listed) {
             (true, false) | (false, true) => {}
-            (false, false) => failures.push(format!("{command}\n  ours:    {ours}\n  dovecot: {theirs}")),
+            (false, false) => {
+                failures.push(format!("{command}\n  ours:    {ours}\n  dovecot: {theirs}"))
+            }
             (true, true) => failures.push(format!("{command}: listed difference no longer occurs")),
         }
     }

@@ -418,9 +418,18 @@ async fn extensions_beyond_the_codec() {
 async fn sort_and_thread() {
     let w = world().await;
     let mut c = w.login("alice").await;
-    assert!(c.run("SORT (DATE) UTF-8 ALL").await.bad(), "needs a selection");
+    assert!(
+        c.run("SORT (DATE) UTF-8 ALL").await.bad(),
+        "needs a selection"
+    );
     let caps = c.run("CAPABILITY").await;
-    for cap in [" SORT ", " SORT=DISPLAY ", " ESORT ", " THREAD=REFERENCES", " THREAD=ORDEREDSUBJECT"] {
+    for cap in [
+        " SORT ",
+        " SORT=DISPLAY ",
+        " ESORT ",
+        " THREAD=REFERENCES",
+        " THREAD=ORDEREDSUBJECT",
+    ] {
         assert!(caps.has(cap), "{cap}: {caps:?}");
     }
     let messages = [
@@ -435,7 +444,9 @@ async fn sort_and_thread() {
          Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <a@x>\r\n\r\nx\r\n",
     ];
     for m in messages {
-        let r = c.append("INBOX", "\"01-Jan-2020 00:00:00 +0000\" ", m).await;
+        let r = c
+            .append("INBOX", "\"01-Jan-2020 00:00:00 +0000\" ", m)
+            .await;
         assert!(r.ok(), "{r:?}");
     }
     assert!(c.run("SELECT INBOX").await.ok());
@@ -445,7 +456,9 @@ async fn sort_and_thread() {
     assert!(by_date.has("* SORT 1 3 2"), "{by_date:?}");
     let from = c.run("SORT (DISPLAYFROM) UTF-8 NOT SUBJECT agenda").await;
     assert!(from.has("* SORT 2 1"), "{from:?}");
-    let esort = c.run("SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL").await;
+    let esort = c
+        .run("SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL")
+        .await;
     assert!(
         esort.has("* ESEARCH (TAG \"") && esort.has("MIN 3 MAX 2 COUNT 3 ALL 3,1:2"),
         "{esort:?}"
@@ -453,7 +466,10 @@ async fn sort_and_thread() {
     let empty = c.run("SORT (SIZE) UTF-8 SUBJECT nothing").await;
     assert!(empty.has("* SORT") && empty.ok(), "{empty:?}");
     let charset = c.run("SORT (SIZE) ISO-8859-1 ALL").await;
-    assert!(charset.no() && charset.tagged().contains("[BADCHARSET"), "{charset:?}");
+    assert!(
+        charset.no() && charset.tagged().contains("[BADCHARSET"),
+        "{charset:?}"
+    );
     let refs = c.run("THREAD REFERENCES UTF-8 ALL").await;
     assert!(refs.has("* THREAD (3)(1 2)"), "{refs:?}");
     let subj = c.run("UID THREAD ORDEREDSUBJECT UTF-8 ALL").await;

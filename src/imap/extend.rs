@@ -319,7 +319,15 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
         // ESORT (RFC 5267 §3.2): `SORT RETURN (...)` as SEARCH's.
         "SEARCH" | "SORT" => search(message, &tokens, name_at, uid, saved, &mut edit, &mut ext),
         // `$` in THREAD's keys; after the algorithm, so no RETURN.
-        "THREAD" => search(message, &tokens, name_at + 1, uid, saved, &mut edit, &mut ext),
+        "THREAD" => search(
+            message,
+            &tokens,
+            name_at + 1,
+            uid,
+            saved,
+            &mut edit,
+            &mut ext,
+        ),
         "FETCH" | "STORE" | "COPY" | "MOVE" | "EXPUNGE" => {
             sequence_arg(message, &tokens, name_at, uid, saved, &mut edit, &mut ext)
         }

@@ -18,9 +18,9 @@ use super::fetch::PARALLEL_BODIES;
 use super::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use super::search::{Candidate, Query, Scope, check_charset, sequence_set_string};
 use super::selected::Selected;
+use super::session::Authed;
 use super::sort::{self, Sortable};
 use super::thread::{self, Threadable};
-use super::session::Authed;
 
 use crate::account::AccountError;
 use crate::mailbox::summary::MessageSummary;
@@ -343,7 +343,13 @@ pub async fn sort(
     sort::sort(&mut items, criteria);
     let numbers: Vec<u32> = items
         .iter()
-        .filter_map(|i| if by_uid { Some(i.uid) } else { selected.seq_of(i.uid) })
+        .filter_map(|i| {
+            if by_uid {
+                Some(i.uid)
+            } else {
+                selected.seq_of(i.uid)
+            }
+        })
         .collect();
     // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
     // carries the highest MODSEQ of the matches.

@@ -144,11 +144,7 @@ fn display(list: &[Address]) -> String {
     }
     // A group's name stands alone, as in Dovecot.
     match (&a.mailbox, &a.host) {
-        (Some(m), Some(h)) => casemap(&format!(
-            "{}@{}",
-            m.to_str_lossy(),
-            h.to_str_lossy()
-        )),
+        (Some(m), Some(h)) => casemap(&format!("{}@{}", m.to_str_lossy(), h.to_str_lossy())),
         (Some(m), None) => casemap(&m.to_str_lossy()),
         _ => String::new(),
     }

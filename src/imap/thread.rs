@@ -367,9 +367,7 @@ fn merge_subjects(t: &mut Threads, items: &[Threadable]) {
                 table.insert(subject, r);
             }
             Some(&old) => {
-                if !is_dummy(t, old)
-                    && (is_dummy(t, r) || (is_reply(t, old) && !is_reply(t, r)))
-                {
+                if !is_dummy(t, old) && (is_dummy(t, r) || (is_reply(t, old) && !is_reply(t, r))) {
                     table.insert(subject, r);
                 }
             }
