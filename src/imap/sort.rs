@@ -7,16 +7,18 @@
 //!
 //! # Semantics (as Dovecot, the reference for client compatibility)
 //!
-//! - Strings compare by bytes after Unicode upper-casing (Dovecot's
-//!   i;unicode-casemap titlecases; for the scripts mail uses the two agree,
-//!   and ASCII compares as i;ascii-casemap). There is no decomposition:
-//!   a precomposed `é` and `e` + combining accent differ.
+//! - Strings compare by bytes after the i;unicode-casemap steps of
+//!   RFC 5051 §2 as Dovecot applies them ([`casemap`]): each character's
+//!   simple titlecase mapping, then its full compatibility decomposition,
+//!   so `É` compares as `E` + U+0301 and sorts among the E's.
 //! - SUBJECT: the base subject (§2.1, [`base_subject`]); a missing
 //!   Subject: is the empty string.
 //! - FROM, TO, CC: the local part of the first address of the field
-//!   (§3, `addr-mailbox`), encoded words decoded; empty when absent.
+//!   (§3, `addr-mailbox`), unquoted (`"john doe"` is `john doe`) but not
+//!   MIME-decoded, as Dovecot; a group's name as written; empty when
+//!   absent.
 //! - DISPLAYFROM, DISPLAYTO (RFC 5957 §3.1): the decoded display name of
-//!   the first address, or `local@domain` when it has none (or an
+//!   the first address (raw bytes that are not UTF-8 as U+FFFD), or `local@domain` when it has none (or an
 //!   empty one), or a group's name.
 //! - DATE: the Date: header as a UTC instant; a missing or invalid Date:
 //!   uses INTERNALDATE (§2.2). ARRIVAL: INTERNALDATE. SIZE: RFC822.SIZE.
@@ -25,6 +27,7 @@
 
 use std::cmp::Ordering;
 
+use icu_normalizer::DecomposingNormalizerBorrowed;
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 
 use crate::mailbox::summary::{Address, MessageSummary, decode_text};
@@ -67,7 +70,7 @@ impl Sortable {
         let e = &summary.envelope;
         for c in criteria {
             match c.key {
-                SortKey::Subject => s.subject = casemap(&base_subject(subject(summary)).0),
+                SortKey::Subject => s.subject = base_subject(&casemap(subject(summary))).0,
                 SortKey::From => s.from = first_mailbox(&e.from),
                 SortKey::To => s.to = first_mailbox(&e.to),
                 SortKey::Cc => s.cc = first_mailbox(&e.cc),
@@ -121,15 +124,58 @@ pub fn subject(summary: &MessageSummary) -> &str {
         .map_or("", |(_, value)| value.as_str())
 }
 
-/// Upper-cases for comparison (see the module's notes).
+/// The comparison form of `s` under i;unicode-casemap (RFC 5051 §2):
+/// every character's simple titlecase mapping (step 1), then the full
+/// decomposition of the result (step 2). Dovecot's decomposition table
+/// includes compatibility mappings (`ﬁ` is `fi`), so this is NFKD.
 pub fn casemap(s: &str) -> String {
-    s.chars().flat_map(char::to_uppercase).collect()
+    let titled: String = s.chars().map(titlecase).collect();
+    DecomposingNormalizerBorrowed::new_nfkd()
+        .normalize(&titled)
+        .into_owned()
+}
+
+/// The simple titlecase mapping (UnicodeData.txt field 14) of `c`: the
+/// simple uppercase, except for the Latin digraphs that have a distinct
+/// titlecase form; a letter whose uppercase is several characters (`ß`)
+/// has no simple mapping and stays as it is.
+fn titlecase(c: char) -> char {
+    match c {
+        '\u{1C4}'..='\u{1C6}' => '\u{1C5}',
+        '\u{1C7}'..='\u{1C9}' => '\u{1C8}',
+        '\u{1CA}'..='\u{1CC}' => '\u{1CB}',
+        '\u{1F1}'..='\u{1F3}' => '\u{1F2}',
+        _ => {
+            let mut upper = c.to_uppercase();
+            match (upper.next(), upper.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        }
+    }
 }
 
 fn first_mailbox(list: &[Address]) -> String {
     list.first()
         .and_then(|a| a.mailbox.as_ref())
-        .map_or_else(String::new, |m| casemap(&decode_text(m.as_bytes())))
+        .map_or_else(String::new, |m| casemap(&unquote(&m.to_str_lossy())))
+}
+
+/// A local part as Dovecot's address parser gives it: quoted strings
+/// lose their quotes and backslashes (`"john \"jd\" doe".x` is
+/// `john "jd" doe.x`, RFC 5322 §3.2.4).
+fn unquote(local: &str) -> String {
+    let mut out = String::with_capacity(local.len());
+    let mut quoted = false;
+    let mut chars = local.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => out.extend(chars.next()),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn display(list: &[Address]) -> String {
@@ -137,14 +183,20 @@ fn display(list: &[Address]) -> String {
         return String::new();
     };
     if let Some(name) = &a.name {
-        let name = decode_text(name.as_bytes());
+        // Raw 8-bit that is not UTF-8 compares as U+FFFD, as in Dovecot
+        // (not as the Latin-1 guess SEARCH makes).
+        let name = decode_text(String::from_utf8_lossy(name.as_bytes()).as_bytes());
         if !name.is_empty() {
             return casemap(&name);
         }
     }
     // A group's name stands alone, as in Dovecot.
     match (&a.mailbox, &a.host) {
-        (Some(m), Some(h)) => casemap(&format!("{}@{}", m.to_str_lossy(), h.to_str_lossy())),
+        (Some(m), Some(h)) => casemap(&format!(
+            "{}@{}",
+            unquote(&m.to_str_lossy()),
+            h.to_str_lossy()
+        )),
         (Some(m), None) => casemap(&m.to_str_lossy()),
         _ => String::new(),
     }
@@ -288,6 +340,7 @@ fn blob(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::summary::RawText;
 
     fn base(s: &str) -> (String, bool) {
         base_subject(s)
@@ -321,6 +374,71 @@ mod tests {
         for (subject, want, reply) in cases {
             assert_eq!(base(subject), (want.to_owned(), reply), "{subject:?}");
         }
+    }
+
+    #[test]
+    fn casemap_titlecases_then_decomposes_as_rfc_5051() {
+        let cases = [
+            ("Élodie", "E\u{301}LODIE"),
+            // Already decomposed: the same key.
+            ("E\u{301}lodie", "E\u{301}LODIE"),
+            ("réunion", "RE\u{301}UNION"),
+            // No simple titlecase: ß stays; ﬁ decomposes (compatibility)
+            // after titlecasing, so its letters stay lower case.
+            ("straße", "STRAßE"),
+            ("ﬁn", "fiN"),
+            // Digraphs titlecase to their title form (ǅ), which decomposes.
+            ("ǆ", "Dz\u{30C}"),
+            ("_a", "_A"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(casemap(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn accented_letters_sort_with_their_base_letter() {
+        let criteria = [SortCriterion {
+            reverse: false,
+            key: SortKey::Subject,
+        }];
+        let mut items: Vec<Sortable> = ["Zoo", "Élodie", "Frank", "Eve"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, subject)| Sortable {
+                seq: i as u32 + 1,
+                subject: casemap(subject),
+                ..Sortable::default()
+            })
+            .collect();
+        sort(&mut items, &criteria);
+        let seqs: Vec<u32> = items.iter().map(|i| i.seq).collect();
+        // EVE < E\u{301}LODIE (U+0301 > 'V'), both before FRANK.
+        assert_eq!(seqs, [4, 2, 3, 1]);
+    }
+
+    #[test]
+    fn address_keys_unquote_local_parts_and_keep_group_names_encoded() {
+        let addr = |mailbox: &str, host: Option<&str>| Address {
+            mailbox: Some(RawText::from(mailbox.as_bytes())),
+            host: host.map(|h| RawText::from(h.as_bytes())),
+            ..Address::default()
+        };
+        let quoted = [addr("\"john \\\"jd\\\" doe\".x", Some("example.org"))];
+        assert_eq!(first_mailbox(&quoted), "JOHN \"JD\" DOE.X");
+        assert_eq!(display(&quoted), "JOHN \"JD\" DOE.X@EXAMPLE.ORG");
+        let group = [addr("=?UTF-8?B?w4lxdWlwZQ==?=", None)];
+        assert_eq!(first_mailbox(&group), "=?UTF-8?B?W4LXDWLWZQ==?=");
+        assert_eq!(display(&group), "=?UTF-8?B?W4LXDWLWZQ==?=");
+    }
+
+    #[test]
+    fn display_names_that_are_not_utf8_compare_as_replacement_characters() {
+        let to = [Address {
+            name: Some(RawText::from(&b"Fran\xe7ois"[..])),
+            ..Address::default()
+        }];
+        assert_eq!(display(&to), "FRAN\u{FFFD}OIS");
     }
 
     #[test]

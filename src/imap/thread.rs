@@ -40,7 +40,7 @@ pub struct Threadable {
 
 impl Threadable {
     pub fn new(seq: u32, uid: u32, internal_date: i64, summary: &MessageSummary) -> Threadable {
-        let (base, reply) = base_subject(subject(summary));
+        let (base, reply) = base_subject(&casemap(subject(summary)));
         let e = &summary.envelope;
         let message_id = e
             .message_id
@@ -64,7 +64,7 @@ impl Threadable {
             seq,
             uid,
             date: sent_date(summary, internal_date),
-            subject: casemap(&base),
+            subject: base,
             reply,
             message_id,
             references,
