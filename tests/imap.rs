@@ -412,6 +412,71 @@ async fn extensions_beyond_the_codec() {
     );
 }
 
+/// SORT, ESORT and THREAD over the wire (RFC 5256, RFC 5267): the
+/// orders themselves are compared with Dovecot in tests/dovecot_sort.rs.
+#[tokio::test]
+async fn sort_and_thread() {
+    let w = world().await;
+    let mut c = w.login("alice").await;
+    assert!(
+        c.run("SORT (DATE) UTF-8 ALL").await.bad(),
+        "needs a selection"
+    );
+    let caps = c.run("CAPABILITY").await;
+    for cap in [
+        " SORT ",
+        " SORT=DISPLAY ",
+        " ESORT ",
+        " THREAD=REFERENCES",
+        " THREAD=ORDEREDSUBJECT",
+    ] {
+        assert!(caps.has(cap), "{cap}: {caps:?}");
+    }
+    let messages = [
+        // seq 1: the original, sent last.
+        "From: Zed <zed@example.org>\r\nSubject: Plans\r\n\
+         Date: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <p@x>\r\n\r\nlong body here\r\n",
+        // seq 2: a reply, its Date: invalid (INTERNALDATE, 2020, is used).
+        "From: amy@example.org\r\nSubject: Re: [team] plans\r\nDate: soon\r\n\
+         Message-ID: <r@x>\r\nIn-Reply-To: <p@x>\r\n\r\nok\r\n",
+        // seq 3: unrelated.
+        "From: Bob <bob@example.org>\r\nSubject: Agenda\r\n\
+         Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <a@x>\r\n\r\nx\r\n",
+    ];
+    for m in messages {
+        let r = c
+            .append("INBOX", "\"01-Jan-2020 00:00:00 +0000\" ", m)
+            .await;
+        assert!(r.ok(), "{r:?}");
+    }
+    assert!(c.run("SELECT INBOX").await.ok());
+    let by_subject = c.run("SORT (SUBJECT) UTF-8 ALL").await;
+    assert!(by_subject.has("* SORT 3 1 2"), "{by_subject:?}");
+    let by_date = c.run("UID SORT (REVERSE DATE) US-ASCII ALL").await;
+    assert!(by_date.has("* SORT 1 3 2"), "{by_date:?}");
+    let from = c.run("SORT (DISPLAYFROM) UTF-8 NOT SUBJECT agenda").await;
+    assert!(from.has("* SORT 2 1"), "{from:?}");
+    let esort = c
+        .run("SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL")
+        .await;
+    assert!(
+        esort.has("* ESEARCH (TAG \"") && esort.has("MIN 3 MAX 2 COUNT 3 ALL 3,1:2"),
+        "{esort:?}"
+    );
+    let empty = c.run("SORT (SIZE) UTF-8 SUBJECT nothing").await;
+    assert!(empty.has("* SORT") && empty.ok(), "{empty:?}");
+    let charset = c.run("SORT (SIZE) ISO-8859-1 ALL").await;
+    assert!(
+        charset.no() && charset.tagged().contains("[BADCHARSET"),
+        "{charset:?}"
+    );
+    let refs = c.run("THREAD REFERENCES UTF-8 ALL").await;
+    assert!(refs.has("* THREAD (3)(1 2)"), "{refs:?}");
+    let subj = c.run("UID THREAD ORDEREDSUBJECT UTF-8 ALL").await;
+    assert!(subj.has("* THREAD (2 1)(3)"), "{subj:?}");
+    assert!(c.run("THREAD BOGUS UTF-8 ALL").await.bad());
+}
+
 #[tokio::test]
 async fn authenticate_plain_and_first_login_provisioning() {
     let w = world().await;

@@ -291,6 +291,8 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
     if !matches!(
         command.as_str(),
         "SEARCH"
+            | "SORT"
+            | "THREAD"
             | "FETCH"
             | "STORE"
             | "COPY"
@@ -314,7 +316,18 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
     let mut edit = Edit::new(message);
     let mut ext = Ext::default();
     let result = match command.as_str() {
-        "SEARCH" => search(message, &tokens, name_at, uid, saved, &mut edit, &mut ext),
+        // ESORT (RFC 5267 §3.2): `SORT RETURN (...)` as SEARCH's.
+        "SEARCH" | "SORT" => search(message, &tokens, name_at, uid, saved, &mut edit, &mut ext),
+        // `$` in THREAD's keys; after the algorithm, so no RETURN.
+        "THREAD" => search(
+            message,
+            &tokens,
+            name_at + 1,
+            uid,
+            saved,
+            &mut edit,
+            &mut ext,
+        ),
         "FETCH" | "STORE" | "COPY" | "MOVE" | "EXPUNGE" => {
             sequence_arg(message, &tokens, name_at, uid, saved, &mut edit, &mut ext)
         }

@@ -1,5 +1,6 @@
 //! The SEARCH command (RFC 9051 §6.4.4) with ESEARCH results (RFC 4731,
-//! the only form in IMAP4rev2) and SEARCHRES (RFC 5182). Matching is
+//! the only form in IMAP4rev2) and SEARCHRES (RFC 5182), and the commands
+//! that search then order: SORT with ESORT, THREAD (RFC 5256, RFC 5267). Matching is
 //! [`super::search`]'s; this file walks the session's view in chunks, so
 //! the state lock is never held across a body download.
 
@@ -8,6 +9,8 @@ use std::collections::HashMap;
 use futures::StreamExt;
 
 use imap_codec::imap_types::core::{Charset, Tag};
+use imap_codec::imap_types::extensions::sort::SortCriterion;
+use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
 
 use super::extend::{Ext, Saved, SearchReturn};
@@ -16,6 +19,8 @@ use super::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use super::search::{Candidate, Query, Scope, check_charset, sequence_set_string};
 use super::selected::Selected;
 use super::session::Authed;
+use super::sort::{self, Sortable};
+use super::thread::{self, Threadable};
 
 use crate::account::AccountError;
 use crate::mailbox::summary::MessageSummary;
@@ -44,20 +49,85 @@ pub async fn search(
     ext: Ext,
     out: &mut Out<'_>,
 ) -> Outcome {
-    if check_charset(charset.as_ref()).is_err() {
-        return Err(Failure::no(
-            Some(code_owned("BADCHARSET (UTF-8 US-ASCII)".to_owned())),
-            "Supported charsets: UTF-8, US-ASCII",
-        ));
-    }
-    let view: Vec<u32> = selected.uids().to_vec();
-    let scope = Scope {
-        max_seq: view.len() as u32,
-        max_uid: view.last().copied().unwrap_or(0),
-    };
-    let query = Query::new(&criteria, scope);
+    require_charset(charset.as_ref())?;
+    let query = Query::new(&criteria, scope(selected));
     let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
     let mut modseqs: Vec<u64> = Vec::new(); // of `matched`, in its order
+    scan(selected, &query, out, |c| {
+        matched.push(c.uid);
+        modseqs.push(c.modseq);
+    })
+    .await?;
+
+    // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
+    // carries the highest MODSEQ of the messages it returns.
+    let modseq = if query.has_modseq() {
+        selected.enable_condstore(out);
+        answer_modseq(ext.search_return.as_ref(), &modseqs)
+    } else {
+        None
+    };
+    let numbers: Vec<u32> = if by_uid {
+        matched.clone()
+    } else {
+        matched.iter().filter_map(|u| selected.seq_of(*u)).collect()
+    };
+    match (ext.search_return, authed.rev2) {
+        (None, false) => {
+            let mut line = String::from("SEARCH");
+            for n in &numbers {
+                line.push(' ');
+                line.push_str(&n.to_string());
+            }
+            if let Some(m) = modseq {
+                line.push_str(&format!(" (MODSEQ {m})"));
+            }
+            out.untagged(&line);
+        }
+        (options, _) => {
+            let options = options.unwrap_or(SearchReturn {
+                all: true,
+                ..SearchReturn::default()
+            });
+            if options.save {
+                selected.saved = saved_result(&options, &matched);
+            }
+            if !(options.save && !options.min && !options.max && !options.count && !options.all) {
+                let mut line = esearch(tag, by_uid, &options, &numbers);
+                if let Some(m) = modseq {
+                    line.push_str(&format!(" MODSEQ {m}"));
+                }
+                out.untagged(&line);
+            }
+        }
+    }
+    Done::ok(if by_uid {
+        "UID SEARCH completed"
+    } else {
+        "SEARCH completed"
+    })
+}
+
+/// `*` of the selected mailbox's view (RFC 9051 §6.4.4).
+fn scope(selected: &Selected) -> Scope {
+    let view = selected.uids();
+    Scope {
+        max_seq: view.len() as u32,
+        max_uid: view.last().copied().unwrap_or(0),
+    }
+}
+
+/// Runs `query` over the selected mailbox, calling `each` on every match
+/// in mailbox order. Reads the state in chunks of [`CHUNK`] messages, so
+/// its lock is never held across a body download, and keeps only one
+/// chunk's summaries at a time.
+pub async fn scan(
+    selected: &mut Selected,
+    query: &Query,
+    out: &mut Out<'_>,
+    mut each: impl FnMut(&Candidate<'_>),
+) -> Result<(), Failure> {
+    let view: Vec<u32> = selected.uids().to_vec();
     for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
         let rows: Vec<Row> = selected
             .mailbox
@@ -140,60 +210,13 @@ pub async fn search(
                 raw: raw.as_deref(),
             };
             if query.matches(&candidate) {
-                matched.push(uid);
-                modseqs.push(modseq);
+                each(&candidate);
             }
         }
         out.flush_if_full().await?;
     }
 
-    // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
-    // carries the highest MODSEQ of the messages it returns.
-    let modseq = if query.has_modseq() {
-        selected.enable_condstore(out);
-        answer_modseq(ext.search_return.as_ref(), &modseqs)
-    } else {
-        None
-    };
-    let numbers: Vec<u32> = if by_uid {
-        matched.clone()
-    } else {
-        matched.iter().filter_map(|u| selected.seq_of(*u)).collect()
-    };
-    match (ext.search_return, authed.rev2) {
-        (None, false) => {
-            let mut line = String::from("SEARCH");
-            for n in &numbers {
-                line.push(' ');
-                line.push_str(&n.to_string());
-            }
-            if let Some(m) = modseq {
-                line.push_str(&format!(" (MODSEQ {m})"));
-            }
-            out.untagged(&line);
-        }
-        (options, _) => {
-            let options = options.unwrap_or(SearchReturn {
-                all: true,
-                ..SearchReturn::default()
-            });
-            if options.save {
-                selected.saved = saved_result(&options, &matched);
-            }
-            if !(options.save && !options.min && !options.max && !options.count && !options.all) {
-                let mut line = esearch(tag, by_uid, &options, &numbers);
-                if let Some(m) = modseq {
-                    line.push_str(&format!(" MODSEQ {m}"));
-                }
-                out.untagged(&line);
-            }
-        }
-    }
-    Done::ok(if by_uid {
-        "UID SEARCH completed"
-    } else {
-        "SEARCH completed"
-    })
+    Ok(())
 }
 
 /// The MODSEQ a SEARCH with a MODSEQ key answers (`None`: no match):
@@ -273,4 +296,190 @@ impl Selected {
             seqs: sequence_set_string(&seqs),
         }
     }
+}
+
+/// `NO [BADCHARSET ...]` unless the charset is one we take (RFC 9051
+/// §6.4.4; RFC 5256 §3 makes it mandatory in SORT and THREAD).
+fn require_charset(charset: Option<&Charset<'_>>) -> Result<(), Failure> {
+    check_charset(charset).map_err(|_| {
+        Failure::no(
+            Some(code_owned("BADCHARSET (UTF-8 US-ASCII)".to_owned())),
+            "Supported charsets: UTF-8, US-ASCII",
+        )
+    })
+}
+
+/// SORT and UID SORT (RFC 5256 §3; keys and order in [`super::sort`]),
+/// answered as ESEARCH when RETURN options were given (ESORT, RFC 5267
+/// §3.2: MIN and MAX are the first and last in sort order, ALL lists the
+/// matches in sort order).
+#[allow(clippy::too_many_arguments)]
+pub async fn sort(
+    tag: &Tag<'_>,
+    selected: &mut Selected,
+    criteria: &[SortCriterion],
+    charset: &Charset<'_>,
+    keys: &[SearchKey<'_>],
+    by_uid: bool,
+    ext: Ext,
+    out: &mut Out<'_>,
+) -> Outcome {
+    require_charset(Some(charset))?;
+    let query = Query::new(keys, scope(selected));
+    let mut items: Vec<Sortable> = Vec::new();
+    let mut highest_modseq = 0;
+    scan(selected, &query, out, |c| {
+        highest_modseq = highest_modseq.max(c.modseq);
+        items.push(Sortable::new(
+            criteria,
+            c.seq,
+            c.uid,
+            c.internal_date,
+            c.size,
+            c.summary,
+        ));
+    })
+    .await?;
+    sort::sort(&mut items, criteria);
+    let numbers: Vec<u32> = items
+        .iter()
+        .filter_map(|i| {
+            if by_uid {
+                Some(i.uid)
+            } else {
+                selected.seq_of(i.uid)
+            }
+        })
+        .collect();
+    // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
+    // carries the highest MODSEQ of the matches.
+    let modseq = if query.has_modseq() && !items.is_empty() {
+        selected.enable_condstore(out);
+        Some(highest_modseq)
+    } else {
+        None
+    };
+    match ext.search_return {
+        None => {
+            let mut line = String::from("SORT");
+            for n in &numbers {
+                line.push_str(&format!(" {n}"));
+            }
+            if let Some(m) = modseq {
+                line.push_str(&format!(" (MODSEQ {m})"));
+            }
+            out.untagged(&line);
+        }
+        Some(options) => {
+            if options.save {
+                let mut uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
+                uids.sort_unstable();
+                selected.saved = saved_result(&options, &uids);
+            }
+            if !(options.save && !options.min && !options.max && !options.count && !options.all) {
+                let mut line = format!("ESEARCH (TAG {})", astring(tag.as_ref()));
+                if by_uid {
+                    line.push_str(" UID");
+                }
+                if let (true, Some(n)) = (options.min, numbers.first()) {
+                    line.push_str(&format!(" MIN {n}"));
+                }
+                if let (true, Some(n)) = (options.max, numbers.last()) {
+                    line.push_str(&format!(" MAX {n}"));
+                }
+                if options.count {
+                    line.push_str(&format!(" COUNT {}", numbers.len()));
+                }
+                if options.all && !numbers.is_empty() {
+                    line.push_str(&format!(" ALL {}", ordered_set_string(&numbers)));
+                }
+                if let Some(m) = modseq {
+                    line.push_str(&format!(" MODSEQ {m}"));
+                }
+                out.untagged(&line);
+            }
+        }
+    }
+    Done::ok(if by_uid {
+        "UID SORT completed"
+    } else {
+        "SORT completed"
+    })
+}
+
+/// Numbers in the order given as a sequence set, ascending runs written
+/// as ranges (`5,1:3,4` stays in that order: ESORT's ALL is in sort
+/// order, RFC 5267 §3.2).
+fn ordered_set_string(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && Some(numbers[i + 1]) == end.checked_add(1) {
+            i += 1;
+            end = numbers[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// THREAD and UID THREAD (RFC 5256 §3; algorithms in [`super::thread`]).
+pub async fn thread(
+    selected: &mut Selected,
+    algorithm: &ThreadingAlgorithm<'_>,
+    charset: &Charset<'_>,
+    keys: &[SearchKey<'_>],
+    by_uid: bool,
+    out: &mut Out<'_>,
+) -> Outcome {
+    let references = match algorithm {
+        ThreadingAlgorithm::References => true,
+        ThreadingAlgorithm::OrderedSubject => false,
+        ThreadingAlgorithm::Other(other) => {
+            return Err(Failure::bad(format!(
+                "Unknown threading algorithm {}",
+                other.as_ref()
+            )));
+        }
+    };
+    require_charset(Some(charset))?;
+    let query = Query::new(keys, scope(selected));
+    let mut items: Vec<Threadable> = Vec::new();
+    scan(selected, &query, out, |c| {
+        items.push(Threadable::new(c.seq, c.uid, c.internal_date, c.summary));
+    })
+    .await?;
+    let threads = if references {
+        thread::references(&items)
+    } else {
+        thread::ordered_subject(&items)
+    };
+    let list = threads.write(|i| {
+        let uid = items[i].uid;
+        if by_uid {
+            uid
+        } else {
+            selected.seq_of(uid).unwrap_or(items[i].seq)
+        }
+    });
+    if list.is_empty() {
+        out.untagged("THREAD");
+    } else {
+        out.untagged(&format!("THREAD {list}"));
+    }
+    Done::ok(if by_uid {
+        "UID THREAD completed"
+    } else {
+        "THREAD completed"
+    })
 }

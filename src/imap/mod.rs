@@ -7,6 +7,8 @@
 pub mod mutf7;
 pub mod mime;
 pub mod search;
+pub mod sort;
+pub mod thread;
 pub mod throttle;
 pub mod capability;
 pub mod response;

@@ -333,6 +333,28 @@ impl Session {
                     authed.condstore |= selected.condstore;
                     return outcome;
                 }
+                CommandBody::Sort {
+                    sort_criteria,
+                    charset,
+                    search_criteria,
+                    uid,
+                } => {
+                    let criteria = sort_criteria.as_ref();
+                    let keys = search_criteria.as_ref();
+                    let outcome =
+                        find::sort(tag, selected, criteria, &charset, keys, uid, ext, out).await;
+                    authed.condstore |= selected.condstore;
+                    return outcome;
+                }
+                CommandBody::Thread {
+                    algorithm,
+                    charset,
+                    search_criteria,
+                    uid,
+                } => {
+                    let keys = search_criteria.as_ref();
+                    return find::thread(selected, &algorithm, &charset, keys, uid, out).await;
+                }
                 CommandBody::Fetch {
                     sequence_set,
                     macro_or_item_names,
@@ -437,6 +459,8 @@ impl Session {
             | CommandBody::Expunge
             | CommandBody::ExpungeUid { .. }
             | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
             | CommandBody::Fetch { .. }
             | CommandBody::Store { .. }
             | CommandBody::Copy { .. }
@@ -772,13 +796,15 @@ fn read_write(selected: &Selected) -> Result<(), Failure> {
     Ok(())
 }
 
-/// RFC 9051 §7.5.1: no EXPUNGE response during FETCH, STORE or SEARCH by
-/// sequence number (the UID forms may have them).
+/// RFC 9051 §7.5.1: no EXPUNGE response during FETCH, STORE or SEARCH
+/// (and SORT, THREAD) by sequence number (the UID forms may have them).
 fn expunge_allowed(body: &CommandBody<'_>) -> bool {
     !matches!(
         body,
         CommandBody::Fetch { uid: false, .. }
             | CommandBody::Store { uid: false, .. }
             | CommandBody::Search { uid: false, .. }
+            | CommandBody::Sort { uid: false, .. }
+            | CommandBody::Thread { uid: false, .. }
     )
 }

@@ -986,7 +986,7 @@ fn unfold(value: &[u8]) -> Vec<u8> {
 /// Decodes a field value for SEARCH: unfolded, RFC 2047 encoded words
 /// decoded (mail-parser also converts their charsets to UTF-8), raw
 /// 8-bit taken as UTF-8 where valid.
-fn decode_text(value: &[u8]) -> String {
+pub fn decode_text(value: &[u8]) -> String {
     let mut buf = Vec::with_capacity(value.len() + 2);
     match std::str::from_utf8(value) {
         Ok(_) => buf.extend_from_slice(value),
