@@ -706,7 +706,7 @@ async fn import(
     bar.0.finish_and_clear();
     let report = result.map_err(migrate_context)?;
     for name in &report.new_uid_validity {
-        say!("{name}: existed already, its UIDVALIDITY is Facteur's (clients resync it)");
+        say!("{name}: existed already, imported messages come after its own");
     }
     say!(
         "imported {} folders: {} messages, {} skipped (already there), {} renumbered",

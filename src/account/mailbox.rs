@@ -931,8 +931,17 @@ impl Mailbox {
             let gap = uid_next.saturating_sub(state.uid_next());
             (gap > 0).then_some(MailboxOp::Skip(gap.min(MAX_SKIP)))
         };
-        self.place_locked(plan, true).await?;
-        Ok(())
+        // One Skip covers at most MAX_SKIP UIDs: as many as the gap needs.
+        loop {
+            let before = self.read(|s| s.uid_next()).await;
+            if before >= uid_next {
+                return Ok(());
+            }
+            self.place_locked(plan, true).await?;
+            if self.read(|s| s.uid_next()).await <= before {
+                return Ok(());
+            }
+        }
     }
 
     /// Unreadable op objects of this mailbox, for reporting.

@@ -258,6 +258,11 @@ pub struct FolderWriter {
 
 impl FolderWriter {
     pub fn create(root: &Path, name: &str, uid_validity: u32) -> Result<Self, MigrateError> {
+        // A `.` would name another level (`a.b` is `a/b`), or with an empty
+        // level the parent directory (`.` would be `..`).
+        if name != "INBOX" && name.split('/').any(|l| l.is_empty() || l.contains('.')) {
+            return Err(MigrateError::FolderName(name.to_owned()));
+        }
         let dir = if name == "INBOX" {
             root.to_owned()
         } else {
@@ -414,5 +419,27 @@ mod tests {
         assert_eq!(folder_name("Archives.2023"), "Archives/2023");
         assert_eq!(folder_name("Envoy&AOk-s"), "Envoyés");
         assert_eq!(folder_dir("Archives/Envoyés"), ".Archives.Envoy&AOk-s");
+    }
+
+    #[test]
+    fn a_folder_maildir_cannot_hold_is_refused_before_anything_is_written() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("export");
+        std::fs::create_dir(&root).unwrap();
+        for name in [".", "..", "a.b", "a//b", "a/", "x/../y"] {
+            assert!(
+                matches!(
+                    FolderWriter::create(&root, name, 1),
+                    Err(MigrateError::FolderName(_))
+                ),
+                "{name}"
+            );
+        }
+        assert!(
+            !parent.path().join("cur").exists(),
+            "wrote above the export"
+        );
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        assert!(FolderWriter::create(&root, "a/b c", 1).is_ok());
     }
 }

@@ -12,8 +12,10 @@
 //!   interrupted one, places only what is missing, whatever was written
 //!   before the interruption (a body stored without its op is an orphan
 //!   the body collector removes).
-//! - *UIDs kept where they can be.* A folder the list has never had gets
-//!   the UIDVALIDITY it had; a message gets its old UID if that is still
+//! - *UIDs kept where they can be.* Every folder gets a new UIDVALIDITY
+//!   (the old server's MODSEQs cannot be carried over yet, and clients
+//!   must not trust caches that hold them). In a folder the import
+//!   creates, a message gets its old UID if that is still
 //!   at or above UIDNEXT (UIDs skipped in between stay unused), and the
 //!   folder its old UIDNEXT. Otherwise (the folder held other mail, or
 //!   INBOX and the default folders, which every account has) messages
@@ -46,6 +48,10 @@ pub enum MigrateError {
     NotMbox(PathBuf),
     #[error("{0} exists and is not empty: export into a new directory")]
     NotEmpty(PathBuf),
+    #[error(
+        "folder {0:?} has an empty level or a '.' in a level, which Maildir++ cannot hold: rename it, then export again"
+    )]
+    FolderName(String),
     #[error(transparent)]
     Account(#[from] AccountError),
 }
@@ -214,17 +220,23 @@ async fn import_folder(
     report: &mut ImportReport,
 ) -> Result<(), MigrateError> {
     let folders = account.folders().await?;
-    let wanted_validity = source.uid_validity.unwrap_or(0);
+    // The old server's UIDVALIDITY is not kept yet: its clients also cache
+    // MODSEQs (CONDSTORE/QRESYNC), which would have to stay above the old
+    // server's under the same UIDVALIDITY, and our MODSEQs start again from
+    // the number of ops. A new UIDVALIDITY makes clients resync the folder
+    // once instead of trusting a cache that may be stale. UIDs are still
+    // kept in a folder the import creates.
+    let wanted_validity = 0;
     let created_kept = match folders.find(&source.name).await {
         Some(_) => false,
         None => {
-            let (_, kept) = folders.create_kept(&source.name, wanted_validity).await?;
-            kept
+            folders.create_kept(&source.name, wanted_validity).await?;
+            true
         }
     };
-    let (folder, mailbox) = account.open_by_name(&source.name).await?;
+    let (_, mailbox) = account.open_by_name(&source.name).await?;
     mailbox.sync().await?;
-    if source.uid_validity.is_some() && folder.uid_validity != wanted_validity {
+    if source.uid_validity.is_some() && !created_kept {
         report.new_uid_validity.push(source.name.clone());
     }
     let sparse = source.next_uid.is_some_and(|n| n > MAX_KEPT_UID)
