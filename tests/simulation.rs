@@ -1023,3 +1023,35 @@ fn invariants_hold_over_random_histories() {
     }
     assert_eq!(get(&UIDVALIDITY_CHANGES), 0);
 }
+
+/// Found by the random histories: a delivery is shown at UID 1, a skip
+/// written concurrently takes UID 1, and a QRESYNC client that saw UID 1
+/// must find it in VANISHED (I5) although the message's MODSEQ did not
+/// change.
+#[test]
+fn a_uid_taken_by_a_concurrent_skip_is_reported_vanished() {
+    use Action::*;
+    let actions = [
+        Deliver { instance: 3 },
+        Complete { pick: 0 },
+        Skip {
+            instance: 95,
+            len: 0,
+        },
+        Select {
+            client: 90,
+            instance: 15,
+        },
+        Append {
+            client: 194,
+            flag: 0,
+        },
+        Complete { pick: 0 },
+        Complete { pick: 0 },
+        Select {
+            client: 142,
+            instance: 0,
+        },
+    ];
+    run([0, 0, 0], &actions).unwrap();
+}

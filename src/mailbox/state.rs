@@ -889,16 +889,18 @@ impl MailboxState {
     /// expunged messages and UIDs lost to a duplicate claim or left by a
     /// fix-up. May include UIDs a given client never saw, which RFC 7162
     /// allows.
+    ///
+    /// A claim a skip (or a lost op) made valid for nobody is reported
+    /// whatever the message's MODSEQ: no entry of the skip holds that
+    /// claim, and raising the message's MODSEQ would depend on the order
+    /// the two ops arrived in (I1).
     pub fn vanished_since(&self, modseq: u64) -> Vec<u32> {
         let mut uids = Vec::new();
-        for entry in self.changed(modseq) {
-            uids.extend(
-                entry
-                    .claims
-                    .as_slice()
-                    .iter()
-                    .filter(|c| **c != entry.shown),
-            );
+        for entry in self.core.entries.values() {
+            let changed = entry.modseq > modseq;
+            uids.extend(entry.claims.as_slice().iter().filter(|c| {
+                **c != entry.shown && (changed || self.index.claims.claimants(**c).contains(&LOST))
+            }));
         }
         uids.sort_unstable();
         uids.dedup();

@@ -652,6 +652,27 @@ fn skipped_uids_survive_a_snapshot() {
 }
 
 #[test]
+fn a_uid_a_concurrent_skip_takes_is_reported_vanished_in_either_order() {
+    let (mut a, mut b, _) = two_nodes();
+    let op_a = a.write(append("ma"));
+    let skip = b.write(MailboxOp::Skip(3));
+    // A client of a was told the message's UID and HIGHESTMODSEQ.
+    let uid = a.uid(&op_a).unwrap();
+    let modseq_shown = a.state().highest_modseq();
+    a.see(&skip);
+    b.see(&op_a);
+    for node in [&a, &b] {
+        let state = node.state();
+        assert_eq!(state.message_id(uid), None, "the skip took the UID");
+        assert!(
+            state.vanished_since(modseq_shown).contains(&uid),
+            "a QRESYNC client must be told the UID vanished"
+        );
+    }
+    assert_eq!(a.state(), b.state(), "the same state in either order");
+}
+
+#[test]
 fn a_skip_is_bounded() {
     assert_eq!(
         MailboxOp::Skip(u32::MAX).claim_count(),
