@@ -7,13 +7,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use facteur::account::Accounts;
-use facteur::crypto::KdfParams;
+use facteur::imap::Options;
 use facteur::imap::connection::{Peer, serve};
-use facteur::imap::throttle::{Throttle, ThrottleConfig};
-use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::store::MemoryStore;
 
@@ -37,23 +33,12 @@ async fn alice() -> (Client, tempfile::TempDir) {
         &["alice"],
     )
     .await;
-    let accounts = Accounts::new(
-        services.store.clone(),
+    let imap = fixture::imap(
+        &services,
         services.account_config(InstanceId::new("bytes").unwrap()),
-        Duration::from_secs(5),
+        Options::default(),
+        true,
     );
-    let user_ids = services.clone();
-    let imap = Arc::new(Imap {
-        directory: services.directory.clone(),
-        keyrings: services.keyrings.clone(),
-        accounts,
-        user_id: Arc::new(move |login| user_ids.user_id(login)),
-        kdf: KdfParams::TEST,
-        recovery_key: true,
-        options: Options::default(),
-        throttle: Arc::new(Throttle::new(ThrottleConfig::default())),
-        tls: None,
-    });
     let (client, server) = tokio::io::duplex(1 << 20);
     let peer = Peer {
         remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),

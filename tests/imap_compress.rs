@@ -11,13 +11,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use facteur::account::Accounts;
-use facteur::crypto::KdfParams;
 use facteur::imap::compress::Deflated;
 use facteur::imap::connection::{Peer, serve};
-use facteur::imap::throttle::{Throttle, ThrottleConfig};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::store::MemoryStore;
@@ -143,23 +139,12 @@ async fn server(options: Options) -> (Arc<Imap>, tempfile::TempDir) {
         &["alice"],
     )
     .await;
-    let accounts = Accounts::new(
-        services.store.clone(),
+    let imap = fixture::imap(
+        &services,
         services.account_config(InstanceId::new("compress").unwrap()),
-        Duration::from_secs(5),
-    );
-    let user_ids = services.clone();
-    let imap = Arc::new(Imap {
-        directory: services.directory.clone(),
-        keyrings: services.keyrings.clone(),
-        accounts,
-        user_id: Arc::new(move |login| user_ids.user_id(login)),
-        kdf: KdfParams::TEST,
-        recovery_key: false,
         options,
-        throttle: Arc::new(Throttle::new(ThrottleConfig::default())),
-        tls: None,
-    });
+        false,
+    );
     (imap, dir)
 }
 

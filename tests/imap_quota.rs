@@ -17,11 +17,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur::account::Accounts;
-use facteur::crypto::KdfParams;
+use facteur::imap::Options;
 use facteur::imap::connection::{Peer, serve};
-use facteur::imap::throttle::{Throttle, ThrottleConfig};
-use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::size::ByteSize;
 use facteur::store::MemoryStore;
@@ -261,23 +258,12 @@ async fn facteur() -> (u16, tempfile::TempDir) {
         &["limited", "free"],
     )
     .await;
-    let accounts = Accounts::new(
-        services.store.clone(),
+    let imap = fixture::imap(
+        &services,
         services.account_config(InstanceId::new("quota").unwrap()),
-        Duration::from_secs(5),
+        Options::default(),
+        false,
     );
-    let user_ids = services.clone();
-    let imap = Arc::new(Imap {
-        directory: services.directory.clone(),
-        keyrings: services.keyrings.clone(),
-        accounts,
-        user_id: Arc::new(move |login| user_ids.user_id(login)),
-        kdf: KdfParams::TEST,
-        recovery_key: false,
-        options: Options::default(),
-        throttle: Arc::new(Throttle::new(ThrottleConfig::default())),
-        tls: None,
-    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

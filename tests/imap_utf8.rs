@@ -9,10 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur::account::Accounts;
-use facteur::crypto::KdfParams;
 use facteur::imap::connection::{Peer, serve};
-use facteur::imap::throttle::{Throttle, ThrottleConfig};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::server::Services;
@@ -48,27 +45,16 @@ async fn world() -> World {
     .await;
     let mut account_config = services.account_config(InstanceId::new("utf8").unwrap());
     account_config.poll_interval = Duration::from_millis(200);
-    let accounts = Accounts::new(
-        services.store.clone(),
+    let imap = fixture::imap(
+        &services,
         account_config,
-        Duration::from_secs(5),
-    );
-    let user_ids = services.clone();
-    let imap = Arc::new(Imap {
-        directory: services.directory.clone(),
-        keyrings: services.keyrings.clone(),
-        accounts,
-        user_id: Arc::new(move |login| user_ids.user_id(login)),
-        kdf: KdfParams::TEST,
-        recovery_key: true,
-        options: Options {
+        Options {
             max_message: 1 << 20,
             max_command_line: MAX_COMMAND_LINE,
             ..Options::default()
         },
-        throttle: Arc::new(Throttle::new(ThrottleConfig::default())),
-        tls: None,
-    });
+        true,
+    );
     World {
         _dir: dir,
         _services: services,
