@@ -39,7 +39,7 @@ use imap_codec::imap_types::auth::AuthMechanism;
 
 use super::Imap;
 use super::response::{Failure, code};
-use super::session::Authed;
+use super::state::{Authed, Enabled};
 use crate::account::{Account, AccountError, StoredKeyring};
 use crate::crypto::{CryptoError, Password, RecoveryKey, UserKeys};
 use crate::directory::{DirectoryError, UserRecord, normalise_login};
@@ -269,11 +269,8 @@ pub async fn login(
     let authed = Authed {
         account: success.account,
         login: success.record.login.clone(),
-        utf8: false,
-        rev2: false,
+        enabled: Enabled::default(),
         append_limit: imap.options.max_message,
-        condstore: false,
-        qresync: false,
         damage_told: false,
         recent: imap.accounts.recent(),
     };

@@ -28,7 +28,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bounded_static::IntoBoundedStatic;
@@ -43,11 +42,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use super::Imap;
-use super::append;
 use super::compress;
-use super::extend::{self, Ext, Rewritten, Saved};
+use super::extend::{self, Ext, Message, Rewritten};
 use super::response::{Failure, Out, Sink, code};
 use super::session::{Flow, Request, Session};
+pub use super::state::Peer;
+use super::state::Saved;
 use crate::metrics;
 
 /// Bytes read from the socket at once.
@@ -289,15 +289,6 @@ impl Framer {
     }
 }
 
-/// What the listener knows of a connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer {
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
-    /// Whether the stream is already TLS (implicit TLS port).
-    pub tls: bool,
-}
-
 /// A stream the driver can read and write, plain or TLS.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -453,8 +444,7 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static
                     ..
                 },
             )) => {
-                ext.more_appends
-                    .push(append::Message::new(flags, date, message));
+                ext.more_appends.push(Message::new(flags, date, message));
             }
             _ => return Err((tag(), Failure::bad("Malformed MULTIAPPEND message"))),
         }

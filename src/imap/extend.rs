@@ -19,8 +19,13 @@
 
 use imap_codec::imap_types::status::StatusDataItemName;
 
-use super::append;
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::flag::Flag;
+
+use super::state::{Saved, flag_name};
 use crate::mailbox::list::SpecialUse;
+use crate::mailbox::summary::LineEnds;
 
 /// What a command carried beyond its base form.
 #[derive(Debug, Default)]
@@ -38,10 +43,41 @@ pub struct Ext {
     /// command acts on no message.
     pub empty_saved: bool,
     /// MULTIAPPEND (RFC 3502): messages after the first.
-    pub more_appends: Vec<append::Message>,
+    pub more_appends: Vec<Message>,
     /// MULTIAPPEND messages after the first, as `[flags] [date] literal`
     /// bytes still to be decoded.
     pub more_appends_raw: Vec<Vec<u8>>,
+}
+
+/// One message of an APPEND.
+#[derive(Debug)]
+pub struct Message {
+    pub flags: Vec<String>,
+    /// INTERNALDATE, seconds since the epoch; `None`: now.
+    pub date: Option<i64>,
+    pub data: Vec<u8>,
+    /// How its line ends are stored: a literal8 (RFC 3516 §4.1) keeps its
+    /// `binary` parts byte for byte; a literal is text, stored CRLF.
+    pub line_ends: LineEnds,
+}
+
+impl Message {
+    pub fn new(
+        flags: Vec<Flag<'_>>,
+        date: Option<DateTime>,
+        data: LiteralOrLiteral8<'_>,
+    ) -> Message {
+        let (data, line_ends) = match data {
+            LiteralOrLiteral8::Literal(l) => (l.data().to_vec(), LineEnds::Crlf),
+            LiteralOrLiteral8::Literal8(l) => (l.data.to_vec(), LineEnds::KeepBinaryParts),
+        };
+        Message {
+            flags: flags.iter().map(flag_name).collect(),
+            date: date.map(|d| d.as_ref().timestamp()),
+            data,
+            line_ends,
+        }
+    }
 }
 
 /// ESEARCH result options (RFC 4731 §3.1, RFC 5182 SAVE).
@@ -68,15 +104,6 @@ pub struct ListExt {
     /// Every pattern, decoded, when more than the base form's one or a
     /// pattern list was given.
     pub patterns: Vec<Vec<u8>>,
-}
-
-/// The saved search result (SEARCHRES) in both numberings.
-#[derive(Debug, Default)]
-pub struct Saved {
-    /// As UIDs, e.g. `4:7,9`; empty when nothing is saved.
-    pub uids: String,
-    /// As sequence numbers.
-    pub seqs: String,
 }
 
 /// Outcome of [`rewrite`].

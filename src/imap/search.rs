@@ -80,36 +80,6 @@ pub fn check_charset(charset: Option<&Charset<'_>>) -> Result<(), BadCharset> {
     }
 }
 
-/// Writes sorted, distinct numbers as a compact IMAP sequence set
-/// (`1:3,5,7:9`), for ESEARCH `ALL` (RFC 4731 §3.1) and COPYUID (RFC 4315
-/// §3). An empty slice gives an empty string, which is not a valid
-/// sequence set: the caller omits the item instead.
-pub fn sequence_set_string(sorted_unique: &[u32]) -> String {
-    use std::fmt::Write as _;
-    debug_assert!(sorted_unique.windows(2).all(|w| w[0] < w[1]));
-    let mut out = String::new();
-    let mut i = 0;
-    while i < sorted_unique.len() {
-        let start = sorted_unique[i];
-        let mut end = start;
-        while i + 1 < sorted_unique.len() && Some(sorted_unique[i + 1]) == end.checked_add(1) {
-            i += 1;
-            end = sorted_unique[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        // Writing to a String cannot fail.
-        let _ = if start == end {
-            write!(out, "{start}")
-        } else {
-            write!(out, "{start}:{end}")
-        };
-        i += 1;
-    }
-    out
-}
-
 /// The largest sequence number and UID of the mailbox, which `*` stands
 /// for (0 when the mailbox is empty: `*` then matches nothing).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1293,22 +1263,6 @@ hi\n";
         let quoted =
             Charset::Quoted(imap_codec::imap_types::core::Quoted::try_from("utf-8").unwrap());
         assert_eq!(check_charset(Some(&quoted)), Ok(()));
-    }
-
-    #[test]
-    fn sequence_set_strings() {
-        let table: &[(&[u32], &str)] = &[
-            (&[], ""),
-            (&[1], "1"),
-            (&[1, 2, 3], "1:3"),
-            (&[1, 2, 3, 5, 7, 8, 9], "1:3,5,7:9"),
-            (&[2, 4, 6], "2,4,6"),
-            (&[4_294_967_294, 4_294_967_295], "4294967294:4294967295"),
-            (&[1, 4_294_967_295], "1,4294967295"),
-        ];
-        for (numbers, expected) in table {
-            assert_eq!(sequence_set_string(numbers), *expected, "{numbers:?}");
-        }
     }
 
     #[test]

@@ -22,13 +22,11 @@ use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::response::StatusKind;
 
 use super::auth::{self, Sasl};
-use super::connection::Peer;
-use super::extend::Ext;
+use super::cmd::{append, copy_move, expunge, fetch, mailboxes, quota, search, store};
+use super::extend::{Ext, Message};
 use super::response::{Done, Failure, Out, Outcome, code};
-use super::selected::Selected;
-use super::{Imap, append, capability, fetch, find, mailboxes, messages, quota};
-use crate::account::Account;
-use crate::account::recent::RecentFloors;
+use super::state::{Authed, Peer, Selected, name_of};
+use super::{Imap, capability};
 use crate::crypto::Password;
 
 /// A decoded command with what [`super::extend`] found beyond
@@ -52,32 +50,6 @@ pub enum Flow {
     Sasl(Tag<'static>, Sasl),
     /// The connection ends (BYE and tagged OK written).
     Logout,
-}
-
-/// An authenticated user.
-pub struct Authed {
-    pub account: Arc<Account>,
-    pub login: String,
-    /// UTF8=ACCEPT (RFC 6855) or IMAP4rev2 enabled: mailbox names are sent
-    /// and taken as UTF-8 rather than modified UTF-7.
-    pub utf8: bool,
-    /// IMAP4rev2 enabled (RFC 9051 §6.3.1): SEARCH answers ESEARCH, no
-    /// \Recent.
-    pub rev2: bool,
-    /// APPENDLIMIT (RFC 7889): the largest message APPEND takes.
-    pub append_limit: u32,
-    /// CONDSTORE enabled (RFC 7162 §3.1): MODSEQ in FETCH responses,
-    /// HIGHESTMODSEQ at SELECT.
-    pub condstore: bool,
-    /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE,
-    /// SELECT (QRESYNC ...), FETCH (... VANISHED).
-    pub qresync: bool,
-    /// Damage to the account's data in the store was told to this
-    /// session (once is enough).
-    pub damage_told: bool,
-    /// Which messages this instance has shown as `\Recent` (RFC 3501
-    /// §2.3.2), shared by its sessions.
-    pub recent: Arc<RecentFloors>,
 }
 
 pub enum State {
@@ -142,6 +114,16 @@ impl Session {
         )
     }
 
+    /// The state's row in [`allowed_in`]'s table.
+    fn phase(&self) -> Phase {
+        match self.state {
+            State::Fresh => Phase::NotAuthenticated,
+            State::Authed(_) => Phase::Authenticated,
+            State::Selected(..) => Phase::Selected,
+            State::Logout => Phase::Logout,
+        }
+    }
+
     pub fn is_authenticated(&self) -> bool {
         matches!(self.state, State::Authed(_) | State::Selected(..))
     }
@@ -179,8 +161,8 @@ impl Session {
 
     /// Reports pending changes of the selected mailbox.
     pub async fn report(&mut self, out: &mut Out<'_>, expunges: bool) -> std::io::Result<()> {
-        if let State::Selected(_, selected) = &mut self.state {
-            selected.report(out, expunges).await;
+        if let State::Selected(authed, selected) = &mut self.state {
+            selected.report(authed.enabled, out, expunges).await;
         }
         Ok(())
     }
@@ -222,42 +204,33 @@ impl Session {
             CommandBody::Enable { capabilities } => {
                 let (authed, mut selected) = match &mut self.state {
                     State::Authed(a) => (a, None),
-                    State::Selected(a, s) => (a, Some(s)),
+                    State::Selected(a, s) => (a, Some(&mut **s)),
                     _ => return Err(Failure::bad("ENABLE needs an authenticated session")),
                 };
                 let mut enabled = Vec::new();
                 for c in capabilities.as_ref() {
                     let name = c.to_string().to_ascii_uppercase();
                     match name.as_str() {
-                        "IMAP4REV2" if !authed.rev2 => {
-                            authed.rev2 = true;
-                            authed.utf8 = true;
+                        "IMAP4REV2" if !authed.enabled.rev2 => {
+                            authed.enabled.rev2 = true;
+                            authed.enabled.utf8 = true;
                             if let Some(s) = selected.as_mut() {
                                 s.drop_recent();
                             }
                             enabled.push("IMAP4rev2");
                         }
-                        "CONDSTORE" if !authed.condstore => {
-                            authed.condstore = true;
-                            if let Some(s) = selected.as_mut() {
-                                s.enable_condstore(out);
-                            }
+                        "CONDSTORE" if !authed.enabled.condstore => {
+                            authed.enable_condstore(selected.as_deref(), out);
                             enabled.push("CONDSTORE");
                         }
-                        "QRESYNC" if !authed.qresync => {
+                        "QRESYNC" if !authed.enabled.qresync => {
                             // RFC 7162 §3.2.3: implies CONDSTORE.
-                            authed.qresync = true;
-                            authed.condstore = true;
-                            if let Some(s) = selected.as_mut() {
-                                s.qresync = true;
-                                s.enable_condstore(out);
-                            }
+                            authed.enabled.qresync = true;
+                            authed.enable_condstore(selected.as_deref(), out);
                             enabled.push("QRESYNC");
                         }
-                        "UTF8=ACCEPT" if !authed.utf8 || authed.rev2 => {
-                            if !authed.utf8 {
-                                authed.utf8 = true;
-                            }
+                        "UTF8=ACCEPT" if !authed.enabled.utf8 || authed.enabled.rev2 => {
+                            authed.enabled.utf8 = true;
                             enabled.push("UTF8=ACCEPT");
                         }
                         _ => {}
@@ -278,11 +251,11 @@ impl Session {
         out: &mut Out<'_>,
         flow: &mut Flow,
     ) -> Outcome {
+        if let Some(refusal) = refusal(self.phase(), &body) {
+            return Err(refusal);
+        }
         if let State::Fresh = self.state {
             return self.not_authenticated(tag, body, out, flow).await;
-        }
-        if let State::Logout = self.state {
-            return Err(Failure::bad("The session is ending"));
         }
         // Selected-state commands first (RFC 9051 §6.4).
         if let State::Selected(authed, selected) = &mut self.state {
@@ -293,7 +266,7 @@ impl Session {
                 }
                 CommandBody::Close => {
                     if !selected.read_only {
-                        messages::expunge_deleted(selected, None).await?;
+                        expunge::expunge_deleted(selected, None).await?;
                     }
                     self.deselect();
                     return Done::ok("CLOSE completed");
@@ -304,13 +277,13 @@ impl Session {
                 }
                 CommandBody::Expunge => {
                     read_write(selected)?;
-                    messages::expunge_deleted(selected, None).await?;
+                    expunge::expunge_deleted(selected, None).await?;
                     return Done::ok("EXPUNGE completed");
                 }
                 CommandBody::ExpungeUid { sequence_set } => {
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, true)?;
-                    messages::expunge_deleted(selected, Some(&uids)).await?;
+                    expunge::expunge_deleted(selected, Some(&uids)).await?;
                     return Done::ok("UID EXPUNGE completed");
                 }
                 CommandBody::Search {
@@ -318,7 +291,8 @@ impl Session {
                     criteria,
                     uid,
                 } => {
-                    let outcome = find::search(
+                    // A MODSEQ key enables CONDSTORE (RFC 7162 §3.1).
+                    return search::search(
                         tag,
                         authed,
                         selected,
@@ -329,9 +303,6 @@ impl Session {
                         out,
                     )
                     .await;
-                    // A MODSEQ key enables CONDSTORE (RFC 7162 §3.1).
-                    authed.condstore |= selected.condstore;
-                    return outcome;
                 }
                 CommandBody::Sort {
                     sort_criteria,
@@ -341,10 +312,10 @@ impl Session {
                 } => {
                     let criteria = sort_criteria.as_ref();
                     let keys = search_criteria.as_ref();
-                    let outcome =
-                        find::sort(tag, selected, criteria, &charset, keys, uid, ext, out).await;
-                    authed.condstore |= selected.condstore;
-                    return outcome;
+                    return search::sort(
+                        tag, authed, selected, criteria, &charset, keys, uid, ext, out,
+                    )
+                    .await;
                 }
                 CommandBody::Thread {
                     algorithm,
@@ -353,7 +324,7 @@ impl Session {
                     uid,
                 } => {
                     let keys = search_criteria.as_ref();
-                    return find::thread(selected, &algorithm, &charset, keys, uid, out).await;
+                    return search::thread(selected, &algorithm, &charset, keys, uid, out).await;
                 }
                 CommandBody::Fetch {
                     sequence_set,
@@ -372,7 +343,7 @@ impl Session {
                     if vanished {
                         // RFC 7162 §3.2.6: UID FETCH only, with CHANGEDSINCE,
                         // after ENABLE QRESYNC.
-                        if !(uid && changed_since.is_some() && authed.qresync) {
+                        if !(uid && changed_since.is_some() && authed.enabled.qresync) {
                             return Err(Failure::bad(
                                 "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
                             ));
@@ -390,10 +361,19 @@ impl Session {
                             .any(|i| matches!(i, MessageDataItemName::ModSeq))
                     {
                         // RFC 7162 §3.1: a CONDSTORE-enabling command.
-                        authed.condstore = true;
-                        selected.enable_condstore(out);
+                        authed.enable_condstore(Some(selected), out);
                     }
-                    return fetch::fetch(selected, &uids, items, uid, changed_since, out).await;
+                    let condstore = authed.enabled.condstore;
+                    return fetch::fetch(
+                        selected,
+                        &uids,
+                        items,
+                        uid,
+                        changed_since,
+                        condstore,
+                        out,
+                    )
+                    .await;
                 }
                 CommandBody::Store {
                     sequence_set,
@@ -411,17 +391,18 @@ impl Session {
                         .next();
                     if unchanged_since.is_some() {
                         // RFC 7162 §3.1: a CONDSTORE-enabling command.
-                        authed.condstore = true;
-                        selected.enable_condstore(out);
+                        authed.enable_condstore(Some(selected), out);
                     }
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, uid)?;
-                    let change = messages::Change {
+                    let change = store::Change {
                         kind,
                         flags,
                         unchanged_since,
                     };
-                    return messages::store(selected, &uids, change, response, uid, out).await;
+                    let enabled = authed.enabled;
+                    return store::store(selected, &uids, change, response, uid, enabled, out)
+                        .await;
                 }
                 CommandBody::Copy {
                     sequence_set,
@@ -429,9 +410,9 @@ impl Session {
                     uid,
                 } => {
                     let uids = selected.resolve(&sequence_set, uid)?;
-                    let target = mailboxes::name_of(authed, &mailbox)?;
+                    let target = name_of(authed, &mailbox)?;
                     quota::check_copy(&self.imap, authed, selected, &uids).await?;
-                    return messages::copy(authed, selected, &uids, &target, false, out).await;
+                    return copy_move::copy(authed, selected, &uids, &target, false, out).await;
                 }
                 CommandBody::Move {
                     sequence_set,
@@ -440,8 +421,8 @@ impl Session {
                 } => {
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, uid)?;
-                    let target = mailboxes::name_of(authed, &mailbox)?;
-                    return messages::copy(authed, selected, &uids, &target, true, out).await;
+                    let target = name_of(authed, &mailbox)?;
+                    return copy_move::copy(authed, selected, &uids, &target, true, out).await;
                 }
                 CommandBody::Idle => {
                     // Entering IDLE syncs (the poller takes over after).
@@ -452,21 +433,7 @@ impl Session {
                 other => return self.authenticated(tag, other, ext, out, flow).await,
             }
         }
-        match body {
-            CommandBody::Check
-            | CommandBody::Close
-            | CommandBody::Unselect
-            | CommandBody::Expunge
-            | CommandBody::ExpungeUid { .. }
-            | CommandBody::Search { .. }
-            | CommandBody::Sort { .. }
-            | CommandBody::Thread { .. }
-            | CommandBody::Fetch { .. }
-            | CommandBody::Store { .. }
-            | CommandBody::Copy { .. }
-            | CommandBody::Move { .. } => Err(Failure::bad("No mailbox selected")),
-            other => self.authenticated(tag, other, ext, out, flow).await,
-        }
+        self.authenticated(tag, body, ext, out, flow).await
     }
 
     /// NOOP: delivered mail and the selected mailbox brought up to date
@@ -611,7 +578,7 @@ impl Session {
             }
             CommandBody::Create { mailbox } => mailboxes::create(authed, &mailbox, ext).await,
             CommandBody::Delete { mailbox } => {
-                let name = mailboxes::name_of(authed, &mailbox)?;
+                let name = name_of(authed, &mailbox)?;
                 if let State::Selected(_, s) = &self.state
                     && s.folder.name == name
                 {
@@ -652,7 +619,7 @@ impl Session {
                 date,
                 message,
             } => {
-                let first = append::Message::new(flags, date, message);
+                let first = Message::new(flags, date, message);
                 append::append(&self.imap, authed, &mailbox, first, ext).await
             }
             CommandBody::GetQuota { root } => {
@@ -687,7 +654,7 @@ impl Session {
         let State::Authed(authed) = &mut self.state else {
             return Err(Failure::bad("Log in first"));
         };
-        let name = mailboxes::name_of(authed, mailbox)?;
+        let name = name_of(authed, mailbox)?;
         let mut selected = Selected::open(authed, &name, read_only, out).await?;
         // Ops or objects of this mailbox or of the mailbox list found lost
         // or unreadable in the store: told once per session (RFC 9051
@@ -721,6 +688,7 @@ impl Session {
                 vec![MessageDataItemName::Uid, MessageDataItemName::Flags],
                 true,
                 Some(resync.modseq),
+                authed.enabled.condstore,
                 out,
             )
             .await?;
@@ -737,6 +705,92 @@ impl Session {
     }
 }
 
+/// The states of RFC 9051 §3, as the command table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    NotAuthenticated,
+    Authenticated,
+    Selected,
+    Logout,
+}
+
+/// Where a command may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// Any state (RFC 9051 §6.1).
+    Any,
+    /// Not authenticated only (§6.2).
+    NotAuthenticated,
+    /// Authenticated or selected (§6.3).
+    Authenticated,
+    /// Selected only (§6.4).
+    Selected,
+    /// A command imap-codec parses that Facteur does not offer.
+    Nowhere,
+}
+
+/// The one table of which command runs in which state; the dispatcher
+/// asks it ([`refusal`]) before running anything.
+pub fn allowed_in(body: &CommandBody<'_>) -> Allowed {
+    use CommandBody as C;
+    match body {
+        C::Capability | C::Noop | C::Logout | C::Id { .. } => Allowed::Any,
+        C::StartTLS | C::Login { .. } | C::Authenticate { .. } => Allowed::NotAuthenticated,
+        C::Enable { .. }
+        | C::Select { .. }
+        | C::Examine { .. }
+        | C::Create { .. }
+        | C::Delete { .. }
+        | C::Rename { .. }
+        | C::Subscribe { .. }
+        | C::Unsubscribe { .. }
+        | C::List { .. }
+        | C::Lsub { .. }
+        | C::Namespace
+        | C::Status { .. }
+        | C::Append { .. }
+        | C::GetQuota { .. }
+        | C::GetQuotaRoot { .. }
+        | C::SetQuota { .. }
+        | C::Idle => Allowed::Authenticated,
+        C::Check
+        | C::Close
+        | C::Unselect
+        | C::Expunge
+        | C::ExpungeUid { .. }
+        | C::Search { .. }
+        | C::Sort { .. }
+        | C::Thread { .. }
+        | C::Fetch { .. }
+        | C::Store { .. }
+        | C::Copy { .. }
+        | C::Move { .. } => Allowed::Selected,
+        _ => Allowed::Nowhere,
+    }
+}
+
+/// `BAD` for a command the table does not allow in `phase`, with the
+/// text each case has always had.
+fn refusal(phase: Phase, body: &CommandBody<'_>) -> Option<Failure> {
+    let allowed = allowed_in(body);
+    let text = match (phase, allowed) {
+        (_, Allowed::Any) => return None,
+        (Phase::Logout | Phase::NotAuthenticated, _)
+            if matches!(body, CommandBody::Enable { .. }) =>
+        {
+            "ENABLE needs an authenticated session".to_owned()
+        }
+        (Phase::Logout, _) => "The session is ending".to_owned(),
+        (Phase::NotAuthenticated, Allowed::NotAuthenticated) => return None,
+        (Phase::NotAuthenticated, _) => "Log in first".to_owned(),
+        (_, Allowed::NotAuthenticated) => "Already logged in".to_owned(),
+        (_, Allowed::Authenticated) | (Phase::Selected, Allowed::Selected) => return None,
+        (_, Allowed::Selected) => "No mailbox selected".to_owned(),
+        (_, Allowed::Nowhere) => format!("{} is not supported", body.name()),
+    };
+    Some(Failure::bad(text))
+}
+
 /// SELECT/EXAMINE parameters (RFC 7162 §3.1.8: `(CONDSTORE)` enables
 /// CONDSTORE; §3.2.5 `(QRESYNC (...))` asks for what changed).
 fn select_parameters(
@@ -746,7 +800,7 @@ fn select_parameters(
     let mut resync = None;
     for p in parameters {
         match p {
-            SelectParameter::CondStore => authed.condstore = true,
+            SelectParameter::CondStore => authed.enabled.condstore = true,
             SelectParameter::QResync {
                 uid_validity,
                 mod_sequence_value,
@@ -754,7 +808,7 @@ fn select_parameters(
                 ..
             } => {
                 // RFC 7162 §3.2.5: only after ENABLE QRESYNC.
-                if !authed.qresync {
+                if !authed.enabled.qresync {
                     return Err(Failure::bad("ENABLE QRESYNC first"));
                 }
                 resync = Some(Resync {

@@ -30,12 +30,10 @@ use futures::{StreamExt, TryStreamExt};
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::mailbox::Mailbox;
 
-use super::Imap;
-use super::mailboxes::{encode_name, name_of};
-use super::response::{Done, Failure, Out, Outcome, astring, code};
-use super::selected::Selected;
-use super::session::Authed;
 use crate::directory::DirectoryError;
+use crate::imap::Imap;
+use crate::imap::response::{Done, Failure, Out, Outcome, astring, code};
+use crate::imap::state::{Authed, Selected, encode_name, name_of};
 
 /// The one quota root (RFC 9208 §3.2: the user's quota).
 pub const ROOT: &str = "";

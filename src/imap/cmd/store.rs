@@ -1,29 +1,12 @@
-//! Commands that change messages of the selected mailbox: STORE (RFC 9051
-//! §6.4.6), EXPUNGE and UID EXPUNGE (§6.4.3, RFC 4315 §2.1), CLOSE's
-//! silent expunge, COPY (§6.4.7) and MOVE (RFC 6851), with COPYUID
-//! (RFC 4315).
+//! STORE and UID STORE (RFC 9051 §6.4.6), with CONDSTORE's
+//! UNCHANGEDSINCE (RFC 7162 §3.1.3), and the keyword limit STORE and
+//! APPEND share.
 
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 
-use super::mailboxes::encode_name;
-use super::response::{Done, Failure, Out, Outcome, code, code_owned};
-use super::search::sequence_set_string;
-use super::selected::{MAX_KEYWORDS, Selected, try_create};
-use super::session::Authed;
-use crate::account::AccountError;
-
-/// A flag as the mailbox state stores it: system flags in their RFC
-/// spelling (`\Seen`), keywords as given.
-pub fn flag_name(flag: &Flag<'_>) -> String {
-    match flag {
-        Flag::Answered => "\\Answered".to_owned(),
-        Flag::Deleted => "\\Deleted".to_owned(),
-        Flag::Draft => "\\Draft".to_owned(),
-        Flag::Flagged => "\\Flagged".to_owned(),
-        Flag::Seen => "\\Seen".to_owned(),
-        other => other.to_string(),
-    }
-}
+use crate::imap::response::{Done, Failure, Out, Outcome, code, code_owned};
+use crate::imap::state::selected::MAX_KEYWORDS;
+use crate::imap::state::{Enabled, Selected, flag_name, sequence_set_string};
 
 /// What a STORE changes (RFC 9051 §6.4.6, RFC 7162 §3.1.3).
 #[derive(Debug)]
@@ -43,8 +26,10 @@ pub async fn store(
     change: Change<'_>,
     response: StoreResponse,
     by_uid: bool,
+    enabled: Enabled,
     out: &mut Out<'_>,
 ) -> Outcome {
+    let condstore = enabled.condstore;
     let Change {
         kind,
         flags,
@@ -76,7 +61,7 @@ pub async fn store(
         .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
         .collect();
     // Others' changes first, so that ours can be told apart.
-    selected.report(out, false).await;
+    selected.report(enabled, out, false).await;
     if !matches!(kind, StoreType::Remove) {
         check_keyword_limit(&selected.mailbox, selected.keywords(), &names).await?;
     }
@@ -117,7 +102,7 @@ pub async fn store(
         selected.flags_reported_up_to(after);
         Vec::new()
     } else {
-        selected.report(out, false).await
+        selected.report(enabled, out, false).await
     };
     if matches!(response, StoreResponse::Answer) {
         let lines: Vec<String> = selected
@@ -135,12 +120,12 @@ pub async fn store(
                 let seq = selected.seq_of(uid)?;
                 // RFC 7162 §3.1: with CONDSTORE on, UID in every
                 // untagged FETCH.
-                let uid = if by_uid || selected.condstore {
+                let uid = if by_uid || condstore {
                     format!(" UID {uid}")
                 } else {
                     String::new()
                 };
-                let modseq = if selected.condstore {
+                let modseq = if condstore {
                     format!(" MODSEQ ({modseq})")
                 } else {
                     String::new()
@@ -208,95 +193,4 @@ pub async fn check_keyword_limit(
         ));
     }
     Ok(())
-}
-
-/// Expunges the messages flagged \Deleted (among `only`, for UID
-/// EXPUNGE). The EXPUNGE responses follow from the session's report.
-pub async fn expunge_deleted(selected: &mut Selected, only: Option<&[u32]>) -> Result<(), Failure> {
-    let deleted: Vec<u32> = selected
-        .mailbox
-        .read(|s| {
-            s.uids_with_flag("\\Deleted")
-                .into_iter()
-                .filter(|u| only.is_none_or(|o| o.binary_search(u).is_ok()))
-                .collect()
-        })
-        .await;
-    if !deleted.is_empty() {
-        selected.mailbox.expunge(&deleted).await?;
-    }
-    Ok(())
-}
-
-/// COPY and MOVE: `OK [COPYUID ...]` (for MOVE an untagged OK before the
-/// EXPUNGE responses, RFC 6851 §4.3).
-pub async fn copy(
-    authed: &Authed,
-    selected: &mut Selected,
-    uids: &[u32],
-    target: &str,
-    moving: bool,
-    out: &mut Out<'_>,
-) -> Outcome {
-    let verb = if moving { "MOVE" } else { "COPY" };
-    let (_, destination) = match authed.account.open_by_name(target).await {
-        Ok(found) => found,
-        Err(AccountError::NoSuchMailbox(_)) => {
-            return Err(try_create(&encode_name(authed, target)));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if uids.is_empty() {
-        return Done::ok(if moving {
-            "MOVE completed"
-        } else {
-            "COPY completed"
-        });
-    }
-    let (sources, placed) = authed
-        .account
-        .copy(&selected.mailbox, uids, &destination, moving)
-        .await?;
-    let pairs: Vec<(u32, u32)> = sources
-        .iter()
-        .zip(placed.uids.iter())
-        .filter_map(|(s, d)| d.map(|d| (*s, d)))
-        .collect();
-    let copyuid = (!pairs.is_empty()).then(|| {
-        // COPYUID lists both sets in the same order (RFC 4315 §3); the
-        // compact form keeps ascending source order, which is ours.
-        let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-        let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-        format!(
-            "COPYUID {} {} {}",
-            placed.uid_validity,
-            sequence_set_string(&src),
-            ordered_set(&dst)
-        )
-    });
-    if moving {
-        if let Some(c) = copyuid {
-            out.ok(Some(code_owned(c)), "Moved");
-        }
-        return Done::ok("MOVE completed");
-    }
-    let _ = verb;
-    match copyuid {
-        Some(c) => Done::with_code(code_owned(c), "COPY completed"),
-        None => Done::ok("COPY completed"),
-    }
-}
-
-/// A UID set in the given order (destination UIDs of COPYUID follow the
-/// source order, which need not be ascending); runs are compacted.
-fn ordered_set(uids: &[u32]) -> String {
-    let mut sorted = uids.to_vec();
-    sorted.sort_unstable();
-    if sorted == uids {
-        return sequence_set_string(uids);
-    }
-    uids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }

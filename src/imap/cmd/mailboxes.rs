@@ -3,34 +3,19 @@
 //! LIST-EXTENDED RFC 5258, LIST-STATUS RFC 5819, SPECIAL-USE RFC 6154,
 //! CHILDREN RFC 3348), LSUB and STATUS (with STATUS=SIZE RFC 8438 and
 //! APPENDLIMIT RFC 7889). Names are UTF-8 inside Facteur; clients that did
-//! not enable UTF-8 get modified UTF-7 ([`super::mutf7`]).
+//! not enable UTF-8 get modified UTF-7 ([`crate::imap::mutf7`]).
 
 use std::collections::BTreeMap;
 
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 
-use super::extend::{Ext, ListExt};
-use super::mutf7;
-use super::response::{Done, Failure, Out, Outcome, astring, code};
-use super::session::Authed;
 use crate::account::AccountError;
+use crate::imap::extend::{Ext, ListExt};
+use crate::imap::mutf7;
+use crate::imap::response::{Done, Failure, Out, Outcome, astring, code};
+use crate::imap::state::{Authed, decode_name, encode_name, name_of, shown_raw};
 use crate::mailbox::list::{DELIMITER, SpecialUse};
-
-/// The UTF-8 name a client means by `mailbox`. A name no mailbox can
-/// have (see [`decode_name`]) answers `NO [NONEXISTENT]`, as a missing
-/// mailbox does: the command is well formed, the mailbox just is not there.
-pub fn name_of(authed: &Authed, mailbox: &Mailbox<'_>) -> Result<String, Failure> {
-    match mailbox {
-        Mailbox::Inbox => Ok("INBOX".to_owned()),
-        Mailbox::Other(other) => decode_name(authed, other.as_ref())?.ok_or_else(|| {
-            Failure::no(
-                Some(code("NONEXISTENT")),
-                format!("No mailbox can be named {}", shown_raw(other.as_ref())),
-            )
-        }),
-    }
-}
 
 /// The name a CREATE or RENAME gives: one no mailbox can have answers
 /// `NO [CANNOT]` (RFC 5530 §3).
@@ -46,39 +31,6 @@ fn new_name_of(authed: &Authed, mailbox: &Mailbox<'_>) -> Result<String, Failure
                 ),
             )
         }),
-    }
-}
-
-/// A client's name for a response text.
-fn shown_raw(raw: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(raw))
-}
-
-/// The UTF-8 name a client means by `raw`; `None` when no mailbox can have
-/// it. Clients that enabled UTF-8 (RFC 6855 §3, RFC 9051) send UTF-8
-/// names. Other clients send modified UTF-7 (RFC 3501 §5.1.3), yet many
-/// send raw UTF-8 in a quoted string: a name with 8-bit bytes cannot be
-/// modified UTF-7, so it is taken as UTF-8 (the same mailbox as its
-/// modified UTF-7 spelling). A 7-bit name that is not valid modified
-/// UTF-7 (`a&b`) is a name no mailbox has: the caller answers `NO` (or
-/// an empty LIST), not `BAD`, since the command itself is well formed.
-/// Bytes that are not UTF-8 at all (only a literal can carry them; the
-/// parser refuses them in a quoted string) are `BAD`.
-fn decode_name(authed: &Authed, raw: &[u8]) -> Result<Option<String>, Failure> {
-    let text = std::str::from_utf8(raw)
-        .map_err(|_| Failure::bad("Mailbox names must be UTF-8 or modified UTF-7"))?;
-    if authed.utf8 || !text.is_ascii() || !text.contains('&') {
-        return Ok(Some(text.to_owned()));
-    }
-    Ok(mutf7::decode(text))
-}
-
-/// A name as this client reads it.
-pub fn encode_name(authed: &Authed, name: &str) -> String {
-    if authed.utf8 {
-        name.to_owned()
-    } else {
-        mutf7::encode(name)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The SEARCH command (RFC 9051 §6.4.4) with ESEARCH results (RFC 4731,
 //! the only form in IMAP4rev2) and SEARCHRES (RFC 5182), and the commands
 //! that search then order: SORT with ESORT, THREAD (RFC 5256, RFC 5267). Matching is
-//! [`super::search`]'s; this file walks the session's view in chunks, so
+//! [`crate::imap::search`]'s; this file walks the session's view in chunks, so
 //! the state lock is never held across a body download.
 
 use std::collections::HashMap;
@@ -13,14 +13,13 @@ use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
 
-use super::extend::{Ext, Saved, SearchReturn};
-use super::fetch::PARALLEL_BODIES;
-use super::response::{Done, Failure, Out, Outcome, astring, code_owned};
-use super::search::{Candidate, Query, Scope, check_charset, sequence_set_string};
-use super::selected::Selected;
-use super::session::Authed;
-use super::sort::{self, Sortable};
-use super::thread::{self, Threadable};
+use crate::imap::cmd::fetch::PARALLEL_BODIES;
+use crate::imap::extend::{Ext, SearchReturn};
+use crate::imap::response::{Done, Failure, Out, Outcome, astring, code_owned};
+use crate::imap::search::{Candidate, Query, Scope, check_charset};
+use crate::imap::sort::{self, Sortable};
+use crate::imap::state::{Authed, Selected, sequence_set_string};
+use crate::imap::thread::{self, Threadable};
 
 use crate::account::AccountError;
 use crate::mailbox::summary::MessageSummary;
@@ -41,7 +40,7 @@ const CHUNK: usize = 256;
 #[allow(clippy::too_many_arguments)]
 pub async fn search(
     tag: &Tag<'_>,
-    authed: &Authed,
+    authed: &mut Authed,
     selected: &mut Selected,
     charset: Option<Charset<'_>>,
     criteria: Vec<SearchKey<'_>>,
@@ -62,7 +61,7 @@ pub async fn search(
     // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
     // carries the highest MODSEQ of the messages it returns.
     let modseq = if query.has_modseq() {
-        selected.enable_condstore(out);
+        authed.enable_condstore(Some(selected), out);
         answer_modseq(ext.search_return.as_ref(), &modseqs)
     } else {
         None
@@ -72,7 +71,7 @@ pub async fn search(
     } else {
         matched.iter().filter_map(|u| selected.seq_of(*u)).collect()
     };
-    match (ext.search_return, authed.rev2) {
+    match (ext.search_return, authed.enabled.rev2) {
         (None, false) => {
             let mut line = String::from("SEARCH");
             for n in &numbers {
@@ -281,23 +280,6 @@ fn esearch(tag: &Tag<'_>, by_uid: bool, options: &SearchReturn, numbers: &[u32])
     line
 }
 
-impl Selected {
-    /// The saved result in both numberings, for `$` (RFC 5182 §2.1).
-    pub fn saved_sets(&self) -> Saved {
-        let seqs: Vec<u32> = self.saved.iter().filter_map(|u| self.seq_of(*u)).collect();
-        let uids: Vec<u32> = self
-            .saved
-            .iter()
-            .copied()
-            .filter(|u| self.seq_of(*u).is_some())
-            .collect();
-        Saved {
-            uids: sequence_set_string(&uids),
-            seqs: sequence_set_string(&seqs),
-        }
-    }
-}
-
 /// `NO [BADCHARSET ...]` unless the charset is one we take (RFC 9051
 /// §6.4.4; RFC 5256 §3 makes it mandatory in SORT and THREAD).
 fn require_charset(charset: Option<&Charset<'_>>) -> Result<(), Failure> {
@@ -309,13 +291,14 @@ fn require_charset(charset: Option<&Charset<'_>>) -> Result<(), Failure> {
     })
 }
 
-/// SORT and UID SORT (RFC 5256 §3; keys and order in [`super::sort`]),
+/// SORT and UID SORT (RFC 5256 §3; keys and order in [`crate::imap::sort`]),
 /// answered as ESEARCH when RETURN options were given (ESORT, RFC 5267
 /// §3.2: MIN and MAX are the first and last in sort order, ALL lists the
 /// matches in sort order).
 #[allow(clippy::too_many_arguments)]
 pub async fn sort(
     tag: &Tag<'_>,
+    authed: &mut Authed,
     selected: &mut Selected,
     criteria: &[SortCriterion],
     charset: &Charset<'_>,
@@ -354,7 +337,7 @@ pub async fn sort(
     // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
     // carries the highest MODSEQ of the matches.
     let modseq = if query.has_modseq() && !items.is_empty() {
-        selected.enable_condstore(out);
+        authed.enable_condstore(Some(selected), out);
         Some(highest_modseq)
     } else {
         None
@@ -433,7 +416,7 @@ fn ordered_set_string(numbers: &[u32]) -> String {
     out
 }
 
-/// THREAD and UID THREAD (RFC 5256 §3; algorithms in [`super::thread`]).
+/// THREAD and UID THREAD (RFC 5256 §3; algorithms in [`crate::imap::thread`]).
 pub async fn thread(
     selected: &mut Selected,
     algorithm: &ThreadingAlgorithm<'_>,

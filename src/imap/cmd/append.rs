@@ -4,52 +4,13 @@
 //! if one message of a MULTIAPPEND fails, those already placed are
 //! expunged again (RFC 3502 §6.3.11: all or none).
 
-use imap_codec::imap_types::datetime::DateTime;
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
-use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
 
-use super::Imap;
-use super::extend::Ext;
-use super::mailboxes::name_of;
-use super::messages::flag_name;
-use super::response::{Done, Failure, Outcome, code};
-use super::search::sequence_set_string;
-use super::selected::try_create;
-use super::session::Authed;
 use crate::account::AccountError;
-use crate::mailbox::summary::LineEnds;
-
-/// One message of an APPEND.
-#[derive(Debug)]
-pub struct Message {
-    pub flags: Vec<String>,
-    /// INTERNALDATE, seconds since the epoch; `None`: now.
-    pub date: Option<i64>,
-    pub data: Vec<u8>,
-    /// How its line ends are stored: a literal8 (RFC 3516 §4.1) keeps its
-    /// `binary` parts byte for byte; a literal is text, stored CRLF.
-    pub line_ends: LineEnds,
-}
-
-impl Message {
-    pub fn new(
-        flags: Vec<Flag<'_>>,
-        date: Option<DateTime>,
-        data: LiteralOrLiteral8<'_>,
-    ) -> Message {
-        let (data, line_ends) = match data {
-            LiteralOrLiteral8::Literal(l) => (l.data().to_vec(), LineEnds::Crlf),
-            LiteralOrLiteral8::Literal8(l) => (l.data.to_vec(), LineEnds::KeepBinaryParts),
-        };
-        Message {
-            flags: flags.iter().map(flag_name).collect(),
-            date: date.map(|d| d.as_ref().timestamp()),
-            data,
-            line_ends,
-        }
-    }
-}
+use crate::imap::Imap;
+use crate::imap::extend::{Ext, Message};
+use crate::imap::response::{Done, Failure, Outcome, code, code_owned};
+use crate::imap::state::{Authed, name_of, sequence_set_string, try_create};
 
 pub async fn append(
     imap: &Imap,
@@ -79,7 +40,7 @@ pub async fn append(
         Err(e) => return Err(e.into()),
     };
     let incoming = messages.iter().map(|m| m.data.len() as u64).sum::<u64>();
-    super::quota::check(imap, authed, incoming).await?;
+    crate::imap::cmd::quota::check(imap, authed, incoming).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -89,7 +50,7 @@ pub async fn append(
         .iter()
         .flat_map(|m| m.flags.iter().cloned())
         .collect();
-    super::messages::check_keyword_limit(&target, &[], &flags).await?;
+    crate::imap::cmd::store::check_keyword_limit(&target, &[], &flags).await?;
     let mut placed_uids: Vec<u32> = Vec::new();
     let mut uid_validity = 0;
     for m in messages {
@@ -121,7 +82,7 @@ pub async fn append(
         // Displaced by a concurrent conflict: stored, UID known later.
         return Done::ok("APPEND completed");
     }
-    let code = super::response::code_owned(format!(
+    let code = code_owned(format!(
         "APPENDUID {uid_validity} {}",
         sequence_set_string(&placed_uids)
     ));

@@ -22,10 +22,10 @@ use imap_codec::imap_types::fetch::{
 use imap_codec::imap_types::flag::{Flag, FlagFetch};
 use imap_codec::imap_types::response::{Data, Response};
 
-use super::mime;
-use super::response::{Done, Failure, Out, Outcome, code};
-use super::selected::Selected;
 use crate::account::AccountError;
+use crate::imap::mime;
+use crate::imap::response::{Done, Failure, Out, Outcome, code};
+use crate::imap::state::Selected;
 use crate::mailbox::summary::MessageSummary;
 
 /// Bodies downloaded at once for one FETCH.
@@ -103,6 +103,7 @@ pub async fn fetch(
     mut items: Vec<MessageDataItemName<'static>>,
     by_uid: bool,
     changed_since: Option<u64>,
+    condstore: bool,
     out: &mut Out<'_>,
 ) -> Outcome {
     if by_uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
@@ -111,7 +112,7 @@ pub async fn fetch(
     // RFC 7162 §3.1.4: CHANGEDSINCE implies MODSEQ; with CONDSTORE on,
     // FLAGS come with MODSEQ.
     let wants_modseq = changed_since.is_some()
-        || (selected.condstore
+        || (condstore
             && items
                 .iter()
                 .any(|i| matches!(i, MessageDataItemName::Flags)));
@@ -245,7 +246,7 @@ pub async fn fetch(
             }
             if !with_flags && flags_changed.contains(&meta.uid) {
                 data.push(MessageDataItem::Flags(fetch_flags(&meta)));
-                if selected.condstore
+                if condstore
                     && !items
                         .iter()
                         .any(|i| matches!(i, MessageDataItemName::ModSeq))

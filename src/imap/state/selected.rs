@@ -21,12 +21,10 @@ use std::sync::Arc;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use tokio::sync::watch;
 
-use super::mailboxes::encode_name;
-use super::response::{Failure, Out, code};
-use super::search::sequence_set_string;
-use super::session::Authed;
+use super::{Authed, Enabled, Saved, encode_name, sequence_set_string};
 use crate::account::recent::RecentFloors;
 use crate::account::{Folder, Mailbox};
+use crate::imap::response::{Failure, Out, astring};
 
 /// The flags every message may carry (RFC 9051 §2.3.2).
 pub const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
@@ -50,10 +48,6 @@ pub struct Selected {
     pub watch: watch::Receiver<u64>,
     /// The SEARCHRES result (RFC 5182), as UIDs.
     pub saved: Vec<u32>,
-    /// CONDSTORE is on (RFC 7162 §3.1): FETCH responses carry MODSEQ.
-    pub condstore: bool,
-    /// QRESYNC is on (RFC 7162 §3.2): expunges are reported as VANISHED.
-    pub qresync: bool,
     /// UIDs recent in this session, ascending (RFC 3501 §2.3.2).
     recent: Vec<u32>,
     /// How this session takes part in `\Recent`; `None` for IMAP4rev2,
@@ -127,7 +121,7 @@ impl Selected {
                 )
             })
             .await;
-        let recent_role = (!authed.rev2).then(|| RecentRole {
+        let recent_role = (!authed.enabled.rev2).then(|| RecentRole {
             floors: authed.recent.clone(),
             user: authed.account.user().as_str().to_owned(),
             mailbox: folder.id.to_hex(),
@@ -147,8 +141,6 @@ impl Selected {
             keywords,
             watch,
             saved: Vec::new(),
-            condstore: authed.condstore || authed.qresync,
-            qresync: authed.qresync,
             recent,
             recent_role,
         };
@@ -159,21 +151,21 @@ impl Selected {
             out.untagged(&format!("{} RECENT", selected.recent.len()));
         }
         if let Some(seq) = first_unseen
-            && !authed.rev2
+            && !authed.enabled.rev2
         {
             out.untagged(&format!("OK [UNSEEN {seq}] First unseen"));
         }
         out.untagged(&format!("OK [UIDVALIDITY {uid_validity}] UIDs valid"));
         out.untagged(&format!("OK [UIDNEXT {uid_next}] Predicted next UID"));
-        if selected.condstore {
+        if authed.enabled.condstore {
             // RFC 7162 §3.1.2.1
             out.untagged(&format!("OK [HIGHESTMODSEQ {known_modseq}] Highest"));
         }
         selected.write_permanent_flags(out);
-        if authed.utf8 {
+        if authed.enabled.utf8 {
             out.untagged(&format!(
                 "LIST () \"/\" {}",
-                super::response::astring(&encode_name(authed, &selected.folder.name))
+                astring(&encode_name(authed, &selected.folder.name))
             ));
         }
         Ok(selected)
@@ -263,17 +255,6 @@ impl Selected {
         self.recent_role = None;
     }
 
-    /// A CONDSTORE-enabling command (RFC 7162 §3.1): MODSEQ from now on
-    /// and, if it was off, `OK [HIGHESTMODSEQ n]` with the MODSEQ up to
-    /// which changes were reported (§3.1.2.1: a client that had not
-    /// enabled CONDSTORE learns it now).
-    pub fn enable_condstore(&mut self, out: &mut Out<'_>) {
-        if !self.condstore {
-            self.condstore = true;
-            out.untagged(&format!("OK [HIGHESTMODSEQ {}] Highest", self.known_modseq));
-        }
-    }
-
     pub fn exists(&self) -> u32 {
         self.uids.len() as u32
     }
@@ -334,8 +315,14 @@ impl Selected {
 
     /// Reports what changed since the last report (RFC 9051 §7.5.1:
     /// EXPUNGE only when `expunges`), and takes the new view. Returns the
-    /// UIDs whose flags were reported.
-    pub async fn report(&mut self, out: &mut Out<'_>, expunges: bool) -> Vec<u32> {
+    /// UIDs whose flags were reported. What the client `enabled` decides
+    /// between EXPUNGE and VANISHED, and whether MODSEQ is shown.
+    pub async fn report(
+        &mut self,
+        enabled: Enabled,
+        out: &mut Out<'_>,
+        expunges: bool,
+    ) -> Vec<u32> {
         self.watch.borrow_and_update();
         let known = self.known_modseq;
         let last_uid = self.uids.last().copied().unwrap_or(0);
@@ -371,7 +358,7 @@ impl Selected {
             while seq > 0 {
                 let uid = self.uids[seq - 1];
                 if !current.contains(&uid) {
-                    if self.qresync {
+                    if enabled.qresync {
                         vanished.push(uid);
                     } else {
                         out.untagged(&format!("{seq} EXPUNGE"));
@@ -406,7 +393,7 @@ impl Selected {
                 continue; // new to the client: it fetches their flags
             }
             if let Some(seq) = self.seq_of(uid) {
-                let modseq = if self.condstore {
+                let modseq = if enabled.condstore {
                     format!(" MODSEQ ({modseq})")
                 } else {
                     String::new()
@@ -499,7 +486,19 @@ fn bounds(seq: &Sequence, largest: u32) -> (u32, u32) {
     }
 }
 
-/// `[TRYCREATE]`: the target of COPY/MOVE/APPEND does not exist.
-pub fn try_create(name: &str) -> Failure {
-    Failure::no(Some(code("TRYCREATE")), format!("No mailbox {name:?}"))
+impl Selected {
+    /// The saved result in both numberings, for `$` (RFC 5182 §2.1).
+    pub fn saved_sets(&self) -> Saved {
+        let seqs: Vec<u32> = self.saved.iter().filter_map(|u| self.seq_of(*u)).collect();
+        let uids: Vec<u32> = self
+            .saved
+            .iter()
+            .copied()
+            .filter(|u| self.seq_of(*u).is_some())
+            .collect();
+        Saved {
+            uids: sequence_set_string(&uids),
+            seqs: sequence_set_string(&seqs),
+        }
+    }
 }
