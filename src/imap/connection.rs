@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use super::Imap;
 use super::compress;
 use super::extend::{self, Ext, Message, Rewritten};
-use super::response::{Failure, Out, Sink, code};
+use super::response::{Failure, Out, Sink, code, write_out};
 use super::session::{Flow, Request, Session};
 pub use super::state::Peer;
 use super::state::Saved;
@@ -597,12 +597,7 @@ async fn drive(
                 .await?;
             continue;
         }
-        let flow = {
-            let mut out = conn.out();
-            let flow = session.handle(request, &mut out).await?;
-            out.flush().await?;
-            flow
-        };
+        let flow = run(conn, &mut session, request).await?;
         match flow {
             Flow::Continue => {}
             Flow::Logout => return Ok(()),
@@ -644,6 +639,35 @@ async fn drive(
             }
         }
     }
+}
+
+/// Runs one command on the session while writing what it queues: the
+/// handler hands full chunks over a channel of one and waits while the
+/// previous one is written, so output stays bounded and the session never
+/// holds the socket. A client that stops reading ends the command (the
+/// writer's error comes first).
+async fn run(conn: &mut Connection, session: &mut Session, request: Request) -> io::Result<Flow> {
+    let Connection {
+        stream, command, ..
+    } = conn;
+    let (chunks, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let handled = async move {
+        let mut out = Out::to_driver(chunks).counting(command);
+        let flow = session.handle(request, &mut out).await;
+        (flow, out.finish())
+    };
+    let sink: &mut dyn Sink = stream;
+    let writer = async move {
+        while let Some(chunk) = queued.recv().await {
+            write_out(&mut *sink, &chunk).await?;
+        }
+        Ok::<_, io::Error>(sink)
+    };
+    let ((flow, rest), written) = tokio::join!(handled, writer);
+    let sink = written?;
+    let flow = flow?;
+    write_out(sink, &rest).await?;
+    Ok(flow)
 }
 
 /// The rest of an AUTHENTICATE exchange: client lines until done, each

@@ -1,5 +1,12 @@
-//! Responses on the wire: the session's output buffer ([`Out`]) and the one
-//! place where outcomes become tagged responses ([`Failure`]). Most
+//! Responses on the wire: the session's output queue ([`Out`]) and the one
+//! place where outcomes become tagged responses ([`Failure`]).
+//!
+//! A command's handler queues its responses into an [`Out`] that holds no
+//! socket: once the queue passes [`FLUSH_AT`], its bytes are handed to the
+//! driver ([`super::connection`]) through a channel of one chunk and the
+//! handler waits until the driver takes them, so the output of one
+//! command (a FETCH of many large messages) stays bounded: at most the
+//! chunk being written, the one waiting and the one being filled. Most
 //! responses are serialised by `imap-codec`; the few extension responses
 //! it does not know (ESEARCH, LIST-EXTENDED items, STATUS APPENDLIMIT) are
 //! written here from their ABNF, with [`astring`] quoting.
@@ -15,12 +22,13 @@ use imap_codec::imap_types::response::{
     StatusKind, Tagged,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use crate::account::AccountError;
 use crate::metrics::{ImapCommand, ImapOutcome};
 
-/// Output is flushed to the socket once this much is buffered, so a FETCH
-/// of many messages holds at most about this much plus one message.
+/// Output is handed to the socket once this much is queued, so a FETCH
+/// of many messages holds at most a few times this much plus one message.
 const FLUSH_AT: usize = 256 * 1024;
 
 /// Longest a flush may wait for the client to read: a client that stops
@@ -34,9 +42,18 @@ pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(12
 pub trait Sink: AsyncWrite + Unpin + Send {}
 impl<T: AsyncWrite + Unpin + Send> Sink for T {}
 
-/// Buffered responses of the running command.
+/// Where a full queue goes.
+enum Drain<'a> {
+    /// The socket itself: only the driver makes such an [`Out`], for what
+    /// it writes between commands (greeting, continuations, BYE).
+    Socket(&'a mut (dyn Sink + 'a)),
+    /// The driver, which writes each chunk while the command goes on.
+    Driver(mpsc::Sender<Vec<u8>>),
+}
+
+/// Queued responses of the running command.
 pub struct Out<'a> {
-    sink: &'a mut (dyn Sink + 'a),
+    drain: Drain<'a>,
     buf: Vec<u8>,
     /// The command being answered, counted (`/metrics`) when its tagged
     /// status is queued; see [`Out::counting`].
@@ -44,12 +61,29 @@ pub struct Out<'a> {
 }
 
 impl<'a> Out<'a> {
+    /// A queue the driver writes to `sink` itself ([`Out::flush`]).
     pub fn new(sink: &'a mut (dyn Sink + 'a)) -> Self {
         Out {
-            sink,
+            drain: Drain::Socket(sink),
             buf: Vec::with_capacity(4096),
             command: None,
         }
+    }
+
+    /// A queue for a command's handler: full chunks go to `driver`, which
+    /// writes them to the socket; what is left at the end comes back from
+    /// [`Out::finish`].
+    pub fn to_driver(driver: mpsc::Sender<Vec<u8>>) -> Self {
+        Out {
+            drain: Drain::Driver(driver),
+            buf: Vec::with_capacity(4096),
+            command: None,
+        }
+    }
+
+    /// What is still queued; the driver writes it after the command.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
     }
 
     /// This output, counting `command` once a tagged status is queued (and
@@ -159,31 +193,51 @@ impl<'a> Out<'a> {
         self.buf.len()
     }
 
-    /// Writes what is buffered.
+    /// Writes what is queued (to the socket, or hands it to the driver).
     pub async fn flush(&mut self) -> io::Result<()> {
-        let write = async {
-            if !self.buf.is_empty() {
-                self.sink.write_all(&self.buf).await?;
+        match &mut self.drain {
+            Drain::Socket(sink) => {
+                let written = write_out(&mut **sink, &self.buf).await;
                 self.buf.clear();
+                written
             }
-            self.sink.flush().await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(done) => done,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading its answers",
-            )),
+            Drain::Driver(driver) => {
+                if self.buf.is_empty() {
+                    return Ok(());
+                }
+                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(4096));
+                driver.send(chunk).await.map_err(|_| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the connection's writer stopped")
+                })
+            }
         }
     }
 
-    /// Writes what is buffered if it is a lot: called between messages of
-    /// long responses.
+    /// Hands what is queued on if it is a lot: called between messages of
+    /// long responses, it waits while the driver is still writing the
+    /// previous chunk.
     pub async fn flush_if_full(&mut self) -> io::Result<()> {
         if self.buf.len() >= FLUSH_AT {
             self.flush().await?;
         }
         Ok(())
+    }
+}
+
+/// Writes `bytes` to `sink` and flushes it, within [`WRITE_TIMEOUT`].
+pub async fn write_out(sink: &mut (dyn Sink + '_), bytes: &[u8]) -> io::Result<()> {
+    let write = async {
+        if !bytes.is_empty() {
+            sink.write_all(bytes).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(done) => done,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading its answers",
+        )),
     }
 }
 

@@ -22,7 +22,9 @@ use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::response::StatusKind;
 
 use super::auth::{self, Sasl};
-use super::cmd::{append, copy_move, expunge, fetch, mailboxes, quota, search, store};
+use super::cmd::{
+    append, copy_move, expunge, fetch, mailboxes, quota, search, sort, store, thread,
+};
 use super::extend::{Ext, Message};
 use super::response::{Done, Failure, Out, Outcome, code};
 use super::state::{Authed, Peer, Selected, name_of};
@@ -312,7 +314,7 @@ impl Session {
                 } => {
                     let criteria = sort_criteria.as_ref();
                     let keys = search_criteria.as_ref();
-                    return search::sort(
+                    return sort::sort(
                         tag, authed, selected, criteria, &charset, keys, uid, ext, out,
                     )
                     .await;
@@ -324,7 +326,7 @@ impl Session {
                     uid,
                 } => {
                     let keys = search_criteria.as_ref();
-                    return search::thread(selected, &algorithm, &charset, keys, uid, out).await;
+                    return thread::thread(selected, &algorithm, &charset, keys, uid, out).await;
                 }
                 CommandBody::Fetch {
                     sequence_set,

@@ -14,4 +14,6 @@ pub mod fetch;
 pub mod mailboxes;
 pub mod quota;
 pub mod search;
+pub mod sort;
 pub mod store;
+pub mod thread;

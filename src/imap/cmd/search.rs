@@ -1,6 +1,6 @@
 //! The SEARCH command (RFC 9051 §6.4.4) with ESEARCH results (RFC 4731,
-//! the only form in IMAP4rev2) and SEARCHRES (RFC 5182), and the commands
-//! that search then order: SORT with ESORT, THREAD (RFC 5256, RFC 5267). Matching is
+//! the only form in IMAP4rev2) and SEARCHRES (RFC 5182), and the walk
+//! SORT ([`super::sort`]) and THREAD ([`super::thread`]) share. Matching is
 //! [`crate::imap::search`]'s; this file walks the session's view in chunks, so
 //! the state lock is never held across a body download.
 
@@ -9,17 +9,13 @@ use std::collections::HashMap;
 use futures::StreamExt;
 
 use imap_codec::imap_types::core::{Charset, Tag};
-use imap_codec::imap_types::extensions::sort::SortCriterion;
-use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::search::SearchKey;
 
 use crate::imap::cmd::fetch::PARALLEL_BODIES;
 use crate::imap::extend::{Ext, SearchReturn};
 use crate::imap::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use crate::imap::search::{Candidate, Query, Scope, check_charset};
-use crate::imap::sort::{self, Sortable};
 use crate::imap::state::{Authed, Selected, sequence_set_string};
-use crate::imap::thread::{self, Threadable};
 
 use crate::account::AccountError;
 use crate::mailbox::summary::MessageSummary;
@@ -108,7 +104,7 @@ pub async fn search(
 }
 
 /// `*` of the selected mailbox's view (RFC 9051 §6.4.4).
-fn scope(selected: &Selected) -> Scope {
+pub(super) fn scope(selected: &Selected) -> Scope {
     let view = selected.uids();
     Scope {
         max_seq: view.len() as u32,
@@ -235,7 +231,7 @@ fn answer_modseq(options: Option<&SearchReturn>, modseqs: &[u64]) -> Option<u64>
 }
 
 /// RFC 5182 §2.4: with SAVE and only MIN and/or MAX, just those are saved.
-fn saved_result(options: &SearchReturn, matched: &[u32]) -> Vec<u32> {
+pub(super) fn saved_result(options: &SearchReturn, matched: &[u32]) -> Vec<u32> {
     if (options.min || options.max) && !options.all && !options.count {
         let mut saved = Vec::new();
         if options.min
@@ -282,187 +278,11 @@ fn esearch(tag: &Tag<'_>, by_uid: bool, options: &SearchReturn, numbers: &[u32])
 
 /// `NO [BADCHARSET ...]` unless the charset is one we take (RFC 9051
 /// §6.4.4; RFC 5256 §3 makes it mandatory in SORT and THREAD).
-fn require_charset(charset: Option<&Charset<'_>>) -> Result<(), Failure> {
+pub(super) fn require_charset(charset: Option<&Charset<'_>>) -> Result<(), Failure> {
     check_charset(charset).map_err(|_| {
         Failure::no(
             Some(code_owned("BADCHARSET (UTF-8 US-ASCII)".to_owned())),
             "Supported charsets: UTF-8, US-ASCII",
         )
-    })
-}
-
-/// SORT and UID SORT (RFC 5256 §3; keys and order in [`crate::imap::sort`]),
-/// answered as ESEARCH when RETURN options were given (ESORT, RFC 5267
-/// §3.2: MIN and MAX are the first and last in sort order, ALL lists the
-/// matches in sort order).
-#[allow(clippy::too_many_arguments)]
-pub async fn sort(
-    tag: &Tag<'_>,
-    authed: &mut Authed,
-    selected: &mut Selected,
-    criteria: &[SortCriterion],
-    charset: &Charset<'_>,
-    keys: &[SearchKey<'_>],
-    by_uid: bool,
-    ext: Ext,
-    out: &mut Out<'_>,
-) -> Outcome {
-    require_charset(Some(charset))?;
-    let query = Query::new(keys, scope(selected));
-    let mut items: Vec<Sortable> = Vec::new();
-    let mut highest_modseq = 0;
-    scan(selected, &query, out, |c| {
-        highest_modseq = highest_modseq.max(c.modseq);
-        items.push(Sortable::new(
-            criteria,
-            c.seq,
-            c.uid,
-            c.internal_date,
-            c.size,
-            c.summary,
-        ));
-    })
-    .await?;
-    sort::sort(&mut items, criteria);
-    let numbers: Vec<u32> = items
-        .iter()
-        .filter_map(|i| {
-            if by_uid {
-                Some(i.uid)
-            } else {
-                selected.seq_of(i.uid)
-            }
-        })
-        .collect();
-    // RFC 7162 §3.1.5: a MODSEQ key turns CONDSTORE on and the answer
-    // carries the highest MODSEQ of the matches.
-    let modseq = if query.has_modseq() && !items.is_empty() {
-        authed.enable_condstore(Some(selected), out);
-        Some(highest_modseq)
-    } else {
-        None
-    };
-    match ext.search_return {
-        None => {
-            let mut line = String::from("SORT");
-            for n in &numbers {
-                line.push_str(&format!(" {n}"));
-            }
-            if let Some(m) = modseq {
-                line.push_str(&format!(" (MODSEQ {m})"));
-            }
-            out.untagged(&line);
-        }
-        Some(options) => {
-            if options.save {
-                let mut uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
-                uids.sort_unstable();
-                selected.saved = saved_result(&options, &uids);
-            }
-            if !(options.save && !options.min && !options.max && !options.count && !options.all) {
-                let mut line = format!("ESEARCH (TAG {})", astring(tag.as_ref()));
-                if by_uid {
-                    line.push_str(" UID");
-                }
-                if let (true, Some(n)) = (options.min, numbers.first()) {
-                    line.push_str(&format!(" MIN {n}"));
-                }
-                if let (true, Some(n)) = (options.max, numbers.last()) {
-                    line.push_str(&format!(" MAX {n}"));
-                }
-                if options.count {
-                    line.push_str(&format!(" COUNT {}", numbers.len()));
-                }
-                if options.all && !numbers.is_empty() {
-                    line.push_str(&format!(" ALL {}", ordered_set_string(&numbers)));
-                }
-                if let Some(m) = modseq {
-                    line.push_str(&format!(" MODSEQ {m}"));
-                }
-                out.untagged(&line);
-            }
-        }
-    }
-    Done::ok(if by_uid {
-        "UID SORT completed"
-    } else {
-        "SORT completed"
-    })
-}
-
-/// Numbers in the order given as a sequence set, ascending runs written
-/// as ranges (`5,1:3,4` stays in that order: ESORT's ALL is in sort
-/// order, RFC 5267 §3.2).
-fn ordered_set_string(numbers: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < numbers.len() {
-        let start = numbers[i];
-        let mut end = start;
-        while i + 1 < numbers.len() && Some(numbers[i + 1]) == end.checked_add(1) {
-            i += 1;
-            end = numbers[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
-/// THREAD and UID THREAD (RFC 5256 §3; algorithms in [`crate::imap::thread`]).
-pub async fn thread(
-    selected: &mut Selected,
-    algorithm: &ThreadingAlgorithm<'_>,
-    charset: &Charset<'_>,
-    keys: &[SearchKey<'_>],
-    by_uid: bool,
-    out: &mut Out<'_>,
-) -> Outcome {
-    let references = match algorithm {
-        ThreadingAlgorithm::References => true,
-        ThreadingAlgorithm::OrderedSubject => false,
-        ThreadingAlgorithm::Other(other) => {
-            return Err(Failure::bad(format!(
-                "Unknown threading algorithm {}",
-                other.as_ref()
-            )));
-        }
-    };
-    require_charset(Some(charset))?;
-    let query = Query::new(keys, scope(selected));
-    let mut items: Vec<Threadable> = Vec::new();
-    scan(selected, &query, out, |c| {
-        items.push(Threadable::new(c.seq, c.uid, c.internal_date, c.summary));
-    })
-    .await?;
-    let threads = if references {
-        thread::references(&items)
-    } else {
-        thread::ordered_subject(&items)
-    };
-    let list = threads.write(|i| {
-        let uid = items[i].uid;
-        if by_uid {
-            uid
-        } else {
-            selected.seq_of(uid).unwrap_or(items[i].seq)
-        }
-    });
-    if list.is_empty() {
-        out.untagged("THREAD");
-    } else {
-        out.untagged(&format!("THREAD {list}"));
-    }
-    Done::ok(if by_uid {
-        "UID THREAD completed"
-    } else {
-        "THREAD completed"
     })
 }
