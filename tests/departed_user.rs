@@ -122,7 +122,10 @@ impl Imap {
         let mut greeting = String::new();
         imap.reader.read_line(&mut greeting).unwrap();
         let (_, ended) = imap.send(&format!("LOGIN alice \"{password}\""));
-        assert!(matches!(&ended, Ended::Tagged(t) if t.starts_with("OK")), "{ended:?}");
+        assert!(
+            matches!(&ended, Ended::Tagged(t) if t.starts_with("OK")),
+            "{ended:?}"
+        );
         imap
     }
 
@@ -199,7 +202,10 @@ fn a_deleted_users_session_ends_and_never_touches_the_newcomers_mail() {
     // The departing user's session, in IDLE through what follows.
     let mut old = Imap::connect(server.imap, OLD_PASSWORD);
     let (_, ended) = old.send("SELECT INBOX");
-    assert!(matches!(&ended, Ended::Tagged(t) if t.starts_with("OK")), "{ended:?}");
+    assert!(
+        matches!(&ended, Ended::Tagged(t) if t.starts_with("OK")),
+        "{ended:?}"
+    );
     write!(old.writer, "idle IDLE\r\n").unwrap();
     let mut line = String::new();
     old.reader.read_line(&mut line).unwrap();
@@ -235,7 +241,10 @@ fn a_deleted_users_session_ends_and_never_touches_the_newcomers_mail() {
     // The newcomer reads the message (not quarantined by the old keys).
     let mut new = Imap::connect(server.imap, NEW_PASSWORD);
     let (lines, ended) = new.send("SELECT INBOX");
-    assert!(matches!(&ended, Ended::Tagged(t) if t.starts_with("OK")), "{ended:?}");
+    assert!(
+        matches!(&ended, Ended::Tagged(t) if t.starts_with("OK")),
+        "{ended:?}"
+    );
     assert!(lines.iter().any(|l| l == "* 1 EXISTS\r\n"), "{lines:?}");
     let (lines, _) = new.send("FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]");
     assert!(lines.iter().any(|l| l.contains(subject)), "{lines:?}");

@@ -675,7 +675,11 @@ fn an_import_killed_midway_continues_without_duplicates() {
     let uids: Vec<u32> = big.2.iter().map(|m| m.0.unwrap()).collect();
     let wanted: Vec<u32> = (1..=count).map(|n| 2 * n).collect();
     assert_eq!(uids, wanted, "every message once, with its UID");
-    assert_eq!(big.0, Some(1_600_000_000), "UIDVALIDITY kept by the resumed run");
+    assert_eq!(
+        big.0,
+        Some(1_600_000_000),
+        "UIDVALIDITY kept by the resumed run"
+    );
     assert_eq!(big.1, Some(2000), "UIDNEXT kept");
 }
 

@@ -239,11 +239,17 @@ mod tests {
             InstanceId::new("a").unwrap(),
             crate::crypto::RecordAuth::from_cluster_secret(b"0123456789abcdef"),
         );
-        let accounts = Accounts::new(store, config, Duration::from_secs(60));
+        let accounts = Accounts::new(store.clone(), config, Duration::from_secs(60));
         let (keyring, keys, _) =
             Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
-        let _ = keyring;
         let user = user_id(b"0123456789abcdef", "alice");
+        // The keyring is in the store: the account's polls find it there
+        // and do not lock it (`Account::check_keyring`).
+        let key = crate::store::layout::keyring(&user);
+        store
+            .put(&key, bytes::Bytes::from(keyring.to_bytes(&key)))
+            .await
+            .unwrap();
 
         let first = accounts.unlock(&user, keys.clone());
         let second = accounts.unlock(&user, keys);

@@ -276,10 +276,7 @@ From b@example.org Sun Jan  4 02:00:00 1996\nSubject: two\n\nbody\n";
                  Subject: {n}\n{status}\n{body}\n"
             )
             .unwrap();
-            wanted.push(format!(
-                "Subject: {n}\n\n{}",
-                body.replace(">From", "From")
-            ));
+            wanted.push(format!("Subject: {n}\n\n{}", body.replace(">From", "From")));
         }
         let (_file, folder) = index(&mbox);
         assert_eq!(folder.messages.len(), 200);
@@ -289,7 +286,11 @@ From b@example.org Sun Jan  4 02:00:00 1996\nSubject: two\n\nbody\n";
             };
             assert!(len <= want.len() as u64 + 16, "message {n}: {len}");
             assert_eq!(&text(m), want, "message {n}");
-            let seen = if n % 2 == 0 { vec!["\\Seen".to_owned()] } else { vec![] };
+            let seen = if n % 2 == 0 {
+                vec!["\\Seen".to_owned()]
+            } else {
+                vec![]
+            };
             assert_eq!(m.flags, seen, "message {n}");
         }
     }

@@ -81,7 +81,11 @@ pub enum Body {
     Bytes(Vec<u8>),
     /// Bytes `start..start + len` of an mbox file, as the file holds them
     /// (quoted `>From ` lines and status headers in; [`mbox::read_message`]).
-    Mbox { path: PathBuf, start: u64, len: u64 },
+    Mbox {
+        path: PathBuf,
+        start: u64,
+        len: u64,
+    },
 }
 
 impl Body {
@@ -351,7 +355,14 @@ async fn import_folder(
             && !past_old_next
             && let Some(next) = source.next_uid
         {
-            place(account, &mailbox, std::mem::take(&mut batch), report, progress).await?;
+            place(
+                account,
+                &mailbox,
+                std::mem::take(&mut batch),
+                report,
+                progress,
+            )
+            .await?;
             batch_bytes = 0;
             mailbox.skip_to(next).await?;
             past_old_next = true;
@@ -383,7 +394,14 @@ async fn import_folder(
             message.uid,
         ));
         if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-            place(account, &mailbox, std::mem::take(&mut batch), report, progress).await?;
+            place(
+                account,
+                &mailbox,
+                std::mem::take(&mut batch),
+                report,
+                progress,
+            )
+            .await?;
             batch_bytes = 0;
         }
     }
@@ -407,7 +425,10 @@ fn refuse(
     size: u64,
     progress: &dyn Progress,
 ) {
-    let uid = message.uid.map(|u| format!("UID {u}, ")).unwrap_or_default();
+    let uid = message
+        .uid
+        .map(|u| format!("UID {u}, "))
+        .unwrap_or_default();
     report.too_large.push(format!(
         "{}: {} ({uid}{size} bytes)",
         folder.name,
