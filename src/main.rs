@@ -708,12 +708,16 @@ async fn import(
     for name in &report.new_uid_validity {
         say!("{name}: existed already, imported messages come after its own");
     }
+    for message in &report.too_large {
+        say!("{message}: not imported, larger than max_message_size");
+    }
     say!(
-        "imported {} folders: {} messages, {} skipped (already there), {} renumbered",
+        "imported {} folders: {} messages, {} skipped (already there), {} renumbered, {} too large",
         report.folders,
         report.messages,
         report.skipped,
-        report.renumbered
+        report.renumbered,
+        report.too_large.len()
     );
     Ok(())
 }

@@ -22,6 +22,16 @@ fn account(store: &SharedStore, keyring: &Keyring, instance: &str, secret: &[u8]
     Account::new(user_id(secret, "alice"), keys, store.clone(), config)
 }
 
+/// Stores `keyring` as the user's, as provisioning does: an account
+/// whose poller runs locks itself if its keyring is not in the store.
+async fn store_keyring(store: &SharedStore, keyring: &Keyring, secret: &[u8]) {
+    let key = facteur::store::layout::keyring(&user_id(secret, "alice"));
+    store
+        .put(&key, bytes::Bytes::from(keyring.to_bytes(&key)))
+        .await
+        .unwrap();
+}
+
 fn message(n: &str) -> Vec<u8> {
     format!(
         "From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: note {n}\r\n\
@@ -198,6 +208,7 @@ async fn changes_from_another_instance_wake_watchers() {
     let b = account(&shared, &keyring, "b", b"0123456789abcdef");
     let ma = a.mailbox("0c", 1).await.unwrap();
     let mb = b.mailbox("0c", 1).await.unwrap();
+    store_keyring(&shared, &keyring, b"0123456789abcdef").await;
     let _poller = b.spawn_poller();
     let mut watch = mb.watch();
     ma.append(&message("ping"), vec![], 0).await.unwrap();
@@ -312,6 +323,7 @@ async fn deliveries_reach_inbox_on_another_instance() {
     let reader = account(&shared, &keyring, "reader", b"0123456789abcdef");
     let (_, inbox) = reader.open_by_name("INBOX").await.unwrap();
     let mut watch = inbox.watch();
+    store_keyring(&shared, &keyring, b"0123456789abcdef").await;
     let _poller = reader.spawn_poller();
 
     let envelope = DeliveryEnvelope {

@@ -27,12 +27,17 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with("")
+    }
+
+    /// With `extra` appended to the configuration.
+    fn with(extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let secret: String = (0..32).map(|i| format!("{:x}", (i * 7 + 3) % 16)).collect();
         let config = format!(
             "cluster_secret = \"{secret}\"\n[store]\nbackend = \"fs\"\npath = \"store\"\n\
              [directory]\nbackend = \"static\"\nusers_file = \"users.toml\"\n\
-             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n"
+             [crypto.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n{extra}"
         );
         std::fs::write(dir.path().join("facteur.toml"), config).unwrap();
         let setup = Setup { dir };
@@ -100,6 +105,242 @@ impl Setup {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// `facteur serve` over this store, IMAP (STARTTLS port, plaintext
+    /// LOGIN from loopback) on a port the kernel picks.
+    fn serve(&self) -> Served {
+        let path = self.path("facteur.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(
+            "[lmtp]\nlisten = []\n[imap]\nstarttls_listen = [\"127.0.0.1:0\"]\n\
+             tls_listen = []\nself_signed_dir = \"tls\"\n",
+        );
+        std::fs::write(&path, config).unwrap();
+        let mut command = self.command(&["serve", "--http", "127.0.0.1:0"]);
+        command.stdin(Stdio::null()).stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut port = None;
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("serve never got ready");
+            if let Some(addr) = line.strip_prefix("facteur: imap (starttls) listening on ") {
+                port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+            if line == "facteur: ready" {
+                break;
+            }
+        }
+        Served {
+            child,
+            port: port.expect("an IMAP port"),
+        }
+    }
+}
+
+/// A running `facteur serve`, killed when dropped.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number after `name ` in `lines`.
+fn number_after(lines: &[String], name: &str) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| {
+            let at = l.find(&format!("{name} "))? + name.len() + 1;
+            l[at..].split([' ', ')', ']']).next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+}
+
+/// What a CONDSTORE/QRESYNC client of the old server holds for a folder
+/// (its UIDVALIDITY, a HIGHESTMODSEQ) must, after the import, get it
+/// every change made on Facteur: under the kept UIDVALIDITY, Facteur's
+/// MODSEQs are above the old server's. `old_modseq` is what the client
+/// holds.
+fn a_change_here_reaches_a_client_of_the_old_server(
+    port: u16,
+    login: &str,
+    folder: &str,
+    uid_validity: u32,
+    old_modseq: u64,
+    uid: u32,
+) {
+    let mut now = Imap::connect(port, login, PASSWORD);
+    now.ok("ENABLE QRESYNC");
+    let selected = now.ok(&format!("SELECT \"{folder}\""));
+    assert_eq!(
+        number_after(&selected, "UIDVALIDITY"),
+        u64::from(uid_validity),
+        "UIDVALIDITY kept: {selected:?}"
+    );
+    let highest = number_after(&selected, "HIGHESTMODSEQ");
+    assert!(highest > old_modseq, "{highest} > {old_modseq}");
+    now.ok(&format!("UID STORE {uid} +FLAGS (\\Flagged)"));
+    now.ok("LOGOUT");
+
+    // The old server's client comes back.
+    let mut old = Imap::connect(port, login, PASSWORD);
+    old.ok("ENABLE QRESYNC");
+    let resync = old.ok(&format!(
+        "SELECT \"{folder}\" (QRESYNC ({uid_validity} {old_modseq}))"
+    ));
+    let told = |lines: &[String]| {
+        lines.iter().any(|l| {
+            l.contains(" FETCH (") && l.contains(&format!("UID {uid} ")) && l.contains("\\Flagged")
+        })
+    };
+    assert!(told(&resync), "QRESYNC reports the flag: {resync:?}");
+    let changed = old.ok(&format!(
+        "UID FETCH 1:* (FLAGS) (CHANGEDSINCE {old_modseq})"
+    ));
+    assert!(told(&changed), "CHANGEDSINCE reports the flag: {changed:?}");
+    old.ok("LOGOUT");
+}
+
+/// Issue #14 item 3, keeping UIDVALIDITY: a client holding the old
+/// server's HIGHESTMODSEQ (here 2^40, far above what a Dovecot folder
+/// reaches) is told of a flag changed on Facteur, by QRESYNC and by
+/// CHANGEDSINCE. (Before: a new UIDVALIDITY; with the old one kept and
+/// MODSEQs counted from 1, it would be told nothing.)
+#[test]
+fn a_client_holding_the_old_servers_modseq_sees_changes_made_here() {
+    let setup = Setup::new();
+    let source = setup.path("source");
+    sample_maildir(&source);
+    setup.import("alice", &source);
+    let server = setup.serve();
+    a_change_here_reaches_a_client_of_the_old_server(
+        server.port,
+        "alice",
+        "Archives/Envoy&AOk-s",
+        1_650_000_000,
+        1 << 40,
+        1,
+    );
+}
+
+/// Issue #14 item 3: a message larger than the largest body the server
+/// opens (`max_message_size`) is not imported to stay unfetchable: it is
+/// named and counted, and the others keep their UIDs.
+#[test]
+fn a_message_over_max_message_size_is_refused_and_named() {
+    let setup = Setup::with(
+        "[imap]\nmax_message_size = \"4 KiB\"\nmax_command_line = \"1 KiB\"\n\
+         [lmtp]\nmax_message_size = \"4 KiB\"\n",
+    );
+    let source = setup.path("source");
+    put(&source, "1.M1.host", "S", &text(1), 1_700_000_001);
+    let big = format!("{}{}", text(2), "x".repeat(76).repeat(60));
+    put(&source, "2.M2.host", "", &big, 1_700_000_002);
+    put(&source, "3.M3.host", "", &text(3), 1_700_000_003);
+    std::fs::write(
+        source.join("dovecot-uidlist"),
+        "3 V1600000000 N4\n1 :1.M1.host\n2 :2.M2.host\n3 :3.M3.host\n",
+    )
+    .unwrap();
+    let out = setup.import("alice", &source);
+    assert!(out.contains("2 messages"), "{out}");
+    assert!(out.contains("1 too large"), "{out}");
+    assert!(
+        out.contains("INBOX: 2.M2.host:2, (UID 2, "),
+        "the message is named: {out}"
+    );
+    let exported = setup.path("exported");
+    setup.export("alice", &exported);
+    let (folders, _) = contents(&exported);
+    let uids: Vec<_> = folders["INBOX"].2.iter().map(|m| m.0).collect();
+    assert_eq!(uids, [Some(1), Some(3)]);
+}
+
+/// Issue #14 item 3: the import runs the check APPEND runs after placing
+/// (`Account::keep_placed`). Instance b deletes the folder without having
+/// seen the imported mail (its DELETE lands after the import found the
+/// folder, before it placed): the folder comes back with that mail
+/// instead of hiding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_imported_into_a_folder_deleted_meanwhile_stays_visible() {
+    use facteur::account::{Account, AccountConfig};
+    use facteur::crypto::{KdfParams, Keyring, Password, RecordAuth, user_id};
+    use facteur::log::InstanceId;
+    use facteur::migrate::{Progress, Source, SourceFolder, SourceMessage};
+    use facteur::store::{MemoryStore, SharedStore};
+    use std::sync::Arc;
+
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let secret: [u8; 16] = rand::random();
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let account = |instance: &str| {
+        let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+        let records = RecordAuth::from_cluster_secret(b"0123456789abcdef");
+        let config = AccountConfig::new(InstanceId::new(instance).unwrap(), records);
+        Account::new(user_id(&secret, "alice"), keys, store.clone(), config)
+    };
+    let (a, b) = (account("a"), account("b"));
+    a.folders()
+        .await
+        .unwrap()
+        .create("Lists", None)
+        .await
+        .unwrap();
+    b.folders().await.unwrap().sync().await.unwrap();
+
+    /// Deletes the folder from instance b, which saw it empty, when the
+    /// import on instance a has found it.
+    struct DeleteFromB(Arc<Account>);
+    impl Progress for DeleteFromB {
+        fn folder(&self, name: &str) {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let folders = self.0.folders().await.unwrap();
+                    folders.delete(name, 0).await.unwrap();
+                })
+            });
+        }
+    }
+    let source = Source {
+        folders: vec![SourceFolder {
+            name: "Lists".into(),
+            uid_validity: None,
+            next_uid: None,
+            messages: vec![SourceMessage {
+                uid: None,
+                flags: vec![],
+                internal_date: 1_700_000_000,
+                body: Body::Bytes(text(1).into_bytes()),
+            }],
+        }],
+        subscriptions: vec![],
+    };
+    let report = facteur::migrate::import(&a, &source, &DeleteFromB(b.clone()))
+        .await
+        .unwrap();
+    assert_eq!(report.messages, 1);
+    let folders = b.folders().await.unwrap();
+    folders.sync().await.unwrap();
+    let (_, lists) = b
+        .open_fresh("Lists")
+        .await
+        .expect("the folder is shown again");
+    assert_eq!(lists.read(|s| s.exists()).await, 1);
 }
 
 fn stderr(out: &Output) -> String {
@@ -246,14 +487,15 @@ fn a_maildir_round_trips_through_import_and_export() {
     let (exported, subscriptions) = contents(&first);
     let (original, _) = contents(&source);
 
-    // A new folder keeps UIDs with their gap and UIDNEXT, under a new
-    // UIDVALIDITY (MODSEQs cannot be carried over: clients must resync);
-    // a message the uidlist did not number gets the next UID.
+    // A new folder keeps its UIDVALIDITY, UIDs with their gap and
+    // UIDNEXT; a message the uidlist did not number comes after the old
+    // UIDNEXT (UID 2 may have named a message expunged there, which a
+    // client keeping the UIDVALIDITY may still hold).
     let envoyes = &exported["Archives/Envoyés"];
-    assert_ne!(envoyes.0, Some(1_650_000_000), "a new UIDVALIDITY");
-    assert_eq!(envoyes.1, Some(3));
+    assert_eq!(envoyes.0, Some(1_650_000_000), "UIDVALIDITY kept");
+    assert_eq!(envoyes.1, Some(4));
     let uids: Vec<_> = envoyes.2.iter().map(|m| m.0).collect();
-    assert_eq!(uids, [Some(1), Some(2)]);
+    assert_eq!(uids, [Some(1), Some(3)]);
     assert_eq!(envoyes.2[1].1, ["\\Draft"]);
     // INBOX exists in every account: its UIDVALIDITY is Facteur's, but it
     // was empty, so its UIDs and UIDNEXT are kept.
@@ -433,7 +675,11 @@ fn an_import_killed_midway_continues_without_duplicates() {
     let uids: Vec<u32> = big.2.iter().map(|m| m.0.unwrap()).collect();
     let wanted: Vec<u32> = (1..=count).map(|n| 2 * n).collect();
     assert_eq!(uids, wanted, "every message once, with its UID");
-    assert_ne!(big.0, Some(1_600_000_000), "a new UIDVALIDITY");
+    assert_eq!(
+        big.0,
+        Some(1_600_000_000),
+        "UIDVALIDITY kept by the resumed run"
+    );
     assert_eq!(big.1, Some(2000), "UIDNEXT kept");
 }
 
@@ -565,14 +811,12 @@ fn a_maildir_written_by_dovecot_keeps_uids_and_flags_and_round_trips() {
     imap.ok(&format!("SELECT \"{run}\""));
     imap.ok(&format!("UID STORE {} +FLAGS (\\Deleted)", appended[2].1.1));
     imap.ok("EXPUNGE");
-    let status = imap.ok(&format!("STATUS \"{run}\" (UIDNEXT UIDVALIDITY)"));
+    let status = imap.ok(&format!(
+        "STATUS \"{run}\" (UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+    ));
+    let dovecot_modseq = number_after(&status, "HIGHESTMODSEQ");
     imap.ok("LOGOUT");
-    let uid_next: u32 = status[0]
-        .split("UIDNEXT ")
-        .nth(1)
-        .and_then(|s| s.split([' ', ')']).next())
-        .and_then(|s| s.parse().ok())
-        .unwrap();
+    let uid_next = u32::try_from(number_after(&status, "UIDNEXT")).unwrap();
 
     // Dovecot is done writing: copy its Maildir and import the copy.
     let copy = setup.path("dovecot");
@@ -591,7 +835,7 @@ fn a_maildir_written_by_dovecot_keeps_uids_and_flags_and_round_trips() {
 
     let ours = &exported[&run];
     let run_validity = appended[0].1.0;
-    assert_ne!(ours.0, Some(run_validity), "a new UIDVALIDITY");
+    assert_eq!(ours.0, Some(run_validity), "UIDVALIDITY kept");
     assert_eq!(ours.1, Some(uid_next), "UIDNEXT kept");
     let got: Vec<(u32, Vec<String>, Vec<u8>)> = ours
         .2
@@ -615,7 +859,7 @@ fn a_maildir_written_by_dovecot_keeps_uids_and_flags_and_round_trips() {
     );
     assert_eq!(ours.2[0].2, 1_706_781_600, "INTERNALDATE of the APPEND");
     let child_name = format!("{run}/Résumé");
-    assert_ne!(exported[&child_name].0, Some(validity));
+    assert_eq!(exported[&child_name].0, Some(validity));
     assert!(subscriptions.contains(&child_name), "{subscriptions:?}");
 
     // Export, import into another user, export again: the same.
@@ -631,4 +875,16 @@ fn a_maildir_written_by_dovecot_keeps_uids_and_flags_and_round_trips() {
     }
     assert_eq!(again, exported);
     assert_eq!(again_subscriptions, subscriptions);
+
+    // A client of that Dovecot, holding its HIGHESTMODSEQ, is told of a
+    // flag changed on Facteur.
+    let server = setup.serve();
+    a_change_here_reaches_a_client_of_the_old_server(
+        server.port,
+        "alice",
+        &run,
+        run_validity,
+        dovecot_modseq,
+        appended[0].1.1,
+    );
 }

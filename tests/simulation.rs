@@ -35,6 +35,18 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 const INSTANCES: usize = 3;
 const CLIENTS: usize = 4;
 const UID_VALIDITY: u32 = 7;
+/// The mailbox is one `facteur import` made with its old UIDVALIDITY: every
+/// MODSEQ it reports has this base added (doc/migration.md), so the
+/// invariants are checked on the values clients see, and the base must
+/// survive snapshots.
+const MODSEQ_BASE: u64 = 1 << 40;
+
+/// An empty state of the simulated mailbox.
+fn empty_state() -> MailboxState {
+    let mut state = MailboxState::new(UID_VALIDITY);
+    state.set_modseq_base(MODSEQ_BASE);
+    state
+}
 const FLAGS: [&str; 3] = ["\\Seen", "\\Flagged", "$Work"];
 
 // ---- Counters, summed over every case run (shrinking included) ----
@@ -167,7 +179,7 @@ impl Sim {
         let instances = (0..INSTANCES)
             .map(|i| Instance {
                 name: InstanceId::new(&format!("site{i}")).unwrap(),
-                replica: Replica::new(MailboxState::new(UID_VALIDITY)),
+                replica: Replica::new(empty_state()),
                 partitioned: false,
                 skew_ms: i64::from(skews[i]),
                 planned: None,
@@ -394,6 +406,11 @@ impl Sim {
             ensure!(
                 modseq <= state.highest_modseq(),
                 "MODSEQ {modseq} above HIGHESTMODSEQ"
+            );
+            // Above every MODSEQ the old server gave (the base).
+            ensure!(
+                modseq > MODSEQ_BASE,
+                "MODSEQ {modseq} of UID {uid} not above the base"
             );
         }
 
@@ -779,7 +796,7 @@ impl Sim {
 
         // I1, strongest form: a fresh replica fed the whole set backwards
         // (children before parents) computes the same state.
-        let mut fresh = Replica::new(MailboxState::new(UID_VALIDITY));
+        let mut fresh = Replica::new(empty_state());
         for write in self.store.iter().rev().filter(|w| w.durable) {
             fresh.insert(write.id, write.envelope.clone());
         }

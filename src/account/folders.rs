@@ -20,6 +20,8 @@ pub struct Folder {
     pub id: MailboxId,
     pub name: String,
     pub uid_validity: u32,
+    /// Added to every MODSEQ the mailbox reports ([`MailboxInfo::modseq_base`]).
+    pub modseq_base: u64,
     pub special_use: Option<SpecialUse>,
 }
 
@@ -29,6 +31,7 @@ impl From<MailboxInfo<'_>> for Folder {
             id: m.id,
             name: m.name.to_owned(),
             uid_validity: m.uid_validity,
+            modseq_base: m.modseq_base,
             special_use: m.special_use,
         }
     }
@@ -142,6 +145,12 @@ impl Folders {
         self.read(|l| l.by_name(name).map(Folder::from)).await
     }
 
+    /// The MODSEQ base of mailbox `id`, shown or deleted (0 if the list
+    /// does not know it).
+    pub async fn modseq_base(&self, id: MailboxId) -> u64 {
+        self.read(|l| l.modseq_base(id)).await
+    }
+
     /// Every shown mailbox, sorted by name.
     pub async fn all(&self) -> Vec<Folder> {
         self.read(|l| {
@@ -203,16 +212,18 @@ impl Folders {
     }
 
     /// CREATE of a mailbox migrated from another server, keeping its
-    /// UIDVALIDITY when the name is new to the list
-    /// ([`MailboxList::plan_create_kept`]). Returns the id and whether the
-    /// UIDVALIDITY was kept.
+    /// UIDVALIDITY, with `modseq_base` added to its MODSEQs, when the name
+    /// is new to the list ([`MailboxList::plan_create_kept`]). Returns the
+    /// id and whether the UIDVALIDITY was kept.
     pub async fn create_kept(
         &self,
         name: &str,
         uid_validity: u32,
+        modseq_base: u64,
     ) -> Result<(MailboxId, bool), AccountError> {
         self.write(|l| {
-            let (op, id, kept) = l.plan_create_kept(name, uid_validity, &mut rand::rngs::OsRng)?;
+            let (op, id, kept) =
+                l.plan_create_kept(name, uid_validity, modseq_base, &mut rand::rngs::OsRng)?;
             Ok((op, (id, kept)))
         })
         .await

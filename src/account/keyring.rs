@@ -427,6 +427,27 @@ impl KeyringStore {
     }
 }
 
+/// Whether `users/<u>/keyring` still holds the keyring whose public key
+/// is `public`: `false` once it is gone (`facteur user delete`) or holds
+/// another user's (the login deleted and given to someone new). An
+/// account unlocked before then must lock itself: its keys open nothing
+/// the newcomer stores, and draining the newcomer's deliveries with them
+/// would quarantine every one. A store failure is an error (no answer, so
+/// no lock); so is a keyring that does not parse, which no delete or
+/// provisioning writes.
+pub async fn still_holds(
+    store: &dyn ObjectStore,
+    u: &UserId,
+    public: &UserPublicKey,
+) -> Result<bool, AccountError> {
+    let key = layout::keyring(u);
+    match store.get(&key).await {
+        Ok(bytes) => Ok(Keyring::from_bytes(&key, &bytes)?.public_key() == *public),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

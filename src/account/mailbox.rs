@@ -250,6 +250,12 @@ impl Mailbox {
         self.changes.subscribe()
     }
 
+    /// Wakes the sessions watching this mailbox (IDLE) with no change,
+    /// so they look at their account again (a locked account ends them).
+    pub(crate) fn wake(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
     /// Reads the current state.
     pub async fn read<R>(&self, f: impl FnOnce(&MailboxState) -> R) -> R {
         f(self.log.read().await.state())
@@ -293,6 +299,22 @@ impl Mailbox {
             .await
             .state_mut()
             .set_uid_validity(uid_validity);
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// The MODSEQ base this open copy answers with.
+    pub async fn modseq_base(&self) -> u64 {
+        self.read(MailboxState::modseq_base).await
+    }
+
+    /// Sets the MODSEQ base the mailbox list gives (fixed by the create,
+    /// so only a copy opened before the list knew it differs).
+    pub(crate) async fn set_modseq_base(&self, modseq_base: u64) {
+        self.log
+            .write()
+            .await
+            .state_mut()
+            .set_modseq_base(modseq_base);
         self.changes.send_modify(|v| *v += 1);
     }
 

@@ -59,6 +59,11 @@ pub enum AccountError {
     Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The user's keyring is gone or another's: the user was deleted (and
+    /// maybe the login given to someone new) while this account was
+    /// unlocked ([`Account::check_keyring`]).
+    #[error("this account was deleted; log in again")]
+    Locked,
     /// Too many password checks at once (the Argon2 pool is full).
     #[error(transparent)]
     Busy(#[from] crate::crypto::KdfBusy),
@@ -129,6 +134,9 @@ pub struct Account {
     /// reading the log again. At most [`KEEP_OPEN`], each for
     /// [`KEEP_OPEN_FOR`] after its last use.
     recent: std::sync::Mutex<Vec<(Arc<Mailbox>, std::time::Instant)>>,
+    /// Set once the user's keyring is found gone or replaced
+    /// ([`Account::check_keyring`]): the account then serves nothing more.
+    locked: tokio::sync::watch::Sender<bool>,
     /// Counts this account as unlocked (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -165,6 +173,7 @@ impl Account {
             folders: tokio::sync::OnceCell::new(),
             last_blob_gc: std::sync::Mutex::new(std::time::Instant::now()),
             recent: std::sync::Mutex::new(Vec::new()),
+            locked: tokio::sync::watch::channel(false).0,
             _live: crate::metrics::Live::new(crate::metrics::Kind::UnlockedAccount),
         })
     }
@@ -181,6 +190,39 @@ impl Account {
         &self.store
     }
 
+    /// The largest body a mailbox of this account opens (the largest
+    /// `max_message_size` of the listeners): a larger message could be
+    /// placed but never fetched.
+    pub fn max_body_size(&self) -> usize {
+        self.config.mailbox.max_body_size
+    }
+
+    /// Whether the account locked itself ([`Account::check_keyring`]).
+    pub fn is_locked(&self) -> bool {
+        *self.locked.borrow()
+    }
+
+    /// Checks that the user's keyring is still the one this account was
+    /// unlocked from (`keyring::still_holds`); if not, locks the account
+    /// for good and wakes its sessions (IDLE), which then end with BYE.
+    /// `Err(Locked)` once locked; a store failure is returned as is and
+    /// locks nothing.
+    pub async fn check_keyring(&self) -> Result<(), AccountError> {
+        if self.is_locked() {
+            return Err(AccountError::Locked);
+        }
+        let public = self.keys.public_key();
+        if keyring::still_holds(self.store.as_ref(), &self.user, &public).await? {
+            return Ok(());
+        }
+        tracing::warn!(user = ?self.user, "the keyring is gone or replaced: locking the unlocked account");
+        self.locked.send_replace(true);
+        for mailbox in self.open_mailboxes() {
+            mailbox.wake();
+        }
+        Err(AccountError::Locked)
+    }
+
     fn open_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Mailbox>>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -195,8 +237,14 @@ impl Account {
             return Err(AccountError::BadMailboxId(id.to_owned()));
         }
         let _opening = self.opening.lock().await;
+        let modseq_base = self.modseq_base(id).await;
         let open = self.open_map().get(id).and_then(Weak::upgrade);
         if let Some(open) = open {
+            if let Some(base) = modseq_base
+                && open.modseq_base().await != base
+            {
+                open.set_modseq_base(base).await;
+            }
             if open.uid_validity().await != uid_validity {
                 tracing::warn!(
                     mailbox = id,
@@ -221,6 +269,9 @@ impl Account {
             )
             .await?,
         );
+        if let Some(base) = modseq_base {
+            mailbox.set_modseq_base(base).await;
+        }
         {
             let mut open = self.open_map();
             open.retain(|_, m| m.strong_count() > 0);
@@ -228,6 +279,15 @@ impl Account {
         }
         self.used(&mailbox);
         Ok(mailbox)
+    }
+
+    /// The MODSEQ base the mailbox list gives mailbox `id` (see
+    /// `Folders::modseq_base`), if the list is open: every mailbox a
+    /// client can name is found through the list, so it is open then.
+    async fn modseq_base(&self, id: &str) -> Option<u64> {
+        let folders = self.folders.get()?;
+        let id: MailboxId = id.parse().ok()?;
+        Some(folders.modseq_base(id).await)
     }
 
     /// Keeps `mailbox` open for a while (see `recent`).
@@ -390,7 +450,7 @@ impl Account {
     /// it with the messages its deleter had not seen. The deleter does the
     /// mirror check ([`Account::delete_mailbox`]); since each looks after
     /// its own write landed, at least one of them sees the other's.
-    async fn keep_placed(&self, mailbox: &Mailbox) -> Result<(), AccountError> {
+    pub(crate) async fn keep_placed(&self, mailbox: &Mailbox) -> Result<(), AccountError> {
         let id: MailboxId = mailbox
             .id()
             .parse()
@@ -536,6 +596,9 @@ impl Account {
     /// Moves delivered mail (`incoming/`) into INBOX. One LIST when there
     /// is none.
     pub async fn drain_incoming(&self) -> Result<DrainReport, AccountError> {
+        if self.is_locked() {
+            return Err(AccountError::Locked);
+        }
         let (_, inbox) = self.open_by_name("INBOX").await?;
         let report = inbox
             .drain_incoming(&self.keys, &self.config.records)
@@ -648,6 +711,11 @@ impl Account {
     /// Syncs every open mailbox once; returns how many ops were applied.
     /// A mailbox that fails is logged and does not stop the others.
     pub async fn poll_once(&self) -> usize {
+        match self.check_keyring().await {
+            Ok(()) => {}
+            Err(AccountError::Locked) => return 0,
+            Err(e) => tracing::warn!(error = %e, "keyring check failed"),
+        }
         let mut applied = 0;
         self.forget_unused();
         if let Some(folders) = self.folders.get() {

@@ -99,8 +99,12 @@ impl Accounts {
     }
 
     /// The user's account if it is unlocked on this instance.
+    /// A locked one ([`Account::check_keyring`]) is not.
     pub fn get(&self, user: &UserId) -> Option<Arc<Account>> {
-        self.live().get(user).and_then(|l| l.account.upgrade())
+        self.live()
+            .get(user)
+            .and_then(|l| l.account.upgrade())
+            .filter(|a| !a.is_locked())
     }
 
     /// The user's account, unlocked with `keys` if it is not already; a new
@@ -142,6 +146,7 @@ impl Accounts {
             // keeps serving only its own sessions; the new keys get their
             // own account.
             && account.keys().public_key() == keys.public_key()
+            && !account.is_locked()
         {
             if verifier.is_some() {
                 entry.verifier = verifier;
@@ -192,6 +197,9 @@ impl Accounts {
             let entry = live.get(user)?;
             (entry.account.upgrade()?, entry.verifier?)
         };
+        if account.is_locked() {
+            return None;
+        }
         self.verifier_key
             .mac(user, keyring_digest, password)
             .verify_slice(&verifier)
@@ -231,11 +239,17 @@ mod tests {
             InstanceId::new("a").unwrap(),
             crate::crypto::RecordAuth::from_cluster_secret(b"0123456789abcdef"),
         );
-        let accounts = Accounts::new(store, config, Duration::from_secs(60));
+        let accounts = Accounts::new(store.clone(), config, Duration::from_secs(60));
         let (keyring, keys, _) =
             Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
-        let _ = keyring;
         let user = user_id(b"0123456789abcdef", "alice");
+        // The keyring is in the store: the account's polls find it there
+        // and do not lock it (`Account::check_keyring`).
+        let key = crate::store::layout::keyring(&user);
+        store
+            .put(&key, bytes::Bytes::from(keyring.to_bytes(&key)))
+            .await
+            .unwrap();
 
         let first = accounts.unlock(&user, keys.clone());
         let second = accounts.unlock(&user, keys);

@@ -538,6 +538,11 @@ async fn drive(
             .next_message(limits, Instant::now() + timeout, &mut shutdown)
             .await?
         {
+            Input::Message if session.account_locked() => {
+                let mut out = conn.out();
+                out.bye("This account was deleted");
+                return out.flush().await;
+            }
             Input::Message => {
                 let message = conn.framer.fragments().message_bytes();
                 conn.command = Some(metrics::ImapCommand::arrived(message));
@@ -803,6 +808,11 @@ async fn idle(
             }
             () = changed => {
                 let mut out = conn.out();
+                if session.account_locked() {
+                    out.bye("This account was deleted");
+                    out.flush().await?;
+                    return Ok(true);
+                }
                 session.report(&mut out, true).await?;
                 out.flush().await?;
             }

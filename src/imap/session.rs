@@ -130,6 +130,15 @@ impl Session {
         matches!(self.state, State::Authed(_) | State::Selected(..))
     }
 
+    /// Whether the logged-in account locked itself (its user was
+    /// deleted, `Account::check_keyring`): the connection ends with BYE.
+    pub fn account_locked(&self) -> bool {
+        match &self.state {
+            State::Authed(a) | State::Selected(a, _) => a.account.is_locked(),
+            _ => false,
+        }
+    }
+
     pub fn selected(&mut self) -> Option<&mut Selected> {
         match &mut self.state {
             State::Selected(_, s) => Some(s),

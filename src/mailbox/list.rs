@@ -259,10 +259,18 @@ pub enum Change {
     /// ([`MailboxList::plan_create_kept`]), so no client has seen another
     /// UIDVALIDITY under it; the list's UIDVALIDITY clock is raised to it,
     /// so a later create of the same name gets a higher one.
+    ///
+    /// `modseq_base` is added to every MODSEQ the mailbox reports: set
+    /// above the old server's HIGHESTMODSEQ, so that a client holding one
+    /// of its MODSEQs under the kept UIDVALIDITY is told of every change
+    /// made here (RFC 7162 §3.1.4.1, §3.2.5). Absent (0) in ops written
+    /// before it existed.
     CreateKept {
         id: MailboxId,
         name: String,
         uid_validity: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        modseq_base: u64,
     },
     /// A new name for one mailbox. A RENAME (RFC 9051 §6.3.6) is one of
     /// these for the mailbox and one for each inferior, in one op.
@@ -356,6 +364,13 @@ enum Life {
 struct Created {
     stamp: OrderKey,
     uid_validity: u32,
+    /// See [`Change::CreateKept`]; 0 for an ordinary create.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    modseq_base: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything known about one id. An entry may exist without a create
@@ -426,6 +441,9 @@ pub struct MailboxInfo<'a> {
     pub wanted: &'a str,
     /// RFC 9051 §2.3.1.1; nonzero.
     pub uid_validity: u32,
+    /// Added to every MODSEQ the mailbox reports (see
+    /// [`Change::CreateKept`]); 0 but for a migrated mailbox.
+    pub modseq_base: u64,
     pub special_use: Option<SpecialUse>,
 }
 
@@ -436,6 +454,8 @@ pub struct DeletedMailbox<'a> {
     /// Its last name.
     pub name: &'a str,
     pub uid_validity: u32,
+    /// See [`MailboxInfo::modseq_base`].
+    pub modseq_base: u64,
     /// Messages with a MODSEQ above this were not seen deleted.
     pub seen_modseq: u64,
 }
@@ -529,6 +549,9 @@ impl MailboxList {
             uid_validity: entry
                 .and_then(|e| e.created.as_ref())
                 .map_or(1, |c| c.uid_validity),
+            modseq_base: entry
+                .and_then(|e| e.created.as_ref())
+                .map_or(0, |c| c.modseq_base),
             special_use: entry
                 .and_then(|e| e.special_use.as_ref())
                 .and_then(|r| r.value),
@@ -543,6 +566,7 @@ impl MailboxList {
             name: INBOX,
             wanted: INBOX,
             uid_validity: 1,
+            modseq_base: 0,
             special_use: None,
         })
     }
@@ -628,6 +652,16 @@ impl MailboxList {
             .and_then(|(_, id)| self.by_id(id))
     }
 
+    /// The MODSEQ base of mailbox `id`, shown or deleted (0 if unknown):
+    /// what its state adds to every MODSEQ ([`Change::CreateKept`]).
+    pub fn modseq_base(&self, id: MailboxId) -> u64 {
+        self.core
+            .entries
+            .get(&id)
+            .and_then(|e| e.created.as_ref())
+            .map_or(0, |c| c.modseq_base)
+    }
+
     /// Deleted mailboxes whose log is still in the store: what garbage
     /// collection and recovery look at (module doc).
     pub fn deleted(&self) -> Vec<DeletedMailbox<'_>> {
@@ -643,6 +677,7 @@ impl MailboxList {
                     id: *id,
                     name: entry.name.as_ref().map_or("", |r| r.value.as_str()),
                     uid_validity: created.uid_validity,
+                    modseq_base: created.modseq_base,
                     seen_modseq,
                 })
             })
@@ -675,14 +710,16 @@ impl MailboxList {
     }
 
     /// CREATE of a mailbox migrated from another server, with the
-    /// UIDVALIDITY it had there, if no mailbox of this list (live or
-    /// deleted) wants `name` and `uid_validity` is nonzero; otherwise an
+    /// UIDVALIDITY it had there and a MODSEQ base above the MODSEQs it
+    /// gave (see [`Change::CreateKept`]), if no mailbox of this list (live
+    /// or deleted) wants `name` and `uid_validity` is nonzero; otherwise an
     /// ordinary [`MailboxList::plan_create`]. Returns the op, the new id and
     /// whether the UIDVALIDITY is kept.
     pub fn plan_create_kept(
         &self,
         name: &str,
         uid_validity: u32,
+        modseq_base: u64,
         rng: &mut impl RngCore,
     ) -> Result<(ListOp, MailboxId, bool), ListError> {
         let normalized = normalize(name)?;
@@ -704,6 +741,7 @@ impl MailboxList {
             id,
             name: normalized,
             uid_validity,
+            modseq_base,
         });
         Ok((ListOp { changes }, id, true))
     }
@@ -940,6 +978,7 @@ impl State for MailboxList {
                         entry.created = Some(Created {
                             stamp: stamp.clone(),
                             uid_validity,
+                            modseq_base: 0,
                         });
                     }
                     Reg::write(&mut entry.name, stamp, name);
@@ -950,6 +989,7 @@ impl State for MailboxList {
                     id,
                     name,
                     uid_validity,
+                    modseq_base,
                 } => {
                     let uid_validity = (*uid_validity).max(1);
                     clock = clock.max(uid_validity);
@@ -961,6 +1001,7 @@ impl State for MailboxList {
                         entry.created = Some(Created {
                             stamp: stamp.clone(),
                             uid_validity,
+                            modseq_base: *modseq_base,
                         });
                     }
                     Reg::write(&mut entry.name, stamp, name);

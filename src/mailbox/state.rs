@@ -360,6 +360,13 @@ struct Core {
     flag_names: Interned,
     instances: Interned,
     uid_validity: u32,
+    /// Added to every MODSEQ this state reports (HIGHESTMODSEQ, a
+    /// message's MODSEQ, and the values CHANGEDSINCE and VANISHED compare
+    /// with): the mailbox list gives it with UIDVALIDITY, fixed by the
+    /// create (nonzero only for a mailbox migrated with its UIDVALIDITY,
+    /// whose clients hold the old server's MODSEQs; doc/migration.md). 0
+    /// in snapshots written before it existed.
+    modseq_base: u64,
     /// `|S|`: the number of ops applied.
     highest_modseq: u64,
     /// Set if an op's claims did not fit in 32 bits.
@@ -476,6 +483,7 @@ impl Core {
 impl PartialEq for Core {
     fn eq(&self, other: &Core) -> bool {
         self.uid_validity == other.uid_validity
+            && self.modseq_base == other.modseq_base
             && self.highest_modseq == other.highest_modseq
             && self.uid_space_exhausted == other.uid_space_exhausted
             && self.reserved == other.reserved
@@ -663,6 +671,7 @@ impl MailboxState {
             flag_names: Interned::default(),
             instances: Interned::default(),
             uid_validity,
+            modseq_base: 0,
             highest_modseq: 0,
             uid_space_exhausted: false,
             reserved: 0,
@@ -688,6 +697,22 @@ impl MailboxState {
     /// authority; the state only carries it).
     pub fn set_uid_validity(&mut self, uid_validity: u32) {
         self.core.uid_validity = uid_validity;
+    }
+
+    /// What every reported MODSEQ has added (see [`Core::modseq_base`]).
+    pub fn modseq_base(&self) -> u64 {
+        self.core.modseq_base
+    }
+
+    /// Sets the MODSEQ base the mailbox list gives, as
+    /// [`MailboxState::set_uid_validity`].
+    pub fn set_modseq_base(&mut self, modseq_base: u64) {
+        self.core.modseq_base = modseq_base;
+    }
+
+    /// A MODSEQ as reported: the op-set value plus the base.
+    fn reported(&self, modseq: u64) -> u64 {
+        self.core.modseq_base.saturating_add(modseq)
     }
 
     /// UIDNEXT: above every claim ever made, valid or not, so it never
@@ -746,11 +771,12 @@ impl MailboxState {
         self.core.reserved
     }
 
-    /// HIGHESTMODSEQ: the number of ops in the set. Every op found later,
-    /// however late, gets a MODSEQ above it (see `log::dag`), so
-    /// CHANGEDSINCE with a value a client saw misses nothing (I5).
+    /// HIGHESTMODSEQ: the base plus the number of ops in the set. Every
+    /// op found later, however late, gets a MODSEQ above it (see
+    /// `log::dag`), so CHANGEDSINCE with a value a client saw misses
+    /// nothing (I5).
     pub fn highest_modseq(&self) -> u64 {
-        self.core.highest_modseq
+        self.reported(self.core.highest_modseq)
     }
 
     /// EXISTS: the number of shown messages.
@@ -831,7 +857,7 @@ impl MailboxState {
         Some(MessageView {
             id: *id,
             uid,
-            modseq: entry.modseq,
+            modseq: self.reported(entry.modseq),
             message: entry.message.as_ref()?,
             flags,
         })
@@ -897,7 +923,7 @@ impl MailboxState {
     pub fn vanished_since(&self, modseq: u64) -> Vec<u32> {
         let mut uids = Vec::new();
         for entry in self.core.entries.values() {
-            let changed = entry.modseq > modseq;
+            let changed = self.reported(entry.modseq) > modseq;
             uids.extend(entry.claims.as_slice().iter().filter(|c| {
                 **c != entry.shown && (changed || self.index.claims.claimants(**c).contains(&LOST))
             }));
@@ -914,7 +940,7 @@ impl MailboxState {
         self.core
             .entries
             .values()
-            .filter(move |e| e.modseq > modseq)
+            .filter(move |e| self.reported(e.modseq) > modseq)
     }
 
     // ---- Summaries ----
@@ -1550,6 +1576,9 @@ impl Serialize for CoreOut<'_> {
         out.serialize_field("flag_names", &core.flag_names)?;
         out.serialize_field("instances", &core.instances)?;
         out.serialize_field("uid_validity", &core.uid_validity)?;
+        if core.modseq_base != 0 {
+            out.serialize_field("modseq_base", &core.modseq_base)?;
+        }
         out.serialize_field("highest_modseq", &core.highest_modseq)?;
         out.serialize_field("uid_space_exhausted", &core.uid_space_exhausted)?;
         if core.reserved != 0 {
@@ -1586,6 +1615,8 @@ struct CoreIn {
     flag_names: Interned,
     instances: Interned,
     uid_validity: u32,
+    #[serde(default)]
+    modseq_base: u64,
     highest_modseq: u64,
     uid_space_exhausted: bool,
     #[serde(default)]
@@ -1654,6 +1685,7 @@ impl<'de> Deserialize<'de> for MailboxState {
             flag_names,
             instances,
             uid_validity,
+            modseq_base,
             highest_modseq,
             uid_space_exhausted,
             reserved,
@@ -1667,6 +1699,7 @@ impl<'de> Deserialize<'de> for MailboxState {
             flag_names,
             instances,
             uid_validity,
+            modseq_base,
             highest_modseq,
             uid_space_exhausted,
             reserved,

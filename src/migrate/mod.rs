@@ -12,20 +12,29 @@
 //!   interrupted one, places only what is missing, whatever was written
 //!   before the interruption (a body stored without its op is an orphan
 //!   the body collector removes).
-//! - *UIDs kept where they can be.* Every folder gets a new UIDVALIDITY
-//!   (the old server's MODSEQs cannot be carried over yet, and clients
-//!   must not trust caches that hold them). In a folder the import
-//!   creates, a message gets its old UID if that is still
-//!   at or above UIDNEXT (UIDs skipped in between stay unused), and the
-//!   folder its old UIDNEXT. Otherwise (the folder held other mail, or
-//!   INBOX and the default folders, which every account has) messages
-//!   are placed in order with new UIDs, and the report says so.
+//! - *UIDs kept where they can be.* A folder the import creates keeps its
+//!   old UIDVALIDITY, and reports MODSEQs above any the old server gave
+//!   (a MODSEQ base, [`modseq_base_at`]), so a CONDSTORE/QRESYNC client
+//!   keeps its cache and is told of every change made here. In such a
+//!   folder a message gets its old UID if that is still at or above
+//!   UIDNEXT (UIDs skipped in between stay unused), and the folder its old
+//!   UIDNEXT. Otherwise (the folder held other mail, or INBOX and the
+//!   default folders, which every account has) the folder keeps its own
+//!   UIDVALIDITY, messages are placed in order with new UIDs, and the
+//!   report says so.
+//! - *Nothing unreadable.* A message larger than the largest body the
+//!   account opens (`max_message_size`) is not imported: it is named in
+//!   the report.
+//! - *Nothing hidden.* After each batch, the import runs the check APPEND
+//!   runs (`Account::keep_placed`): mail placed in a folder deleted
+//!   meanwhile brings the folder back.
 
 pub mod maildir;
 pub mod mbox;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -70,16 +79,37 @@ impl MigrateError {
 pub enum Body {
     File(PathBuf),
     Bytes(Vec<u8>),
+    /// Bytes `start..start + len` of an mbox file, as the file holds them
+    /// (quoted `>From ` lines and status headers in; [`mbox::read_message`]).
+    Mbox {
+        path: PathBuf,
+        start: u64,
+        len: u64,
+    },
 }
 
 impl Body {
-    fn name(&self) -> String {
+    /// How the report names the message.
+    pub fn name(&self) -> String {
         match self {
             Body::File(path) => path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             Body::Bytes(_) => String::new(),
+            Body::Mbox { path, start, .. } => format!("{} at byte {start}", path.display()),
+        }
+    }
+
+    /// The size of the text as read, before line ends become CRLF (which
+    /// only adds bytes).
+    fn len(&self) -> Result<u64, MigrateError> {
+        match self {
+            Body::File(path) => std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|e| MigrateError::io(path, e)),
+            Body::Bytes(bytes) => Ok(bytes.len() as u64),
+            Body::Mbox { len, .. } => Ok(*len),
         }
     }
 
@@ -87,6 +117,7 @@ impl Body {
         match self {
             Body::File(path) => std::fs::read(path).map_err(|e| MigrateError::io(path, e)),
             Body::Bytes(bytes) => Ok(bytes.clone()),
+            Body::Mbox { path, start, len } => mbox::read_message(path, *start, *len),
         }
     }
 }
@@ -169,6 +200,9 @@ pub struct ImportReport {
     pub renumbered: usize,
     /// Folders whose UIDVALIDITY could not be kept (clients resync them).
     pub new_uid_validity: Vec<String>,
+    /// Messages not imported because they are larger than the largest
+    /// body the account opens: `folder: message (size)`.
+    pub too_large: Vec<String>,
 }
 
 /// Told of each message handled (for a progress bar).
@@ -189,18 +223,44 @@ const BATCH_BYTES: usize = 16 << 20;
 /// Messages per batch.
 const BATCH_MESSAGES: usize = 64;
 
+/// The MODSEQ base of a folder created with its old UIDVALIDITY, for an
+/// import at `now`: microseconds since the Unix epoch. Dovecot does not
+/// say its MODSEQs outside its binary index, but each is a count of the
+/// changes committed to the folder (one index transaction each, from 1 at
+/// the folder's creation), and no folder has had a change per microsecond
+/// since 1970: the base is above every MODSEQ it gave, so a client holding
+/// one is told of every change made here (RFC 7162 §3.1.4.1). The same
+/// holds for a Maildir exported by Facteur (its MODSEQs are an earlier
+/// base plus fewer ops than microseconds since), and the value, about
+/// 2^51 today, stays far below RFC 7162's 2^63 - 1.
+pub fn modseq_base_at(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 1))
+}
+
 /// Imports `source` into `account`. See the module doc.
 pub async fn import(
     account: &Account,
     source: &Source,
     progress: &dyn Progress,
 ) -> Result<ImportReport, MigrateError> {
+    import_at(account, source, progress, SystemTime::now()).await
+}
+
+/// [`import`] with the clock read `now` (for the MODSEQ base).
+pub async fn import_at(
+    account: &Account,
+    source: &Source,
+    progress: &dyn Progress,
+    now: SystemTime,
+) -> Result<ImportReport, MigrateError> {
     let mut report = ImportReport::default();
     let folders = account.folders().await?;
     folders.sync().await?;
+    let modseq_base = modseq_base_at(now);
     for folder in &source.folders {
         progress.folder(&folder.name);
-        import_folder(account, folder, progress, &mut report).await?;
+        import_folder(account, folder, modseq_base, progress, &mut report).await?;
         report.folders += 1;
     }
     folders.sync().await?;
@@ -216,27 +276,31 @@ pub async fn import(
 async fn import_folder(
     account: &Account,
     source: &SourceFolder,
+    modseq_base: u64,
     progress: &dyn Progress,
     report: &mut ImportReport,
 ) -> Result<(), MigrateError> {
     let folders = account.folders().await?;
-    // The old server's UIDVALIDITY is not kept yet: its clients also cache
-    // MODSEQs (CONDSTORE/QRESYNC), which would have to stay above the old
-    // server's under the same UIDVALIDITY, and our MODSEQs start again from
-    // the number of ops. A new UIDVALIDITY makes clients resync the folder
-    // once instead of trusting a cache that may be stale. UIDs are still
-    // kept in a folder the import creates.
-    let wanted_validity = 0;
+    // The old server's clients cache MODSEQs (CONDSTORE/QRESYNC) with the
+    // UIDVALIDITY: a kept UIDVALIDITY comes with a MODSEQ base above
+    // theirs, or they would be told of no change for a long time.
     let created_kept = match folders.find(&source.name).await {
         Some(_) => false,
         None => {
-            folders.create_kept(&source.name, wanted_validity).await?;
-            true
+            let wanted = source.uid_validity.unwrap_or(0);
+            let (_, kept) = folders
+                .create_kept(&source.name, wanted, modseq_base)
+                .await?;
+            kept
         }
     };
     let (_, mailbox) = account.open_by_name(&source.name).await?;
     mailbox.sync().await?;
-    if source.uid_validity.is_some() && !created_kept {
+    // A folder an earlier run of this import made with the old
+    // UIDVALIDITY (it has a MODSEQ base) counts as made now.
+    let ours = created_kept
+        || (source.uid_validity.is_some() && mailbox.read(|s| s.modseq_base() != 0).await);
+    if source.uid_validity.is_some() && !ours {
         report.new_uid_validity.push(source.name.clone());
     }
     let sparse = source.next_uid.is_some_and(|n| n > MAX_KEPT_UID)
@@ -251,13 +315,27 @@ async fn import_folder(
     // nothing or only this source's messages when the import began (a
     // resumed run): not in one with other mail, where they would only
     // leave gaps.
-    let mut keep_uids: Option<bool> = (created_kept && !sparse).then_some(true);
+    let mut keep_uids: Option<bool> = (ours && !sparse).then_some(true);
     if sparse {
         keep_uids = Some(false);
     }
+    let limit = account.max_body_size() as u64;
+    let mut past_old_next = false;
     for message in &source.messages {
+        // Refused before reading: a larger body could be placed but never
+        // fetched (Mailbox bounds what it opens).
+        let size = message.body.len()?;
+        if size > limit {
+            refuse(report, source, message, size, progress);
+            continue;
+        }
         let raw = message.body.read()?;
         let crlf = normalize_crlf(&raw).into_owned();
+        drop(raw);
+        if crlf.len() as u64 > limit {
+            refuse(report, source, message, crlf.len() as u64, progress);
+            continue;
+        }
         let id = ids.next(&crlf);
         let there = mailbox.read(|s| s.has_delivery(&id)).await;
         if keep_uids.is_none() {
@@ -268,6 +346,26 @@ async fn import_folder(
             report.skipped += 1;
             progress.message();
             continue;
+        }
+        // A message the old server had not numbered yet comes after its
+        // UIDNEXT: a UID below it may have named a message expunged there,
+        // which a client keeping the UIDVALIDITY may still hold.
+        if keep
+            && message.uid.is_none()
+            && !past_old_next
+            && let Some(next) = source.next_uid
+        {
+            place(
+                account,
+                &mailbox,
+                std::mem::take(&mut batch),
+                report,
+                progress,
+            )
+            .await?;
+            batch_bytes = 0;
+            mailbox.skip_to(next).await?;
+            past_old_next = true;
         }
         let flags: Vec<String> = message
             .flags
@@ -296,11 +394,18 @@ async fn import_folder(
             message.uid,
         ));
         if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-            place(&mailbox, std::mem::take(&mut batch), report, progress).await?;
+            place(
+                account,
+                &mailbox,
+                std::mem::take(&mut batch),
+                report,
+                progress,
+            )
+            .await?;
             batch_bytes = 0;
         }
     }
-    place(&mailbox, batch, report, progress).await?;
+    place(account, &mailbox, batch, report, progress).await?;
     if keep_uids == Some(true)
         && let Some(next) = source.next_uid
     {
@@ -312,8 +417,30 @@ async fn import_folder(
     Ok(())
 }
 
-/// Places one batch and counts it.
+/// Counts a message too large to import.
+fn refuse(
+    report: &mut ImportReport,
+    folder: &SourceFolder,
+    message: &SourceMessage,
+    size: u64,
+    progress: &dyn Progress,
+) {
+    let uid = message
+        .uid
+        .map(|u| format!("UID {u}, "))
+        .unwrap_or_default();
+    report.too_large.push(format!(
+        "{}: {} ({uid}{size} bytes)",
+        folder.name,
+        message.body.name()
+    ));
+    progress.message();
+}
+
+/// Places one batch and counts it, then keeps it visible if the folder
+/// was deleted meanwhile, as APPEND does (`Account::keep_placed`).
 async fn place(
+    account: &Account,
     mailbox: &crate::account::Mailbox,
     batch: Vec<(ImportedMessage, Option<u32>)>,
     report: &mut ImportReport,
@@ -324,6 +451,7 @@ async fn place(
     }
     let (messages, old): (Vec<ImportedMessage>, Vec<Option<u32>>) = batch.into_iter().unzip();
     let uids = mailbox.import(messages).await?;
+    account.keep_placed(mailbox).await?;
     for (got, old) in uids.iter().zip(old) {
         report.messages += 1;
         if old.is_some() && *got != old {

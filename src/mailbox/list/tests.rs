@@ -717,31 +717,39 @@ fn an_imported_mailbox_keeps_its_uid_validity_and_a_recreated_name_gets_a_higher
     let (op, id, kept) = a
         .replica
         .state()
-        .plan_create_kept("Old/Mail", 1_234, &mut a.rng)
+        .plan_create_kept("Old/Mail", 1_234, 1 << 40, &mut a.rng)
         .unwrap();
     assert!(kept);
     a.write(op);
     let info = a.list().by_name("Old/Mail").unwrap();
-    assert_eq!((info.id, info.uid_validity), (id, 1_234));
+    assert_eq!(
+        (info.id, info.uid_validity, info.modseq_base),
+        (id, 1_234, 1 << 40)
+    );
     assert!(a.list().exists("Old"), "superiors are created");
+    assert_eq!(a.list().by_name("Old").unwrap().modseq_base, 0);
     // The clock passed it: a name created later gets a higher value,
     // and a name once used never takes an imported value again.
     a.delete("Old/Mail");
     let (op, _, kept) = a
         .replica
         .state()
-        .plan_create_kept("Old/Mail", 1_000, &mut a.rng)
+        .plan_create_kept("Old/Mail", 1_000, 0, &mut a.rng)
         .unwrap();
     assert!(
         !kept,
         "Old/Mail was used: its clients may know another value"
     );
+    // The deleted one keeps its base (a recovery compares MODSEQs).
+    assert_eq!(a.list().deleted()[0].modseq_base, 1 << 40);
+    assert_eq!(a.list().modseq_base(id), 1 << 40);
     a.write(op);
     assert!(a.list().by_name("Old/Mail").unwrap().uid_validity > 1_234);
+    assert_eq!(a.list().by_name("Old/Mail").unwrap().modseq_base, 0);
     let (_, _, kept) = a
         .replica
         .state()
-        .plan_create_kept("INBOX", 5, &mut a.rng)
+        .plan_create_kept("INBOX", 5, 0, &mut a.rng)
         .unwrap_or_else(|_| (ListOp::default(), MailboxId::INBOX, false));
     assert!(!kept, "INBOX always exists");
 }
@@ -753,7 +761,7 @@ fn an_imported_uid_validity_raises_the_clock_of_later_creates() {
     let (op, _, _) = a
         .replica
         .state()
-        .plan_create_kept("Future", far, &mut a.rng)
+        .plan_create_kept("Future", far, 0, &mut a.rng)
         .unwrap();
     a.write(op);
     a.create("Next");
