@@ -198,11 +198,24 @@ async fn deliver_through(w: &World, store: &SharedStore, subject: &str) {
     .unwrap();
 }
 
-/// The next line from `c`, which must come within `within`.
-async fn line_within(c: &mut Client<tokio::io::DuplexStream>, within: Duration, what: &str) -> String {
-    tokio::time::timeout(within, c.line())
+/// The next `EXISTS` line from `c` (other untagged lines, `RECENT`,
+/// `FETCH`, are skipped), which must come within `within`.
+async fn exists_within(
+    c: &mut Client<tokio::io::DuplexStream>,
+    within: Duration,
+    what: &str,
+) -> String {
+    let exists = async {
+        loop {
+            let line = c.line().await;
+            if line.ends_with(" EXISTS") {
+                return line;
+            }
+        }
+    };
+    tokio::time::timeout(within, exists)
         .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {within:?}"))
+        .unwrap_or_else(|_| panic!("{what}: no EXISTS within {within:?}"))
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -217,7 +230,7 @@ async fn a_delivery_on_this_instance_reaches_idle_at_once() {
     let (mut c, tag) = idler(&imap).await;
     let lmtp = facteur::server::lmtp::backend(&w.services);
     deliver_through(&w, &lmtp.store, "same instance").await;
-    let pushed = line_within(&mut c, Duration::from_secs(2), "same-instance delivery").await;
+    let pushed = exists_within(&mut c, Duration::from_secs(2), "same-instance delivery").await;
     assert_eq!(pushed, "* 1 EXISTS");
     c.send(b"DONE\r\n").await;
     assert!(c.until_tagged(&tag).await.ok());
@@ -245,13 +258,18 @@ async fn hints_cross_instances(inner: SharedStore) {
         )
         .await;
     assert!(r.ok(), "{r:?}");
-    let pushed = line_within(&mut c, Duration::from_secs(5), "APPEND on another instance").await;
+    let pushed = exists_within(&mut c, Duration::from_secs(5), "APPEND on another instance").await;
     assert_eq!(pushed, "* 1 EXISTS");
 
     // LMTP on instance one, where alice has a session too.
     let lmtp = facteur::account::Hinted::wrap(w.store.clone(), hints_one, None);
     deliver_through(&w, &lmtp, "across").await;
-    let pushed = line_within(&mut c, Duration::from_secs(5), "delivery on another instance").await;
+    let pushed = exists_within(
+        &mut c,
+        Duration::from_secs(5),
+        "delivery on another instance",
+    )
+    .await;
     assert_eq!(pushed, "* 2 EXISTS");
     c.send(b"DONE\r\n").await;
     assert!(c.until_tagged(&tag).await.ok());
@@ -286,11 +304,15 @@ async fn a_lost_hint_is_made_up_by_the_fallback_poll() {
     let mut writer = login(&one, "alice").await;
     assert!(
         writer
-            .append("INBOX", "", "Subject: x\r\nFrom: a@example.org\r\n\r\nhi\r\n")
+            .append(
+                "INBOX",
+                "",
+                "Subject: x\r\nFrom: a@example.org\r\n\r\nhi\r\n"
+            )
             .await
             .ok()
     );
-    let pushed = line_within(&mut c, 3 * fallback, "change with its hint lost").await;
+    let pushed = exists_within(&mut c, 3 * fallback, "change with its hint lost").await;
     assert_eq!(pushed, "* 1 EXISTS");
     c.send(b"DONE\r\n").await;
     assert!(c.until_tagged(&tag).await.ok());

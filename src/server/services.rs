@@ -111,10 +111,7 @@ impl Services {
                     .max(config.lmtp.max_message_size.0),
             )
             .unwrap_or(usize::MAX),
-            hints: config
-                .imap
-                .change_hints
-                .then(|| Hints::new(HINT_INTERVAL)),
+            hints: config.imap.change_hints.then(|| Hints::new(HINT_INTERVAL)),
             poll_fallback: Duration::from_secs(config.imap.poll_fallback),
             cluster_secret,
         })
