@@ -59,6 +59,9 @@ const MAX_PAGES: usize = 10;
 /// Hint objects written at once.
 const WRITE_PARALLELISM: usize = 8;
 
+/// An account to wake: its serial and the account.
+type Registered = (u64, Weak<Account>);
+
 /// The change hints of one instance.
 pub struct Hints {
     /// Random per [`Hints`]: this instance's own hints are skipped when
@@ -67,7 +70,7 @@ pub struct Hints {
     /// How often `hints/` is listed.
     interval: Duration,
     /// Accounts to wake, by user.
-    accounts: Mutex<HashMap<UserId, Vec<(u64, Weak<Account>)>>>,
+    accounts: Mutex<HashMap<UserId, Vec<Registered>>>,
     /// Users whose hint is queued and not yet being written.
     scheduled: Mutex<HashSet<UserId>>,
     /// The writer task's queue, started on first use.

@@ -215,10 +215,12 @@ impl Account {
         self.serial
     }
 
-    /// A session starts using the account: polling resumes.
+    /// A session starts using the account: polling resumes (at once if
+    /// it had stopped).
     pub fn session_began(&self) {
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        self.wake();
+        if self.sessions.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.wake();
+        }
     }
 
     /// A session stopped using the account; after the last one the
