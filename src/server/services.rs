@@ -3,10 +3,9 @@
 //! cluster secret.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
-
-use std::time::Duration;
 
 use crate::account::{Hints, KeyringStore};
 use crate::config::{Config, ConfigError, DirectoryBackend, StoreBackend};
