@@ -635,6 +635,17 @@ pub struct ImapConfig {
     /// most a minute, except from addresses the login succeeded from.)
     #[serde(default = "default_imap_login_failures_per_login")]
     pub login_failures_per_login: u32,
+    /// Whether instances tell each other which users' data changed, with
+    /// small objects under `hints/` listed once every 2 s per instance
+    /// (doc/consistency.md, "Change hints"). Off: every account with a
+    /// session polls the store every 2 s, as before.
+    #[serde(default = "default_true")]
+    pub change_hints: bool,
+    /// With `change_hints`: the longest time between two polls of an
+    /// account with a session while nothing changes, in seconds (a lost
+    /// hint is seen by then). At least 2.
+    #[serde(default = "default_imap_poll_fallback")]
+    pub poll_fallback: u64,
 }
 
 impl Default for ImapConfig {
@@ -657,6 +668,8 @@ impl Default for ImapConfig {
             max_command_line: default_imap_max_command_line(),
             login_failures_per_ip: default_imap_login_failures_per_ip(),
             login_failures_per_login: default_imap_login_failures_per_login(),
+            change_hints: true,
+            poll_fallback: default_imap_poll_fallback(),
         }
     }
 }
@@ -697,6 +710,9 @@ impl ImapConfig {
         if self.idle_keepalive == 0 {
             return invalid("idle_keepalive must be at least 1 second");
         }
+        if self.poll_fallback < 2 {
+            return invalid("poll_fallback must be at least 2 seconds");
+        }
         if u32::try_from(self.max_message_size.0).is_err() {
             return invalid("max_message_size must be below 4 GiB");
         }
@@ -710,6 +726,9 @@ impl ImapConfig {
     }
 }
 
+fn default_imap_poll_fallback() -> u64 {
+    60
+}
 fn default_imap_starttls_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([0, 0, 0, 0], 143))]
 }

@@ -3,12 +3,14 @@
 //! "The I/O layer"). It owns the user's keyring
 //! object (creating it at provisioning, loading it at unlock, re-wrapping
 //! it), one in-memory copy of each open mailbox, and change notification:
-//! in memory for sessions on this instance, and by polling the store for
-//! changes made by other instances.
+//! in memory for sessions on this instance, by change hints
+//! ([`hints`]) and, as a fallback, by polling the store for changes made by
+//! other instances, while the account has a session.
 
 pub mod cache;
 pub mod check;
 pub mod folders;
+pub mod hints;
 pub mod keyring;
 pub mod mailbox;
 pub mod recent;
@@ -16,6 +18,7 @@ pub mod registry;
 pub mod turn;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -29,6 +32,7 @@ use crate::store::{SharedStore, StoreError, layout, layout::UserId, list_all};
 
 pub use cache::BodyCache;
 pub use folders::{Folder, Folders};
+pub use hints::{Hinted, Hints};
 pub use keyring::{KeyringStore, StoredKeyring};
 pub use mailbox::{ImportedMessage, Mailbox, MailboxTuning, Placed};
 pub use registry::Accounts;
@@ -90,8 +94,14 @@ pub struct AccountConfig {
     pub instance: InstanceId,
     pub mailbox: MailboxTuning,
     /// How often open mailboxes are synced to see other instances' changes
-    /// (doc/consistency.md, "The I/O layer": default 2 s).
+    /// when hints are off, and the quickest poll when they are on
+    /// (doc/consistency.md, "The I/O layer" and "Change hints": default 2 s).
     pub poll_interval: Duration,
+    /// With hints: the slowest poll, reached by doubling from
+    /// `poll_interval` while nothing changes (a lost hint is seen by then).
+    pub poll_fallback: Duration,
+    /// This instance's change hints; none: poll every `poll_interval`.
+    pub hints: Option<Arc<Hints>>,
     /// Bytes of decrypted bodies kept in memory for this account.
     pub body_cache_bytes: usize,
     /// Authenticates delivery records (derived from the cluster secret):
@@ -108,6 +118,8 @@ impl AccountConfig {
             instance,
             mailbox: MailboxTuning::default(),
             poll_interval: Duration::from_secs(2),
+            poll_fallback: Duration::from_secs(60),
+            hints: None,
             body_cache_bytes: 8 << 20,
         }
     }
@@ -139,6 +151,22 @@ pub struct Account {
     locked: tokio::sync::watch::Sender<bool>,
     /// Counts this account as unlocked (`/metrics`) while it lives.
     _live: crate::metrics::Live,
+    /// Tells this account apart from another of the same user (hints).
+    serial: u64,
+    /// Sessions holding the account; with none it polls nothing.
+    sessions: AtomicUsize,
+    /// Wakes the poller: a change to sync, a session starting, the end.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Serials of accounts.
+static SERIALS: AtomicU64 = AtomicU64::new(1);
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        // The poller sees the account gone now, not after its sleep.
+        self.wake.notify_one();
+    }
 }
 
 /// How many unselected mailboxes an account keeps open.
@@ -162,7 +190,13 @@ impl Account {
         store: SharedStore,
         config: AccountConfig,
     ) -> Arc<Self> {
-        Arc::new(Account {
+        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
+        let store = match &config.hints {
+            Some(hints) => Hinted::wrap(store, hints.clone(), Some(serial)),
+            None => store,
+        };
+        let hints = config.hints.clone();
+        let account = Arc::new(Account {
             cache: Arc::new(BodyCache::new(config.body_cache_bytes)),
             user,
             keys,
@@ -175,7 +209,47 @@ impl Account {
             recent: std::sync::Mutex::new(Vec::new()),
             locked: tokio::sync::watch::channel(false).0,
             _live: crate::metrics::Live::new(crate::metrics::Kind::UnlockedAccount),
-        })
+            serial,
+            sessions: AtomicUsize::new(0),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        if let Some(hints) = hints {
+            hints.register(&account);
+        }
+        account
+    }
+
+    /// Tells this account apart from another of the same user.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// A session starts using the account: polling resumes (at once if
+    /// it had stopped).
+    pub fn session_began(&self) {
+        if self.sessions.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.wake();
+        }
+    }
+
+    /// A session stopped using the account; after the last one the
+    /// account polls nothing.
+    pub fn session_ended(&self) {
+        let _ = self
+            .sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// How many sessions hold the account.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Something changed in the store for this user (a delivery on this
+    /// instance, a hint from another): the poller syncs now, if the
+    /// account has a session.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     pub fn user(&self) -> &UserId {
@@ -753,20 +827,41 @@ impl Account {
         applied
     }
 
-    /// Polls the store every `poll_interval` while the account is alive, so
-    /// changes made through other instances reach this instance's sessions.
+    /// Polls the store while the account is alive and has a session, so
+    /// changes made through other instances reach this instance's sessions
+    /// (doc/consistency.md, "Change hints"). A wake ([`Account::wake`])
+    /// polls at once. Without hints, polls every `poll_interval`; with
+    /// them, `poll_interval` after a wake or a poll that found something,
+    /// then twice as long after each quiet one, up to `poll_fallback`.
+    /// Without a session, polls nothing and waits for a wake.
     pub fn spawn_poller(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let account = Arc::downgrade(self);
-        let interval = self.config.poll_interval;
+        let wake = self.wake.clone();
+        let quick = self.config.poll_interval;
+        let slow = match self.config.hints {
+            Some(_) => self.config.poll_fallback.max(quick),
+            None => quick,
+        };
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next = quick;
             loop {
-                ticks.tick().await;
+                let woken = tokio::select! {
+                    () = wake.notified() => true,
+                    () = tokio::time::sleep(next) => false,
+                };
                 let Some(account) = account.upgrade() else {
                     break;
                 };
-                account.poll_once().await;
+                if account.sessions() == 0 {
+                    next = slow;
+                    continue;
+                }
+                let applied = account.poll_once().await;
+                next = if woken || applied > 0 {
+                    quick
+                } else {
+                    (next * 2).min(slow)
+                };
             }
         })
     }

@@ -107,8 +107,9 @@ impl Accounts {
             .filter(|a| !a.is_locked())
     }
 
-    /// The user's account, unlocked with `keys` if it is not already; a new
-    /// account starts polling the store for other instances' changes.
+    /// The user's account, unlocked with `keys` if it is not already, for
+    /// one session (give it back with [`Accounts::release`]); a new account
+    /// starts polling the store for other instances' changes.
     pub fn unlock(&self, user: &UserId, keys: UserKeys) -> Arc<Account> {
         self.unlock_inner(user, keys, None)
     }
@@ -151,11 +152,13 @@ impl Accounts {
             if verifier.is_some() {
                 entry.verifier = verifier;
             }
+            account.session_began();
             return account;
         }
         live.retain(|_, l| l.account.strong_count() > 0);
         let account = Account::new(user.clone(), keys, self.store.clone(), self.config.clone());
         account.spawn_poller();
+        account.session_began();
         live.insert(
             user.clone(),
             Live {
@@ -200,15 +203,21 @@ impl Accounts {
         if account.is_locked() {
             return None;
         }
-        self.verifier_key
+        let same = self
+            .verifier_key
             .mac(user, keyring_digest, password)
             .verify_slice(&verifier)
-            .is_ok()
-            .then_some(account)
+            .is_ok();
+        same.then(|| {
+            account.session_began();
+            account
+        })
     }
 
-    /// A session ends: the account stays unlocked for the grace period.
+    /// A session ends: the account stays unlocked for the grace period
+    /// (polling nothing if no other session holds it).
     pub fn release(&self, account: Arc<Account>) {
+        account.session_ended();
         let grace = self.grace;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;

@@ -86,11 +86,17 @@ pub fn backend(services: &Services) -> Backend {
 }
 
 /// The delivery backend; `quota_full_temporary` is `[lmtp]
-/// quota_full_temporary`.
+/// quota_full_temporary`. With change hints, a delivery wakes the user's
+/// account if it is unlocked on this instance (its IDLE sessions see the
+/// mail at once) and leaves a hint for the other instances.
 pub fn backend_with(services: &Services, quota_full_temporary: bool) -> Backend {
     let ids = services.clone();
+    let store = match &services.hints {
+        Some(hints) => crate::account::Hinted::wrap(services.store.clone(), hints.clone(), None),
+        None => services.store.clone(),
+    };
     Backend {
-        store: services.store.clone(),
+        store,
         directory: services.directory.clone(),
         keyrings: services.keyrings.clone(),
         records: services.records.clone(),

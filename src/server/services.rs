@@ -3,10 +3,11 @@
 //! cluster secret.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::account::KeyringStore;
+use crate::account::{Hints, KeyringStore};
 use crate::config::{Config, ConfigError, DirectoryBackend, StoreBackend};
 use crate::crypto::{KdfParams, RecordAuth};
 use crate::directory::{Directory, DirectoryError, LdapDirectory, StaticDirectory};
@@ -24,6 +25,9 @@ pub enum ServicesError {
     Directory(#[from] DirectoryError),
 }
 
+/// How often an instance lists the change hints of other instances.
+pub const HINT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Everything built from the configuration that sessions share.
 #[derive(Clone, Debug)]
 pub struct Services {
@@ -40,6 +44,11 @@ pub struct Services {
     /// The largest message any listener accepts (`imap` and `lmtp`
     /// `max_message_size`): no stored body is decompressed beyond it.
     pub max_body_size: usize,
+    /// This instance's change hints (`[imap] change_hints`), shared by its
+    /// accounts and its LMTP deliveries; none when off.
+    pub hints: Option<Arc<Hints>>,
+    /// `[imap] poll_fallback`.
+    pub poll_fallback: Duration,
     /// Keys user ids; never leaves memory.
     cluster_secret: Arc<Zeroizing<String>>,
 }
@@ -101,6 +110,8 @@ impl Services {
                     .max(config.lmtp.max_message_size.0),
             )
             .unwrap_or(usize::MAX),
+            hints: config.imap.change_hints.then(|| Hints::new(HINT_INTERVAL)),
+            poll_fallback: Duration::from_secs(config.imap.poll_fallback),
             cluster_secret,
         })
     }
@@ -111,13 +122,16 @@ impl Services {
     }
 
     /// How accounts behave on this instance: the defaults, with the
-    /// record key and the body bound of this configuration.
+    /// record key, the body bound and the change hints of this
+    /// configuration.
     pub fn account_config(
         &self,
         instance: crate::log::InstanceId,
     ) -> crate::account::AccountConfig {
         let mut config = crate::account::AccountConfig::new(instance, self.records.clone());
         config.mailbox.max_body_size = self.max_body_size;
+        config.hints = self.hints.clone();
+        config.poll_fallback = self.poll_fallback;
         config
     }
 

@@ -97,6 +97,35 @@ pub fn blob_id_time(blob_id: &str) -> Option<u64> {
     (blob_id.len() == 44).then(|| u64::from_str_radix(ts, 16).ok())?
 }
 
+/// Prefix of change hints (`account::hints`): empty objects
+/// `hints/<ms>-<tag>-<u>`, written when a user's data changes so that other
+/// instances sync that user without polling. They live a few minutes.
+pub const HINTS_PREFIX: &str = "hints/";
+
+/// `hints/<ms>-<tag>-<u>`: the time (ms since the epoch, 12 hex digits, so
+/// that keys sort by time), the writer's random tag (16 hex digits) and the
+/// opaque user id.
+pub fn hint(now_ms: u64, tag: &str, u: &UserId) -> String {
+    format!("{HINTS_PREFIX}{now_ms:012x}-{tag}-{u}")
+}
+
+/// A key sorting just before every hint written at or after `ms`: the
+/// `start_after` of a listing since `ms`.
+pub fn hints_before(ms: u64) -> String {
+    format!("{HINTS_PREFIX}{ms:012x}")
+}
+
+/// The time, tag and user of a key made by [`hint`].
+pub fn parse_hint(key: &str) -> Option<(u64, &str, UserId)> {
+    let rest = key.strip_prefix(HINTS_PREFIX)?;
+    let mut parts = rest.splitn(3, '-');
+    let time = parts.next().filter(|t| t.len() == 12)?;
+    let time = u64::from_str_radix(time, 16).ok()?;
+    let tag = parts.next().filter(|t| !t.is_empty())?;
+    let user = UserId::parse(parts.next()?)?;
+    Some((time, tag, user))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -109,6 +138,20 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn hints_sort_by_time_and_parse_back() {
+        let u = UserId::parse(&"0f".repeat(32)).unwrap();
+        let key = hint(1_700_000_000_123, "00ff00ff00ff00ff", &u);
+        assert_eq!(
+            parse_hint(&key),
+            Some((1_700_000_000_123, "00ff00ff00ff00ff", u.clone()))
+        );
+        assert!(hints_before(1_700_000_000_123) < key);
+        assert!(hint(1_700_000_000_122, "ff", &u) < hints_before(1_700_000_000_123));
+        assert!(parse_hint("hints/zz-a-b").is_none());
+        assert!(parse_hint(&format!("users/{u}/keyring")).is_none());
+    }
 
     #[test]
     fn user_id_is_strict_hex() {

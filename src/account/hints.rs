@@ -1,0 +1,406 @@
+//! Change hints (doc/consistency.md, "Change hints"): how an unlocked account
+//! learns at once that another session, another instance or LMTP wrote
+//! something it should sync, without polling the store every two seconds.
+//!
+//! One [`Hints`] per instance. Every account of the instance and its LMTP
+//! backend write through a [`Hinted`] store: a successful PUT of a delivery
+//! record, an op of a log (mailbox list or mailbox) or a keyring
+//! - wakes the other accounts of that user registered here (same instance:
+//!   no store call at all), and
+//! - writes an empty hint object `hints/<ms>-<tag>-<user>` (at most one in
+//!   flight per user: writes that complete while one is queued share it),
+//!   for the other instances.
+//!
+//! Each instance lists `hints/` once per interval, from a little before its
+//! previous listing (clocks differ), and wakes its accounts that the new
+//! hints name: one LIST for the whole instance, however many accounts.
+//! Nothing is listed while no account here has a session.
+//!
+//! A hint is only a shortcut: an account that misses one (lost PUT, clock
+//! skew beyond the margin, hints disabled) still sees the change at its
+//! next fallback poll or client command. The hint names nothing the store
+//! does not already show: the user id is the opaque one of `users/<u>/`,
+//! whose writes the store's host sees anyway; the tag is random per
+//! process. Each instance deletes its own hints after [`HINT_TTL`] and,
+//! every [`SWEEP_EVERY`], anyone's older than [`STALE`] (an instance that
+//! died), so the prefix stays small.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::Account;
+use crate::log::now_ms;
+use crate::store::layout::{self, UserId};
+use crate::store::{ListPage, MAX_LIST, ObjectStore, SharedStore, StoreError};
+
+/// How far before its previous listing an instance lists again: hints
+/// written by a clock this much behind, or landing this late, are seen.
+pub const MARGIN: Duration = Duration::from_secs(10);
+
+/// How long an instance keeps the hints it wrote.
+pub const HINT_TTL: Duration = Duration::from_secs(120);
+
+/// Hints older than this are anyone's to delete.
+pub const STALE: Duration = Duration::from_secs(600);
+
+/// How often an instance deletes stale hints of every instance.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Pages one listing reads at most (a burst beyond is left to the
+/// fallback poll).
+const MAX_PAGES: usize = 10;
+
+/// Hint objects written at once.
+const WRITE_PARALLELISM: usize = 8;
+
+/// An account to wake: its serial and the account.
+type Registered = (u64, Weak<Account>);
+
+/// The change hints of one instance.
+pub struct Hints {
+    /// Random per [`Hints`]: this instance's own hints are skipped when
+    /// listing (its accounts were woken in memory).
+    tag: String,
+    /// How often `hints/` is listed.
+    interval: Duration,
+    /// Accounts to wake, by user.
+    accounts: Mutex<HashMap<UserId, Vec<Registered>>>,
+    /// Users whose hint is queued and not yet being written.
+    scheduled: Mutex<HashSet<UserId>>,
+    /// The writer task's queue, started on first use.
+    queue: OnceLock<mpsc::UnboundedSender<(UserId, SharedStore)>>,
+    /// Hints this instance wrote, oldest first, with their time.
+    written: Mutex<VecDeque<(u64, String)>>,
+    /// Whether the listing task runs.
+    listening: OnceLock<()>,
+}
+
+impl std::fmt::Debug for Hints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hints")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hints {
+    /// Hints listed every `interval`.
+    pub fn new(interval: Duration) -> Arc<Hints> {
+        Arc::new(Hints {
+            tag: hex::encode(rand::random::<[u8; 8]>()),
+            interval,
+            accounts: Mutex::new(HashMap::new()),
+            scheduled: Mutex::new(HashSet::new()),
+            queue: OnceLock::new(),
+            written: Mutex::new(VecDeque::new()),
+            listening: OnceLock::new(),
+        })
+    }
+
+    /// Wakes `account` when its user's data changes; starts listing
+    /// `hints/` (needs a tokio runtime: without one, only in-memory wakes).
+    pub fn register(self: &Arc<Self>, account: &Arc<Account>) {
+        {
+            let mut accounts = lock(&self.accounts);
+            accounts.retain(|_, v| {
+                v.retain(|(_, a)| a.strong_count() > 0);
+                !v.is_empty()
+            });
+            accounts
+                .entry(account.user().clone())
+                .or_default()
+                .push((account.serial(), Arc::downgrade(account)));
+        }
+        if tokio::runtime::Handle::try_current().is_ok() && self.listening.set(()).is_ok() {
+            tokio::spawn(listen(Arc::downgrade(self)));
+        }
+    }
+
+    /// Wakes the accounts of `user` here, except the one with serial
+    /// `except` (the writer: its own state is up to date).
+    fn wake(&self, user: &UserId, except: Option<u64>) {
+        let woken: Vec<Arc<Account>> = lock(&self.accounts)
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|(serial, _)| Some(*serial) != except)
+            .filter_map(|(_, a)| a.upgrade())
+            .collect();
+        for account in woken {
+            account.wake();
+        }
+    }
+
+    /// The store of some account here with a session, if any: listing
+    /// is for them only.
+    fn listening_store(&self) -> Option<SharedStore> {
+        lock(&self.accounts)
+            .values()
+            .flatten()
+            .filter_map(|(_, a)| a.upgrade())
+            .find(|a| a.sessions() > 0)
+            .map(|a| a.store().clone())
+    }
+
+    /// A write for `user` succeeded in `store` (through a [`Hinted`]
+    /// whose account has serial `writer`).
+    fn changed(self: &Arc<Self>, user: &UserId, writer: Option<u64>, store: &SharedStore) {
+        self.wake(user, writer);
+        // A hint queued and not yet being written is written after this
+        // write completed: it covers it.
+        if !lock(&self.scheduled).insert(user.clone()) {
+            return;
+        }
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write(Arc::downgrade(self), rx));
+            tx
+        });
+        let _ = queue.send((user.clone(), store.clone()));
+    }
+}
+
+/// The writer task: writes the queued hints, then deletes this instance's
+/// hints older than [`HINT_TTL`].
+async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, SharedStore)>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            batch.push(next);
+        }
+        let Some(hints) = hints.upgrade() else {
+            return;
+        };
+        {
+            // From here on a new write queues a new hint.
+            let mut scheduled = lock(&hints.scheduled);
+            for (user, _) in &batch {
+                scheduled.remove(user);
+            }
+        }
+        let now = now_ms();
+        let store = batch[0].1.clone();
+        let puts: Vec<futures::future::BoxFuture<'static, Option<String>>> = batch
+            .into_iter()
+            .map(|(user, store)| {
+                let key = layout::hint(now, &hints.tag, &user);
+                Box::pin(async move {
+                    match store.put(&key, Bytes::new()).await {
+                        Ok(()) => Some(key),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "change hint not written");
+                            None
+                        }
+                    }
+                }) as futures::future::BoxFuture<'static, Option<String>>
+            })
+            .collect();
+        let written: Vec<Option<String>> = futures::stream::iter(puts)
+            .buffer_unordered(WRITE_PARALLELISM)
+            .collect()
+            .await;
+        let written = written.into_iter().flatten();
+        let expired: Vec<String> = {
+            let mut mine = lock(&hints.written);
+            mine.extend(written.map(|k| (now, k)));
+            let floor = now.saturating_sub(HINT_TTL.as_millis() as u64);
+            let n = mine.iter().take_while(|(t, _)| *t < floor).count();
+            mine.drain(..n).map(|(_, k)| k).collect()
+        };
+        if !expired.is_empty()
+            && let Err(e) = store.delete_many(&expired).await
+        {
+            tracing::debug!(error = %e, "old change hints not deleted");
+        }
+    }
+}
+
+/// The listing task: every interval, while some account here has a
+/// session, lists the hints written since the previous listing (less
+/// [`MARGIN`]) and wakes the accounts they name.
+async fn listen(hints: Weak<Hints>) {
+    let Some(interval) = hints.upgrade().map(|h| h.interval) else {
+        return;
+    };
+    let margin = MARGIN.as_millis() as u64;
+    let mut last: Option<u64> = None;
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut next_sweep = now_ms();
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(hints) = hints.upgrade() else {
+            return;
+        };
+        let Some(store) = hints.listening_store() else {
+            // Nobody to wake: the next session syncs when it starts.
+            last = None;
+            continue;
+        };
+        let started = now_ms();
+        let from = last.unwrap_or(started).saturating_sub(margin);
+        match list_since(store.as_ref(), from).await {
+            Ok(keys) => {
+                for key in keys {
+                    let Some((time, tag, user)) = layout::parse_hint(&key) else {
+                        continue;
+                    };
+                    if tag == hints.tag || seen.contains_key(&key) {
+                        continue;
+                    }
+                    hints.wake(&user, None);
+                    seen.insert(key, time);
+                }
+                seen.retain(|_, t| *t >= from.saturating_sub(margin));
+                last = Some(started);
+            }
+            Err(e) => tracing::debug!(error = %e, "listing change hints failed"),
+        }
+        if started >= next_sweep {
+            next_sweep = started + SWEEP_EVERY.as_millis() as u64;
+            sweep(store.as_ref(), started).await;
+        }
+    }
+}
+
+/// The hint keys written at or after `from_ms`.
+async fn list_since(store: &dyn ObjectStore, from_ms: u64) -> Result<Vec<String>, StoreError> {
+    let mut after = layout::hints_before(from_ms);
+    let mut keys = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let page = store
+            .list(layout::HINTS_PREFIX, Some(&after), MAX_LIST)
+            .await?;
+        let Some(last) = page.objects.last() else {
+            break;
+        };
+        after = last.key.clone();
+        keys.extend(page.objects.into_iter().map(|o| o.key));
+        if !page.truncated {
+            break;
+        }
+    }
+    Ok(keys)
+}
+
+/// Deletes hints older than [`STALE`], whoever wrote them (the first page
+/// only: the next sweep goes on).
+async fn sweep(store: &dyn ObjectStore, now: u64) {
+    let floor = now.saturating_sub(STALE.as_millis() as u64);
+    let stale: Vec<String> = match store.list(layout::HINTS_PREFIX, None, MAX_LIST).await {
+        Ok(page) => page
+            .objects
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| layout::parse_hint(k).is_some_and(|(t, _, _)| t < floor))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "listing stale change hints failed");
+            return;
+        }
+    };
+    if !stale.is_empty()
+        && let Err(e) = store.delete_many(&stale).await
+    {
+        tracing::debug!(error = %e, "stale change hints not deleted");
+    }
+}
+
+/// The user a key belongs to, if another instance must notice its write:
+/// a delivery record, a log op (mailbox list or mailbox) or the keyring.
+fn hinted_user(key: &str) -> Option<UserId> {
+    let rest = key.strip_prefix(layout::USERS_PREFIX)?;
+    let (user, rest) = rest.split_once('/')?;
+    let wanted = rest.starts_with("incoming/")
+        || rest == "keyring"
+        || rest.starts_with("list/log/")
+        || (rest.starts_with("mbox/") && rest.split('/').nth(2) == Some("log"));
+    if wanted { UserId::parse(user) } else { None }
+}
+
+/// A store that reports the writes others must notice to [`Hints`].
+#[derive(Debug)]
+pub struct Hinted {
+    inner: SharedStore,
+    hints: Arc<Hints>,
+    /// The serial of the account writing through it (none for LMTP).
+    writer: Option<u64>,
+}
+
+impl Hinted {
+    /// `inner`, reporting to `hints` the writes of the account with serial
+    /// `writer` (none: a writer with no account, LMTP).
+    pub fn wrap(inner: SharedStore, hints: Arc<Hints>, writer: Option<u64>) -> SharedStore {
+        Arc::new(Hinted {
+            inner,
+            hints,
+            writer,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Hinted {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.inner.put(key, body).await?;
+        if let Some(user) = hinted_user(key) {
+            self.hints.changed(&user, self.writer, &self.inner);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_many(keys).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writes_others_must_notice_are_hinted() {
+        let u = "0f".repeat(32);
+        let user = |rest: &str| hinted_user(&format!("users/{u}/{rest}"));
+        assert!(user("incoming/0001-ab").is_some());
+        assert!(user("keyring").is_some());
+        assert!(user("list/log/op1").is_some());
+        assert!(user("mbox/abc/log/op1").is_some());
+        assert!(user("mbox/abc/snap/s1").is_none());
+        assert!(user("blob/x").is_none());
+        assert!(user("lease/incoming").is_none());
+        assert!(user("quarantine/x").is_none());
+        assert!(hinted_user("users/short/incoming/x").is_none());
+        assert!(hinted_user("hints/x").is_none());
+    }
+}
