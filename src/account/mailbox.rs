@@ -281,6 +281,17 @@ impl Mailbox {
         {
             tracing::warn!(mailbox = %self.id, error = %e, "snapshot failed; retried at the next sync");
         }
+        // A quiet mailbox writes no snapshot: collect behind its last one
+        // once that is past the grace period (`StoredLog::collect_due`).
+        if self.log.read().await.collect_due() {
+            let collector = self.log.write().await.start_collection();
+            let (store, id) = (Arc::clone(&self.store), self.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = collector.run(store.as_ref()).await {
+                    tracing::warn!(mailbox = %id, error = %e, "op collection failed");
+                }
+            });
+        }
         Ok(applied)
     }
 

@@ -87,7 +87,10 @@ pub struct LogTuning {
     /// covers them is this old; a replica whose last full listing is older
     /// than this minus `full_list_every` reloads from the newest snapshot.
     /// Must be at least twice `full_list_every` for the guarantees of
-    /// doc/consistency.md to hold (tests set it to zero on one instance).
+    /// doc/consistency.md to hold (tests set it to zero on one instance),
+    /// and somewhat more, so that a polled replica lists in full (every
+    /// `full_list_every`) well before a reload is due: the default, 12 min,
+    /// leaves 2 min. Also how long an expunged message's body is kept.
     pub gc_grace: Duration,
     /// An op named as a parent but absent is given up as lost, and the ops
     /// waiting for it applied without it, once a complete full listing
@@ -104,8 +107,8 @@ impl Default for LogTuning {
             full_list_every: Duration::from_secs(300),
             fetch_parallelism: 16,
             snapshot_every: 500,
-            snapshot_age: Duration::from_secs(3600),
-            gc_grace: Duration::from_secs(3600),
+            snapshot_age: Duration::from_secs(4 * 60),
+            gc_grace: Duration::from_secs(12 * 60),
             lost_after: Duration::from_secs(300),
         }
     }
@@ -235,6 +238,9 @@ pub struct StoredLog<S: State> {
     /// The newest writer's clock (wall ms) among the applied ops of other
     /// instances: how recently another instance wrote here.
     last_foreign_ms: u64,
+    /// The newest snapshot known when garbage collection last ran from
+    /// this log ([`StoredLog::collect_due`]).
+    collected_at: Option<String>,
 }
 
 impl<S: State> std::fmt::Debug for StoredLog<S> {
@@ -356,6 +362,7 @@ where
             unsnapshotted_since_ms: None,
             snapshot: None,
             last_foreign_ms: 0,
+            collected_at: None,
         };
         drive_sync(&mut log, store).await?;
         Ok(log)
@@ -427,6 +434,10 @@ where
             .then(|| snapshot_clock(self.relative_snapshot_name(&reloaded.snapshot)))
             .flatten()
             .map(|hlc| hlc.wall_ms);
+        if !reloaded.covers_objects {
+            // Nothing behind it to collect: see `collect_due`.
+            self.collected_at = Some(reloaded.snapshot.clone());
+        }
         self.snapshot = Some(reloaded.snapshot);
         self.since_snapshot = reloaded.applied;
         for d in reloaded.damaged {
@@ -788,6 +799,30 @@ where
     /// than the grace period. Returns how many objects were deleted.
     pub async fn collect_garbage(&self, store: &dyn ObjectStore) -> Result<usize, SyncError> {
         self.collector().run(store).await
+    }
+
+    /// Whether garbage collection should run although no snapshot is
+    /// being written: the newest snapshot this replica knows is older than
+    /// the grace period (so it can be the base) and no collection ran from
+    /// here since it became known. Collection otherwise runs only after a
+    /// snapshot is written, and a mailbox that fell quiet would keep the
+    /// ops of its last `gc_grace` for good. Cheap: no I/O.
+    pub fn collect_due(&self) -> bool {
+        let Some(snapshot) = self.snapshot.as_deref() else {
+            return false;
+        };
+        let floor = now_ms().saturating_sub(self.tuning.gc_grace.as_millis() as u64);
+        self.collected_at.as_deref() != Some(snapshot)
+            && snapshot_clock(self.relative_snapshot_name(snapshot))
+                .is_some_and(|hlc| hlc.wall_ms < floor)
+    }
+
+    /// What garbage collection needs, to run with no lock held. Marks the
+    /// collection as done for [`StoredLog::collect_due`]: a failed one is
+    /// tried again after the next snapshot.
+    pub fn start_collection(&mut self) -> Collector<S> {
+        self.collected_at = self.snapshot.clone();
+        self.collector()
     }
 
     /// What garbage collection needs, to run with no lock held.
@@ -1231,6 +1266,12 @@ where
             damaged,
         } => (name, replica, damaged),
     };
+    // Whether the snapshot holds listed op objects: if not, collecting
+    // behind it would find nothing (see `StoredLog::collect_due`).
+    let covers_objects = listed
+        .names
+        .iter()
+        .any(|(_, id)| id.as_ref().is_ok_and(|id| replica.dag().knows(id)));
     let wanted = log.read(|l| l.unknown_to(&replica, listed)).await;
     let fetched = wanted.fetch(store).await?;
     if fetched.vanished > 0 {
@@ -1259,6 +1300,7 @@ where
     let reloaded = Reloaded {
         snapshot: name,
         replica,
+        covers_objects,
         applied,
         started_ms: fetched.started_ms,
         last_listed: fetched.last_listed,
@@ -1279,6 +1321,8 @@ struct ReloadPlan {
 struct Reloaded<S: State> {
     snapshot: String,
     replica: Box<Replica<S>>,
+    /// Some op object listed is held by the snapshot.
+    covers_objects: bool,
     /// Ops applied on top of the snapshot.
     applied: usize,
     /// When the listing of the op objects started.
@@ -2000,6 +2044,133 @@ mod tests {
         let c = open_as(&store, &key, "c", aged).await;
         assert_eq!(words(&c), ["x", "y"]);
         assert!(c.snapshot_due());
+    }
+
+    /// The defaults collect well within the hour (issue #15: ops kept for
+    /// an hour made a store of 30-message mailboxes hold 40 objects per
+    /// message), while keeping the margins doc/consistency.md needs:
+    /// `G ≥ 2F`, and a polled replica lists in full before a reload is due.
+    #[test]
+    fn the_default_windows_collect_early_and_keep_the_margins() {
+        let t = LogTuning::default();
+        assert!(t.gc_grace >= 2 * t.full_list_every, "G ≥ 2F");
+        assert!(
+            t.gc_grace - t.full_list_every >= t.full_list_every + Duration::from_secs(60),
+            "a full listing every F comes well before the reload at G − F"
+        );
+        // An op is covered within `snapshot_age` (or 500 ops) and
+        // collected once that snapshot is `gc_grace` old.
+        assert!(
+            t.snapshot_age + t.gc_grace <= Duration::from_secs(20 * 60),
+            "{:?} + {:?}",
+            t.snapshot_age,
+            t.gc_grace
+        );
+    }
+
+    /// Windows scaled down from the defaults, keeping their ratios
+    /// (F = 5 min, G = 12 min, lookback 60 s, snapshot_age 4 min) at one
+    /// minute to 200 ms.
+    fn scaled() -> LogTuning {
+        LogTuning {
+            lookback: Duration::from_millis(40),
+            full_list_every: Duration::from_millis(200),
+            gc_grace: Duration::from_millis(480),
+            snapshot_age: Duration::from_millis(160),
+            lost_after: Duration::from_millis(200),
+            ..LogTuning::default()
+        }
+    }
+
+    fn op_count(store: &MemoryStore) -> usize {
+        store
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with(&format!("{PREFIX}log/")))
+            .count()
+    }
+
+    /// A mailbox that fell quiet writes no more snapshots, and collection
+    /// ran only after writing one: the ops of its last grace period stayed
+    /// for good. Now a sync collects behind the newest snapshot once it is
+    /// past the grace period, once; and a replica opened on a snapshot
+    /// that covers no op object left does not collect at all.
+    #[tokio::test]
+    async fn a_quiet_log_is_collected_behind_its_last_snapshot() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut a = open_as(&store, &key, "a", scaled()).await;
+        for i in 0..4 {
+            a.append(&store, format!("w{i}")).await.unwrap();
+        }
+        a.write_snapshot(&store).await.unwrap();
+        assert!(!a.collect_due(), "the snapshot is younger than the grace");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(a.collect_due());
+        let collector = a.start_collection();
+        assert!(!a.collect_due(), "once per snapshot");
+        assert_eq!(collector.run(&store).await.unwrap(), 4);
+        assert_eq!(op_count(&store), 0);
+        let b = open_as(&store, &key, "b", scaled()).await;
+        assert_eq!(words(&b), ["w0", "w1", "w2", "w3"]);
+        assert!(!b.collect_due(), "nothing behind the snapshot");
+    }
+
+    /// The adversary of a short grace period. A paused instance P holds
+    /// an op of its own and an old view while the others write, snapshot
+    /// and collect past the grace period; a slow writer's op, prepared
+    /// before all that, lands only after the collection. Nothing landed
+    /// may go: P, on waking, reloads and sees everything; a snapshot P
+    /// writes then holds everything; after collecting behind it, a new
+    /// instance still opens every op.
+    #[tokio::test]
+    async fn a_paused_instance_and_a_late_op_lose_nothing() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut p = open_as(&store, &key, "p", scaled()).await;
+        let mut a = open_as(&store, &key, "a", scaled()).await;
+        p.append(&store, "p0".into()).await.unwrap();
+        // The slow writer prepares now; its PUT lands at the very end.
+        let slow = open_as(&store, &key, "slow", scaled()).await;
+        let late = slow.prepare("late".into()).unwrap();
+
+        // A writes and snapshots in rounds, each past the grace period, and
+        // collects after each snapshot (as `Mailbox::snapshot` does).
+        for round in 0..3 {
+            for i in 0..3 {
+                a.append(&store, format!("a{round}{i}")).await.unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            a.sync(&store).await.unwrap();
+            a.write_snapshot(&store).await.unwrap();
+            a.collector().run(&store).await.unwrap();
+        }
+        assert!(op_count(&store) < 10, "ops were collected meanwhile");
+        late.store(&store).await.unwrap();
+
+        // P wakes: silent for longer than G − F, it reloads.
+        assert!(p.reload_due());
+        p.sync(&store).await.unwrap();
+        let mut every = vec!["late", "p0"];
+        let mut written: Vec<String> = (0..3)
+            .flat_map(|r| (0..3).map(move |i| format!("a{r}{i}")))
+            .collect();
+        written.sort();
+        every.extend(written.iter().map(String::as_str));
+        every.sort();
+        assert_eq!(words(&p), every, "the paused instance");
+        // P snapshots what it holds; once that is past the grace period,
+        // collection behind it leaves no op object at all.
+        p.write_snapshot(&store).await.unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(p.collect_due());
+        p.start_collection().run(&store).await.unwrap();
+        assert_eq!(op_count(&store), 0);
+        let fresh = open_as(&store, &key, "fresh", scaled()).await;
+        assert_eq!(words(&fresh), every, "an instance opening afresh");
+        assert!(fresh.missing_parents().is_empty());
+        a.sync(&store).await.unwrap();
+        assert_eq!(words(&a), every, "the collecting instance");
     }
 
     /// A snapshot is taken only from a replica whose last full listing is
