@@ -14,6 +14,7 @@ pub mod mailbox;
 pub mod recent;
 pub mod registry;
 pub mod turn;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -129,6 +130,8 @@ pub struct Account {
     /// reading the log again. At most [`KEEP_OPEN`], each for
     /// [`KEEP_OPEN_FOR`] after its last use.
     recent: std::sync::Mutex<Vec<(Arc<Mailbox>, std::time::Instant)>>,
+    /// What each mailbox holds, for QUOTA (see [`usage`]).
+    usage: usage::UsageBook,
     /// Counts this account as unlocked (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -165,6 +168,7 @@ impl Account {
             folders: tokio::sync::OnceCell::new(),
             last_blob_gc: std::sync::Mutex::new(std::time::Instant::now()),
             recent: std::sync::Mutex::new(Vec::new()),
+            usage: usage::UsageBook::default(),
             _live: crate::metrics::Live::new(crate::metrics::Kind::UnlockedAccount),
         })
     }
