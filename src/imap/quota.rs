@@ -18,8 +18,8 @@
 //! - SETQUOTA is refused: limits are the administrator's, in the
 //!   directory (RFC 9208 §4.1.3 lets a server refuse).
 //! - APPEND and COPY that would take the usage over either limit are
-//!   refused with `NO [OVERQUOTA]` before anything is stored (usage + new
-//!   > limit), only on a count made just now. MOVE is not checked: it
+//!   refused with `NO [OVERQUOTA]` before anything is stored (when usage
+//!   plus what is added passes a limit), only on a count made just now. MOVE is not checked: it
 //!   frees what it adds (Dovecot does not refuse it either). A usage that
 //!   cannot be known (directory or store fault) does not block: like
 //!   LMTP, we store rather than refuse on a guess.
