@@ -113,6 +113,7 @@ async fn start_facteur(store: SharedStore, dir: &Path) -> (u16, String) {
             addresses: vec!["bench@example.org".into()],
             aliases: vec![],
             quota: None,
+            quota_messages: None,
         })
         .unwrap();
     let users_path = dir.join("users.toml");

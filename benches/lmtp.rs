@@ -274,6 +274,7 @@ fn start_facteur(store: SharedStore) -> Facteur {
         addresses: vec!["bench@example.org".into()],
         aliases: vec![],
         quota: None,
+        quota_messages: None,
     })
     .unwrap();
     file.save(&dir.path().join("users.toml")).unwrap();

@@ -46,6 +46,7 @@ async fn setup(dir: &std::path::Path) -> Arc<Imap> {
                 addresses: vec![format!("{login}@example.org")],
                 aliases: vec![],
                 quota: None,
+                quota_messages: None,
             })
             .unwrap();
     }

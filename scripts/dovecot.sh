@@ -14,8 +14,9 @@
 #   DOVECOT_LMTP_SOCKET   the same LMTP service on a Unix socket
 #   DOVECOT_USER          the user of the MIME tests (passwd-file, {PLAIN}
 #                         password), without quota
-#   DOVECOT_QUOTA_USER    a user with a 10 KiB storage quota (`count`
-#                         quota with vsizes: RFC822.SIZE; tests/imap_quota.rs)
+#   DOVECOT_QUOTA_USER    a user with a 10 KiB storage quota and a 6-message
+#                         quota (`count` quota with vsizes: RFC822.SIZE;
+#                         tests/imap_quota.rs)
 #   DOVECOT_PASSWORD      both users' password
 #   DOVECOT_MAILDIR       the user's Maildir
 # and waits until the IMAP port answers its greeting. Progress goes to
@@ -117,7 +118,7 @@ write_config() {
     # Read by the auth process, which runs as the internal user.
     {
         printf '%s:{PLAIN}%s::::%s::\n' "$DOVECOT_USER" "$password" "$work/mail/$DOVECOT_USER"
-        printf '%s:{PLAIN}%s::::%s::userdb_quota_rule=*:storage=10K\n' \
+        printf '%s:{PLAIN}%s::::%s::userdb_quota_rule=*:storage=10K:messages=6\n' \
             "$DOVECOT_QUOTA_USER" "$password" "$work/mail/$DOVECOT_QUOTA_USER"
     } >"$work/users"
     chmod 0640 "$work/users"

@@ -273,6 +273,9 @@ pub struct LdapConfig {
     /// Attribute holding the storage quota in bytes (an integer, or a size
     /// such as `2 GiB`); unset means no quota.
     pub quota_attribute: Option<String>,
+    /// Attribute holding the most messages the user may keep (an
+    /// integer, all mailboxes together); unset means no such limit.
+    pub quota_messages_attribute: Option<String>,
     /// Only users this filter finds an entry for may use mail, e.g.
     /// `(&(objectClass=groupOfNames)(cn=mail)(member=%d))`; `%d` is the
     /// user's DN and `%u` their login, both escaped. Unset: no group check.
@@ -337,6 +340,7 @@ impl LdapConfig {
             address_attributes: self.address_attributes.clone(),
             alias_attributes: self.alias_attributes.clone(),
             quota_attribute: self.quota_attribute.clone(),
+            quota_messages_attribute: self.quota_messages_attribute.clone(),
             group_filter: self.group_filter.clone(),
             timeout: Duration::from_secs(self.timeout),
             pool_size: self.pool_size,
@@ -1004,6 +1008,10 @@ mod tests {
         let ldap = c.directory.ldap.as_ref().unwrap().settings().unwrap();
         assert_eq!(ldap.urls.len(), 2);
         assert_eq!(ldap.quota_attribute.as_deref(), Some("mailQuota"));
+        assert_eq!(
+            ldap.quota_messages_attribute.as_deref(),
+            Some("mailQuotaMessages")
+        );
         assert_eq!(
             c.lmtp.unix_socket.as_deref(),
             Some(Path::new("/var/spool/postfix/private/facteur-lmtp"))

@@ -136,6 +136,9 @@ enum UserCommand {
         /// Storage quota, e.g. "2 GiB".
         #[arg(long)]
         quota: Option<ByteSize>,
+        /// Most messages kept, all mailboxes together.
+        #[arg(long)]
+        quota_messages: Option<u64>,
         /// Do not create a recovery key.
         #[arg(long)]
         no_recovery: bool,
@@ -358,6 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
                     addresses,
                     aliases,
                     quota,
+                    quota_messages,
                     no_recovery,
                 } => {
                     // What can be told without the password is told first.
@@ -369,6 +373,7 @@ async fn run(cli: Cli) -> Result<()> {
                         addresses,
                         aliases,
                         quota,
+                        quota_messages,
                         recovery: !no_recovery,
                     };
                     let (login, recovery) =
@@ -496,6 +501,7 @@ struct NewUser {
     addresses: Vec<String>,
     aliases: Vec<String>,
     quota: Option<ByteSize>,
+    quota_messages: Option<u64>,
     recovery: bool,
 }
 
@@ -520,6 +526,7 @@ async fn add_user(
         addresses,
         aliases: new.aliases,
         quota: new.quota,
+        quota_messages: new.quota_messages,
     };
     file.add(entry)?;
     let u = services.user_id(&login);
@@ -841,6 +848,9 @@ async fn list(services: &Services, users_file: &Path) -> Result<()> {
         }
         if let Some(q) = entry.quota {
             line += &format!("\tquota: {q}");
+        }
+        if let Some(n) = entry.quota_messages {
+            line += &format!("\tquota: {n} messages");
         }
         line += match &keyring {
             None => "\tkeyring: MISSING",
@@ -1345,6 +1355,7 @@ async fn create_demo_account(
         addresses: vec![DEMO_ADDRESS.into()],
         aliases: vec![],
         quota: None,
+        quota_messages: None,
         recovery: true,
     };
     let (login, recovery) = add_user(services, users_file, new, &password).await?;

@@ -429,6 +429,7 @@ impl Directory for Vouching {
             addresses: vec![format!("{login}@example.org")],
             login,
             quota_bytes: None,
+            quota_messages: None,
         }))
     }
 

@@ -588,3 +588,113 @@ async fn recent_is_decided_per_instance() {
     let mut again = login(&two).await;
     assert_eq!(count(&again.run("SELECT INBOX").await, "RECENT"), Some(0));
 }
+
+/// Every untagged FETCH of `reply` carries UID and MODSEQ (RFC 7162
+/// §3.2.4, RFC 3501 §6.4.8 for UID commands).
+fn assert_fetches_name_uid_and_modseq(reply: &Reply) {
+    let fetches: Vec<&String> = reply
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("* ") && l.contains(" FETCH ("))
+        .collect();
+    assert!(!fetches.is_empty(), "{reply:?}");
+    for l in fetches {
+        assert!(l.contains("UID "), "FETCH without UID: {l}");
+        assert!(l.contains("MODSEQ ("), "FETCH without MODSEQ: {l}");
+    }
+}
+
+/// A load test saw FETCH responses without UID where a FETCH set \Seen
+/// with CONDSTORE enabled: the \Seen change is a flag change like any
+/// other and names its message by UID and MODSEQ, in FETCH and UID FETCH
+/// alike, as do the changes another session made meanwhile.
+#[tokio::test]
+async fn a_fetch_that_sets_seen_names_uid_and_modseq_under_condstore() {
+    let w = world().await;
+    fill_inbox(&w.imap, 4).await;
+    let mut c = login(&w.imap).await;
+    assert!(c.run("ENABLE CONDSTORE").await.ok());
+    assert!(c.run("SELECT INBOX").await.ok());
+    let mut other = login(&w.imap).await;
+    assert!(other.run("SELECT INBOX").await.ok());
+
+    let r = c.run("FETCH 1 BODY[]").await;
+    assert!(r.ok(), "{r:?}");
+    assert_fetches_name_uid_and_modseq(&r);
+    assert!(r.has("\\Seen"), "{r:?}");
+
+    let r = c.run("UID FETCH 2 BODY[TEXT]").await;
+    assert!(r.ok(), "{r:?}");
+    assert_fetches_name_uid_and_modseq(&r);
+
+    // Another session's change arrives during the next UID FETCH.
+    assert!(other.run("STORE 4 +FLAGS.SILENT (\\Flagged)").await.ok());
+    let r = c.run("UID FETCH 3 RFC822").await;
+    assert!(r.ok(), "{r:?}");
+    assert!(r.has("\\Flagged"), "the other session's change: {r:?}");
+    assert_fetches_name_uid_and_modseq(&r);
+    // FETCH with FLAGS named: the answer itself reports the change.
+    assert!(c.run("STORE 1:3 -FLAGS.SILENT (\\Seen)").await.ok());
+    let r = c.run("FETCH 1:2 (FLAGS BODY[HEADER])").await;
+    assert!(r.ok(), "{r:?}");
+    assert!(
+        r.lines
+            .iter()
+            .all(|l| !l.contains(" FETCH (") || l.contains("MODSEQ ("))
+    );
+}
+
+/// Keywords created and dropped over and over by several sessions: one
+/// session's FLAGS list keeps every keyword it announced (it never
+/// shrinks) and still stays within the bound, and no FETCH shows it a
+/// keyword it was not told of. Before, a keyword set by another session
+/// that had not seen the dropped ones, or by this session's own APPEND,
+/// pushed FLAGS past the bound.
+#[tokio::test]
+async fn flags_stays_bounded_while_keywords_churn() {
+    let w = world().await;
+    fill_inbox(&w.imap, 2).await;
+    let mut c = login(&w.imap).await;
+    let mut watch = FlagsWatch::default();
+    assert!(watch.run(&mut c, "SELECT INBOX").await.ok());
+    for round in 0..2 {
+        let all: Vec<String> = (0..MAX_KEYWORDS / 2)
+            .map(|i| format!("r{round}k{i}"))
+            .collect();
+        let r = watch
+            .run(&mut c, &format!("STORE 1 +FLAGS ({})", all.join(" ")))
+            .await;
+        assert!(r.ok(), "{r:?}");
+        let r = watch
+            .run(&mut c, &format!("STORE 1 -FLAGS ({})", all.join(" ")))
+            .await;
+        assert!(r.ok(), "{r:?}");
+    }
+    assert_eq!(watch.announced.len(), MAX_KEYWORDS);
+
+    // Nothing is in use now: a session that selects afresh may create
+    // keywords, and so may this session's APPEND.
+    let mut other = login(&w.imap).await;
+    assert!(other.run("SELECT INBOX").await.ok());
+    assert!(other.run("STORE 2 +FLAGS (from-other)").await.ok());
+    let r = c.append("INBOX", "(from-append) ", &message("churn")).await;
+    assert!(r.ok(), "{r:?}");
+    watch.reply(&r);
+    watch.run(&mut c, "NOOP").await;
+    let r = watch.run(&mut c, "FETCH 1:* FLAGS").await;
+    assert!(r.ok(), "{r:?}");
+    assert!(
+        watch.announced.len() <= MAX_KEYWORDS,
+        "FLAGS grew past the bound: {}",
+        watch.announced.len()
+    );
+    // A new SELECT shows the keywords in use.
+    let mut watch = FlagsWatch::default();
+    let select = watch.run(&mut c, "SELECT INBOX").await;
+    assert!(
+        select.has("from-other") && select.has("from-append"),
+        "{select:?}"
+    );
+    let r = watch.run(&mut c, "FETCH 1:* FLAGS").await;
+    assert!(r.has("from-other") && r.has("from-append"), "{r:?}");
+}

@@ -1,8 +1,10 @@
 //! QUOTA (RFC 9208) against the figures Dovecot gives for the same
 //! commands: one scenario of APPENDs, COPYs, MOVEs and EXPUNGEs under a
-//! 10 KiB storage quota, and the answers for a user without quota, run on
-//! Facteur (over TCP, on a `MemoryStore`) and compared with [`EXPECTED`],
-//! the transcript Dovecot 2.3 (`count` quota, `quota_vsizes = yes`) gives.
+//! 10 KiB storage quota and a 6-message quota (STORAGE and MESSAGE), and
+//! the answers for a user without quota, run on Facteur (over TCP, on a
+//! `MemoryStore`) and compared with [`EXPECTED`], the transcript Dovecot
+//! 2.3 (`count` quota, `quota_vsizes = yes`, rule
+//! `*:storage=10K:messages=6`) gives.
 //!
 //! When `DOVECOT_IMAP_PORT`, `DOVECOT_QUOTA_USER`, `DOVECOT_USER` and
 //! `DOVECOT_PASSWORD` are set (`eval "$(scripts/dovecot.sh start <dir>)"`;
@@ -156,7 +158,7 @@ fn summary(command: &str, lines: &[String]) -> String {
     out.join("\n")
 }
 
-/// The scenario: `limited` has a 10 KiB storage quota and an empty
+/// The scenario: `limited` has a 10 KiB and 6-message quota and an empty
 /// account (no mailbox but INBOX); `free` has no quota.
 fn scenario(limited: &mut Conn, free: &mut Conn) -> Vec<String> {
     let mut t = Vec::new();
@@ -202,6 +204,23 @@ fn scenario(limited: &mut Conn, free: &mut Conn) -> Vec<String> {
     step(l, "STORE 1:* +FLAGS.SILENT (\\Deleted)", None);
     step(l, "EXPUNGE", None);
     step(l, "GETQUOTA \"\"", None);
+    // The message limit (6): one message is left in INBOX.
+    for _ in 0..5 {
+        step(l, "APPEND INBOX", Some(100));
+    }
+    step(l, "GETQUOTA \"\"", None);
+    step(l, "APPEND INBOX", Some(100));
+    step(l, "SELECT INBOX", None);
+    step(l, "COPY 1 Quota", None);
+    step(l, "MOVE 1 Quota", None);
+    step(l, "GETQUOTAROOT INBOX", None);
+    step(l, "STORE 1 +FLAGS.SILENT (\\Deleted)", None);
+    step(l, "EXPUNGE", None);
+    step(l, "GETQUOTA \"\"", None);
+    step(l, "COPY 1:2 Quota", None);
+    step(l, "COPY 1 Quota", None);
+    step(l, "GETQUOTAROOT Quota", None);
+    step(l, "APPEND Quota", Some(100));
     step(free, "GETQUOTAROOT INBOX", None);
     step(free, "GETQUOTA \"\"", None);
     t
@@ -209,46 +228,66 @@ fn scenario(limited: &mut Conn, free: &mut Conn) -> Vec<String> {
 
 /// Dovecot's transcript of [`scenario`].
 const EXPECTED: &[&str] = &[
-    "> GETQUOTAROOT INBOX\n* QUOTAROOT INBOX \"\"\n* QUOTA \"\" ( STORAGE 0 10 )\nOK",
-    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 0 10 )\nOK",
+    "> GETQUOTAROOT INBOX\n* QUOTAROOT INBOX \"\"\n* QUOTA \"\" ( STORAGE 0 10 MESSAGE 0 6 )\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 0 10 MESSAGE 0 6 )\nOK",
     "> GETQUOTA \"other\"\nNO",
     "> SETQUOTA \"\" (STORAGE 100)\nNO",
     "> APPEND INBOX <1000 octets>\nOK",
     "> APPEND INBOX <1000 octets>\nOK",
-    "> GETQUOTAROOT INBOX\n* QUOTAROOT INBOX \"\"\n* QUOTA \"\" ( STORAGE 2 10 )\nOK",
+    "> GETQUOTAROOT INBOX\n* QUOTAROOT INBOX \"\"\n* QUOTA \"\" ( STORAGE 2 10 MESSAGE 2 6 )\nOK",
     "> APPEND INBOX <9000 octets>\nNO [OVERQUOTA]",
-    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 2 10 )\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 2 10 MESSAGE 2 6 )\nOK",
     "> CREATE Quota\nOK",
     "> SELECT INBOX\nOK",
     "> COPY 1:* Quota\nOK",
-    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 4 10 )\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 4 10 MESSAGE 4 6 )\nOK",
     "> STORE 1 +FLAGS.SILENT (\\Deleted)\nOK",
     "> EXPUNGE\nOK",
-    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 3 10 )\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 3 10 MESSAGE 3 6 )\nOK",
     "> APPEND INBOX <6000 octets>\nOK",
     "> NOOP\nOK",
     "> COPY 2 Quota\nNO [OVERQUOTA]",
     "> MOVE 2 Quota\nOK",
-    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 9 10 )\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 9 10 MESSAGE 4 6 )\nOK",
     "> APPEND Quota <1240 octets>\nOK",
-    "> GETQUOTAROOT Quota\n* QUOTAROOT Quota \"\"\n* QUOTA \"\" ( STORAGE 10 10 )\nOK",
+    "> GETQUOTAROOT Quota\n* QUOTAROOT Quota \"\"\n* QUOTA \"\" ( STORAGE 10 10 MESSAGE 5 6 )\nOK",
     "> APPEND Quota <100 octets>\nNO [OVERQUOTA]",
-    "> GETQUOTAROOT Nonexistent\n* QUOTAROOT Nonexistent \"\"\n* QUOTA \"\" ( STORAGE 10 10 )\nOK",
+    "> GETQUOTAROOT Nonexistent\n* QUOTAROOT Nonexistent \"\"\n* QUOTA \"\" ( STORAGE 10 10 MESSAGE 5 6 )\nOK",
     "> SELECT Quota\nOK",
     "> STORE 1:* +FLAGS.SILENT (\\Deleted)\nOK",
     "> EXPUNGE\nOK",
-    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 1 10 )\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 1 10 MESSAGE 1 6 )\nOK",
+    "> APPEND INBOX <100 octets>\nOK",
+    "> APPEND INBOX <100 octets>\nOK",
+    "> APPEND INBOX <100 octets>\nOK",
+    "> APPEND INBOX <100 octets>\nOK",
+    "> APPEND INBOX <100 octets>\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 2 10 MESSAGE 6 6 )\nOK",
+    "> APPEND INBOX <100 octets>\nNO [OVERQUOTA]",
+    "> SELECT INBOX\nOK",
+    "> COPY 1 Quota\nNO [OVERQUOTA]",
+    "> MOVE 1 Quota\nOK",
+    "> GETQUOTAROOT INBOX\n* QUOTAROOT INBOX \"\"\n* QUOTA \"\" ( STORAGE 2 10 MESSAGE 6 6 )\nOK",
+    "> STORE 1 +FLAGS.SILENT (\\Deleted)\nOK",
+    "> EXPUNGE\nOK",
+    "> GETQUOTA \"\"\n* QUOTA \"\" ( STORAGE 2 10 MESSAGE 5 6 )\nOK",
+    "> COPY 1:2 Quota\nNO [OVERQUOTA]",
+    "> COPY 1 Quota\nOK",
+    "> GETQUOTAROOT Quota\n* QUOTAROOT Quota \"\"\n* QUOTA \"\" ( STORAGE 2 10 MESSAGE 6 6 )\nOK",
+    "> APPEND Quota <100 octets>\nNO [OVERQUOTA]",
     "> GETQUOTAROOT INBOX\nOK",
     "> GETQUOTA \"\"\nOK",
 ];
 
-/// Facteur on a TCP port, with `limited` (10 KiB) and `free` (no quota).
+/// Facteur on a TCP port, with `limited` (10 KiB, 6 messages) and `free`
+/// (no quota).
 async fn facteur() -> (u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let secret = "0123456789abcdef0123456789abcdef";
     let config = fixture::config(dir.path(), secret);
     let mut limited = fixture::user_at_example("limited");
     limited.quota = Some(ByteSize(10 * 1024));
+    limited.quota_messages = Some(6);
     let (services, _) = fixture::services(
         &config,
         dir.path(),
@@ -290,7 +329,9 @@ async fn quota_answers_as_dovecot_does() {
         let mut free = Conn::open(port, "free", fixture::PASSWORD);
         let caps = limited.run("CAPABILITY").join("\n");
         assert!(
-            caps.contains(" QUOTA ") && caps.contains(" QUOTA=RES-STORAGE"),
+            caps.contains(" QUOTA ")
+                && caps.contains(" QUOTA=RES-STORAGE")
+                && caps.contains(" QUOTA=RES-MESSAGE"),
             "{caps}"
         );
         scenario(&mut limited, &mut free)

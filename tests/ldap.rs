@@ -72,6 +72,7 @@ fn directory(env: &Env, urls: &[&str], extra: &str) -> LdapDirectory {
         urls = [{urls}]
         base_dn = {base:?}
         quota_attribute = "mailQuota"
+        quota_messages_attribute = "mailQuotaMessages"
         {extra}
         "#,
         urls = urls.join(", "),
@@ -168,6 +169,7 @@ fn alice() -> UserRecord {
             "alice.liddell@example.org".into(),
         ],
         quota_bytes: Some(1 << 30),
+        quota_messages: Some(100_000),
     }
 }
 
@@ -207,6 +209,7 @@ async fn authenticate_binds_as_the_user() {
     let erin = ok(dir.authenticate("erin", &pw("erin-password-5")).await).expect("erin");
     assert_eq!(erin.addresses, ["erin@example.org"]);
     assert_eq!(erin.quota_bytes, None);
+    assert_eq!(erin.quota_messages, None);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ pub mod mailbox;
 pub mod recent;
 pub mod registry;
 pub mod turn;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -149,6 +150,8 @@ pub struct Account {
     /// Set once the user's keyring is found gone or replaced
     /// ([`Account::check_keyring`]): the account then serves nothing more.
     locked: tokio::sync::watch::Sender<bool>,
+    /// What each mailbox holds, for QUOTA (see [`usage`]).
+    usage: usage::UsageBook,
     /// Counts this account as unlocked (`/metrics`) while it lives.
     _live: crate::metrics::Live,
     /// Tells this account apart from another of the same user (hints).
@@ -208,6 +211,7 @@ impl Account {
             last_blob_gc: std::sync::Mutex::new(std::time::Instant::now()),
             recent: std::sync::Mutex::new(Vec::new()),
             locked: tokio::sync::watch::channel(false).0,
+            usage: usage::UsageBook::default(),
             _live: crate::metrics::Live::new(crate::metrics::Kind::UnlockedAccount),
             serial,
             sessions: AtomicUsize::new(0),

@@ -83,6 +83,7 @@ pub struct LdapSettings {
     pub address_attributes: Vec<String>,
     pub alias_attributes: Vec<String>,
     pub quota_attribute: Option<String>,
+    pub quota_messages_attribute: Option<String>,
     pub group_filter: Option<String>,
     pub timeout: Duration,
     pub pool_size: usize,
@@ -119,6 +120,7 @@ impl LdapSettings {
             .chain(&self.address_attributes)
             .chain(&self.alias_attributes)
             .chain(&self.quota_attribute)
+            .chain(&self.quota_messages_attribute)
         {
             check_attribute(attr)?;
         }
@@ -512,6 +514,7 @@ impl LdapDirectory {
         attributes.extend(settings.address_attributes.iter().cloned());
         attributes.extend(settings.alias_attributes.iter().cloned());
         attributes.extend(settings.quota_attribute.iter().cloned());
+        attributes.extend(settings.quota_messages_attribute.iter().cloned());
         Ok(LdapDirectory {
             search_pool: Pool::new("search", true, settings.pool_size),
             bind_pool: Pool::new("bind", false, settings.pool_size),
@@ -850,10 +853,20 @@ impl LdapDirectory {
                 })?),
             },
         };
+        let quota_messages = match &s.quota_messages_attribute {
+            None => None,
+            Some(attr) => match values(entry, attr).first() {
+                None => None,
+                Some(v) => Some(v.trim().parse::<u64>().map_err(|e| {
+                    DirectoryError::Invalid(format!("LDAP entry {:?}: {attr}: {e}", entry.dn))
+                })?),
+            },
+        };
         Ok(UserRecord {
             login,
             addresses,
             quota_bytes: quota_bytes.map(|q| q.0),
+            quota_messages,
         })
     }
 
@@ -1076,6 +1089,7 @@ mod tests {
             address_attributes: vec!["mail".into()],
             alias_attributes: vec!["mailAlternateAddress".into()],
             quota_attribute: None,
+            quota_messages_attribute: None,
             group_filter: Some("(&(objectClass=groupOfNames)(cn=mail)(member=%d))".into()),
             timeout: Duration::from_secs(5),
             pool_size: 4,
@@ -1253,6 +1267,7 @@ mod tests {
             login: login.into(),
             addresses: vec![],
             quota_bytes: None,
+            quota_messages: None,
         })
     }
 

@@ -25,6 +25,41 @@ pub struct UserRecord {
     pub addresses: Vec<String>,
     /// Storage quota in bytes, if any.
     pub quota_bytes: Option<u64>,
+    /// Most messages the user may keep (all mailboxes together), if any
+    /// (RFC 9208 §5.2, the MESSAGE resource).
+    pub quota_messages: Option<u64>,
+}
+
+impl UserRecord {
+    /// The user's quota; `None` when they have neither limit.
+    pub fn quota(&self) -> Option<QuotaLimits> {
+        let limits = QuotaLimits {
+            bytes: self.quota_bytes,
+            messages: self.quota_messages,
+        };
+        (limits.bytes.is_some() || limits.messages.is_some()).then_some(limits)
+    }
+}
+
+/// A user's quota (RFC 9208 §5): a storage limit in bytes (STORAGE), a
+/// message-count limit (MESSAGE), or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub bytes: Option<u64>,
+    pub messages: Option<u64>,
+}
+
+impl QuotaLimits {
+    /// Whether adding `add_messages` messages of `add_bytes` bytes to a
+    /// usage of `bytes` and `messages` stays within every limit (RFC 9208
+    /// §5.1: usage may reach the limit, not pass it).
+    pub fn allow(&self, bytes: u64, messages: u64, add_bytes: u64, add_messages: u64) -> bool {
+        self.bytes
+            .is_none_or(|limit| bytes.saturating_add(add_bytes) <= limit)
+            && self
+                .messages
+                .is_none_or(|limit| messages.saturating_add(add_messages) <= limit)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@
 //! addresses = ["alice@example.org"]                  # the first is primary
 //! aliases = ["postmaster@example.org"]
 //! quota = "2 GiB"                                    # optional
+//! quota_messages = 100000                            # optional
 //! ```
 
 use std::io::Write;
@@ -43,6 +44,9 @@ pub struct UserEntry {
     /// Storage quota; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<ByteSize>,
+    /// Most messages kept, all mailboxes together; none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_messages: Option<u64>,
 }
 
 impl UserEntry {
@@ -56,6 +60,7 @@ impl UserEntry {
                 .cloned()
                 .collect(),
             quota_bytes: self.quota.map(|q| q.0),
+            quota_messages: self.quota_messages,
         }
     }
 }
@@ -371,6 +376,7 @@ mod tests {
             addresses: addresses.iter().map(|s| s.to_string()).collect(),
             aliases: vec![],
             quota: None,
+            quota_messages: None,
         }
     }
 
@@ -400,10 +406,14 @@ mod tests {
         let mut alice = entry("alice", &["alice@example.org"], "pw");
         alice.aliases = vec!["postmaster@example.org".into()];
         alice.quota = Some(ByteSize(2 << 30));
+        alice.quota_messages = Some(100_000);
         f.add(alice).unwrap();
         f.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("quota = \"2 GiB\""), "{text}");
+        assert!(text.contains("quota_messages = 100000"), "{text}");
+        let record = f.find("alice").unwrap().record();
+        assert_eq!(record.quota_messages, Some(100_000));
         assert_eq!(UsersFile::load(&path).unwrap(), f);
         #[cfg(unix)]
         {

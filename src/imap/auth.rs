@@ -503,6 +503,7 @@ mod tests {
             login: "dave".into(),
             addresses: vec!["dave.smith@example.org".into(), "dave@example.org".into()],
             quota_bytes: None,
+            quota_messages: None,
         };
         let message = recovery_message(&record, &key, 1_790_000_000);
         let to: Vec<&str> = message.lines().filter(|l| l.starts_with("To:")).collect();

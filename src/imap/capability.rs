@@ -44,6 +44,7 @@ pub fn list(
             "UTF8=ACCEPT",
             "QUOTA",
             "QUOTA=RES-STORAGE",
+            "QUOTA=RES-MESSAGE",
             "COMPRESS=DEFLATE",
         ]);
         let mut out = caps.join(" ");

@@ -3,7 +3,7 @@
 //! (exact address first, then without its `+detail`), then its keyring in the
 //! store for the public key; a message is sealed to each user's key into their
 //! incoming queue with [`deliver`]. A user with a quota
-//! (`UserRecord::quota_bytes`) is checked at RCPT (against the declared SIZE)
+//! (`UserRecord::quota_bytes`, `quota_messages`) is checked at RCPT (against the declared SIZE)
 //! and again after DATA (against the real size), see [`quota`]. Only a count
 //! made just now can refuse; an unknown usage delivers.
 //!
@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::store::SharedStore;
 use crate::store::layout::UserId;
 
-use super::quota::{self, Usage};
+use super::quota::{self, Limits, Usage};
 use super::reply::{DeliveryOutcome, RcptRefusal};
 use super::session::{Delivery, Recipient, Resolution};
 
@@ -70,8 +70,9 @@ pub struct User {
 /// A quota and the usage figure found at RCPT.
 #[derive(Clone, Debug)]
 pub struct Quota {
-    /// Bytes allowed (`UserRecord::quota_bytes`).
-    pub limit: u64,
+    /// Bytes and messages allowed (`UserRecord::quota_bytes`,
+    /// `UserRecord::quota_messages`).
+    pub limit: Limits,
     /// Usage when the recipient was accepted; `None` if unknown.
     pub usage: Option<Usage>,
 }
@@ -136,7 +137,7 @@ impl Backend {
                 return Err(RcptRefusal::Unavailable);
             }
         };
-        let quota = match record.quota_bytes {
+        let quota = match record.quota() {
             None => None,
             Some(limit) => {
                 // At least one byte: a mailbox already at its limit is
@@ -145,7 +146,7 @@ impl Backend {
                 let (fits, usage) =
                     quota::fits(&*self.store, &id, limit, incoming, None, now_ms()).await;
                 if fits == Some(false) {
-                    tracing::info!(login = %record.login, limit, used = ?usage, "lmtp: over quota at RCPT");
+                    tracing::info!(login = %record.login, limit = ?limit, used = ?usage, "lmtp: over quota at RCPT");
                     return Err(RcptRefusal::OverQuota {
                         temporary: self.quota_full_temporary,
                     });
@@ -209,7 +210,7 @@ impl Backend {
                 )
                 .await;
                 if fits == Some(false) {
-                    tracing::info!(login = %user.login, limit = q.limit, used = ?usage, size = message.len(), "lmtp: over quota");
+                    tracing::info!(login = %user.login, limit = ?q.limit, used = ?usage, size = message.len(), "lmtp: over quota");
                     outcomes.push(DeliveryOutcome::OverQuota {
                         temporary: self.quota_full_temporary,
                     });

@@ -11,6 +11,12 @@
 //! uncompressed size: the check errs towards refusing the last message
 //! rather than overfilling.
 //!
+//! **Messages.** A message-count limit (RFC 9208 §5.2's MESSAGE) is
+//! checked on the same listing: the usage object also counts the bodies.
+//! A body copied to several mailboxes is stored once and counts once
+//! here (IMAP counts each copy), so, as for bytes, this figure is at most
+//! IMAP's and LMTP may take IMAP's figure a little over the limit.
+//!
 //! **How it is known cheaply.** Listing every body on each delivery would
 //! cost one LIST page per thousand messages. Instead a small plaintext
 //! object `users/<u>/usage` records `bytes`, the total size of the bodies
@@ -36,6 +42,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::directory::QuotaLimits as Limits;
 use crate::store::layout::{self, UserId};
 use crate::store::{ObjectStore, StoreError, list_all};
 
@@ -47,8 +54,9 @@ pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(300);
 /// object's `through` writes a fresh usage object.
 pub const TAIL_REFRESH: usize = 500;
 
-/// Format version of the usage object.
-const VERSION: u32 = 1;
+/// Format version of the usage object (2: `messages` added; an object
+/// of version 1 is recounted).
+const VERSION: u32 = 2;
 
 /// `users/<u>/usage`.
 pub fn usage_key(u: &UserId) -> String {
@@ -59,12 +67,13 @@ fn blob_prefix(u: &UserId) -> String {
     format!("{}blob/", layout::user_prefix(u))
 }
 
-/// The usage object: `bytes` is the size of every body whose key sorts at
-/// or before `through` (empty: none).
+/// The usage object: `bytes` is the size and `messages` the number of
+/// the bodies whose key sorts at or before `through` (empty: none).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Snapshot {
     version: u32,
     bytes: u64,
+    messages: u64,
     through: String,
 }
 
@@ -72,6 +81,8 @@ struct Snapshot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
     pub bytes: u64,
+    /// Bodies stored (a body shared by copies counts once).
+    pub messages: u64,
     pub recounted: bool,
 }
 
@@ -98,7 +109,7 @@ pub async fn usage(store: &dyn ObjectStore, u: &UserId, now_ms: u64) -> Result<U
     let tail_bytes: u64 = tail.iter().map(|o| o.size).sum();
     if tail.len() > TAIL_REFRESH {
         let fresh = settled(
-            snapshot.bytes,
+            (snapshot.bytes, snapshot.messages),
             &snapshot.through,
             tail.iter().map(|o| (o.key.as_str(), o.size)),
             &prefix,
@@ -108,6 +119,7 @@ pub async fn usage(store: &dyn ObjectStore, u: &UserId, now_ms: u64) -> Result<U
     }
     Ok(Usage {
         bytes: snapshot.bytes + tail_bytes,
+        messages: snapshot.messages + tail.len() as u64,
         recounted: false,
     })
 }
@@ -122,7 +134,7 @@ pub async fn recount(
     let all = list_all(store, &prefix, None).await?;
     let total = all.iter().map(|o| o.size).sum();
     let fresh = settled(
-        0,
+        (0, 0),
         "",
         all.iter().map(|o| (o.key.as_str(), o.size)),
         &prefix,
@@ -131,6 +143,7 @@ pub async fn recount(
     write(store, u, &fresh).await;
     Ok(Usage {
         bytes: total,
+        messages: all.len() as u64,
         recounted: true,
     })
 }
@@ -139,7 +152,7 @@ pub async fn recount(
 /// older than [`SETTLE`]; stops at the first younger one, since ids sort
 /// by time.
 fn settled<'a>(
-    mut bytes: u64,
+    (mut bytes, mut messages): (u64, u64),
     through: &str,
     listed: impl Iterator<Item = (&'a str, u64)>,
     prefix: &str,
@@ -157,11 +170,13 @@ fn settled<'a>(
             Some(_) => break,
         }
         bytes += size;
+        messages += 1;
         through = key.to_owned();
     }
     Snapshot {
         version: VERSION,
         bytes,
+        messages,
         through,
     }
 }
@@ -176,13 +191,13 @@ async fn write(store: &dyn ObjectStore, u: &UserId, s: &Snapshot) {
     }
 }
 
-/// Whether `incoming` more bytes fit under `limit`: `None` when usage
-/// cannot be known (then the caller delivers). A figure that says "full"
-/// is checked by a recount unless it is one already.
+/// Whether one more message of `incoming` bytes fits under `limits`:
+/// `None` when usage cannot be known (then the caller delivers). A figure
+/// that says "full" is checked by a recount unless it is one already.
 pub async fn fits(
     store: &dyn ObjectStore,
     u: &UserId,
-    limit: u64,
+    limits: Limits,
     incoming: u64,
     known: Option<Usage>,
     now_ms: u64,
@@ -197,7 +212,7 @@ pub async fn fits(
             }
         },
     };
-    if current.bytes.saturating_add(incoming) <= limit {
+    if limits.allow(current.bytes, current.messages, incoming, 1) {
         return (Some(true), Some(current));
     }
     if !current.recounted {
@@ -210,7 +225,7 @@ pub async fn fits(
         };
     }
     (
-        Some(current.bytes.saturating_add(incoming) <= limit),
+        Some(limits.allow(current.bytes, current.messages, incoming, 1)),
         Some(current),
     )
 }
@@ -246,18 +261,20 @@ mod tests {
             usage,
             Usage {
                 bytes: 157,
+                messages: 3,
                 recounted: true
             }
         );
         let s: Snapshot =
             serde_json::from_slice(&store.get(&usage_key(&u)).await.unwrap()).unwrap();
-        assert_eq!(s.bytes, 150);
+        assert_eq!((s.bytes, s.messages), (150, 2));
         // The young body is in the tail next time; nothing is counted twice.
         let again = super::usage(&store, &u, NOW).await.unwrap();
         assert_eq!(
             again,
             Usage {
                 bytes: 157,
+                messages: 3,
                 recounted: false
             }
         );
@@ -283,18 +300,19 @@ mod tests {
         recount(&store, &u, NOW).await.unwrap();
         // The body is collected after an expunge: the object still says 900.
         store.delete(&old).await.unwrap();
-        let (fits_now, usage) = fits(&store, &u, 1000, 500, None, NOW).await;
+        let (fits_now, usage) = fits(&store, &u, bytes(1000), 500, None, NOW).await;
         assert_eq!(fits_now, Some(true));
         assert_eq!(
             usage,
             Some(Usage {
                 bytes: 0,
+                messages: 0,
                 recounted: true
             })
         );
         // Really full: refused, on a fresh count.
         body(&store, &u, NOW - HOUR, 800).await;
-        let (fits_now, usage) = fits(&store, &u, 1000, 500, None, NOW).await;
+        let (fits_now, usage) = fits(&store, &u, bytes(1000), 500, None, NOW).await;
         assert_eq!(fits_now, Some(false));
         assert_eq!(usage.map(|u| u.bytes), Some(800));
     }
@@ -304,7 +322,10 @@ mod tests {
         let store = MemoryStore::new();
         let u = user();
         store.set_offline(true);
-        assert_eq!(fits(&store, &u, 10, 500, None, NOW).await, (None, None));
+        assert_eq!(
+            fits(&store, &u, bytes(10), 500, None, NOW).await,
+            (None, None)
+        );
         store.set_offline(false);
         store
             .put(&usage_key(&u), Bytes::from_static(b"not json"))
@@ -312,6 +333,61 @@ mod tests {
             .unwrap();
         body(&store, &u, NOW - HOUR, 5).await;
         assert_eq!(usage(&store, &u, NOW).await.unwrap().bytes, 5);
+    }
+
+    fn bytes(limit: u64) -> Limits {
+        Limits {
+            bytes: Some(limit),
+            messages: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_message_limit_counts_bodies_and_is_recounted_before_refusing() {
+        let store = MemoryStore::new();
+        let u = user();
+        let limits = Limits {
+            bytes: None,
+            messages: Some(3),
+        };
+        let first = body(&store, &u, NOW - 2 * HOUR, 10).await;
+        body(&store, &u, NOW - HOUR, 10).await;
+        recount(&store, &u, NOW).await.unwrap();
+        // Two stored (one in the usage object's tail): a third fits.
+        body(&store, &u, NOW + 10, 10).await;
+        let (ok, usage) = fits(&store, &u, limits, 1 << 30, None, NOW + 20).await;
+        assert_eq!((ok, usage.map(|u| u.messages)), (Some(false), Some(3)));
+        // The first is collected: the stale object says 2 + tail 1 = 3,
+        // the recount says 2, so one more fits.
+        store.delete(&first).await.unwrap();
+        let (ok, usage) = fits(&store, &u, limits, 1 << 30, None, NOW + 20).await;
+        assert_eq!(ok, Some(true));
+        assert_eq!(usage.map(|u| (u.messages, u.recounted)), Some((2, true)));
+        // Both limits: each must hold.
+        let both = Limits {
+            bytes: Some(25),
+            messages: Some(3),
+        };
+        let (ok, _) = fits(&store, &u, both, 6, None, NOW + 20).await;
+        assert_eq!(ok, Some(false), "20 + 6 > 25 bytes");
+        let (ok, _) = fits(&store, &u, both, 5, None, NOW + 20).await;
+        assert_eq!(ok, Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_usage_object_of_version_1_is_recounted() {
+        let store = MemoryStore::new();
+        let u = user();
+        body(&store, &u, NOW - HOUR, 10).await;
+        store
+            .put(
+                &usage_key(&u),
+                Bytes::from_static(br#"{"version":1,"bytes":10,"through":"zzz"}"#),
+            )
+            .await
+            .unwrap();
+        let usage = usage(&store, &u, NOW).await.unwrap();
+        assert_eq!((usage.messages, usage.recounted), (1, true));
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ pub async fn append(
         Err(e) => return Err(e.into()),
     };
     let incoming = messages.iter().map(|m| m.data.len() as u64).sum::<u64>();
-    crate::imap::cmd::quota::check(imap, authed, incoming).await?;
+    crate::imap::cmd::quota::check(imap, authed, incoming, messages.len() as u64).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

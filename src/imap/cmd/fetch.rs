@@ -195,6 +195,10 @@ pub async fn fetch(
             out,
         );
     }
+    for meta in &mut metas {
+        // Past MAX_KEYWORDS, a keyword not in FLAGS is not shown.
+        meta.flags.retain(|f| selected.shows(f));
+    }
 
     let mailbox = selected.mailbox.clone();
     let items_ref = &items;
@@ -245,6 +249,11 @@ pub async fn fetch(
                 data.push(render(item, &meta, body.as_ref())?);
             }
             if !with_flags && flags_changed.contains(&meta.uid) {
+                // RFC 7162 §3.2.4: with CONDSTORE on, the \Seen change
+                // comes with UID and MODSEQ, as any flag change does.
+                if condstore && !items.contains(&MessageDataItemName::Uid) {
+                    data.push(render(&MessageDataItemName::Uid, &meta, None)?);
+                }
                 data.push(MessageDataItem::Flags(fetch_flags(&meta)));
                 if condstore
                     && !items

@@ -2,35 +2,40 @@
 //! `[OVERQUOTA]` refusal of APPEND and COPY (RFC 9208 §5.1, RFC 5530).
 //!
 //! - One quota root, `""`, the user's quota, governs every mailbox. Its
-//!   limit is the directory's (`quota` in the users file, the configured
-//!   LDAP attribute), read at each command, so a change applies at once.
-//! - STORAGE usage is the sum of the RFC822.SIZE of the messages of all
-//!   mailboxes, in units of 1024 octets rounded up; a message copied to
-//!   two mailboxes counts twice. It is counted from every mailbox brought
-//!   up to date, so it is the current figure on any instance, and it
-//!   drops as soon as messages are expunged. The limit is given in KiB
-//!   rounded down. As Dovecot's `count` quota with `quota_vsizes`.
+//!   limits are the directory's (`quota` and `quota_messages` in the users
+//!   file, the configured LDAP attributes), read at each command, so a
+//!   change applies at once.
+//! - STORAGE (§5.1) usage is the sum of the RFC822.SIZE of the messages of
+//!   all mailboxes, in units of 1024 octets rounded up; a message copied
+//!   to two mailboxes counts twice. The limit is given in KiB rounded
+//!   down. MESSAGE (§5.2) usage is the number of messages of all
+//!   mailboxes. As Dovecot's `count` quota with `quota_vsizes`. Both are
+//!   the account's kept figures (`crate::account::usage`), current on this
+//!   instance after every command and without a store call per mailbox.
 //! - A user without a quota has no quota root: GETQUOTAROOT answers no
-//!   QUOTAROOT line at all and GETQUOTA `""` no QUOTA line, as Dovecot.
+//!   QUOTAROOT line at all and GETQUOTA `""` no QUOTA line, as Dovecot. A
+//!   user with one limit only sees that resource.
 //! - SETQUOTA is refused: limits are the administrator's, in the
 //!   directory (RFC 9208 §4.1.3 lets a server refuse).
-//! - APPEND and COPY that would take the usage over the limit are refused
-//!   with `NO [OVERQUOTA]` before anything is stored (RFC 9208 §5.1:
-//!   usage + new size > limit). MOVE is not checked: it frees what it
-//!   adds. A usage that cannot be known (directory or store fault) does
-//!   not block: like LMTP, we store rather than refuse on a guess.
+//! - APPEND and COPY that would take the usage over either limit are
+//!   refused with `NO [OVERQUOTA]` before anything is stored (when usage
+//!   plus what is added passes a limit), only on a count made just now. MOVE is not checked: it
+//!   frees what it adds (Dovecot does not refuse it either). A usage that
+//!   cannot be known (directory or store fault) does not block: like
+//!   LMTP, we store rather than refuse on a guess.
 //!
 //! LMTP checks its own figure at delivery (see [`crate::lmtp::quota`]):
-//! the stored (compressed) size of the bodies, which it can count
-//! without the user's keys. It is at most this one, so LMTP may accept a
-//! delivery that takes this figure a little over the limit (RFC 9208 §5
-//! allows usage above the limit); doc/imap-differences.md explains it.
+//! the stored (compressed) size and number of the bodies, which it can
+//! count without the user's keys. They are at most these, so LMTP may
+//! accept a delivery that takes these figures a little over the limit
+//! (RFC 9208 §5 allows usage above the limit); doc/imap-differences.md
+//! explains it.
 
-use futures::{StreamExt, TryStreamExt};
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::mailbox::Mailbox;
 
-use crate::directory::DirectoryError;
+use crate::account::usage::{Count, Usage};
+use crate::directory::{DirectoryError, QuotaLimits};
 use crate::imap::Imap;
 use crate::imap::response::{Done, Failure, Out, Outcome, astring, code};
 use crate::imap::state::{Authed, Selected, encode_name, name_of};
@@ -38,21 +43,10 @@ use crate::imap::state::{Authed, Selected, encode_name, name_of};
 /// The one quota root (RFC 9208 §3.2: the user's quota).
 pub const ROOT: &str = "";
 
-/// Mailboxes brought up to date at once when counting.
-const PARALLEL: usize = 8;
-
-/// What the user's mailboxes hold.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Sum of RFC822.SIZE.
-    pub bytes: u64,
-    pub messages: u64,
-}
-
-/// The user's storage limit in bytes; `None`: no quota.
-async fn limit(imap: &Imap, authed: &Authed) -> Result<Option<u64>, Failure> {
+/// The user's limits; `None`: no quota.
+async fn limit(imap: &Imap, authed: &Authed) -> Result<Option<QuotaLimits>, Failure> {
     match imap.directory.find_login(&authed.login).await {
-        Ok(Some(record)) => Ok(record.quota_bytes),
+        Ok(Some(record)) => Ok(record.quota()),
         Ok(None) => Ok(None),
         Err(e @ (DirectoryError::Unavailable(_) | DirectoryError::Invalid(_))) => {
             Err(Failure::DirectoryUnavailable(e.to_string()))
@@ -61,46 +55,22 @@ async fn limit(imap: &Imap, authed: &Authed) -> Result<Option<u64>, Failure> {
     }
 }
 
-/// The current usage of all the user's mailboxes, each synced first.
-pub async fn usage(authed: &Authed) -> Result<Usage, Failure> {
-    let account = &authed.account;
-    account.refresh(None).await?;
-    let folders = account.folders().await?;
-    folders.sync().await?;
-    let all = folders.all().await;
-    futures::stream::iter(all)
-        .map(|folder| async move {
-            let mailbox = account
-                .mailbox(&folder.id.to_hex(), folder.uid_validity)
-                .await?;
-            mailbox.sync().await?;
-            let usage = mailbox
-                .read(|s| Usage {
-                    bytes: s.messages().map(|m| m.message.size).sum(),
-                    messages: u64::from(s.exists()),
-                })
-                .await;
-            Ok::<_, Failure>(usage)
-        })
-        .buffer_unordered(PARALLEL)
-        .try_fold(Usage::default(), |sum, u| async move {
-            Ok(Usage {
-                bytes: sum.bytes + u.bytes,
-                messages: sum.messages + u.messages,
-            })
-        })
-        .await
-}
-
-/// `* QUOTA "" (STORAGE used limit)` (RFC 9208 §5.1), in KiB: usage
-/// rounded up, limit rounded down, as Dovecot.
-fn quota_line(usage: Usage, limit: u64) -> String {
-    format!(
-        "QUOTA {} (STORAGE {} {})",
-        astring(ROOT),
-        usage.bytes.div_ceil(1024),
-        limit / 1024
-    )
+/// `* QUOTA "" (STORAGE used limit MESSAGE used limit)` (RFC 9208 §5.1,
+/// §5.2), each resource the user has a limit for, in Dovecot's order.
+/// STORAGE is in KiB: usage rounded up, limit rounded down, as Dovecot.
+fn quota_line(usage: Usage, limits: QuotaLimits) -> String {
+    let mut resources = Vec::new();
+    if let Some(limit) = limits.bytes {
+        resources.push(format!(
+            "STORAGE {} {}",
+            usage.bytes.div_ceil(1024),
+            limit / 1024
+        ));
+    }
+    if let Some(limit) = limits.messages {
+        resources.push(format!("MESSAGE {} {limit}", usage.messages));
+    }
+    format!("QUOTA {} ({})", astring(ROOT), resources.join(" "))
 }
 
 /// GETQUOTAROOT (RFC 9208 §4.3): the roots of a mailbox and their
@@ -116,7 +86,7 @@ pub async fn get_quota_root(
     let Some(limit) = limit(imap, authed).await? else {
         return Done::ok("No quota");
     };
-    let usage = usage(authed).await?;
+    let usage = authed.account.usage(Count::Kept).await?;
     out.untagged(&format!(
         "QUOTAROOT {} {}",
         astring(&encode_name(authed, &name)),
@@ -141,7 +111,7 @@ pub async fn get_quota(
         ));
     }
     if let Some(limit) = limit(imap, authed).await? {
-        let usage = usage(authed).await?;
+        let usage = authed.account.usage(Count::Kept).await?;
         out.untagged(&quota_line(usage, limit));
     }
     Done::ok("GETQUOTA completed")
@@ -155,32 +125,36 @@ pub fn set_quota() -> Outcome {
     ))
 }
 
-/// Refuses adding `incoming` bytes that would take the user over their
-/// quota (`NO [OVERQUOTA]`, RFC 9208 §5.1). A usage that cannot be known
-/// lets the command go on (logged).
-pub async fn check(imap: &Imap, authed: &Authed, incoming: u64) -> Result<(), Failure> {
-    let limit = match limit(imap, authed).await {
-        Ok(Some(limit)) => limit,
+/// Refuses adding `messages` messages of `bytes` octets in all that would
+/// take the user over their quota (`NO [OVERQUOTA]`, RFC 9208 §5.1,
+/// §5.2). The kept figure decides when it allows; a refusal is made only
+/// on a count made just now (another instance may have freed room). A
+/// usage that cannot be known lets the command go on (logged).
+pub async fn check(imap: &Imap, authed: &Authed, bytes: u64, messages: u64) -> Result<(), Failure> {
+    let limits = match limit(imap, authed).await {
+        Ok(Some(limits)) => limits,
         Ok(None) => return Ok(()),
         Err(e) => {
             tracing::warn!(failure = ?e, "quota: limit unknown; storing");
             return Ok(());
         }
     };
-    let usage = match usage(authed).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(failure = ?e, "quota: usage unknown; storing");
+    for how in [Count::Kept, Count::Fresh] {
+        let usage = match authed.account.usage(how).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "quota: usage unknown; storing");
+                return Ok(());
+            }
+        };
+        if limits.allow(usage.bytes, usage.messages, bytes, messages) {
             return Ok(());
         }
-    };
-    if usage.bytes.saturating_add(incoming) > limit {
-        return Err(Failure::no(
-            Some(code("OVERQUOTA")),
-            "Quota exceeded (mailbox for user is full)",
-        ));
     }
-    Ok(())
+    Err(Failure::no(
+        Some(code("OVERQUOTA")),
+        "Quota exceeded (mailbox for user is full)",
+    ))
 }
 
 /// [`check`] for a COPY of `uids` of the selected mailbox.
@@ -190,28 +164,55 @@ pub async fn check_copy(
     selected: &Selected,
     uids: &[u32],
 ) -> Result<(), Failure> {
-    let incoming = selected
+    let (bytes, messages) = selected
         .mailbox
         .read(|s| {
             uids.iter()
                 .filter_map(|u| s.message(*u))
-                .map(|m| m.message.size)
-                .sum::<u64>()
+                .fold((0u64, 0u64), |(b, n), m| (b + m.message.size, n + 1))
         })
         .await;
-    check(imap, authed, incoming).await
+    check(imap, authed, bytes, messages).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn storage(limit: u64) -> QuotaLimits {
+        QuotaLimits {
+            bytes: Some(limit),
+            messages: None,
+        }
+    }
+
     #[test]
     fn storage_is_in_kib_usage_rounded_up_limit_down() {
-        let line = |bytes, limit| quota_line(Usage { bytes, messages: 0 }, limit);
+        let line = |bytes, limit| quota_line(Usage { bytes, messages: 0 }, storage(limit));
         assert_eq!(line(0, 10240), "QUOTA \"\" (STORAGE 0 10)");
         assert_eq!(line(1, 10240), "QUOTA \"\" (STORAGE 1 10)");
         assert_eq!(line(2004, 10751), "QUOTA \"\" (STORAGE 2 10)");
         assert_eq!(line(1024, 1023), "QUOTA \"\" (STORAGE 1 0)");
+    }
+
+    #[test]
+    fn message_follows_storage_and_stands_alone() {
+        let usage = Usage {
+            bytes: 2048,
+            messages: 6,
+        };
+        let both = QuotaLimits {
+            bytes: Some(10240),
+            messages: Some(6),
+        };
+        assert_eq!(
+            quota_line(usage, both),
+            "QUOTA \"\" (STORAGE 2 10 MESSAGE 6 6)"
+        );
+        let messages = QuotaLimits {
+            bytes: None,
+            messages: Some(100),
+        };
+        assert_eq!(quota_line(usage, messages), "QUOTA \"\" (MESSAGE 6 100)");
     }
 }

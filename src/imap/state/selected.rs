@@ -9,7 +9,10 @@
 //! Invariants:
 //! - A keyword is in the FLAGS list before any FETCH response shows it
 //!   ([`Selected::announce_keywords`]), and the list only grows until the
-//!   next SELECT (RFC 3501 §7.2.6: clients keep the last FLAGS).
+//!   next SELECT (RFC 3501 §7.2.6: clients keep the last FLAGS), up to
+//!   [`MAX_KEYWORDS`]: a keyword created elsewhere once the list is full
+//!   (keywords dropped and others set, by other sessions) is not shown to
+//!   this session until it selects the mailbox again.
 //! - `\Recent` (RFC 3501 §2.3.2, IMAP4rev1 sessions only): a SELECT takes
 //!   the messages no session of this instance took yet, and so does every
 //!   report of new messages; an EXAMINE shows them without taking them
@@ -106,7 +109,10 @@ impl Selected {
                         first_unseen = Some(i as u32 + 1);
                     }
                     for f in &m.flags {
-                        if !f.starts_with('\\') && !keywords.iter().any(|k| k == f) {
+                        if !f.starts_with('\\')
+                            && !keywords.iter().any(|k| k == f)
+                            && keywords.len() < MAX_KEYWORDS
+                        {
                             keywords.push((*f).to_owned());
                         }
                     }
@@ -213,7 +219,10 @@ impl Selected {
     ) {
         let mut added = false;
         for f in flags {
-            if !f.starts_with('\\') && !self.keywords.iter().any(|k| k == f) {
+            if !f.starts_with('\\')
+                && !self.keywords.iter().any(|k| k == f)
+                && self.keywords.len() < MAX_KEYWORDS
+            {
                 self.keywords.push(f.to_owned());
                 added = true;
             }
@@ -222,6 +231,12 @@ impl Selected {
             self.write_flags(out);
             self.write_permanent_flags(out);
         }
+    }
+
+    /// Whether FETCH shows flag `f` to this session: system flags always,
+    /// keywords once in its FLAGS list (see [`Selected::announce_keywords`]).
+    pub fn shows(&self, f: &str) -> bool {
+        f.starts_with('\\') || self.keywords.iter().any(|k| k == f)
     }
 
     /// The keywords in this session's FLAGS list.
@@ -242,7 +257,11 @@ impl Selected {
     /// A message's flags as FETCH FLAGS writes them: `flags`, then
     /// `\Recent` if it is recent here.
     pub fn flag_list<S: AsRef<str>>(&self, uid: u32, flags: &[S]) -> String {
-        let mut list: Vec<&str> = flags.iter().map(AsRef::as_ref).collect();
+        let mut list: Vec<&str> = flags
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|f| self.shows(f))
+            .collect();
         if self.is_recent(uid) {
             list.push("\\Recent");
         }
