@@ -885,10 +885,25 @@ async fn delete(
             .await
             .map_err(store_context)?;
         say!("deleted {n} objects of {login} from the store");
+        announce_deleted(services, &services.user_id(&login)).await;
     }
     file.save(users_file)?;
     say!("deleted user {login}");
     Ok(())
+}
+
+/// Tells the running instances that a user's data is gone (a change
+/// hint, doc/consistency.md): an account still unlocked there checks its
+/// keyring at once and locks itself instead of at its next fallback poll.
+/// Best effort: without the hint it locks at that poll.
+async fn announce_deleted(services: &Services, id: &facteur::store::layout::UserId) {
+    if let Err(e) = facteur::account::hints::announce(services.store.as_ref(), id).await {
+        let _ = writeln!(
+            std::io::stderr(),
+            "facteur: warning: could not tell running instances ({e}); \
+             sessions of the deleted user end at their next poll"
+        );
+    }
 }
 
 /// `user list` with LDAP: the users who have data in the store, named by
@@ -983,6 +998,7 @@ async fn delete_ldap(services: &Services, login: &str, yes: bool, keep_data: boo
         .await
         .map_err(store_context)?;
     say!("deleted {n} objects of {login} from the store");
+    announce_deleted(services, &id).await;
     if still_active {
         let _ = writeln!(
             std::io::stderr(),

@@ -209,6 +209,8 @@ async fn changes_from_another_instance_wake_watchers() {
     let ma = a.mailbox("0c", 1).await.unwrap();
     let mb = b.mailbox("0c", 1).await.unwrap();
     store_keyring(&shared, &keyring, b"0123456789abcdef").await;
+    // The poller runs for accounts a session holds (none poll otherwise).
+    b.session_began();
     let _poller = b.spawn_poller();
     let mut watch = mb.watch();
     ma.append(&message("ping"), vec![], 0).await.unwrap();
@@ -324,6 +326,7 @@ async fn deliveries_reach_inbox_on_another_instance() {
     let (_, inbox) = reader.open_by_name("INBOX").await.unwrap();
     let mut watch = inbox.watch();
     store_keyring(&shared, &keyring, b"0123456789abcdef").await;
+    reader.session_began();
     let _poller = reader.spawn_poller();
 
     let envelope = DeliveryEnvelope {
@@ -643,4 +646,90 @@ async fn summary_pages_of_expunged_messages_are_collected() {
     assert!(!now.contains(&first[0]), "{now:?}");
     assert_eq!(now.len(), 3, "one page per snapshot in use: {now:?}");
     assert_eq!(subjects(&inbox).await.len(), 9);
+}
+
+/// A store whose next `misses` GETs of a keyring answer "not found", as a
+/// proxy in front of the store may during maintenance.
+#[derive(Debug)]
+struct KeyringHiccups {
+    inner: SharedStore,
+    misses: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for KeyringHiccups {
+    async fn put(&self, key: &str, body: bytes::Bytes) -> Result<(), facteur::store::StoreError> {
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, facteur::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        if key.ends_with("/keyring")
+            && self
+                .misses
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| m.checked_sub(1))
+                .is_ok()
+        {
+            return Err(facteur::store::StoreError::NotFound(key.to_owned()));
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, facteur::store::StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), facteur::store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), facteur::store::StoreError> {
+        self.inner.delete_many(keys).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<facteur::store::ListPage, facteur::store::StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+}
+
+/// One "not found" for a keyring that is there must not lock the account
+/// (locking ends every session of the user on this instance); a keyring
+/// really gone, found missing twice, does.
+#[tokio::test]
+async fn a_single_missing_answer_does_not_lock_the_account_but_a_deleted_keyring_does() {
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let memory: SharedStore = Arc::new(MemoryStore::new());
+    store_keyring(&memory, &keyring, b"0123456789abcdef").await;
+    let flaky = Arc::new(KeyringHiccups {
+        inner: memory.clone(),
+        misses: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let shared: SharedStore = flaky.clone();
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    a.check_keyring().await.unwrap();
+    assert!(!a.is_locked(), "one stray 404 locked the account");
+    assert_eq!(flaky.misses.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let key = facteur::store::layout::keyring(&user_id(b"0123456789abcdef", "alice"));
+    memory.delete(&key).await.unwrap();
+    assert!(a.check_keyring().await.is_err());
+    assert!(a.is_locked(), "a deleted keyring did not lock the account");
+}
+
+/// Two opens of one mailbox never share a change-counter value: a figure
+/// kept with the counter (QUOTA's usage book) from one open is never taken
+/// as current for another open whose state may differ.
+#[tokio::test]
+async fn separate_opens_of_a_mailbox_start_their_change_counters_apart() {
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let shared: SharedStore = Arc::new(MemoryStore::new());
+    let a = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let b = account(&shared, &keyring, "a", b"0123456789abcdef");
+    let one = a.mailbox("0a", 1).await.unwrap();
+    let other = b.mailbox("0a", 1).await.unwrap();
+    assert_ne!(*one.watch().borrow(), *other.watch().borrow());
 }

@@ -4,7 +4,10 @@
 //!
 //! One [`Hints`] per instance. Every account of the instance and its LMTP
 //! backend write through a [`Hinted`] store: a successful PUT of a delivery
-//! record, an op of a log (mailbox list or mailbox) or a keyring
+//! record, an op of a log (mailbox list or mailbox) or a keyring (keyrings
+//! are written through the keyring store, which is not wrapped: their
+//! writes are not hinted today; `user delete` writes one hint itself with
+//! [`announce`])
 //! - wakes the other accounts of that user registered here (same instance:
 //!   no store call at all), and
 //! - writes an empty hint object `hints/<ms>-<tag>-<user>` (at most one in
@@ -325,6 +328,17 @@ fn hinted_user(key: &str) -> Option<UserId> {
         || rest.starts_with("list/log/")
         || (rest.starts_with("mbox/") && rest.split('/').nth(2) == Some("log"));
     if wanted { UserId::parse(user) } else { None }
+}
+
+/// Writes one hint for `user` now, under a tag of its own: for a process
+/// with no [`Hints`] of its own (the CLI's `user delete`, whose deletes no
+/// [`Hinted`] store reports). Instances listing `hints/` wake the user's
+/// accounts, which poll at once.
+pub async fn announce(store: &dyn ObjectStore, user: &UserId) -> Result<(), StoreError> {
+    let tag = hex::encode(rand::random::<[u8; 8]>());
+    store
+        .put(&layout::hint(now_ms(), &tag, user), Bytes::new())
+        .await
 }
 
 /// A store that reports the writes others must notice to [`Hints`].

@@ -224,7 +224,14 @@ impl Mailbox {
             || MailboxState::new(uid_validity),
         )
         .await?;
-        let (changes, _) = watch::channel(0);
+        // Each open starts its counter in its own range, so a counter value
+        // names one state of one open: a figure kept by value
+        // (`account::usage`) from an earlier open of the same mailbox never
+        // matches a reopened one, whose state may differ while its counter
+        // has not moved.
+        static OPENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let first = OPENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32;
+        let (changes, _) = watch::channel(first);
         Ok(Mailbox {
             cache_id: Arc::from(id.as_str()),
             id,

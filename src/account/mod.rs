@@ -186,6 +186,19 @@ impl std::fmt::Debug for Account {
     }
 }
 
+/// The least age of a body [`Account::collect_blobs`] deletes from the
+/// poller. Ops are collected after `gc_grace` (minutes: a listing bounds
+/// what an instance can have missed), but a body's protection before its
+/// op lands rests on the writer's clock (the time in the blob id) and on
+/// the op PUT following the body PUT within the grace: an APPEND stalled
+/// between the two, or a writer whose clock is behind, must not lose its
+/// body. An hour keeps that margin; unreferenced bodies cost only space.
+pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
+
+/// How long [`Account::check_keyring`] waits before confirming that the
+/// keyring is gone.
+const KEYRING_RECHECK: Duration = Duration::from_millis(500);
+
 impl Account {
     pub fn new(
         user: UserId,
@@ -290,6 +303,14 @@ impl Account {
             return Err(AccountError::Locked);
         }
         let public = self.keys.public_key();
+        if keyring::still_holds(self.store.as_ref(), &self.user, &public).await? {
+            return Ok(());
+        }
+        // Locking ends every session of the user here: one answer is not
+        // enough (a bare 404 from a proxy in front of the store during
+        // maintenance reads as "not found"). A second look a moment later
+        // must say the same.
+        tokio::time::sleep(KEYRING_RECHECK).await;
         if keyring::still_holds(self.store.as_ref(), &self.user, &public).await? {
             return Ok(());
         }
@@ -817,7 +838,7 @@ impl Account {
             due
         };
         if due {
-            match self.collect_blobs(grace).await {
+            match self.collect_blobs(grace.max(BLOB_GRACE)).await {
                 Ok(n) => tracing::debug!(blobs = n, "collected unreferenced bodies"),
                 Err(e) => tracing::warn!(error = %e, "body collection failed"),
             }
