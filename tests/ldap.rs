@@ -969,7 +969,7 @@ fn the_cn_config_schema_says_what_mail_schema_says() {
         ["olcAttributeTypes:", "olcObjectClasses:"],
         true,
     );
-    assert_eq!(schema.len(), 3, "{schema:?}");
+    assert_eq!(schema.len(), 4, "{schema:?}");
     assert_eq!(ldif, schema);
     assert!(read("mail.ldif").contains("dn: cn=facteur-mail,cn=schema,cn=config\n"));
 }

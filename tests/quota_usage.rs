@@ -11,7 +11,7 @@ use facteur::account::{Account, AccountConfig};
 use facteur::crypto::{KdfParams, Keyring, Password, RecordAuth, user_id};
 use facteur::log::InstanceId;
 use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
-use facteur::store::{MemoryStore, SharedStore};
+use facteur::store::{MemoryStore, ObjectStore, SharedStore};
 
 fn records() -> RecordAuth {
     RecordAuth::from_cluster_secret(b"0123456789abcdef")
@@ -54,6 +54,13 @@ async fn kept_usage_stays_exact() {
     let store = MemoryStore::new();
     let shared: SharedStore = Arc::new(store.clone());
     let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    // The poller checks the keyring first and locks an account whose
+    // keyring is gone: store it, as provisioning does.
+    let key = facteur::store::layout::keyring(&user_id(b"0123456789abcdef", "alice"));
+    shared
+        .put(&key, bytes::Bytes::from(keyring.to_bytes(&key)))
+        .await
+        .unwrap();
     let a = account(&shared, &keyring, "a");
     let b = account(&shared, &keyring, "b");
     a.folders()
