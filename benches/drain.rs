@@ -7,7 +7,8 @@
 //!
 //! Run with `cargo bench --bench drain`. `FACTEUR_BENCH_DRAIN_MESSAGES`
 //! (default 10000) sets `N`; `FACTEUR_BENCH_DRAIN_BACKENDS` (default
-//! `fs,garage`) the stores. Garage is measured when the
+//! `fs,garage`) the stores; `FACTEUR_BENCH_DRAIN_S3_CONCURRENCY` the S3
+//! store's request limit (default 32). Garage is measured when the
 //! `FACTEUR_TEST_S3_*` variables are set
 //! (`eval "$(scripts/garage.sh start /tmp/bench-garage)"`).
 
@@ -127,7 +128,15 @@ async fn main() {
         let store: SharedStore = match name {
             "fs" => Arc::new(FsStore::open(dir.path().join("fs")).expect("fs store")),
             "garage" => match S3Settings::from_test_env() {
-                Some(settings) => Arc::new(S3Store::new(settings).expect("S3 store")),
+                Some(mut settings) => {
+                    if let Some(n) = std::env::var("FACTEUR_BENCH_DRAIN_S3_CONCURRENCY")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                    {
+                        settings.max_concurrency = n;
+                    }
+                    Arc::new(S3Store::new(settings).expect("S3 store"))
+                }
                 None => {
                     eprintln!(
                         "garage: FACTEUR_TEST_S3_* not set, skipped \
