@@ -956,6 +956,8 @@ mod tests {
         inner: MemoryStore,
         fail_puts_under: Mutex<Option<String>>,
         fail_delete_many: AtomicBool,
+        /// Reports every listed object with this size.
+        listed_size: Mutex<Option<u64>>,
     }
 
     #[async_trait::async_trait]
@@ -992,8 +994,42 @@ mod tests {
             start_after: Option<&str>,
             limit: usize,
         ) -> Result<ListPage, StoreError> {
-            self.inner.list(prefix, start_after, limit).await
+            let mut page = self.inner.list(prefix, start_after, limit).await?;
+            if let Some(size) = *self.listed_size.lock().unwrap() {
+                page.objects.iter_mut().for_each(|m| m.size = size);
+            }
+            Ok(page)
         }
+    }
+
+    /// A batch takes at most `BATCH_BYTES` of records, so its op stays a
+    /// few MiB however large the records: the rest is the next batch's,
+    /// and a drain still moves them all.
+    #[tokio::test]
+    async fn a_batch_holds_at_most_batch_bytes_of_records() {
+        let flaky = Flaky::default();
+        let keys = UserKeys::generate();
+        send(&flaky, &keys, 3).await;
+        *flaky.listed_size.lock().unwrap() = Some(6 << 20);
+        let first = collect(&flaky, &user(), &keys, &auth(), None, BATCH)
+            .await
+            .unwrap();
+        assert_eq!(first.opened.len(), 2, "{first:?}");
+        let (next, more) = first.next();
+        assert!(more);
+        let second = collect(&flaky, &user(), &keys, &auth(), next, BATCH)
+            .await
+            .unwrap();
+        assert_eq!(second.opened.len(), 1, "{second:?}");
+        assert!(!second.next().1);
+
+        let mut log = inbox(&flaky, &SymmetricKey::random(), "a").await;
+        let report = drain(&flaky, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
+        assert_eq!(report.delivered.len(), 3);
+        assert_eq!(log.state().exists(), 3);
+        assert_eq!(queued(&flaky).await, 0);
     }
 
     #[tokio::test]
