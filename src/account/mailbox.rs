@@ -874,15 +874,18 @@ impl Mailbox {
     /// "Encryption") into this mailbox, in batches: read the records, write one
     /// op placing them, delete the records the state now holds. Safe to run on
     /// several instances at once: a record drained twice is still one message.
+    ///
+    /// Pipelined (issue #15): the next batch is listed, fetched and opened
+    /// while this one is placed and its records deleted. Reading the queue
+    /// changes nothing, so the order that matters is kept: a record is
+    /// deleted only after the op placing it is durable and in the state.
     pub async fn drain_incoming(
         &self,
         keys: &UserKeys,
         records: &RecordAuth,
     ) -> Result<DrainReport, AccountError> {
-        let mut report = DrainReport::default();
-        let mut after: Option<String> = None;
-        loop {
-            let mut batch = incoming::collect(
+        let collect = |after: Option<String>| async move {
+            incoming::collect(
                 self.store.as_ref(),
                 &self.user,
                 keys,
@@ -890,24 +893,58 @@ impl Mailbox {
                 after.as_deref(),
                 incoming::BATCH,
             )
-            .await?;
-            if batch.is_empty() {
-                break;
-            }
+            .await
+        };
+        let mut report = DrainReport::default();
+        let mut batch = collect(None).await?;
+        // The previous batch, placed: its records are deleted while this
+        // batch is placed.
+        let mut cleaning: Option<incoming::Collected> = None;
+        let mut failed = None;
+        while !batch.is_empty() {
             let (next, more) = batch.next();
-            after = next.map(str::to_owned);
-            {
+            let next = next.map(str::to_owned);
+            let following = async {
+                match more {
+                    true => collect(next).await.map(Some),
+                    false => Ok(None),
+                }
+            };
+            let placing = async {
                 let _writing = self.lock_for_placing().await;
                 // As in `write_placing`: claim from a fresh state.
-                self.place_locked(|state| batch.op(state), true).await?;
-            }
+                self.place_locked(|state| batch.op(state), true).await
+            };
+            let report = &mut report;
+            let clean_up = async {
+                match cleaning.take() {
+                    Some(placed) => placed.clean_up(self.store.as_ref(), report).await,
+                    None => true,
+                }
+            };
+            let (placed, following, cleaned) = futures::join!(placing, following, clean_up);
+            // The records are deleted only once the op placing them is
+            // durable and in the state.
+            placed?;
             batch.mark_held(self.log.read().await.state());
-            let ok = batch.clean_up(self.store.as_ref(), &mut report).await;
-            if !ok || !more {
-                break;
+            cleaning = Some(batch);
+            // A failure stops the drain; what was placed stays placed.
+            match following {
+                Ok(Some(following)) if cleaned => batch = following,
+                Ok(_) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(report)
+        if let Some(placed) = cleaning {
+            placed.clean_up(self.store.as_ref(), &mut report).await;
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 
     /// Places messages migrated from another server (`facteur import`),

@@ -48,10 +48,13 @@
 //! blob before the record, so a record without its blob means the blob was
 //! lost later; FETCH of its body then fails for that message only.
 //!
-//! Costs of a drain: one LIST per batch of up to [`BATCH`] records, one GET
-//! per record ([`FETCH_PARALLELISM`] at a time), one op PUT per batch, one
-//! `delete_many` per batch (plus a PUT and a DELETE per quarantined
-//! record). Nothing when the queue is empty but the LIST.
+//! Costs of a drain: one LIST per batch of up to [`BATCH`] records (and
+//! [`BATCH_BYTES`]), one GET per record ([`FETCH_PARALLELISM`] at a time),
+//! one op PUT per batch, one `delete_many` per 100 records, several at
+//! once (plus a PUT and a DELETE per quarantined record). Nothing when the
+//! queue is empty but the LIST. `Mailbox::drain_incoming` pipelines the
+//! batches: the next is collected, and the previous one's records
+//! deleted, while one is placed.
 //!
 //! Not done here: the `+detail` folder is recorded in the record
 //! ([`DeliveryEnvelope::folder`]) but every message goes to INBOX for now;
@@ -77,13 +80,25 @@ use crate::log::stored::{StoredLog, SyncError};
 use crate::store::layout::{self, UserId};
 use crate::store::{ObjectStore, StoreError};
 
-/// Most records drained by one op (and listed by one LIST): bounds the
-/// op's size, since each record carries a summary of up to a few hundred
-/// KiB in the worst case.
-pub const BATCH: usize = 100;
+/// Most records drained by one op (and listed by one LIST, the most an S3
+/// LIST returns): a record is a few KiB, so an op of a full batch is a
+/// few MiB. Ten thousand waiting messages take ten batches, not a hundred
+/// (issue #15).
+pub const BATCH: usize = 1000;
 
-/// Records fetched at once.
-pub const FETCH_PARALLELISM: usize = 8;
+/// Most record bytes one batch takes (as listed): bounds the op's size and
+/// a drain's memory, since a record carries a summary of up to a few
+/// hundred KiB in the worst case. A batch takes at least one record.
+pub const BATCH_BYTES: u64 = 16 << 20;
+
+/// Records fetched at once: each GET is one round trip to the store, and a
+/// record is small.
+pub const FETCH_PARALLELISM: usize = 64;
+
+/// Drained records deleted by one `delete_many`, and how many of those
+/// run at once.
+const DELETE_CHUNK: usize = 100;
+const DELETE_PARALLELISM: usize = 8;
 
 /// Largest delivery record read. A record holds a sealed key, the
 /// envelope and the message's summary (headers Postfix caps at 100 KB by
@@ -348,10 +363,11 @@ impl std::fmt::Debug for Collected {
 }
 
 /// Lists up to `limit` (at most [`BATCH`]) records after `start_after` (a
-/// full key) and opens them, fetching [`FETCH_PARALLELISM`] at a time; a
-/// record is opened only if its MAC under `auth` verifies. Touches no
-/// mailbox. A store failure aborts the batch (nothing was
-/// changed); unreadable records are set aside for [`Collected::clean_up`].
+/// full key), keeps as many as fit in [`BATCH_BYTES`], and opens them,
+/// fetching [`FETCH_PARALLELISM`] at a time; a record is opened only if
+/// its MAC under `auth` verifies. Touches no mailbox. A store failure
+/// aborts the batch (nothing was changed); unreadable records are set
+/// aside for [`Collected::clean_up`].
 pub async fn collect(
     store: &dyn ObjectStore,
     user: &UserId,
@@ -361,9 +377,26 @@ pub async fn collect(
     limit: usize,
 ) -> Result<Collected, IncomingError> {
     let prefix = layout::incoming_prefix(user);
-    let page = store
+    let mut page = store
         .list(&prefix, start_after, limit.clamp(1, BATCH))
         .await?;
+    let mut bytes = 0u64;
+    let fits = page
+        .objects
+        .iter()
+        .position(|meta| {
+            // An oversized record is left unread: it costs nothing here.
+            if meta.size <= MAX_RECORD_BYTES {
+                bytes += meta.size;
+            }
+            bytes > BATCH_BYTES
+        })
+        .unwrap_or(page.objects.len())
+        .max(1);
+    if fits < page.objects.len() {
+        page.objects.truncate(fits);
+        page.truncated = true; // the rest is the next batch's
+    }
     let last_listed = page.objects.last().map(|m| m.key.clone());
     let fetched: Vec<(String, Option<Bytes>)> = stream::iter(page.objects)
         .map(|meta| async move {
@@ -388,6 +421,36 @@ pub async fn collect(
         .into_iter()
         .collect::<Result<_, StoreError>>()?;
 
+    // Opening a thousand sealed boxes is CPU work: off the async runtime,
+    // so it overlaps with the previous batch's placement.
+    let (user, keys, auth) = (user.clone(), keys.clone(), auth.clone());
+    let collected = tokio::task::spawn_blocking(move || {
+        open_fetched(
+            &user,
+            &keys,
+            &auth,
+            &prefix,
+            fetched,
+            last_listed,
+            page.truncated,
+        )
+    })
+    .await
+    .map_err(IncomingError::Task)?;
+    Ok(collected)
+}
+
+/// Opens what [`collect`] fetched: the records whose MAC verifies and that
+/// open are kept, the others set aside for quarantine.
+fn open_fetched(
+    user: &UserId,
+    keys: &UserKeys,
+    auth: &RecordAuth,
+    prefix: &str,
+    fetched: Vec<(String, Option<Bytes>)>,
+    last_listed: Option<String>,
+    more: bool,
+) -> Collected {
     let mut collected = Collected {
         user: user.clone(),
         opened: Vec::new(),
@@ -395,10 +458,10 @@ pub async fn collect(
         gone: 0,
         newer: 0,
         last_listed,
-        more: page.truncated,
+        more,
     };
     for (key, bytes) in fetched {
-        let name = key.strip_prefix(&prefix).unwrap_or(&key).to_owned();
+        let name = key.strip_prefix(prefix).unwrap_or(&key).to_owned();
         let Some(bytes) = bytes else {
             collected.gone += 1;
             continue;
@@ -441,7 +504,7 @@ pub async fn collect(
             }
         }
     }
-    Ok(collected)
+    collected
 }
 
 /// Opens, parses and checks one record; the error says why not.
@@ -537,9 +600,22 @@ impl Collected {
             }
             doomed.push(record_key(&self.user, &opened.name));
         }
-        if let Err(e) = store.delete_many(&doomed).await {
-            tracing::warn!(error = %e, records = doomed.len(), "could not delete drained records");
-            report.not_deleted += doomed.len();
+        // Deleted in chunks, several at once: on fs each record is an
+        // unlink, on S3 a chunk is one request.
+        let mut failed = Vec::new();
+        for group in doomed.chunks(DELETE_CHUNK * DELETE_PARALLELISM) {
+            let chunks: Vec<&[String]> = group.chunks(DELETE_CHUNK).collect();
+            let results =
+                futures::future::join_all(chunks.iter().map(|c| store.delete_many(c))).await;
+            for (chunk, result) in chunks.iter().zip(results) {
+                if let Err(e) = result {
+                    failed.push((chunk.len(), e));
+                }
+            }
+        }
+        for (records, e) in failed {
+            tracing::warn!(error = %e, records, "could not delete drained records");
+            report.not_deleted += records;
             ok = false;
         }
         for bad in self.unreadable {
@@ -880,6 +956,8 @@ mod tests {
         inner: MemoryStore,
         fail_puts_under: Mutex<Option<String>>,
         fail_delete_many: AtomicBool,
+        /// Reports every listed object with this size.
+        listed_size: Mutex<Option<u64>>,
     }
 
     #[async_trait::async_trait]
@@ -916,8 +994,42 @@ mod tests {
             start_after: Option<&str>,
             limit: usize,
         ) -> Result<ListPage, StoreError> {
-            self.inner.list(prefix, start_after, limit).await
+            let mut page = self.inner.list(prefix, start_after, limit).await?;
+            if let Some(size) = *self.listed_size.lock().unwrap() {
+                page.objects.iter_mut().for_each(|m| m.size = size);
+            }
+            Ok(page)
         }
+    }
+
+    /// A batch takes at most `BATCH_BYTES` of records, so its op stays a
+    /// few MiB however large the records: the rest is the next batch's,
+    /// and a drain still moves them all.
+    #[tokio::test]
+    async fn a_batch_holds_at_most_batch_bytes_of_records() {
+        let flaky = Flaky::default();
+        let keys = UserKeys::generate();
+        send(&flaky, &keys, 3).await;
+        *flaky.listed_size.lock().unwrap() = Some(6 << 20);
+        let first = collect(&flaky, &user(), &keys, &auth(), None, BATCH)
+            .await
+            .unwrap();
+        assert_eq!(first.opened.len(), 2, "{first:?}");
+        let (next, more) = first.next();
+        assert!(more);
+        let second = collect(&flaky, &user(), &keys, &auth(), next, BATCH)
+            .await
+            .unwrap();
+        assert_eq!(second.opened.len(), 1, "{second:?}");
+        assert!(!second.next().1);
+
+        let mut log = inbox(&flaky, &SymmetricKey::random(), "a").await;
+        let report = drain(&flaky, &user(), &keys, &auth(), &mut log)
+            .await
+            .unwrap();
+        assert_eq!(report.delivered.len(), 3);
+        assert_eq!(log.state().exists(), 3);
+        assert_eq!(queued(&flaky).await, 0);
     }
 
     #[tokio::test]
