@@ -218,7 +218,11 @@ fn user_lifecycle_add_list_passwd_rekey_delete() {
         .collect();
     assert!(leftover.is_empty(), "{leftover:?}");
     let announced: Vec<_> = walk(&hints).into_iter().filter(|p| p.is_file()).collect();
-    assert_eq!(announced.len(), 1, "user delete writes one hint: {announced:?}");
+    assert_eq!(
+        announced.len(),
+        1,
+        "user delete writes one hint: {announced:?}"
+    );
     assert_eq!(std::fs::metadata(&announced[0]).unwrap().len(), 0);
 }
 

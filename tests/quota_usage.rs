@@ -11,7 +11,7 @@ use facteur::account::{Account, AccountConfig};
 use facteur::crypto::{KdfParams, Keyring, Password, RecordAuth, user_id};
 use facteur::log::InstanceId;
 use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
-use facteur::store::{MemoryStore, ObjectStore, SharedStore};
+use facteur::store::{MemoryStore, SharedStore};
 
 fn records() -> RecordAuth {
     RecordAuth::from_cluster_secret(b"0123456789abcdef")
