@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod fixture;
+
 const BIN: &str = env!("CARGO_BIN_EXE_facteur");
 /// Upper bound of any wait for the server.
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,23 +21,7 @@ const OLD_PASSWORD: &str = "correct horse battery staple";
 const NEW_PASSWORD: &str = "another horse, another staple";
 
 fn cli(dir: &Path, args: &[&str], stdin: &str) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("facteur.toml"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = fixture::run_facteur(&dir.join("facteur.toml"), args, stdin, dir);
     assert!(
         out.status.success(),
         "{args:?}: {}",
