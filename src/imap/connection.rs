@@ -43,7 +43,9 @@ use tokio::time::Instant;
 
 use super::Imap;
 use super::compress;
-use super::extend::{self, Ext, Message, Rewritten};
+use super::extend::{self, Rewritten};
+use super::grammar::ext::{Ext, Message};
+use super::grammar::{self, Parse};
 use super::response::{Failure, Out, Sink, code, write_out};
 use super::session::{Flow, Request, Session};
 pub use super::state::Peer;
@@ -409,7 +411,14 @@ fn too_big(out: &mut Out<'_>, tag: Option<&Tag<'_>>, limit: u32) {
 
 /// Decodes the complete message in `framer` as a command; one over a
 /// limit is refused unparsed.
-fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static>>, Failure)> {
+/// What [`decode`] made of a command.
+enum Decoded {
+    Command(Box<Request>),
+    /// `$` named an empty saved result: the command acts on no message.
+    NoMessages(Tag<'static>),
+}
+
+fn decode(framer: &Framer, saved: &Saved) -> Result<Decoded, (Option<Tag<'static>>, Failure)> {
     let fragments = framer.fragments();
     let bytes = fragments.message_bytes();
     let tag = || fragments.decode_tag().map(|t| t.into_static());
@@ -418,6 +427,24 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static
             tag(),
             Failure::no(Some(code("TOOBIG")), "Command too large"),
         ));
+    }
+    // The base grammar is imap-codec's; a command it refuses may use an
+    // extension's grammar (`grammar`).
+    if let Ok((b"", command)) = CommandCodec::default().decode(bytes) {
+        let request = request(command.into_static(), Ext::default());
+        return Ok(Decoded::Command(Box::new(request)));
+    }
+    match grammar::parse(bytes, saved) {
+        Some(Ok(Parse::Command(tag, body, ext))) => {
+            return Ok(Decoded::Command(Box::new(Request {
+                tag,
+                body: *body,
+                ext,
+            })));
+        }
+        Some(Ok(Parse::NoMessages(tag))) => return Ok(Decoded::NoMessages(tag)),
+        Some(Err(syntax)) => return Err((tag(), Failure::bad(syntax.0))),
+        None => {}
     }
     let (rewritten, ext) = match extend::rewrite(bytes, saved) {
         Rewritten::Unchanged => (None, Ext::default()),
@@ -450,7 +477,10 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static
         }
     }
     match CommandCodec::default().decode(input) {
-        Ok((b"", command)) => Ok(request(command.into_static(), ext)),
+        Ok((b"", command)) => Ok(Decoded::Command(Box::new(request(
+            command.into_static(),
+            ext,
+        )))),
         Ok(_) => Err((tag(), Failure::bad("Unexpected data after the command"))),
         Err(_) => Err((tag(), Failure::bad(syntax_error(input)))),
     }
@@ -565,7 +595,19 @@ async fn drive(
             .unwrap_or_default();
         let decoded = decode(&conn.framer, &saved);
         let request = match decoded {
-            Ok(request) => request,
+            Ok(Decoded::Command(request)) => *request,
+            Ok(Decoded::NoMessages(tag)) => {
+                // RFC 5182 §2.1: `$` naming an empty result acts on nothing.
+                let mut out = conn.out();
+                out.status(
+                    Some(&tag),
+                    StatusKind::Ok,
+                    None,
+                    "Nothing saved, nothing done",
+                );
+                out.flush().await?;
+                continue;
+            }
             Err((tag, failure)) => {
                 let mut out = conn.out();
                 match tag {

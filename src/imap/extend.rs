@@ -17,95 +17,10 @@
 //!   [use-attr *(SP use-attr)] ")"`.
 //! - APPENDLIMIT (RFC 7889 §4): `status-att =/ "APPENDLIMIT"`.
 
-use imap_codec::imap_types::status::StatusDataItemName;
-
-use imap_codec::imap_types::datetime::DateTime;
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
-use imap_codec::imap_types::flag::Flag;
-
-use super::state::{Saved, flag_name};
+use super::grammar::ext::{Ext, ListExt, SearchReturn};
+use super::state::Saved;
 use crate::mailbox::list::SpecialUse;
-use crate::mailbox::summary::LineEnds;
-
-/// What a command carried beyond its base form.
-#[derive(Debug, Default)]
-pub struct Ext {
-    /// `SEARCH RETURN (...)`: answer with ESEARCH.
-    pub search_return: Option<SearchReturn>,
-    pub list: Option<ListExt>,
-    /// `CREATE name (USE (...))`.
-    pub create_use: Vec<SpecialUse>,
-    /// STATUS asked for APPENDLIMIT.
-    pub status_appendlimit: bool,
-    /// STATUS asked for APPENDLIMIT only: the base form's items are ours.
-    pub status_only_appendlimit: bool,
-    /// `$` named an empty saved result in a sequence-number command: the
-    /// command acts on no message.
-    pub empty_saved: bool,
-    /// MULTIAPPEND (RFC 3502): messages after the first.
-    pub more_appends: Vec<Message>,
-    /// MULTIAPPEND messages after the first, as `[flags] [date] literal`
-    /// bytes still to be decoded.
-    pub more_appends_raw: Vec<Vec<u8>>,
-}
-
-/// One message of an APPEND.
-#[derive(Debug)]
-pub struct Message {
-    pub flags: Vec<String>,
-    /// INTERNALDATE, seconds since the epoch; `None`: now.
-    pub date: Option<i64>,
-    pub data: Vec<u8>,
-    /// How its line ends are stored: a literal8 (RFC 3516 §4.1) keeps its
-    /// `binary` parts byte for byte; a literal is text, stored CRLF.
-    pub line_ends: LineEnds,
-}
-
-impl Message {
-    pub fn new(
-        flags: Vec<Flag<'_>>,
-        date: Option<DateTime>,
-        data: LiteralOrLiteral8<'_>,
-    ) -> Message {
-        let (data, line_ends) = match data {
-            LiteralOrLiteral8::Literal(l) => (l.data().to_vec(), LineEnds::Crlf),
-            LiteralOrLiteral8::Literal8(l) => (l.data.to_vec(), LineEnds::KeepBinaryParts),
-        };
-        Message {
-            flags: flags.iter().map(flag_name).collect(),
-            date: date.map(|d| d.as_ref().timestamp()),
-            data,
-            line_ends,
-        }
-    }
-}
-
-/// ESEARCH result options (RFC 4731 §3.1, RFC 5182 SAVE).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SearchReturn {
-    pub min: bool,
-    pub max: bool,
-    pub count: bool,
-    pub all: bool,
-    pub save: bool,
-}
-
-/// LIST-EXTENDED selection and return options.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListExt {
-    pub select_subscribed: bool,
-    pub select_special_use: bool,
-    pub recursive_match: bool,
-    pub return_subscribed: bool,
-    pub return_children: bool,
-    pub return_special_use: bool,
-    pub return_status: Option<Vec<StatusDataItemName>>,
-    pub return_status_appendlimit: bool,
-    /// Every pattern, decoded, when more than the base form's one or a
-    /// pattern list was given.
-    pub patterns: Vec<Vec<u8>>,
-}
-
+use imap_codec::imap_types::status::StatusDataItemName;
 /// Outcome of [`rewrite`].
 #[derive(Debug)]
 pub enum Rewritten {

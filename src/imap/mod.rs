@@ -14,6 +14,7 @@ pub mod capability;
 pub mod response;
 pub mod state;
 pub mod extend;
+pub mod grammar;
 pub mod auth;
 pub mod cmd;
 pub mod session;

@@ -25,7 +25,7 @@ use super::auth::{self, Sasl};
 use super::cmd::{
     append, copy_move, expunge, fetch, mailboxes, quota, search, sort, store, thread,
 };
-use super::extend::{Ext, Message};
+use super::grammar::ext::{Ext, Message};
 use super::response::{Done, Failure, Out, Outcome, code};
 use super::state::{Authed, Peer, Selected, name_of};
 use super::{Imap, capability};

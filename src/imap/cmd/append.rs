@@ -8,7 +8,7 @@ use imap_codec::imap_types::mailbox::Mailbox;
 
 use crate::account::AccountError;
 use crate::imap::Imap;
-use crate::imap::extend::{Ext, Message};
+use crate::imap::grammar::ext::{Ext, Message};
 use crate::imap::response::{Done, Failure, Outcome, code, code_owned};
 use crate::imap::state::{Authed, name_of, sequence_set_string, try_create};
 

@@ -11,7 +11,7 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 
 use crate::account::AccountError;
-use crate::imap::extend::{Ext, ListExt};
+use crate::imap::grammar::ext::{Ext, ListExt};
 use crate::imap::mutf7;
 use crate::imap::response::{Done, Failure, Out, Outcome, astring, code};
 use crate::imap::state::{Authed, decode_name, encode_name, name_of, shown_raw};

@@ -12,7 +12,7 @@ use imap_codec::imap_types::core::{Charset, Tag};
 use imap_codec::imap_types::search::SearchKey;
 
 use crate::imap::cmd::fetch::PARALLEL_BODIES;
-use crate::imap::extend::{Ext, SearchReturn};
+use crate::imap::grammar::ext::{Ext, SearchReturn};
 use crate::imap::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use crate::imap::search::{Candidate, Query, Scope, check_charset};
 use crate::imap::state::{Authed, Selected, sequence_set_string};

@@ -6,7 +6,7 @@ use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::search::SearchKey;
 
 use super::search::{require_charset, saved_result, scan, scope};
-use crate::imap::extend::Ext;
+use crate::imap::grammar::ext::Ext;
 use crate::imap::response::{Done, Out, Outcome, astring};
 use crate::imap::search::Query;
 use crate::imap::sort::{self, Sortable};
