@@ -16,14 +16,15 @@
 
 use std::sync::Arc;
 
-use imap_codec::imap_types::command::{CommandBody, FetchModifier, SelectParameter, StoreModifier};
+use imap_codec::imap_types::command::{CommandBody, FetchModifier, StoreModifier};
 use imap_codec::imap_types::core::Tag;
 use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::response::StatusKind;
 
 use super::auth::{self, Sasl};
 use super::cmd::{
-    append, copy_move, expunge, fetch, mailboxes, quota, search, sort, store, thread,
+    append, copy_move, enable, expunge, fetch, mailboxes, quota, search, select, sort, store,
+    thread,
 };
 use super::grammar::ext::{Ext, Message};
 use super::response::{Done, Failure, Out, Outcome, code};
@@ -31,7 +32,7 @@ use super::state::{Authed, Peer, Selected, name_of};
 use super::{Imap, capability};
 use crate::crypto::Password;
 
-/// A decoded command with what [`super::extend`] found beyond
+/// A decoded command with what [`super::grammar`] found beyond
 /// imap-codec's grammar.
 #[derive(Debug)]
 pub struct Request {
@@ -212,44 +213,11 @@ impl Session {
                 ));
                 Done::ok("ID completed")
             }
-            CommandBody::Enable { capabilities } => {
-                let (authed, mut selected) = match &mut self.state {
-                    State::Authed(a) => (a, None),
-                    State::Selected(a, s) => (a, Some(&mut **s)),
-                    _ => return Err(Failure::bad("ENABLE needs an authenticated session")),
-                };
-                let mut enabled = Vec::new();
-                for c in capabilities.as_ref() {
-                    let name = c.to_string().to_ascii_uppercase();
-                    match name.as_str() {
-                        "IMAP4REV2" if !authed.enabled.rev2 => {
-                            authed.enabled.rev2 = true;
-                            authed.enabled.utf8 = true;
-                            if let Some(s) = selected.as_mut() {
-                                s.drop_recent();
-                            }
-                            enabled.push("IMAP4rev2");
-                        }
-                        "CONDSTORE" if !authed.enabled.condstore => {
-                            authed.enable_condstore(selected.as_deref(), out);
-                            enabled.push("CONDSTORE");
-                        }
-                        "QRESYNC" if !authed.enabled.qresync => {
-                            // RFC 7162 §3.2.3: implies CONDSTORE.
-                            authed.enabled.qresync = true;
-                            authed.enable_condstore(selected.as_deref(), out);
-                            enabled.push("QRESYNC");
-                        }
-                        "UTF8=ACCEPT" if !authed.enabled.utf8 || authed.enabled.rev2 => {
-                            authed.enabled.utf8 = true;
-                            enabled.push("UTF8=ACCEPT");
-                        }
-                        _ => {}
-                    }
-                }
-                out.untagged(format!("ENABLED {}", enabled.join(" ")).trim_end());
-                Done::ok("ENABLE completed")
-            }
+            CommandBody::Enable { capabilities } => match &mut self.state {
+                State::Authed(a) => enable::enable(a, None, &capabilities, out),
+                State::Selected(a, s) => enable::enable(a, Some(s), &capabilities, out),
+                _ => Err(Failure::bad("ENABLE needs an authenticated session")),
+            },
             body => self.dispatch_state(tag, body, ext, out, flow).await,
         }
     }
@@ -577,14 +545,14 @@ impl Session {
                 mailbox,
                 parameters,
             } => {
-                let resync = select_parameters(authed, &parameters)?;
+                let resync = select::parameters(authed, &parameters)?;
                 self.select(&mailbox, false, resync, out).await
             }
             CommandBody::Examine {
                 mailbox,
                 parameters,
             } => {
-                let resync = select_parameters(authed, &parameters)?;
+                let resync = select::parameters(authed, &parameters)?;
                 self.select(&mailbox, true, resync, out).await
             }
             CommandBody::Create { mailbox } => mailboxes::create(authed, &mailbox, ext).await,
@@ -653,7 +621,7 @@ impl Session {
         &mut self,
         mailbox: &imap_codec::imap_types::mailbox::Mailbox<'_>,
         read_only: bool,
-        resync: Option<Resync>,
+        resync: Option<select::Resync>,
         out: &mut Out<'_>,
     ) -> Outcome {
         // A failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2).
@@ -665,45 +633,7 @@ impl Session {
         let State::Authed(authed) = &mut self.state else {
             return Err(Failure::bad("Log in first"));
         };
-        let name = name_of(authed, mailbox)?;
-        let mut selected = Selected::open(authed, &name, read_only, out).await?;
-        // Ops or objects of this mailbox or of the mailbox list found lost
-        // or unreadable in the store: told once per session (RFC 9051
-        // §7.1 ALERT), details in the server log and `facteur user check`.
-        if !authed.damage_told {
-            let mut damage = selected.mailbox.damage().await.len();
-            if let Ok(folders) = authed.account.folders().await {
-                damage += folders.damage().await.len();
-            }
-            if damage > 0 {
-                authed.damage_told = true;
-                out.untagged(
-                    "OK [ALERT] Some of this account's data is damaged or missing in the \
-                     store; tell the administrator (facteur user check)",
-                );
-            }
-        }
-        if let Some(resync) = resync
-            && resync.uid_validity == selected.folder.uid_validity
-        {
-            // RFC 7162 §3.2.5: what changed since the client's last
-            // visit: VANISHED (EARLIER), then the changed flags.
-            let gone = selected.vanished_among(resync.known_uids.as_ref()).await;
-            if !gone.is_empty() {
-                out.untagged(&format!("VANISHED (EARLIER) {gone}"));
-            }
-            let uids = selected.uids().to_vec();
-            fetch::fetch(
-                &mut selected,
-                &uids,
-                vec![MessageDataItemName::Uid, MessageDataItemName::Flags],
-                true,
-                Some(resync.modseq),
-                authed.enabled.condstore,
-                out,
-            )
-            .await?;
-        }
+        let selected = select::open(authed, mailbox, read_only, resync, out).await?;
         self.state = match std::mem::replace(&mut self.state, State::Logout) {
             State::Authed(authed) => State::Selected(authed, Box::new(selected)),
             other => other,
@@ -800,45 +730,6 @@ fn refusal(phase: Phase, body: &CommandBody<'_>) -> Option<Failure> {
         (_, Allowed::Nowhere) => format!("{} is not supported", body.name()),
     };
     Some(Failure::bad(text))
-}
-
-/// SELECT/EXAMINE parameters (RFC 7162 §3.1.8: `(CONDSTORE)` enables
-/// CONDSTORE; §3.2.5 `(QRESYNC (...))` asks for what changed).
-fn select_parameters(
-    authed: &mut Authed,
-    parameters: &[SelectParameter],
-) -> Result<Option<Resync>, Failure> {
-    let mut resync = None;
-    for p in parameters {
-        match p {
-            SelectParameter::CondStore => authed.enabled.condstore = true,
-            SelectParameter::QResync {
-                uid_validity,
-                mod_sequence_value,
-                known_uids,
-                ..
-            } => {
-                // RFC 7162 §3.2.5: only after ENABLE QRESYNC.
-                if !authed.enabled.qresync {
-                    return Err(Failure::bad("ENABLE QRESYNC first"));
-                }
-                resync = Some(Resync {
-                    uid_validity: uid_validity.get(),
-                    modseq: mod_sequence_value.get(),
-                    known_uids: known_uids.clone(),
-                });
-            }
-        }
-    }
-    Ok(resync)
-}
-
-/// The client's state from a SELECT (QRESYNC ...) parameter.
-#[derive(Debug)]
-pub struct Resync {
-    uid_validity: u32,
-    modseq: u64,
-    known_uids: Option<imap_codec::imap_types::sequence::SequenceSet>,
 }
 
 /// `[CAPABILITY ...]` after a login (RFC 9051 §6.2.3: clients then skip a

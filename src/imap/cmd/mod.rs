@@ -9,11 +9,13 @@
 
 pub mod append;
 pub mod copy_move;
+pub mod enable;
 pub mod expunge;
 pub mod fetch;
 pub mod mailboxes;
 pub mod quota;
 pub mod search;
+pub mod select;
 pub mod sort;
 pub mod store;
 pub mod thread;
