@@ -197,6 +197,14 @@ fn a_deleted_users_session_ends_and_never_touches_the_newcomers_mail() {
     old.reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("+ "), "{line}");
 
+    // A second session of the departing user, in IDLE with no mailbox
+    // selected: no mailbox change can wake it, the account's lock must.
+    let mut unselected = Imap::connect(server.imap, OLD_PASSWORD);
+    write!(unselected.writer, "idle IDLE\r\n").unwrap();
+    let mut line = String::new();
+    unselected.reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("+ "), "{line}");
+
     // Erased, and the login given to someone new, who gets mail at once.
     cli(dir.path(), &["user", "delete", "alice", "--yes"], "");
     cli(dir.path(), &add, &format!("{NEW_PASSWORD}\n"));
@@ -219,6 +227,18 @@ fn a_deleted_users_session_ends_and_never_touches_the_newcomers_mail() {
             !line.contains(" EXISTS") || line.starts_with("* 0 "),
             "the old session was shown the newcomer's mail: {line}"
         );
+        if line.starts_with("* BYE") {
+            break;
+        }
+    }
+
+    loop {
+        let mut line = String::new();
+        match unselected.reader.read_line(&mut line) {
+            Ok(0) => panic!("the unselected session closed without BYE"),
+            Ok(_) => {}
+            Err(e) => panic!("the unselected session was never ended: {e}"),
+        }
         if line.starts_with("* BYE") {
             break;
         }

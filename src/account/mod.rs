@@ -293,6 +293,14 @@ impl Account {
         *self.locked.borrow()
     }
 
+    /// Resolves once the account has locked itself (at once if it has):
+    /// what an IDLE with no mailbox selected waits on to end with BYE.
+    pub async fn locked(&self) {
+        let mut locked = self.locked.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = locked.wait_for(|l| *l).await;
+    }
+
     /// Checks that the user's keyring is still the one this account was
     /// unlocked from (`keyring::still_holds`); if not, locks the account
     /// for good and wakes its sessions (IDLE), which then end with BYE.

@@ -842,11 +842,26 @@ async fn idle(
                 None => std::future::pending::<()>().await,
             }
         };
+        // A session with no mailbox selected has no change to wake it:
+        // the account's own lock ends it (its user was deleted).
+        let account = session.account();
+        let locked = async {
+            match &account {
+                Some(a) => a.locked().await,
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             read = conn.read() => {
                 if read? == 0 {
                     return Ok(true);
                 }
+            }
+            () = locked => {
+                let mut out = conn.out();
+                out.bye("This account was deleted");
+                out.flush().await?;
+                return Ok(true);
             }
             () = changed => {
                 let mut out = conn.out();

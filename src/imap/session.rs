@@ -140,6 +140,14 @@ impl Session {
         }
     }
 
+    /// The logged-in account, shared (for waits that outlive a borrow).
+    pub fn account(&self) -> Option<Arc<crate::account::Account>> {
+        match &self.state {
+            State::Authed(a) | State::Selected(a, _) => Some(a.account.clone()),
+            _ => None,
+        }
+    }
+
     pub fn selected(&mut self) -> Option<&mut Selected> {
         match &mut self.state {
             State::Selected(_, s) => Some(s),
