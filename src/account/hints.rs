@@ -23,8 +23,10 @@
 //! skew beyond the margin, hints disabled) still sees the change at its
 //! next fallback poll or client command. The hint names nothing the store
 //! does not already show: the user id is the opaque one of `users/<u>/`,
-//! whose writes the store's host sees anyway; the tag is random per
-//! process. Each instance deletes its own hints after [`HINT_TTL`] and,
+//! whose writes the store's host sees anyway; the tag is a MAC of the time
+//! and user under a key random per process, which tells the instance its
+//! own hints and the host nothing (a tag shared by a process's hints would
+//! show which users one instance serves). Each instance deletes its own hints after [`HINT_TTL`] and,
 //! every [`SWEEP_EVERY`], anyone's older than [`STALE`] (an instance that
 //! died), so the prefix stays small.
 
@@ -35,6 +37,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::Account;
@@ -67,9 +71,10 @@ type Registered = (u64, Weak<Account>);
 
 /// The change hints of one instance.
 pub struct Hints {
-    /// Random per [`Hints`]: this instance's own hints are skipped when
-    /// listing (its accounts were woken in memory).
-    tag: String,
+    /// Random per [`Hints`]: the key of this instance's hint tags
+    /// ([`Hints::tag`]), by which its own hints are skipped when listing
+    /// (its accounts were woken in memory).
+    tag_key: [u8; 32],
     /// How often `hints/` is listed.
     interval: Duration,
     /// Accounts to wake, by user.
@@ -97,10 +102,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Hints {
+    /// The tag of this instance's hint for `user` written at `ms`: a MAC
+    /// under a key only this process knows, so that this instance knows
+    /// its own hints while the store's host cannot tell which users one
+    /// instance serves (a tag per process would group them).
+    fn tag(&self, ms: u64, user: &UserId) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.tag_key)
+            .expect("HMAC takes keys of any length");
+        mac.update(layout::hint(ms, "", user).as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..8])
+    }
+
     /// Hints listed every `interval`.
     pub fn new(interval: Duration) -> Arc<Hints> {
         Arc::new(Hints {
-            tag: hex::encode(rand::random::<[u8; 8]>()),
+            tag_key: rand::random(),
             interval,
             accounts: Mutex::new(HashMap::new()),
             scheduled: Mutex::new(HashSet::new()),
@@ -196,7 +212,7 @@ async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, S
         let puts: Vec<futures::future::BoxFuture<'static, Option<String>>> = batch
             .into_iter()
             .map(|(user, store)| {
-                let key = layout::hint(now, &hints.tag, &user);
+                let key = layout::hint(now, &hints.tag(now, &user), &user);
                 Box::pin(async move {
                     match store.put(&key, Bytes::new()).await {
                         Ok(()) => Some(key),
@@ -257,7 +273,7 @@ async fn listen(hints: Weak<Hints>) {
                     let Some((time, tag, user)) = layout::parse_hint(&key) else {
                         continue;
                     };
-                    if tag == hints.tag || seen.contains_key(&key) {
+                    if tag == hints.tag(time, &user) || seen.contains_key(&key) {
                         continue;
                     }
                     hints.wake(&user, None);
@@ -416,5 +432,27 @@ mod tests {
         assert!(user("quarantine/x").is_none());
         assert!(hinted_user("users/short/incoming/x").is_none());
         assert!(hinted_user("hints/x").is_none());
+    }
+
+    #[test]
+    fn hint_tags_are_known_to_their_instance_only_and_group_nothing() {
+        let hints = Hints::new(Duration::from_secs(2));
+        let other = Hints::new(Duration::from_secs(2));
+        let alice = UserId::parse(&"0a".repeat(32)).unwrap();
+        let bob = UserId::parse(&"0b".repeat(32)).unwrap();
+        let tags = [
+            hints.tag(1_000, &alice),
+            hints.tag(1_000, &bob),
+            hints.tag(1_001, &alice),
+        ];
+        // The same instance gives unrelated tags to other users and times.
+        assert_ne!(tags[0], tags[1]);
+        assert_ne!(tags[0], tags[2]);
+        // It recognises its own tag again; another instance's differs.
+        assert_eq!(hints.tag(1_000, &alice), tags[0]);
+        assert_ne!(other.tag(1_000, &alice), tags[0]);
+        let key = layout::hint(1_000, &tags[1], &bob);
+        let (time, tag, user) = layout::parse_hint(&key).unwrap();
+        assert_eq!(tag, hints.tag(time, &user));
     }
 }
