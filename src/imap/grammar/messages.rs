@@ -551,10 +551,6 @@ fn astring(input: &mut Input<'_>) -> Parsed<AString<'static>> {
             Text::Quoted(_) => {
                 let value = String::from_utf8(text.bytes())
                     .map_err(|_| Syntax::expected("a quoted string in UTF-8"))?;
-                // imap-codec's `quoted` needs at least one character.
-                if value.is_empty() {
-                    return Err(Syntax::expected("a non-empty quoted string"));
-                }
                 if value.is_ascii() {
                     AString::String(IString::Quoted(Quoted::try_from(value).map_err(invalid)?))
                 } else {
@@ -753,9 +749,9 @@ mod tests {
         "Archive/2024",
         "Foo]",
         "{0}\r\n",
+        "\"\"",
         // Malformed.
         "",
-        "\"\"",
         "\"unterminated",
         "Trash extra",
         "{3}\r\na\0b",
