@@ -412,6 +412,60 @@ async fn extensions_beyond_the_codec() {
     );
 }
 
+/// SEARCHRES (RFC 5182): `$` as the set of FETCH, STORE, COPY, MOVE and
+/// UID EXPUNGE stands for the saved UIDs in UID commands and for their
+/// sequence numbers otherwise (they differ here once a message has
+/// moved); an empty saved result makes each command act on no message
+/// and answer OK (§2.1); a malformed one is still BAD.
+#[tokio::test]
+async fn the_saved_result_as_a_message_set() {
+    let w = world().await;
+    let mut c = w.login("alice").await;
+    for i in 0..3 {
+        let r = c.append("INBOX", "", &message(&format!("m{i}"), "x")).await;
+        assert!(r.ok(), "{r:?}");
+    }
+    assert!(c.run("CREATE Trash").await.ok());
+    assert!(c.run("SELECT INBOX").await.ok());
+    // m0 leaves: m2 is now UID 3, sequence number 2.
+    assert!(c.run("UID MOVE 1 Trash").await.ok());
+    assert!(c.run("SEARCH RETURN (SAVE) SUBJECT m2").await.ok());
+    let f = c.run("FETCH $ (UID)").await;
+    assert!(f.ok() && f.has("* 2 FETCH (UID 3)"), "{f:?}");
+    let f = c.run("UID FETCH $ (FLAGS)").await;
+    assert!(f.ok() && f.has("* 2 FETCH (") && f.has("UID 3"), "{f:?}");
+    let s = c.run("STORE $ +FLAGS (\\Flagged)").await;
+    assert!(s.has("* 2 FETCH (FLAGS (\\Flagged)"), "{s:?}");
+    let cp = c.run("UID COPY $ Trash").await;
+    assert!(
+        cp.tagged().contains("[COPYUID ") && cp.tagged().contains(" 3 "),
+        "{cp:?}"
+    );
+    assert!(c.run("UID COPY $").await.bad());
+
+    // Nothing matches: `$` names no message.
+    assert!(c.run("UID SEARCH RETURN (SAVE) SUBJECT nowhere").await.ok());
+    for command in [
+        "FETCH $ (UID FLAGS)",
+        "UID FETCH $ FLAGS",
+        "STORE $ +FLAGS (\\Deleted)",
+        "UID STORE $ +FLAGS.SILENT (\\Deleted)",
+        "COPY $ Trash",
+        "UID COPY $ Trash",
+        "MOVE $ Trash",
+        "UID MOVE $ Trash",
+        "UID EXPUNGE $",
+    ] {
+        let r = c.run(command).await;
+        assert!(r.ok() && r.lines.len() == 1, "{command}: {r:?}");
+    }
+    assert!(c.run("UID MOVE $ Trash Junk").await.bad());
+    let st = c.run("STATUS Trash (MESSAGES)").await;
+    assert!(st.has("MESSAGES 2"), "{st:?}");
+    let f = c.run("FETCH 1:* (FLAGS)").await;
+    assert!(f.untagged("").len() == 2 && !f.has("\\Deleted"), "{f:?}");
+}
+
 /// SORT, ESORT and THREAD over the wire (RFC 5256, RFC 5267): the
 /// orders themselves are compared with Dovecot in tests/dovecot_sort.rs.
 #[tokio::test]

@@ -618,27 +618,6 @@ async fn drive(
                 continue;
             }
         };
-        if request.ext.empty_saved
-            && !matches!(
-                request.body,
-                CommandBody::Fetch { uid: true, .. }
-                    | CommandBody::Store { uid: true, .. }
-                    | CommandBody::Copy { uid: true, .. }
-                    | CommandBody::Move { uid: true, .. }
-                    | CommandBody::ExpungeUid { .. }
-            )
-        {
-            // `$` named an empty result: the command acts on nothing.
-            let mut out = conn.out();
-            out.status(
-                Some(&request.tag),
-                StatusKind::Ok,
-                None,
-                "Nothing saved, nothing done",
-            );
-            out.flush().await?;
-            continue;
-        }
         if let CommandBody::Compress { .. } = request.body {
             conn.compress(&request.tag, session.is_authenticated())
                 .await?;

@@ -232,18 +232,7 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
     let command = String::from_utf8_lossy(text(message, name)).to_ascii_uppercase();
     if !matches!(
         command.as_str(),
-        "SEARCH"
-            | "SORT"
-            | "THREAD"
-            | "FETCH"
-            | "STORE"
-            | "COPY"
-            | "MOVE"
-            | "EXPUNGE"
-            | "LIST"
-            | "CREATE"
-            | "STATUS"
-            | "APPEND"
+        "SEARCH" | "SORT" | "THREAD" | "LIST" | "CREATE" | "STATUS" | "APPEND"
     ) {
         return Rewritten::Unchanged;
     }
@@ -270,9 +259,6 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
             &mut edit,
             &mut ext,
         ),
-        "FETCH" | "STORE" | "COPY" | "MOVE" | "EXPUNGE" => {
-            sequence_arg(message, &tokens, name_at, uid, saved, &mut edit, &mut ext)
-        }
         "LIST" => list(message, &tokens, name_at, &mut edit, &mut ext),
         "CREATE" => create(message, &tokens, name_at, &mut edit, &mut ext),
         "STATUS" => status(message, &tokens, name_at, &mut edit, &mut ext),
@@ -321,31 +307,6 @@ impl<'a> Edit<'a> {
         out.extend_from_slice(&self.message[at..]);
         Some(out)
     }
-}
-
-/// `$` as a command's sequence set.
-fn sequence_arg(
-    message: &[u8],
-    tokens: &[Token],
-    name_at: usize,
-    uid: bool,
-    saved: &Saved,
-    edit: &mut Edit<'_>,
-    ext: &mut Ext,
-) -> Result<(), String> {
-    if let Some(t) = tokens.get(name_at + 1)
-        && is_atom(message, t, "$")
-    {
-        let set = if uid { &saved.uids } else { &saved.seqs };
-        if set.is_empty() {
-            ext.empty_saved = true;
-            // No message has this UID; the command then acts on none.
-            edit.replace(t.start, t.end, b"4294967295");
-        } else {
-            edit.replace(t.start, t.end, set.as_bytes());
-        }
-    }
-    Ok(())
 }
 
 fn search(
@@ -740,20 +701,9 @@ mod tests {
             seqs: "2:4".into(),
         };
         assert_eq!(
-            changed("a FETCH $ FLAGS\r\n", &saved).0,
-            "a FETCH 2:4 FLAGS\r\n"
-        );
-        assert_eq!(
-            changed("a UID FETCH $ FLAGS\r\n", &saved).0,
-            "a UID FETCH 4:6 FLAGS\r\n"
-        );
-        assert_eq!(
             changed("a SEARCH $ SEEN\r\n", &saved).0,
             "a SEARCH UID 4:6 SEEN\r\n"
         );
-        let (base, ext) = changed("a UID COPY $ Trash\r\n", &Saved::default());
-        assert_eq!(base, "a UID COPY 4294967295 Trash\r\n");
-        assert!(ext.empty_saved);
         assert_eq!(
             changed("a SEARCH $\r\n", &Saved::default()).0,
             "a SEARCH NOT ALL\r\n"
@@ -846,7 +796,7 @@ mod tests {
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
             command in proptest::sample::select(vec![
                 "SEARCH RETURN (", "UID SEARCH ", "LIST (", "LIST ", "CREATE x (USE (",
-                "STATUS x (", "APPEND INBOX ", "FETCH $ ", "UID MOVE $ ",
+                "STATUS x (", "APPEND INBOX ",
             ]),
         ) {
             let mut input = format!("t1 {command}").into_bytes();

@@ -23,9 +23,6 @@ pub struct Ext {
     pub status_appendlimit: bool,
     /// STATUS asked for APPENDLIMIT only: the base form's items are ours.
     pub status_only_appendlimit: bool,
-    /// `$` named an empty saved result in a sequence-number command: the
-    /// command acts on no message.
-    pub empty_saved: bool,
     /// MULTIAPPEND (RFC 3502): messages after the first.
     pub more_appends: Vec<Message>,
     /// MULTIAPPEND messages after the first, as `[flags] [date] literal`
