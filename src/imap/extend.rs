@@ -4,10 +4,9 @@
 //! [`Ext`]. Rewriting works on tokens (atoms, quoted strings, literals,
 //! parentheses), so literal data is never mistaken for syntax.
 //!
-//! - ESEARCH (RFC 4731 §3): `search = "SEARCH" [SP "RETURN" SP "("
-//!   [search-return-opt *(SP search-return-opt)] ")"] SP search-criteria`
 //! - SEARCHRES (RFC 5182 §3): `seq-number / seq-range / "$"` — `$` is the
-//!   saved result, replaced by the set it stands for.
+//!   saved result, replaced by the set it stands for. (SEARCH, SORT and
+//!   THREAD are parsed by [`super::grammar`].)
 //! - LIST-EXTENDED (RFC 5258 §6): `list = "LIST" [SP list-select-opts] SP
 //!   mailbox SP mbox-or-pat [SP list-return-opts]`, `mbox-or-pat =
 //!   list-mailbox / patterns`, `patterns = "(" list-mailbox *(SP
@@ -17,7 +16,7 @@
 //!   [use-attr *(SP use-attr)] ")"`.
 //! - APPENDLIMIT (RFC 7889 §4): `status-att =/ "APPENDLIMIT"`.
 
-use super::grammar::ext::{Ext, ListExt, SearchReturn};
+use super::grammar::ext::{Ext, ListExt};
 use super::state::Saved;
 use crate::mailbox::list::SpecialUse;
 use imap_codec::imap_types::status::StatusDataItemName;
@@ -216,7 +215,7 @@ fn closing(tokens: &[Token], open: usize) -> Option<usize> {
 /// Only the commands below are split into tokens, at most [`MAX_TOKENS`]
 /// of them: the work and memory stay a small multiple of the command's
 /// size, and bounded.
-pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
+pub fn rewrite(message: &[u8], _saved: &Saved) -> Rewritten {
     // The tag, `UID` perhaps, and the command name.
     let Some(head) = tokenize(message, 3) else {
         return Rewritten::Unchanged;
@@ -232,7 +231,7 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
     let command = String::from_utf8_lossy(text(message, name)).to_ascii_uppercase();
     if !matches!(
         command.as_str(),
-        "SEARCH" | "SORT" | "THREAD" | "LIST" | "CREATE" | "STATUS" | "APPEND"
+        "LIST" | "CREATE" | "STATUS" | "APPEND"
     ) {
         return Rewritten::Unchanged;
     }
@@ -247,18 +246,6 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
     let mut edit = Edit::new(message);
     let mut ext = Ext::default();
     let result = match command.as_str() {
-        // ESORT (RFC 5267 §3.2): `SORT RETURN (...)` as SEARCH's.
-        "SEARCH" | "SORT" => search(message, &tokens, name_at, uid, saved, &mut edit, &mut ext),
-        // `$` in THREAD's keys; after the algorithm, so no RETURN.
-        "THREAD" => search(
-            message,
-            &tokens,
-            name_at + 1,
-            uid,
-            saved,
-            &mut edit,
-            &mut ext,
-        ),
         "LIST" => list(message, &tokens, name_at, &mut edit, &mut ext),
         "CREATE" => create(message, &tokens, name_at, &mut edit, &mut ext),
         "STATUS" => status(message, &tokens, name_at, &mut edit, &mut ext),
@@ -307,60 +294,6 @@ impl<'a> Edit<'a> {
         out.extend_from_slice(&self.message[at..]);
         Some(out)
     }
-}
-
-fn search(
-    message: &[u8],
-    tokens: &[Token],
-    name_at: usize,
-    _uid: bool,
-    saved: &Saved,
-    edit: &mut Edit<'_>,
-    ext: &mut Ext,
-) -> Result<(), String> {
-    let mut next = name_at + 1;
-    if let Some(t) = tokens.get(next)
-        && is_atom(message, t, "RETURN")
-    {
-        let open = next + 1;
-        if tokens.get(open).map(|t| t.kind) != Some(Kind::Open) {
-            return Err("RETURN needs a list of options".into());
-        }
-        let close = closing(tokens, open).ok_or("Unbalanced RETURN options")?;
-        let mut options = SearchReturn::default();
-        for t in &tokens[open + 1..close] {
-            match String::from_utf8_lossy(text(message, t))
-                .to_ascii_uppercase()
-                .as_str()
-            {
-                "MIN" => options.min = true,
-                "MAX" => options.max = true,
-                "COUNT" => options.count = true,
-                "ALL" => options.all = true,
-                "SAVE" => options.save = true,
-                other => return Err(format!("Unknown SEARCH return option {other}")),
-            }
-        }
-        // RFC 4731 §3.1: RETURN () means ALL.
-        if options == SearchReturn::default() {
-            options.all = true;
-        }
-        ext.search_return = Some(options);
-        let remove_to = tokens.get(close + 1).map_or(tokens[close].end, |t| t.start);
-        edit.replace(tokens[next].start, remove_to, b"");
-        next = close + 1;
-    }
-    for t in &tokens[next.min(tokens.len())..] {
-        if is_atom(message, t, "$") {
-            if saved.uids.is_empty() {
-                edit.replace(t.start, t.end, b"NOT ALL");
-            } else {
-                let with = format!("UID {}", saved.uids);
-                edit.replace(t.start, t.end, with.as_bytes());
-            }
-        }
-    }
-    Ok(())
 }
 
 fn list(
@@ -660,12 +593,10 @@ mod tests {
     #[test]
     fn plain_commands_pass_unchanged() {
         for c in [
-            "a SEARCH UNSEEN\r\n",
             "a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO)])\r\n",
             "a LIST \"\" *\r\n",
             "a CREATE foo\r\n",
             "a STATUS INBOX (MESSAGES UNSEEN)\r\n",
-            "a SEARCH SUBJECT {3}\r\n$ $\r\n",
         ] {
             assert!(
                 matches!(
@@ -675,39 +606,6 @@ mod tests {
                 "{c}"
             );
         }
-    }
-
-    #[test]
-    fn search_return_options_are_lifted() {
-        let (base, ext) = changed(
-            "a UID SEARCH RETURN (MIN COUNT) UNSEEN\r\n",
-            &Saved::default(),
-        );
-        assert_eq!(base, "a UID SEARCH UNSEEN\r\n");
-        let r = ext.search_return.unwrap();
-        assert!(r.min && r.count && !r.max && !r.all);
-        let (_, ext) = changed("a SEARCH RETURN () ALL\r\n", &Saved::default());
-        assert!(ext.search_return.unwrap().all, "RETURN () means ALL");
-        assert!(matches!(
-            rewrite(b"a SEARCH RETURN (BOGUS) ALL\r\n", &Saved::default()),
-            Rewritten::Bad(_)
-        ));
-    }
-
-    #[test]
-    fn saved_result_is_substituted() {
-        let saved = Saved {
-            uids: "4:6".into(),
-            seqs: "2:4".into(),
-        };
-        assert_eq!(
-            changed("a SEARCH $ SEEN\r\n", &saved).0,
-            "a SEARCH UID 4:6 SEEN\r\n"
-        );
-        assert_eq!(
-            changed("a SEARCH $\r\n", &Saved::default()).0,
-            "a SEARCH NOT ALL\r\n"
-        );
     }
 
     #[test]
@@ -782,11 +680,11 @@ mod tests {
             rewrite(&flood("NOOP"), &Saved::default()),
             Rewritten::Unchanged
         ));
-        match rewrite(&flood("SEARCH"), &Saved::default()) {
+        match rewrite(&flood("FETCH"), &Saved::default()) {
             Rewritten::Bad(text) => assert!(text.contains("too complex"), "{text}"),
             other => panic!("{other:?}"),
         }
-        assert!(tokenize(&flood("SEARCH"), 10).unwrap().len() == 10);
+        assert!(tokenize(&flood("FETCH"), 10).unwrap().len() == 10);
     }
 
     proptest::proptest! {
@@ -795,7 +693,7 @@ mod tests {
         fn never_panics_and_keeps_the_tag(
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
             command in proptest::sample::select(vec![
-                "SEARCH RETURN (", "UID SEARCH ", "LIST (", "LIST ", "CREATE x (USE (",
+                "LIST (", "LIST ", "CREATE x (USE (",
                 "STATUS x (", "APPEND INBOX ",
             ]),
         ) {

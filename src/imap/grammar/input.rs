@@ -9,8 +9,9 @@
 use std::num::NonZeroU32;
 
 use bounded_static::IntoBoundedStatic;
-use imap_codec::imap_types::core::{AString, Atom, Vec1};
+use imap_codec::imap_types::core::{AString, Atom, AtomExt, IString, Literal, Quoted, Vec1};
 use imap_codec::imap_types::datetime::{DateTime, NaiveDate};
+use imap_codec::imap_types::extensions::utf8::QuotedUtf8;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -331,6 +332,46 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// An astring typed as imap-codec types it: an atom, a quoted string
+    /// (`QuotedUtf8` when it holds UTF-8, RFC 9755 §3), or a literal with
+    /// its mode (`{n+}` is non-synchronizing, RFC 7888). A literal holding
+    /// NUL, or a quoted string that is not UTF-8, is refused.
+    pub fn astring_value(&mut self) -> Parsed<AString<'static>> {
+        let start = self.at;
+        let non_sync = self.rest().first() == Some(&b'{')
+            && self
+                .rest()
+                .iter()
+                .position(|b| *b == b'}')
+                .is_some_and(|close| self.rest()[close - 1] == b'+');
+        let value = match self.astring()? {
+            Text::Atom(raw) => AtomExt::try_from(raw.to_vec()).map(AString::Atom).ok(),
+            Text::Quoted(raw) => {
+                let text = String::from_utf8(Text::Quoted(raw).bytes()).ok();
+                text.and_then(|text| {
+                    if text.is_ascii() {
+                        Quoted::try_from(text).ok().map(IString::Quoted)
+                    } else {
+                        QuotedUtf8::try_from(text).ok().map(IString::QuotedUtf8)
+                    }
+                })
+                .map(AString::String)
+            }
+            Text::Literal(data) => Literal::try_from(data.to_vec()).ok().map(|literal| {
+                AString::String(IString::Literal(if non_sync {
+                    literal.into_non_sync()
+                } else {
+                    literal
+                }))
+            }),
+            Text::Literal8(_) => None,
+        };
+        value.ok_or_else(|| {
+            self.at = start;
+            Syntax::expected("a string without NUL, in UTF-8")
+        })
+    }
+
     /// `mailbox`: `INBOX` in any case, or an astring (RFC 9051 §9).
     pub fn mailbox(&mut self) -> Parsed<Mailbox<'static>> {
         let start = self.at;
@@ -427,11 +468,12 @@ impl<'a> Input<'a> {
     pub fn date(&mut self) -> Parsed<NaiveDate> {
         self.attempt(|input| {
             let quoted = input.eat(b'"');
-            let day = input.number()?;
+            // date-day = 1*2DIGIT, date-year = 4DIGIT.
+            let day = input.digits(1, 2, "a date such as 1-Feb-2024")?;
             input.byte(b'-', "a date such as 1-Feb-2024")?;
             let month = input.month()?;
             input.byte(b'-', "a date such as 1-Feb-2024")?;
-            let year = input.number()?;
+            let year = input.digits(4, 4, "a date such as 1-Feb-2024")?;
             if quoted {
                 input.byte(b'"', "the closing quote of the date")?;
             }
@@ -439,6 +481,24 @@ impl<'a> Input<'a> {
                 .and_then(|d| NaiveDate::try_from(d).ok())
                 .ok_or_else(|| Syntax::expected("a valid date"))
         })
+    }
+
+    /// `min` to `max` digits (at most `max` are read), as a number.
+    fn digits(&mut self, min: usize, max: usize, what: &str) -> Parsed<u32> {
+        let rest = self.rest();
+        let n = rest
+            .iter()
+            .take(max)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if n < min {
+            return Err(Syntax::expected(what));
+        }
+        let value = rest[..n]
+            .iter()
+            .fold(0, |v, d| v * 10 + u32::from(d - b'0'));
+        self.at += n;
+        Ok(value)
     }
 
     fn month(&mut self) -> Parsed<u32> {
