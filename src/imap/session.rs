@@ -69,15 +69,6 @@ pub struct Session {
     pub state: State,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        let state = std::mem::replace(&mut self.state, State::Logout);
-        if let State::Authed(a) | State::Selected(a, _) = state {
-            self.imap.accounts.release(a.account);
-        }
-    }
-}
-
 impl Session {
     pub fn new(imap: Arc<Imap>, peer: Peer) -> Session {
         Session {
@@ -199,10 +190,8 @@ impl Session {
             CommandBody::Logout => {
                 out.bye("Logging out");
                 *flow = Flow::Logout;
-                let state = std::mem::replace(&mut self.state, State::Logout);
-                if let State::Authed(a) | State::Selected(a, _) = state {
-                    self.imap.accounts.release(a.account);
-                }
+                // Dropping the state ends the session's hold on its account.
+                self.state = State::Logout;
                 Done::ok("LOGOUT completed")
             }
             CommandBody::Id { .. } => {
