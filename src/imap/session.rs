@@ -267,6 +267,7 @@ impl Session {
                 CommandBody::Close => {
                     if !selected.read_only {
                         expunge::expunge_deleted(selected, None).await?;
+                        quota::removed(&self.imap, authed).await;
                     }
                     self.deselect();
                     return Done::ok("CLOSE completed");
@@ -278,12 +279,14 @@ impl Session {
                 CommandBody::Expunge => {
                     read_write(selected)?;
                     expunge::expunge_deleted(selected, None).await?;
+                    quota::removed(&self.imap, authed).await;
                     return Done::ok("EXPUNGE completed");
                 }
                 CommandBody::ExpungeUid { sequence_set } => {
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, true)?;
                     expunge::expunge_deleted(selected, Some(&uids)).await?;
+                    quota::removed(&self.imap, authed).await;
                     return Done::ok("UID EXPUNGE completed");
                 }
                 CommandBody::Search {
@@ -588,7 +591,9 @@ impl Session {
                     State::Authed(a) | State::Selected(a, _) => a,
                     _ => return Err(Failure::bad("Log in first")),
                 };
-                mailboxes::delete(authed, &name).await
+                let deleted = mailboxes::delete(authed, &name).await?;
+                quota::removed(&self.imap, authed).await;
+                Ok(deleted)
             }
             CommandBody::Rename { from, to } => mailboxes::rename(authed, &from, &to).await,
             CommandBody::Subscribe { mailbox } => {
