@@ -175,3 +175,53 @@ async fn kept_usage_does_not_walk_every_mailbox() {
     assert!(kept_calls <= 3, "kept count: {kept_calls} store calls");
     assert!(fresh_calls >= MAILBOXES as u64, "fresh: {fresh_calls}");
 }
+
+/// Every count is published for LMTP (`users/<u>/usage-imap`). Two
+/// instances counting at once, while LMTP rewrites its own usage object,
+/// leave one whole figure, one of the two counted; neither writer erases
+/// the other's object.
+#[tokio::test]
+async fn published_figures_survive_concurrent_writers() {
+    use facteur::account::usage::{Published, published_key};
+    use facteur::store::ObjectStore;
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let a = account(&shared, &keyring, "a");
+    let b = account(&shared, &keyring, "b");
+    let user = a.user().clone();
+    let (_, inbox) = a.open_by_name("INBOX").await.unwrap();
+    store.set_latency(Duration::from_millis(2));
+    for round in 0..8u64 {
+        a.append(
+            &inbox,
+            &message(1000 + round as usize),
+            vec![],
+            1_700_000_000,
+        )
+        .await
+        .unwrap();
+        let now = facteur::log::now_ms();
+        let (from_a, from_b, from_lmtp) = tokio::join!(
+            a.usage(Count::Kept),
+            b.usage(Count::Fresh),
+            facteur::lmtp::quota::recount(&store, &user, now),
+        );
+        let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+        from_lmtp.unwrap();
+        let raw = store.get(&published_key(&user)).await.unwrap();
+        let published = Published::parse(&raw).expect("a whole figure");
+        let figure = usage(published.bytes, published.messages);
+        assert!(
+            figure == from_a || figure == from_b,
+            "round {round}: {figure:?} is neither {from_a:?} nor {from_b:?}"
+        );
+        assert!(published.since_ms <= now);
+        // LMTP's own object is still its own, readable.
+        let lmtp = facteur::lmtp::quota::usage(&store, &user, now)
+            .await
+            .unwrap();
+        assert_eq!(lmtp.basis, facteur::lmtp::quota::Basis::Kept);
+        assert_eq!(lmtp.messages, round + 1);
+    }
+}

@@ -108,6 +108,10 @@ pub struct AccountConfig {
     /// Authenticates delivery records (derived from the cluster secret):
     /// a record without its MAC is quarantined, never shown.
     pub records: RecordAuth,
+    /// How far before a usage count the figure published for LMTP
+    /// reaches back ([`usage::PUBLISH_MARGIN`] by default; see
+    /// [`usage`], "Published for LMTP").
+    pub publish_margin: Duration,
 }
 
 impl AccountConfig {
@@ -122,6 +126,7 @@ impl AccountConfig {
             poll_fallback: Duration::from_secs(60),
             hints: None,
             body_cache_bytes: 8 << 20,
+            publish_margin: usage::PUBLISH_MARGIN,
         }
     }
 }

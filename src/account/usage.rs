@@ -23,14 +23,80 @@
 //! So on one instance the figure is exact after every command; another
 //! instance's change shows within a poll interval for the mailboxes open
 //! here and within [`UNOPENED_FOR`] for the others.
+//!
+//! **Published for LMTP.** LMTP holds no keys and cannot see the
+//! mailboxes, so each count is also written, in plaintext, to
+//! `users/<u>/usage-imap` ([`Published`]): the figure and `since_ms`, a
+//! time before the count began (`AccountConfig::publish_margin` before
+//! it, [`PUBLISH_MARGIN`] by default). Every body
+//! written after the count has a blob id whose time is at or after
+//! `since_ms` (ids begin with their creation time), so LMTP's estimate is
+//! this figure plus the bodies it lists from `since_ms` on
+//! (`crate::lmtp::quota`). A body in the figure and in that tail (written
+//! within the margin) counts twice: the estimate errs high by at most the
+//! margin's deliveries, never low by a body whose PUT was in flight or
+//! whose writer's clock was behind by less than the margin. Counts are
+//! written when the figure changes or the last one is older than
+//! [`REPUBLISH_AFTER`], so a client asking GETQUOTA on every command costs
+//! no PUT each time. Two instances writing at once each write a whole
+//! object that was true when counted: the last PUT wins, and a figure
+//! that is one command old is put right by the next count. A failed write
+//! is logged and costs nothing else (LMTP falls back to counting bodies).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 
 use super::{Account, AccountError, Folder, Mailbox};
+use crate::log::now_ms;
+use crate::store::layout::{self, UserId};
+
+/// How long before a count began its published `since_ms` is, by
+/// default (`AccountConfig::publish_margin`): bodies written that long
+/// before are counted again in LMTP's tail. As LMTP's own `SETTLE`, it
+/// covers a PUT in flight and writers' clocks a little behind.
+pub const PUBLISH_MARGIN: Duration = Duration::from_secs(300);
+
+/// An unchanged figure is published again after this long (so that its
+/// `since_ms` moves on and LMTP's tail stays short).
+pub const REPUBLISH_AFTER: Duration = Duration::from_secs(60);
+
+/// Format version of [`Published`]; an object of another version is not
+/// used (LMTP then counts bodies, as without one).
+pub const PUBLISHED_VERSION: u32 = 1;
+
+/// `users/<u>/usage-imap`: the usage IMAP last counted (see the module
+/// doc). Its own object, not a field of LMTP's `users/<u>/usage`: each
+/// object has one kind of writer, so neither overwrites the other's
+/// figure with an old copy, and instances that know only LMTP's object
+/// read it as before.
+pub fn published_key(u: &UserId) -> String {
+    format!("{}usage-imap", layout::user_prefix(u))
+}
+
+/// The published figure: `bytes` (sum of RFC822.SIZE, RFC 9208 §5.1
+/// STORAGE in octets) and `messages` (§5.2 MESSAGE) of all mailboxes,
+/// counted after `since_ms` (ms since the epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub version: u32,
+    pub bytes: u64,
+    pub messages: u64,
+    pub since_ms: u64,
+}
+
+impl Published {
+    /// The figure in `bytes` read from the store; `None` if it is not one
+    /// of this version.
+    pub fn parse(bytes: &[u8]) -> Option<Published> {
+        serde_json::from_slice::<Published>(bytes)
+            .ok()
+            .filter(|p| p.version == PUBLISHED_VERSION)
+    }
+}
 
 /// How long the figure of a mailbox that is not open is used before the
 /// mailbox is synced again.
@@ -81,6 +147,8 @@ struct Figure {
 #[derive(Debug, Default)]
 pub struct UsageBook {
     figures: Mutex<HashMap<String, Figure>>,
+    /// The figure last published and when.
+    published: Mutex<Option<(Usage, Instant)>>,
 }
 
 impl UsageBook {
@@ -107,8 +175,56 @@ async fn count(mailbox: &Mailbox) -> Figure {
 }
 
 impl Account {
-    /// The usage of all the user's mailboxes (see the module doc).
+    /// The usage of all the user's mailboxes, published for LMTP (see the
+    /// module doc).
     pub async fn usage(&self, how: Count) -> Result<Usage, AccountError> {
+        let began = now_ms();
+        let total = self.count_usage(how).await?;
+        self.publish_usage(total, began).await;
+        Ok(total)
+    }
+
+    /// Writes `usage`, counted from `began` on, to [`published_key`]
+    /// unless the same figure was written lately.
+    async fn publish_usage(&self, usage: Usage, began: u64) {
+        let due = |last: &Option<(Usage, Instant)>| match last {
+            Some((u, at)) => *u != usage || at.elapsed() >= REPUBLISH_AFTER,
+            None => true,
+        };
+        if !due(&self
+            .usage
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
+        {
+            return;
+        }
+        let published = Published {
+            version: PUBLISHED_VERSION,
+            bytes: usage.bytes,
+            messages: usage.messages,
+            since_ms: began.saturating_sub(self.config.publish_margin.as_millis() as u64),
+        };
+        let Ok(body) = serde_json::to_vec(&published) else {
+            return;
+        };
+        match self
+            .store
+            .put(&published_key(&self.user), body.into())
+            .await
+        {
+            Ok(()) => {
+                *self
+                    .usage
+                    .published
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((usage, Instant::now()));
+            }
+            Err(e) => tracing::warn!(error = %e, "could not publish the usage figure for LMTP"),
+        }
+    }
+
+    async fn count_usage(&self, how: Count) -> Result<Usage, AccountError> {
         self.refresh(None).await?;
         let folders = self.folders().await?;
         folders.sync().await?;

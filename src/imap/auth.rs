@@ -32,15 +32,14 @@
 //! once: the hash, then the new keyring.)
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use imap_codec::imap_types::auth::AuthMechanism;
 
 use super::Imap;
 use super::response::{Failure, code};
-use super::state::{Authed, Enabled};
-use crate::account::{Account, AccountError, StoredKeyring};
+use super::state::{Authed, Enabled, Hold};
+use crate::account::{AccountError, StoredKeyring};
 use crate::crypto::{CryptoError, Password, RecoveryKey, UserKeys};
 use crate::directory::{DirectoryError, UserRecord, normalise_login};
 use crate::metrics;
@@ -204,7 +203,7 @@ impl std::fmt::Debug for LoggedLogin<'_> {
 /// A successful check.
 struct Success {
     record: UserRecord,
-    account: Arc<Account>,
+    account: Hold,
     /// A new user's recovery key, to deliver once.
     recovery: Option<RecoveryKey>,
 }
@@ -318,7 +317,7 @@ async fn check(imap: &Imap, login: &str, password: &Password) -> Result<Success,
     if let Some(account) = imap.accounts.reuse(&user, password, &stored.digest) {
         return Ok(Success {
             record,
-            account,
+            account: Hold::new(imap.accounts.clone(), account),
             recovery: None,
         });
     }
@@ -346,7 +345,7 @@ async fn check(imap: &Imap, login: &str, password: &Password) -> Result<Success,
         .unlock_with_password(&user, keys, password, &stored.digest);
     Ok(Success {
         record,
-        account,
+        account: Hold::new(imap.accounts.clone(), account),
         recovery: None,
     })
 }
@@ -408,7 +407,7 @@ async fn first_login(
     let account = imap.accounts.unlock(user, keys);
     Ok(Success {
         record,
-        account,
+        account: Hold::new(imap.accounts.clone(), account),
         recovery,
     })
 }

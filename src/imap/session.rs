@@ -70,15 +70,6 @@ pub struct Session {
     pub state: State,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        let state = std::mem::replace(&mut self.state, State::Logout);
-        if let State::Authed(a) | State::Selected(a, _) = state {
-            self.imap.accounts.release(a.account);
-        }
-    }
-}
-
 impl Session {
     pub fn new(imap: Arc<Imap>, peer: Peer) -> Session {
         Session {
@@ -208,10 +199,8 @@ impl Session {
             CommandBody::Logout => {
                 out.bye("Logging out");
                 *flow = Flow::Logout;
-                let state = std::mem::replace(&mut self.state, State::Logout);
-                if let State::Authed(a) | State::Selected(a, _) = state {
-                    self.imap.accounts.release(a.account);
-                }
+                // Dropping the state ends the session's hold on its account.
+                self.state = State::Logout;
                 Done::ok("LOGOUT completed")
             }
             CommandBody::Id { .. } => {
@@ -254,6 +243,7 @@ impl Session {
                 CommandBody::Close => {
                     if !selected.read_only {
                         expunge::expunge_deleted(selected, None).await?;
+                        quota::removed(&self.imap, authed).await;
                     }
                     self.deselect();
                     return Done::ok("CLOSE completed");
@@ -265,12 +255,14 @@ impl Session {
                 CommandBody::Expunge => {
                     read_write(selected)?;
                     expunge::expunge_deleted(selected, None).await?;
+                    quota::removed(&self.imap, authed).await;
                     return Done::ok("EXPUNGE completed");
                 }
                 CommandBody::ExpungeUid { sequence_set } => {
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, true)?;
                     expunge::expunge_deleted(selected, Some(&uids)).await?;
+                    quota::removed(&self.imap, authed).await;
                     return Done::ok("UID EXPUNGE completed");
                 }
                 CommandBody::Search {
@@ -575,7 +567,9 @@ impl Session {
                     State::Authed(a) | State::Selected(a, _) => a,
                     _ => return Err(Failure::bad("Log in first")),
                 };
-                mailboxes::delete(authed, &name).await
+                let deleted = mailboxes::delete(authed, &name).await?;
+                quota::removed(&self.imap, authed).await;
+                Ok(deleted)
             }
             CommandBody::Rename { from, to } => mailboxes::rename(authed, &from, &to).await,
             CommandBody::Subscribe { mailbox } => {

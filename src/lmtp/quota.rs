@@ -1,47 +1,74 @@
 //! How full a mailbox is, known without the user's keys (LMTP never holds
 //! them), for the quota check at delivery (doc/lmtp.md, "Quota").
 //!
-//! **What counts.** A user's usage is the stored size of their message
-//! bodies: the sum of the sizes of the objects under `users/<u>/blob/`
-//! (compressed and sealed, as the store bills them; RFC 9208's STORAGE is
-//! likewise a "physical space estimate"). Object sizes are visible to
-//! whoever can list the bucket, so counting them needs no key and reveals
-//! nothing new to the operator. Metadata (ops, snapshots, records) is not
-//! counted. A message about to be delivered is counted at its full,
-//! uncompressed size: the check errs towards refusing the last message
-//! rather than overfilling.
+//! Two figures, and the rule that joins them:
 //!
-//! **Messages.** A message-count limit (RFC 9208 §5.2's MESSAGE) is
-//! checked on the same listing: the usage object also counts the bodies.
-//! A body copied to several mailboxes is stored once and counts once
-//! here (IMAP counts each copy), so, as for bytes, this figure is at most
-//! IMAP's and LMTP may take IMAP's figure a little over the limit.
+//! 1. **IMAP's**, when it published one: the sessions that hold the
+//!    user's keys count what the mailboxes hold (RFC 9208 STORAGE, the
+//!    RFC822.SIZE of each message copy, and MESSAGE) and write it with a
+//!    time `since_ms` to `users/<u>/usage-imap`
+//!    ([`crate::account::usage::Published`]). LMTP adds the bodies written
+//!    since (blob ids begin with their creation time, so they are the ones
+//!    listed after `since_ms`): [`imap_usage`]. This is what GETQUOTA shows;
+//!    bodies of deleted mailboxes (kept for recovery) and of expunged mail
+//!    not yet collected are not in it.
+//! 2. **The stored bodies'**: the sum of the sizes of the objects under
+//!    `users/<u>/blob/` (compressed and sealed, as the store bills them)
+//!    and their number. Object sizes are visible to whoever can list the
+//!    bucket, so counting them needs no key and reveals nothing new. This
+//!    counts what IMAP no longer shows (above) and a body shared by copies
+//!    once (IMAP: each copy).
 //!
-//! **How it is known cheaply.** Listing every body on each delivery would
-//! cost one LIST page per thousand messages. Instead a small plaintext
-//! object `users/<u>/usage` records `bytes`, the total size of the bodies
-//! whose id sorts at or before `through`. Blob ids begin with their
-//! creation time ([`layout::new_blob_id`]), so the bodies written since
-//! are exactly those listed after `through`: a delivery reads the usage
-//! object and lists the tail (one GET and usually one LIST page).
+//! **The rule** ([`fits`]): a delivery is refused only when both say it
+//! does not fit, each counted just now (a fresh listing of the bodies;
+//! IMAP's figure as last published plus a fresh tail). So:
+//! - a user who makes room over IMAP (DELETE, EXPUNGE: IMAP publishes
+//!   after those, and at GETQUOTA, APPEND and COPY) is not refused for
+//!   bodies they can no longer see or remove;
+//! - a stale or forged IMAP figure can refuse nothing that counting bodies
+//!   alone would accept (the behaviour before IMAP published anything),
+//!   and the user's next count over IMAP replaces it;
+//! - with no IMAP figure (the user never used IMAP since), or one that
+//!   cannot be read, the bodies decide, as before.
+//!
+//! **Units.** Bytes are octets in both figures, but not the same octets:
+//! IMAP's figure is RFC822.SIZE, the tail after it and the bodies' count
+//! are stored sizes (compressed: at most a little over RFC822.SIZE for a
+//! small message, well under it for text). The message being delivered
+//! counts at its full size as it will be stored (trace headers included),
+//! its RFC822.SIZE. Messages: IMAP counts copies, the tail bodies; a
+//! delivery adds one. So LMTP may let IMAP's figure pass the limit by the
+//! compression of the bodies delivered since IMAP last counted; RFC 9208
+//! §5 allows usage above the limit, and the next IMAP count shows it.
+//!
+//! **How the bodies are counted cheaply.** Listing every body on each
+//! delivery would cost one LIST page per thousand messages. Instead a
+//! small plaintext object `users/<u>/usage` records `bytes`, the total
+//! size of the bodies whose id sorts at or before `through`. The bodies
+//! written since are exactly those listed after `through`: a delivery
+//! reads the usage object and lists the tail (one GET and usually one LIST
+//! page). IMAP's figure is read only when this one says "full".
 //!
 //! - The usage object is written by whoever counted: a full recount, or a
 //!   delivery that found the tail long ([`TAIL_REFRESH`]). It only ever
 //!   covers bodies older than [`SETTLE`], so a body whose PUT was still in
 //!   flight during a count (ids are chosen before the PUT) is counted
 //!   later in the tail rather than never.
-//! - Deleted bodies (expunged mail, collected after the GC grace period)
-//!   make the figure too high, never too low. So before refusing a
-//!   delivery, LMTP recounts from a full listing and writes the fresh
-//!   figure: a mailbox is declared full only on a count made just now.
+//! - Deleted bodies (collected after the GC grace period) make the figure
+//!   too high, never too low: before refusing, LMTP recounts from a full
+//!   listing and writes the fresh figure.
 //! - Concurrent writers (two LMTP instances) each write a figure that was
 //!   true of what they listed; the last one wins and is still consistent.
-//! - **A missing figure never blocks delivery**: if counting fails, the
-//!   message is accepted (and the failure logged); a missing or unreadable
-//!   usage object means a recount.
+//!   LMTP never writes IMAP's object nor IMAP LMTP's, so neither puts back
+//!   an old copy of the other's figure; instances that predate IMAP's
+//!   object read `usage` (still version 2) as before and ignore the other.
+//! - **A missing figure never blocks delivery**: if counting or reading
+//!   IMAP's figure fails, the message is accepted (and the failure
+//!   logged); a missing or unreadable usage object means a recount.
 
 use serde::{Deserialize, Serialize};
 
+use crate::account::usage::{Published, published_key};
 pub use crate::directory::QuotaLimits as Limits;
 use crate::store::layout::{self, UserId};
 use crate::store::{ObjectStore, StoreError, list_all};
@@ -77,13 +104,25 @@ struct Snapshot {
     through: String,
 }
 
-/// A usage figure and whether it comes from a full count made just now.
+/// Where a usage figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    /// The usage object and the bodies listed after it.
+    Kept,
+    /// All the bodies, listed just now.
+    Recounted,
+    /// The figure IMAP last counted and the bodies written since.
+    Imap,
+}
+
+/// A usage figure and where it comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
     pub bytes: u64,
-    /// Bodies stored (a body shared by copies counts once).
+    /// Bodies stored (a body shared by copies counts once), or, from
+    /// IMAP's figure, messages in the mailboxes (each copy counts).
     pub messages: u64,
-    pub recounted: bool,
+    pub basis: Basis,
 }
 
 /// The user's usage from the usage object and the bodies written since
@@ -120,7 +159,7 @@ pub async fn usage(store: &dyn ObjectStore, u: &UserId, now_ms: u64) -> Result<U
     Ok(Usage {
         bytes: snapshot.bytes + tail_bytes,
         messages: snapshot.messages + tail.len() as u64,
-        recounted: false,
+        basis: Basis::Kept,
     })
 }
 
@@ -144,7 +183,7 @@ pub async fn recount(
     Ok(Usage {
         bytes: total,
         messages: all.len() as u64,
-        recounted: true,
+        basis: Basis::Recounted,
     })
 }
 
@@ -191,9 +230,44 @@ async fn write(store: &dyn ObjectStore, u: &UserId, s: &Snapshot) {
     }
 }
 
+/// IMAP's published figure (`crate::account::usage::Published`) plus
+/// the bodies whose id is at or after its `since_ms`; `None` when there
+/// is no usable figure.
+pub async fn imap_usage(store: &dyn ObjectStore, u: &UserId) -> Result<Option<Usage>, StoreError> {
+    let published = match store.get(&published_key(u)).await {
+        Ok(bytes) => match Published::parse(&bytes) {
+            Some(p) => p,
+            None => {
+                tracing::warn!(user = ?u, "unreadable IMAP usage figure; not used");
+                return Ok(None);
+            }
+        },
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let prefix = blob_prefix(u);
+    // Every id of time `since_ms` or later sorts after this key.
+    let after = format!("{prefix}{:012x}", published.since_ms);
+    let tail = list_all(store, &prefix, Some(&after)).await?;
+    Ok(Some(Usage {
+        bytes: published.bytes + tail.iter().map(|o| o.size).sum::<u64>(),
+        messages: published.messages + tail.len() as u64,
+        basis: Basis::Imap,
+    }))
+}
+
 /// Whether one more message of `incoming` bytes fits under `limits`:
-/// `None` when usage cannot be known (then the caller delivers). A figure
-/// that says "full" is checked by a recount unless it is one already.
+/// `None` when usage cannot be known (then the caller delivers). `known`
+/// is a figure found earlier in the transaction (at RCPT).
+///
+/// The rule: a delivery is refused only when **both** a count of the
+/// stored bodies made just now and IMAP's figure plus the bodies written
+/// since (when IMAP published one) say it does not fit. The kept figure
+/// decides when it fits. So LMTP refuses nothing that IMAP's GETQUOTA,
+/// counted since, shows room for (bodies of deleted mailboxes and
+/// expunged mail not yet collected are in the first count only), and no
+/// stale or forged IMAP figure refuses more than counting bodies alone
+/// would, as before IMAP published anything.
 pub async fn fits(
     store: &dyn ObjectStore,
     u: &UserId,
@@ -202,32 +276,45 @@ pub async fn fits(
     known: Option<Usage>,
     now_ms: u64,
 ) -> (Option<bool>, Option<Usage>) {
-    let mut current = match known {
+    match decide(store, u, limits, incoming, known, now_ms).await {
+        Ok((fits, usage)) => (Some(fits), Some(usage)),
+        Err(e) => {
+            tracing::warn!(user = ?u, error = %e, "quota: usage unknown; delivering");
+            (None, None)
+        }
+    }
+}
+
+/// [`fits`], with the store's failures.
+async fn decide(
+    store: &dyn ObjectStore,
+    u: &UserId,
+    limits: Limits,
+    incoming: u64,
+    known: Option<Usage>,
+    now_ms: u64,
+) -> Result<(bool, Usage), StoreError> {
+    let allow = |usage: &Usage| limits.allow(usage.bytes, usage.messages, incoming, 1);
+    let current = match known {
         Some(k) => k,
-        None => match usage(store, u, now_ms).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(user = ?u, error = %e, "quota: usage unknown; delivering");
-                return (None, None);
-            }
-        },
+        None => usage(store, u, now_ms).await?,
     };
-    if limits.allow(current.bytes, current.messages, incoming, 1) {
-        return (Some(true), Some(current));
+    if allow(&current) {
+        return Ok((true, current));
     }
-    if !current.recounted {
-        current = match recount(store, u, now_ms).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(user = ?u, error = %e, "quota: recount failed; delivering");
-                return (None, None);
-            }
-        };
+    // IMAP's figure first: it is the cheaper (one GET, the tail since it)
+    // and it is what a user over by bodies of deleted mailboxes needs.
+    if current.basis != Basis::Imap
+        && let Some(imap) = imap_usage(store, u).await?
+        && allow(&imap)
+    {
+        return Ok((true, imap));
     }
-    (
-        Some(limits.allow(current.bytes, current.messages, incoming, 1)),
-        Some(current),
-    )
+    let bodies = match current.basis {
+        Basis::Recounted => current,
+        Basis::Kept | Basis::Imap => recount(store, u, now_ms).await?,
+    };
+    Ok((allow(&bodies), bodies))
 }
 
 #[cfg(test)]
@@ -262,7 +349,7 @@ mod tests {
             Usage {
                 bytes: 157,
                 messages: 3,
-                recounted: true
+                basis: Basis::Recounted
             }
         );
         let s: Snapshot =
@@ -275,7 +362,7 @@ mod tests {
             Usage {
                 bytes: 157,
                 messages: 3,
-                recounted: false
+                basis: Basis::Kept
             }
         );
     }
@@ -307,7 +394,7 @@ mod tests {
             Some(Usage {
                 bytes: 0,
                 messages: 0,
-                recounted: true
+                basis: Basis::Recounted
             })
         );
         // Really full: refused, on a fresh count.
@@ -362,7 +449,10 @@ mod tests {
         store.delete(&first).await.unwrap();
         let (ok, usage) = fits(&store, &u, limits, 1 << 30, None, NOW + 20).await;
         assert_eq!(ok, Some(true));
-        assert_eq!(usage.map(|u| (u.messages, u.recounted)), Some((2, true)));
+        assert_eq!(
+            usage.map(|u| (u.messages, u.basis)),
+            Some((2, Basis::Recounted))
+        );
         // Both limits: each must hold.
         let both = Limits {
             bytes: Some(25),
@@ -387,7 +477,7 @@ mod tests {
             .await
             .unwrap();
         let usage = usage(&store, &u, NOW).await.unwrap();
-        assert_eq!((usage.messages, usage.recounted), (1, true));
+        assert_eq!((usage.messages, usage.basis), (1, Basis::Recounted));
     }
 
     #[tokio::test]
@@ -405,5 +495,90 @@ mod tests {
         let s: Snapshot =
             serde_json::from_slice(&store.get(&usage_key(&u)).await.unwrap()).unwrap();
         assert_eq!(s.bytes, TAIL_REFRESH as u64 + 1);
+    }
+
+    async fn publish(store: &MemoryStore, u: &UserId, bytes: u64, messages: u64, since_ms: u64) {
+        let p = Published {
+            version: crate::account::usage::PUBLISHED_VERSION,
+            bytes,
+            messages,
+            since_ms,
+        };
+        let body = serde_json::to_vec(&p).unwrap();
+        store.put(&published_key(u), body.into()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn imap_figure_plus_later_bodies_lets_in_what_stored_bodies_refuse() {
+        let store = MemoryStore::new();
+        let u = user();
+        // 900 stored, of which IMAP shows 300 (the rest: a deleted
+        // mailbox, kept for recovery).
+        body(&store, &u, NOW - 2 * HOUR, 600).await;
+        body(&store, &u, NOW - 2 * HOUR + 1, 300).await;
+        let (ok, _) = fits(&store, &u, bytes(1000), 200, None, NOW).await;
+        assert_eq!(ok, Some(false), "no IMAP figure: bodies decide");
+        publish(&store, &u, 300, 1, NOW - HOUR).await;
+        let (ok, usage) = fits(&store, &u, bytes(1000), 200, None, NOW).await;
+        assert_eq!(ok, Some(true));
+        assert_eq!(usage.map(|u| (u.bytes, u.basis)), Some((300, Basis::Imap)));
+        // A body written after the figure counts on top of it: 300 + 450.
+        body(&store, &u, NOW - HOUR + 5, 450).await;
+        let (ok, usage) = fits(&store, &u, bytes(1000), 200, None, NOW).await;
+        assert_eq!(ok, Some(true));
+        assert_eq!(usage.map(|u| u.bytes), Some(750));
+        let (ok, _) = fits(&store, &u, bytes(1000), 251, None, NOW).await;
+        assert_eq!(ok, Some(false), "both figures over");
+        // The figure found at RCPT is reused after DATA, and a real size
+        // over it is checked again on both counts.
+        let (_, at_rcpt) = fits(&store, &u, bytes(1000), 1, None, NOW).await;
+        let (ok, _) = fits(&store, &u, bytes(1000), 251, at_rcpt, NOW).await;
+        assert_eq!(ok, Some(false));
+        let (ok, _) = fits(&store, &u, bytes(1000), 250, at_rcpt, NOW).await;
+        assert_eq!(ok, Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_stale_or_forged_high_imap_figure_refuses_nothing_bodies_allow() {
+        let store = MemoryStore::new();
+        let u = user();
+        body(&store, &u, NOW - 2 * HOUR, 100).await;
+        publish(&store, &u, u64::MAX / 4, u64::MAX / 4, NOW - HOUR).await;
+        let (ok, usage) = fits(&store, &u, bytes(1000), 500, None, NOW).await;
+        assert_eq!(ok, Some(true));
+        assert_eq!(usage.map(|u| u.basis), Some(Basis::Recounted));
+        // Over by stored bodies too, the stale figure refuses, until the
+        // user's next IMAP count replaces it (they can: any GETQUOTA,
+        // EXPUNGE or DELETE does).
+        body(&store, &u, NOW - HOUR, 800).await;
+        let (ok, _) = fits(&store, &u, bytes(1000), 500, None, NOW).await;
+        assert_eq!(ok, Some(false));
+        publish(&store, &u, 100, 1, NOW - HOUR + 10).await;
+        let (ok, _) = fits(&store, &u, bytes(1000), 500, None, NOW).await;
+        assert_eq!(ok, Some(true));
+        // An IMAP figure of another version, or garbage, is not used, and
+        // the object LMTP keeps itself is untouched by it.
+        for junk in [
+            br#"{"version":99,"bytes":0,"messages":0,"since_ms":0}"#.as_slice(),
+            b"{\"bytes\":",
+        ] {
+            store
+                .put(&published_key(&u), Bytes::copy_from_slice(junk))
+                .await
+                .unwrap();
+            assert_eq!(imap_usage(&store, &u).await.unwrap(), None);
+            let (ok, _) = fits(&store, &u, bytes(1000), 500, None, NOW).await;
+            assert_eq!(ok, Some(false));
+        }
+        // A store fault reading it (the kept figure known from RCPT):
+        // usage unknown, delivered.
+        let kept = Usage {
+            bytes: 900,
+            messages: 2,
+            basis: Basis::Kept,
+        };
+        store.fail_next(1);
+        let (ok, _) = fits(&store, &u, bytes(1000), 500, Some(kept), NOW).await;
+        assert_eq!(ok, None);
     }
 }

@@ -24,12 +24,15 @@
 //!   cannot be known (directory or store fault) does not block: like
 //!   LMTP, we store rather than refuse on a guess.
 //!
-//! LMTP checks its own figure at delivery (see [`crate::lmtp::quota`]):
-//! the stored (compressed) size and number of the bodies, which it can
-//! count without the user's keys. They are at most these, so LMTP may
-//! accept a delivery that takes these figures a little over the limit
-//! (RFC 9208 §5 allows usage above the limit); doc/imap-differences.md
-//! explains it.
+//! LMTP has no keys and cannot count messages: every count made here is
+//! also published for it (`crate::account::usage`, "Published for
+//! LMTP"), at GETQUOTA, GETQUOTAROOT, the check before APPEND and COPY,
+//! and after EXPUNGE, CLOSE and DELETE ([`removed`]), so a user who makes
+//! room here is not refused at delivery. LMTP refuses only when both that
+//! figure (plus the bodies written since) and its own count of the stored
+//! bodies are over ([`crate::lmtp::quota`]); it may accept a delivery that
+//! takes these figures a little over the limit (RFC 9208 §5 allows usage
+//! above the limit); doc/imap-differences.md explains it.
 
 use imap_codec::imap_types::core::AString;
 use imap_codec::imap_types::mailbox::Mailbox;
@@ -155,6 +158,25 @@ pub async fn check(imap: &Imap, authed: &Authed, bytes: u64, messages: u64) -> R
         Some(code("OVERQUOTA")),
         "Quota exceeded (mailbox for user is full)",
     ))
+}
+
+/// After a command that frees room (EXPUNGE, CLOSE, DELETE): counts the
+/// user's usage, if they have a quota, so that the figure LMTP reads
+/// (`crate::account::usage::Published`) shows the room at once and a
+/// delivery refused before is taken. Faults are logged only: the command
+/// is done.
+pub async fn removed(imap: &Imap, authed: &Authed) {
+    match limit(imap, authed).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(failure = ?e, "quota: limit unknown; usage not published");
+            return;
+        }
+    }
+    if let Err(e) = authed.account.usage(Count::Kept).await {
+        tracing::warn!(error = %e, "quota: usage not counted after a removal");
+    }
 }
 
 /// [`check`] for a COPY of `uids` of the selected mailbox.

@@ -19,8 +19,8 @@ use imap_codec::imap_types::mailbox::Mailbox;
 pub use self::selected::Selected;
 use super::mutf7;
 use super::response::{Failure, Out, code};
-use crate::account::Account;
 use crate::account::recent::RecentFloors;
+use crate::account::{Account, Accounts};
 
 /// What the listener knows of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -31,9 +31,42 @@ pub struct Peer {
     pub tls: bool,
 }
 
+/// A session's hold on its unlocked account. The registry counts a
+/// session when it hands the account out (`Accounts::unlock`, `reuse`,
+/// `unlock_with_password`); the hold, made at once from what it handed
+/// out, ends that count exactly once when dropped, however the session
+/// ends: LOGOUT, a dropped connection, or a login that fails after the
+/// unlock (the recovery key not stored). A count left behind would keep
+/// the account polling the store for a session that is gone.
+pub struct Hold {
+    account: Arc<Account>,
+    accounts: Arc<Accounts>,
+}
+
+impl Hold {
+    /// Takes over the session count `accounts` began when it returned
+    /// `account`.
+    pub fn new(accounts: Arc<Accounts>, account: Arc<Account>) -> Hold {
+        Hold { account, accounts }
+    }
+}
+
+impl std::ops::Deref for Hold {
+    type Target = Arc<Account>;
+    fn deref(&self) -> &Arc<Account> {
+        &self.account
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.accounts.release(self.account.clone());
+    }
+}
+
 /// An authenticated user.
 pub struct Authed {
-    pub account: Arc<Account>,
+    pub account: Hold,
     pub login: String,
     /// What the client turned on, for the rest of the session.
     pub enabled: Enabled,
