@@ -78,7 +78,7 @@ use crate::crypto::{RecordAuth, RecordAuthError, UserKeys, UserPublicKey, seal_t
 use crate::log::now_ms;
 use crate::log::stored::{StoredLog, SyncError};
 use crate::store::layout::{self, UserId};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
 /// Most records drained by one op (and listed by one LIST, the most an S3
 /// LIST returns): a record is a few KiB, so an op of a full batch is a
@@ -94,6 +94,10 @@ pub const BATCH_BYTES: u64 = 16 << 20;
 /// Records fetched at once: each GET is one round trip to the store, and a
 /// record is small.
 pub const FETCH_PARALLELISM: usize = 64;
+
+/// Fetched records opened together by one blocking task, while the rest of
+/// the batch is still being fetched.
+const OPEN_CHUNK: usize = 64;
 
 /// Drained records deleted by one `delete_many`, and how many of those
 /// run at once.
@@ -397,69 +401,78 @@ pub async fn collect(
         page.objects.truncate(fits);
         page.truncated = true; // the rest is the next batch's
     }
-    let last_listed = page.objects.last().map(|m| m.key.clone());
-    let fetched: Vec<(String, Option<Bytes>)> = stream::iter(page.objects)
-        .map(|meta| async move {
-            if meta.size > MAX_RECORD_BYTES {
-                tracing::error!(
-                    record = %meta.key,
-                    size = meta.size,
-                    "delivery record larger than any instance writes; left unread"
-                );
-                return Ok((meta.key, None));
-            }
-            match store.get(&meta.key).await {
-                Ok(bytes) => Ok((meta.key, Some(bytes))),
-                // Drained (and deleted) by another instance meanwhile.
-                Err(e) if e.is_not_found() => Ok((meta.key, None)),
-                Err(e) => Err(e),
-            }
-        })
-        .buffered(FETCH_PARALLELISM)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, StoreError>>()?;
-
-    // Opening a thousand sealed boxes is CPU work: off the async runtime,
-    // so it overlaps with the previous batch's placement.
-    let (user, keys, auth) = (user.clone(), keys.clone(), auth.clone());
-    let collected = tokio::task::spawn_blocking(move || {
-        open_fetched(
-            &user,
-            &keys,
-            &auth,
-            &prefix,
-            fetched,
-            last_listed,
-            page.truncated,
-        )
-    })
-    .await
-    .map_err(IncomingError::Task)?;
-    Ok(collected)
-}
-
-/// Opens what [`collect`] fetched: the records whose MAC verifies and that
-/// open are kept, the others set aside for quarantine.
-fn open_fetched(
-    user: &UserId,
-    keys: &UserKeys,
-    auth: &RecordAuth,
-    prefix: &str,
-    fetched: Vec<(String, Option<Bytes>)>,
-    last_listed: Option<String>,
-    more: bool,
-) -> Collected {
     let mut collected = Collected {
         user: user.clone(),
         opened: Vec::new(),
         unreadable: Vec::new(),
         gone: 0,
         newer: 0,
-        last_listed,
-        more,
+        last_listed: page.objects.last().map(|m| m.key.clone()),
+        more: page.truncated,
     };
+    // Opening a record (MAC, sealed box, JSON) is CPU work: done off the
+    // async runtime, a chunk at a time as the records arrive, so it
+    // overlaps with fetching the rest (and with the previous batch's
+    // placement) and runs on another core.
+    let mut fetched = stream::iter(page.objects)
+        .map(|meta| fetch_record(store, meta))
+        .buffered(FETCH_PARALLELISM)
+        .chunks(OPEN_CHUNK);
+    let shared = std::sync::Arc::new((keys.clone(), auth.clone(), prefix));
+    let mut opening = Vec::new();
+    while let Some(chunk) = fetched.next().await {
+        let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let shared = shared.clone();
+        opening.push(tokio::task::spawn_blocking(move || {
+            let (keys, auth, prefix) = &*shared;
+            open_fetched(keys, auth, prefix, chunk)
+        }));
+    }
+    for task in opening {
+        collected.absorb(task.await.map_err(IncomingError::Task)?);
+    }
+    Ok(collected)
+}
+
+/// GETs one listed record: `None` if it is gone (drained meanwhile by
+/// another instance) or too large to be one.
+async fn fetch_record(
+    store: &dyn ObjectStore,
+    meta: ObjectMeta,
+) -> Result<(String, Option<Bytes>), StoreError> {
+    if meta.size > MAX_RECORD_BYTES {
+        tracing::error!(
+            record = %meta.key,
+            size = meta.size,
+            "delivery record larger than any instance writes; left unread"
+        );
+        return Ok((meta.key, None));
+    }
+    match store.get(&meta.key).await {
+        Ok(bytes) => Ok((meta.key, Some(bytes))),
+        Err(e) if e.is_not_found() => Ok((meta.key, None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records of one chunk, opened or set aside.
+#[derive(Default)]
+struct Opening {
+    opened: Vec<Opened>,
+    unreadable: Vec<Unreadable>,
+    gone: usize,
+    newer: usize,
+}
+
+/// Opens what [`collect`] fetched: the records whose MAC verifies and that
+/// open are kept, the others set aside for quarantine.
+fn open_fetched(
+    keys: &UserKeys,
+    auth: &RecordAuth,
+    prefix: &str,
+    fetched: Vec<(String, Option<Bytes>)>,
+) -> Opening {
+    let mut collected = Opening::default();
     for (key, bytes) in fetched {
         let name = key.strip_prefix(prefix).unwrap_or(&key).to_owned();
         let Some(bytes) = bytes else {
@@ -525,6 +538,14 @@ fn open_record(keys: &UserKeys, key: &str, sealed: &[u8]) -> Result<Record, Stri
 }
 
 impl Collected {
+    /// Adds a chunk's records, in order, after those already there.
+    fn absorb(&mut self, chunk: Opening) {
+        self.opened.extend(chunk.opened);
+        self.unreadable.extend(chunk.unreadable);
+        self.gone += chunk.gone;
+        self.newer += chunk.newer;
+    }
+
     /// Whether the listing was empty.
     pub fn is_empty(&self) -> bool {
         self.last_listed.is_none()

@@ -226,6 +226,31 @@ impl S3Store {
         })
     }
 
+    /// Runs one store call (its attempts and retries) in a task of its
+    /// own. The SDK does real work per request (endpoint resolution,
+    /// signing, reading the answer): run in the caller's task, the 64
+    /// GETs a drain keeps in flight all share one thread; spawned, they
+    /// spread over the runtime's worker threads (issue #15). Dropping the
+    /// returned future aborts the task, as dropping the call would
+    /// cancel it in place.
+    async fn on_worker<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(S3Store) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        // A JoinSet aborts what it holds when dropped.
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(call(self.clone()));
+        match task.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Some(Err(e)) => Err(StoreError::Transient(format!("s3 request task: {e}"))),
+            None => Err(StoreError::Transient("s3 request task vanished".to_owned())),
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or has failed
     /// transiently `1 + max_retries` times. Each attempt holds a permit.
     async fn retrying<T, F, Fut>(
@@ -439,50 +464,75 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         check_key(key)?;
-        let body = &body;
-        self.retrying("put", key, move || async move {
-            self.put_object(key, body)
+        let key = key.to_owned();
+        self.on_worker(move |store| async move {
+            let (store, key, body) = (&store, &key, &body);
+            store
+                .retrying("put", key, move || async move {
+                    store
+                        .put_object(key, body)
+                        .await
+                        .map_err(not_found_is_permanent)
+                })
                 .await
-                .map_err(not_found_is_permanent)
         })
         .await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         check_key(key)?;
-        self.retrying("get", key, move || self.get_object(key))
-            .await
+        let key = key.to_owned();
+        self.on_worker(move |store| async move {
+            store.retrying("get", &key, || store.get_object(&key)).await
+        })
+        .await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         check_key(key)?;
-        if range.start >= range.end {
-            // Nothing to read, but a missing object is still NotFound.
-            self.retrying("head", key, move || self.head_object(key))
-                .await?;
-            return Ok(Bytes::new());
-        }
-        let range = &range;
-        self.retrying("get_range", key, move || self.get_object_range(key, range))
-            .await
+        let key = key.to_owned();
+        self.on_worker(move |store| async move {
+            let (key, range) = (&key, &range);
+            if range.start >= range.end {
+                // Nothing to read, but a missing object is still NotFound.
+                store
+                    .retrying("head", key, || store.head_object(key))
+                    .await?;
+                return Ok(Bytes::new());
+            }
+            store
+                .retrying("get_range", key, || store.get_object_range(key, range))
+                .await
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        self.retrying("delete", key, move || self.delete_object(key))
-            .await
+        let key = key.to_owned();
+        self.on_worker(move |store| async move {
+            store
+                .retrying("delete", &key, || store.delete_object(&key))
+                .await
+        })
+        .await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
         for key in keys {
             check_key(key)?;
         }
-        for batch in keys.chunks(DELETE_BATCH) {
-            let first = batch.first().map(String::as_str).unwrap_or("");
-            self.retrying("delete_many", first, move || self.delete_objects(batch))
-                .await?;
-        }
-        Ok(())
+        let keys = keys.to_vec();
+        self.on_worker(move |store| async move {
+            for batch in keys.chunks(DELETE_BATCH) {
+                let first = batch.first().map(String::as_str).unwrap_or("");
+                store
+                    .retrying("delete_many", first, || store.delete_objects(batch))
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn list(
@@ -493,8 +543,14 @@ impl ObjectStore for S3Store {
     ) -> Result<ListPage, StoreError> {
         check_prefix(prefix)?;
         let limit = clamp_limit(limit);
-        self.retrying("list", prefix, move || {
-            self.list_objects(prefix, start_after, limit)
+        let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.on_worker(move |store| async move {
+            let (prefix, start_after) = (&prefix, start_after.as_deref());
+            store
+                .retrying("list", prefix, || {
+                    store.list_objects(prefix, start_after, limit)
+                })
+                .await
         })
         .await
     }
