@@ -425,18 +425,18 @@ async fn the_saved_result_as_a_message_set() {
         let r = c.append("INBOX", "", &message(&format!("m{i}"), "x")).await;
         assert!(r.ok(), "{r:?}");
     }
-    assert!(c.run("CREATE Trash").await.ok());
+    assert!(c.run("CREATE Kept").await.ok());
     assert!(c.run("SELECT INBOX").await.ok());
     // m0 leaves: m2 is now UID 3, sequence number 2.
-    assert!(c.run("UID MOVE 1 Trash").await.ok());
+    assert!(c.run("UID MOVE 1 Kept").await.ok());
     assert!(c.run("SEARCH RETURN (SAVE) SUBJECT m2").await.ok());
     let f = c.run("FETCH $ (UID)").await;
     assert!(f.ok() && f.has("* 2 FETCH (UID 3)"), "{f:?}");
     let f = c.run("UID FETCH $ (FLAGS)").await;
     assert!(f.ok() && f.has("* 2 FETCH (") && f.has("UID 3"), "{f:?}");
     let s = c.run("STORE $ +FLAGS (\\Flagged)").await;
-    assert!(s.has("* 2 FETCH (FLAGS (\\Flagged)"), "{s:?}");
-    let cp = c.run("UID COPY $ Trash").await;
+    assert!(s.has("* 2 FETCH (FLAGS (\\Flagged"), "{s:?}");
+    let cp = c.run("UID COPY $ Kept").await;
     assert!(
         cp.tagged().contains("[COPYUID ") && cp.tagged().contains(" 3 "),
         "{cp:?}"
@@ -450,17 +450,17 @@ async fn the_saved_result_as_a_message_set() {
         "UID FETCH $ FLAGS",
         "STORE $ +FLAGS (\\Deleted)",
         "UID STORE $ +FLAGS.SILENT (\\Deleted)",
-        "COPY $ Trash",
-        "UID COPY $ Trash",
-        "MOVE $ Trash",
-        "UID MOVE $ Trash",
+        "COPY $ Kept",
+        "UID COPY $ Kept",
+        "MOVE $ Kept",
+        "UID MOVE $ Kept",
         "UID EXPUNGE $",
     ] {
         let r = c.run(command).await;
         assert!(r.ok() && r.lines.len() == 1, "{command}: {r:?}");
     }
-    assert!(c.run("UID MOVE $ Trash Junk").await.bad());
-    let st = c.run("STATUS Trash (MESSAGES)").await;
+    assert!(c.run("UID MOVE $ Kept Junk").await.bad());
+    let st = c.run("STATUS Kept (MESSAGES)").await;
     assert!(st.has("MESSAGES 2"), "{st:?}");
     let f = c.run("FETCH 1:* (FLAGS)").await;
     assert!(f.untagged("").len() == 2 && !f.has("\\Deleted"), "{f:?}");
