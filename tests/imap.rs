@@ -426,6 +426,14 @@ async fn the_saved_result_as_a_message_set() {
         assert!(r.ok(), "{r:?}");
     }
     assert!(c.run("CREATE Kept").await.ok());
+    // With no mailbox selected, `$` is refused like any message set.
+    for command in ["UID FETCH $ (FLAGS)", "UID EXPUNGE $", "COPY $ Kept"] {
+        let r = c.run(command).await;
+        assert!(
+            r.bad() && r.tagged().contains("No mailbox selected"),
+            "{command}: {r:?}"
+        );
+    }
     assert!(c.run("SELECT INBOX").await.ok());
     // m0 leaves: m2 is now UID 3, sequence number 2.
     assert!(c.run("UID MOVE 1 Kept").await.ok());

@@ -597,14 +597,18 @@ async fn drive(
         let request = match decoded {
             Ok(Decoded::Command(request)) => *request,
             Ok(Decoded::NoMessages(tag)) => {
-                // RFC 5182 §2.1: `$` naming an empty result acts on nothing.
+                // RFC 5182 §2.1: `$` naming an empty result acts on nothing;
+                // outside the selected state it is refused as any FETCH,
+                // STORE, COPY, MOVE or EXPUNGE is.
+                let (kind, text) = if !session.is_authenticated() {
+                    (StatusKind::Bad, "Log in first")
+                } else if session.selected().is_none() {
+                    (StatusKind::Bad, "No mailbox selected")
+                } else {
+                    (StatusKind::Ok, "Nothing saved, nothing done")
+                };
                 let mut out = conn.out();
-                out.status(
-                    Some(&tag),
-                    StatusKind::Ok,
-                    None,
-                    "Nothing saved, nothing done",
-                );
+                out.status(Some(&tag), kind, None, text);
                 out.flush().await?;
                 continue;
             }

@@ -229,10 +229,7 @@ pub fn rewrite(message: &[u8], _saved: &Saved) -> Rewritten {
         return Rewritten::Unchanged;
     };
     let command = String::from_utf8_lossy(text(message, name)).to_ascii_uppercase();
-    if !matches!(
-        command.as_str(),
-        "LIST" | "CREATE" | "STATUS" | "APPEND"
-    ) {
+    if !matches!(command.as_str(), "LIST" | "CREATE" | "STATUS" | "APPEND") {
         return Rewritten::Unchanged;
     }
     let Some(tokens) = tokenize(message, MAX_TOKENS + 1) else {
