@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use super::Imap;
 use super::compress;
 use super::extend::{self, Rewritten};
-use super::grammar::ext::{Ext, Message};
+use super::grammar::ext::Ext;
 use super::grammar::{self, Parse};
 use super::response::{Failure, Out, Sink, code, write_out};
 use super::session::{Flow, Request, Session};
@@ -452,30 +452,6 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Decoded, (Option<Tag<'static
         Rewritten::Bad(text) => return Err((tag(), Failure::bad(text))),
     };
     let input = rewritten.as_deref().unwrap_or(bytes);
-    let mut ext = ext;
-    for raw in std::mem::take(&mut ext.more_appends_raw) {
-        let mut again = b"x APPEND INBOX ".to_vec();
-        again.extend_from_slice(&raw);
-        again.extend_from_slice(b"\r\n");
-        match CommandCodec::default().decode(&again) {
-            Ok((
-                b"",
-                Command {
-                    body:
-                        CommandBody::Append {
-                            flags,
-                            date,
-                            message,
-                            ..
-                        },
-                    ..
-                },
-            )) => {
-                ext.more_appends.push(Message::new(flags, date, message));
-            }
-            _ => return Err((tag(), Failure::bad("Malformed MULTIAPPEND message"))),
-        }
-    }
     match CommandCodec::default().decode(input) {
         Ok((b"", command)) => Ok(Decoded::Command(Box::new(request(
             command.into_static(),

@@ -8,19 +8,13 @@
 //!   [search-return-opt *(SP search-return-opt)] ")"] SP search-criteria`
 //! - SEARCHRES (RFC 5182 §3): `seq-number / seq-range / "$"` — `$` is the
 //!   saved result, replaced by the set it stands for.
-//! - LIST-EXTENDED (RFC 5258 §6): `list = "LIST" [SP list-select-opts] SP
-//!   mailbox SP mbox-or-pat [SP list-return-opts]`, `mbox-or-pat =
-//!   list-mailbox / patterns`, `patterns = "(" list-mailbox *(SP
-//!   list-mailbox) ")"`; LIST-STATUS (RFC 5819 §5) `return-option =/
-//!   "STATUS" SP "(" status-att *(SP status-att) ")"`.
-//! - CREATE-SPECIAL-USE (RFC 6154 §6): `create-param =/ "USE" SP "("
-//!   [use-attr *(SP use-attr)] ")"`.
-//! - APPENDLIMIT (RFC 7889 §4): `status-att =/ "APPENDLIMIT"`.
+//!
+//! LIST-EXTENDED, CREATE-SPECIAL-USE, STATUS APPENDLIMIT and MULTIAPPEND
+//! are parsed into types by `grammar::mailboxes`.
 
-use super::grammar::ext::{Ext, ListExt, SearchReturn};
+use super::grammar::ext::{Ext, SearchReturn};
 use super::state::Saved;
-use crate::mailbox::list::SpecialUse;
-use imap_codec::imap_types::status::StatusDataItemName;
+
 /// Outcome of [`rewrite`].
 #[derive(Debug)]
 pub enum Rewritten {
@@ -167,33 +161,6 @@ fn is_atom(message: &[u8], t: &Token, word: &str) -> bool {
     t.kind == Kind::Atom && text(message, t).eq_ignore_ascii_case(word.as_bytes())
 }
 
-/// The value of a string token: an atom as is, a quoted string
-/// unescaped, a literal's data.
-fn value(message: &[u8], t: &Token) -> Vec<u8> {
-    let raw = text(message, t);
-    match t.kind {
-        Kind::Quoted => {
-            let inner = &raw[1..raw.len() - 1];
-            let mut out = Vec::with_capacity(inner.len());
-            let mut escaped = false;
-            for b in inner {
-                if !escaped && *b == b'\\' {
-                    escaped = true;
-                    continue;
-                }
-                escaped = false;
-                out.push(*b);
-            }
-            out
-        }
-        Kind::Literal => {
-            let (header, _) = literal_header(raw).unwrap_or((0, 0));
-            raw[header..].to_vec()
-        }
-        _ => raw.to_vec(),
-    }
-}
-
 /// Index of the parenthesis closing the one at `open`.
 fn closing(tokens: &[Token], open: usize) -> Option<usize> {
     let mut depth = 0;
@@ -240,10 +207,6 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
             | "COPY"
             | "MOVE"
             | "EXPUNGE"
-            | "LIST"
-            | "CREATE"
-            | "STATUS"
-            | "APPEND"
     ) {
         return Rewritten::Unchanged;
     }
@@ -273,10 +236,6 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
         "FETCH" | "STORE" | "COPY" | "MOVE" | "EXPUNGE" => {
             sequence_arg(message, &tokens, name_at, uid, saved, &mut edit, &mut ext)
         }
-        "LIST" => list(message, &tokens, name_at, &mut edit, &mut ext),
-        "CREATE" => create(message, &tokens, name_at, &mut edit, &mut ext),
-        "STATUS" => status(message, &tokens, name_at, &mut edit, &mut ext),
-        "APPEND" => append_messages(message, &tokens, name_at, &mut edit, &mut ext),
         _ => Ok(()),
     };
     if let Err(bad) = result {
@@ -402,289 +361,6 @@ fn search(
     Ok(())
 }
 
-fn list(
-    message: &[u8],
-    tokens: &[Token],
-    name_at: usize,
-    edit: &mut Edit<'_>,
-    ext: &mut Ext,
-) -> Result<(), String> {
-    let mut i = name_at + 1;
-    let mut opts = ListExt::default();
-    let mut extended = false;
-    if tokens.get(i).map(|t| t.kind) == Some(Kind::Open) {
-        extended = true;
-        let close = closing(tokens, i).ok_or("Unbalanced selection options")?;
-        for t in &tokens[i + 1..close] {
-            match String::from_utf8_lossy(text(message, t))
-                .to_ascii_uppercase()
-                .as_str()
-            {
-                "SUBSCRIBED" => opts.select_subscribed = true,
-                "SPECIAL-USE" => opts.select_special_use = true,
-                "RECURSIVEMATCH" => opts.recursive_match = true,
-                "REMOTE" => {}
-                other => return Err(format!("Unknown LIST selection option {other}")),
-            }
-        }
-        if opts.recursive_match && !opts.select_subscribed && !opts.select_special_use {
-            return Err("RECURSIVEMATCH needs another selection option".into());
-        }
-        i = close + 1;
-    }
-    let reference = *tokens.get(i).ok_or("LIST needs a reference")?;
-    i += 1;
-    let mut patterns: Vec<Token> = Vec::new();
-    match tokens.get(i) {
-        Some(t) if t.kind == Kind::Open => {
-            extended = true;
-            let close = closing(tokens, i).ok_or("Unbalanced pattern list")?;
-            patterns.extend_from_slice(&tokens[i + 1..close]);
-            i = close + 1;
-        }
-        Some(t) => {
-            patterns.push(*t);
-            i += 1;
-        }
-        None => return Err("LIST needs a pattern".into()),
-    }
-    if patterns.is_empty() {
-        return Err("LIST needs a pattern".into());
-    }
-    if let Some(t) = tokens.get(i) {
-        if !is_atom(message, t, "RETURN") {
-            return Err("Unexpected LIST argument".into());
-        }
-        extended = true;
-        let open = i + 1;
-        if tokens.get(open).map(|t| t.kind) != Some(Kind::Open) {
-            return Err("RETURN needs a list of options".into());
-        }
-        let close = closing(tokens, open).ok_or("Unbalanced return options")?;
-        let mut j = open + 1;
-        while j < close {
-            let t = &tokens[j];
-            match String::from_utf8_lossy(text(message, t))
-                .to_ascii_uppercase()
-                .as_str()
-            {
-                "SUBSCRIBED" => opts.return_subscribed = true,
-                "CHILDREN" => opts.return_children = true,
-                "SPECIAL-USE" => opts.return_special_use = true,
-                "STATUS" => {
-                    let items_open = j + 1;
-                    if tokens.get(items_open).map(|t| t.kind) != Some(Kind::Open) {
-                        return Err("STATUS needs a list of items".into());
-                    }
-                    let items_close =
-                        closing(tokens, items_open).ok_or("Unbalanced STATUS items")?;
-                    let mut items = Vec::new();
-                    for t in &tokens[items_open + 1..items_close] {
-                        let word = String::from_utf8_lossy(text(message, t)).to_ascii_uppercase();
-                        if word == "APPENDLIMIT" {
-                            opts.return_status_appendlimit = true;
-                        } else {
-                            items.push(status_item(&word)?);
-                        }
-                    }
-                    opts.return_status = Some(items);
-                    j = items_close;
-                }
-                other => return Err(format!("Unknown LIST return option {other}")),
-            }
-            j += 1;
-        }
-        if close + 1 != tokens.len() {
-            return Err("Unexpected LIST argument".into());
-        }
-    }
-    if !extended {
-        return Ok(());
-    }
-    opts.patterns = patterns.iter().map(|t| value(message, t)).collect();
-    // The base form: `tag LIST reference first-pattern`.
-    let tag_end = tokens[0].end;
-    let mut base = message[..tag_end].to_vec();
-    base.extend_from_slice(b" LIST ");
-    base.extend_from_slice(text(message, &reference));
-    base.push(b' ');
-    base.extend_from_slice(text(message, &patterns[0]));
-    base.extend_from_slice(b"\r\n");
-    let message_body_end = message.len();
-    edit.replace(0, message_body_end, &base);
-    ext.list = Some(opts);
-    Ok(())
-}
-
-/// MULTIAPPEND (RFC 3502 §6.3.11): `append = "APPEND" SP mailbox 1*append-message`,
-/// `append-message = [SP flag-list] [SP date-time] SP append-data`; and
-/// UTF8=ACCEPT's `append-data =/ "UTF8" SP "(" literal8 ")"` (RFC 6855 §4),
-/// taken as a plain literal.
-fn append_messages(
-    message: &[u8],
-    tokens: &[Token],
-    name_at: usize,
-    edit: &mut Edit<'_>,
-    ext: &mut Ext,
-) -> Result<(), String> {
-    let mut i = name_at + 2; // after the mailbox
-    let mut groups: Vec<(usize, usize)> = Vec::new(); // token ranges
-    let mut start = i;
-    let mut utf8 = Vec::new();
-    while i < tokens.len() {
-        let t = tokens[i];
-        match t.kind {
-            Kind::Literal => {
-                groups.push((start, i));
-                i += 1;
-                start = i;
-            }
-            Kind::Atom if is_atom(message, &t, "UTF8") => {
-                // UTF8 ( literal8 )
-                let (Some(open), Some(lit), Some(close)) =
-                    (tokens.get(i + 1), tokens.get(i + 2), tokens.get(i + 3))
-                else {
-                    return Err("UTF8 needs a parenthesised literal".into());
-                };
-                if open.kind != Kind::Open || lit.kind != Kind::Literal || close.kind != Kind::Close
-                {
-                    return Err("UTF8 needs a parenthesised literal".into());
-                }
-                utf8.push((t.start, close.end, value(message, lit)));
-                groups.push((start, i + 3));
-                i += 4;
-                start = i;
-            }
-            Kind::Open => {
-                i = closing(tokens, i).ok_or("Unbalanced flag list")? + 1;
-            }
-            _ => i += 1,
-        }
-    }
-    if start != tokens.len() {
-        return Err("APPEND needs a message literal".into());
-    }
-    if groups.len() <= 1 && utf8.is_empty() {
-        return Ok(());
-    }
-    // Plain literals for UTF8 data.
-    let plain = |from: usize, to: usize| -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut at = from;
-        for (s, e, data) in &utf8 {
-            if *s >= from && *e <= to {
-                out.extend_from_slice(&message[at..*s]);
-                out.extend_from_slice(format!("{{{}}}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(data);
-                at = *e;
-            }
-        }
-        out.extend_from_slice(&message[at..to]);
-        out
-    };
-    let (first_from, first_to) = groups[0];
-    let first_start = tokens[first_from].start;
-    let first_end = tokens[first_to].end;
-    for (from, to) in &groups[1..] {
-        ext.more_appends_raw
-            .push(plain(tokens[*from].start, tokens[*to].end));
-    }
-    let mut base = message[..first_start].to_vec();
-    base.extend_from_slice(&plain(first_start, first_end));
-    base.extend_from_slice(b"\r\n");
-    edit.replace(0, message.len(), &base);
-    Ok(())
-}
-
-fn status_item(word: &str) -> Result<StatusDataItemName, String> {
-    Ok(match word {
-        "MESSAGES" => StatusDataItemName::Messages,
-        "RECENT" => StatusDataItemName::Recent,
-        "UIDNEXT" => StatusDataItemName::UidNext,
-        "UIDVALIDITY" => StatusDataItemName::UidValidity,
-        "UNSEEN" => StatusDataItemName::Unseen,
-        "DELETED" => StatusDataItemName::Deleted,
-        "SIZE" => StatusDataItemName::Size,
-        "HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
-        other => return Err(format!("Unknown STATUS item {other}")),
-    })
-}
-
-fn create(
-    message: &[u8],
-    tokens: &[Token],
-    name_at: usize,
-    edit: &mut Edit<'_>,
-    ext: &mut Ext,
-) -> Result<(), String> {
-    let open = name_at + 2;
-    let Some(t) = tokens.get(open) else {
-        return Ok(());
-    };
-    if t.kind != Kind::Open {
-        return Ok(());
-    }
-    let close = closing(tokens, open).ok_or("Unbalanced CREATE parameters")?;
-    let mut j = open + 1;
-    while j < close {
-        if !is_atom(message, &tokens[j], "USE") {
-            return Err("Unknown CREATE parameter".into());
-        }
-        let uses_open = j + 1;
-        if tokens.get(uses_open).map(|t| t.kind) != Some(Kind::Open) {
-            return Err("USE needs a list of attributes".into());
-        }
-        let uses_close = closing(tokens, uses_open).ok_or("Unbalanced USE list")?;
-        for t in &tokens[uses_open + 1..uses_close] {
-            let attr = String::from_utf8_lossy(text(message, t)).into_owned();
-            let special = SpecialUse::from_attribute(&attr)
-                .ok_or_else(|| format!("[USEATTR] Unknown special use {attr}"))?;
-            ext.create_use.push(special);
-        }
-        j = uses_close + 1;
-    }
-    let name_end = tokens[name_at + 1].end;
-    edit.replace(name_end, tokens[close].end, b"");
-    Ok(())
-}
-
-fn status(
-    message: &[u8],
-    tokens: &[Token],
-    name_at: usize,
-    edit: &mut Edit<'_>,
-    ext: &mut Ext,
-) -> Result<(), String> {
-    let open = name_at + 2;
-    if tokens.get(open).map(|t| t.kind) != Some(Kind::Open) {
-        return Ok(());
-    }
-    let Some(close) = closing(tokens, open) else {
-        return Ok(());
-    };
-    let items = &tokens[open + 1..close];
-    if !items.iter().any(|t| is_atom(message, t, "APPENDLIMIT")) {
-        return Ok(());
-    }
-    ext.status_appendlimit = true;
-    let kept: Vec<&[u8]> = items
-        .iter()
-        .filter(|t| !is_atom(message, t, "APPENDLIMIT"))
-        .map(|t| text(message, t))
-        .collect();
-    let list = if kept.is_empty() {
-        ext.status_only_appendlimit = true;
-        b"(MESSAGES)".to_vec()
-    } else {
-        let mut l = b"(".to_vec();
-        l.extend_from_slice(&kept.join(&b' '));
-        l.push(b')');
-        l
-    };
-    edit.replace(tokens[open].start, tokens[close].end, &list);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,9 +377,6 @@ mod tests {
         for c in [
             "a SEARCH UNSEEN\r\n",
             "a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO)])\r\n",
-            "a LIST \"\" *\r\n",
-            "a CREATE foo\r\n",
-            "a STATUS INBOX (MESSAGES UNSEEN)\r\n",
             "a SEARCH SUBJECT {3}\r\n$ $\r\n",
         ] {
             assert!(
@@ -760,63 +433,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn list_extended_forms_become_base_lists() {
-        let (base, ext) = changed(
-            "a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"INBOX\" {4}\r\nWo k) RETURN (CHILDREN STATUS (MESSAGES APPENDLIMIT))\r\n",
-            &Saved::default(),
-        );
-        assert_eq!(base, "a LIST \"\" \"INBOX\"\r\n");
-        let l = ext.list.unwrap();
-        assert!(l.select_subscribed && l.recursive_match && l.return_children);
-        assert_eq!(l.patterns, vec![b"INBOX".to_vec(), b"Wo k".to_vec()]);
-        assert_eq!(l.return_status, Some(vec![StatusDataItemName::Messages]));
-        assert!(l.return_status_appendlimit);
-        assert!(matches!(
-            rewrite(b"a LIST (RECURSIVEMATCH) \"\" *\r\n", &Saved::default()),
-            Rewritten::Bad(_)
-        ));
-    }
-
-    #[test]
-    fn multiappend_and_utf8_literals_split() {
-        let (base, ext) = changed(
-            "a APPEND INBOX (\\Seen) {3+}\r\nabc (\\Draft) \"01-Jan-2026 10:00:00 +0000\" {2+}\r\nde\r\n",
-            &Saved::default(),
-        );
-        assert_eq!(base, "a APPEND INBOX (\\Seen) {3+}\r\nabc\r\n");
-        assert_eq!(
-            ext.more_appends_raw,
-            vec![b"(\\Draft) \"01-Jan-2026 10:00:00 +0000\" {2+}\r\nde".to_vec()]
-        );
-        let (base, ext) = changed("a APPEND INBOX UTF8 (~{3}\r\nabc)\r\n", &Saved::default());
-        assert_eq!(base, "a APPEND INBOX {3}\r\nabc\r\n");
-        assert!(ext.more_appends_raw.is_empty());
-        assert!(matches!(
-            rewrite(b"a APPEND INBOX (\\Seen)\r\n", &Saved::default()),
-            Rewritten::Bad(_)
-        ));
-    }
-
-    #[test]
-    fn create_use_and_status_appendlimit() {
-        let (base, ext) = changed(
-            "a CREATE \"My Drafts\" (USE (\\Drafts))\r\n",
-            &Saved::default(),
-        );
-        assert_eq!(base, "a CREATE \"My Drafts\"\r\n");
-        assert_eq!(ext.create_use, vec![SpecialUse::Drafts]);
-        let (base, ext) = changed(
-            "a STATUS INBOX (UIDNEXT APPENDLIMIT)\r\n",
-            &Saved::default(),
-        );
-        assert_eq!(base, "a STATUS INBOX (UIDNEXT)\r\n");
-        assert!(ext.status_appendlimit && !ext.status_only_appendlimit);
-        let (base, ext) = changed("a STATUS INBOX (APPENDLIMIT)\r\n", &Saved::default());
-        assert_eq!(base, "a STATUS INBOX (MESSAGES)\r\n");
-        assert!(ext.status_only_appendlimit);
-    }
-
     /// A flood of parentheses used to become one 24-byte token per byte
     /// whatever the command (1.2 GB for 48 MiB). Commands that need no
     /// rewrite are not split at all; the others stop at MAX_TOKENS.
@@ -845,8 +461,7 @@ mod tests {
         fn never_panics_and_keeps_the_tag(
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
             command in proptest::sample::select(vec![
-                "SEARCH RETURN (", "UID SEARCH ", "LIST (", "LIST ", "CREATE x (USE (",
-                "STATUS x (", "APPEND INBOX ", "FETCH $ ", "UID MOVE $ ",
+                "SEARCH RETURN (", "UID SEARCH ", "FETCH $ ", "UID MOVE $ ",
             ]),
         ) {
             let mut input = format!("t1 {command}").into_bytes();
