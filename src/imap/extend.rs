@@ -199,14 +199,7 @@ pub fn rewrite(message: &[u8], saved: &Saved) -> Rewritten {
     let command = String::from_utf8_lossy(text(message, name)).to_ascii_uppercase();
     if !matches!(
         command.as_str(),
-        "SEARCH"
-            | "SORT"
-            | "THREAD"
-            | "FETCH"
-            | "STORE"
-            | "COPY"
-            | "MOVE"
-            | "EXPUNGE"
+        "SEARCH" | "SORT" | "THREAD" | "FETCH" | "STORE" | "COPY" | "MOVE" | "EXPUNGE"
     ) {
         return Rewritten::Unchanged;
     }

@@ -103,7 +103,7 @@ fn list(input: &mut Input<'_>) -> Parsed<Command> {
         if opts.recursive_match && !opts.select_subscribed && !opts.select_special_use {
             return Err(bad("RECURSIVEMATCH needs another selection option"));
         }
-        input.sp()?;
+        input.sp().map_err(|_| bad("LIST needs a reference"))?;
     }
     let reference = input.mailbox().map_err(|_| bad("LIST needs a reference"))?;
     input.sp().map_err(|_| bad("LIST needs a pattern"))?;
@@ -123,8 +123,7 @@ fn list(input: &mut Input<'_>) -> Parsed<Command> {
             return Err(bad("Unexpected LIST argument"));
         }
         extended = true;
-        input.sp()?;
-        if input.peek() != Some(b'(') {
+        if input.sp().is_err() || input.peek() != Some(b'(') {
             return Err(bad("RETURN needs a list of options"));
         }
         parenthesised(input, "the LIST return options", |input| {
@@ -133,8 +132,7 @@ fn list(input: &mut Input<'_>) -> Parsed<Command> {
                 "CHILDREN" => opts.return_children = true,
                 "SPECIAL-USE" => opts.return_special_use = true,
                 "STATUS" => {
-                    input.sp()?;
-                    if input.peek() != Some(b'(') {
+                    if input.sp().is_err() || input.peek() != Some(b'(') {
                         return Err(bad("STATUS needs a list of items"));
                     }
                     let (items, appendlimit) = status_items(input)?;
@@ -446,7 +444,10 @@ mod tests {
             let bytes = command.as_bytes();
             let (body, ext) = ok(command);
             assert_eq!(body, codec(bytes), "{command}");
-            assert!(ext.list.is_none() && ext.more_appends.is_empty(), "{command}");
+            assert!(
+                ext.list.is_none() && ext.more_appends.is_empty(),
+                "{command}"
+            );
             assert!(ext.create_use.is_empty() && !ext.status_appendlimit);
         }
     }
@@ -472,10 +473,13 @@ mod tests {
 
         // Empty option lists, and RETURN alone.
         let (_, ext) = ok("t1 LIST () \"\" % RETURN ()\r\n");
-        assert_eq!(ext.list.unwrap(), ListExt {
-            patterns: vec![b"%".to_vec()],
-            ..ListExt::default()
-        });
+        assert_eq!(
+            ext.list.unwrap(),
+            ListExt {
+                patterns: vec![b"%".to_vec()],
+                ..ListExt::default()
+            }
+        );
         let (_, ext) = ok("t1 LIST \"\" % RETURN (STATUS (APPENDLIMIT))\r\n");
         let l = ext.list.unwrap();
         assert_eq!(l.return_status, Some(vec![]));
@@ -492,7 +496,10 @@ mod tests {
         let l = ext.list.unwrap();
         assert_eq!(
             l.patterns,
-            vec![b") RETURN (".to_vec(), "R\u{e9}unions \u{e9}t\u{e9}".as_bytes().to_vec()]
+            vec![
+                b") RETURN (".to_vec(),
+                "R\u{e9}unions \u{e9}t\u{e9}".as_bytes().to_vec()
+            ]
         );
         assert!(l.return_children && l.select_subscribed);
     }
@@ -500,25 +507,63 @@ mod tests {
     #[test]
     fn malformed_lists_are_refused_with_a_reason() {
         for (command, text) in [
-            (&b"t1 LIST (RECURSIVEMATCH) \"\" *\r\n"[..], "RECURSIVEMATCH needs another"),
-            (b"t1 LIST (BOGUS) \"\" *\r\n", "Unknown LIST selection option BOGUS"),
-            (b"t1 LIST \"\" * RETURN (BOGUS)\r\n", "Unknown LIST return option BOGUS"),
-            (b"t1 LIST \"\" * RETURN (STATUS (MESSAGES FOO))\r\n", "Unknown STATUS item FOO"),
-            (b"t1 LIST \"\" * RETURN (STATUS)\r\n", "STATUS needs a list of items"),
-            (b"t1 LIST \"\" * RETURN CHILDREN\r\n", "RETURN needs a list of options"),
-            (b"t1 LIST \"\" * EXTRA (CHILDREN)\r\n", "Unexpected LIST argument"),
+            (
+                &b"t1 LIST (RECURSIVEMATCH) \"\" *\r\n"[..],
+                "RECURSIVEMATCH needs another",
+            ),
+            (
+                b"t1 LIST (BOGUS) \"\" *\r\n",
+                "Unknown LIST selection option BOGUS",
+            ),
+            (
+                b"t1 LIST \"\" * RETURN (BOGUS)\r\n",
+                "Unknown LIST return option BOGUS",
+            ),
+            (
+                b"t1 LIST \"\" * RETURN (STATUS (MESSAGES FOO))\r\n",
+                "Unknown STATUS item FOO",
+            ),
+            (
+                b"t1 LIST \"\" * RETURN (STATUS)\r\n",
+                "STATUS needs a list of items",
+            ),
+            (
+                b"t1 LIST \"\" * RETURN CHILDREN\r\n",
+                "RETURN needs a list of options",
+            ),
+            (
+                b"t1 LIST \"\" * RETURN\r\n",
+                "RETURN needs a list of options",
+            ),
+            (
+                b"t1 LIST \"\" * EXTRA (CHILDREN)\r\n",
+                "Unexpected LIST argument",
+            ),
             (b"t1 LIST \"\" ()\r\n", "LIST needs a pattern"),
             (b"t1 LIST (SUBSCRIBED)\r\n", "LIST needs a reference"),
             (b"t1 LIST (SUBSCRIBED) \"\"\r\n", "LIST needs a pattern"),
-            (b"t1 LIST (SUBSCRIBED \"\" *\r\n", "expected a LIST selection option"),
+            (
+                b"t1 LIST (SUBSCRIBED \"\" *\r\n",
+                "expected a LIST selection option",
+            ),
             (b"t1 LIST \"\" (a b\r\n", "expected a space or `)`"),
-            (b"t1 LIST \"\" * RETURN (CHILDREN\r\n", "expected a space or `)`"),
+            (
+                b"t1 LIST \"\" * RETURN (CHILDREN\r\n",
+                "expected a space or `)`",
+            ),
             (b"t1 LIST \"\" * RETURN (CHILDREN) x\r\n", "Unexpected data"),
-            (b"t1 LIST \"\" (a) RETURN (STATUS (MESSAGES)\r\n", "expected a space or `)`"),
+            (
+                b"t1 LIST \"\" (a) RETURN (STATUS (MESSAGES)\r\n",
+                "expected a space or `)`",
+            ),
             (b"t1 LIST \"\" (\"\xff\")\r\n", "expected a string of UTF-8"),
         ] {
             let got = err(command);
-            assert!(got.contains(text), "{}: {got}", String::from_utf8_lossy(command));
+            assert!(
+                got.contains(text),
+                "{}: {got}",
+                String::from_utf8_lossy(command)
+            );
         }
     }
 
@@ -540,15 +585,31 @@ mod tests {
         assert_eq!(body, codec(b"t1 CREATE {12}\r\nx (USE (\\A))\r\n"));
         assert_eq!(ext.create_use, vec![SpecialUse::Trash]);
         for (command, text) in [
-            (&b"t1 CREATE x (USE (\\Bogus))\r\n"[..], "[USEATTR] Unknown special use \\Bogus"),
-            (b"t1 CREATE x (FOO (\\Drafts))\r\n", "Unknown CREATE parameter"),
+            (
+                &b"t1 CREATE x (USE (\\Bogus))\r\n"[..],
+                "[USEATTR] Unknown special use \\Bogus",
+            ),
+            (
+                b"t1 CREATE x (FOO (\\Drafts))\r\n",
+                "Unknown CREATE parameter",
+            ),
             (b"t1 CREATE x ()\r\n", "Unknown CREATE parameter"),
-            (b"t1 CREATE x (USE \\Drafts)\r\n", "USE needs a list of attributes"),
+            (
+                b"t1 CREATE x (USE \\Drafts)\r\n",
+                "USE needs a list of attributes",
+            ),
             (b"t1 CREATE x (USE (\\Drafts)\r\n", "expected a space"),
-            (b"t1 CREATE x USE (\\Drafts)\r\n", "expected CREATE parameters"),
+            (
+                b"t1 CREATE x USE (\\Drafts)\r\n",
+                "expected CREATE parameters",
+            ),
         ] {
             let got = err(command);
-            assert!(got.contains(text), "{}: {got}", String::from_utf8_lossy(command));
+            assert!(
+                got.contains(text),
+                "{}: {got}",
+                String::from_utf8_lossy(command)
+            );
         }
     }
 
@@ -562,13 +623,26 @@ mod tests {
         assert_eq!(body, codec("t1 STATUS \"R\u{e9}unions\" ()\r\n".as_bytes()));
         assert!(ext.status_appendlimit);
         for (command, text) in [
-            (&b"t1 STATUS INBOX (APPENDLIMIT FOO)\r\n"[..], "Unknown STATUS item FOO"),
-            (b"t1 STATUS INBOX APPENDLIMIT\r\n", "expected a list of STATUS items"),
-            (b"t1 STATUS INBOX (APPENDLIMIT\r\n", "expected a space or `)`"),
-            (b"t1 STATUS (APPENDLIMIT)\r\n", "expected a space"),
+            (
+                &b"t1 STATUS INBOX (APPENDLIMIT FOO)\r\n"[..],
+                "Unknown STATUS item FOO",
+            ),
+            (
+                b"t1 STATUS INBOX APPENDLIMIT\r\n",
+                "expected a list of STATUS items",
+            ),
+            (
+                b"t1 STATUS INBOX (APPENDLIMIT\r\n",
+                "expected a space or `)`",
+            ),
+            (b"t1 STATUS (APPENDLIMIT)\r\n", "expected a string"),
         ] {
             let got = err(command);
-            assert!(got.contains(text), "{}: {got}", String::from_utf8_lossy(command));
+            assert!(
+                got.contains(text),
+                "{}: {got}",
+                String::from_utf8_lossy(command)
+            );
         }
     }
 
@@ -603,7 +677,7 @@ mod tests {
         assert_eq!(body, codec(b"t1 APPEND INBOX {3}\r\nabc\r\n"));
         assert!(ext.more_appends.is_empty());
         let (body, ext) = ok(
-            "t1 APPEND INBOX (\\Seen) UTF8 (~{4+}\r\n\u{e9}t\u{e9}) \"01-Jan-2026 10:00:00 +0000\" utf8 (~{2}\r\n()\r\n",
+            "t1 APPEND INBOX (\\Seen) UTF8 (~{5+}\r\n\u{e9}t\u{e9}) \"01-Jan-2026 10:00:00 +0000\" utf8 (~{2}\r\n())\r\n",
         );
         let CommandBody::Append { flags, message, .. } = body else {
             panic!("{body:?}")
@@ -619,23 +693,57 @@ mod tests {
     #[test]
     fn malformed_appends_are_refused_with_a_reason() {
         for (command, text) in [
-            (&b"t1 APPEND INBOX (\\Seen)\r\n"[..], "APPEND needs a message literal"),
+            (
+                &b"t1 APPEND INBOX (\\Seen)\r\n"[..],
+                "APPEND needs a message literal",
+            ),
             (b"t1 APPEND INBOX\r\n", "APPEND needs a message literal"),
-            (b"t1 APPEND INBOX {3}\r\nabc (\\Seen)\r\n", "APPEND needs a message literal"),
-            (b"t1 APPEND INBOX {3}\r\nabc \r\n", "APPEND needs a message literal"),
-            (b"t1 APPEND INBOX {3}\r\nabc abc\r\n", "APPEND needs a message literal"),
-            (b"t1 APPEND INBOX {3}\r\nabc {4}\r\nab\r\n", "expected the literal's data"),
+            (
+                b"t1 APPEND INBOX {3}\r\nabc (\\Seen)\r\n",
+                "APPEND needs a message literal",
+            ),
+            (
+                b"t1 APPEND INBOX {3}\r\nabc \r\n",
+                "APPEND needs a message literal",
+            ),
+            (
+                b"t1 APPEND INBOX {3}\r\nabc abc\r\n",
+                "APPEND needs a message literal",
+            ),
+            (
+                b"t1 APPEND INBOX {3}\r\nabc {9}\r\nab\r\n",
+                "expected the literal's data",
+            ),
             (b"t1 APPEND INBOX {3}\r\nabc {1}\r\n\x00\r\n", "without NUL"),
-            (b"t1 APPEND INBOX UTF8 (~{1}\r\n\x00)\r\n", "UTF8 data may not hold NUL"),
-            (b"t1 APPEND INBOX UTF8 ~{1}\r\nx\r\n", "`(` before the UTF8 data"),
-            (b"t1 APPEND INBOX UTF8 (~{1}\r\nx\r\n", "`)` after the UTF8 data"),
+            (
+                b"t1 APPEND INBOX UTF8 (~{1}\r\n\x00)\r\n",
+                "UTF8 data may not hold NUL",
+            ),
+            (
+                b"t1 APPEND INBOX UTF8 ~{1}\r\nx\r\n",
+                "`(` before the UTF8 data",
+            ),
+            (
+                b"t1 APPEND INBOX UTF8 (~{1}\r\nx\r\n",
+                "`)` after the UTF8 data",
+            ),
             (b"t1 APPEND INBOX UTF8 (\"x\")\r\n", "expected a literal"),
-            (b"t1 APPEND INBOX \"32-Jan-2026 10:00:00 +0000\" {1}\r\nx\r\n", "valid date-time"),
-            (b"t1 APPEND INBOX (\\Seen {1}\r\nx\r\n", "expected a space"),
-            (b"t1 APPEND INBOX {3}\r\nabc{1}\r\nx\r\n", "Unexpected data"),
+            (
+                b"t1 APPEND INBOX \"32-Jan-2026 10:00:00 +0000\" {1}\r\nx\r\n",
+                "valid date-time",
+            ),
+            (b"t1 APPEND INBOX (\\Seen {1}\r\nx\r\n", "expected an atom"),
+            (
+                b"t1 APPEND INBOX {3}\r\nabc{1}\r\nx\r\n",
+                "APPEND needs a message literal",
+            ),
         ] {
             let got = err(command);
-            assert!(got.contains(text), "{}: {got}", String::from_utf8_lossy(command));
+            assert!(
+                got.contains(text),
+                "{}: {got}",
+                String::from_utf8_lossy(command)
+            );
         }
     }
 
@@ -670,5 +778,4 @@ mod tests {
             proptest::prop_assert_eq!(&ext.more_appends[0].data, &data);
         }
     }
-
 }
