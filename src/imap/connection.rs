@@ -43,8 +43,7 @@ use tokio::time::Instant;
 
 use super::Imap;
 use super::compress;
-use super::extend::{self, Rewritten};
-use super::grammar::ext::{Ext, Message};
+use super::grammar::ext::Ext;
 use super::grammar::{self, Parse};
 use super::response::{Failure, Out, Sink, code, write_out};
 use super::session::{Flow, Request, Session};
@@ -429,60 +428,25 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Decoded, (Option<Tag<'static
         ));
     }
     // The base grammar is imap-codec's; a command it refuses may use an
-    // extension's grammar (`grammar`).
-    if let Ok((b"", command)) = CommandCodec::default().decode(bytes) {
-        let request = request(command.into_static(), Ext::default());
-        return Ok(Decoded::Command(Box::new(request)));
-    }
-    match grammar::parse(bytes, saved) {
-        Some(Ok(Parse::Command(tag, body, ext))) => {
-            return Ok(Decoded::Command(Box::new(Request {
-                tag,
-                body: *body,
-                ext,
-            })));
+    // extension's grammar (`grammar`), parsed into the same typed values.
+    let leftover = match CommandCodec::default().decode(bytes) {
+        Ok((b"", command)) => {
+            let request = request(command.into_static(), Ext::default());
+            return Ok(Decoded::Command(Box::new(request)));
         }
-        Some(Ok(Parse::NoMessages(tag))) => return Ok(Decoded::NoMessages(tag)),
-        Some(Err(syntax)) => return Err((tag(), Failure::bad(syntax.0))),
-        None => {}
-    }
-    let (rewritten, ext) = match extend::rewrite(bytes, saved) {
-        Rewritten::Unchanged => (None, Ext::default()),
-        Rewritten::Changed(bytes, ext) => (Some(bytes), ext),
-        Rewritten::Bad(text) => return Err((tag(), Failure::bad(text))),
+        Ok(_) => true,
+        Err(_) => false,
     };
-    let input = rewritten.as_deref().unwrap_or(bytes);
-    let mut ext = ext;
-    for raw in std::mem::take(&mut ext.more_appends_raw) {
-        let mut again = b"x APPEND INBOX ".to_vec();
-        again.extend_from_slice(&raw);
-        again.extend_from_slice(b"\r\n");
-        match CommandCodec::default().decode(&again) {
-            Ok((
-                b"",
-                Command {
-                    body:
-                        CommandBody::Append {
-                            flags,
-                            date,
-                            message,
-                            ..
-                        },
-                    ..
-                },
-            )) => {
-                ext.more_appends.push(Message::new(flags, date, message));
-            }
-            _ => return Err((tag(), Failure::bad("Malformed MULTIAPPEND message"))),
-        }
-    }
-    match CommandCodec::default().decode(input) {
-        Ok((b"", command)) => Ok(Decoded::Command(Box::new(request(
-            command.into_static(),
+    match grammar::parse(bytes, saved) {
+        Some(Ok(Parse::Command(tag, body, ext))) => Ok(Decoded::Command(Box::new(Request {
+            tag,
+            body: *body,
             ext,
-        )))),
-        Ok(_) => Err((tag(), Failure::bad("Unexpected data after the command"))),
-        Err(_) => Err((tag(), Failure::bad(syntax_error(input)))),
+        }))),
+        Some(Ok(Parse::NoMessages(tag))) => Ok(Decoded::NoMessages(tag)),
+        Some(Err(syntax)) => Err((tag(), Failure::bad(syntax.0))),
+        None if leftover => Err((tag(), Failure::bad("Unexpected data after the command"))),
+        None => Err((tag(), Failure::bad(syntax_error(bytes)))),
     }
 }
 

@@ -13,7 +13,6 @@ pub mod throttle;
 pub mod capability;
 pub mod response;
 pub mod state;
-pub mod extend;
 pub mod grammar;
 pub mod auth;
 pub mod cmd;

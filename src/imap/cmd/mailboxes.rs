@@ -399,11 +399,6 @@ pub async fn status(
     out: &mut Out<'_>,
 ) -> Outcome {
     let name = name_of(authed, mailbox)?;
-    let items = if ext.status_only_appendlimit {
-        &[][..]
-    } else {
-        items
-    };
     let line = status_line(authed, &name, items, ext.status_appendlimit).await?;
     out.untagged(&line);
     Done::ok("STATUS completed")

@@ -19,15 +19,11 @@ pub struct Ext {
     pub list: Option<ListExt>,
     /// `CREATE name (USE (...))`.
     pub create_use: Vec<SpecialUse>,
-    /// STATUS asked for APPENDLIMIT.
+    /// STATUS asked for APPENDLIMIT (RFC 7889 §4), besides the command's
+    /// items (none if it was the only one).
     pub status_appendlimit: bool,
-    /// STATUS asked for APPENDLIMIT only: the base form's items are ours.
-    pub status_only_appendlimit: bool,
     /// MULTIAPPEND (RFC 3502): messages after the first.
     pub more_appends: Vec<Message>,
-    /// MULTIAPPEND messages after the first, as `[flags] [date] literal`
-    /// bytes still to be decoded.
-    pub more_appends_raw: Vec<Vec<u8>>,
 }
 
 /// One message of an APPEND.

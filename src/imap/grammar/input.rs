@@ -9,8 +9,11 @@
 use std::num::NonZeroU32;
 
 use bounded_static::IntoBoundedStatic;
-use imap_codec::imap_types::core::{AString, Atom, AtomExt, IString, Literal, Quoted, Vec1};
+use imap_codec::imap_types::core::{
+    AString, Atom, AtomExt, IString, Literal, LiteralMode, Quoted, Vec1,
+};
 use imap_codec::imap_types::datetime::{DateTime, NaiveDate};
+use imap_codec::imap_types::extensions::binary::{Literal8, LiteralOrLiteral8};
 use imap_codec::imap_types::extensions::utf8::QuotedUtf8;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
@@ -275,6 +278,11 @@ impl<'a> Input<'a> {
     /// `literal` or `literal8`: `{n}`, `{n+}` (RFC 7888), `~{n}`, then
     /// CRLF and n bytes. The framer has already read the data.
     pub fn literal(&mut self) -> Parsed<Text<'a>> {
+        self.literal_with_mode().map(|(text, _)| text)
+    }
+
+    /// A literal or literal8 and whether it was synchronizing.
+    fn literal_with_mode(&mut self) -> Parsed<(Text<'a>, LiteralMode)> {
         let rest = self.rest();
         let eight = rest.first() == Some(&b'~');
         let open = usize::from(eight);
@@ -306,11 +314,84 @@ impl<'a> Input<'a> {
             return Err(Syntax::expected("the literal's data"));
         };
         self.at += start + length;
-        Ok(if eight {
+        let mode = if inner.ends_with(b"+") {
+            LiteralMode::NonSync
+        } else {
+            LiteralMode::Sync
+        };
+        let text = if eight {
             Text::Literal8(data)
         } else {
             Text::Literal(data)
+        };
+        Ok((text, mode))
+    }
+
+    /// A literal or literal8 as imap-codec types it (APPEND's data, RFC
+    /// 3516 §4.1); a literal may not hold NUL.
+    pub fn literal_value(&mut self) -> Parsed<LiteralOrLiteral8<'static>> {
+        let start = self.at;
+        let (text, mode) = self.literal_with_mode()?;
+        match text {
+            Text::Literal8(data) => Ok(LiteralOrLiteral8::Literal8(Literal8 {
+                data: data.to_vec().into(),
+                mode,
+            })),
+            _ => {
+                let mut literal = Literal::try_from(text.bytes()).map_err(|_| {
+                    self.at = start;
+                    Syntax::expected("a literal without NUL (or a literal8)")
+                })?;
+                literal.set_mode(mode);
+                Ok(LiteralOrLiteral8::Literal(literal))
+            }
+        }
+    }
+
+    /// `string` as imap-codec types it: a quoted string (UTF-8 allowed,
+    /// RFC 6855 §3) or a literal, as it was sent.
+    pub fn string_value(&mut self) -> Parsed<IString<'static>> {
+        let start = self.at;
+        let value = if self.peek() == Some(b'"') {
+            let raw = Text::Quoted(self.quoted()?).bytes();
+            if raw.is_ascii() {
+                String::from_utf8(raw)
+                    .ok()
+                    .and_then(|s| Quoted::try_from(s).ok())
+                    .map(IString::Quoted)
+            } else {
+                String::from_utf8(raw)
+                    .ok()
+                    .and_then(|s| QuotedUtf8::try_from(s).ok())
+                    .map(IString::QuotedUtf8)
+            }
+        } else {
+            match self.literal_value()? {
+                LiteralOrLiteral8::Literal(literal) => Some(IString::Literal(literal)),
+                LiteralOrLiteral8::Literal8(_) => None,
+            }
+        };
+        value.ok_or_else(|| {
+            self.at = start;
+            Syntax::expected("a string of UTF-8 text or a literal")
         })
+    }
+
+    /// `astring` as imap-codec types it (an atom or a string, as sent).
+    pub fn astring_value(&mut self) -> Parsed<AString<'static>> {
+        match self.peek() {
+            Some(b'"' | b'{') => self.string_value().map(AString::String),
+            _ => {
+                let start = self.at;
+                let raw = self.take_while(astring_char, "a string")?;
+                AtomExt::try_from(raw.to_vec())
+                    .map(AString::Atom)
+                    .map_err(|_| {
+                        self.at = start;
+                        Syntax::expected("a string")
+                    })
+            }
+        }
     }
 
     /// `string`: quoted or literal (not literal8).
@@ -332,55 +413,10 @@ impl<'a> Input<'a> {
         }
     }
 
-    /// An astring typed as imap-codec types it: an atom, a quoted string
-    /// (`QuotedUtf8` when it holds UTF-8, RFC 9755 §3), or a literal with
-    /// its mode (`{n+}` is non-synchronizing, RFC 7888). A literal holding
-    /// NUL, or a quoted string that is not UTF-8, is refused.
-    pub fn astring_value(&mut self) -> Parsed<AString<'static>> {
-        let start = self.at;
-        let non_sync = self.rest().first() == Some(&b'{')
-            && self
-                .rest()
-                .iter()
-                .position(|b| *b == b'}')
-                .is_some_and(|close| self.rest()[close - 1] == b'+');
-        let value = match self.astring()? {
-            Text::Atom(raw) => AtomExt::try_from(raw.to_vec()).map(AString::Atom).ok(),
-            Text::Quoted(raw) => {
-                let text = String::from_utf8(Text::Quoted(raw).bytes()).ok();
-                text.and_then(|text| {
-                    if text.is_ascii() {
-                        Quoted::try_from(text).ok().map(IString::Quoted)
-                    } else {
-                        QuotedUtf8::try_from(text).ok().map(IString::QuotedUtf8)
-                    }
-                })
-                .map(AString::String)
-            }
-            Text::Literal(data) => Literal::try_from(data.to_vec()).ok().map(|literal| {
-                AString::String(IString::Literal(if non_sync {
-                    literal.into_non_sync()
-                } else {
-                    literal
-                }))
-            }),
-            Text::Literal8(_) => None,
-        };
-        value.ok_or_else(|| {
-            self.at = start;
-            Syntax::expected("a string without NUL, in UTF-8")
-        })
-    }
-
     /// `mailbox`: `INBOX` in any case, or an astring (RFC 9051 §9).
+    /// The name keeps the form it was sent in, as imap-codec's does.
     pub fn mailbox(&mut self) -> Parsed<Mailbox<'static>> {
-        let start = self.at;
-        let text = self.astring()?;
-        let value = AString::try_from(text.bytes()).map_err(|_| {
-            self.at = start;
-            Syntax::expected("a mailbox name")
-        })?;
-        Ok(Mailbox::from(value).into_static())
+        self.astring_value().map(Mailbox::from)
     }
 
     /// `list-mailbox`: 1*list-char or a string.
