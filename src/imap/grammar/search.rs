@@ -467,7 +467,7 @@ mod tests {
     /// imap-codec's reading of a complete command, if it accepts it.
     fn codec(command: &[u8]) -> Option<CommandBody<'static>> {
         match CommandCodec::default().decode(command) {
-            Ok((rest, c)) if rest.is_empty() => Some(c.body.into_static()),
+            Ok((b"", c)) => Some(c.body.into_static()),
             _ => None,
         }
     }
