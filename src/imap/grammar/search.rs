@@ -467,7 +467,7 @@ mod tests {
     /// imap-codec's reading of a complete command, if it accepts it.
     fn codec(command: &[u8]) -> Option<CommandBody<'static>> {
         match CommandCodec::default().decode(command) {
-            Ok((rest, c)) if rest.is_empty() => Some(c.body.into_static()),
+            Ok((b"", c)) => Some(c.body.into_static()),
             _ => None,
         }
     }
@@ -565,7 +565,7 @@ mod tests {
         "OR OR SEEN DRAFT OR FLAGGED NEW",
         "NOT NOT NOT NOT NOT NOT NOT NOT SEEN",
         "((((((((SEEN))))))))",
-        "NOT (OR NOT (NOT (OR SEEN (NOT DRAFT))) ALL)",
+        "NOT (OR NOT (NOT (SEEN)) ALL)",
         "MODSEQ 5",
         "MODSEQ 0",
         "MODSEQ \"/flags/\\\\Seen\" all 7",
@@ -753,7 +753,7 @@ mod tests {
             "Unknown sort criterion NAME"
         );
         // THREAD has no RETURN.
-        assert!(refused("a THREAD RETURN (ALL) REFERENCES UTF-8 ALL\r\n").contains("space"));
+        assert!(refused("a THREAD RETURN (ALL) REFERENCES UTF-8 ALL\r\n").contains("charset"));
     }
 
     /// SEARCHRES (RFC 5182 §2.1, §3): `$` is the saved UIDs, wherever a
@@ -996,7 +996,8 @@ mod tests {
                     Some((flag, kind)) => format!("MODSEQ \"/flags/{flag}\" {kind} {n}"),
                     None => format!("MODSEQ {n}"),
                 }),
-            "[ ()\"{}\\\\*$0-9A-Za-z:,]{0,12}",
+            // Junk; no `$`, which only this module reads.
+            "[ ()\"{}\\\\*0-9A-Za-z:,]{0,12}",
         ];
         leaf.prop_recursive(10, 48, 4, |inner| {
             prop_oneof![
