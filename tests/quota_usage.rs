@@ -225,3 +225,72 @@ async fn published_figures_survive_concurrent_writers() {
         assert_eq!(lmtp.messages, round + 1);
     }
 }
+
+/// Mail waiting in `incoming/` while another instance holds the drain is
+/// in no mailbox, so not in IMAP's count: the published figure must leave
+/// its body to LMTP's tail (`since_ms` before the waiting record), or LMTP
+/// would take the low figure and deliver past the quota for as long as the
+/// drain lags.
+#[tokio::test]
+async fn mail_waiting_to_be_drained_stays_in_lmtps_tail() {
+    use facteur::account::usage::{Published, published_key};
+    use facteur::store::ObjectStore;
+    use facteur::store::layout;
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
+    config.publish_margin = Duration::ZERO;
+    let a = Account::new(
+        user_id(b"0123456789abcdef", "alice"),
+        keys,
+        shared.clone(),
+        config,
+    );
+    let user = a.user().clone();
+    // Another instance drains this user's mail, and is slow about it.
+    let until = facteur::log::now_ms() + 3_600_000;
+    shared
+        .put(
+            &layout::incoming_lease(&user),
+            bytes::Bytes::from(format!("b {until}")),
+        )
+        .await
+        .unwrap();
+    let envelope = DeliveryEnvelope {
+        mail_from: "bob@example.org".into(),
+        rcpt_to: vec!["alice@example.org".into()],
+        received_at: 1_700_000_000,
+        folder: None,
+    };
+    deliver(
+        &store,
+        &user,
+        &keyring.public_key(),
+        &records(),
+        &message(500),
+        envelope,
+    )
+    .await
+    .unwrap();
+    let waiting = store
+        .list(&layout::incoming_prefix(&user), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(waiting.objects.len(), 1, "the delivery waits");
+    let name = waiting.objects[0].key.rsplit('/').next().unwrap();
+    let delivered_ms = u64::from_str_radix(&name[..16], 16).unwrap();
+    // The count begins strictly after the delivery.
+    while facteur::log::now_ms() <= delivered_ms {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(a.usage(Count::Kept).await.unwrap(), usage(0, 0));
+    let raw = store.get(&published_key(&user)).await.unwrap();
+    let published = Published::parse(&raw).expect("a figure");
+    assert!(
+        published.since_ms <= delivered_ms,
+        "the waiting body ({delivered_ms}) is in neither the figure nor the tail from {}",
+        published.since_ms
+    );
+}

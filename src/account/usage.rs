@@ -35,7 +35,12 @@
 //! (`crate::lmtp::quota`). A body in the figure and in that tail (written
 //! within the margin) counts twice: the estimate errs high by at most the
 //! margin's deliveries, never low by a body whose PUT was in flight or
-//! whose writer's clock was behind by less than the margin. Counts are
+//! whose writer's clock was behind by less than the margin. Mail still
+//! waiting in `incoming/` (its drain held by another instance, or
+//! lagging) is in no mailbox: `since_ms` then goes back to before the
+//! oldest waiting record, so its bodies are in the tail. A COPY adds
+//! messages without new bodies, so it publishes too, like EXPUNGE, CLOSE
+//! and DELETE (`imap::cmd::quota::changed`). Counts are
 //! written when the figure changes or the last one is older than
 //! [`REPUBLISH_AFTER`], so a client asking GETQUOTA on every command costs
 //! no PUT each time. Two instances writing at once each write a whole
@@ -157,6 +162,13 @@ impl UsageBook {
     }
 }
 
+/// The delivery time (ms) a record key `users/<u>/incoming/<ms:016x>-...`
+/// starts with.
+fn delivered_at(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
+    u64::from_str_radix(name.get(..16)?, 16).ok()
+}
+
 /// Counts `mailbox` from its state, with the change counter read first
 /// (a change in between makes the figure look older, never newer).
 async fn count(mailbox: &Mailbox) -> Figure {
@@ -179,8 +191,29 @@ impl Account {
     /// module doc).
     pub async fn usage(&self, how: Count) -> Result<Usage, AccountError> {
         let began = now_ms();
+        // Mail still waiting in `incoming/` (another instance holds the
+        // drain, or it lags) is in no mailbox, so not in this count: the
+        // published figure then covers only bodies older than the oldest
+        // waiting record, and LMTP's tail counts the rest. Listed before
+        // counting, so a record drained meanwhile is covered either way.
+        let waiting = self
+            .store
+            .list(&layout::incoming_prefix(&self.user), None, 1)
+            .await;
         let total = self.count_usage(how).await?;
-        self.publish_usage(total, began).await;
+        let from = match waiting {
+            Ok(page) => match page.objects.first() {
+                None => Some(began),
+                Some(oldest) => Some(delivered_at(&oldest.key).unwrap_or(0).min(began)),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "incoming/ not listed: usage not published");
+                None
+            }
+        };
+        if let Some(from) = from {
+            self.publish_usage(total, from).await;
+        }
         Ok(total)
     }
 

@@ -410,6 +410,10 @@ fn too_big(out: &mut Out<'_>, tag: Option<&Tag<'_>>, limit: u32) {
 
 /// Decodes the complete message in `framer` as a command; one over a
 /// limit is refused unparsed.
+/// The BYE of a session whose account locked itself: its keyring is gone
+/// (the user was deleted) or is no longer the one it was unlocked from.
+const LOCKED_BYE: &str = "This account was deleted or its keys changed; log in again";
+
 /// What [`decode`] made of a command.
 enum Decoded {
     Command(Box<Request>),
@@ -534,7 +538,7 @@ async fn drive(
         {
             Input::Message if session.account_locked() => {
                 let mut out = conn.out();
-                out.bye("This account was deleted");
+                out.bye(LOCKED_BYE);
                 return out.flush().await;
             }
             Input::Message => {
@@ -806,14 +810,14 @@ async fn idle(
             }
             () = locked => {
                 let mut out = conn.out();
-                out.bye("This account was deleted");
+                out.bye(LOCKED_BYE);
                 out.flush().await?;
                 return Ok(true);
             }
             () = changed => {
                 let mut out = conn.out();
                 if session.account_locked() {
-                    out.bye("This account was deleted");
+                    out.bye(LOCKED_BYE);
                     out.flush().await?;
                     return Ok(true);
                 }

@@ -243,7 +243,7 @@ impl Session {
                 CommandBody::Close => {
                     if !selected.read_only {
                         expunge::expunge_deleted(selected, None).await?;
-                        quota::removed(&self.imap, authed).await;
+                        quota::changed(&self.imap, authed).await;
                     }
                     self.deselect();
                     return Done::ok("CLOSE completed");
@@ -255,14 +255,14 @@ impl Session {
                 CommandBody::Expunge => {
                     read_write(selected)?;
                     expunge::expunge_deleted(selected, None).await?;
-                    quota::removed(&self.imap, authed).await;
+                    quota::changed(&self.imap, authed).await;
                     return Done::ok("EXPUNGE completed");
                 }
                 CommandBody::ExpungeUid { sequence_set } => {
                     read_write(selected)?;
                     let uids = selected.resolve(&sequence_set, true)?;
                     expunge::expunge_deleted(selected, Some(&uids)).await?;
-                    quota::removed(&self.imap, authed).await;
+                    quota::changed(&self.imap, authed).await;
                     return Done::ok("UID EXPUNGE completed");
                 }
                 CommandBody::Search {
@@ -391,7 +391,14 @@ impl Session {
                     let uids = selected.resolve(&sequence_set, uid)?;
                     let target = name_of(authed, &mailbox)?;
                     quota::check_copy(&self.imap, authed, selected, &uids).await?;
-                    return copy_move::copy(authed, selected, &uids, &target, false, out).await;
+                    let copied =
+                        copy_move::copy(authed, selected, &uids, &target, false, out).await;
+                    if copied.is_ok() {
+                        // Copies share their bodies: LMTP's tail of new
+                        // bodies cannot see them, the published figure must.
+                        quota::changed(&self.imap, authed).await;
+                    }
+                    return copied;
                 }
                 CommandBody::Move {
                     sequence_set,
@@ -568,7 +575,7 @@ impl Session {
                     _ => return Err(Failure::bad("Log in first")),
                 };
                 let deleted = mailboxes::delete(authed, &name).await?;
-                quota::removed(&self.imap, authed).await;
+                quota::changed(&self.imap, authed).await;
                 Ok(deleted)
             }
             CommandBody::Rename { from, to } => mailboxes::rename(authed, &from, &to).await,

@@ -241,7 +241,11 @@ impl S3Store {
     {
         // A JoinSet aborts what it holds when dropped.
         let mut task = tokio::task::JoinSet::new();
-        task.spawn(call(self.clone()));
+        // The caller's span (user, record) stays on the task's retry logs.
+        task.spawn(tracing::Instrument::instrument(
+            call(self.clone()),
+            tracing::Span::current(),
+        ));
         match task.join_next().await {
             Some(Ok(result)) => result,
             Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

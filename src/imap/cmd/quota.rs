@@ -160,12 +160,13 @@ pub async fn check(imap: &Imap, authed: &Authed, bytes: u64, messages: u64) -> R
     ))
 }
 
-/// After a command that frees room (EXPUNGE, CLOSE, DELETE): counts the
-/// user's usage, if they have a quota, so that the figure LMTP reads
-/// (`crate::account::usage::Published`) shows the room at once and a
-/// delivery refused before is taken. Faults are logged only: the command
-/// is done.
-pub async fn removed(imap: &Imap, authed: &Authed) {
+/// After a command that frees room (EXPUNGE, CLOSE, DELETE) or adds
+/// messages without new bodies (COPY): counts the user's usage, if they
+/// have a quota, so that the figure LMTP reads
+/// (`crate::account::usage::Published`) shows the change at once: a
+/// delivery refused before is taken, and copies count. Faults are logged
+/// only: the command is done.
+pub async fn changed(imap: &Imap, authed: &Authed) {
     match limit(imap, authed).await {
         Ok(Some(_)) => {}
         Ok(None) => return,
@@ -175,7 +176,7 @@ pub async fn removed(imap: &Imap, authed: &Authed) {
         }
     }
     if let Err(e) = authed.account.usage(Count::Kept).await {
-        tracing::warn!(error = %e, "quota: usage not counted after a removal");
+        tracing::warn!(error = %e, "quota: usage not counted after a change");
     }
 }
 

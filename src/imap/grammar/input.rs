@@ -553,18 +553,24 @@ impl<'a> Input<'a> {
     pub fn date_time(&mut self) -> Parsed<DateTime> {
         self.attempt(|input| {
             input.byte(b'"', "a date-time")?;
-            input.eat(b' ');
-            let day = input.number()?;
-            input.byte(b'-', "a date-time")?;
+            // `date-day-fixed = (SP DIGIT) / 2DIGIT`, `date-year = 4DIGIT`,
+            // `time = 2DIGIT ":" 2DIGIT ":" 2DIGIT` (RFC 9051 §9).
+            let what = "a date-time such as \"01-Feb-2024 10:00:00 +0100\"";
+            let day = if input.eat(b' ') {
+                input.digits(1, 1, what)?
+            } else {
+                input.digits(2, 2, what)?
+            };
+            input.byte(b'-', what)?;
             let month = input.month()?;
-            input.byte(b'-', "a date-time")?;
-            let year = input.number()?;
+            input.byte(b'-', what)?;
+            let year = input.digits(4, 4, what)?;
             input.sp()?;
-            let hour = input.number()?;
-            input.byte(b':', "a time")?;
-            let minute = input.number()?;
-            input.byte(b':', "a time")?;
-            let second = input.number()?;
+            let hour = input.digits(2, 2, what)?;
+            input.byte(b':', what)?;
+            let minute = input.digits(2, 2, what)?;
+            input.byte(b':', what)?;
+            let second = input.digits(2, 2, what)?;
             input.sp()?;
             let sign = match input.peek() {
                 Some(b'+') => 1,
@@ -684,6 +690,25 @@ mod tests {
             .unwrap();
         // 15:00 UTC.
         assert_eq!(dt.as_ref().timestamp(), 1_688_742_000);
+    }
+
+    #[test]
+    fn date_times_take_the_digits_the_grammar_gives() {
+        for bad in [
+            "\"0007-Jul-2023 12:30:00 +0000\"",
+            "\"7-Jul-2023 12:30:00 +0000\"",
+            "\"07-Jul-02023 12:30:00 +0000\"",
+            "\"07-Jul-2023 1:30:00 +0000\"",
+            "\"07-Jul-2023 12:30:000 +0000\"",
+        ] {
+            assert!(Input::new(bad.as_bytes()).date_time().is_err(), "{bad}");
+        }
+        for good in [
+            "\"07-Jul-2023 12:30:00 +0000\"",
+            "\" 7-Jul-2023 12:30:00 +0000\"",
+        ] {
+            assert!(Input::new(good.as_bytes()).date_time().is_ok(), "{good}");
+        }
     }
 
     #[test]
