@@ -390,6 +390,10 @@ async fn extensions_beyond_the_codec() {
     assert!(f.has("* 2 FETCH (UID 2)") && !f.has("* 1 FETCH"), "{f:?}");
     // CREATE-SPECIAL-USE and LIST-EXTENDED.
     assert!(c.run("CREATE Everything (USE (\\All))").await.ok());
+    // RFC 6154 §3: a special use the server does not know is NO [USEATTR].
+    let r = c.run("CREATE Odd (USE (\\Important))").await;
+    assert!(r.tagged().contains(" NO [USEATTR] "), "{r:?}");
+    assert!(!c.run("LIST \"\" Odd").await.has("Odd"));
     let l = c.run("LIST (SPECIAL-USE) \"\" *").await;
     assert!(l.has("\\All") && !l.has("\"INBOX\""), "{l:?}");
     let ls = c

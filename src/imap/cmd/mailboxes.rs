@@ -56,6 +56,13 @@ pub async fn create(authed: &Authed, mailbox: &Mailbox<'_>, ext: Ext) -> Outcome
             "INBOX always exists",
         ));
     }
+    if let Some(attr) = &ext.create_use_unknown {
+        // RFC 6154 §3: a special use the server does not support.
+        return Err(Failure::no(
+            Some(code("USEATTR")),
+            format!("Unknown special use {attr}"),
+        ));
+    }
     let special_use = match ext.create_use.as_slice() {
         [] => None,
         [one] => Some(*one),

@@ -19,6 +19,10 @@ pub struct Ext {
     pub list: Option<ListExt>,
     /// `CREATE name (USE (...))`.
     pub create_use: Vec<SpecialUse>,
+    /// A `USE` attribute of CREATE that is well formed but names no
+    /// special use Facteur knows: the command is refused with `NO
+    /// [USEATTR]` (RFC 6154 §3), not `BAD`.
+    pub create_use_unknown: Option<String>,
     /// STATUS asked for APPENDLIMIT (RFC 7889 §4), besides the command's
     /// items (none if it was the only one).
     pub status_appendlimit: bool,

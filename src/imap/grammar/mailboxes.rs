@@ -249,9 +249,12 @@ fn create(input: &mut Input<'_>) -> Parsed<Command> {
                     if backslash { "\\" } else { "" },
                     String::from_utf8_lossy(name)
                 );
-                let special = SpecialUse::from_attribute(&attr)
-                    .ok_or_else(|| bad(format!("[USEATTR] Unknown special use {attr}")))?;
-                ext.create_use.push(special);
+                match SpecialUse::from_attribute(&attr) {
+                    Some(special) => ext.create_use.push(special),
+                    None => {
+                        ext.create_use_unknown.get_or_insert(attr);
+                    }
+                }
                 Ok(())
             })?;
             if input.eat(b')') {
@@ -584,13 +587,13 @@ mod tests {
         let (body, ext) = ok("t1 CREATE {12}\r\nx (USE (\\A)) (USE (\\Trash))\r\n");
         assert_eq!(body, codec(b"t1 CREATE {12}\r\nx (USE (\\A))\r\n"));
         assert_eq!(ext.create_use, vec![SpecialUse::Trash]);
+        // Well formed but unknown: for the handler to refuse with NO.
+        let (_, ext) = ok("t1 CREATE x (USE (\\Bogus \\Trash))\r\n");
+        assert_eq!(ext.create_use_unknown.as_deref(), Some("\\Bogus"));
+        assert_eq!(ext.create_use, vec![SpecialUse::Trash]);
         for (command, text) in [
             (
-                &b"t1 CREATE x (USE (\\Bogus))\r\n"[..],
-                "[USEATTR] Unknown special use \\Bogus",
-            ),
-            (
-                b"t1 CREATE x (FOO (\\Drafts))\r\n",
+                &b"t1 CREATE x (FOO (\\Drafts))\r\n"[..],
                 "Unknown CREATE parameter",
             ),
             (b"t1 CREATE x ()\r\n", "Unknown CREATE parameter"),
