@@ -420,7 +420,8 @@ async fn extensions_beyond_the_codec() {
 /// UID EXPUNGE stands for the saved UIDs in UID commands and for their
 /// sequence numbers otherwise (they differ here once a message has
 /// moved); an empty saved result makes each command act on no message
-/// and answer OK (§2.1); a malformed one is still BAD.
+/// and answer OK (§2.1) once its other checks pass (the target exists, the
+/// mailbox is writable); a malformed one is still BAD.
 #[tokio::test]
 async fn the_saved_result_as_a_message_set() {
     let w = world().await;
@@ -472,10 +473,28 @@ async fn the_saved_result_as_a_message_set() {
         assert!(r.ok() && r.lines.len() == 1, "{command}: {r:?}");
     }
     assert!(c.run("UID MOVE $ Kept Junk").await.bad());
+    // Acting on nothing does not skip the command's other checks.
+    for command in ["COPY $ Nowhere", "UID MOVE $ Nowhere"] {
+        let r = c.run(command).await;
+        assert!(
+            r.no() && r.tagged().contains("[TRYCREATE]"),
+            "{command}: {r:?}"
+        );
+    }
     let st = c.run("STATUS Kept (MESSAGES)").await;
     assert!(st.has("MESSAGES 2"), "{st:?}");
     let f = c.run("FETCH 1:* (FLAGS)").await;
     assert!(f.untagged("").len() == 2 && !f.has("\\Deleted"), "{f:?}");
+    assert!(c.run("EXAMINE INBOX").await.ok());
+    assert!(c.run("SEARCH RETURN (SAVE) SUBJECT nowhere").await.ok());
+    for command in ["STORE $ +FLAGS (\\Seen)", "MOVE $ Kept", "UID EXPUNGE $"] {
+        let r = c.run(command).await;
+        assert!(
+            r.no() && r.tagged().contains("READ-ONLY"),
+            "{command}: {r:?}"
+        );
+    }
+    assert!(c.run("FETCH $ (FLAGS)").await.ok());
 }
 
 /// SORT, ESORT and THREAD over the wire (RFC 5256, RFC 5267): the

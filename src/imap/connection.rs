@@ -414,14 +414,7 @@ fn too_big(out: &mut Out<'_>, tag: Option<&Tag<'_>>, limit: u32) {
 /// (the user was deleted) or is no longer the one it was unlocked from.
 const LOCKED_BYE: &str = "This account was deleted or its keys changed; log in again";
 
-/// What [`decode`] made of a command.
-enum Decoded {
-    Command(Box<Request>),
-    /// `$` named an empty saved result: the command acts on no message.
-    NoMessages(Tag<'static>),
-}
-
-fn decode(framer: &Framer, saved: &Saved) -> Result<Decoded, (Option<Tag<'static>>, Failure)> {
+fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static>>, Failure)> {
     let fragments = framer.fragments();
     let bytes = fragments.message_bytes();
     let tag = || fragments.decode_tag().map(|t| t.into_static());
@@ -436,18 +429,17 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Decoded, (Option<Tag<'static
     let leftover = match CommandCodec::default().decode(bytes) {
         Ok((b"", command)) => {
             let request = request(command.into_static(), Ext::default());
-            return Ok(Decoded::Command(Box::new(request)));
+            return Ok(request);
         }
         Ok(_) => true,
         Err(_) => false,
     };
     match grammar::parse(bytes, saved) {
-        Some(Ok(Parse::Command(tag, body, ext))) => Ok(Decoded::Command(Box::new(Request {
+        Some(Ok(Parse::Command(tag, body, ext))) => Ok(Request {
             tag,
             body: *body,
             ext,
-        }))),
-        Some(Ok(Parse::NoMessages(tag))) => Ok(Decoded::NoMessages(tag)),
+        }),
         Some(Err(syntax)) => Err((tag(), Failure::bad(syntax.0))),
         None if leftover => Err((tag(), Failure::bad("Unexpected data after the command"))),
         None => Err((tag(), Failure::bad(syntax_error(bytes)))),
@@ -563,23 +555,7 @@ async fn drive(
             .unwrap_or_default();
         let decoded = decode(&conn.framer, &saved);
         let request = match decoded {
-            Ok(Decoded::Command(request)) => *request,
-            Ok(Decoded::NoMessages(tag)) => {
-                // RFC 5182 §2.1: `$` naming an empty result acts on nothing;
-                // outside the selected state it is refused as any FETCH,
-                // STORE, COPY, MOVE or EXPUNGE is.
-                let (kind, text) = if !session.is_authenticated() {
-                    (StatusKind::Bad, "Log in first")
-                } else if session.selected().is_none() {
-                    (StatusKind::Bad, "No mailbox selected")
-                } else {
-                    (StatusKind::Ok, "Nothing saved, nothing done")
-                };
-                let mut out = conn.out();
-                out.status(Some(&tag), kind, None, text);
-                out.flush().await?;
-                continue;
-            }
+            Ok(request) => request,
             Err((tag, failure)) => {
                 let mut out = conn.out();
                 match tag {

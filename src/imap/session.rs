@@ -20,6 +20,7 @@ use imap_codec::imap_types::command::{CommandBody, FetchModifier, StoreModifier}
 use imap_codec::imap_types::core::Tag;
 use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::response::StatusKind;
+use imap_codec::imap_types::sequence::SequenceSet;
 
 use super::auth::{self, Sasl};
 use super::cmd::{
@@ -260,7 +261,7 @@ impl Session {
                 }
                 CommandBody::ExpungeUid { sequence_set } => {
                     read_write(selected)?;
-                    let uids = selected.resolve(&sequence_set, true)?;
+                    let uids = selected.resolve(set_of(&sequence_set, &ext), true)?;
                     expunge::expunge_deleted(selected, Some(&uids)).await?;
                     quota::changed(&self.imap, authed).await;
                     return Done::ok("UID EXPUNGE completed");
@@ -327,13 +328,16 @@ impl Session {
                                 "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
                             ));
                         }
-                        let gone = selected.vanished_among(Some(&sequence_set)).await;
+                        let gone = match set_of(&sequence_set, &ext) {
+                            Some(set) => selected.vanished_among(Some(set)).await,
+                            None => String::new(),
+                        };
                         if !gone.is_empty() {
                             out.untagged(&format!("VANISHED (EARLIER) {gone}"));
                         }
                     }
                     let items = fetch::items(macro_or_item_names);
-                    let uids = selected.resolve(&sequence_set, uid)?;
+                    let uids = selected.resolve(set_of(&sequence_set, &ext), uid)?;
                     if changed_since.is_some()
                         || items
                             .iter()
@@ -373,7 +377,7 @@ impl Session {
                         authed.enable_condstore(Some(selected), out);
                     }
                     read_write(selected)?;
-                    let uids = selected.resolve(&sequence_set, uid)?;
+                    let uids = selected.resolve(set_of(&sequence_set, &ext), uid)?;
                     let change = store::Change {
                         kind,
                         flags,
@@ -388,7 +392,7 @@ impl Session {
                     mailbox,
                     uid,
                 } => {
-                    let uids = selected.resolve(&sequence_set, uid)?;
+                    let uids = selected.resolve(set_of(&sequence_set, &ext), uid)?;
                     let target = name_of(authed, &mailbox)?;
                     quota::check_copy(&self.imap, authed, selected, &uids).await?;
                     let copied =
@@ -406,7 +410,7 @@ impl Session {
                     uid,
                 } => {
                     read_write(selected)?;
-                    let uids = selected.resolve(&sequence_set, uid)?;
+                    let uids = selected.resolve(set_of(&sequence_set, &ext), uid)?;
                     let target = name_of(authed, &mailbox)?;
                     return copy_move::copy(authed, selected, &uids, &target, true, out).await;
                 }
@@ -749,6 +753,12 @@ fn code_capability(caps: &str) -> imap_codec::imap_types::response::Code<'static
             format!("CAPABILITY {caps}").into_bytes(),
         ),
     )
+}
+
+/// The message set a command names: `None` when it is `$` and the saved
+/// result is empty, so it acts on no message (RFC 5182 §2.1).
+fn set_of<'a>(set: &'a SequenceSet, ext: &Ext) -> Option<&'a SequenceSet> {
+    (!ext.no_messages).then_some(set)
 }
 
 fn read_write(selected: &Selected) -> Result<(), Failure> {

@@ -15,7 +15,6 @@ pub async fn copy(
     moving: bool,
     out: &mut Out<'_>,
 ) -> Outcome {
-    let verb = if moving { "MOVE" } else { "COPY" };
     let (_, destination) = match authed.account.open_by_name(target).await {
         Ok(found) => found,
         Err(AccountError::NoSuchMailbox(_)) => {
@@ -57,7 +56,6 @@ pub async fn copy(
         }
         return Done::ok("MOVE completed");
     }
-    let _ = verb;
     match copyuid {
         Some(c) => Done::with_code(code_owned(c), "COPY completed"),
         None => Done::ok("COPY completed"),

@@ -28,6 +28,11 @@ pub struct Ext {
     pub status_appendlimit: bool,
     /// MULTIAPPEND (RFC 3502): messages after the first.
     pub more_appends: Vec<Message>,
+    /// `$` named an empty saved result (RFC 5182 §2.1): the command's
+    /// message set stands for no message at all. Every other check of the
+    /// command (the mailbox is open read-write, the target exists) still
+    /// runs; see [`crate::imap::state::Selected::resolve`].
+    pub no_messages: bool,
 }
 
 /// One message of an APPEND.

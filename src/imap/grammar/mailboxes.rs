@@ -393,7 +393,6 @@ mod tests {
                 assert_eq!(tag.as_ref(), "t1");
                 Ok((*body, ext))
             }
-            Some(Ok(Parse::NoMessages(_))) => panic!("not a message-set command"),
             Some(Err(e)) => Err(e),
             None => panic!("not parsed here: {}", String::from_utf8_lossy(command)),
         }

@@ -5,7 +5,8 @@
 //! imap-codec builds for the same command with a number set, and `$` is
 //! resolved against the saved result: its UIDs for UID commands, its
 //! sequence numbers otherwise. An empty saved result makes the command
-//! act on no message (RFC 5182 §2.1), answered [`Parse::NoMessages`].
+//! act on no message (RFC 5182 §2.1): it is typed as usual, with
+//! [`Ext::no_messages`] set, so that its other checks still run.
 //!
 //! A command whose set is not `$` is not ours: imap-codec's refusal stands.
 
@@ -100,16 +101,21 @@ pub fn parse(head: Head<'_>, saved: &Saved) -> Option<Parsed<Parse>> {
     Some(
         parse_after_set(&name, uid, &mut input).and_then(|arguments| {
             let set = if uid { &saved.uids } else { &saved.seqs };
-            if set.is_empty() {
-                return Ok(Parse::NoMessages(tag));
-            }
+            let no_messages = set.is_empty();
+            // imap-codec's set cannot be empty: an empty result is carried
+            // by `no_messages`, and the set is then never read.
+            let set = if no_messages { "1" } else { set };
             let sequence_set: SequenceSet = set
                 .parse()
                 .map_err(|_| Syntax("The saved search result is unreadable".into()))?;
+            let ext = Ext {
+                no_messages,
+                ..Ext::default()
+            };
             Ok(Parse::Command(
                 tag,
                 Box::new(arguments.body(sequence_set, uid)),
-                Ext::default(),
+                ext,
             ))
         }),
     )
@@ -845,7 +851,10 @@ mod tests {
             "a UID EXPUNGE $\r\n",
         ] {
             match grammar_parse(command.as_bytes(), &empty) {
-                Some(Ok(Parse::NoMessages(tag))) => assert_eq!(tag.as_ref(), "a"),
+                Some(Ok(Parse::Command(tag, _, ext))) => {
+                    assert_eq!(tag.as_ref(), "a");
+                    assert!(ext.no_messages, "{command:?}");
+                }
                 other => panic!("{command:?}: {other:?}"),
             }
         }
@@ -997,7 +1006,7 @@ mod tests {
             command.extend_from_slice(b"\r\n");
             let saved = if empty { Saved::default() } else { saved() };
             match grammar_parse(&command, &saved) {
-                Some(Ok(Parse::Command(tag, _, _) | Parse::NoMessages(tag))) => {
+                Some(Ok(Parse::Command(tag, _, _))) => {
                     prop_assert_eq!(tag.as_ref(), "t");
                 }
                 Some(Err(_)) => {}

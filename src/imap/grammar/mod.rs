@@ -38,9 +38,6 @@ use super::state::Saved;
 pub enum Parse {
     /// The command, typed.
     Command(Tag<'static>, Box<CommandBody<'static>>, Ext),
-    /// `$` named an empty saved result (RFC 5182 §2.1): the command acts on
-    /// no message and is answered `OK` as it is.
-    NoMessages(Tag<'static>),
 }
 
 /// The position of a command after its tag, `UID` and name.

@@ -290,9 +290,13 @@ impl Selected {
     /// The UIDs a sequence set names, in ascending order (RFC 9051 §9
     /// `sequence-set`; `*` is the largest number in use). By UID, numbers
     /// that name no message are ignored; by sequence number, a number past
-    /// the end is an error.
-    pub fn resolve(&self, set: &SequenceSet, by_uid: bool) -> Result<Vec<u32>, Failure> {
+    /// the end is an error. `None` names no message: `$` with an empty
+    /// saved result (RFC 5182 §2.1).
+    pub fn resolve(&self, set: Option<&SequenceSet>, by_uid: bool) -> Result<Vec<u32>, Failure> {
         let mut picked: Vec<u32> = Vec::new();
+        let Some(set) = set else {
+            return Ok(picked);
+        };
         if by_uid {
             let largest = self.uids.last().copied().unwrap_or(0);
             for seq in set.0.as_ref() {
