@@ -9,6 +9,7 @@
 pub mod metrics;
 pub mod size;
 pub mod tomlfile;
+pub mod zstd_frames;
 pub mod store;
 pub mod crypto;
 pub mod log;

@@ -544,7 +544,7 @@ struct Held {
 
 impl Held {
     fn new(summary: &[u8]) -> Held {
-        let bytes = match zstd::bulk::compress(summary, HELD_ZSTD_LEVEL) {
+        let bytes = match crate::zstd_frames::compress(summary, HELD_ZSTD_LEVEL) {
             Ok(frame) if frame.len() < summary.len() => frame.into_boxed_slice(),
             _ => summary.into(),
         };
@@ -560,7 +560,7 @@ impl Held {
         if self.bytes.len() == self.len as usize {
             return Some(self.bytes.to_vec());
         }
-        zstd::bulk::decompress(&self.bytes, self.len as usize).ok()
+        crate::zstd_frames::decompress(&self.bytes, self.len as usize).ok()
     }
 }
 
