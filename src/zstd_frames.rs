@@ -2,11 +2,17 @@
 //! inputs. Creating a zstd context allocates and initialises its tables,
 //! which costs more than compressing a summary of a few kilobytes: a
 //! first-login drain places thousands of messages, each with a summary
-//! compressed as it is held (`mailbox::state`) and sealed into pages.
+//! compressed as it is held in memory (`mailbox::state`).
 //!
 //! Only inputs up to [`REUSE_UP_TO`] use the thread's context, so that what
-//! a thread keeps is sized for small inputs; larger ones (message bodies)
-//! get a context of their own, whose cost their compression dwarfs.
+//! a thread keeps is sized for small inputs; larger ones get a context of
+//! their own, whose cost their compression dwarfs.
+//!
+//! A reused context keeps bytes of its last input until the next one (or
+//! the thread's end). So it is used only for what is held decrypted in
+//! memory anyway (the summaries of an unlocked account); bodies are
+//! sealed with a context of their own (`crypto::seal`), so that no
+//! plaintext of theirs stays behind in a thread's context.
 
 use std::cell::RefCell;
 use std::io;
@@ -28,7 +34,7 @@ pub fn compress(bytes: &[u8], level: i32) -> io::Result<Vec<u8>> {
     if bytes.len() > REUSE_UP_TO {
         return zstd::bulk::compress(bytes, level);
     }
-    COMPRESSOR.with(|cell| {
+    let reused = COMPRESSOR.try_with(|cell| {
         let mut cell = cell.try_borrow_mut().map_err(io::Error::other)?;
         let compressor = match cell.as_mut() {
             Some(c) => {
@@ -38,7 +44,9 @@ pub fn compress(bytes: &[u8], level: i32) -> io::Result<Vec<u8>> {
             None => cell.insert(Compressor::new(level)?),
         };
         compressor.compress(bytes)
-    })
+    });
+    // The thread is ending (its locals are gone): a context of our own.
+    reused.unwrap_or_else(|_| zstd::bulk::compress(bytes, level))
 }
 
 /// The content of a zstd frame of at most `capacity` bytes (an error if
@@ -47,14 +55,15 @@ pub fn decompress(frame: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
     if capacity > REUSE_UP_TO {
         return zstd::bulk::decompress(frame, capacity);
     }
-    DECOMPRESSOR.with(|cell| {
+    let reused = DECOMPRESSOR.try_with(|cell| {
         let mut cell = cell.try_borrow_mut().map_err(io::Error::other)?;
         let decompressor = match cell.as_mut() {
             Some(d) => d,
             None => cell.insert(Decompressor::new()?),
         };
         decompressor.decompress(frame, capacity)
-    })
+    });
+    reused.unwrap_or_else(|_| zstd::bulk::decompress(frame, capacity))
 }
 
 #[cfg(test)]

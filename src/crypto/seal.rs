@@ -110,7 +110,7 @@ pub fn seal_padded(key: &SymmetricKey, object_key: &str, plaintext: &[u8]) -> Ve
 ///
 /// As [`seal_padded`].
 pub fn seal_body_padded(key: &SymmetricKey, object_key: &str, body: &[u8]) -> Vec<u8> {
-    match crate::zstd_frames::compress(body, ZSTD_LEVEL) {
+    match zstd::bulk::compress(body, ZSTD_LEVEL) {
         Ok(compressed) if compressed.len() < body.len() => {
             let compressed = Zeroizing::new(compressed);
             seal_with_format(key, object_key, Format::ZstdPadded, &pad(&compressed))
@@ -163,7 +163,7 @@ pub fn open(key: &SymmetricKey, object_key: &str, sealed: &[u8]) -> Result<Vec<u
 /// shrink (already-compressed attachments) are stored uncompressed, which
 /// [`open_body`] reads too.
 pub fn seal_body(key: &SymmetricKey, object_key: &str, body: &[u8]) -> Vec<u8> {
-    match crate::zstd_frames::compress(body, ZSTD_LEVEL) {
+    match zstd::bulk::compress(body, ZSTD_LEVEL) {
         Ok(compressed) if compressed.len() < body.len() => {
             let compressed = Zeroizing::new(compressed);
             seal_with_format(key, object_key, Format::Zstd, &compressed)

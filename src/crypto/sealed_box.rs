@@ -63,14 +63,29 @@ pub fn seal_to(public: &UserPublicKey, plaintext: &[u8]) -> Vec<u8> {
 /// A user's unlocked keys: the master key and the X25519 secret key.
 /// Exists only in memory, while the user has a session (doc/storage.md,
 /// "Encryption"). `Clone` so sessions and delivery draining can share it; every
-/// copy is zeroized on drop (`crypto_box::SecretKey` zeroizes itself).
+/// copy is wiped on drop: the master key zeroizes itself, the X25519 key is
+/// overwritten ([`Wiped`]).
 #[derive(Clone)]
 pub struct UserKeys {
     master: MasterKey,
-    secret: crypto_box::SecretKey,
+    secret: Wiped,
     /// `secret`'s public key, computed once: opening a sealed box needs
     /// it, and a drain opens thousands.
     public: crypto_box::PublicKey,
+}
+
+/// An X25519 secret key wiped on drop. `crypto_box::SecretKey`'s own drop
+/// zeroizes its scalar but not the raw bytes it keeps beside it; this
+/// overwrites the whole key in place with a key of zeros, and `black_box`
+/// keeps the compiler from dropping the write as dead.
+#[derive(Clone)]
+struct Wiped(crypto_box::SecretKey);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0 = crypto_box::SecretKey::from_bytes([0; KEY_LEN]);
+        std::hint::black_box(&self.0);
+    }
 }
 
 impl UserKeys {
@@ -78,7 +93,7 @@ impl UserKeys {
         let public = secret.public_key();
         UserKeys {
             master,
-            secret,
+            secret: Wiped(secret),
             public,
         }
     }
@@ -119,7 +134,7 @@ impl UserKeys {
             .chain_update(ephemeral.as_bytes())
             .chain_update(self.public.as_bytes())
             .finalize();
-        SalsaBox::new(&ephemeral, &self.secret)
+        SalsaBox::new(&ephemeral, &self.secret.0)
             .decrypt(&nonce, boxed)
             .map_err(|_| corrupt())
     }
@@ -128,7 +143,7 @@ impl UserKeys {
     pub(crate) fn to_wrapped(&self) -> Zeroizing<[u8; 2 * KEY_LEN]> {
         let mut out = Zeroizing::new([0u8; 2 * KEY_LEN]);
         out[..KEY_LEN].copy_from_slice(self.master.as_bytes());
-        out[KEY_LEN..].copy_from_slice(&Zeroizing::new(self.secret.to_bytes())[..]);
+        out[KEY_LEN..].copy_from_slice(&Zeroizing::new(self.secret.0.to_bytes())[..]);
         out
     }
 
@@ -161,28 +176,28 @@ impl fmt::Debug for UserKeys {
 /// association (doc/storage.md, "Encryption", keyring); its public half goes in
 /// the server config and is what [`crate::crypto::Keyring::set_escrow`] seals
 /// to.
-pub struct EscrowSecretKey(crypto_box::SecretKey);
+pub struct EscrowSecretKey(Wiped);
 
 impl EscrowSecretKey {
     pub fn generate() -> Self {
-        EscrowSecretKey(crypto_box::SecretKey::generate(&mut OsRng))
+        EscrowSecretKey(Wiped(crypto_box::SecretKey::generate(&mut OsRng)))
     }
 
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        EscrowSecretKey(crypto_box::SecretKey::from_bytes(bytes))
+        EscrowSecretKey(Wiped(crypto_box::SecretKey::from_bytes(bytes)))
     }
 
     /// The raw secret, for writing it to offline storage.
     pub fn to_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
-        Zeroizing::new(self.0.to_bytes())
+        Zeroizing::new(self.0.0.to_bytes())
     }
 
     pub fn public_key(&self) -> UserPublicKey {
-        UserPublicKey(self.0.public_key())
+        UserPublicKey(self.0.0.public_key())
     }
 
     pub(crate) fn unseal(&self, ciphertext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        self.0.unseal(ciphertext).ok().map(Zeroizing::new)
+        self.0.0.unseal(ciphertext).ok().map(Zeroizing::new)
     }
 }
 
@@ -260,7 +275,7 @@ mod tests {
             for v in variants {
                 assert_eq!(
                     keys.open_sealed(&v).ok(),
-                    keys.secret.unseal(&v).ok(),
+                    keys.secret.0.unseal(&v).ok(),
                     "{len} bytes"
                 );
             }

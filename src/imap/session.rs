@@ -263,7 +263,9 @@ impl Session {
                     read_write(selected)?;
                     let uids = selected.resolve(set_of(&sequence_set, &ext), true)?;
                     expunge::expunge_deleted(selected, Some(&uids)).await?;
-                    quota::changed(&self.imap, authed).await;
+                    if !uids.is_empty() {
+                        quota::changed(&self.imap, authed).await;
+                    }
                     return Done::ok("UID EXPUNGE completed");
                 }
                 CommandBody::Search {
@@ -397,7 +399,7 @@ impl Session {
                     quota::check_copy(&self.imap, authed, selected, &uids).await?;
                     let copied =
                         copy_move::copy(authed, selected, &uids, &target, false, out).await;
-                    if copied.is_ok() {
+                    if copied.is_ok() && !uids.is_empty() {
                         // Copies share their bodies: LMTP's tail of new
                         // bodies cannot see them, the published figure must.
                         quota::changed(&self.imap, authed).await;

@@ -132,8 +132,12 @@ pub fn set_quota() -> Outcome {
 /// take the user over their quota (`NO [OVERQUOTA]`, RFC 9208 §5.1,
 /// §5.2). The kept figure decides when it allows; a refusal is made only
 /// on a count made just now (another instance may have freed room). A
-/// usage that cannot be known lets the command go on (logged).
+/// usage that cannot be known lets the command go on (logged). Adding
+/// nothing (a COPY of no message) is never refused and counts nothing.
 pub async fn check(imap: &Imap, authed: &Authed, bytes: u64, messages: u64) -> Result<(), Failure> {
+    if bytes == 0 && messages == 0 {
+        return Ok(());
+    }
     let limits = match limit(imap, authed).await {
         Ok(Some(limits)) => limits,
         Ok(None) => return Ok(()),
