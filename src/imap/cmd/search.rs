@@ -11,7 +11,7 @@ use futures::StreamExt;
 use imap_codec::imap_types::core::{Charset, Tag};
 use imap_codec::imap_types::search::SearchKey;
 
-use crate::imap::cmd::fetch::PARALLEL_BODIES;
+use crate::imap::cmd::fetch::{PARALLEL_BODIES, SUMMARY_BATCHES_AHEAD};
 use crate::imap::grammar::ext::{Ext, SearchReturn};
 use crate::imap::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use crate::imap::search::{Candidate, Query, Scope, check_charset};
@@ -123,6 +123,16 @@ pub async fn scan(
     mut each: impl FnMut(&Candidate<'_>),
 ) -> Result<(), Failure> {
     let view: Vec<u32> = selected.uids().to_vec();
+    // Summaries may live in summary pages (a GET each): one batch per
+    // chunk, the next ones read while a chunk is matched.
+    let reader = selected.mailbox.clone();
+    let chunks: Vec<Vec<u32>> = view.chunks(CHUNK).map(<[u32]>::to_vec).collect();
+    let mut summaries_ahead = futures::stream::iter(chunks)
+        .map(move |chunk| {
+            let mailbox = reader.clone();
+            async move { mailbox.summaries(&chunk).await }
+        })
+        .buffered(SUMMARY_BATCHES_AHEAD);
     for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
         let rows: Vec<Row> = selected
             .mailbox
@@ -144,14 +154,10 @@ pub async fn scan(
                     .collect()
             })
             .await;
-        // Summaries may live in summary pages: one batch per chunk.
-        let uids: Vec<u32> = rows.iter().map(|r| r.uid).collect();
-        let mut summaries: HashMap<u32, MessageSummary> = selected
-            .mailbox
-            .summaries(&uids)
-            .await?
-            .into_iter()
-            .collect();
+        let mut summaries: HashMap<u32, MessageSummary> = match summaries_ahead.next().await {
+            Some(batch) => batch?.into_iter().collect(),
+            None => HashMap::new(),
+        };
         // Rows with their summary and, for BODY/TEXT keys, their body:
         // downloaded a few at a time, as FETCH does, in order.
         let rows: Vec<(Row, MessageSummary)> = rows
