@@ -6,7 +6,6 @@
 //! parameters raised by the admin applied, no keyring under a too-short
 //! password.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,6 @@ use async_trait::async_trait;
 use facteur::account::{AccountConfig, Accounts};
 use facteur::crypto::{KdfParams, KdfPool, Password};
 use facteur::directory::{Directory, DirectoryError, UserRecord, normalise_login};
-use facteur::imap::connection::{Peer, serve};
 use facteur::imap::throttle::{Throttle, ThrottleConfig};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
@@ -92,18 +90,7 @@ async fn world() -> World {
 
 impl World {
     async fn connect(&self, remote: &str) -> Client {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let peer = Peer {
-            remote: remote.parse::<SocketAddr>().unwrap(),
-            local: "127.0.0.1:143".parse().unwrap(),
-            tls: false,
-        };
-        tokio::spawn(serve(
-            server,
-            peer,
-            self.imap.clone(),
-            std::future::pending(),
-        ));
+        let client = fixture::serve_in_memory(&self.imap, remote, 1 << 16);
         Client::start(client).await.0
     }
 

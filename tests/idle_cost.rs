@@ -5,7 +5,6 @@
 //! lost hint through the fallback poll; and an account whose sessions all
 //! ended makes no store call at all.
 
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use facteur::account::{AccountConfig, Hints};
-use facteur::imap::connection::{Peer, serve};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::mailbox::incoming::{DeliveryEnvelope, deliver};
@@ -145,13 +143,7 @@ fn instance(
 }
 
 async fn login(imap: &Arc<Imap>, who: &str) -> Client<tokio::io::DuplexStream> {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let peer = Peer {
-        remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-        local: "127.0.0.1:143".parse().unwrap(),
-        tls: false,
-    };
-    tokio::spawn(serve(server, peer, imap.clone(), std::future::pending()));
+    let client = fixture::serve_in_memory(imap, "127.0.0.1:40000", 1 << 20);
     let (mut c, _) = Client::start(client).await;
     assert!(c.run(&format!("LOGIN {who} pw")).await.ok());
     c

@@ -3,13 +3,11 @@
 //! client lines and checks on the server's answers (RFC 9051 examples
 //! where they exist).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use facteur::account::{AccountConfig, Accounts};
 use facteur::crypto::KdfParams;
-use facteur::imap::connection::{Peer, serve};
 use facteur::imap::throttle::{Throttle, ThrottleConfig};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
@@ -103,13 +101,7 @@ async fn world() -> World {
 }
 
 async fn connect(imap: &Arc<Imap>, remote: &str) -> Client {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let peer = Peer {
-        remote: remote.parse::<SocketAddr>().unwrap(),
-        local: "127.0.0.1:143".parse().unwrap(),
-        tls: false,
-    };
-    tokio::spawn(serve(server, peer, imap.clone(), std::future::pending()));
+    let client = fixture::serve_in_memory(imap, remote, 1 << 20);
     let (c, greeting) = Client::start(client).await;
     assert!(
         greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),

@@ -5,11 +5,9 @@
 //! CRLF line ends; partial BINARY answers name their origin (RFC 3516
 //! §4.3); `BINARY.SIZE[]` is the size of `BINARY[]` (§4.2).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use facteur::imap::Options;
-use facteur::imap::connection::{Peer, serve};
 use facteur::log::InstanceId;
 use facteur::store::MemoryStore;
 
@@ -39,13 +37,7 @@ async fn alice() -> (Client, tempfile::TempDir) {
         Options::default(),
         true,
     );
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let peer = Peer {
-        remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-        local: "127.0.0.1:143".parse().unwrap(),
-        tls: false,
-    };
-    tokio::spawn(serve(server, peer, imap, std::future::pending()));
+    let client = fixture::serve_in_memory(&imap, "127.0.0.1:40000", 1 << 20);
     let (mut c, greeting) = Client::start(client).await;
     assert!(greeting.starts_with("* OK"), "{greeting}");
     assert!(c.run("LOGIN alice pw").await.ok());

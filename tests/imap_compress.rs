@@ -7,13 +7,11 @@
 
 use std::alloc::System;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use facteur::imap::compress::Deflated;
-use facteur::imap::connection::{Peer, serve};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::store::MemoryStore;
@@ -149,13 +147,7 @@ async fn server(options: Options) -> (Arc<Imap>, tempfile::TempDir) {
 }
 
 async fn connect(imap: &Arc<Imap>) -> Client<Switch> {
-    let (client, server) = tokio::io::duplex(1 << 16);
-    let peer = Peer {
-        remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-        local: "127.0.0.1:143".parse().unwrap(),
-        tls: false,
-    };
-    tokio::spawn(serve(server, peer, imap.clone(), std::future::pending()));
+    let client = fixture::serve_in_memory(imap, "127.0.0.1:40000", 1 << 16);
     let (c, greeting) = Client::start(Switch::new(client)).await;
     assert!(greeting.starts_with("* OK"), "{greeting}");
     c

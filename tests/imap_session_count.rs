@@ -14,7 +14,6 @@ use bytes::Bytes;
 use facteur::account::Account;
 use facteur::crypto::Password;
 use facteur::imap::Imap;
-use facteur::imap::connection::{Peer, serve};
 use facteur::log::InstanceId;
 use facteur::store::{ListPage, MemoryStore, ObjectStore, SharedStore, StoreError};
 use tokio::sync::Notify;
@@ -111,18 +110,7 @@ async fn world() -> World {
 
 impl World {
     async fn connect(&self) -> Client<tokio::io::DuplexStream> {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let peer = Peer {
-            remote: "192.0.2.9:1234".parse().unwrap(),
-            local: "127.0.0.1:143".parse().unwrap(),
-            tls: false,
-        };
-        tokio::spawn(serve(
-            server,
-            peer,
-            self.imap.clone(),
-            std::future::pending(),
-        ));
+        let client = fixture::serve_in_memory(&self.imap, "192.0.2.9:1234", 1 << 16);
         Client::start(client).await.0
     }
 

@@ -5,11 +5,9 @@
 //! LIST-EXTENDED's CHILDINFO (RFC 5258 §3.5); and bytes that are not
 //! UTF-8. The real driver over an in-memory stream, on a `MemoryStore`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use facteur::imap::connection::{Peer, serve};
 use facteur::imap::{Imap, Options};
 use facteur::log::InstanceId;
 use facteur::server::Services;
@@ -64,18 +62,7 @@ async fn world() -> World {
 
 impl World {
     async fn login(&self) -> Client {
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let peer = Peer {
-            remote: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
-            local: "127.0.0.1:143".parse().unwrap(),
-            tls: false,
-        };
-        tokio::spawn(serve(
-            server,
-            peer,
-            self.imap.clone(),
-            std::future::pending(),
-        ));
+        let client = fixture::serve_in_memory(&self.imap, "127.0.0.1:40000", 1 << 20);
         let (mut c, greeting) = Client::start(client).await;
         assert!(greeting.starts_with("* OK "), "{greeting}");
         let r = c.run("LOGIN alice pw").await;

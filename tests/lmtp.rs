@@ -12,12 +12,13 @@ use facteur::log::InstanceId;
 use facteur::server::lmtp::{self, Listener, Settings};
 use facteur::server::{Services, Shutdown, ShutdownTrigger};
 use facteur::store::{MemoryStore, SharedStore};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 mod fixture;
+mod lmtp_client;
 use fixture::user;
+use lmtp_client::Client;
 
 /// A running LMTP server with users `alice` (alice@example.org, alias
 /// postmaster@example.org), `bob`, `carol` (no keyring yet) and `dave`
@@ -126,65 +127,6 @@ impl Server {
             .iter()
             .filter(|k| k.contains("/incoming/") || k.contains("/blob/"))
             .count()
-    }
-}
-
-struct Client {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(stream: TcpStream) -> Client {
-        let (r, w) = stream.into_split();
-        let mut c = Client {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let greeting = c.reply().await;
-        assert!(greeting.starts_with("220 "), "{greeting}");
-        c
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    /// One reply, all its lines, CRLF kept.
-    async fn reply(&mut self) -> String {
-        let mut reply = String::new();
-        loop {
-            let mut line = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut line).await.unwrap();
-            assert!(n > 0, "connection closed after {reply:?}");
-            let line = String::from_utf8(line).unwrap();
-            let last = line.as_bytes().get(3) == Some(&b' ');
-            reply.push_str(&line);
-            if last {
-                return reply;
-            }
-        }
-    }
-
-    /// Sends one command line and returns its reply.
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    async fn hello(&mut self) {
-        let r = self.cmd("LHLO test").await;
-        assert!(
-            r.contains("250-PIPELINING") && r.ends_with("250 SMTPUTF8\r\n"),
-            "{r}"
-        );
-    }
-
-    /// Expects the server to close the connection.
-    async fn closed(&mut self) {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     }
 }
 

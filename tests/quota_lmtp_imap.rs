@@ -11,19 +11,18 @@ use std::sync::Arc;
 
 use facteur::account::AccountConfig;
 use facteur::imap::Imap;
-use facteur::imap::connection::{Peer, serve};
 use facteur::log::InstanceId;
 use facteur::server::lmtp::{self, Listener, Settings};
 use facteur::server::{Services, Shutdown, ShutdownTrigger};
 use facteur::store::MemoryStore;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 mod fixture;
 mod imap_client;
+mod lmtp_client;
 
 use imap_client::Client as Imap4;
+use lmtp_client::Client as Lmtp;
 
 /// dave's quota, in bytes.
 const QUOTA: u64 = 64 << 10;
@@ -89,18 +88,7 @@ impl World {
 
     /// dave's IMAP session.
     async fn login(&self) -> Imap4<tokio::io::DuplexStream> {
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let peer = Peer {
-            remote: "192.0.2.7:1234".parse().unwrap(),
-            local: "127.0.0.1:143".parse().unwrap(),
-            tls: false,
-        };
-        tokio::spawn(serve(
-            server,
-            peer,
-            self.imap.clone(),
-            std::future::pending(),
-        ));
+        let client = fixture::serve_in_memory(&self.imap, "192.0.2.7:1234", 1 << 20);
         let mut c = Imap4::start(client).await.0;
         let r = c.run(&format!("LOGIN dave {}", fixture::PASSWORD)).await;
         assert!(r.ok(), "{}", r.all());
@@ -121,7 +109,7 @@ impl World {
             return rcpt;
         }
         assert!(c.cmd("DATA").await.starts_with("354 "));
-        c.writer.write_all(body).await.unwrap();
+        c.send(body).await;
         c.cmd(".").await
     }
 
@@ -133,47 +121,6 @@ impl World {
             .iter()
             .filter(|k| k.contains(&format!("{dave}/blob/")))
             .count()
-    }
-}
-
-struct Lmtp {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl Lmtp {
-    async fn connect(stream: TcpStream) -> Lmtp {
-        let (r, w) = stream.into_split();
-        let mut c = Lmtp {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let greeting = c.reply().await;
-        assert!(greeting.starts_with("220 "), "{greeting}");
-        c
-    }
-
-    async fn reply(&mut self) -> String {
-        let mut reply = String::new();
-        loop {
-            let mut line = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut line).await.unwrap();
-            assert!(n > 0, "connection closed after {reply:?}");
-            let line = String::from_utf8(line).unwrap();
-            let last = line.as_bytes().get(3) == Some(&b' ');
-            reply.push_str(&line);
-            if last {
-                return reply;
-            }
-        }
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
     }
 }
 
