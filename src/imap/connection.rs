@@ -408,13 +408,18 @@ fn too_big(out: &mut Out<'_>, tag: Option<&Tag<'_>>, limit: u32) {
     }
 }
 
-/// Decodes the complete message in `framer` as a command; one over a
-/// limit is refused unparsed.
 /// The BYE of a session whose account locked itself: its keyring is gone
 /// (the user was deleted) or is no longer the one it was unlocked from.
 const LOCKED_BYE: &str = "This account was deleted or its keys changed; log in again";
 
-fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static>>, Failure)> {
+/// Decodes the complete message in `framer` as a command; one over a
+/// limit is refused unparsed. `saved` gives the saved search result for `$`; it is asked for only
+/// when the extension grammar runs (a command imap-codec refused), not for
+/// every command.
+fn decode(
+    framer: &Framer,
+    saved: impl FnOnce() -> Saved,
+) -> Result<Request, (Option<Tag<'static>>, Failure)> {
     let fragments = framer.fragments();
     let bytes = fragments.message_bytes();
     let tag = || fragments.decode_tag().map(|t| t.into_static());
@@ -434,7 +439,7 @@ fn decode(framer: &Framer, saved: &Saved) -> Result<Request, (Option<Tag<'static
         Ok(_) => true,
         Err(_) => false,
     };
-    match grammar::parse(bytes, saved) {
+    match grammar::parse(bytes, &saved()) {
         Some(Ok(Parse::Command(tag, body, ext))) => Ok(Request {
             tag,
             body: *body,
@@ -549,11 +554,13 @@ async fn drive(
                 return out.flush().await;
             }
         }
-        let saved = session
-            .selected()
-            .map(|s| s.saved_sets())
-            .unwrap_or_default();
-        let decoded = decode(&conn.framer, &saved);
+        let saved = || {
+            session
+                .selected()
+                .map(|s| s.saved_sets())
+                .unwrap_or_default()
+        };
+        let decoded = decode(&conn.framer, saved);
         let request = match decoded {
             Ok(request) => request,
             Err((tag, failure)) => {
@@ -851,7 +858,7 @@ mod tests {
                     let fragments = framer.fragments();
                     let bytes = (!framer.over_limit()).then(|| fragments.message_bytes().to_vec());
                     // The parser sees every message: it must not panic.
-                    let _ = decode(&framer, &Saved::default());
+                    let _ = decode(&framer, Saved::default);
                     framed.messages.push(bytes);
                 }
                 Some(Frame::LiteralWanted) => framed.wanted += 1,
