@@ -78,7 +78,7 @@ else
 fi
 LONG_SECONDS="$(python3 -c "print(round($MINUTES * 60))")"
 
-log() { echo "bench.sh: $*" >&2; }
+log() { echo "bench.sh: $(date +%H:%M:%S) $*" >&2; }
 die() {
     log "error: $*"
     exit 1
@@ -105,6 +105,10 @@ if [ -z "${FACTEUR_BENCH_LOADGEN:-}" ]; then
     log "building the load generator (profile $PROFILE)"
     cargo bench --profile "$PROFILE" --bench load --no-run >&2
 fi
+# The LMTP measure (last) runs benches/lmtp.rs: built now, so that no
+# compilation runs while something is measured.
+log "building the LMTP bench (profile $PROFILE)"
+cargo bench --profile "$PROFILE" --bench lmtp --no-run >&2
 
 W="$(mktemp -d /tmp/facteur-bench.XXXXXX)"
 mkdir -p "$W/results"
