@@ -125,6 +125,171 @@ pub struct MessageSummary {
     pub has_attachments: bool,
 }
 
+/// The large parts of a summary, for [`MessageSummary::decode`]: a FETCH
+/// of ENVELOPE needs neither the raw header nor the MIME structure, a
+/// SEARCH of header fields only the decoded header values. The scalars
+/// (`size`, `header_bytes`, `sent_date`, `has_attachments`) are always
+/// read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    pub header: bool,
+    pub envelope: bool,
+    pub body: bool,
+    pub search_headers: bool,
+    pub preview: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        header: true,
+        envelope: true,
+        body: true,
+        search_headers: true,
+        preview: true,
+    };
+    /// The scalars only.
+    pub const NONE: Parts = Parts {
+        header: false,
+        envelope: false,
+        body: false,
+        search_headers: false,
+        preview: false,
+    };
+
+    /// Both sets of parts.
+    pub fn and(self, other: Parts) -> Parts {
+        Parts {
+            header: self.header || other.header,
+            envelope: self.envelope || other.envelope,
+            body: self.body || other.body,
+            search_headers: self.search_headers || other.search_headers,
+            preview: self.preview || other.preview,
+        }
+    }
+}
+
+impl MessageSummary {
+    /// A summary with nothing in it (every part as [`MessageSummary::decode`]
+    /// leaves one not asked for, every scalar zero), for code that must
+    /// show a summary where none was read.
+    pub fn empty() -> MessageSummary {
+        MessageSummary {
+            size: 0,
+            header_bytes: 0,
+            header: RawText::default(),
+            envelope: Envelope::default(),
+            body: BodyPart::skipped(),
+            search_headers: Vec::new(),
+            sent_date: None,
+            preview: String::new(),
+            has_attachments: false,
+        }
+    }
+
+    /// Reads a summary as [`crate::mailbox::body::encode_summary`] wrote
+    /// it, with only `parts` of its large parts: the others are skipped
+    /// without being built and left empty (no header, an empty envelope,
+    /// an empty `text/plain` body, no search headers, no preview). A part
+    /// asked for must be there, as for a whole read.
+    pub fn decode(bytes: &[u8], parts: Parts) -> serde_json::Result<MessageSummary> {
+        if parts == Parts::ALL {
+            return serde_json::from_slice(bytes);
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let summary = Deserializer::deserialize_map(&mut de, PartsVisitor(parts))?;
+        de.end()?;
+        Ok(summary)
+    }
+}
+
+/// The fields of [`MessageSummary`], as serde names them.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum SummaryField {
+    Size,
+    HeaderBytes,
+    Header,
+    Envelope,
+    Body,
+    SearchHeaders,
+    SentDate,
+    Preview,
+    HasAttachments,
+    #[serde(other)]
+    Other,
+}
+
+/// Reads a summary's fields, skipping the large parts not asked for.
+struct PartsVisitor(Parts);
+
+impl<'de> serde::de::Visitor<'de> for PartsVisitor {
+    type Value = MessageSummary;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a message summary")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<MessageSummary, A::Error> {
+        use serde::de::Error as _;
+        use serde::de::IgnoredAny;
+        let parts = self.0;
+        let (mut size, mut header_bytes, mut has_attachments) = (None, None, None);
+        let (mut header, mut envelope, mut body) = (None, None, None);
+        let (mut search_headers, mut preview, mut sent_date) = (None, None, None);
+        while let Some(field) = map.next_key::<SummaryField>()? {
+            match field {
+                SummaryField::Size => size = Some(map.next_value()?),
+                SummaryField::HeaderBytes => header_bytes = Some(map.next_value()?),
+                SummaryField::HasAttachments => has_attachments = Some(map.next_value()?),
+                SummaryField::SentDate => sent_date = map.next_value()?,
+                SummaryField::Header if parts.header => header = Some(map.next_value()?),
+                SummaryField::Envelope if parts.envelope => envelope = Some(map.next_value()?),
+                SummaryField::Body if parts.body => body = Some(map.next_value()?),
+                SummaryField::SearchHeaders if parts.search_headers => {
+                    search_headers = Some(map.next_value()?)
+                }
+                SummaryField::Preview if parts.preview => preview = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        /// A part asked for must be there; one not asked for is empty.
+        fn part<T, E: serde::de::Error>(
+            value: Option<T>,
+            asked: bool,
+            name: &'static str,
+            empty: impl FnOnce() -> T,
+        ) -> Result<T, E> {
+            match value {
+                Some(value) => Ok(value),
+                None if asked => Err(E::missing_field(name)),
+                None => Ok(empty()),
+            }
+        }
+        Ok(MessageSummary {
+            size: size.ok_or_else(|| A::Error::missing_field("size"))?,
+            header_bytes: header_bytes.ok_or_else(|| A::Error::missing_field("header_bytes"))?,
+            header: part(header, parts.header, "header", RawText::default)?,
+            envelope: part(envelope, parts.envelope, "envelope", Envelope::default)?,
+            body: part(body, parts.body, "body", BodyPart::skipped)?,
+            search_headers: part(
+                search_headers,
+                parts.search_headers,
+                "search_headers",
+                Vec::new,
+            )?,
+            sent_date,
+            preview: part(preview, parts.preview, "preview", String::new)?,
+            has_attachments: has_attachments
+                .ok_or_else(|| A::Error::missing_field("has_attachments"))?,
+        })
+    }
+}
+
 /// Header text as it appears in the message: usually ASCII (still in
 /// RFC 2047 encoded words, as IMAP requires), possibly raw 8-bit (RFC 6532
 /// UTF-8, or anything a broken sender wrote). Serialised as a JSON string
@@ -166,18 +331,17 @@ impl From<&str> for RawText {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum RawTextRepr {
-    Text(String),
-    Bytes { b64: String },
+/// The form of a [`RawText`] that is not UTF-8.
+#[derive(Serialize)]
+struct RawBytes {
+    b64: String,
 }
 
 impl Serialize for RawText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(text) => s.serialize_str(text),
-            Err(_) => RawTextRepr::Bytes {
+            Err(_) => RawBytes {
                 b64: base64::engine::general_purpose::STANDARD.encode(&self.0),
             }
             .serialize(s),
@@ -186,14 +350,45 @@ impl Serialize for RawText {
 }
 
 impl<'de> Deserialize<'de> for RawText {
+    /// A string, or `{"b64": "..."}`. Read by a visitor rather than an
+    /// untagged enum, which would first copy every value into a buffer of
+    /// its own to try each form in turn: summaries hold many of these.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawText, D::Error> {
-        match RawTextRepr::deserialize(d)? {
-            RawTextRepr::Text(text) => Ok(RawText(text.into_bytes())),
-            RawTextRepr::Bytes { b64 } => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map(RawText)
-                .map_err(serde::de::Error::custom),
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or {\"b64\": \"...\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawText, E> {
+                Ok(RawText(text.as_bytes().to_vec()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<RawText, E> {
+                Ok(RawText(text.into_bytes()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawText, A::Error> {
+                use serde::de::Error as _;
+                let mut b64: Option<String> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "b64" {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    } else if b64.is_some() {
+                        return Err(A::Error::duplicate_field("b64"));
+                    } else {
+                        b64 = Some(map.next_value()?);
+                    }
+                }
+                let b64 = b64.ok_or_else(|| A::Error::missing_field("b64"))?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map(RawText)
+                    .map_err(A::Error::custom)
+            }
         }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -303,6 +498,30 @@ pub struct BodyPart {
     pub lines: u64,
     /// Leaf, encapsulated message, or multipart.
     pub kind: PartKind,
+}
+
+impl BodyPart {
+    /// What [`MessageSummary::decode`] leaves in place of a structure not
+    /// asked for: an empty `text/plain` part.
+    fn skipped() -> BodyPart {
+        BodyPart {
+            media_type: "text".to_owned(),
+            subtype: "plain".to_owned(),
+            params: Vec::new(),
+            id: None,
+            description: None,
+            encoding: seven_bit(),
+            md5: None,
+            disposition: None,
+            language: Vec::new(),
+            location: None,
+            header_start: 0,
+            body_start: 0,
+            body_end: 0,
+            lines: 0,
+            kind: PartKind::Leaf,
+        }
+    }
 }
 
 /// What a part contains.

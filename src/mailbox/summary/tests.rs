@@ -423,6 +423,150 @@ fn raw_text_serialisation() {
     let json = serde_json::to_string(&bytes).unwrap();
     assert_eq!(json, "{\"b64\":\"6WE=\"}");
     assert_eq!(serde_json::from_str::<RawText>(&json).unwrap(), bytes);
+    // Read as the untagged enum it replaced did: a key other than b64 is
+    // ignored; a missing or repeated b64, bad base64 or another JSON type
+    // is an error, not an empty text.
+    assert_eq!(
+        serde_json::from_str::<RawText>(r#"{"x":1,"b64":"6WE="}"#).unwrap(),
+        bytes
+    );
+    for bad in [
+        r#"{}"#,
+        r#"{"b64":"6WE=","b64":"6WE="}"#,
+        r#"{"b64":"not base64!"}"#,
+        "12",
+        "null",
+        "[\"6WE=\"]",
+    ] {
+        assert!(serde_json::from_str::<RawText>(bad).is_err(), "{bad}");
+    }
+    // An escaped string (serde_json hands over an owned string).
+    assert_eq!(
+        serde_json::from_str::<RawText>(r#""a\r\nb""#).unwrap(),
+        RawText::from("a\r\nb")
+    );
+}
+
+/// Summaries with every large part filled: encapsulated messages, 8-bit
+/// headers (RawText in base64), parameters, a preview.
+fn rich_summaries() -> Vec<MessageSummary> {
+    let latin1 = [
+        &b"From: \xe9t\xe9 <a@example.org>\r\nTo: b@example.org, c@example.org\r\n"[..],
+        b"Subject: caf\xe9\r\nDate: Tue, 1 Jul 2025 10:00:00 +0200\r\n",
+        b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nd\xe9j\xe0 vu\r\n",
+    ]
+    .concat();
+    vec![
+        summarize(&crlf(NESTED)),
+        summarize(&latin1),
+        summarize(&crlf("Subject: short\n\nhello\n")),
+        summarize(b""),
+    ]
+}
+
+#[test]
+fn decoding_some_parts_reads_exactly_those() {
+    let all = Parts::ALL;
+    let singles = [
+        Parts {
+            header: true,
+            ..Parts::NONE
+        },
+        Parts {
+            envelope: true,
+            ..Parts::NONE
+        },
+        Parts {
+            body: true,
+            ..Parts::NONE
+        },
+        Parts {
+            search_headers: true,
+            ..Parts::NONE
+        },
+        Parts {
+            preview: true,
+            ..Parts::NONE
+        },
+    ];
+    for full in rich_summaries() {
+        let json = serde_json::to_vec(&full).unwrap();
+        assert_eq!(MessageSummary::decode(&json, all).unwrap(), full);
+        // Every combination of parts: asked ones equal the whole read's,
+        // the others empty, the scalars always there.
+        for mask in 0..32u32 {
+            let parts = singles
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .fold(Parts::NONE, |acc, (_, p)| acc.and(*p));
+            let got = MessageSummary::decode(&json, parts).unwrap();
+            assert_eq!(got.size, full.size);
+            assert_eq!(got.header_bytes, full.header_bytes);
+            assert_eq!(got.sent_date, full.sent_date);
+            assert_eq!(got.has_attachments, full.has_attachments);
+            let empty = MessageSummary::decode(&json, Parts::NONE).unwrap();
+            let pick = |asked: bool| if asked { &full } else { &empty };
+            assert_eq!(got.header, pick(parts.header).header, "{parts:?}");
+            assert_eq!(got.envelope, pick(parts.envelope).envelope, "{parts:?}");
+            assert_eq!(got.body, pick(parts.body).body, "{parts:?}");
+            assert_eq!(
+                got.search_headers,
+                pick(parts.search_headers).search_headers
+            );
+            assert_eq!(got.preview, pick(parts.preview).preview, "{parts:?}");
+        }
+        let none = MessageSummary::decode(&json, Parts::NONE).unwrap();
+        assert!(none.header.is_empty() && none.search_headers.is_empty());
+        assert_eq!(none.envelope, Envelope::default());
+        assert_eq!(
+            (none.body.media_type.as_str(), none.body.subtype.as_str()),
+            ("text", "plain")
+        );
+        assert!(matches!(none.body.kind, PartKind::Leaf) && none.preview.is_empty());
+    }
+}
+
+#[test]
+fn decoding_some_parts_still_checks_what_it_reads() {
+    let full = summarize(&crlf(NESTED));
+    let mut value = serde_json::to_value(&full).unwrap();
+    value.as_object_mut().unwrap().remove("envelope");
+    let no_envelope = serde_json::to_vec(&value).unwrap();
+    let envelope = Parts {
+        envelope: true,
+        ..Parts::NONE
+    };
+    let search = Parts {
+        search_headers: true,
+        ..Parts::NONE
+    };
+    // Asked for and missing: an error, as a whole read gives.
+    assert!(MessageSummary::decode(&no_envelope, envelope).is_err());
+    assert!(MessageSummary::decode(&no_envelope, Parts::ALL).is_err());
+    // Not asked for: not needed.
+    assert!(MessageSummary::decode(&no_envelope, search).is_ok());
+    // A scalar is always needed; a skipped part must still be valid JSON;
+    // nothing may follow the object; unknown fields are ignored.
+    value.as_object_mut().unwrap().remove("size");
+    assert!(MessageSummary::decode(&serde_json::to_vec(&value).unwrap(), search).is_err());
+    let mut json = serde_json::to_vec(&full).unwrap();
+    let cut = json.len() - 2;
+    assert!(MessageSummary::decode(&json[..cut], search).is_err());
+    json.extend_from_slice(b" x");
+    assert!(MessageSummary::decode(&json, search).is_err());
+    let mut extra = serde_json::to_value(&full).unwrap();
+    extra
+        .as_object_mut()
+        .unwrap()
+        .insert("later".into(), serde_json::json!({"a": [1]}));
+    let extra = serde_json::to_vec(&extra).unwrap();
+    assert_eq!(
+        MessageSummary::decode(&extra, search)
+            .unwrap()
+            .search_headers,
+        full.search_headers
+    );
 }
 
 #[test]
