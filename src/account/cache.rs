@@ -88,7 +88,7 @@ pub struct SummaryCache {
 #[derive(Debug, Default)]
 struct Lru {
     /// Summary and its last use.
-    entries: HashMap<SummaryKey, (Arc<[u8]>, u64)>,
+    entries: HashMap<SummaryKey, (Bytes, u64)>,
     /// Last use → key: the oldest first.
     by_use: BTreeMap<u64, SummaryKey>,
     clock: u64,
@@ -103,7 +103,7 @@ impl SummaryCache {
         }
     }
 
-    pub fn get(&self, key: &SummaryKey) -> Option<Arc<[u8]>> {
+    pub fn get(&self, key: &SummaryKey) -> Option<Bytes> {
         let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
         lru.clock += 1;
         let now = lru.clock;
@@ -115,7 +115,7 @@ impl SummaryCache {
         Some(summary)
     }
 
-    pub fn insert(&self, key: SummaryKey, summary: Arc<[u8]>) {
+    pub fn insert(&self, key: SummaryKey, summary: Bytes) {
         if summary.len() > self.capacity {
             return;
         }
@@ -162,17 +162,17 @@ mod tests {
                 },
             )
         };
-        cache.insert(key(1), Arc::from(&b"aaaa"[..]));
-        cache.insert(key(2), Arc::from(&b"bbbb"[..]));
+        cache.insert(key(1), Bytes::from_static(b"aaaa"));
+        cache.insert(key(2), Bytes::from_static(b"bbbb"));
         assert_eq!(cache.get(&key(1)).as_deref(), Some(&b"aaaa"[..]));
-        cache.insert(key(3), Arc::from(&b"cccc"[..]));
+        cache.insert(key(3), Bytes::from_static(b"cccc"));
         assert!(cache.get(&key(2)).is_none(), "the least recently used goes");
         assert!(cache.get(&key(1)).is_some() && cache.get(&key(3)).is_some());
         assert_eq!(cache.held(), 8);
         // Replacing an entry counts its bytes once.
-        cache.insert(key(3), Arc::from(&b"cc"[..]));
+        cache.insert(key(3), Bytes::from_static(b"cc"));
         assert_eq!(cache.held(), 6);
-        cache.insert(key(4), Arc::from(&[0u8; 11][..]));
+        cache.insert(key(4), Bytes::from(vec![0u8; 11]));
         assert!(cache.get(&key(4)).is_none(), "larger than the whole cache");
     }
 

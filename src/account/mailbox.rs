@@ -40,7 +40,7 @@ use crate::mailbox::body::{
 use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::state::SummaryAt;
-use crate::mailbox::summary::{LineEnds, MessageSummary, summarize};
+use crate::mailbox::summary::{LineEnds, MessageSummary, Parts, summarize};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout};
 
@@ -97,6 +97,9 @@ fn plan_import(
 
 /// Summary pages (or bodies, to summarise again) fetched at once.
 const SUMMARY_FETCHES: usize = 8;
+/// Up to this many summaries are parsed in the asking task; more, on a
+/// blocking thread (see [`Mailbox::summaries`]).
+const PARSE_IN_TASK: usize = 16;
 
 /// Stores a new message body (see `mailbox::body`; the sealing runs on the
 /// blocking pool) and returns the reference an op carries.
@@ -617,7 +620,7 @@ impl Mailbox {
             .filter(|(_, new)| new.message.summary.is_empty())
             .map(|(uid, _)| *uid)
             .collect();
-        let mut fetched: HashMap<u32, Arc<[u8]>> = self
+        let mut fetched: HashMap<u32, Bytes> = self
             .summary_bytes(&paged)
             .await?
             .into_iter()
@@ -709,16 +712,27 @@ impl Mailbox {
         &self,
         uids: &[u32],
     ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
-        self.summary_bytes(uids)
-            .await?
-            .into_iter()
-            .map(|(uid, id, bytes)| {
-                let summary = serde_json::from_slice(&bytes).map_err(|e| {
-                    AccountError::Corrupt(format!("message {id}: unreadable summary: {e}"))
-                })?;
-                Ok((uid, summary))
-            })
-            .collect()
+        self.summary_parts(uids, Parts::ALL).await
+    }
+
+    /// [`Mailbox::summaries`] with only `parts` of each summary read (see
+    /// [`MessageSummary::decode`]): the others are left empty.
+    pub async fn summary_parts(
+        &self,
+        uids: &[u32],
+        parts: Parts,
+    ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
+        let encoded = self.summary_bytes(uids).await?;
+        if encoded.len() <= PARSE_IN_TASK {
+            return parse_summaries(encoded, parts);
+        }
+        // A batch is parsed on a blocking thread: FETCH and SEARCH ask
+        // for the next batches while one is answered, and their parsing
+        // then runs on the other cores instead of one after another in
+        // the session's task.
+        tokio::task::spawn_blocking(move || parse_summaries(encoded, parts))
+            .await
+            .map_err(|e| AccountError::Internal(format!("reading summaries: {e}")))?
     }
 
     /// Encoded summaries of the shown messages among `uids`: held in the
@@ -731,9 +745,9 @@ impl Mailbox {
     async fn summary_bytes(
         &self,
         uids: &[u32],
-    ) -> Result<Vec<(u32, MessageId, Arc<[u8]>)>, AccountError> {
+    ) -> Result<Vec<(u32, MessageId, Bytes)>, AccountError> {
         enum Where {
-            Held(Arc<[u8]>),
+            Held(Bytes),
             Page(String),
             Unknown,
         }
@@ -745,7 +759,7 @@ impl Mailbox {
                 .filter_map(|uid| {
                     let id = s.message_id(*uid)?;
                     let at = match s.summary_at(&id) {
-                        SummaryAt::Held(bytes) => Where::Held(Arc::from(bytes)),
+                        SummaryAt::Held(bytes) => Where::Held(Bytes::from(bytes)),
                         SummaryAt::Page(page) => Where::Page(page.to_owned()),
                         SummaryAt::Unknown => Where::Unknown,
                     };
@@ -755,7 +769,7 @@ impl Mailbox {
             (located, log.side())
         };
         let cache = self.cache.summaries();
-        let mut found: HashMap<MessageId, Arc<[u8]>> = HashMap::new();
+        let mut found: HashMap<MessageId, Bytes> = HashMap::new();
         let mut pages = BTreeSet::new();
         for (_, id, at) in &located {
             match at {
@@ -811,7 +825,8 @@ impl Mailbox {
             match page? {
                 Some(page) => {
                     for PagedSummary { id, summary } in page.summaries {
-                        let bytes: Arc<[u8]> = Arc::from(summary);
+                        // Taken as it is, not copied.
+                        let bytes = Bytes::from(summary);
                         if wanted.contains(&id) {
                             found.insert(id, bytes.clone());
                         }
@@ -828,7 +843,7 @@ impl Mailbox {
             .filter(|(_, id, _)| !found.contains_key(id))
             .map(|(uid, id, _)| (*uid, *id))
             .collect();
-        type Redone = Result<Option<(MessageId, Arc<[u8]>)>, AccountError>;
+        type Redone = Result<Option<(MessageId, Bytes)>, AccountError>;
         let redone: Vec<Redone> = stream::iter(missing)
             .map(|(uid, id)| async move {
                 let body = match self.body(uid).await {
@@ -840,7 +855,7 @@ impl Mailbox {
                     tokio::task::spawn_blocking(move || encode_summary(&summarize(&body)))
                         .await
                         .map_err(|e| AccountError::Internal(format!("summarising: {e}")))?;
-                Ok(Some((id, Arc::from(summary))))
+                Ok(Some((id, Bytes::from(summary))))
             })
             .buffer_unordered(SUMMARY_FETCHES)
             .collect()
@@ -1025,6 +1040,22 @@ impl Mailbox {
     pub async fn damage(&self) -> Vec<crate::log::stored::Damage> {
         self.log.read().await.damaged()
     }
+}
+
+/// Parses encoded summaries (as [`Mailbox::summary_bytes`] gives them).
+fn parse_summaries(
+    encoded: Vec<(u32, MessageId, Bytes)>,
+    parts: Parts,
+) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
+    encoded
+        .into_iter()
+        .map(|(uid, id, bytes)| {
+            let summary = MessageSummary::decode(&bytes, parts).map_err(|e| {
+                AccountError::Corrupt(format!("message {id}: unreadable summary: {e}"))
+            })?;
+            Ok((uid, summary))
+        })
+        .collect()
 }
 
 #[cfg(test)]

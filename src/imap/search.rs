@@ -48,7 +48,7 @@ use imap_codec::imap_types::datetime::NaiveDate;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
-use crate::mailbox::summary::{Address, BodyPart, MessageSummary, PartKind};
+use crate::mailbox::summary::{Address, BodyPart, MessageSummary, PartKind, Parts};
 
 /// The charsets SEARCH accepts, as the `BADCHARSET` response code lists
 /// them (RFC 9051 §6.4.4 requires both).
@@ -145,6 +145,14 @@ impl Query {
         self.has_modseq
     }
 
+    /// The parts of a message's summary the keys read (see
+    /// [`MessageSummary::decode`]), or `None` when they read no summary at
+    /// all (flags, sizes, arrival dates, UIDs, MODSEQ): `SEARCH UNSEEN`
+    /// then reads no summary page.
+    pub fn summary_parts(&self) -> Option<Parts> {
+        parts_of(&self.root)
+    }
+
     /// Whether the message matches every key.
     pub fn matches(&self, candidate: &Candidate<'_>) -> bool {
         let eval = Eval {
@@ -232,6 +240,52 @@ impl Query {
             #[allow(unreachable_patterns)]
             _ => Node::Const(false),
         }
+    }
+}
+
+/// The summary parts `node` reads when [`Eval::node`] evaluates it.
+fn parts_of(node: &Node) -> Option<Parts> {
+    let only = |parts: Parts| Some(parts);
+    let either = |a: Option<Parts>, b: Option<Parts>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.and(b)),
+        (a, b) => a.or(b),
+    };
+    match node {
+        Node::Const(_)
+        | Node::Flag { .. }
+        | Node::Seq(_)
+        | Node::Uid(_)
+        | Node::Larger(_)
+        | Node::Smaller(_)
+        | Node::Internal(..)
+        | Node::ModSeq(_) => None,
+        // The Date: field as written, in the envelope (`sent_day`).
+        Node::Sent(..) => only(Parts {
+            envelope: true,
+            ..Parts::NONE
+        }),
+        Node::Header { .. } => only(Parts {
+            search_headers: true,
+            ..Parts::NONE
+        }),
+        Node::Address { .. } => only(Parts {
+            search_headers: true,
+            envelope: true,
+            ..Parts::NONE
+        }),
+        // `body_texts` finds attached messages' headers by the structure.
+        Node::Body(_) => only(Parts {
+            body: true,
+            ..Parts::NONE
+        }),
+        Node::Text(_) => only(Parts {
+            search_headers: true,
+            body: true,
+            ..Parts::NONE
+        }),
+        Node::Not(inner) => parts_of(inner),
+        Node::Or(a, b) => either(parts_of(a), parts_of(b)),
+        Node::And(nodes) => nodes.iter().map(parts_of).fold(None, either),
     }
 }
 
@@ -470,8 +524,28 @@ fn fold(c: char) -> impl Iterator<Item = char> {
     buf.into_iter().take(len)
 }
 
+/// `s` case-folded, character by character with [`fold`]. Runs of ASCII
+/// (most of a mail body) are copied and lowercased in one go: SEARCH TEXT
+/// folds every text part of every message it reads.
 fn fold_str(s: &str) -> String {
-    s.chars().flat_map(fold).collect()
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while !rest.is_empty() {
+        let ascii = rest
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(ascii);
+        let start = out.len();
+        out.push_str(run);
+        out[start..].make_ascii_lowercase();
+        let mut chars = tail.chars();
+        if let Some(c) = chars.next() {
+            out.extend(fold(c));
+        }
+        rest = chars.as_str();
+    }
+    out
 }
 
 /// The day number (days since 1970-01-01) of a SEARCH date.
@@ -939,12 +1013,92 @@ The inner secret.\n\
         };
         let query = Query::new(&parse(criteria), scope);
         let with_body = query.needs_body();
-        messages
+        let found: Vec<u32> = messages
             .iter()
             .zip(1..)
             .filter(|(m, seq)| query.matches(&m.candidate(*seq, with_body)))
             .map(|(_, seq)| seq)
-            .collect()
+            .collect();
+        // Every search of these tests also runs on summaries holding only
+        // the parts the query says it reads (what `cmd::search::scan`
+        // gives it), or on an empty one when it reads none: same answer.
+        let parts = query.summary_parts();
+        let partial: Vec<u32> = messages
+            .iter()
+            .zip(1..)
+            .filter(|(m, seq)| {
+                let summary = match parts {
+                    None => MessageSummary::empty(),
+                    Some(parts) => {
+                        let json = serde_json::to_vec(&m.summary).unwrap();
+                        MessageSummary::decode(&json, parts).unwrap()
+                    }
+                };
+                let mut candidate = m.candidate(*seq, with_body);
+                candidate.summary = &summary;
+                query.matches(&candidate)
+            })
+            .map(|(_, seq)| seq)
+            .collect();
+        assert_eq!(partial, found, "{criteria} with only {parts:?}");
+        found
+    }
+
+    proptest::proptest! {
+        /// The ASCII-run shortcut folds exactly as folding every character.
+        #[test]
+        fn fold_str_folds_every_character(s in "(?s)[a-zA-Z0-9 \\r\\n.ßẞςΣÅéÉ\\x{212A}\\x{130}\\x{10400}-\\x{10410}]{0,64}|\\PC{0,64}") {
+            let by_character: String = s.chars().flat_map(fold).collect();
+            proptest::prop_assert_eq!(fold_str(&s), by_character);
+        }
+    }
+
+    #[test]
+    fn the_parts_a_query_reads() {
+        let parts = |criteria: &str| {
+            Query::new(
+                &parse(criteria),
+                Scope {
+                    max_seq: 1,
+                    max_uid: 1,
+                },
+            )
+            .summary_parts()
+        };
+        let headers = Parts {
+            search_headers: true,
+            ..Parts::NONE
+        };
+        let envelope = Parts {
+            envelope: true,
+            ..Parts::NONE
+        };
+        for none in [
+            "UNSEEN",
+            "ALL",
+            "1:* UID 2 LARGER 10 NOT SMALLER 3 SINCE 1-Jan-2024 KEYWORD x",
+            "OR FLAGGED NOT DELETED",
+            "MODSEQ 5",
+        ] {
+            assert_eq!(parts(none), None, "{none}");
+        }
+        assert_eq!(parts("SUBJECT x"), Some(headers));
+        assert_eq!(parts("HEADER X-Spam yes UNSEEN"), Some(headers));
+        assert_eq!(parts("SENTSINCE 1-Jan-2024"), Some(envelope));
+        assert_eq!(parts("NOT FROM x"), Some(headers.and(envelope)));
+        assert_eq!(
+            parts("OR SUBJECT x SENTON 1-Jan-2024"),
+            Some(headers.and(envelope))
+        );
+        let body = Parts {
+            body: true,
+            ..Parts::NONE
+        };
+        assert_eq!(parts("BODY x"), Some(body));
+        assert_eq!(parts("UNSEEN TEXT x"), Some(headers.and(body)));
+        // Never the raw header or the preview.
+        let all = parts("OR OR TEXT a FROM b OR SENTBEFORE 1-Jan-2024 BCC c").unwrap();
+        assert!(!all.header && !all.preview);
     }
 
     fn check(table: &[(&str, &[u32])]) {

@@ -26,7 +26,7 @@ use crate::account::AccountError;
 use crate::imap::mime;
 use crate::imap::response::{Done, Failure, Out, Outcome, code};
 use crate::imap::state::Selected;
-use crate::mailbox::summary::MessageSummary;
+use crate::mailbox::summary::{MessageSummary, Parts};
 
 /// Bodies downloaded at once for one FETCH.
 pub(crate) const PARALLEL_BODIES: usize = 4;
@@ -76,6 +76,23 @@ fn needs_summary(item: &MessageDataItemName<'_>) -> bool {
             | MessageDataItemName::BinarySize { .. }
             | MessageDataItemName::Rfc822Header
     )
+}
+
+/// The parts of the summaries `items` read (see
+/// [`MessageSummary::decode`]): ENVELOPE, BODY and BODYSTRUCTURE alone
+/// (what clients fetch to list a mailbox) read only theirs; a section may
+/// read the header and the structure, so it reads everything.
+fn summary_parts(items: &[MessageDataItemName<'_>]) -> Parts {
+    let mut parts = Parts::NONE;
+    for item in items {
+        match item {
+            MessageDataItemName::Envelope => parts.envelope = true,
+            MessageDataItemName::Body | MessageDataItemName::BodyStructure => parts.body = true,
+            other if needs_summary(other) || may_need_body(other) => return Parts::ALL,
+            _ => {}
+        }
+    }
+    parts
 }
 
 /// Whether `item` may need the message body (a header section may still
@@ -170,6 +187,7 @@ pub async fn fetch(
         .any(|i| matches!(i, MessageDataItemName::Flags));
     let origins: Vec<Option<u32>> = items.iter().map(binary_origin).collect();
     let summary_needed = items.iter().any(needs_summary);
+    let parts = summary_parts(&items);
     let body_maybe = items.iter().any(may_need_body);
 
     let mut metas: Vec<Meta> = selected
@@ -226,8 +244,11 @@ pub async fn fetch(
             async move {
                 if summary_needed || body_maybe {
                     let uids: Vec<u32> = chunk.iter().map(|m| m.uid).collect();
-                    let mut summaries: HashMap<u32, MessageSummary> =
-                        mailbox.summaries(&uids).await?.into_iter().collect();
+                    let mut summaries: HashMap<u32, MessageSummary> = mailbox
+                        .summary_parts(&uids, parts)
+                        .await?
+                        .into_iter()
+                        .collect();
                     for meta in &mut chunk {
                         meta.summary = summaries.remove(&meta.uid);
                     }
@@ -565,4 +586,82 @@ fn render(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use imap_codec::CommandCodec;
+    use imap_codec::decode::Decoder as _;
+    use imap_codec::imap_types::command::CommandBody;
+
+    use super::*;
+    use crate::mailbox::summary::{normalize_crlf, summarize};
+
+    /// The items of `FETCH 1 (<list>)`, as imap-codec parses them.
+    fn parse(list: &str) -> Vec<MessageDataItemName<'static>> {
+        let line = format!("a FETCH 1 ({list})\r\n");
+        let (_, command) = CommandCodec::default().decode(line.as_bytes()).unwrap();
+        match command.body {
+            CommandBody::Fetch {
+                macro_or_item_names,
+                ..
+            } => items(macro_or_item_names.into_static()),
+            other => panic!("not a FETCH: {other:?}"),
+        }
+    }
+
+    const MESSAGES: [&str; 2] = [
+        "From: =?utf-8?q?Ren=C3=A9e?= <r@example.org>\nTo: a@example.org\n\
+Subject: hello\nDate: Tue, 1 Jul 2025 10:00:00 +0200\n\
+Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\n\
+hi\n--b\nContent-Type: message/rfc822\n\nSubject: inner\n\ninner body\n--b--\n",
+        "Subject: plain\n\nbody\n",
+    ];
+
+    /// Every FETCH item that reads the summary renders the same from a
+    /// summary holding only the parts `summary_parts` asks for as from
+    /// the whole summary, alone or next to others.
+    #[test]
+    fn items_render_the_same_from_the_parts_they_ask_for() {
+        let all = "ENVELOPE BODY BODYSTRUCTURE RFC822.HEADER RFC822.TEXT RFC822 \
+                   BODY.PEEK[HEADER.FIELDS (Subject)] BODY.PEEK[1.MIME] BODY.PEEK[2.HEADER] \
+                   BODY.PEEK[TEXT]<2.5> BINARY.PEEK[1] BINARY.SIZE[1] RFC822.SIZE UID FLAGS";
+        let every = parse(all);
+        let mut lists: Vec<Vec<MessageDataItemName<'static>>> =
+            every.iter().map(|i| vec![i.clone()]).collect();
+        lists.push(parse("UID FLAGS ENVELOPE"));
+        lists.push(parse("ENVELOPE BODYSTRUCTURE"));
+        lists.push(every.clone());
+        for text in MESSAGES {
+            let raw = Bytes::from(normalize_crlf(text.as_bytes()).into_owned());
+            let full = summarize(&raw);
+            let json = serde_json::to_vec(&full).unwrap();
+            let meta = |summary: MessageSummary| Meta {
+                uid: 7,
+                flags: vec!["\\Seen".to_owned()],
+                size: raw.len() as u64,
+                internal_date: 1_700_000_000,
+                modseq: 3,
+                recent: false,
+                summary: Some(summary),
+            };
+            for list in &lists {
+                let parts = summary_parts(list);
+                let whole = meta(full.clone());
+                let partial = meta(MessageSummary::decode(&json, parts).unwrap());
+                for item in list {
+                    assert_eq!(
+                        render(item, &partial, Some(&raw)).unwrap(),
+                        render(item, &whole, Some(&raw)).unwrap(),
+                        "{item:?} with {parts:?}"
+                    );
+                }
+            }
+        }
+        // What a mail client lists a mailbox with reads little.
+        let listing = summary_parts(&parse("UID FLAGS ENVELOPE RFC822.SIZE"));
+        assert!(listing.envelope && !listing.body && !listing.header);
+        assert!(!listing.search_headers && !listing.preview);
+        assert_eq!(summary_parts(&parse("BODY.PEEK[HEADER]")), Parts::ALL);
+    }
 }

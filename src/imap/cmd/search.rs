@@ -18,7 +18,7 @@ use crate::imap::search::{Candidate, Query, Scope, check_charset};
 use crate::imap::state::{Authed, Selected, sequence_set_string};
 
 use crate::account::AccountError;
-use crate::mailbox::summary::MessageSummary;
+use crate::mailbox::summary::{MessageSummary, Parts};
 
 /// What SEARCH reads of a message from the state.
 struct Row {
@@ -48,7 +48,8 @@ pub async fn search(
     let query = Query::new(&criteria, scope(selected));
     let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
     let mut modseqs: Vec<u64> = Vec::new(); // of `matched`, in its order
-    scan(selected, &query, out, |c| {
+    let parts = query.summary_parts();
+    scan(selected, &query, parts, out, |c| {
         matched.push(c.uid);
         modseqs.push(c.modseq);
     })
@@ -115,10 +116,14 @@ pub(super) fn scope(selected: &Selected) -> Scope {
 /// Runs `query` over the selected mailbox, calling `each` on every match
 /// in mailbox order. Reads the state in chunks of [`CHUNK`] messages, so
 /// its lock is never held across a body download, and keeps only one
-/// chunk's summaries at a time.
+/// chunk's summaries at a time. The candidates' summaries hold `parts`
+/// (what the query and `each` read); with `None`, no summary is read and
+/// every candidate shows an empty one: only for a query whose
+/// [`Query::summary_parts`] is `None` and an `each` that reads none.
 pub async fn scan(
     selected: &mut Selected,
     query: &Query,
+    parts: Option<Parts>,
     out: &mut Out<'_>,
     mut each: impl FnMut(&Candidate<'_>),
 ) -> Result<(), Failure> {
@@ -126,13 +131,20 @@ pub async fn scan(
     // Summaries may live in summary pages (a GET each): one batch per
     // chunk, the next ones read while a chunk is matched.
     let reader = selected.mailbox.clone();
-    let chunks: Vec<Vec<u32>> = view.chunks(CHUNK).map(<[u32]>::to_vec).collect();
+    let chunks: Vec<Vec<u32>> = match parts {
+        Some(_) => view.chunks(CHUNK).map(<[u32]>::to_vec).collect(),
+        None => Vec::new(),
+    };
     let mut summaries_ahead = futures::stream::iter(chunks)
         .map(move |chunk| {
             let mailbox = reader.clone();
-            async move { mailbox.summaries(&chunk).await }
+            async move {
+                let parts = parts.unwrap_or(Parts::NONE);
+                mailbox.summary_parts(&chunk, parts).await
+            }
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
+    let unread = MessageSummary::empty();
     for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
         let rows: Vec<Row> = selected
             .mailbox
@@ -154,18 +166,24 @@ pub async fn scan(
                     .collect()
             })
             .await;
-        let mut summaries: HashMap<u32, MessageSummary> = match summaries_ahead.next().await {
-            Some(batch) => batch?.into_iter().collect(),
-            None => HashMap::new(),
+        let mut summaries: Option<HashMap<u32, MessageSummary>> = match parts {
+            None => None,
+            Some(_) => match summaries_ahead.next().await {
+                Some(batch) => Some(batch?.into_iter().collect()),
+                None => Some(HashMap::new()),
+            },
         };
         // Rows with their summary and, for BODY/TEXT keys, their body:
         // downloaded a few at a time, as FETCH does, in order.
-        let rows: Vec<(Row, MessageSummary)> = rows
+        let rows: Vec<(Row, Option<MessageSummary>)> = rows
             .into_iter()
-            .filter_map(|row| {
+            .filter_map(|row| match &mut summaries {
+                None => Some((row, None)),
                 // Expunged meanwhile: nothing to match.
-                let summary = summaries.remove(&row.uid)?;
-                Some((row, summary))
+                Some(summaries) => {
+                    let summary = summaries.remove(&row.uid)?;
+                    Some((row, Some(summary)))
+                }
             })
             .collect();
         let mailbox = &selected.mailbox;
@@ -207,7 +225,7 @@ pub async fn scan(
                 flags: &flag_refs,
                 size,
                 internal_date,
-                summary: &summary,
+                summary: summary.as_ref().unwrap_or(&unread),
                 raw: raw.as_deref(),
             };
             if query.matches(&candidate) {

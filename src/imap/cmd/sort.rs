@@ -11,6 +11,7 @@ use crate::imap::response::{Done, Out, Outcome, astring};
 use crate::imap::search::Query;
 use crate::imap::sort::{self, Sortable};
 use crate::imap::state::{Authed, Selected};
+use crate::mailbox::summary::Parts;
 
 /// SORT and UID SORT (RFC 5256 §3; keys and order in [`crate::imap::sort`]),
 /// answered as ESEARCH when RETURN options were given (ESORT, RFC 5267
@@ -32,7 +33,7 @@ pub async fn sort(
     let query = Query::new(keys, scope(selected));
     let mut items: Vec<Sortable> = Vec::new();
     let mut highest_modseq = 0;
-    scan(selected, &query, out, |c| {
+    scan(selected, &query, Some(Parts::ALL), out, |c| {
         highest_modseq = highest_modseq.max(c.modseq);
         items.push(Sortable::new(
             criteria,

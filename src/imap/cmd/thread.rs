@@ -10,6 +10,7 @@ use crate::imap::response::{Done, Failure, Out, Outcome};
 use crate::imap::search::Query;
 use crate::imap::state::Selected;
 use crate::imap::thread::{self, Threadable};
+use crate::mailbox::summary::Parts;
 
 /// THREAD and UID THREAD (RFC 5256 §3; algorithms in [`crate::imap::thread`]).
 pub async fn thread(
@@ -33,7 +34,7 @@ pub async fn thread(
     require_charset(Some(charset))?;
     let query = Query::new(keys, scope(selected));
     let mut items: Vec<Threadable> = Vec::new();
-    scan(selected, &query, out, |c| {
+    scan(selected, &query, Some(Parts::ALL), out, |c| {
         items.push(Threadable::new(c.seq, c.uid, c.internal_date, c.summary));
     })
     .await?;
