@@ -202,8 +202,9 @@ impl MessageSummary {
     }
 }
 
-/// The fields of [`MessageSummary`], as serde names them.
-#[derive(Deserialize)]
+/// The fields of [`MessageSummary`], as serde names them, in the order of
+/// `NAMES` in [`PartsVisitor::visit_map`].
+#[derive(Clone, Copy, Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
 enum SummaryField {
     Size,
@@ -239,7 +240,27 @@ impl<'de> serde::de::Visitor<'de> for PartsVisitor {
         let (mut size, mut header_bytes, mut has_attachments) = (None, None, None);
         let (mut header, mut envelope, mut body) = (None, None, None);
         let (mut search_headers, mut preview, mut sent_date) = (None, None, None);
+        // As the derived reading does: a field written twice is an error,
+        // whether or not it is read.
+        const NAMES: [&str; 9] = [
+            "size",
+            "header_bytes",
+            "header",
+            "envelope",
+            "body",
+            "search_headers",
+            "sent_date",
+            "preview",
+            "has_attachments",
+        ];
+        let mut seen = [false; NAMES.len()];
         while let Some(field) = map.next_key::<SummaryField>()? {
+            if let Some(seen) = seen.get_mut(field as usize) {
+                if *seen {
+                    return Err(A::Error::duplicate_field(NAMES[field as usize]));
+                }
+                *seen = true;
+            }
             match field {
                 SummaryField::Size => size = Some(map.next_value()?),
                 SummaryField::HeaderBytes => header_bytes = Some(map.next_value()?),

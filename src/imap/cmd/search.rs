@@ -48,8 +48,7 @@ pub async fn search(
     let query = Query::new(&criteria, scope(selected));
     let mut matched: Vec<u32> = Vec::new(); // UIDs, ascending
     let mut modseqs: Vec<u64> = Vec::new(); // of `matched`, in its order
-    let parts = query.summary_parts();
-    scan(selected, &query, parts, out, |c| {
+    scan(selected, &query, None, out, |c| {
         matched.push(c.uid);
         modseqs.push(c.modseq);
     })
@@ -116,17 +115,21 @@ pub(super) fn scope(selected: &Selected) -> Scope {
 /// Runs `query` over the selected mailbox, calling `each` on every match
 /// in mailbox order. Reads the state in chunks of [`CHUNK`] messages, so
 /// its lock is never held across a body download, and keeps only one
-/// chunk's summaries at a time. The candidates' summaries hold `parts`
-/// (what the query and `each` read); with `None`, no summary is read and
-/// every candidate shows an empty one: only for a query whose
-/// [`Query::summary_parts`] is `None` and an `each` that reads none.
+/// chunk's summaries at a time. The candidates' summaries hold the parts
+/// the query reads and those `each` reads (`each_reads`: `None` for none);
+/// when neither reads any, no summary is read and every candidate shows
+/// an empty one.
 pub async fn scan(
     selected: &mut Selected,
     query: &Query,
-    parts: Option<Parts>,
+    each_reads: Option<Parts>,
     out: &mut Out<'_>,
     mut each: impl FnMut(&Candidate<'_>),
 ) -> Result<(), Failure> {
+    let parts = match (query.summary_parts(), each_reads) {
+        (Some(a), Some(b)) => Some(a.and(b)),
+        (a, b) => a.or(b),
+    };
     let view: Vec<u32> = selected.uids().to_vec();
     // Summaries may live in summary pages (a GET each): one batch per
     // chunk, the next ones read while a chunk is matched.

@@ -423,9 +423,10 @@ fn raw_text_serialisation() {
     let json = serde_json::to_string(&bytes).unwrap();
     assert_eq!(json, "{\"b64\":\"6WE=\"}");
     assert_eq!(serde_json::from_str::<RawText>(&json).unwrap(), bytes);
-    // Read as the untagged enum it replaced did: a key other than b64 is
-    // ignored; a missing or repeated b64, bad base64 or another JSON type
-    // is an error, not an empty text.
+    // A key other than b64 is ignored; a missing or repeated b64, bad
+    // base64 or another JSON type is an error, not an empty text. (The
+    // untagged enum this visitor replaced also took `["<base64>"]`, a form
+    // nothing writes.)
     assert_eq!(
         serde_json::from_str::<RawText>(r#"{"x":1,"b64":"6WE="}"#).unwrap(),
         bytes
@@ -440,7 +441,7 @@ fn raw_text_serialisation() {
     ] {
         assert!(serde_json::from_str::<RawText>(bad).is_err(), "{bad}");
     }
-    // An escaped string (serde_json hands over an owned string).
+    // A string with escapes (not borrowed from the input).
     assert_eq!(
         serde_json::from_str::<RawText>(r#""a\r\nb""#).unwrap(),
         RawText::from("a\r\nb")
@@ -555,6 +556,21 @@ fn decoding_some_parts_still_checks_what_it_reads() {
     assert!(MessageSummary::decode(&json[..cut], search).is_err());
     json.extend_from_slice(b" x");
     assert!(MessageSummary::decode(&json, search).is_err());
+    // A field written twice is an error, read or skipped, as for a whole
+    // read.
+    let text = String::from_utf8(serde_json::to_vec(&full).unwrap()).unwrap();
+    let whole: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for name in ["size", "envelope", "preview"] {
+        let twice = format!("{{\"{name}\":{},{}", whole[name], &text[1..]);
+        assert!(
+            MessageSummary::decode(twice.as_bytes(), search).is_err(),
+            "{name}"
+        );
+        assert!(
+            MessageSummary::decode(twice.as_bytes(), Parts::ALL).is_err(),
+            "{name}"
+        );
+    }
     let mut extra = serde_json::to_value(&full).unwrap();
     extra
         .as_object_mut()
