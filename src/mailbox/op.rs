@@ -112,15 +112,28 @@ pub struct MessageRef {
 pub(crate) mod base64_bytes {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
+    /// Decodes the string where the input holds it when it can (a JSON
+    /// string without escapes, as base64 always is): summary pages hold
+    /// hundreds of these, a few KB each, and a copy of each first cost as
+    /// much as the decoding.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        STANDARD.decode(text).map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+                STANDARD.decode(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -287,6 +300,21 @@ mod tests {
         let json = serde_json::to_string(&message).unwrap();
         assert!(json.contains("\"summary\":\"eyJzaXplIjoxfQ==\""), "{json}");
         assert_eq!(serde_json::from_str::<MessageRef>(&json).unwrap(), message);
+        // Read in place or, with JSON escapes (`\/`), from a copy; bad
+        // base64 or another type is an error.
+        let escaped = json.replace("eyJzaXplIjoxfQ==", "eyJza\\u0058plIjoxfQ==");
+        assert!(escaped.contains("\\u0058"), "{escaped}");
+        let read = serde_json::from_str::<MessageRef>(&escaped).unwrap();
+        assert_eq!(read, message);
+        let from_reader = serde_json::from_reader::<_, MessageRef>(json.as_bytes()).unwrap();
+        assert_eq!(from_reader, message);
+        for bad in ["\"summary\":\"e!==\"", "\"summary\":12"] {
+            let broken = json.replace("\"summary\":\"eyJzaXplIjoxfQ==\"", bad);
+            assert!(
+                serde_json::from_str::<MessageRef>(&broken).is_err(),
+                "{broken}"
+            );
+        }
     }
 
     #[test]
