@@ -523,7 +523,7 @@ pub struct BodyPart {
 
 impl BodyPart {
     /// What [`MessageSummary::decode`] leaves in place of a structure not
-    /// asked for: an empty `text/plain` part.
+    /// asked for: an empty `text/plain` part at offset 0, no parameters.
     fn skipped() -> BodyPart {
         BodyPart {
             media_type: "text".to_owned(),
@@ -1046,21 +1046,11 @@ fn empty_message(at: u64) -> Encapsulated {
     Encapsulated {
         envelope: Envelope::default(),
         body: BodyPart {
-            media_type: "text".to_owned(),
-            subtype: "plain".to_owned(),
             params: vec![("charset".to_owned(), "us-ascii".into())],
-            id: None,
-            description: None,
-            encoding: seven_bit(),
-            md5: None,
-            disposition: None,
-            language: Vec::new(),
-            location: None,
             header_start: at,
             body_start: at,
             body_end: at,
-            lines: 0,
-            kind: PartKind::Leaf,
+            ..BodyPart::skipped()
         },
     }
 }
