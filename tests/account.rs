@@ -8,6 +8,7 @@ use std::time::Duration;
 use facteur::account::{Account, AccountConfig, Mailbox};
 use facteur::crypto::{KdfParams, Keyring, Password, user_id};
 use facteur::log::InstanceId;
+use facteur::mailbox::summary::Parts;
 use facteur::store::{MemoryStore, ObjectStore, S3Settings, S3Store, SharedStore, list_all};
 
 /// The delivery-record key of the tests' cluster.
@@ -578,6 +579,24 @@ async fn summaries_are_paged_out_at_snapshots_and_read_back() {
     let other = b.mailbox("0a", 1).await.unwrap();
     assert_eq!(other.read(|s| s.held_summary_bytes()).await, 0);
     assert_eq!(subjects(&other).await, expected);
+
+    // A scan reads the pages each time and leaves the cache alone; a
+    // read of a few keeps its pages in the cache (one GET each, once).
+    let fresh = account(&shared, &keyring, "e", b"0123456789abcdef");
+    let scanned = fresh.mailbox("0a", 1).await.unwrap();
+    let uids: Vec<u32> = (1..=300).collect();
+    for _ in 0..2 {
+        let before = store.calls();
+        let all = scanned.scan_parts(&uids, Parts::ALL).await.unwrap();
+        assert_eq!(all.len(), 300);
+        assert_eq!(store.calls() - before, 2, "both pages read");
+    }
+    let before = store.calls();
+    assert_eq!(scanned.summaries(&[1, 300]).await.unwrap().len(), 2);
+    assert_eq!(store.calls() - before, 2, "not cached by the scans");
+    let before = store.calls();
+    assert_eq!(scanned.summaries(&[2, 299]).await.unwrap().len(), 2);
+    assert_eq!(store.calls(), before, "cached by the read of a few");
 
     // COPY of paged-out messages carries their summaries into the target.
     let target = b.mailbox("0b", 2).await.unwrap();

@@ -190,7 +190,9 @@ async fn check_messages(
             Ok(sealed) => side
                 .open(&name, &sealed)
                 .map_err(|e| e.to_string())
-                .and_then(|plain| SummaryPage::decode(&plain).map_err(|e| e.to_string())),
+                .and_then(|plain| {
+                    SummaryPage::decode(bytes::Bytes::from(plain)).map_err(|e| e.to_string())
+                }),
             Err(e) if e.is_not_found() => Err("missing".to_owned()),
             Err(e) => return Err(e.into()),
         };

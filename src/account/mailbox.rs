@@ -101,6 +101,12 @@ const SUMMARY_FETCHES: usize = 8;
 /// blocking thread (see [`Mailbox::summaries`]).
 const PARSE_IN_TASK: usize = 16;
 
+/// Messages from which a read of summaries (a FETCH or SEARCH over a
+/// mailbox) is a scan that bypasses the summary cache
+/// ([`Mailbox::scan_parts`]): more than the cache holds, about 900
+/// summaries (`cache::SUMMARY_CACHE_BYTES`).
+pub const SCAN_FROM: usize = 1024;
+
 /// Stores a new message body (see `mailbox::body`; the sealing runs on the
 /// blocking pool) and returns the reference an op carries.
 pub async fn store_body(
@@ -399,7 +405,10 @@ impl Mailbox {
             let summaries = held
                 .by_ref()
                 .take(PAGE_MESSAGES)
-                .map(|(id, summary)| PagedSummary { id, summary })
+                .map(|(id, summary)| PagedSummary {
+                    id,
+                    summary: Bytes::from(summary),
+                })
                 .collect();
             pages.push(SummaryPage { summaries });
         }
@@ -621,7 +630,7 @@ impl Mailbox {
             .map(|(uid, _)| *uid)
             .collect();
         let mut fetched: HashMap<u32, Bytes> = self
-            .summary_bytes(&paged)
+            .summary_bytes(&paged, true)
             .await?
             .into_iter()
             .map(|(uid, _, bytes)| (uid, bytes))
@@ -722,7 +731,27 @@ impl Mailbox {
         uids: &[u32],
         parts: Parts,
     ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
-        let encoded = self.summary_bytes(uids).await?;
+        self.read_summaries(uids, parts, true).await
+    }
+
+    /// [`Mailbox::summary_parts`] for one batch of a scan of more than
+    /// [`SCAN_FROM`] messages: what it reads from pages is not cached, as
+    /// the scan's next batches would only evict it (and everything else).
+    pub async fn scan_parts(
+        &self,
+        uids: &[u32],
+        parts: Parts,
+    ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
+        self.read_summaries(uids, parts, false).await
+    }
+
+    async fn read_summaries(
+        &self,
+        uids: &[u32],
+        parts: Parts,
+        cache: bool,
+    ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
+        let encoded = self.summary_bytes(uids, cache).await?;
         if encoded.len() <= PARSE_IN_TASK {
             return parse_summaries(encoded, parts);
         }
@@ -738,13 +767,15 @@ impl Mailbox {
     /// Encoded summaries of the shown messages among `uids`: held in the
     /// state, else from the summary cache, else from summary pages (one
     /// GET per page, bounded and in parallel; the whole page goes to the
-    /// cache, as neighbours are usually asked next). A message whose page
+    /// cache, as neighbours are usually asked next, unless `cache` is
+    /// false). A message whose page
     /// is gone (collected while this instance still referred to it) or
     /// unknown is summarised again from its body, and the result held
     /// until the next snapshot pages it out again.
     async fn summary_bytes(
         &self,
         uids: &[u32],
+        cache_pages: bool,
     ) -> Result<Vec<(u32, MessageId, Bytes)>, AccountError> {
         enum Where {
             Held(Bytes),
@@ -798,7 +829,7 @@ impl Mailbox {
                             let name = name.clone();
                             move || {
                                 let plain = side.open(&name, &sealed).map_err(|e| e.to_string())?;
-                                SummaryPage::decode(&plain).map_err(|e| e.to_string())
+                                SummaryPage::decode(Bytes::from(plain)).map_err(|e| e.to_string())
                             }
                         })
                         .await
@@ -825,12 +856,17 @@ impl Mailbox {
             match page? {
                 Some(page) => {
                     for PagedSummary { id, summary } in page.summaries {
-                        // Taken as it is, not copied.
-                        let bytes = Bytes::from(summary);
-                        if wanted.contains(&id) {
-                            found.insert(id, bytes.clone());
+                        if cache_pages {
+                            // The cache keeps a copy: a slice would keep
+                            // the whole page alive, unaccounted for.
+                            cache.insert(
+                                (self.cache_id.clone(), id),
+                                Bytes::copy_from_slice(&summary),
+                            );
                         }
-                        cache.insert((self.cache_id.clone(), id), bytes);
+                        if wanted.contains(&id) {
+                            found.insert(id, summary);
+                        }
                     }
                 }
                 None => lost.push(name),

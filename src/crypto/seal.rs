@@ -196,6 +196,18 @@ pub fn open_body(
         Content::Zstd => {
             // Compressed mail is still mail: wipe it once decompressed.
             let compressed = Zeroizing::new(plaintext);
+            // Our frames declare their size (one-shot compression does):
+            // one buffer of that size, filled in one pass, instead of a
+            // buffer grown (and copied) as a stream fills it. zstd fails
+            // if the content does not have the declared size.
+            if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&compressed) {
+                let size = usize::try_from(size)
+                    .ok()
+                    .filter(|size| *size <= max_size)
+                    .ok_or_else(too_large)?;
+                return zstd::bulk::decompress(&compressed, size)
+                    .map_err(|e| corrupt_zstd(object_key, e));
+            }
             let mut body = Vec::new();
             bounded_decoder(&compressed, object_key, max_size)?
                 .read_to_end(&mut body)
@@ -404,6 +416,7 @@ fn failed_to_decrypt(object_key: &str) -> CryptoError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     const NAME: &str = "users/0f0f/mbox/INBOX/log/0001";
     const MIB: usize = 1024 * 1024;
@@ -552,6 +565,59 @@ mod tests {
             open_body(&key, NAME, &plain, 99),
             Err(CryptoError::TooLarge { .. })
         ));
+    }
+
+    /// Our frames declare their size and are decompressed in one pass to
+    /// exactly that size; a frame that declares none (another compressor)
+    /// still opens through the bounded stream; a frame whose declared size
+    /// is a lie is corrupt, never a larger buffer or a panic.
+    #[test]
+    fn declared_sizes_are_used_checked_and_optional() {
+        let key = SymmetricKey::random();
+        let text = vec![7u8; 1000];
+        let frame = zstd::bulk::compress(&text, ZSTD_LEVEL).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
+            Some(1000)
+        );
+        let sealed = seal_with_format(&key, NAME, Format::Zstd, &frame);
+        assert_eq!(open_body(&key, NAME, &sealed, 1000).unwrap(), text);
+
+        // A streamed frame declares no size.
+        let mut undeclared = Vec::new();
+        {
+            let mut encoder = zstd::stream::write::Encoder::new(&mut undeclared, 3).unwrap();
+            encoder.write_all(&text).unwrap();
+            encoder.finish().unwrap();
+        }
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&undeclared).unwrap(),
+            None
+        );
+        let sealed = seal_with_format(&key, NAME, Format::Zstd, &undeclared);
+        assert_eq!(open_body(&key, NAME, &sealed, 1000).unwrap(), text);
+        assert!(matches!(
+            open_body(&key, NAME, &sealed, 999),
+            Err(CryptoError::TooLarge { .. })
+        ));
+
+        // The frame header: magic, descriptor (single segment, a 2-byte
+        // size field holding size - 256), then the size.
+        assert_eq!(frame[4] & 0xe0, 0x60, "descriptor {:#04x}", frame[4]);
+        assert_eq!(u16::from_le_bytes([frame[5], frame[6]]), 1000 - 256);
+        for declared in [999u16, 1001, 1400] {
+            let mut lying = frame.clone();
+            lying[5..7].copy_from_slice(&(declared - 256).to_le_bytes());
+            let sealed = seal_with_format(&key, NAME, Format::Zstd, &lying);
+            let err = open_body(&key, NAME, &sealed, 1 << 20).unwrap_err();
+            assert!(
+                matches!(err, CryptoError::Corrupt(_)),
+                "{declared}: {err:?}"
+            );
+            // Declared beyond the limit: refused before any allocation.
+            let err = open_body(&key, NAME, &sealed, 998).unwrap_err();
+            assert!(matches!(err, CryptoError::TooLarge { .. }), "{err:?}");
+        }
     }
 
     #[test]

@@ -38,6 +38,11 @@ impl OpId {
         OpId(raw)
     }
 
+    /// The raw bytes (encoders).
+    pub fn as_raw(&self) -> &[u8; 16] {
+        &self.0
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::op::{BodyKey, MessageId, MessageRef};
 use super::summary::{LineEnds, MessageSummary, normalize_line_ends, summarize};
 use crate::crypto::seal_body;
+use crate::log::OpId;
 use crate::store::layout::{self, UserId};
 
 /// A body ready to be stored.
@@ -64,29 +65,139 @@ pub fn decode_summary(message: &MessageRef) -> Result<MessageSummary, serde_json
 /// (summaries average 4.5 KB), and SEARCH walks messages 256 at a time.
 pub const PAGE_MESSAGES: usize = 256;
 
+/// First bytes of a summary page in the framed format (a page of the first
+/// format is JSON and starts with `{`).
+const PAGE_MAGIC: &[u8; 4] = b"\0sp1";
+
+/// Bytes of one entry of a framed page's table: op id, index, length.
+const PAGE_ENTRY: usize = 16 + 4 + 4;
+
 /// A summary page (a side object of the mailbox log, see
 /// `mailbox::state`): the summaries of some messages, as their ops
 /// carried them.
-#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored framed: [`PAGE_MAGIC`], the count (u32, big-endian), a table of
+/// `(op id, index, length)` per summary, then the summaries end to end.
+/// Reading one is slicing: no parse, no copy, no base64, so a FETCH of
+/// every envelope of a large mailbox pays for the summaries it decodes,
+/// not for the pages around them. Pages of the first format (JSON, the
+/// summaries in base64) are still read.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct SummaryPage {
     pub summaries: Vec<PagedSummary>,
 }
 
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct PagedSummary {
     pub id: MessageId,
+    pub summary: Bytes,
+}
+
+/// Why a summary page cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("bad summary page: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("bad summary page: {0}")]
+    Framed(&'static str),
+}
+
+/// The first format of a page: JSON, each summary in base64.
+#[derive(Serialize, Deserialize)]
+struct JsonPage {
+    summaries: Vec<JsonSummary>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JsonSummary {
+    id: MessageId,
     #[serde(with = "super::op::base64_bytes")]
-    pub summary: Vec<u8>,
+    summary: Vec<u8>,
 }
 
 impl SummaryPage {
+    /// The framed form.
+    ///
+    /// # Panics
+    ///
+    /// If the page holds 4 GiB or more, or more than `u32::MAX` summaries
+    /// (pages hold [`PAGE_MESSAGES`] summaries of at most a few megabytes).
     pub fn encode(&self) -> Vec<u8> {
-        // Ids and strings only: encoding cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let u32_of = |n: usize| u32::try_from(n).expect("summary pages are far under 4 GiB");
+        let data: usize = self.summaries.iter().map(|s| s.summary.len()).sum();
+        let mut out =
+            Vec::with_capacity(PAGE_MAGIC.len() + 4 + self.summaries.len() * PAGE_ENTRY + data);
+        out.extend_from_slice(PAGE_MAGIC);
+        out.extend_from_slice(&u32_of(self.summaries.len()).to_be_bytes());
+        for s in &self.summaries {
+            out.extend_from_slice(s.id.op.as_raw());
+            out.extend_from_slice(&s.id.index.to_be_bytes());
+            out.extend_from_slice(&u32_of(s.summary.len()).to_be_bytes());
+        }
+        for s in &self.summaries {
+            out.extend_from_slice(&s.summary);
+        }
+        out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<SummaryPage, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Reads a page of either format. The summaries of a framed page are
+    /// slices of `bytes` (which they keep alive: copy one that is kept
+    /// longer than the page).
+    pub fn decode(bytes: Bytes) -> Result<SummaryPage, PageError> {
+        if !bytes.starts_with(PAGE_MAGIC) {
+            let page: JsonPage = serde_json::from_slice(&bytes)?;
+            return Ok(SummaryPage {
+                summaries: page
+                    .summaries
+                    .into_iter()
+                    .map(|s| PagedSummary {
+                        id: s.id,
+                        summary: Bytes::from(s.summary),
+                    })
+                    .collect(),
+            });
+        }
+        let u32_at = |at: usize| -> Result<u32, PageError> {
+            let b: [u8; 4] = bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(PageError::Framed("truncated"))?;
+            Ok(u32::from_be_bytes(b))
+        };
+        let usize_of = |n: u32| usize::try_from(n).map_err(|_| PageError::Framed("too large"));
+        let count = usize_of(u32_at(PAGE_MAGIC.len())?)?;
+        let table = PAGE_MAGIC.len() + 4;
+        // Checked before allocating: a count the bytes cannot hold.
+        let mut data = count
+            .checked_mul(PAGE_ENTRY)
+            .and_then(|n| n.checked_add(table))
+            .filter(|end| *end <= bytes.len())
+            .ok_or(PageError::Framed("count beyond the page"))?;
+        let mut summaries = Vec::with_capacity(count);
+        for i in 0..count {
+            let at = table + i * PAGE_ENTRY;
+            let op: [u8; 16] = bytes[at..at + 16]
+                .try_into()
+                .map_err(|_| PageError::Framed("truncated"))?;
+            let index = u32_at(at + 16)?;
+            let len = usize_of(u32_at(at + 20)?)?;
+            let end = data
+                .checked_add(len)
+                .filter(|end| *end <= bytes.len())
+                .ok_or(PageError::Framed("summary beyond the page"))?;
+            summaries.push(PagedSummary {
+                id: MessageId {
+                    op: OpId::from_raw(op),
+                    index,
+                },
+                summary: bytes.slice(data..end),
+            });
+            data = end;
+        }
+        if data != bytes.len() {
+            return Err(PageError::Framed("trailing bytes"));
+        }
+        Ok(SummaryPage { summaries })
     }
 }
 
@@ -94,6 +205,102 @@ impl SummaryPage {
 mod tests {
     use super::*;
     use crate::crypto::open_body;
+
+    fn sample_page() -> SummaryPage {
+        let summaries = (0..5u8)
+            .map(|i| PagedSummary {
+                id: MessageId {
+                    op: OpId::from_raw([i.wrapping_mul(37); 16]),
+                    index: u32::from(i) * 1000 + 7,
+                },
+                // Empty, short, long; bytes JSON would escape.
+                summary: Bytes::from(
+                    br#"{"subject":"caf\u00e9 \"q\""}"#.repeat(usize::from(i) * 40),
+                ),
+            })
+            .collect();
+        SummaryPage { summaries }
+    }
+
+    #[test]
+    fn framed_pages_round_trip_as_slices_of_the_page() {
+        let page = sample_page();
+        let bytes = Bytes::from(page.encode());
+        assert!(bytes.starts_with(PAGE_MAGIC));
+        let decoded = SummaryPage::decode(bytes.clone()).unwrap();
+        assert_eq!(decoded, page);
+        let range = bytes.as_ptr_range();
+        for s in decoded.summaries.iter().filter(|s| !s.summary.is_empty()) {
+            assert!(range.contains(&s.summary.as_ptr()), "a copy, not a slice");
+        }
+        assert_eq!(
+            SummaryPage::decode(Bytes::from(SummaryPage::default().encode())).unwrap(),
+            SummaryPage::default()
+        );
+    }
+
+    /// Pages written before the framed format (JSON, base64) still read.
+    #[test]
+    fn json_pages_still_read() {
+        let page = sample_page();
+        let json = serde_json::to_vec(&JsonPage {
+            summaries: page
+                .summaries
+                .iter()
+                .map(|s| JsonSummary {
+                    id: s.id,
+                    summary: s.summary.to_vec(),
+                })
+                .collect(),
+        })
+        .unwrap();
+        assert!(json.starts_with(b"{\"summaries\":[{\"id\":\""));
+        assert_eq!(SummaryPage::decode(Bytes::from(json)).unwrap(), page);
+        assert!(SummaryPage::decode(Bytes::from_static(b"{\"summaries\":[")).is_err());
+    }
+
+    /// Every damaged framed page is an error: cut anywhere, a byte added,
+    /// a count or a length beyond the page (or overflowing).
+    #[test]
+    fn damaged_framed_pages_are_errors() {
+        let encoded = sample_page().encode();
+        for cut in PAGE_MAGIC.len()..encoded.len() {
+            let err = SummaryPage::decode(Bytes::copy_from_slice(&encoded[..cut]));
+            assert!(err.is_err(), "cut at {cut}");
+        }
+        let mut longer = encoded.clone();
+        longer.push(b'x');
+        assert!(SummaryPage::decode(Bytes::from(longer)).is_err());
+        let with = |at: usize, value: u32| {
+            let mut bytes = encoded.clone();
+            bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
+            SummaryPage::decode(Bytes::from(bytes))
+        };
+        let count_at = PAGE_MAGIC.len();
+        let first_len_at = count_at + 4 + 20;
+        for value in [6, 4, u32::MAX, u32::MAX / PAGE_ENTRY as u32 + 1] {
+            assert!(with(count_at, value).is_err(), "count {value}");
+        }
+        for value in [1, u32::MAX, u32::MAX - 3] {
+            assert!(with(first_len_at, value).is_err(), "length {value}");
+        }
+        assert!(with(count_at, 5).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any bytes after the magic: an error or a page, never a panic,
+        /// and a page's summaries cover the bytes exactly.
+        #[test]
+        fn any_framed_bytes_decode_or_fail(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let mut bytes = PAGE_MAGIC.to_vec();
+            bytes.extend_from_slice(&tail);
+            let total = bytes.len();
+            if let Ok(page) = SummaryPage::decode(Bytes::from(bytes)) {
+                let data: usize = page.summaries.iter().map(|s| s.summary.len()).sum();
+                proptest::prop_assert_eq!(PAGE_MAGIC.len() + 4 + page.summaries.len() * PAGE_ENTRY + data, total);
+            }
+        }
+    }
 
     #[test]
     fn a_sealed_body_opens_to_the_crlf_message_under_its_own_name() {

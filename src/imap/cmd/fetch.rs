@@ -23,6 +23,7 @@ use imap_codec::imap_types::flag::{Flag, FlagFetch};
 use imap_codec::imap_types::response::{Data, Response};
 
 use crate::account::AccountError;
+use crate::account::mailbox::SCAN_FROM;
 use crate::imap::mime;
 use crate::imap::response::{Done, Failure, Out, Outcome, code};
 use crate::imap::state::Selected;
@@ -238,17 +239,18 @@ pub async fn fetch(
     // Summaries in batches (they may sit in summary pages, a GET each),
     // the next ones read while a batch is answered.
     let reader = mailbox.clone();
+    let scan = chunks.len() * SUMMARY_BATCH > SCAN_FROM;
     let mut batches = futures::stream::iter(chunks)
         .map(move |mut chunk| {
             let mailbox = reader.clone();
             async move {
                 if summary_needed || body_maybe {
                     let uids: Vec<u32> = chunk.iter().map(|m| m.uid).collect();
-                    let mut summaries: HashMap<u32, MessageSummary> = mailbox
-                        .summary_parts(&uids, parts)
-                        .await?
-                        .into_iter()
-                        .collect();
+                    let read = match scan {
+                        true => mailbox.scan_parts(&uids, parts).await,
+                        false => mailbox.summary_parts(&uids, parts).await,
+                    };
+                    let mut summaries: HashMap<u32, MessageSummary> = read?.into_iter().collect();
                     for meta in &mut chunk {
                         meta.summary = summaries.remove(&meta.uid);
                     }
