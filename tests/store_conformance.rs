@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use facteur::store::{
     FsStore, ListPage, MAX_KEY_LEN, MemoryStore, ObjectStore, S3Settings, S3Store, StoreError,
-    check_key, list_all,
+    check_key, list_all, list_all_keys,
 };
 use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
@@ -143,8 +143,17 @@ async fn put_all(store: &dyn ObjectStore, p: &str, names: &[String], body: &Byte
 }
 
 async fn listed(store: &dyn ObjectStore, prefix: &str, after: Option<&str>) -> Vec<String> {
-    let all = list_all(store, prefix, after).await.expect("list_all");
-    all.into_iter().map(|o| o.key).collect()
+    let all: Vec<String> = list_all(store, prefix, after)
+        .await
+        .expect("list_all")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let keys = list_all_keys(store, prefix, after)
+        .await
+        .expect("list_all_keys");
+    assert_eq!(keys, all, "the keys alone are the keys listed");
+    all
 }
 
 mod cases {
@@ -405,6 +414,19 @@ mod cases {
         }
         assert_eq!(sizes, [7, 7, 7, 4]);
         assert_eq!(flags, [true, true, true, false]);
+        // The same pages, keys alone.
+        let mut key_pages = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = s.list_keys(p, after.as_deref(), 7).await.unwrap();
+            after = page.keys.last().cloned();
+            let truncated = page.truncated;
+            key_pages.push((page.keys.len(), truncated));
+            if !truncated {
+                break;
+            }
+        }
+        assert_eq!(key_pages, [(7, true), (7, true), (7, true), (4, false)]);
         let want: Vec<String> = names.iter().map(|n| format!("{p}{n}")).collect();
         assert_eq!(all, want);
         // Exactly `limit` keys left: not truncated.

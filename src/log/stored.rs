@@ -57,7 +57,7 @@ use super::replica::{Envelope, Replica, State};
 use crate::crypto::{
     CryptoError, SymmetricKey, open, open_body, open_body_with, seal_body_padded, seal_padded,
 };
-use crate::store::{ObjectStore, StoreError, list_all};
+use crate::store::{ObjectStore, StoreError, list_all, list_all_keys};
 
 /// Largest snapshot accepted when decompressing (a 10,000-message mailbox
 /// is a few MiB).
@@ -1438,14 +1438,14 @@ impl SyncPlan {
     /// without holding locks.
     pub async fn list(self, store: &dyn ObjectStore) -> Result<Listed, SyncError> {
         let started_ms = now_ms();
-        let listed = list_all(store, &self.prefix, self.start_after.as_deref()).await?;
-        let last_listed = listed.last().map(|m| m.key.clone());
+        let listed = list_all_keys(store, &self.prefix, self.start_after.as_deref()).await?;
+        let last_listed = listed.last().cloned();
         let names = listed
             .into_iter()
-            .map(|meta| {
-                let name = meta.key.strip_prefix(&self.prefix).unwrap_or(&meta.key);
+            .map(|key| {
+                let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
                 let id = parse_op_name(name).map(|(_, _, id)| id);
-                (meta.key, id)
+                (key, id)
             })
             .collect();
         Ok(Listed {

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::{
-    ListPage, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix, clamp_limit,
+    KeyPage, ListPage, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix, clamp_limit,
     clamp_range,
 };
 
@@ -181,7 +181,30 @@ impl ObjectStore for FsStore {
             start_after: start_after.map(str::to_owned),
             limit: clamp_limit(limit),
         };
-        self.blocking(move |root| list_sync(root, &query)).await
+        self.blocking(move |root| list_sync(root, &query, true))
+            .await
+    }
+
+    /// No `stat` per key: the directory entries alone.
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        check_prefix(prefix)?;
+        let query = ListQuery {
+            prefix: prefix.to_owned(),
+            start_after: start_after.map(str::to_owned),
+            limit: clamp_limit(limit),
+        };
+        let page = self
+            .blocking(move |root| list_sync(root, &query, false))
+            .await?;
+        Ok(KeyPage {
+            keys: page.objects.into_iter().map(|o| o.key).collect(),
+            truncated: page.truncated,
+        })
     }
 }
 
@@ -327,7 +350,9 @@ impl ListQuery {
     }
 }
 
-fn list_sync(root: &Path, query: &ListQuery) -> Result<ListPage, StoreError> {
+/// Lists as `query` asks; `sized`: each key's size is read (a `stat`),
+/// else left 0.
+fn list_sync(root: &Path, query: &ListQuery, sized: bool) -> Result<ListPage, StoreError> {
     // Start at the deepest directory the prefix names in full.
     let base = match query.prefix.rfind('/') {
         Some(i) => &query.prefix[..=i],
@@ -335,7 +360,8 @@ fn list_sync(root: &Path, query: &ListQuery) -> Result<ListPage, StoreError> {
     };
     let mut found = Vec::new();
     // Collect one more than asked to learn whether the listing is truncated.
-    walk(&root.join(base), base, query, query.limit + 1, &mut found)?;
+    let want = query.limit + 1;
+    walk(&root.join(base), base, query, (want, sized), &mut found)?;
     let truncated = found.len() > query.limit;
     found.truncate(query.limit);
     Ok(ListPage {
@@ -351,14 +377,14 @@ fn list_sync(root: &Path, query: &ListQuery) -> Result<ListPage, StoreError> {
 /// entries sort before `start_after`: each entry is first judged by its
 /// name alone (as a key and as a directory), and only the survivors are
 /// typed (from the directory entry, no `stat` on Linux), sorted and
-/// walked; a file is `stat`ed for its size only once it is returned. A
-/// no-change poll of a 10,000-op log thus reads the names and compares
-/// them, instead of `stat`ing and sorting all 10,000.
+/// walked; a file is `stat`ed for its size only once it is returned, and
+/// only if `sized`. A no-change poll of a 10,000-op log thus reads the
+/// names and compares them, instead of `stat`ing and sorting all 10,000.
 fn walk(
     dir: &Path,
     dir_key: &str,
     query: &ListQuery,
-    want: usize,
+    (want, sized): (usize, bool),
     found: &mut Vec<ObjectMeta>,
 ) -> Result<(), StoreError> {
     let entries = match fs::read_dir(dir) {
@@ -405,7 +431,17 @@ fn walk(
         }
         let name = &key[dir_key.len()..];
         if is_dir {
-            walk(&dir.join(&name[..name.len() - 1]), &key, query, want, found)?;
+            walk(
+                &dir.join(&name[..name.len() - 1]),
+                &key,
+                query,
+                (want, sized),
+                found,
+            )?;
+            continue;
+        }
+        if !sized {
+            found.push(ObjectMeta { key, size: 0 });
             continue;
         }
         let path = dir.join(name);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ListPage, ObjectStore, SharedStore, StoreError};
+use super::{KeyPage, ListPage, ObjectStore, SharedStore, StoreError};
 use crate::metrics::{self, StoreOp, StoreOutcome};
 
 /// A store whose calls are counted and timed.
@@ -74,6 +74,17 @@ impl ObjectStore for Metered {
     ) -> Result<ListPage, StoreError> {
         let started = Instant::now();
         let listed = self.0.list(prefix, start_after, limit).await;
+        record(StoreOp::List, started, listed)
+    }
+
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        let started = Instant::now();
+        let listed = self.0.list_keys(prefix, start_after, limit).await;
         record(StoreOp::List, started, listed)
     }
 }

@@ -103,6 +103,15 @@ pub struct ListPage {
     pub truncated: bool,
 }
 
+/// One page of a listing of keys alone ([`ObjectStore::list_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys in ascending byte order.
+    pub keys: Vec<String>,
+    /// More keys may follow: ask again with `start_after` set to the last.
+    pub truncated: bool,
+}
+
 /// The operations Facteur needs from an object store, and nothing
 /// store-specific (no conditional PUT, no K2V; doc/storage.md, "Object names").
 #[async_trait::async_trait]
@@ -137,6 +146,24 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, StoreError>;
+
+    /// [`ObjectStore::list`] without the sizes, for callers that need the
+    /// keys alone (a log sync, the change hints): a store that must look
+    /// each object up for its size (the fs backend: a `stat` per key)
+    /// does not. A key deleted while the listing runs may still be listed,
+    /// as an S3 listing may list it.
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        let page = self.list(prefix, start_after, limit).await?;
+        Ok(KeyPage {
+            keys: page.objects.into_iter().map(|o| o.key).collect(),
+            truncated: page.truncated,
+        })
+    }
 }
 
 /// A store shared by every part of the server.
@@ -165,6 +192,33 @@ pub async fn list_all(
         };
         after = Some(last.key.clone());
         all.extend(page.objects);
+        if !truncated {
+            return Ok(all);
+        }
+    }
+}
+
+/// [`list_all`] for the keys alone ([`ObjectStore::list_keys`]).
+pub async fn list_all_keys(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let mut all: Vec<String> = Vec::new();
+    let mut after = start_after.map(str::to_owned);
+    loop {
+        let page = store.list_keys(prefix, after.as_deref(), MAX_LIST).await?;
+        let Some(last) = page.keys.last() else {
+            if page.truncated {
+                return Err(StoreError::Transient(format!(
+                    "listing {prefix:?} returned an empty page marked truncated"
+                )));
+            }
+            return Ok(all);
+        };
+        after = Some(last.clone());
+        let truncated = page.truncated;
+        all.extend(page.keys);
         if !truncated {
             return Ok(all);
         }
