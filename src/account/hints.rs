@@ -11,8 +11,8 @@
 //! - wakes the other accounts of that user registered here (same instance:
 //!   no store call at all), and
 //! - writes an empty hint object `hints/<ms>-<tag>-<user>` (at most one in
-//!   flight per user: writes that complete while one is queued share it),
-//!   for the other instances.
+//!   flight per user: writes that complete while one is queued share it;
+//!   and at most one per user per [`SPACING`]), for the other instances.
 //!
 //! Each instance lists `hints/` once per interval, from a little before its
 //! previous listing (clocks differ), and wakes its accounts that the new
@@ -30,7 +30,7 @@
 //! every [`SWEEP_EVERY`], anyone's older than [`STALE`] (an instance that
 //! died), so the prefix stays small.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use super::Account;
 use crate::log::now_ms;
 use crate::store::layout::{self, UserId};
-use crate::store::{ListPage, MAX_LIST, ObjectStore, SharedStore, StoreError};
+use crate::store::{KeyPage, ListPage, MAX_LIST, ObjectStore, SharedStore, StoreError};
 
 /// How far before its previous listing an instance lists again: hints
 /// written by a clock this much behind, or landing this late, are seen.
@@ -65,6 +65,14 @@ const MAX_PAGES: usize = 10;
 
 /// Hint objects written at once.
 const WRITE_PARALLELISM: usize = 8;
+
+/// Least time between two hints of one user from this instance: a write
+/// that comes sooner after the user's last hint is covered by one more
+/// hint at the end of that time, shared by every write until then. A
+/// session writing a few times a second (flags, moves, appends) costs
+/// one hint a second, not one per write, and the first write after a
+/// quiet while is still hinted at once.
+pub const SPACING: Duration = Duration::from_secs(1);
 
 /// An account to wake: its serial and the account.
 type Registered = (u64, Weak<Account>);
@@ -189,13 +197,47 @@ impl Hints {
     }
 }
 
-/// The writer task: writes the queued hints, then deletes this instance's
-/// hints older than [`HINT_TTL`].
+/// The writer task: writes the queued hints (a user's at most once per
+/// [`SPACING`]), then deletes this instance's hints older than
+/// [`HINT_TTL`].
 async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, SharedStore)>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
+    let spacing = SPACING.as_millis() as u64;
+    // When each user's last hint was written.
+    let mut last: HashMap<UserId, u64> = HashMap::new();
+    // Hints held back until their user's spacing has passed, by time due.
+    let mut deferred: BTreeMap<u64, Vec<(UserId, SharedStore)>> = BTreeMap::new();
+    loop {
+        let due = deferred.first_key_value().map(|(due, _)| *due);
+        let mut batch = Vec::new();
+        tokio::select! {
+            received = queue.recv() => match received {
+                Some(first) => batch.push(first),
+                None => return,
+            },
+            () = sleep_until_ms(due) => {}
+        }
         while let Ok(next) = queue.try_recv() {
             batch.push(next);
+        }
+        let now = now_ms();
+        let later = deferred.split_off(&(now + 1));
+        batch.extend(
+            std::mem::replace(&mut deferred, later)
+                .into_values()
+                .flatten(),
+        );
+        last.retain(|_, at| now.saturating_sub(*at) < spacing);
+        // Users hinted less than the spacing ago wait for its end; they
+        // stay scheduled, so that their writes until then share it.
+        let (batch, held): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(user, _)| !last.contains_key(user));
+        for (user, store) in held {
+            let due = last[&user] + spacing;
+            deferred.entry(due).or_default().push((user, store));
+        }
+        if batch.is_empty() {
+            continue;
         }
         let Some(hints) = hints.upgrade() else {
             return;
@@ -207,7 +249,9 @@ async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, S
                 scheduled.remove(user);
             }
         }
-        let now = now_ms();
+        for (user, _) in &batch {
+            last.insert(user.clone(), now);
+        }
         let store = batch[0].1.clone();
         let puts: Vec<futures::future::BoxFuture<'static, Option<String>>> = batch
             .into_iter()
@@ -241,6 +285,17 @@ async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, S
         {
             tracing::debug!(error = %e, "old change hints not deleted");
         }
+    }
+}
+
+/// Sleeps until wall-clock time `ms` (now if past), or forever for `None`.
+async fn sleep_until_ms(ms: Option<u64>) {
+    match ms {
+        Some(ms) => {
+            let wait = ms.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -297,13 +352,13 @@ async fn list_since(store: &dyn ObjectStore, from_ms: u64) -> Result<Vec<String>
     let mut keys = Vec::new();
     for _ in 0..MAX_PAGES {
         let page = store
-            .list(layout::HINTS_PREFIX, Some(&after), MAX_LIST)
+            .list_keys(layout::HINTS_PREFIX, Some(&after), MAX_LIST)
             .await?;
-        let Some(last) = page.objects.last() else {
+        let Some(last) = page.keys.last() else {
             break;
         };
-        after = last.key.clone();
-        keys.extend(page.objects.into_iter().map(|o| o.key));
+        after = last.clone();
+        keys.extend(page.keys);
         if !page.truncated {
             break;
         }
@@ -412,6 +467,15 @@ impl ObjectStore for Hinted {
     ) -> Result<ListPage, StoreError> {
         self.inner.list(prefix, start_after, limit).await
     }
+
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        self.inner.list_keys(prefix, start_after, limit).await
+    }
 }
 
 #[cfg(test)]
@@ -454,5 +518,60 @@ mod tests {
         let key = layout::hint(1_000, &tags[1], &bob);
         let (time, tag, user) = layout::parse_hint(&key).unwrap();
         assert_eq!(tag, hints.tag(time, &user));
+    }
+
+    /// A burst of writes by one user: one hint at once, one more at the
+    /// end of the spacing for all the others; another user's first write
+    /// is hinted at once all the same.
+    #[tokio::test]
+    async fn a_burst_costs_two_hints_and_delays_no_one_else() {
+        let memory = crate::store::MemoryStore::new();
+        let store: SharedStore = Arc::new(memory.clone());
+        let hints = Hints::new(Duration::from_secs(2));
+        let alice = UserId::parse(&"0a".repeat(32)).unwrap();
+        let bob = UserId::parse(&"0b".repeat(32)).unwrap();
+        let hinted = |user: &UserId| {
+            let user = user.to_string();
+            memory
+                .keys()
+                .into_iter()
+                .filter(|k| layout::parse_hint(k).is_some_and(|(_, _, u)| u.to_string() == user))
+                .count()
+        };
+        let started = std::time::Instant::now();
+        hints.changed(&alice, None, &store);
+        let wait_for = |n: usize, user: &UserId| {
+            let user = user.clone();
+            let hinted = &hinted;
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while hinted(&user) < n {
+                    assert!(std::time::Instant::now() < deadline, "no hint {n}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait_for(1, &alice).await;
+        assert!(
+            started.elapsed() < SPACING,
+            "the first write is hinted at once"
+        );
+        for _ in 0..20 {
+            hints.changed(&alice, None, &store);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let bob_asked = std::time::Instant::now();
+        hints.changed(&bob, None, &store);
+        wait_for(1, &bob).await;
+        assert!(
+            bob_asked.elapsed() < SPACING / 2,
+            "bob waited for alice's spacing"
+        );
+        assert_eq!(hinted(&alice), 1, "the burst is held back");
+        wait_for(2, &alice).await;
+        assert!(started.elapsed() >= SPACING, "{:?}", started.elapsed());
+        // Nothing more: the 20 writes shared the second hint.
+        tokio::time::sleep(SPACING + Duration::from_millis(300)).await;
+        assert_eq!(hinted(&alice), 2);
     }
 }
