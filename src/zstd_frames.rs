@@ -11,8 +11,10 @@
 //! A reused context keeps bytes of its last input until the next one (or
 //! the thread's end). So it is used only for what is held decrypted in
 //! memory anyway (the summaries of an unlocked account); bodies are
-//! sealed with a context of their own (`crypto::seal`), so that no
-//! plaintext of theirs stays behind in a thread's context.
+//! sealed with a context of their own and opened with contexts their
+//! account owns (`crypto::seal::Decompressors`, dropped with the account's
+//! caches), so that no plaintext of theirs stays behind in a thread's
+//! context.
 
 use std::cell::RefCell;
 use std::io;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::crypto::Decompressors;
 use crate::mailbox::MessageId;
 
 /// Bytes of encoded summaries an account keeps: about 900 summaries, a
@@ -25,6 +26,9 @@ pub struct BodyCache {
     /// Most bytes held; a body larger than this is never cached.
     capacity: usize,
     summaries: SummaryCache,
+    /// The account's zstd contexts for bodies (they keep bytes of the
+    /// last body each opened: dropped with the cache).
+    decompressors: Decompressors,
 }
 
 impl BodyCache {
@@ -33,12 +37,18 @@ impl BodyCache {
             entries: Mutex::new(VecDeque::new()),
             capacity,
             summaries: SummaryCache::new(SUMMARY_CACHE_BYTES),
+            decompressors: Decompressors::default(),
         }
     }
 
     /// The account's summary cache.
     pub fn summaries(&self) -> &SummaryCache {
         &self.summaries
+    }
+
+    /// The account's zstd contexts for opening bodies.
+    pub fn decompressors(&self) -> &Decompressors {
+        &self.decompressors
     }
 
     pub fn get(&self, blob_id: &str) -> Option<Bytes> {

@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, RwLock, watch};
 use super::AccountError;
 use super::cache::BodyCache;
 use super::turn::{TurnTuning, Turns};
-use crate::crypto::{RecordAuth, SymmetricKey, UserKeys, open_body};
+use crate::crypto::{RecordAuth, SymmetricKey, UserKeys, open_body_reusing};
 use crate::log::stored::{LogTuning, StoredLog, SyncError, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
 use crate::mailbox::body::{
@@ -691,7 +691,13 @@ impl Mailbox {
         let limit = usize::try_from(message.size)
             .unwrap_or(usize::MAX)
             .min(self.tuning.max_body_size);
-        let body = Bytes::from(open_body(&message.body_key.0, &object_key, &sealed, limit)?);
+        let body = Bytes::from(open_body_reusing(
+            &message.body_key.0,
+            &object_key,
+            &sealed,
+            limit,
+            Some(self.cache.decompressors()),
+        )?);
         if body.len() as u64 != message.size {
             tracing::error!(blob = %object_key, size = body.len(), recorded = message.size, "body size differs from its message's");
             return Err(AccountError::Corrupt(format!(

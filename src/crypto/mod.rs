@@ -31,7 +31,10 @@ pub use kdf_pool::{KdfBusy, KdfPool};
 pub use keyring::{KdfParams, Keyring};
 pub use record_auth::{RecordAuth, RecordAuthError};
 pub use recovery::RecoveryKey;
-pub use seal::{open, open_body, open_body_with, seal, seal_body, seal_body_padded, seal_padded};
+pub use seal::{
+    Decompressors, open, open_body, open_body_reusing, open_body_with, seal, seal_body,
+    seal_body_padded, seal_padded,
+};
 pub use sealed_box::{EscrowSecretKey, UserKeys, UserPublicKey, seal_to};
 pub use secret::{MasterKey, Password, SymmetricKey, purpose};
 pub use user_id::{delivery_key_tag, user_id, verify_delivery_key_tag};
