@@ -175,12 +175,7 @@ impl ObjectStore for FsStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        check_prefix(prefix)?;
-        let query = ListQuery {
-            prefix: prefix.to_owned(),
-            start_after: start_after.map(str::to_owned),
-            limit: clamp_limit(limit),
-        };
+        let query = ListQuery::new(prefix, start_after, limit)?;
         self.blocking(move |root| list_sync(root, &query, true))
             .await
     }
@@ -192,12 +187,7 @@ impl ObjectStore for FsStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<KeyPage, StoreError> {
-        check_prefix(prefix)?;
-        let query = ListQuery {
-            prefix: prefix.to_owned(),
-            start_after: start_after.map(str::to_owned),
-            limit: clamp_limit(limit),
-        };
+        let query = ListQuery::new(prefix, start_after, limit)?;
         let page = self
             .blocking(move |root| list_sync(root, &query, false))
             .await?;
@@ -332,6 +322,15 @@ struct ListQuery {
 }
 
 impl ListQuery {
+    fn new(prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Self, StoreError> {
+        check_prefix(prefix)?;
+        Ok(ListQuery {
+            prefix: prefix.to_owned(),
+            start_after: start_after.map(str::to_owned),
+            limit: clamp_limit(limit),
+        })
+    }
+
     /// Whether the directory whose keys all start with `dir_key` (ending in
     /// `/`) may hold a key of this listing.
     fn wants_dir(&self, dir_key: &str) -> bool {

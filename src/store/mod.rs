@@ -176,26 +176,7 @@ pub async fn list_all(
     prefix: &str,
     start_after: Option<&str>,
 ) -> Result<Vec<ObjectMeta>, StoreError> {
-    let mut all: Vec<ObjectMeta> = Vec::new();
-    let mut after = start_after.map(str::to_owned);
-    loop {
-        let page = store.list(prefix, after.as_deref(), MAX_LIST).await?;
-        let truncated = page.truncated;
-        let Some(last) = page.objects.last() else {
-            if truncated {
-                // A truncated empty page would make us loop forever.
-                return Err(StoreError::Transient(format!(
-                    "listing {prefix:?} returned an empty page marked truncated"
-                )));
-            }
-            return Ok(all);
-        };
-        after = Some(last.key.clone());
-        all.extend(page.objects);
-        if !truncated {
-            return Ok(all);
-        }
-    }
+    all_pages(store, prefix, start_after).await
 }
 
 /// [`list_all`] for the keys alone ([`ObjectStore::list_keys`]).
@@ -204,21 +185,73 @@ pub async fn list_all_keys(
     prefix: &str,
     start_after: Option<&str>,
 ) -> Result<Vec<String>, StoreError> {
-    let mut all: Vec<String> = Vec::new();
+    all_pages(store, prefix, start_after).await
+}
+
+/// What a listing lists: an object with its size, or a key alone.
+trait Listed: Sized + Send {
+    fn key(&self) -> &str;
+
+    /// One page of `store`'s listing, and whether it is truncated.
+    fn page(
+        store: &dyn ObjectStore,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<Self>, bool), StoreError>> + Send;
+}
+
+impl Listed for ObjectMeta {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    async fn page(
+        store: &dyn ObjectStore,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<Self>, bool), StoreError> {
+        let page = store.list(prefix, after, MAX_LIST).await?;
+        Ok((page.objects, page.truncated))
+    }
+}
+
+impl Listed for String {
+    fn key(&self) -> &str {
+        self
+    }
+
+    async fn page(
+        store: &dyn ObjectStore,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<Self>, bool), StoreError> {
+        let page = store.list_keys(prefix, after, MAX_LIST).await?;
+        Ok((page.keys, page.truncated))
+    }
+}
+
+/// Every entry under `prefix` after `start_after`, page after page, each
+/// asked after the last key of the one before, until one is not truncated.
+async fn all_pages<T: Listed>(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> Result<Vec<T>, StoreError> {
+    let mut all: Vec<T> = Vec::new();
     let mut after = start_after.map(str::to_owned);
     loop {
-        let page = store.list_keys(prefix, after.as_deref(), MAX_LIST).await?;
-        let Some(last) = page.keys.last() else {
-            if page.truncated {
+        let (entries, truncated) = T::page(store, prefix, after.as_deref()).await?;
+        let Some(last) = entries.last() else {
+            if truncated {
+                // A truncated empty page would make us loop forever.
                 return Err(StoreError::Transient(format!(
                     "listing {prefix:?} returned an empty page marked truncated"
                 )));
             }
             return Ok(all);
         };
-        after = Some(last.clone());
-        let truncated = page.truncated;
-        all.extend(page.keys);
+        after = Some(last.key().to_owned());
+        all.extend(entries);
         if !truncated {
             return Ok(all);
         }
