@@ -113,11 +113,6 @@ impl SummaryCache {
         }
     }
 
-    /// Most bytes held.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub fn get(&self, key: &SummaryKey) -> Option<Bytes> {
         let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
         lru.clock += 1;

@@ -201,39 +201,42 @@ impl Hints {
 /// [`SPACING`]), then deletes this instance's hints older than
 /// [`HINT_TTL`].
 async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, SharedStore)>) {
-    let spacing = SPACING.as_millis() as u64;
-    // When each user's last hint was written.
-    let mut last: HashMap<UserId, u64> = HashMap::new();
+    use tokio::time::Instant;
+    // When each user's last hint was written (monotonic: a wall clock set
+    // back must not hold hints back).
+    let mut last: HashMap<UserId, Instant> = HashMap::new();
     // Hints held back until their user's spacing has passed, by time due.
-    let mut deferred: BTreeMap<u64, Vec<(UserId, SharedStore)>> = BTreeMap::new();
+    let mut deferred: BTreeMap<Instant, Vec<(UserId, SharedStore)>> = BTreeMap::new();
     loop {
         let due = deferred.first_key_value().map(|(due, _)| *due);
         let mut batch = Vec::new();
         tokio::select! {
             received = queue.recv() => match received {
                 Some(first) => batch.push(first),
+                // The instance is stopping (the `Hints` is gone): what is
+                // held back is lost, as any hint may be.
                 None => return,
             },
-            () = sleep_until_ms(due) => {}
+            () = sleep_until(due) => {}
         }
         while let Ok(next) = queue.try_recv() {
             batch.push(next);
         }
-        let now = now_ms();
-        let later = deferred.split_off(&(now + 1));
+        let now = Instant::now();
+        let later = deferred.split_off(&(now + Duration::from_nanos(1)));
         batch.extend(
             std::mem::replace(&mut deferred, later)
                 .into_values()
                 .flatten(),
         );
-        last.retain(|_, at| now.saturating_sub(*at) < spacing);
+        last.retain(|_, at| now.duration_since(*at) < SPACING);
         // Users hinted less than the spacing ago wait for its end; they
         // stay scheduled, so that their writes until then share it.
         let (batch, held): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|(user, _)| !last.contains_key(user));
         for (user, store) in held {
-            let due = last[&user] + spacing;
+            let due = last[&user] + SPACING;
             deferred.entry(due).or_default().push((user, store));
         }
         if batch.is_empty() {
@@ -252,6 +255,7 @@ async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, S
         for (user, _) in &batch {
             last.insert(user.clone(), now);
         }
+        let now = now_ms();
         let store = batch[0].1.clone();
         let puts: Vec<futures::future::BoxFuture<'static, Option<String>>> = batch
             .into_iter()
@@ -288,13 +292,10 @@ async fn write(hints: Weak<Hints>, mut queue: mpsc::UnboundedReceiver<(UserId, S
     }
 }
 
-/// Sleeps until wall-clock time `ms` (now if past), or forever for `None`.
-async fn sleep_until_ms(ms: Option<u64>) {
-    match ms {
-        Some(ms) => {
-            let wait = ms.saturating_sub(now_ms());
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
+/// Sleeps until `due`, or forever for `None`.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
 }
@@ -522,56 +523,93 @@ mod tests {
 
     /// A burst of writes by one user: one hint at once, one more at the
     /// end of the spacing for all the others; another user's first write
-    /// is hinted at once all the same.
-    #[tokio::test]
+    /// is hinted at once all the same. On tokio's paused clock: the
+    /// times are exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn a_burst_costs_two_hints_and_delays_no_one_else() {
-        let memory = crate::store::MemoryStore::new();
-        let store: SharedStore = Arc::new(memory.clone());
+        use tokio::time::Instant;
+        let puts = Arc::new(Puts::default());
+        let store: SharedStore = puts.clone();
         let hints = Hints::new(Duration::from_secs(2));
         let alice = UserId::parse(&"0a".repeat(32)).unwrap();
         let bob = UserId::parse(&"0b".repeat(32)).unwrap();
+        // Hint PUTs naming `user` (names may repeat: the wall clock
+        // stands still while tokio's is paused).
         let hinted = |user: &UserId| {
             let user = user.to_string();
-            memory
-                .keys()
-                .into_iter()
+            lock(&puts.0)
+                .iter()
                 .filter(|k| layout::parse_hint(k).is_some_and(|(_, _, u)| u.to_string() == user))
                 .count()
         };
-        let started = std::time::Instant::now();
-        hints.changed(&alice, None, &store);
-        let wait_for = |n: usize, user: &UserId| {
-            let user = user.clone();
-            let hinted = &hinted;
-            async move {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while hinted(&user) < n {
-                    assert!(std::time::Instant::now() < deadline, "no hint {n}");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+        // Steps of 1 ms until `user` has `n` hints; the time it took.
+        let wait_for = async |n: usize, user: &UserId| {
+            let started = Instant::now();
+            while hinted(user) < n {
+                assert!(started.elapsed() < 10 * SPACING, "no hint {n}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            started.elapsed()
         };
-        wait_for(1, &alice).await;
+        let started = Instant::now();
+        hints.changed(&alice, None, &store);
         assert!(
-            started.elapsed() < SPACING,
-            "the first write is hinted at once"
+            wait_for(1, &alice).await <= Duration::from_millis(2),
+            "at once"
         );
         for _ in 0..20 {
             hints.changed(&alice, None, &store);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let bob_asked = std::time::Instant::now();
         hints.changed(&bob, None, &store);
-        wait_for(1, &bob).await;
         assert!(
-            bob_asked.elapsed() < SPACING / 2,
-            "bob waited for alice's spacing"
+            wait_for(1, &bob).await <= Duration::from_millis(2),
+            "bob waited"
         );
         assert_eq!(hinted(&alice), 1, "the burst is held back");
         wait_for(2, &alice).await;
-        assert!(started.elapsed() >= SPACING, "{:?}", started.elapsed());
+        let second = started.elapsed();
+        assert!(
+            second >= SPACING && second <= SPACING + Duration::from_millis(5),
+            "{second:?}"
+        );
         // Nothing more: the 20 writes shared the second hint.
-        tokio::time::sleep(SPACING + Duration::from_millis(300)).await;
+        tokio::time::sleep(3 * SPACING).await;
         assert_eq!(hinted(&alice), 2);
+        // A write long after: at once again.
+        hints.changed(&alice, None, &store);
+        assert!(wait_for(3, &alice).await <= Duration::from_millis(2));
+    }
+
+    /// A store that records the keys put, and holds nothing.
+    #[derive(Debug, Default)]
+    struct Puts(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Puts {
+        async fn put(&self, key: &str, _: Bytes) -> Result<(), StoreError> {
+            lock(&self.0).push(key.to_owned());
+            Ok(())
+        }
+
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            Err(StoreError::NotFound(key.to_owned()))
+        }
+
+        async fn get_range(&self, key: &str, _: Range<u64>) -> Result<Bytes, StoreError> {
+            Err(StoreError::NotFound(key.to_owned()))
+        }
+
+        async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn delete_many(&self, _: &[String]) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn list(&self, _: &str, _: Option<&str>, _: usize) -> Result<ListPage, StoreError> {
+            Ok(ListPage::default())
+        }
     }
 }

@@ -103,9 +103,10 @@ const PARSE_IN_TASK: usize = 16;
 
 /// Messages from which a read of summaries (a FETCH or SEARCH over a
 /// mailbox) is a scan that bypasses the summary cache
-/// ([`Mailbox::scan_parts`]): more than the cache holds, about 900
-/// summaries (`cache::SUMMARY_CACHE_BYTES`).
-pub const SCAN_FROM: usize = 1024;
+/// ([`Mailbox::scan_parts`]): the cache holds about 900 summaries
+/// (`cache::SUMMARY_CACHE_BYTES`), and a read caches whole pages of 256,
+/// so a read of more than three pages' worth would only evict itself.
+pub const SCAN_FROM: usize = 3 * PAGE_MESSAGES;
 
 /// Stores a new message body (see `mailbox::body`; the sealing runs on the
 /// blocking pool) and returns the reference an op carries.

@@ -182,8 +182,10 @@ pub fn seal_body(key: &SymmetricKey, object_key: &str, body: &[u8]) -> Vec<u8> {
 #[derive(Default)]
 pub struct Decompressors(std::sync::Mutex<Vec<zstd::bulk::Decompressor<'static>>>);
 
-/// Contexts a [`Decompressors`] keeps (more may be in use at once).
-const KEPT_DECOMPRESSORS: usize = 4;
+/// Contexts a [`Decompressors`] keeps (more may be in use at once): a
+/// session opens one body at a time, and each kept context is some
+/// 160 KiB per unlocked account.
+const KEPT_DECOMPRESSORS: usize = 1;
 
 impl std::fmt::Debug for Decompressors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,20 +244,16 @@ pub fn open_body_reusing(
         Content::Zstd => {
             // Compressed mail is still mail: wipe it once decompressed.
             let compressed = Zeroizing::new(plaintext);
-            // Our frames declare their size (one-shot compression does):
-            // one buffer of that size, filled in one pass, instead of a
-            // buffer grown (and copied) as a stream fills it. zstd fails
-            // if the content does not have the declared size.
-            if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&compressed) {
-                let size = usize::try_from(size)
-                    .ok()
-                    .filter(|size| *size <= max_size)
-                    .ok_or_else(too_large)?;
-                let body = match contexts {
-                    Some(contexts) => contexts.decompress(&compressed, size),
-                    None => zstd::bulk::decompress(&compressed, size),
-                };
-                return body.map_err(|e| corrupt_zstd(object_key, e));
+            match one_shot(&compressed, max_size) {
+                OneShot::Size(size) => {
+                    let body = match contexts {
+                        Some(contexts) => contexts.decompress(&compressed, size),
+                        None => zstd::bulk::decompress(&compressed, size),
+                    };
+                    return body.map_err(|e| corrupt_zstd(object_key, e));
+                }
+                OneShot::TooLarge => return Err(too_large()),
+                OneShot::Stream => {}
             }
             let mut body = Vec::new();
             bounded_decoder(&compressed, object_key, max_size)?
@@ -304,6 +302,42 @@ pub fn open_body_with<T>(
             }
             Ok(out)
         }
+    }
+}
+
+/// Largest content decompressed in one pass: a buffer of the declared
+/// size is reserved before a byte is decoded, so a frame that declares
+/// more than it holds costs that much memory until zstd finds the lie.
+/// Larger content is streamed, its buffer grown with what comes out.
+const ONE_SHOT_MAX: usize = 16 << 20;
+
+/// How to decompress a zstd payload.
+#[derive(Debug, PartialEq, Eq)]
+enum OneShot {
+    /// In one pass into a buffer of this size: one frame, the whole
+    /// payload, declaring this size (as one-shot compression writes it);
+    /// zstd fails if the content does not have that size.
+    Size(usize),
+    /// The single frame declares more than the limit.
+    TooLarge,
+    /// Through the bounded stream: no declared size, several frames (or
+    /// a skippable one), or more than [`ONE_SHOT_MAX`].
+    Stream,
+}
+
+fn one_shot(compressed: &[u8], max_size: usize) -> OneShot {
+    let whole = zstd::zstd_safe::find_frame_compressed_size(compressed);
+    if whole != Ok(compressed.len()) {
+        return OneShot::Stream;
+    }
+    let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(compressed) else {
+        return OneShot::Stream;
+    };
+    match usize::try_from(declared) {
+        Ok(size) if size > max_size => OneShot::TooLarge,
+        Ok(size) if size <= ONE_SHOT_MAX => OneShot::Size(size),
+        Ok(_) => OneShot::Stream,
+        Err(_) => OneShot::TooLarge,
     }
 }
 
@@ -617,18 +651,18 @@ mod tests {
     }
 
     /// Our frames declare their size and are decompressed in one pass to
-    /// exactly that size; a frame that declares none (another compressor)
-    /// still opens through the bounded stream; a frame whose declared size
-    /// is a lie is corrupt, never a larger buffer or a panic.
+    /// exactly that size; a frame that declares none (another compressor),
+    /// several frames, or a size beyond the one-pass limit go through the
+    /// bounded stream; a declared size beyond the caller's limit is refused
+    /// before anything is decoded; a frame whose declared size is a lie is
+    /// corrupt, never a larger buffer or a panic.
     #[test]
     fn declared_sizes_are_used_checked_and_optional() {
         let key = SymmetricKey::random();
         let text = vec![7u8; 1000];
         let frame = zstd::bulk::compress(&text, ZSTD_LEVEL).unwrap();
-        assert_eq!(
-            zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
-            Some(1000)
-        );
+        assert_eq!(one_shot(&frame, 1000), OneShot::Size(1000));
+        assert_eq!(one_shot(&frame, 999), OneShot::TooLarge);
         let sealed = seal_with_format(&key, NAME, Format::Zstd, &frame);
         assert_eq!(open_body(&key, NAME, &sealed, 1000).unwrap(), text);
 
@@ -639,16 +673,28 @@ mod tests {
             encoder.write_all(&text).unwrap();
             encoder.finish().unwrap();
         }
-        assert_eq!(
-            zstd::zstd_safe::get_frame_content_size(&undeclared).unwrap(),
-            None
-        );
+        assert_eq!(one_shot(&undeclared, 1 << 20), OneShot::Stream);
         let sealed = seal_with_format(&key, NAME, Format::Zstd, &undeclared);
         assert_eq!(open_body(&key, NAME, &sealed, 1000).unwrap(), text);
         assert!(matches!(
             open_body(&key, NAME, &sealed, 999),
             Err(CryptoError::TooLarge { .. })
         ));
+
+        // Two frames end to end: streamed, both read.
+        let two = [frame.clone(), frame.clone()].concat();
+        assert_eq!(one_shot(&two, 1 << 20), OneShot::Stream);
+        let sealed = seal_with_format(&key, NAME, Format::Zstd, &two);
+        assert_eq!(
+            open_body(&key, NAME, &sealed, 2000).unwrap(),
+            [&text[..], &text[..]].concat()
+        );
+
+        // More than the one-pass limit: streamed.
+        let big = vec![1u8; ONE_SHOT_MAX + 1];
+        let big_frame = zstd::bulk::compress(&big, ZSTD_LEVEL).unwrap();
+        assert_eq!(one_shot(&big_frame, usize::MAX), OneShot::Stream);
+        assert_eq!(one_shot(&big_frame, ONE_SHOT_MAX), OneShot::TooLarge);
 
         // The frame header: magic, descriptor (single segment, a 2-byte
         // size field holding size - 256), then the size.
@@ -657,13 +703,13 @@ mod tests {
         for declared in [999u16, 1001, 1400] {
             let mut lying = frame.clone();
             lying[5..7].copy_from_slice(&(declared - 256).to_le_bytes());
+            assert_eq!(one_shot(&lying, 1 << 20), OneShot::Size(declared.into()));
             let sealed = seal_with_format(&key, NAME, Format::Zstd, &lying);
             let err = open_body(&key, NAME, &sealed, 1 << 20).unwrap_err();
             assert!(
                 matches!(err, CryptoError::Corrupt(_)),
                 "{declared}: {err:?}"
             );
-            // Declared beyond the limit: refused before any allocation.
             let err = open_body(&key, NAME, &sealed, 998).unwrap_err();
             assert!(matches!(err, CryptoError::TooLarge { .. }), "{err:?}");
         }

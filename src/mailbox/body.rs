@@ -257,6 +257,20 @@ mod tests {
         assert!(json.starts_with(b"{\"summaries\":[{\"id\":\""));
         assert_eq!(SummaryPage::decode(Bytes::from(json)).unwrap(), page);
         assert!(SummaryPage::decode(Bytes::from_static(b"{\"summaries\":[")).is_err());
+        // A page as the first format wrote it, byte for byte.
+        let golden = br#"{"summaries":[{"id":"000102030405060708090a0b0c0d0e0f.3","summary":"eyJhIjoxfQ=="}]}"#;
+        let page = SummaryPage::decode(Bytes::from_static(golden)).unwrap();
+        let op: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            page.summaries,
+            [PagedSummary {
+                id: MessageId {
+                    op: OpId::from_raw(op),
+                    index: 3
+                },
+                summary: Bytes::from_static(br#"{"a":1}"#),
+            }]
+        );
     }
 
     /// Every damaged framed page is an error: cut anywhere, a byte added,

@@ -228,6 +228,7 @@ pub async fn fetch(
 
     let mailbox = selected.mailbox.clone();
     let items_ref = &items;
+    let scan = metas.len() > SCAN_FROM;
     let mut chunks = Vec::with_capacity(metas.len().div_ceil(SUMMARY_BATCH));
     while !metas.is_empty() {
         chunks.push(
@@ -239,7 +240,6 @@ pub async fn fetch(
     // Summaries in batches (they may sit in summary pages, a GET each),
     // the next ones read while a batch is answered.
     let reader = mailbox.clone();
-    let scan = chunks.len() * SUMMARY_BATCH > SCAN_FROM;
     let mut batches = futures::stream::iter(chunks)
         .map(move |mut chunk| {
             let mailbox = reader.clone();
