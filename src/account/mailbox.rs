@@ -752,6 +752,18 @@ impl Mailbox {
         self.read_summaries(uids, parts, false).await
     }
 
+    /// One batch of a read of `total` messages (a FETCH or SEARCH asking
+    /// in batches): [`Mailbox::scan_parts`] past [`SCAN_FROM`], else
+    /// [`Mailbox::summary_parts`].
+    pub async fn batch_parts(
+        &self,
+        uids: &[u32],
+        parts: Parts,
+        total: usize,
+    ) -> Result<Vec<(u32, MessageSummary)>, AccountError> {
+        self.read_summaries(uids, parts, total <= SCAN_FROM).await
+    }
+
     async fn read_summaries(
         &self,
         uids: &[u32],
@@ -773,10 +785,10 @@ impl Mailbox {
 
     /// Encoded summaries of the shown messages among `uids`: held in the
     /// state, else from the summary cache, else from summary pages (one
-    /// GET per page, bounded and in parallel; the whole page goes to the
-    /// cache, as neighbours are usually asked next, unless `cache` is
-    /// false). A message whose page
-    /// is gone (collected while this instance still referred to it) or
+    /// GET per page, bounded and in parallel; with `cache_pages`, the
+    /// whole page goes to the cache, as neighbours are usually asked
+    /// next). A message whose page is gone (collected while this instance
+    /// still referred to it) or
     /// unknown is summarised again from its body, and the result held
     /// until the next snapshot pages it out again.
     async fn summary_bytes(

@@ -23,7 +23,6 @@ use imap_codec::imap_types::flag::{Flag, FlagFetch};
 use imap_codec::imap_types::response::{Data, Response};
 
 use crate::account::AccountError;
-use crate::account::mailbox::SCAN_FROM;
 use crate::imap::mime;
 use crate::imap::response::{Done, Failure, Out, Outcome, code};
 use crate::imap::state::Selected;
@@ -228,7 +227,7 @@ pub async fn fetch(
 
     let mailbox = selected.mailbox.clone();
     let items_ref = &items;
-    let scan = metas.len() > SCAN_FROM;
+    let total = metas.len();
     let mut chunks = Vec::with_capacity(metas.len().div_ceil(SUMMARY_BATCH));
     while !metas.is_empty() {
         chunks.push(
@@ -246,11 +245,11 @@ pub async fn fetch(
             async move {
                 if summary_needed || body_maybe {
                     let uids: Vec<u32> = chunk.iter().map(|m| m.uid).collect();
-                    let read = match scan {
-                        true => mailbox.scan_parts(&uids, parts).await,
-                        false => mailbox.summary_parts(&uids, parts).await,
-                    };
-                    let mut summaries: HashMap<u32, MessageSummary> = read?.into_iter().collect();
+                    let mut summaries: HashMap<u32, MessageSummary> = mailbox
+                        .batch_parts(&uids, parts, total)
+                        .await?
+                        .into_iter()
+                        .collect();
                     for meta in &mut chunk {
                         meta.summary = summaries.remove(&meta.uid);
                     }

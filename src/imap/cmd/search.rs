@@ -18,7 +18,6 @@ use crate::imap::search::{Candidate, Query, Scope, check_charset};
 use crate::imap::state::{Authed, Selected, sequence_set_string};
 
 use crate::account::AccountError;
-use crate::account::mailbox::SCAN_FROM;
 use crate::mailbox::summary::{MessageSummary, Parts};
 
 /// What SEARCH reads of a message from the state.
@@ -139,16 +138,13 @@ pub async fn scan(
         Some(_) => view.chunks(CHUNK).map(<[u32]>::to_vec).collect(),
         None => Vec::new(),
     };
-    let scan = view.len() > SCAN_FROM;
+    let total = view.len();
     let mut summaries_ahead = futures::stream::iter(chunks)
         .map(move |chunk| {
             let mailbox = reader.clone();
             async move {
                 let parts = parts.unwrap_or(Parts::NONE);
-                match scan {
-                    true => mailbox.scan_parts(&chunk, parts).await,
-                    false => mailbox.summary_parts(&chunk, parts).await,
-                }
+                mailbox.batch_parts(&chunk, parts, total).await
             }
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
