@@ -123,21 +123,10 @@ impl SummaryPage {
     /// If the page holds 4 GiB or more, or more than `u32::MAX` summaries
     /// (pages hold [`PAGE_MESSAGES`] summaries of at most a few megabytes).
     pub fn encode(&self) -> Vec<u8> {
-        let u32_of = |n: usize| u32::try_from(n).expect("summary pages are far under 4 GiB");
-        let data: usize = self.summaries.iter().map(|s| s.summary.len()).sum();
-        let mut out =
-            Vec::with_capacity(PAGE_MAGIC.len() + 4 + self.summaries.len() * PAGE_ENTRY + data);
-        out.extend_from_slice(PAGE_MAGIC);
-        out.extend_from_slice(&u32_of(self.summaries.len()).to_be_bytes());
-        for s in &self.summaries {
-            out.extend_from_slice(s.id.op.as_raw());
-            out.extend_from_slice(&s.id.index.to_be_bytes());
-            out.extend_from_slice(&u32_of(s.summary.len()).to_be_bytes());
-        }
-        for s in &self.summaries {
-            out.extend_from_slice(&s.summary);
-        }
-        out
+        encode_framed(
+            PAGE_MAGIC,
+            self.summaries.iter().map(|s| (s.id, s.summary.as_ref())),
+        )
     }
 
     /// Reads a page of either format. The summaries of a framed page are
@@ -157,48 +146,92 @@ impl SummaryPage {
                     .collect(),
             });
         }
-        let u32_at = |at: usize| -> Result<u32, PageError> {
-            let b: [u8; 4] = bytes
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .ok_or(PageError::Framed("truncated"))?;
-            Ok(u32::from_be_bytes(b))
-        };
-        let usize_of = |n: u32| usize::try_from(n).map_err(|_| PageError::Framed("too large"));
-        let count = usize_of(u32_at(PAGE_MAGIC.len())?)?;
-        let table = PAGE_MAGIC.len() + 4;
-        // Checked before allocating: a count the bytes cannot hold.
-        let mut data = count
-            .checked_mul(PAGE_ENTRY)
-            .and_then(|n| n.checked_add(table))
-            .filter(|end| *end <= bytes.len())
-            .ok_or(PageError::Framed("count beyond the page"))?;
-        let mut summaries = Vec::with_capacity(count);
-        for i in 0..count {
-            let at = table + i * PAGE_ENTRY;
-            let op: [u8; 16] = bytes[at..at + 16]
-                .try_into()
-                .map_err(|_| PageError::Framed("truncated"))?;
-            let index = u32_at(at + 16)?;
-            let len = usize_of(u32_at(at + 20)?)?;
-            let end = data
-                .checked_add(len)
-                .filter(|end| *end <= bytes.len())
-                .ok_or(PageError::Framed("summary beyond the page"))?;
-            summaries.push(PagedSummary {
-                id: MessageId {
-                    op: OpId::from_raw(op),
-                    index,
-                },
-                summary: bytes.slice(data..end),
-            });
-            data = end;
-        }
-        if data != bytes.len() {
-            return Err(PageError::Framed("trailing bytes"));
-        }
+        let summaries = decode_framed(PAGE_MAGIC, &bytes)
+            .map_err(PageError::Framed)?
+            .into_iter()
+            .map(|(id, summary)| PagedSummary { id, summary })
+            .collect();
         Ok(SummaryPage { summaries })
     }
+}
+
+/// The framed form of a page of per-message entries (summary pages, and
+/// the text pages of `mailbox::text`): `magic`, the count (u32,
+/// big-endian), a table of `(op id, index, length)` per entry, then the
+/// entries end to end.
+///
+/// # Panics
+///
+/// If the page holds 4 GiB or more, or more than `u32::MAX` entries.
+pub(crate) fn encode_framed<'a>(
+    magic: &[u8; 4],
+    entries: impl Iterator<Item = (MessageId, &'a [u8])> + Clone,
+) -> Vec<u8> {
+    let u32_of = |n: usize| u32::try_from(n).expect("pages are far under 4 GiB");
+    let (count, data) = entries
+        .clone()
+        .fold((0, 0), |(n, len), (_, e)| (n + 1, len + e.len()));
+    let mut out = Vec::with_capacity(magic.len() + 4 + count * PAGE_ENTRY + data);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&u32_of(count).to_be_bytes());
+    for (id, entry) in entries.clone() {
+        out.extend_from_slice(id.op.as_raw());
+        out.extend_from_slice(&id.index.to_be_bytes());
+        out.extend_from_slice(&u32_of(entry.len()).to_be_bytes());
+    }
+    for (_, entry) in entries {
+        out.extend_from_slice(entry);
+    }
+    out
+}
+
+/// Reads what [`encode_framed`] wrote with `magic`: the entries are
+/// slices of `bytes`. Anything else (another magic, a count or a length
+/// beyond the bytes, trailing bytes) is an error.
+pub(crate) fn decode_framed(
+    magic: &[u8; 4],
+    bytes: &Bytes,
+) -> Result<Vec<(MessageId, Bytes)>, &'static str> {
+    if !bytes.starts_with(magic) {
+        return Err("not a framed page");
+    }
+    let u32_at = |at: usize| -> Result<u32, &'static str> {
+        let b: [u8; 4] = bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("truncated")?;
+        Ok(u32::from_be_bytes(b))
+    };
+    let usize_of = |n: u32| usize::try_from(n).map_err(|_| "too large");
+    let count = usize_of(u32_at(magic.len())?)?;
+    let table = magic.len() + 4;
+    // Checked before allocating: a count the bytes cannot hold.
+    let mut data = count
+        .checked_mul(PAGE_ENTRY)
+        .and_then(|n| n.checked_add(table))
+        .filter(|end| *end <= bytes.len())
+        .ok_or("count beyond the page")?;
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = table + i * PAGE_ENTRY;
+        let op: [u8; 16] = bytes[at..at + 16].try_into().map_err(|_| "truncated")?;
+        let index = u32_at(at + 16)?;
+        let len = usize_of(u32_at(at + 20)?)?;
+        let end = data
+            .checked_add(len)
+            .filter(|end| *end <= bytes.len())
+            .ok_or("entry beyond the page")?;
+        let id = MessageId {
+            op: OpId::from_raw(op),
+            index,
+        };
+        entries.push((id, bytes.slice(data..end)));
+        data = end;
+    }
+    if data != bytes.len() {
+        return Err("trailing bytes");
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
