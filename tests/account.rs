@@ -652,6 +652,9 @@ async fn summary_pages_of_expunged_messages_are_collected() {
     inbox.sync().await.unwrap();
     let first = pages();
     assert_eq!(first.len(), 1);
+    // Its text page goes with it.
+    assert_eq!(inbox.index_texts(&[1, 2, 3]).await.unwrap(), 1);
+    assert_eq!(pages(), [first[0].clone(), format!("{}.t", first[0])]);
     inbox.expunge(&[1, 2, 3]).await.unwrap();
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(2));
@@ -662,9 +665,24 @@ async fn summary_pages_of_expunged_messages_are_collected() {
         inbox.sync().await.unwrap();
     }
     let now = pages();
-    assert!(!now.contains(&first[0]), "{now:?}");
+    assert!(!now.iter().any(|k| k.starts_with(&first[0])), "{now:?}");
     assert_eq!(now.len(), 3, "one page per snapshot in use: {now:?}");
     assert_eq!(subjects(&inbox).await.len(), 9);
+    // Text pages of pages in use stay.
+    let uids: Vec<u32> = (4..=12).collect();
+    assert_eq!(inbox.index_texts(&uids).await.unwrap(), 3);
+    std::thread::sleep(Duration::from_millis(2));
+    for i in 0..3 {
+        let n = format!("last{i}");
+        inbox.append(&message(&n), vec![], 0).await.unwrap();
+    }
+    inbox.sync().await.unwrap();
+    let texts: Vec<String> = pages().into_iter().filter(|k| k.ends_with(".t")).collect();
+    assert_eq!(
+        texts,
+        now.iter().map(|p| format!("{p}.t")).collect::<Vec<_>>()
+    );
+    assert_eq!(inbox.texts(&uids).await.unwrap().len(), 9);
 }
 
 /// A store whose next `misses` GETs of a keyring answer "not found", as a

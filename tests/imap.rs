@@ -1009,3 +1009,114 @@ async fn damage_in_the_store_is_told_once_per_session() {
     let mut e = login(&other, "alice").await;
     assert!(e.run("EXAMINE INBOX").await.has("* OK [ALERT]"));
 }
+
+/// SEARCH BODY and TEXT over a mailbox of a page or more read the
+/// messages' texts from text pages, written by the first such search:
+/// another instance then answers the same without reading a body, a
+/// damaged text page is searched around and written again, and messages
+/// not paged yet or expunged since are answered right.
+#[tokio::test]
+async fn text_searches_of_large_mailboxes_read_text_pages() {
+    use facteur::store::ObjectStore;
+    let w = world().await;
+    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 100;
+    let writer = instance_tuned(&w.services, "textwriter", tuned);
+    let mut c = login(&writer, "alice").await;
+    let mut expected = Vec::new();
+    for i in 1..=300 {
+        let body = match i % 10 {
+            3 => format!("line {i}\r\nthe NeEdLe is here"),
+            // Split over two parts: no match across them.
+            7 => format!(
+                "--b\r\nContent-Type: text/plain\r\n\r\nnee\r\n--b\r\n\
+                 Content-Type: text/plain\r\n\r\ndle {i}\r\n--b--"
+            ),
+            _ => format!("nothing {i}"),
+        };
+        let mut raw = message(&format!("t{i}"), &body);
+        if i % 10 == 7 {
+            raw = raw.replace(
+                "\r\n\r\n",
+                "\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n",
+            );
+        }
+        assert!(c.append("INBOX", "", &raw).await.ok());
+        if i % 10 == 3 {
+            expected.push(i.to_string());
+        }
+    }
+    let answer = format!("* SEARCH {}", expected.join(" "));
+    assert!(c.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let text_pages = || {
+        w.store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/side/") && k.ends_with(".t"))
+            .collect::<Vec<_>>()
+    };
+    assert!(text_pages().is_empty());
+    let found = c.run("SEARCH TEXT needle").await;
+    assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
+    let written = text_pages();
+    let summary_pages = w
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("/side/") && !k.ends_with(".t"))
+        .count();
+    assert!(summary_pages >= 2, "{summary_pages} summary pages");
+    assert_eq!(written.len(), summary_pages, "{written:?}");
+
+    // Another instance: no body read (300 of them before text pages), no
+    // page written.
+    let reader = instance_tuned(&w.services, "textreader", tuned);
+    let mut r = login(&reader, "alice").await;
+    assert!(r.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let before = w.store.calls();
+    let found = r.run("SEARCH BODY needle").await;
+    let calls = w.store.calls() - before;
+    assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
+    assert!(
+        calls < 60,
+        "{calls} store calls for a search of 300 messages"
+    );
+    assert_eq!(text_pages(), written);
+
+    // A damaged text page: the answer is the same, read from the bodies;
+    // the page is deleted, and the next search writes it again.
+    let damaged = &written[0];
+    w.store
+        .put(damaged, bytes::Bytes::from_static(b"rot"))
+        .await
+        .unwrap();
+    let third = instance_tuned(&w.services, "textthird", tuned);
+    let mut t = login(&third, "alice").await;
+    assert!(t.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let found = t.run("SEARCH TEXT needle").await;
+    assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
+    assert!(
+        !w.store.keys().contains(damaged),
+        "the damaged page is deleted"
+    );
+    let found = t.run("SEARCH TEXT needle").await;
+    assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
+    let rewritten = w.store.get(damaged).await.unwrap();
+    assert_ne!(rewritten.as_ref(), b"rot");
+
+    // A new message (summary not paged yet) and an expunged one.
+    assert!(
+        c.append("INBOX", "", &message("late", "a late needle"))
+            .await
+            .ok()
+    );
+    assert!(c.run("STORE 3 +FLAGS.SILENT (\\Deleted)").await.ok());
+    assert!(c.run("EXPUNGE").await.ok());
+    let found = c.run("UID SEARCH TEXT needle").await;
+    let mut uids: Vec<String> = expected.iter().skip(1).cloned().collect();
+    uids.push("301".into());
+    assert_eq!(
+        found.untagged("SEARCH"),
+        vec![format!("* SEARCH {}", uids.join(" "))],
+        "{found:?}"
+    );
+}

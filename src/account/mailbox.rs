@@ -19,7 +19,7 @@
 //!   summary cache, then page GETs (bounded, in parallel), and for a page
 //!   lost to garbage collection the body, summarised again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use super::AccountError;
 use super::cache::BodyCache;
 use super::turn::{TurnTuning, Turns};
 use crate::crypto::{RecordAuth, SymmetricKey, UserKeys, open_body_reusing};
-use crate::log::stored::{LogTuning, StoredLog, SyncError, sync_shared};
+use crate::log::stored::{LogTuning, SideObjects, StoredLog, SyncError, sync_shared};
 use crate::log::{InstanceId, OpId, now_ms};
 use crate::mailbox::body::{
     PAGE_MESSAGES, PagedSummary, SummaryPage, encode_summary, seal_new_body,
@@ -41,8 +41,9 @@ use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::state::SummaryAt;
 use crate::mailbox::summary::{LineEnds, MessageSummary, Parts, summarize};
+use crate::mailbox::text::{TEXT_PAGE_SUFFIX, TextPage, searchable_text, text_page_name};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
-use crate::store::{SharedStore, layout};
+use crate::store::{SharedStore, layout, list_all_keys};
 
 /// A message for [`Mailbox::import`].
 #[derive(Clone, Debug)]
@@ -97,6 +98,8 @@ fn plan_import(
 
 /// Summary pages (or bodies, to summarise again) fetched at once.
 const SUMMARY_FETCHES: usize = 8;
+/// Bodies read at once to write a text page ([`Mailbox::index_texts`]).
+const TEXT_BODIES: usize = 8;
 /// Up to this many summaries are parsed in the asking task; more, on a
 /// blocking thread (see [`Mailbox::summaries`]).
 const PARSE_IN_TASK: usize = 16;
@@ -183,6 +186,9 @@ pub struct Mailbox {
     changes: watch::Sender<u64>,
     cache: Arc<BodyCache>,
     tuning: MailboxTuning,
+    /// Summary pages known to have a text page, and the lock that lets one
+    /// search at a time write the missing ones ([`Mailbox::index_texts`]).
+    indexed: Mutex<HashSet<String>>,
     /// Counts this mailbox as open (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -254,6 +260,7 @@ impl Mailbox {
             changes,
             cache,
             tuning,
+            indexed: Mutex::new(HashSet::new()),
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
     }
@@ -764,6 +771,166 @@ impl Mailbox {
         self.read_summaries(uids, parts, total <= SCAN_FROM).await
     }
 
+    /// The searchable texts (`mailbox::text`) of the shown messages among
+    /// `uids` that text pages hold, by UID: one GET per page. The others
+    /// (summary not paged yet, page not indexed, text too long) are left
+    /// out: a search reads their bodies.
+    pub async fn texts(&self, uids: &[u32]) -> Result<HashMap<u32, Bytes>, AccountError> {
+        let (pages, side) = {
+            let log = self.log.read().await;
+            let s = log.state();
+            let mut pages: HashMap<String, Vec<(u32, MessageId)>> = HashMap::new();
+            for uid in uids {
+                if let Some(id) = s.message_id(*uid)
+                    && let SummaryAt::Page(page) = s.summary_at(&id)
+                {
+                    pages.entry(page.to_owned()).or_default().push((*uid, id));
+                }
+            }
+            (pages, log.side())
+        };
+        let store = &self.store;
+        let read: Vec<Result<HashMap<u32, Bytes>, AccountError>> = stream::iter(pages)
+            .map(|(page, wanted)| {
+                let side = side.clone();
+                async move {
+                    let Some(texts) = read_text_page(store.as_ref(), &side, &page).await? else {
+                        // Gone or damaged: the next search writes it again.
+                        self.indexed.lock().await.remove(&page);
+                        return Ok(HashMap::new());
+                    };
+                    let by_id: HashMap<MessageId, Bytes> = texts.texts.into_iter().collect();
+                    Ok(wanted
+                        .into_iter()
+                        .filter_map(|(uid, id)| Some((uid, by_id.get(&id)?.clone())))
+                        .collect())
+                }
+            })
+            .buffer_unordered(SUMMARY_FETCHES)
+            .collect()
+            .await;
+        let mut texts = HashMap::new();
+        for page in read {
+            texts.extend(page?);
+        }
+        Ok(texts)
+    }
+
+    /// Writes the text pages missing for the summary pages that hold the
+    /// summaries of `uids` (before a search over them): each from the
+    /// bodies of the page's shown messages, read [`TEXT_BODIES`] at a
+    /// time, one page after another. Returns how many were written. A
+    /// message whose body cannot be found or opened is left out (a search
+    /// reads its body and reports that); any other failure to read is an
+    /// error, and the pages written so far stay.
+    pub async fn index_texts(&self, uids: &[u32]) -> Result<usize, AccountError> {
+        let (pages, side) = {
+            let log = self.log.read().await;
+            let s = log.state();
+            let touched: BTreeSet<&str> = uids
+                .iter()
+                .filter_map(|uid| match s.summary_at(&s.message_id(*uid)?) {
+                    SummaryAt::Page(page) => Some(page),
+                    _ => None,
+                })
+                .collect();
+            let mut pages: BTreeMap<String, Vec<(u32, MessageId)>> = BTreeMap::new();
+            if !touched.is_empty() {
+                for m in s.messages() {
+                    if let SummaryAt::Page(page) = s.summary_at(&m.id)
+                        && touched.contains(page)
+                    {
+                        pages
+                            .entry(page.to_owned())
+                            .or_default()
+                            .push((m.uid, m.id));
+                    }
+                }
+            }
+            (pages, log.side())
+        };
+        let mut indexed = self.indexed.lock().await;
+        if pages.keys().all(|page| indexed.contains(page)) {
+            return Ok(0);
+        }
+        let prefix = side.object_key("");
+        for key in list_all_keys(self.store.as_ref(), &prefix, None).await? {
+            if let Some(page) = key
+                .strip_prefix(&prefix)
+                .and_then(|name| name.strip_suffix(TEXT_PAGE_SUFFIX))
+            {
+                indexed.insert(page.to_owned());
+            }
+        }
+        let mut written = 0;
+        for (page, messages) in pages {
+            if indexed.contains(&page) {
+                continue;
+            }
+            let text_page = self.build_text_page(&messages).await?;
+            let (name, sealed) = tokio::task::spawn_blocking({
+                let (side, page) = (side.clone(), page.clone());
+                move || side.seal_companion(&page, TEXT_PAGE_SUFFIX, &text_page.encode())
+            })
+            .await
+            .map_err(|e| AccountError::Internal(format!("sealing a text page: {e}")))?;
+            self.store.put(&side.object_key(&name), sealed).await?;
+            indexed.insert(page);
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// The text page of `messages` (see [`Mailbox::index_texts`]).
+    async fn build_text_page(
+        &self,
+        messages: &[(u32, MessageId)],
+    ) -> Result<TextPage, AccountError> {
+        let uids: Vec<u32> = messages.iter().map(|(uid, _)| *uid).collect();
+        let structure = Parts {
+            body: true,
+            ..Parts::NONE
+        };
+        let mut summaries: HashMap<u32, MessageSummary> = self
+            .scan_parts(&uids, structure)
+            .await?
+            .into_iter()
+            .collect();
+        // Expunged meanwhile: no summary, nothing to index.
+        let messages: Vec<(u32, MessageId, MessageSummary)> = messages
+            .iter()
+            .filter_map(|(uid, id)| Some((*uid, *id, summaries.remove(uid)?)))
+            .collect();
+        let mut texts = stream::iter(messages)
+            .map(|(uid, id, summary)| async move {
+                let raw = match self.body(uid).await {
+                    Ok(raw) => raw,
+                    Err(
+                        AccountError::NoSuchMessage(_)
+                        | AccountError::Corrupt(_)
+                        | AccountError::Crypto(_),
+                    ) => {
+                        return Ok(None);
+                    }
+                    Err(AccountError::Store(e)) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let text =
+                    tokio::task::spawn_blocking(move || searchable_text(&raw, &summary.body))
+                        .await
+                        .map_err(|e| AccountError::Internal(format!("reading a text: {e}")))?;
+                Ok(Some((id, text)))
+            })
+            .buffered(TEXT_BODIES);
+        let mut page = TextPage::default();
+        while let Some(text) = texts.next().await {
+            if let Some((id, text)) = text? {
+                page.add(id, text);
+            }
+        }
+        Ok(page)
+    }
+
     async fn read_summaries(
         &self,
         uids: &[u32],
@@ -1111,6 +1278,42 @@ fn parse_summaries(
             Ok((uid, summary))
         })
         .collect()
+}
+
+/// Text page of summary page `page`, if it is there and opens. One that
+/// does not is as good as missing: it is said so and deleted, and the
+/// next search writes it again.
+async fn read_text_page(
+    store: &dyn crate::store::ObjectStore,
+    side: &SideObjects,
+    page: &str,
+) -> Result<Option<TextPage>, AccountError> {
+    let name = text_page_name(page);
+    let key = side.object_key(&name);
+    let sealed = match store.get(&key).await {
+        Ok(sealed) => sealed,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let side = side.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let plain = side
+            .open_at_most(&name, &sealed, TextPage::max_encoded(PAGE_MESSAGES))
+            .map_err(|e| e.to_string())?;
+        TextPage::decode(Bytes::from(plain)).map_err(str::to_owned)
+    })
+    .await
+    .map_err(|e| AccountError::Internal(format!("opening a text page: {e}")))?;
+    match opened {
+        Ok(texts) => Ok(Some(texts)),
+        Err(reason) => {
+            tracing::warn!(page, %reason, "unreadable text page: searching bodies");
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!(page, error = %e, "could not delete an unreadable text page");
+            }
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -999,6 +999,10 @@ where
 /// object is collected once no snapshot that garbage collection keeps
 /// refers to it and it is older than the grace period (so one written
 /// for a snapshot not stored yet is spared).
+///
+/// A companion of side object `n` is named `n.<suffix>` (the text page of
+/// a summary page, `mailbox::text`): no state refers to it, it may be
+/// missing, and it is collected with `n`.
 #[derive(Clone, Debug)]
 pub struct SideObjects {
     key: SymmetricKey,
@@ -1020,13 +1024,32 @@ impl SideObjects {
         (name, sealed)
     }
 
+    /// A companion of side object `owner` (see [`SideObjects`]): its name
+    /// and sealed bytes.
+    pub fn seal_companion(&self, owner: &str, suffix: &str, plain: &[u8]) -> (String, Bytes) {
+        let name = format!("{owner}{suffix}");
+        let sealed = Bytes::from(seal_body_padded(&self.key, &self.object_key(&name), plain));
+        (name, sealed)
+    }
+
     pub fn object_key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
     /// Opens a side object's sealed bytes.
     pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        open_body(&self.key, &self.object_key(name), sealed, MAX_SNAPSHOT)
+        self.open_at_most(name, sealed, MAX_SNAPSHOT)
+    }
+
+    /// Opens a side object's sealed bytes, refusing more than `limit`
+    /// plain bytes.
+    pub fn open_at_most(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        limit: usize,
+    ) -> Result<Vec<u8>, CryptoError> {
+        open_body(&self.key, &self.object_key(name), sealed, limit)
     }
 }
 
@@ -1107,8 +1130,10 @@ where
                     .split('-')
                     .next()
                     .and_then(|t| u64::from_str_radix(t, 16).ok());
+                // A companion goes with the object it belongs to.
+                let owner = name.split_once('.').map_or(name, |(owner, _)| owner);
                 // Young ones may belong to a snapshot not stored yet.
-                if written.is_some_and(|t| t < grace_floor) && !referenced.contains(name) {
+                if written.is_some_and(|t| t < grace_floor) && !referenced.contains(owner) {
                     doomed.push(meta.key);
                 }
             }

@@ -14,6 +14,7 @@ pub mod incoming;
 pub mod op;
 pub mod state;
 pub mod summary;
+pub mod text;
 
 pub use op::{MailboxOp, MessageId, MessageRef, NewMessage};
 pub use state::{MailboxState, MessageView, StoredMessage};

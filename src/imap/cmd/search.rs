@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use futures::StreamExt;
 
 use imap_codec::imap_types::core::{Charset, Tag};
@@ -18,6 +19,7 @@ use crate::imap::search::{Candidate, Query, Scope, check_charset};
 use crate::imap::state::{Authed, Selected, sequence_set_string};
 
 use crate::account::AccountError;
+use crate::mailbox::body::PAGE_MESSAGES;
 use crate::mailbox::summary::{MessageSummary, Parts};
 
 /// What SEARCH reads of a message from the state.
@@ -139,6 +141,24 @@ pub async fn scan(
         None => Vec::new(),
     };
     let total = view.len();
+    // BODY and TEXT over a mailbox of a page or more read the messages'
+    // texts from text pages (`mailbox::text`), written first where
+    // missing, instead of decoding every body at every search.
+    let from_text_pages = query.needs_body() && total >= PAGE_MESSAGES;
+    if from_text_pages {
+        selected.mailbox.index_texts(&view).await?;
+    }
+    let text_chunks: Vec<Vec<u32>> = match from_text_pages {
+        true => view.chunks(CHUNK).map(<[u32]>::to_vec).collect(),
+        false => Vec::new(),
+    };
+    let text_reader = selected.mailbox.clone();
+    let mut texts_ahead = futures::stream::iter(text_chunks)
+        .map(move |chunk| {
+            let mailbox = text_reader.clone();
+            async move { mailbox.texts(&chunk).await }
+        })
+        .buffered(SUMMARY_BATCHES_AHEAD);
     let mut summaries_ahead = futures::stream::iter(chunks)
         .map(move |chunk| {
             let mailbox = reader.clone();
@@ -177,7 +197,11 @@ pub async fn scan(
                 None => Some(HashMap::new()),
             },
         };
-        // Rows with their summary and, for BODY/TEXT keys, their body:
+        let mut texts: HashMap<u32, Bytes> = match texts_ahead.next().await {
+            Some(texts) => texts?,
+            None => HashMap::new(),
+        };
+        // Rows with their summary and, for BODY/TEXT keys, their text or body:
         // downloaded a few at a time, as FETCH does, in order.
         let rows: Vec<(Row, Option<MessageSummary>)> = rows
             .into_iter()
@@ -193,16 +217,19 @@ pub async fn scan(
         let mailbox = &selected.mailbox;
         let needs_body = query.needs_body();
         let mut loaded = futures::stream::iter(rows)
-            .map(|(row, summary)| async move {
-                let raw = if needs_body {
-                    Some(mailbox.body(row.uid).await)
-                } else {
-                    None
-                };
-                (row, summary, raw)
+            .map(|(row, summary)| {
+                let text = texts.remove(&row.uid);
+                async move {
+                    let raw = if needs_body && text.is_none() {
+                        Some(mailbox.body(row.uid).await)
+                    } else {
+                        None
+                    };
+                    (row, summary, raw, text)
+                }
             })
             .buffered(PARALLEL_BODIES);
-        while let Some((row, summary, raw)) = loaded.next().await {
+        while let Some((row, summary, raw, text)) = loaded.next().await {
             let Row {
                 seq,
                 uid,
@@ -231,6 +258,7 @@ pub async fn scan(
                 internal_date,
                 summary: summary.as_ref().unwrap_or(&unread),
                 raw: raw.as_deref(),
+                text: text.as_deref(),
             };
             if query.matches(&candidate) {
                 each(&candidate);
