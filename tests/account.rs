@@ -9,6 +9,7 @@ use facteur::account::{Account, AccountConfig, Mailbox};
 use facteur::crypto::{KdfParams, Keyring, Password, user_id};
 use facteur::log::InstanceId;
 use facteur::mailbox::summary::Parts;
+use facteur::mailbox::text::Index;
 use facteur::store::{MemoryStore, ObjectStore, S3Settings, S3Store, SharedStore, list_all};
 
 /// The delivery-record key of the tests' cluster.
@@ -652,9 +653,23 @@ async fn summary_pages_of_expunged_messages_are_collected() {
     inbox.sync().await.unwrap();
     let first = pages();
     assert_eq!(first.len(), 1);
-    // Its text page goes with it.
-    assert_eq!(inbox.index_texts(&[1, 2, 3]).await.unwrap(), 1);
-    assert_eq!(pages(), [first[0].clone(), format!("{}.t", first[0])]);
+    // Its index pages go with it.
+    assert_eq!(inbox.write_index(Index::Text, &[1, 2, 3]).await.unwrap(), 1);
+    assert_eq!(
+        inbox.write_index(Index::Headers, &[1, 2, 3]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        inbox.write_index(Index::Headers, &[1, 2, 3]).await.unwrap(),
+        0
+    );
+    let names = |suffixes: &[&str]| -> Vec<String> {
+        suffixes
+            .iter()
+            .map(|s| format!("{}{s}", first[0]))
+            .collect()
+    };
+    assert_eq!(pages(), names(&["", ".h1", ".t1"]));
     inbox.expunge(&[1, 2, 3]).await.unwrap();
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(2));
@@ -670,19 +685,19 @@ async fn summary_pages_of_expunged_messages_are_collected() {
     assert_eq!(subjects(&inbox).await.len(), 9);
     // Text pages of pages in use stay.
     let uids: Vec<u32> = (4..=12).collect();
-    assert_eq!(inbox.index_texts(&uids).await.unwrap(), 3);
+    assert_eq!(inbox.write_index(Index::Text, &uids).await.unwrap(), 3);
     std::thread::sleep(Duration::from_millis(2));
     for i in 0..3 {
         let n = format!("last{i}");
         inbox.append(&message(&n), vec![], 0).await.unwrap();
     }
     inbox.sync().await.unwrap();
-    let texts: Vec<String> = pages().into_iter().filter(|k| k.ends_with(".t")).collect();
+    let texts: Vec<String> = pages().into_iter().filter(|k| k.ends_with(".t1")).collect();
     assert_eq!(
         texts,
-        now.iter().map(|p| format!("{p}.t")).collect::<Vec<_>>()
+        now.iter().map(|p| format!("{p}.t1")).collect::<Vec<_>>()
     );
-    assert_eq!(inbox.texts(&uids).await.unwrap().len(), 9);
+    assert_eq!(inbox.read_index(Index::Text, &uids).await.unwrap().len(), 9);
 }
 
 /// A store whose next `misses` GETs of a keyring answer "not found", as a

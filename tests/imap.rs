@@ -1035,9 +1035,21 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
         };
         let mut raw = message(&format!("t{i}"), &body);
         if i % 10 == 7 {
-            raw = raw.replace(
+            raw = raw.replacen(
                 "\r\n\r\n",
                 "\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n",
+                1,
+            );
+        }
+        if i == 5 {
+            // An attached message: BODY matches its header too.
+            raw = raw.replacen(
+                "\r\n\r\n",
+                "\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n\
+                 --m\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+                 --m\r\nContent-Type: message/rfc822\r\n\r\n\
+                 X-Note: a wombat\r\nSubject: inner\r\n\r\ninner text\r\n--m--\r\n",
+                1,
             );
         }
         assert!(c.append("INBOX", "", &raw).await.ok());
@@ -1051,7 +1063,7 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
         w.store
             .keys()
             .into_iter()
-            .filter(|k| k.contains("/side/") && k.ends_with(".t"))
+            .filter(|k| k.contains("/side/") && k.ends_with(".t1"))
             .collect::<Vec<_>>()
     };
     assert!(text_pages().is_empty());
@@ -1062,7 +1074,7 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
         .store
         .keys()
         .into_iter()
-        .filter(|k| k.contains("/side/") && !k.ends_with(".t"))
+        .filter(|k| k.contains("/side/") && !k.contains('.'))
         .count();
     assert!(summary_pages >= 2, "{summary_pages} summary pages");
     assert_eq!(written.len(), summary_pages, "{written:?}");
@@ -1072,6 +1084,14 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
     let reader = instance_tuned(&w.services, "textreader", tuned);
     let mut r = login(&reader, "alice").await;
     assert!(r.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let page_bytes = async || {
+        let mut all = Vec::new();
+        for key in text_pages() {
+            all.push(w.store.get(&key).await.unwrap());
+        }
+        all
+    };
+    let sealed = page_bytes().await;
     let before = w.store.calls();
     let found = r.run("SEARCH BODY needle").await;
     let calls = w.store.calls() - before;
@@ -1081,6 +1101,26 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
         "{calls} store calls for a search of 300 messages"
     );
     assert_eq!(text_pages(), written);
+    assert!(page_bytes().await == sealed, "no text page written again");
+    // The header of an attached message, found through the structure the
+    // text page was written with.
+    let found = r.run("SEARCH BODY wombat").await;
+    assert_eq!(found.untagged("SEARCH"), vec!["* SEARCH 5"], "{found:?}");
+    // Expunged by another session after the pages were written, still in
+    // this session's view: not matched.
+    let mut other = login(&reader, "alice").await;
+    assert!(other.run("SELECT INBOX").await.ok());
+    assert!(
+        other
+            .run("UID STORE 13 +FLAGS.SILENT (\\Deleted)")
+            .await
+            .ok()
+    );
+    assert!(other.run("UID EXPUNGE 13").await.ok());
+    expected.retain(|uid| uid != "13");
+    let answer = format!("* SEARCH {}", expected.join(" "));
+    let found = r.run("UID SEARCH BODY needle").await;
+    assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
 
     // A damaged text page: the answer is the same, read from the bodies;
     // the page is deleted, and the next search writes it again.
@@ -1091,14 +1131,14 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
         .unwrap();
     let third = instance_tuned(&w.services, "textthird", tuned);
     let mut t = login(&third, "alice").await;
-    assert!(t.run("SELECT INBOX").await.has("* 300 EXISTS"));
-    let found = t.run("SEARCH TEXT needle").await;
+    assert!(t.run("SELECT INBOX").await.has("* 299 EXISTS"));
+    let found = t.run("UID SEARCH TEXT needle").await;
     assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
     assert!(
         !w.store.keys().contains(damaged),
         "the damaged page is deleted"
     );
-    let found = t.run("SEARCH TEXT needle").await;
+    let found = t.run("UID SEARCH TEXT needle").await;
     assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
     let rewritten = w.store.get(damaged).await.unwrap();
     assert_ne!(rewritten.as_ref(), b"rot");
@@ -1109,8 +1149,8 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
             .await
             .ok()
     );
-    assert!(c.run("STORE 3 +FLAGS.SILENT (\\Deleted)").await.ok());
-    assert!(c.run("EXPUNGE").await.ok());
+    assert!(c.run("UID STORE 3 +FLAGS.SILENT (\\Deleted)").await.ok());
+    assert!(c.run("UID EXPUNGE 3").await.ok());
     let found = c.run("UID SEARCH TEXT needle").await;
     let mut uids: Vec<String> = expected.iter().skip(1).cloned().collect();
     uids.push("301".into());
@@ -1119,4 +1159,103 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
         vec![format!("* SEARCH {}", uids.join(" "))],
         "{found:?}"
     );
+}
+
+/// Header keys (SUBJECT, HEADER, and TEXT's header half) over a mailbox
+/// larger than a scan read header pages, written by the first such
+/// search: with every summary page gone, another instance still answers
+/// them from the header and text pages alone, without summarising a
+/// body again; a damaged header page is searched around.
+#[tokio::test]
+async fn header_searches_of_large_mailboxes_read_header_pages() {
+    use facteur::store::ObjectStore;
+    let w = world().await;
+    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 300;
+    let writer = instance_tuned(&w.services, "headerwriter", tuned);
+    let mut c = login(&writer, "alice").await;
+    let (mut subjects, mut texts) = (Vec::new(), Vec::new());
+    for i in 1..=800 {
+        let subject = match i % 7 {
+            // Encoded words: matched decoded.
+            2 => format!("=?utf-8?q?caf=C3=A9_{i}?="),
+            _ => format!("plain {i}"),
+        };
+        let body = if i % 11 == 4 {
+            "a quokka here"
+        } else {
+            "nothing"
+        };
+        assert!(c.append("INBOX", "", &message(&subject, body)).await.ok());
+        if i % 7 == 2 {
+            subjects.push(i.to_string());
+        }
+        if i % 11 == 4 || i % 7 == 2 {
+            texts.push(i.to_string());
+        }
+    }
+    assert!(c.run("SELECT INBOX").await.has("* 800 EXISTS"));
+    let keys = |suffix: &str| {
+        w.store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/side/") && k.ends_with(suffix))
+            .collect::<Vec<_>>()
+    };
+    let search = async |c: &mut Client<_>, command: &str, expected: &[String]| {
+        let found = c.run(command).await;
+        assert_eq!(
+            found.untagged("SEARCH"),
+            vec![format!("* SEARCH {}", expected.join(" "))],
+            "{command}: {found:?}"
+        );
+    };
+    search(&mut c, "SEARCH SUBJECT \"CAFÉ\"", &subjects).await;
+    let summary_pages: Vec<String> = w
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("/side/") && !k.contains('.'))
+        .collect();
+    assert!(summary_pages.len() >= 2, "{summary_pages:?}");
+    assert_eq!(keys(".h1").len(), summary_pages.len());
+    assert!(keys(".t1").is_empty(), "no text page for a header search");
+    // TEXT matches the café subjects in the header and quokka in bodies.
+    let either: Vec<String> = texts.clone();
+    search(&mut c, "SEARCH TEXT \"café\"", &subjects).await;
+    assert_eq!(keys(".t1").len(), summary_pages.len());
+    search(&mut c, "SEARCH OR TEXT quokka SUBJECT \"café\"", &either).await;
+
+    // Every summary page gone: answered from index pages alone (a
+    // summary missing would be computed again from its body, one GET
+    // each).
+    for page in &summary_pages {
+        w.store.delete(page).await.unwrap();
+    }
+    let reader = instance_tuned(&w.services, "headerreader", tuned);
+    let mut r = login(&reader, "alice").await;
+    assert!(r.run("SELECT INBOX").await.has("* 800 EXISTS"));
+    let before = w.store.calls();
+    search(&mut r, "SEARCH SUBJECT \"café\"", &subjects).await;
+    search(&mut r, "SEARCH HEADER Subject \"CAF\"", &subjects).await;
+    let calls = w.store.calls() - before;
+    assert!(calls < 30, "{calls} store calls for two header searches");
+    // TEXT reads the bodies of the messages placed since the last
+    // snapshot (fewer than 300), and no other.
+    let before = w.store.calls();
+    search(&mut r, "SEARCH OR TEXT quokka SUBJECT \"café\"", &either).await;
+    let calls = w.store.calls() - before;
+    assert!(calls < 330, "{calls} store calls for a text search");
+
+    // A damaged header page: deleted, and its messages' summaries
+    // computed again from their bodies: the same answers.
+    let damaged = keys(".h1")[0].clone();
+    w.store
+        .put(&damaged, bytes::Bytes::from_static(b"rot"))
+        .await
+        .unwrap();
+    let third = instance_tuned(&w.services, "headerthird", tuned);
+    let mut t = login(&third, "alice").await;
+    assert!(t.run("SELECT INBOX").await.has("* 800 EXISTS"));
+    search(&mut t, "SEARCH SUBJECT \"café\"", &subjects).await;
+    assert!(!w.store.keys().contains(&damaged));
 }

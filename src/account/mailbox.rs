@@ -41,7 +41,9 @@ use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::state::SummaryAt;
 use crate::mailbox::summary::{LineEnds, MessageSummary, Parts, summarize};
-use crate::mailbox::text::{TEXT_PAGE_SUFFIX, TextPage, searchable_text, text_page_name};
+use crate::mailbox::text::{
+    Index, IndexPage, MAX_MESSAGE_TEXT, encode_headers, searchable_text_within,
+};
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout, list_all_keys};
 
@@ -98,8 +100,9 @@ fn plan_import(
 
 /// Summary pages (or bodies, to summarise again) fetched at once.
 const SUMMARY_FETCHES: usize = 8;
-/// Bodies read at once to write a text page ([`Mailbox::index_texts`]).
-const TEXT_BODIES: usize = 8;
+/// Bodies read at once to write a text page ([`Mailbox::write_index`]),
+/// as many as a search reads (`imap::cmd::fetch::PARALLEL_BODIES`).
+const TEXT_BODIES: usize = 4;
 /// Up to this many summaries are parsed in the asking task; more, on a
 /// blocking thread (see [`Mailbox::summaries`]).
 const PARSE_IN_TASK: usize = 16;
@@ -186,9 +189,11 @@ pub struct Mailbox {
     changes: watch::Sender<u64>,
     cache: Arc<BodyCache>,
     tuning: MailboxTuning,
-    /// Summary pages known to have a text page, and the lock that lets one
-    /// search at a time write the missing ones ([`Mailbox::index_texts`]).
-    indexed: Mutex<HashSet<String>>,
+    /// Index pages known to be in the store, by name, and the lock that
+    /// lets one search at a time write the missing ones
+    /// ([`Mailbox::write_index`]).
+    indexed: std::sync::Mutex<HashSet<String>>,
+    indexing: Mutex<()>,
     /// Counts this mailbox as open (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -260,7 +265,8 @@ impl Mailbox {
             changes,
             cache,
             tuning,
-            indexed: Mutex::new(HashSet::new()),
+            indexed: std::sync::Mutex::new(HashSet::new()),
+            indexing: Mutex::new(()),
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
     }
@@ -771,11 +777,15 @@ impl Mailbox {
         self.read_summaries(uids, parts, total <= SCAN_FROM).await
     }
 
-    /// The searchable texts (`mailbox::text`) of the shown messages among
-    /// `uids` that text pages hold, by UID: one GET per page. The others
-    /// (summary not paged yet, page not indexed, text too long) are left
-    /// out: a search reads their bodies.
-    pub async fn texts(&self, uids: &[u32]) -> Result<HashMap<u32, Bytes>, AccountError> {
+    /// The entries of `index` (`mailbox::text`) of the shown messages
+    /// among `uids` that its pages hold, by UID: one GET per page. The
+    /// others (summary not paged yet, page not indexed, entry too long)
+    /// are left out: a search reads their body or summary.
+    pub async fn read_index(
+        &self,
+        index: Index,
+        uids: &[u32],
+    ) -> Result<HashMap<u32, Bytes>, AccountError> {
         let (pages, side) = {
             let log = self.log.read().await;
             let s = log.state();
@@ -794,113 +804,134 @@ impl Mailbox {
             .map(|(page, wanted)| {
                 let side = side.clone();
                 async move {
-                    let Some(texts) = read_text_page(store.as_ref(), &side, &page).await? else {
+                    let name = index.page_name(&page);
+                    let Some(entries) =
+                        read_index_page(store.as_ref(), &side, index, &name).await?
+                    else {
                         // Gone or damaged: the next search writes it again.
-                        self.indexed.lock().await.remove(&page);
+                        self.indexed().remove(&name);
                         return Ok(HashMap::new());
                     };
-                    let by_id: HashMap<MessageId, Bytes> = texts.texts.into_iter().collect();
+                    let by_id: HashMap<MessageId, Bytes> = entries.entries.into_iter().collect();
+                    // Copies: a slice would keep the whole page alive, and
+                    // a scan reads several chunks ahead.
                     Ok(wanted
                         .into_iter()
-                        .filter_map(|(uid, id)| Some((uid, by_id.get(&id)?.clone())))
+                        .filter_map(|(uid, id)| {
+                            Some((uid, Bytes::copy_from_slice(by_id.get(&id)?)))
+                        })
                         .collect())
                 }
             })
             .buffer_unordered(SUMMARY_FETCHES)
             .collect()
             .await;
-        let mut texts = HashMap::new();
+        let mut entries = HashMap::new();
         for page in read {
-            texts.extend(page?);
+            entries.extend(page?);
         }
-        Ok(texts)
+        Ok(entries)
     }
 
-    /// Writes the text pages missing for the summary pages that hold the
-    /// summaries of `uids` (before a search over them): each from the
-    /// bodies of the page's shown messages, read [`TEXT_BODIES`] at a
-    /// time, one page after another. Returns how many were written. A
-    /// message whose body cannot be found or opened is left out (a search
-    /// reads its body and reports that); any other failure to read is an
-    /// error, and the pages written so far stay.
-    pub async fn index_texts(&self, uids: &[u32]) -> Result<usize, AccountError> {
-        let (pages, side) = {
+    /// Writes the pages of `index` missing for the summary pages that hold
+    /// the summaries of `uids` (before a search over them), one page after
+    /// another: text pages from the bodies of the page's shown messages,
+    /// read [`TEXT_BODIES`] at a time; header pages from their summaries.
+    /// One search at a time writes (a search needing a page being written
+    /// waits for it); when every page is known, this costs no I/O.
+    /// Returns how many were written. A message whose body cannot be found
+    /// or opened is left out (a search reads its body and reports that);
+    /// any other failure to read is an error, and the pages written so far
+    /// stay.
+    pub async fn write_index(&self, index: Index, uids: &[u32]) -> Result<usize, AccountError> {
+        let (touched, side) = {
             let log = self.log.read().await;
             let s = log.state();
-            let touched: BTreeSet<&str> = uids
+            let touched: BTreeSet<String> = uids
                 .iter()
                 .filter_map(|uid| match s.summary_at(&s.message_id(*uid)?) {
-                    SummaryAt::Page(page) => Some(page),
+                    SummaryAt::Page(page) => Some(index.page_name(page)),
                     _ => None,
                 })
                 .collect();
-            let mut pages: BTreeMap<String, Vec<(u32, MessageId)>> = BTreeMap::new();
-            if !touched.is_empty() {
-                for m in s.messages() {
-                    if let SummaryAt::Page(page) = s.summary_at(&m.id)
-                        && touched.contains(page)
-                    {
-                        pages
-                            .entry(page.to_owned())
-                            .or_default()
-                            .push((m.uid, m.id));
-                    }
-                }
-            }
-            (pages, log.side())
+            (touched, log.side())
         };
-        let mut indexed = self.indexed.lock().await;
-        if pages.keys().all(|page| indexed.contains(page)) {
+        let all_known = |indexed: &HashSet<String>| touched.iter().all(|n| indexed.contains(n));
+        if all_known(&self.indexed()) {
+            return Ok(0);
+        }
+        // One search at a time writes; the others wait for its pages.
+        let _writing = self.indexing.lock().await;
+        if all_known(&self.indexed()) {
             return Ok(0);
         }
         let prefix = side.object_key("");
-        for key in list_all_keys(self.store.as_ref(), &prefix, None).await? {
-            if let Some(page) = key
-                .strip_prefix(&prefix)
-                .and_then(|name| name.strip_suffix(TEXT_PAGE_SUFFIX))
-            {
-                indexed.insert(page.to_owned());
-            }
+        let listed = list_all_keys(self.store.as_ref(), &prefix, None).await?;
+        self.indexed().extend(
+            listed
+                .iter()
+                .filter_map(|key| key.strip_prefix(&prefix))
+                .filter(|name| name.contains('.'))
+                .map(str::to_owned),
+        );
+        let missing: HashSet<String> = {
+            let indexed = self.indexed();
+            touched
+                .into_iter()
+                .filter(|name| !indexed.contains(name))
+                .filter_map(|name| Some(name.strip_suffix(index.suffix())?.to_owned()))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(0);
         }
+        // The shown messages of each summary page missing its index page.
+        let pages: BTreeMap<String, Vec<(u32, MessageId)>> = {
+            let log = self.log.read().await;
+            let s = log.state();
+            let mut pages: BTreeMap<String, Vec<(u32, MessageId)>> = BTreeMap::new();
+            for (uid, id) in s.shown() {
+                if let SummaryAt::Page(page) = s.summary_at(&id)
+                    && missing.contains(page)
+                {
+                    pages.entry(page.to_owned()).or_default().push((uid, id));
+                }
+            }
+            pages
+        };
         let mut written = 0;
         for (page, messages) in pages {
-            if indexed.contains(&page) {
-                continue;
-            }
-            let text_page = self.build_text_page(&messages).await?;
+            let entries = match index {
+                Index::Text => self.text_page(&messages).await?,
+                Index::Headers => self.header_page(&messages).await?,
+            };
             let (name, sealed) = tokio::task::spawn_blocking({
-                let (side, page) = (side.clone(), page.clone());
-                move || side.seal_companion(&page, TEXT_PAGE_SUFFIX, &text_page.encode())
+                let side = side.clone();
+                move || side.seal_companion(&page, index.suffix(), &entries.encode(index))
             })
             .await
-            .map_err(|e| AccountError::Internal(format!("sealing a text page: {e}")))?;
+            .map_err(|e| AccountError::Internal(format!("sealing an index page: {e}")))?;
             self.store.put(&side.object_key(&name), sealed).await?;
-            indexed.insert(page);
+            self.indexed().insert(name);
             written += 1;
         }
         Ok(written)
     }
 
-    /// The text page of `messages` (see [`Mailbox::index_texts`]).
-    async fn build_text_page(
-        &self,
-        messages: &[(u32, MessageId)],
-    ) -> Result<TextPage, AccountError> {
-        let uids: Vec<u32> = messages.iter().map(|(uid, _)| *uid).collect();
+    /// Names of the index pages known to be in the store.
+    fn indexed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Only inserts and removes of whole names: a panic cannot leave
+        // the set half-updated.
+        self.indexed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The text page of `messages` (see [`Mailbox::write_index`]).
+    async fn text_page(&self, messages: &[(u32, MessageId)]) -> Result<IndexPage, AccountError> {
         let structure = Parts {
             body: true,
             ..Parts::NONE
         };
-        let mut summaries: HashMap<u32, MessageSummary> = self
-            .scan_parts(&uids, structure)
-            .await?
-            .into_iter()
-            .collect();
-        // Expunged meanwhile: no summary, nothing to index.
-        let messages: Vec<(u32, MessageId, MessageSummary)> = messages
-            .iter()
-            .filter_map(|(uid, id)| Some((*uid, *id, summaries.remove(uid)?)))
-            .collect();
+        let messages = self.with_summaries(messages, structure).await?;
         let mut texts = stream::iter(messages)
             .map(|(uid, id, summary)| async move {
                 let raw = match self.body(uid).await {
@@ -915,20 +946,57 @@ impl Mailbox {
                     Err(AccountError::Store(e)) if e.is_not_found() => return Ok(None),
                     Err(e) => return Err(e),
                 };
-                let text =
-                    tokio::task::spawn_blocking(move || searchable_text(&raw, &summary.body))
-                        .await
-                        .map_err(|e| AccountError::Internal(format!("reading a text: {e}")))?;
-                Ok(Some((id, text)))
+                let text = tokio::task::spawn_blocking(move || {
+                    searchable_text_within(&raw, &summary.body, MAX_MESSAGE_TEXT)
+                })
+                .await;
+                match text {
+                    Ok(text) => Ok(text.map(|text| (id, text))),
+                    // Left out: searches read the body (and fail the same).
+                    Err(e) if e.is_panic() => {
+                        tracing::warn!(uid, "reading the text of a message panicked");
+                        Ok(None)
+                    }
+                    Err(e) => Err(AccountError::Internal(format!("reading a text: {e}"))),
+                }
             })
             .buffered(TEXT_BODIES);
-        let mut page = TextPage::default();
+        let mut page = IndexPage::default();
         while let Some(text) = texts.next().await {
             if let Some((id, text)) = text? {
-                page.add(id, text);
+                page.add(id, text.into_bytes());
             }
         }
         Ok(page)
+    }
+
+    /// The header page of `messages` (see [`Mailbox::write_index`]).
+    async fn header_page(&self, messages: &[(u32, MessageId)]) -> Result<IndexPage, AccountError> {
+        let headers = Parts {
+            search_headers: true,
+            ..Parts::NONE
+        };
+        let mut page = IndexPage::default();
+        for (_, id, summary) in self.with_summaries(messages, headers).await? {
+            page.add(id, encode_headers(&summary.search_headers));
+        }
+        Ok(page)
+    }
+
+    /// `messages` with `parts` of their summaries, read as a scan; those
+    /// expunged meanwhile are left out.
+    async fn with_summaries(
+        &self,
+        messages: &[(u32, MessageId)],
+        parts: Parts,
+    ) -> Result<Vec<(u32, MessageId, MessageSummary)>, AccountError> {
+        let uids: Vec<u32> = messages.iter().map(|(uid, _)| *uid).collect();
+        let mut summaries: HashMap<u32, MessageSummary> =
+            self.scan_parts(&uids, parts).await?.into_iter().collect();
+        Ok(messages
+            .iter()
+            .filter_map(|(uid, id)| Some((*uid, *id, summaries.remove(uid)?)))
+            .collect())
     }
 
     async fn read_summaries(
@@ -1280,36 +1348,38 @@ fn parse_summaries(
         .collect()
 }
 
-/// Text page of summary page `page`, if it is there and opens. One that
+/// Index page `name` of kind `index`, if it is there and opens. One that
 /// does not is as good as missing: it is said so and deleted, and the
 /// next search writes it again.
-async fn read_text_page(
+async fn read_index_page(
     store: &dyn crate::store::ObjectStore,
     side: &SideObjects,
-    page: &str,
-) -> Result<Option<TextPage>, AccountError> {
-    let name = text_page_name(page);
-    let key = side.object_key(&name);
+    index: Index,
+    name: &str,
+) -> Result<Option<IndexPage>, AccountError> {
+    let key = side.object_key(name);
     let sealed = match store.get(&key).await {
         Ok(sealed) => sealed,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let side = side.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        let plain = side
-            .open_at_most(&name, &sealed, TextPage::max_encoded(PAGE_MESSAGES))
-            .map_err(|e| e.to_string())?;
-        TextPage::decode(Bytes::from(plain)).map_err(str::to_owned)
+    let opened = tokio::task::spawn_blocking({
+        let (side, name) = (side.clone(), name.to_owned());
+        move || {
+            let plain = side
+                .open_at_most(&name, &sealed, IndexPage::max_encoded(PAGE_MESSAGES))
+                .map_err(|e| e.to_string())?;
+            IndexPage::decode(index, Bytes::from(plain)).map_err(str::to_owned)
+        }
     })
     .await
-    .map_err(|e| AccountError::Internal(format!("opening a text page: {e}")))?;
+    .map_err(|e| AccountError::Internal(format!("opening an index page: {e}")))?;
     match opened {
-        Ok(texts) => Ok(Some(texts)),
+        Ok(entries) => Ok(Some(entries)),
         Err(reason) => {
-            tracing::warn!(page, %reason, "unreadable text page: searching bodies");
+            tracing::warn!(page = name, %reason, "unreadable index page: searching without it");
             if let Err(e) = store.delete(&key).await {
-                tracing::warn!(page, error = %e, "could not delete an unreadable text page");
+                tracing::warn!(page = name, error = %e, "could not delete an unreadable index page");
             }
             Ok(None)
         }

@@ -688,7 +688,7 @@ mod tests {
 
     use super::*;
     use crate::mailbox::summary::{normalize_crlf, summarize};
-    use crate::mailbox::text::TextPage;
+    use crate::mailbox::text::{Index, IndexPage, decode_headers, encode_headers};
 
     /// SEARCH BODY/TEXT decode bodies with mail-parser, which panics on
     /// this message: the search must answer (no match), not panic.
@@ -905,18 +905,20 @@ The inner secret.\n\
         // And on the texts a text page holds instead of the raw messages
         // (what `cmd::search::scan` gives it for large mailboxes).
         if with_body {
-            let mut page = TextPage::default();
+            let mut page = IndexPage::default();
             for (i, m) in messages.iter().enumerate() {
                 let id = crate::mailbox::MessageId {
                     op: crate::log::OpId::from_raw([i as u8; 16]),
                     index: 0,
                 };
-                assert!(page.add(id, searchable_text(&m.raw, &m.summary.body)));
+                let text = searchable_text(&m.raw, &m.summary.body);
+                assert!(page.add(id, text.into_bytes()));
             }
-            let page = TextPage::decode(bytes::Bytes::from(page.encode())).unwrap();
+            let bytes = bytes::Bytes::from(page.encode(Index::Text));
+            let page = IndexPage::decode(Index::Text, bytes).unwrap();
             let from_page: Vec<u32> = messages
                 .iter()
-                .zip(&page.texts)
+                .zip(&page.entries)
                 .zip(1..)
                 .filter(|((m, (_, text)), seq)| {
                     let mut candidate = m.candidate(*seq, false);
@@ -926,6 +928,34 @@ The inner secret.\n\
                 .map(|(_, seq)| seq)
                 .collect();
             assert_eq!(from_page, found, "{criteria} on a text page");
+        }
+        // And on the header fields a header page holds instead of the
+        // summary, with the text a text page holds, when the query reads
+        // nothing else of the summary (as `cmd::search::Plan` does).
+        let only_indexed = parts.is_some_and(|p| {
+            Parts {
+                search_headers: false,
+                body: false,
+                ..p
+            } == Parts::NONE
+        });
+        if only_indexed {
+            let from_indexes: Vec<u32> = messages
+                .iter()
+                .zip(1..)
+                .filter(|(m, seq)| {
+                    let entry = encode_headers(&m.summary.search_headers);
+                    let mut summary = MessageSummary::empty();
+                    summary.search_headers = decode_headers(&entry).unwrap();
+                    let text = searchable_text(&m.raw, &m.summary.body);
+                    let mut candidate = m.candidate(*seq, false);
+                    candidate.summary = &summary;
+                    candidate.text = with_body.then_some(text.as_bytes());
+                    query.matches(&candidate)
+                })
+                .map(|(_, seq)| seq)
+                .collect();
+            assert_eq!(from_indexes, found, "{criteria} on index pages");
         }
         found
     }

@@ -1000,7 +1000,7 @@ where
 /// refers to it and it is older than the grace period (so one written
 /// for a snapshot not stored yet is spared).
 ///
-/// A companion of side object `n` is named `n.<suffix>` (the text page of
+/// A companion of side object `n` is named `n.<suffix>` (the index pages of
 /// a summary page, `mailbox::text`): no state refers to it, it may be
 /// missing, and it is collected with `n`.
 #[derive(Clone, Debug)]

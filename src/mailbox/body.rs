@@ -156,7 +156,7 @@ impl SummaryPage {
 }
 
 /// The framed form of a page of per-message entries (summary pages, and
-/// the text pages of `mailbox::text`): `magic`, the count (u32,
+/// the index pages of `mailbox::text`): `magic`, the count (u32,
 /// big-endian), a table of `(op id, index, length)` per entry, then the
 /// entries end to end.
 ///

@@ -836,6 +836,16 @@ impl MailboxState {
         self.view(self.shown_slot(uid)?, uid)
     }
 
+    /// UIDs and ids of the shown messages, in UID order: [`Self::messages`]
+    /// without building views.
+    pub fn shown(&self) -> impl Iterator<Item = (u32, MessageId)> + '_ {
+        self.index
+            .uids
+            .iter()
+            .zip(&self.index.slots)
+            .map(|(uid, slot)| (*uid, self.core.id(*slot)))
+    }
+
     /// Shown messages in UID (= sequence) order.
     pub fn messages(&self) -> impl Iterator<Item = MessageView<'_>> + '_ {
         self.index

@@ -1,8 +1,10 @@
-//! The text SEARCH BODY and TEXT match in a message (RFC 9051 §6.4.4; the
-//! semantics are told in `imap::search`), and text pages: that text for
-//! the messages of one summary page, stored beside it, so that a search
-//! over a whole mailbox reads one object per page instead of one body per
-//! message (doc/storage.md, "Text pages").
+//! What searches match, and the index pages that spare reading it whole
+//! (doc/storage.md, "Index pages"): the text SEARCH BODY and TEXT match in
+//! a message (RFC 9051 §6.4.4; the semantics are told in `imap::search`)
+//! and the decoded header fields header keys match, kept per summary page
+//! in a text page and a header page, so that a search over a whole
+//! mailbox reads one small object per page instead of one body per
+//! message or whole summaries.
 //!
 //! Pure: the account layer reads and writes the pages.
 
@@ -14,44 +16,96 @@ use super::body::{decode_framed, encode_framed};
 use super::op::MessageId;
 use super::summary::{BodyPart, PartKind};
 
-/// Appended to a summary page's name, the name of its text page (a side
-/// object collected with the page it belongs to).
-pub const TEXT_PAGE_SUFFIX: &str = ".t";
-
-/// A message whose searchable text is longer is left out of its text
-/// page: searches read its body, as without a page.
+/// A message whose entry (searchable text, or search headers) is longer
+/// is left out of its index page: searches read its body or summary, as
+/// without a page.
 pub const MAX_MESSAGE_TEXT: usize = 1 << 20;
 
-/// Bytes of text a text page holds at most (before compression); the
+/// Bytes of entries an index page holds at most (before compression); the
 /// messages past it are left out. Bounds what reading a page costs.
 pub const MAX_PAGE_TEXT: usize = 8 << 20;
 
-/// First bytes of a text page.
-const TEXT_MAGIC: &[u8; 4] = b"\0tp1";
+/// The two indexes a summary page may have, each a companion side object
+/// named after the page (doc/storage.md, "Index pages").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Index {
+    /// Per message, its searchable text ([`searchable_text`]): what BODY
+    /// and TEXT match.
+    Text,
+    /// Per message, its summary's decoded header fields
+    /// ([`encode_headers`]): what SUBJECT, HEADER and TEXT match.
+    Headers,
+}
+
+impl Index {
+    /// Appended to a summary page's name, the name of its index page. The
+    /// digit is the version of what the page holds: a change to what
+    /// searches match (the text's decoding, folding, the fields kept)
+    /// takes the next one, so pages written before are ignored (and
+    /// collected with their summary page) instead of answering otherwise.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            Index::Text => ".t1",
+            Index::Headers => ".h1",
+        }
+    }
+
+    /// First bytes of an index page of this kind.
+    const fn magic(self) -> &'static [u8; 4] {
+        match self {
+            Index::Text => b"\0tp1",
+            Index::Headers => b"\0hp1",
+        }
+    }
+
+    /// The name of this index's page for summary page `page`.
+    pub fn page_name(self, page: &str) -> String {
+        format!("{page}{}", self.suffix())
+    }
+}
 
 /// What separates the texts of a message's parts in its searchable text.
 /// A needle never holds it (IMAP strings cannot hold NUL, RFC 9051 §4.3,
 /// and `imap::search` replaces one that does), so no match spans two parts.
 pub const PART_SEPARATOR: char = '\0';
 
-/// The name of the text page of summary page `page`.
-pub fn text_page_name(page: &str) -> String {
-    format!("{page}{TEXT_PAGE_SUFFIX}")
-}
-
 /// The searchable text of a raw message whose structure is `body`: the
-/// decoded, case-folded texts of [`part_texts`], joined by
+/// decoded, case-folded texts of its parts ([`part_texts`]), joined by
 /// [`PART_SEPARATOR`].
 pub fn searchable_text(raw: &[u8], body: &BodyPart) -> String {
-    let parts = part_texts(raw, body);
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(PART_SEPARATOR);
+    searchable_text_within(raw, body, usize::MAX).unwrap_or_default()
+}
+
+/// [`searchable_text`], or `None` as soon as it passes `limit` bytes.
+pub fn searchable_text_within(raw: &[u8], body: &BodyPart, limit: usize) -> Option<String> {
+    let mut joined = Joined {
+        text: String::new(),
+        parts: 0,
+        limit,
+    };
+    part_texts(raw, body, &mut joined);
+    (joined.text.len() <= limit).then_some(joined.text)
+}
+
+/// The parts of a searchable text, folded and joined as they come, until
+/// past `limit`.
+struct Joined {
+    text: String,
+    parts: usize,
+    limit: usize,
+}
+
+impl Joined {
+    fn push(&mut self, part: &str) {
+        if self.text.len() > self.limit {
+            return;
         }
-        out.push_str(part);
+        if self.parts > 0 {
+            self.text.push(PART_SEPARATOR);
+        }
+        self.parts += 1;
+        fold_into(&mut self.text, part);
     }
-    out
 }
 
 /// Whether searchable `text` contains `needle`, already case-folded
@@ -62,51 +116,83 @@ pub fn text_contains(text: &[u8], needle: &str) -> bool {
     memchr::memmem::find(text, needle.as_bytes()).is_some()
 }
 
-/// A text page: the searchable texts of some of the messages of one
-/// summary page, by message id. A message of the page missing from it
-/// (too long, or its body unreadable when the page was written) is
-/// searched in its body.
+/// An index page: one entry per message of one summary page, by message
+/// id (see [`Index`]). A message of the page missing from it (too long,
+/// or unreadable when the page was written) is searched in its body or
+/// summary.
 ///
-/// Stored framed, as summary pages are (`mailbox::body`), with its own
-/// magic: reading one is slicing it.
+/// Stored framed, as summary pages are (`mailbox::body`), with the magic
+/// of its kind: reading one is slicing it.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct TextPage {
-    pub texts: Vec<(MessageId, Bytes)>,
+pub struct IndexPage {
+    pub entries: Vec<(MessageId, Bytes)>,
 }
 
-impl TextPage {
-    /// Adds the text of message `id` if it is short enough and the page
+impl IndexPage {
+    /// Adds the entry of message `id` if it is short enough and the page
     /// has room: whether it did.
-    pub fn add(&mut self, id: MessageId, text: String) -> bool {
-        let used: usize = self.texts.iter().map(|(_, t)| t.len()).sum();
-        if text.len() > MAX_MESSAGE_TEXT || used + text.len() > MAX_PAGE_TEXT {
+    pub fn add(&mut self, id: MessageId, entry: Vec<u8>) -> bool {
+        let used: usize = self.entries.iter().map(|(_, e)| e.len()).sum();
+        if entry.len() > MAX_MESSAGE_TEXT || used + entry.len() > MAX_PAGE_TEXT {
             return false;
         }
-        self.texts.push((id, Bytes::from(text)));
+        self.entries.push((id, Bytes::from(entry)));
         true
     }
 
-    /// The framed form.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The framed form, as an index page of `index`.
+    pub fn encode(&self, index: Index) -> Vec<u8> {
         encode_framed(
-            TEXT_MAGIC,
-            self.texts.iter().map(|(id, t)| (*id, t.as_ref())),
+            index.magic(),
+            self.entries.iter().map(|(id, e)| (*id, e.as_ref())),
         )
     }
 
-    /// Reads what [`TextPage::encode`] wrote; the texts are slices of
-    /// `bytes`. They are not checked to be UTF-8: only the key holder
-    /// writes pages, and matching is byte for byte.
-    pub fn decode(bytes: Bytes) -> Result<TextPage, &'static str> {
-        Ok(TextPage {
-            texts: decode_framed(TEXT_MAGIC, &bytes)?,
+    /// Reads what [`IndexPage::encode`] wrote for `index`; the entries are
+    /// slices of `bytes`. Texts are not checked to be UTF-8: only the key
+    /// holder writes pages, and matching is byte for byte.
+    pub fn decode(index: Index, bytes: Bytes) -> Result<IndexPage, &'static str> {
+        Ok(IndexPage {
+            entries: decode_framed(index.magic(), &bytes)?,
         })
     }
 
-    /// The largest encoded page [`TextPage::add`] lets through.
+    /// The largest encoded page [`IndexPage::add`] lets through.
     pub const fn max_encoded(messages: usize) -> usize {
-        TEXT_MAGIC.len() + 4 + messages * (16 + 4 + 4) + MAX_PAGE_TEXT
+        4 + 4 + messages * (16 + 4 + 4) + MAX_PAGE_TEXT
     }
+}
+
+/// A summary's search headers (decoded names and values) as a header
+/// index entry: per field, the name's length (u32, big-endian), the name,
+/// the value's length, the value.
+pub fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum());
+    for (name, value) in headers {
+        for s in [name, value] {
+            // Search headers keep at most 64 KiB (`MAX_SEARCH_HEADERS`).
+            let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out
+}
+
+/// Reads what [`encode_headers`] wrote; `None` if it is not that.
+pub fn decode_headers(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut take = || -> Option<String> {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let (s, rest) = rest.split_at_checked(len)?;
+        bytes = rest;
+        String::from_utf8(s.to_vec()).ok()
+    };
+    let mut out = Vec::new();
+    while let Some(name) = take() {
+        out.push((name, take()?));
+    }
+    bytes.is_empty().then_some(out)
 }
 
 /// The case folding of one character (Unicode lowercase, then the full
@@ -147,6 +233,12 @@ pub fn fold(c: char) -> impl Iterator<Item = char> {
 /// folds every text part of every message it reads.
 pub fn fold_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    fold_into(&mut out, s);
+    out
+}
+
+/// Appends `s` case-folded to `out` (see [`fold_str`]).
+fn fold_into(out: &mut String, s: &str) {
     let mut rest = s;
     while !rest.is_empty() {
         let ascii = rest
@@ -163,7 +255,6 @@ pub fn fold_str(s: &str) -> String {
         }
         rest = chars.as_str();
     }
-    out
 }
 
 /// Header text as UTF-8: RFC 2047 encoded words decoded, raw 8-bit taken
@@ -191,30 +282,28 @@ pub fn decode_header_text(raw: &[u8]) -> Cow<'_, str> {
 /// reduced to text), attached messages included, and the header fields of
 /// attached messages (located through the message's structure, `body`),
 /// decoded.
-fn part_texts(raw: &[u8], body: &BodyPart) -> Vec<String> {
-    fn walk(message: &mail_parser::Message<'_>, out: &mut Vec<String>) {
+fn part_texts(raw: &[u8], body: &BodyPart, out: &mut Joined) {
+    fn walk(message: &mail_parser::Message<'_>, out: &mut Joined) {
         for part in &message.parts {
             match &part.body {
-                mail_parser::PartType::Text(t) => out.push(fold_str(t)),
+                mail_parser::PartType::Text(t) => out.push(t),
                 mail_parser::PartType::Html(h) => {
-                    out.push(fold_str(&mail_parser::decoders::html::html_to_text(h)))
+                    out.push(&mail_parser::decoders::html::html_to_text(h))
                 }
                 mail_parser::PartType::Message(inner) => walk(inner, out),
                 _ => {}
             }
         }
     }
-    let mut out = Vec::new();
     if let Some(message) = crate::mailbox::summary::parse_mail(raw) {
-        walk(&message, &mut out);
+        walk(&message, out);
     }
-    encapsulated_headers(raw, body, &mut out);
-    out
+    encapsulated_headers(raw, body, out);
 }
 
-/// Appends the decoded header of every message attached below `part`, as
-/// `Name: value` lines, case-folded.
-fn encapsulated_headers(raw: &[u8], part: &BodyPart, out: &mut Vec<String>) {
+/// Adds the decoded header of every message attached below `part`, as
+/// `Name: value` lines.
+fn encapsulated_headers(raw: &[u8], part: &BodyPart, out: &mut Joined) {
     match &part.kind {
         PartKind::Leaf => {}
         PartKind::Multipart(children) => {
@@ -226,7 +315,7 @@ fn encapsulated_headers(raw: &[u8], part: &BodyPart, out: &mut Vec<String>) {
             let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(raw.len());
             let start = clamp(inner.body.header_start);
             let end = clamp(inner.body.body_start).max(start);
-            out.push(fold_str(&header_text(&raw[start..end])));
+            out.push(&header_text(&raw[start..end]));
             encapsulated_headers(raw, &inner.body, out);
         }
     }
@@ -297,45 +386,87 @@ mod tests {
         assert!(!text_contains(text.as_bytes(), "charlie"));
         assert!(!text_contains(text.as_bytes(), "char\nlie"));
         assert_eq!(text.matches(PART_SEPARATOR).count(), 1, "{text:?}");
+        let body = summarize(&raw).body;
+        assert_eq!(
+            searchable_text_within(&raw, &body, text.len()).as_deref(),
+            Some(text.as_str())
+        );
+        assert_eq!(searchable_text_within(&raw, &body, text.len() - 1), None);
+        assert_eq!(searchable_text_within(&raw, &body, 3), None);
     }
 
     #[test]
-    fn text_pages_round_trip_as_slices_and_refuse_damage() {
-        let mut page = TextPage::default();
+    fn index_pages_round_trip_as_slices_and_refuse_damage() {
+        let mut page = IndexPage::default();
         assert!(page.add(id(1), "caf\u{e9} cr\u{e8}me".into()));
-        assert!(page.add(id(2), String::new()));
-        assert!(page.add(id(3), "a\0b".into()));
-        let bytes = Bytes::from(page.encode());
-        let decoded = TextPage::decode(bytes.clone()).unwrap();
-        assert_eq!(decoded, page);
-        let range = bytes.as_ptr_range();
-        assert!(range.contains(&decoded.texts[0].1.as_ptr()), "a slice");
-        for cut in 0..bytes.len() {
-            assert!(
-                TextPage::decode(bytes.slice(..cut)).is_err(),
-                "cut at {cut}"
-            );
+        assert!(page.add(id(2), Vec::new()));
+        assert!(page.add(id(3), b"a\0b".to_vec()));
+        for index in [Index::Text, Index::Headers] {
+            let bytes = Bytes::from(page.encode(index));
+            let decoded = IndexPage::decode(index, bytes.clone()).unwrap();
+            assert_eq!(decoded, page);
+            let range = bytes.as_ptr_range();
+            assert!(range.contains(&decoded.entries[0].1.as_ptr()), "a slice");
+            for cut in 0..bytes.len() {
+                assert!(
+                    IndexPage::decode(index, bytes.slice(..cut)).is_err(),
+                    "cut at {cut}"
+                );
+            }
         }
-        // A summary page is not a text page.
+        // One kind is not the other, nor a summary page.
+        let text = Bytes::from(page.encode(Index::Text));
+        assert!(IndexPage::decode(Index::Headers, text).is_err());
         let summaries = crate::mailbox::body::SummaryPage::default().encode();
-        assert!(TextPage::decode(Bytes::from(summaries)).is_err());
+        assert!(IndexPage::decode(Index::Text, Bytes::from(summaries)).is_err());
+        assert_eq!(Index::Text.page_name("p"), "p.t1");
+        assert_eq!(Index::Headers.page_name("p"), "p.h1");
     }
 
-    /// Texts too long for a message or for the page's room are left out
-    /// (searched in their bodies), and a page stays under its bound.
+    /// Entries too long for a message or for the page's room are left out
+    /// (searched in their bodies or summaries), and a page stays under its
+    /// bound.
     #[test]
-    fn text_pages_are_bounded() {
-        let mut page = TextPage::default();
-        assert!(!page.add(id(0), "x".repeat(MAX_MESSAGE_TEXT + 1)));
-        assert!(page.add(id(0), "x".repeat(MAX_MESSAGE_TEXT)));
+    fn index_pages_are_bounded() {
+        let mut page = IndexPage::default();
+        assert!(!page.add(id(0), vec![b'x'; MAX_MESSAGE_TEXT + 1]));
+        assert!(page.add(id(0), vec![b'x'; MAX_MESSAGE_TEXT]));
         let mut added = 1;
         for n in 1..=255 {
-            if page.add(id(n), "y".repeat(MAX_MESSAGE_TEXT)) {
+            if page.add(id(n), vec![b'y'; MAX_MESSAGE_TEXT]) {
                 added += 1;
             }
         }
         assert_eq!(added, MAX_PAGE_TEXT / MAX_MESSAGE_TEXT);
-        assert!(page.add(id(255), String::new()), "an empty text still fits");
-        assert!(page.encode().len() <= TextPage::max_encoded(256));
+        assert!(page.add(id(255), Vec::new()), "an empty entry still fits");
+        assert!(page.encode(Index::Text).len() <= IndexPage::max_encoded(256));
+    }
+
+    #[test]
+    fn header_entries_round_trip_and_refuse_damage() {
+        let headers = vec![
+            ("Subject".to_owned(), "caf\u{e9} \0 cr\u{e8}me".to_owned()),
+            (String::new(), String::new()),
+            ("X-Long".to_owned(), "v".repeat(70_000)),
+        ];
+        let bytes = encode_headers(&headers);
+        assert_eq!(decode_headers(&bytes), Some(headers.clone()));
+        assert_eq!(decode_headers(&[]), Some(Vec::new()));
+        // Cut anywhere: an error, or (at a field's end) the fields before.
+        for cut in 1..bytes.len().min(200) {
+            if let Some(fields) = decode_headers(&bytes[..cut]) {
+                assert!(fields.len() < headers.len(), "cut at {cut}");
+                assert_eq!(fields[..], headers[..fields.len()], "cut at {cut}");
+            }
+        }
+        assert_eq!(decode_headers(&bytes[..bytes.len() - 1]), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_headers(&longer), None);
+        // A name without its value; bytes that are not UTF-8.
+        assert_eq!(decode_headers(&encode_headers(&headers)[..4 + 7]), None);
+        let mut bad = encode_headers(&headers[..1]);
+        bad[4] = 0xff;
+        assert_eq!(decode_headers(&bad), None);
     }
 }

@@ -18,9 +18,11 @@ use crate::imap::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use crate::imap::search::{Candidate, Query, Scope, check_charset};
 use crate::imap::state::{Authed, Selected, sequence_set_string};
 
-use crate::account::AccountError;
+use crate::account::mailbox::SCAN_FROM;
+use crate::account::{AccountError, Mailbox};
 use crate::mailbox::body::PAGE_MESSAGES;
 use crate::mailbox::summary::{MessageSummary, Parts};
+use crate::mailbox::text::{Index, decode_headers};
 
 /// What SEARCH reads of a message from the state.
 struct Row {
@@ -133,39 +135,38 @@ pub async fn scan(
         (a, b) => a.or(b),
     };
     let view: Vec<u32> = selected.uids().to_vec();
+    let total = view.len();
+    // Over a mailbox of a page or more, BODY and TEXT read the messages'
+    // texts from text pages instead of every body; past a scan's size
+    // (where summaries are not cached), header keys read the header pages
+    // instead of whole summaries. Missing pages are written first
+    // (`mailbox::text`).
+    let plan = Plan {
+        parts,
+        total,
+        texts: query.needs_body() && total >= PAGE_MESSAGES,
+        headers: parts.is_some_and(|p| p.search_headers) && total > SCAN_FROM,
+    };
+    // Best effort: a search that cannot write (a store refusing PUTs, a
+    // failed read) answers without the pages it lacks, reading bodies and
+    // summaries, and fails only if those fail.
+    for (wanted, index) in [(plan.texts, Index::Text), (plan.headers, Index::Headers)] {
+        if wanted && let Err(e) = selected.mailbox.write_index(index, &view).await {
+            tracing::warn!(?index, error = %e, "could not write index pages: searching without them");
+        }
+    }
     // Summaries may live in summary pages (a GET each): one batch per
     // chunk, the next ones read while a chunk is matched.
     let reader = selected.mailbox.clone();
-    let chunks: Vec<Vec<u32>> = match parts {
-        Some(_) => view.chunks(CHUNK).map(<[u32]>::to_vec).collect(),
-        None => Vec::new(),
-    };
-    let total = view.len();
-    // BODY and TEXT over a mailbox of a page or more read the messages'
-    // texts from text pages (`mailbox::text`), written first where
-    // missing, instead of decoding every body at every search.
-    let from_text_pages = query.needs_body() && total >= PAGE_MESSAGES;
-    if from_text_pages {
-        selected.mailbox.index_texts(&view).await?;
-    }
-    let text_chunks: Vec<Vec<u32>> = match from_text_pages {
+    // (Reading nothing, the plan reads no chunk; see `Inputs::default`.)
+    let chunks: Vec<Vec<u32>> = match parts.is_some() || plan.texts {
         true => view.chunks(CHUNK).map(<[u32]>::to_vec).collect(),
         false => Vec::new(),
     };
-    let text_reader = selected.mailbox.clone();
-    let mut texts_ahead = futures::stream::iter(text_chunks)
-        .map(move |chunk| {
-            let mailbox = text_reader.clone();
-            async move { mailbox.texts(&chunk).await }
-        })
-        .buffered(SUMMARY_BATCHES_AHEAD);
-    let mut summaries_ahead = futures::stream::iter(chunks)
+    let mut inputs_ahead = futures::stream::iter(chunks)
         .map(move |chunk| {
             let mailbox = reader.clone();
-            async move {
-                let parts = parts.unwrap_or(Parts::NONE);
-                mailbox.batch_parts(&chunk, parts, total).await
-            }
+            async move { plan.read(&mailbox, &chunk).await }
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
     let unread = MessageSummary::empty();
@@ -190,16 +191,13 @@ pub async fn scan(
                     .collect()
             })
             .await;
-        let mut summaries: Option<HashMap<u32, MessageSummary>> = match parts {
-            None => None,
-            Some(_) => match summaries_ahead.next().await {
-                Some(batch) => Some(batch?.into_iter().collect()),
-                None => Some(HashMap::new()),
-            },
-        };
-        let mut texts: HashMap<u32, Bytes> = match texts_ahead.next().await {
-            Some(texts) => texts?,
-            None => HashMap::new(),
+        let Inputs {
+            mut summaries,
+            mut texts,
+        } = match inputs_ahead.next().await {
+            Some(inputs) => inputs?,
+            // No chunk read: the plan reads nothing.
+            None => Inputs::default(),
         };
         // Rows with their summary and, for BODY/TEXT keys, their text or body:
         // downloaded a few at a time, as FETCH does, in order.
@@ -268,6 +266,80 @@ pub async fn scan(
     }
 
     Ok(())
+}
+
+/// What a scan reads for each chunk of messages, and from where.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// The summary parts the query and the caller read; `None`: none.
+    parts: Option<Parts>,
+    /// Messages in the scan.
+    total: usize,
+    /// Searchable texts from text pages.
+    texts: bool,
+    /// Search headers from header pages.
+    headers: bool,
+}
+
+/// What a chunk of a scan is matched with.
+#[derive(Default)]
+struct Inputs {
+    /// Per UID, the summary with the plan's parts; `None` when the plan
+    /// reads none. A message missing is expunged: nothing to match.
+    summaries: Option<HashMap<u32, MessageSummary>>,
+    /// Per UID, the searchable text, for the messages text pages hold.
+    texts: HashMap<u32, Bytes>,
+}
+
+impl Plan {
+    /// The inputs of `chunk`: texts and header fields from index pages
+    /// where the plan says and the pages hold them, summaries (only the
+    /// parts asked) for the rest.
+    async fn read(self, mailbox: &Mailbox, chunk: &[u32]) -> Result<Inputs, AccountError> {
+        let texts = match self.texts {
+            true => mailbox.read_index(Index::Text, chunk).await?,
+            false => HashMap::new(),
+        };
+        let Some(parts) = self.parts else {
+            return Ok(Inputs {
+                summaries: None,
+                texts,
+            });
+        };
+        let mut summaries = HashMap::new();
+        // Header pages replace summaries for the messages they hold when
+        // nothing else is read of the summary but the structure text
+        // pages stand for.
+        let beyond = Parts {
+            search_headers: false,
+            body: false,
+            ..parts
+        };
+        if self.headers && beyond == Parts::NONE {
+            for (uid, entry) in mailbox.read_index(Index::Headers, chunk).await? {
+                if parts.body && !texts.contains_key(&uid) {
+                    continue;
+                }
+                if let Some(search_headers) = decode_headers(&entry) {
+                    let mut summary = MessageSummary::empty();
+                    summary.search_headers = search_headers;
+                    summaries.insert(uid, summary);
+                }
+            }
+        }
+        let rest: Vec<u32> = chunk
+            .iter()
+            .filter(|uid| !summaries.contains_key(uid))
+            .copied()
+            .collect();
+        if !rest.is_empty() {
+            summaries.extend(mailbox.batch_parts(&rest, parts, self.total).await?);
+        }
+        Ok(Inputs {
+            summaries: Some(summaries),
+            texts,
+        })
+    }
 }
 
 /// The MODSEQ a SEARCH with a MODSEQ key answers (`None`: no match):
