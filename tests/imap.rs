@@ -1185,7 +1185,19 @@ async fn header_searches_of_large_mailboxes_read_header_pages() {
         } else {
             "nothing"
         };
-        assert!(c.append("INBOX", "", &message(&subject, body)).await.ok());
+        let mut raw = message(&subject, body);
+        if i == 5 {
+            // An attached message: TEXT matches its header too.
+            raw = raw.replacen(
+                "\r\n\r\n",
+                "\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n\
+                 --m\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+                 --m\r\nContent-Type: message/rfc822\r\n\r\n\
+                 X-Note: a wombat\r\nSubject: inner\r\n\r\ninner text\r\n--m--\r\n",
+                1,
+            );
+        }
+        assert!(c.append("INBOX", "", &raw).await.ok());
         if i % 7 == 2 {
             subjects.push(i.to_string());
         }
@@ -1209,6 +1221,9 @@ async fn header_searches_of_large_mailboxes_read_header_pages() {
             "{command}: {found:?}"
         );
     };
+    // SORT reads whole summaries: no header page is any use to it.
+    assert!(c.run("SORT (SUBJECT) UTF-8 SUBJECT \"café\"").await.ok());
+    assert!(keys(".h1").is_empty(), "header pages written for SORT");
     search(&mut c, "SEARCH SUBJECT \"CAFÉ\"", &subjects).await;
     let summary_pages: Vec<String> = w
         .store
@@ -1245,6 +1260,29 @@ async fn header_searches_of_large_mailboxes_read_header_pages() {
     search(&mut r, "SEARCH OR TEXT quokka SUBJECT \"café\"", &either).await;
     let calls = w.store.calls() - before;
     assert!(calls < 330, "{calls} store calls for a text search");
+
+    // A key that reads the envelope too (the Date: field): from
+    // summaries, never from header pages (every message was sent on 23
+    // November, and arrived later).
+    search(
+        &mut r,
+        "SEARCH SENTBEFORE 24-Nov-2026 SUBJECT \"café\"",
+        &subjects,
+    )
+    .await;
+    // A damaged text page beside an intact header page: its messages are
+    // searched in their bodies, with their structure (the attached
+    // message's header), not with the header page's fields alone.
+    let damaged = keys(".t1")[0].clone();
+    w.store
+        .put(&damaged, bytes::Bytes::from_static(b"rot"))
+        .await
+        .unwrap();
+    let fourth = instance_tuned(&w.services, "headerfourth", tuned);
+    let mut f = login(&fourth, "alice").await;
+    assert!(f.run("SELECT INBOX").await.has("* 800 EXISTS"));
+    search(&mut f, "SEARCH TEXT wombat", &["5".to_owned()]).await;
+    assert!(!w.store.keys().contains(&damaged));
 
     // A damaged header page: deleted, and its messages' summaries
     // computed again from their bodies: the same answers.

@@ -193,7 +193,8 @@ pub struct Mailbox {
     /// lets one search at a time write the missing ones
     /// ([`Mailbox::write_index`]).
     indexed: std::sync::Mutex<HashSet<String>>,
-    indexing: Mutex<()>,
+    /// Per [`Index`] kind (text, headers).
+    indexing: [Mutex<()>; 2],
     /// Counts this mailbox as open (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -266,7 +267,7 @@ impl Mailbox {
             cache,
             tuning,
             indexed: std::sync::Mutex::new(HashSet::new()),
-            indexing: Mutex::new(()),
+            indexing: [Mutex::new(()), Mutex::new(())],
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
     }
@@ -778,9 +779,10 @@ impl Mailbox {
     }
 
     /// The entries of `index` (`mailbox::text`) of the shown messages
-    /// among `uids` that its pages hold, by UID: one GET per page. The
-    /// others (summary not paged yet, page not indexed, entry too long)
-    /// are left out: a search reads their body or summary.
+    /// among `uids` that its pages hold, by UID: one GET per page known
+    /// to be there (after [`Mailbox::write_index`]). The others (summary
+    /// not paged yet, page missing, entry too long) are left out: a
+    /// search reads their body or summary.
     pub async fn read_index(
         &self,
         index: Index,
@@ -789,10 +791,14 @@ impl Mailbox {
         let (pages, side) = {
             let log = self.log.read().await;
             let s = log.state();
+            // Only pages known to be there ([`Mailbox::write_index`] lists
+            // them): no GET per missing page when they cannot be written.
+            let indexed = self.indexed();
             let mut pages: HashMap<String, Vec<(u32, MessageId)>> = HashMap::new();
             for uid in uids {
                 if let Some(id) = s.message_id(*uid)
                     && let SummaryAt::Page(page) = s.summary_at(&id)
+                    && indexed.contains(&index.page_name(page))
                 {
                     pages.entry(page.to_owned()).or_default().push((*uid, id));
                 }
@@ -860,8 +866,9 @@ impl Mailbox {
         if all_known(&self.indexed()) {
             return Ok(0);
         }
-        // One search at a time writes; the others wait for its pages.
-        let _writing = self.indexing.lock().await;
+        // One search at a time writes each kind; the others wait for its
+        // pages.
+        let _writing = self.indexing[index as usize].lock().await;
         if all_known(&self.indexed()) {
             return Ok(0);
         }
@@ -899,20 +906,35 @@ impl Mailbox {
             }
             pages
         };
-        let mut written = 0;
-        for (page, messages) in pages {
-            let entries = match index {
-                Index::Text => self.text_page(&messages).await?,
-                Index::Headers => self.header_page(&messages).await?,
-            };
-            let (name, sealed) = tokio::task::spawn_blocking({
+        // Header pages cost a summary page read each, text pages up to 256
+        // body reads ([`TEXT_BODIES`] at a time).
+        let at_once = match index {
+            Index::Text => 2,
+            Index::Headers => SUMMARY_FETCHES,
+        };
+        let mut built = stream::iter(pages)
+            .map(|(page, messages)| {
                 let side = side.clone();
-                move || side.seal_companion(&page, index.suffix(), &entries.encode(index))
+                async move {
+                    let entries = match index {
+                        Index::Text => self.text_page(&messages).await?,
+                        Index::Headers => self.header_page(&messages).await?,
+                    };
+                    let (name, sealed) = tokio::task::spawn_blocking({
+                        let side = side.clone();
+                        move || side.seal_companion(&page, index.suffix(), &entries.encode(index))
+                    })
+                    .await
+                    .map_err(|e| AccountError::Internal(format!("sealing an index page: {e}")))?;
+                    self.store.put(&side.object_key(&name), sealed).await?;
+                    self.indexed().insert(name);
+                    Ok::<(), AccountError>(())
+                }
             })
-            .await
-            .map_err(|e| AccountError::Internal(format!("sealing an index page: {e}")))?;
-            self.store.put(&side.object_key(&name), sealed).await?;
-            self.indexed().insert(name);
+            .buffer_unordered(at_once);
+        let mut written = 0;
+        while let Some(page) = built.next().await {
+            page?;
             written += 1;
         }
         Ok(written)

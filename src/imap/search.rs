@@ -688,7 +688,7 @@ mod tests {
 
     use super::*;
     use crate::mailbox::summary::{normalize_crlf, summarize};
-    use crate::mailbox::text::{Index, IndexPage, decode_headers, encode_headers};
+    use crate::mailbox::text::{Index, IndexPage, decode_headers, encode_headers, indexes_suffice};
 
     /// SEARCH BODY/TEXT decode bodies with mail-parser, which panics on
     /// this message: the search must answer (no match), not panic.
@@ -932,13 +932,7 @@ The inner secret.\n\
         // And on the header fields a header page holds instead of the
         // summary, with the text a text page holds, when the query reads
         // nothing else of the summary (as `cmd::search::Plan` does).
-        let only_indexed = parts.is_some_and(|p| {
-            Parts {
-                search_headers: false,
-                body: false,
-                ..p
-            } == Parts::NONE
-        });
+        let only_indexed = parts.is_some_and(indexes_suffice);
         if only_indexed {
             let from_indexes: Vec<u32> = messages
                 .iter()

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::body::{decode_framed, encode_framed};
 use super::op::MessageId;
-use super::summary::{BodyPart, PartKind};
+use super::summary::{BodyPart, PartKind, Parts};
 
 /// A message whose entry (searchable text, or search headers) is longer
 /// is left out of its index page: searches read its body or summary, as
@@ -96,8 +96,14 @@ struct Joined {
 }
 
 impl Joined {
+    /// Past the limit: the text is given up, the next parts need not be
+    /// computed.
+    fn full(&self) -> bool {
+        self.text.len() > self.limit
+    }
+
     fn push(&mut self, part: &str) {
-        if self.text.len() > self.limit {
+        if self.full() {
             return;
         }
         if self.parts > 0 {
@@ -114,6 +120,19 @@ impl Joined {
 /// character boundaries.
 pub fn text_contains(text: &[u8], needle: &str) -> bool {
     memchr::memmem::find(text, needle.as_bytes()).is_some()
+}
+
+/// Whether a search reading `parts` of the summaries can read header
+/// pages (and text pages) instead: it reads nothing of a summary but the
+/// search headers and the structure, which only the extraction of a text
+/// needs, and a text page stands for that.
+pub fn indexes_suffice(parts: Parts) -> bool {
+    let beyond = Parts {
+        search_headers: false,
+        body: false,
+        ..parts
+    };
+    parts.search_headers && beyond == Parts::NONE
 }
 
 /// An index page: one entry per message of one summary page, by message
@@ -185,8 +204,9 @@ pub fn decode_headers(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
         let (len, rest) = bytes.split_first_chunk::<4>()?;
         let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
         let (s, rest) = rest.split_at_checked(len)?;
+        let s = String::from_utf8(s.to_vec()).ok()?;
         bytes = rest;
-        String::from_utf8(s.to_vec()).ok()
+        Some(s)
     };
     let mut out = Vec::new();
     while let Some(name) = take() {
@@ -285,6 +305,9 @@ pub fn decode_header_text(raw: &[u8]) -> Cow<'_, str> {
 fn part_texts(raw: &[u8], body: &BodyPart, out: &mut Joined) {
     fn walk(message: &mail_parser::Message<'_>, out: &mut Joined) {
         for part in &message.parts {
+            if out.full() {
+                return;
+            }
             match &part.body {
                 mail_parser::PartType::Text(t) => out.push(t),
                 mail_parser::PartType::Html(h) => {
@@ -311,6 +334,7 @@ fn encapsulated_headers(raw: &[u8], part: &BodyPart, out: &mut Joined) {
                 encapsulated_headers(raw, child, out);
             }
         }
+        PartKind::Message(_) if out.full() => {}
         PartKind::Message(inner) => {
             let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(raw.len());
             let start = clamp(inner.body.header_start);

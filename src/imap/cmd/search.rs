@@ -22,7 +22,7 @@ use crate::account::mailbox::SCAN_FROM;
 use crate::account::{AccountError, Mailbox};
 use crate::mailbox::body::PAGE_MESSAGES;
 use crate::mailbox::summary::{MessageSummary, Parts};
-use crate::mailbox::text::{Index, decode_headers};
+use crate::mailbox::text::{Index, decode_headers, indexes_suffice};
 
 /// What SEARCH reads of a message from the state.
 struct Row {
@@ -145,7 +145,7 @@ pub async fn scan(
         parts,
         total,
         texts: query.needs_body() && total >= PAGE_MESSAGES,
-        headers: parts.is_some_and(|p| p.search_headers) && total > SCAN_FROM,
+        headers: parts.is_some_and(indexes_suffice) && total > SCAN_FROM,
     };
     // Best effort: a search that cannot write (a store refusing PUTs, a
     // failed read) answers without the pages it lacks, reading bodies and
@@ -297,7 +297,7 @@ impl Plan {
     /// parts asked) for the rest.
     async fn read(self, mailbox: &Mailbox, chunk: &[u32]) -> Result<Inputs, AccountError> {
         let texts = match self.texts {
-            true => mailbox.read_index(Index::Text, chunk).await?,
+            true => read_best_effort(mailbox, Index::Text, chunk).await,
             false => HashMap::new(),
         };
         let Some(parts) = self.parts else {
@@ -309,14 +309,9 @@ impl Plan {
         let mut summaries = HashMap::new();
         // Header pages replace summaries for the messages they hold when
         // nothing else is read of the summary but the structure text
-        // pages stand for.
-        let beyond = Parts {
-            search_headers: false,
-            body: false,
-            ..parts
-        };
-        if self.headers && beyond == Parts::NONE {
-            for (uid, entry) in mailbox.read_index(Index::Headers, chunk).await? {
+        // pages stand for (`indexes_suffice`, which `self.headers` implies).
+        if self.headers {
+            for (uid, entry) in read_best_effort(mailbox, Index::Headers, chunk).await {
                 if parts.body && !texts.contains_key(&uid) {
                     continue;
                 }
@@ -339,6 +334,19 @@ impl Plan {
             summaries: Some(summaries),
             texts,
         })
+    }
+}
+
+/// The entries of `index` for `chunk`, or none if they cannot be read (a
+/// store error): the search then reads bodies and summaries, which
+/// report a lasting fault themselves.
+async fn read_best_effort(mailbox: &Mailbox, index: Index, chunk: &[u32]) -> HashMap<u32, Bytes> {
+    match mailbox.read_index(index, chunk).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(?index, error = %e, "could not read index pages: searching without them");
+            HashMap::new()
+        }
     }
 }
 
