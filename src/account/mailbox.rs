@@ -853,13 +853,14 @@ impl Mailbox {
         let (touched, side) = {
             let log = self.log.read().await;
             let s = log.state();
-            let touched: BTreeSet<String> = uids
+            let pages: BTreeSet<&str> = uids
                 .iter()
                 .filter_map(|uid| match s.summary_at(&s.message_id(*uid)?) {
-                    SummaryAt::Page(page) => Some(index.page_name(page)),
+                    SummaryAt::Page(page) => Some(page),
                     _ => None,
                 })
                 .collect();
+            let touched: BTreeSet<String> = pages.into_iter().map(|p| index.page_name(p)).collect();
             (touched, log.side())
         };
         let all_known = |indexed: &HashSet<String>| touched.iter().all(|n| indexed.contains(n));

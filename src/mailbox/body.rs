@@ -155,6 +155,12 @@ impl SummaryPage {
     }
 }
 
+/// Bytes of a framed page (see [`encode_framed`]) of `entries` entries
+/// holding `data` bytes in all.
+pub(crate) const fn framed_len(entries: usize, data: usize) -> usize {
+    PAGE_MAGIC.len() + 4 + entries * PAGE_ENTRY + data
+}
+
 /// The framed form of a page of per-message entries (summary pages, and
 /// the index pages of `mailbox::text`): `magic`, the count (u32,
 /// big-endian), a table of `(op id, index, length)` per entry, then the
@@ -171,7 +177,7 @@ pub(crate) fn encode_framed<'a>(
     let (count, data) = entries
         .clone()
         .fold((0, 0), |(n, len), (_, e)| (n + 1, len + e.len()));
-    let mut out = Vec::with_capacity(magic.len() + 4 + count * PAGE_ENTRY + data);
+    let mut out = Vec::with_capacity(framed_len(count, data));
     out.extend_from_slice(magic);
     out.extend_from_slice(&u32_of(count).to_be_bytes());
     for (id, entry) in entries.clone() {

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
-use super::body::{decode_framed, encode_framed};
+use super::body::{decode_framed, encode_framed, framed_len};
 use super::op::MessageId;
 use super::summary::{BodyPart, PartKind, Parts};
 
@@ -178,7 +178,7 @@ impl IndexPage {
 
     /// The largest encoded page [`IndexPage::add`] lets through.
     pub const fn max_encoded(messages: usize) -> usize {
-        4 + 4 + messages * (16 + 4 + 4) + MAX_PAGE_TEXT
+        framed_len(messages, MAX_PAGE_TEXT)
     }
 }
 
