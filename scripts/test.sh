@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# A fresh clone builds once: incremental caches would only take disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/facteur-test.XXXXXX")"
 cleanup() {
@@ -81,6 +83,8 @@ if ! command -v systemd-analyze >/dev/null; then
 fi
 export FACTEUR_REQUIRE_SYSTEMD_ANALYZE=1
 
+# The build needs a few GiB; say how much there is, so a full disk shows as one.
+echo "== free disk where the build goes: $(df -Ph . | awk 'NR==2 {print $4}')" >&2
 echo "== cargo fmt --check" >&2
 cargo fmt --check
 echo "== cargo clippy" >&2
