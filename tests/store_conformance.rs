@@ -115,6 +115,7 @@ all_backends!(
     delete_many_over_a_thousand_keys,
     list_prefix_is_a_string_prefix,
     list_byte_order_across_nesting,
+    list_op_shaped_names,
     list_start_after,
     list_pages,
     list_empty_prefix_and_missing,
@@ -353,6 +354,85 @@ mod cases {
             assert!(paged.len() <= want.len(), "paging does not end");
         }
         assert_eq!(paged, want);
+    }
+
+    /// Names shaped like op names (16 hex digits of a clock, `-`, more),
+    /// which the fs backend keeps in per-minute directories, among names
+    /// that sort between them and are not: every listing, prefix, cursor
+    /// and page answers as a plain sorted set would.
+    pub async fn list_op_shaped_names(s: &dyn ObjectStore, p: &str) {
+        let names = [
+            "log/0000019af3c1ffff-00000000-z",
+            "log/0000019af3c2",
+            "log/0000019af3c2-x",
+            "log/0000019af3c2D1E0-00000000-e",
+            "log/0000019af3c2d1e0-",
+            "log/0000019af3c2d1e0-00000000-a",
+            "log/0000019af3c2d1e0-00000001-b",
+            "log/0000019af3c2d1e0-00000001-b.t1",
+            "log/0000019af3c2ffff-00000000-c",
+            "log/0000019af3c2zz",
+            "log/0000019af3c3000a-00000000-d",
+            "log/0000019af3c3000a0",
+            "log/1",
+            "log0/0000019af3c2d1e0-00000000-a",
+            "logz",
+        ];
+        let mut model: Vec<String> = names.iter().map(|n| format!("{p}{n}")).collect();
+        let relative: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        put_all(s, p, &relative, &Bytes::from_static(b"op")).await;
+        model.sort_unstable();
+        assert_eq!(listed(s, p, None).await, model);
+        for key in &model {
+            assert_eq!(s.get(key).await.unwrap(), Bytes::from_static(b"op"));
+        }
+        // Every cursor: each key, just before and just after it.
+        let mut cursors: Vec<String> = Vec::new();
+        for key in &model {
+            cursors.push(key.clone());
+            cursors.push(format!("{key}0"));
+            cursors.push(key[..key.len() - 1].to_owned());
+        }
+        // Prefixes of two op names cut around the shard's digits (12),
+        // the clock's (16) and the first `-`.
+        let mut prefixes: Vec<String> = vec![p.to_owned()];
+        for name in ["0000019af3c2d1e0-00000000-a", "0000019af3c3000a-00000000-d"] {
+            let key = format!("{p}log/{name}");
+            for end in [4, 15, 16, 17, 20, 21, key.len() - p.len()] {
+                prefixes.push(key[..p.len() + end].to_owned());
+            }
+        }
+        for prefix in &prefixes {
+            for after in std::iter::once(None).chain(cursors.iter().map(Some)) {
+                let want: Vec<String> = model
+                    .iter()
+                    .filter(|k| k.starts_with(prefix.as_str()))
+                    .filter(|k| after.is_none_or(|a| k.as_str() > a.as_str()))
+                    .cloned()
+                    .collect();
+                let got = listed(s, prefix, after.map(String::as_str)).await;
+                assert_eq!(got, want, "prefix {prefix:?} after {after:?}");
+            }
+        }
+        // One key per page.
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = s.list(p, after.as_deref(), 1).await.unwrap();
+            paged.extend(keys(&page));
+            after = paged.last().cloned();
+            if !page.truncated {
+                break;
+            }
+            assert!(paged.len() <= model.len(), "paging does not end");
+        }
+        assert_eq!(paged, model);
+        // Deleting one at a time leaves the others, in order.
+        while let Some(key) = model.pop() {
+            s.delete(&key).await.unwrap();
+            assert!(matches!(s.get(&key).await, Err(StoreError::NotFound(_))));
+            assert_eq!(listed(s, p, None).await, model);
+        }
     }
 
     pub async fn list_start_after(s: &dyn ObjectStore, p: &str) {

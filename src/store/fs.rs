@@ -1,5 +1,16 @@
 //! The local-directory object store, the embedded default: key `a/b/c` is
-//! the file `<root>/a/b/c`.
+//! the file `<root>/a/b/c`, except in an op log. There, in a directory
+//! named `log`, a name shaped like an op name (16 lowercase hex digits of
+//! a clock, then `-`) goes one level down, into a directory named after
+//! its first 12 digits and `~`: op `a/log/<name>` is the file
+//! `<root>/a/log/<name[..12]>~/<name[12..]>` ([`object_path`]). Such a
+//! directory holds the ops of about one minute (2^16 ms), so a poll
+//! listing a log from a little before its newest op reads the names of a
+//! minute or two of ops, not those of every op still kept (up to twenty
+//! minutes of a busy mailbox). Files written flat by older versions are
+//! still read, listed and deleted; older versions do not see the shards
+//! (doc/storage.md, "How many objects a mailbox keeps": the change is
+//! one-way).
 //!
 //! Invariants:
 //!
@@ -16,8 +27,9 @@
 //!   nested directories (`a/b/x` after `a-c`, before `a0`) without
 //!   collecting the whole tree.
 //! - Limitation: a key cannot also be a directory of other keys (`a/b` and
-//!   `a/b/c`); the second put fails with [`StoreError::Permanent`]. Facteur's
-//!   layout never does this (doc/storage.md, "Object names").
+//!   `a/b/c`); the second put fails with [`StoreError::Permanent`] (unless
+//!   `a/b` is kept in a shard). Facteur's layout never does this
+//!   (doc/storage.md, "Object names").
 //!
 //! - Files are created `0600` and directories `0700` (before the umask):
 //!   objects are ciphertext, but their names, sizes and times are still
@@ -37,12 +49,75 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::{
-    KeyPage, ListPage, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix, clamp_limit,
-    clamp_range,
+    KeyPage, ListPage, MAX_KEY_LEN, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix,
+    clamp_limit, clamp_range, is_key_segment,
 };
 
 /// Leading characters of temporary file names (`~` is not a key byte).
 const TMP_PREFIX: &str = "~tmp-";
+
+/// Hex digits of a name that name its shard directory: 2^16 ms of clock.
+const SHARD_DIGITS: usize = 12;
+
+/// Ends a shard directory's name (`~` is not a key byte, so no key is one).
+const SHARD_MARK: char = '~';
+
+/// The last segment of the directories whose op-shaped names are kept in
+/// shards: the op logs (`list/log/`, `mbox/<m>/log/`), the only busy
+/// directories a poll lists from a cursor. Elsewhere (`incoming/`, lease
+/// turns, snapshots, pages) names stay flat: those directories are small,
+/// and a shard per name would cost a `mkdir` and a directory fsync.
+const SHARDED_DIR: &str = "log";
+
+/// Whether keys starting with `dir_key` (ending in `/`) are in a sharded
+/// directory.
+fn is_sharded_dir(dir_key: &str) -> bool {
+    dir_key.strip_suffix('/').is_some_and(|d| {
+        d == SHARDED_DIR
+            || d.strip_suffix(SHARDED_DIR)
+                .is_some_and(|p| p.ends_with('/'))
+    })
+}
+
+/// The shard of `name` (the last segment of a key in directory `dir_key`)
+/// and the rest of the name, if the directory is sharded and the name is
+/// shaped like an op name: 16 lowercase hex digits, `-`, more.
+fn shard_of<'n>(dir_key: &str, name: &'n str) -> Option<(&'n str, &'n str)> {
+    let b = name.as_bytes();
+    let shaped = is_sharded_dir(dir_key)
+        && b.len() > 17
+        && b[16] == b'-'
+        && b[..16]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    shaped.then(|| name.split_at(SHARD_DIGITS))
+}
+
+/// The shard a directory entry's name is, if it is one (`<12 hex>~`).
+fn shard_dir(name: &str) -> Option<&str> {
+    let digits = name.strip_suffix(SHARD_MARK)?;
+    (digits.len() == SHARD_DIGITS
+        && digits
+            .bytes()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    .then_some(digits)
+}
+
+/// The file holding `key`; and, for a key kept in a shard, where an older
+/// version kept it (flat, as its own path).
+fn object_path(root: &Path, key: &str) -> (PathBuf, Option<PathBuf>) {
+    let (dir, name) = match key.rfind('/') {
+        Some(i) => (&key[..=i], &key[i + 1..]),
+        None => ("", key),
+    };
+    match shard_of(dir, name) {
+        Some((shard, rest)) => (
+            root.join(format!("{dir}{shard}{SHARD_MARK}/{rest}")),
+            Some(root.join(key)),
+        ),
+        None => (root.join(key), None),
+    }
+}
 
 /// Mode of new object files: owner read and write only.
 const FILE_MODE: u32 = 0o600;
@@ -115,11 +190,11 @@ impl ObjectStore for FsStore {
         check_key(key)?;
         let key = key.to_owned();
         self.blocking(move |root| {
-            let path = root.join(&key);
-            match fs::read(&path) {
+            let (path, flat) = object_path(root, &key);
+            match read_either(&path, flat.as_deref(), |p| fs::read(p)) {
                 Ok(body) => Ok(Bytes::from(body)),
-                Err(e) if is_missing(&e) => Err(StoreError::NotFound(key)),
-                Err(e) => Err(io_error("read", &path, e)),
+                Err((e, _)) if is_missing(&e) => Err(StoreError::NotFound(key)),
+                Err((e, path)) => Err(io_error("read", path, e)),
             }
         })
         .await
@@ -129,9 +204,9 @@ impl ObjectStore for FsStore {
         check_key(key)?;
         let key = key.to_owned();
         self.blocking(move |root| {
-            let path = root.join(&key);
-            let read = || -> io::Result<Vec<u8>> {
-                let mut file = File::open(&path)?;
+            let (path, flat) = object_path(root, &key);
+            let read = |path: &Path| -> io::Result<Vec<u8>> {
+                let mut file = File::open(path)?;
                 let meta = file.metadata()?;
                 if !meta.is_file() {
                     // Opening a directory succeeds; it is still no object.
@@ -145,10 +220,10 @@ impl ObjectStore for FsStore {
                 }
                 Ok(body)
             };
-            match read() {
+            match read_either(&path, flat.as_deref(), read) {
                 Ok(body) => Ok(Bytes::from(body)),
-                Err(e) if is_missing(&e) => Err(StoreError::NotFound(key)),
-                Err(e) => Err(io_error("read", &path, e)),
+                Err((e, _)) if is_missing(&e) => Err(StoreError::NotFound(key)),
+                Err((e, path)) => Err(io_error("read", path, e)),
             }
         })
         .await
@@ -195,6 +270,28 @@ impl ObjectStore for FsStore {
             keys: page.objects.into_iter().map(|o| o.key).collect(),
             truncated: page.truncated,
         })
+    }
+}
+
+/// Reads `path` with `read`, or, if it is missing and the key has a flat
+/// path from an older version, that, or, if that is missing too, `path`
+/// again: a put moving the key from flat to its shard may have landed in
+/// between. An error comes with the path that failed.
+fn read_either<'p, T>(
+    path: &'p Path,
+    flat: Option<&'p Path>,
+    read: impl Fn(&Path) -> io::Result<T>,
+) -> Result<T, (io::Error, &'p Path)> {
+    let Some(flat) = flat else {
+        return read(path).map_err(|e| (e, path));
+    };
+    match read(path) {
+        Err(e) if is_missing(&e) => {}
+        result => return result.map_err(|e| (e, path)),
+    }
+    match read(flat) {
+        Err(e) if is_missing(&e) => read(path).map_err(|e| (e, path)),
+        result => result.map_err(|e| (e, flat)),
     }
 }
 
@@ -254,13 +351,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn put_sync(root: &Path, key: &str, body: &[u8]) -> Result<(), StoreError> {
-    let path = root.join(key);
+    let (path, flat) = object_path(root, key);
     let dir = path.parent().unwrap_or(root).to_path_buf();
     let mut attempt = 0;
     loop {
         attempt += 1;
         match put_once(root, &dir, &path, body) {
-            Ok(()) => return Ok(()),
+            // A flat version an older version wrote is now stale: it goes,
+            // so that a delete cannot leave it to be read again.
+            Ok(()) => return flat.map_or(Ok(()), |flat| remove_and_prune(root, &flat)),
             // A concurrent delete removed the (then empty) directory between
             // our mkdir and our create or rename: make it again.
             Err(e) if e.kind() == ErrorKind::NotFound && attempt < PUT_ATTEMPTS => {}
@@ -294,11 +393,23 @@ fn put_once(root: &Path, dir: &Path, path: &Path, body: &[u8]) -> io::Result<()>
 }
 
 fn delete_sync(root: &Path, key: &str) -> Result<(), StoreError> {
-    let path = root.join(key);
-    match fs::remove_file(&path) {
+    let (path, flat) = object_path(root, key);
+    // The flat copy first: were both there (a crash between a put and its
+    // removal of the flat copy), removing the shard's first would show the
+    // older flat version until the second removal.
+    if let Some(flat) = flat {
+        remove_and_prune(root, &flat)?;
+    }
+    remove_and_prune(root, &path)
+}
+
+/// Removes the file `path` if it is there, then the directories this left
+/// empty.
+fn remove_and_prune(root: &Path, path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if is_missing(&e) => return Ok(()),
-        Err(e) => return Err(io_error("delete", &path, e)),
+        Err(e) => return Err(io_error("delete", path, e)),
     }
     // Best effort: remove the directories this delete left empty, up to
     // (not including) the root. remove_dir fails on a non-empty directory,
@@ -331,8 +442,9 @@ impl ListQuery {
         })
     }
 
-    /// Whether the directory whose keys all start with `dir_key` (ending in
-    /// `/`) may hold a key of this listing.
+    /// Whether the directory whose keys all start with `dir_key` may hold
+    /// a key of this listing. `dir_key` is any common prefix of its keys:
+    /// a directory's key ending in `/`, or a shard's, ending in its digits.
     fn wants_dir(&self, dir_key: &str) -> bool {
         let overlaps = dir_key.starts_with(&self.prefix) || self.prefix.starts_with(dir_key);
         // Every key in the directory sorts before `start_after` when the
@@ -369,16 +481,27 @@ fn list_sync(root: &Path, query: &ListQuery, sized: bool) -> Result<ListPage, St
     })
 }
 
+/// An entry of a directory being listed, under the key it sorts as.
+enum Child {
+    /// A directory of keys (its key ends in `/`).
+    Dir,
+    /// An object, at this path relative to the directory: its name, or
+    /// `<shard>~/<rest>` for one kept in a shard.
+    File(String),
+}
+
 /// Appends to `found`, in byte order, the keys of `dir` (whose keys start
 /// with `dir_key`) that `query` wants, stopping once `found` holds `want`.
 ///
 /// A poll lists a log's directory from just before its newest op, so most
 /// entries sort before `start_after`: each entry is first judged by its
-/// name alone (as a key and as a directory), and only the survivors are
+/// name alone (as a key, as a directory, or as the shard of the keys
+/// starting with `dir_key` and its digits), and only the survivors are
 /// typed (from the directory entry, no `stat` on Linux), sorted and
-/// walked; a file is `stat`ed for its size only once it is returned, and
-/// only if `sized`. A no-change poll of a 10,000-op log thus reads the
-/// names and compares them, instead of `stat`ing and sorting all 10,000.
+/// walked; the shards wanted are read whole (a minute of ops each); a file
+/// is `stat`ed for its size only once it is returned, and only if `sized`.
+/// A no-change poll of a busy log thus reads the names of its shards and
+/// of the one or two shards its lookback reaches.
 fn walk(
     dir: &Path,
     dir_key: &str,
@@ -386,14 +509,14 @@ fn walk(
     (want, sized): (usize, bool),
     found: &mut Vec<ObjectMeta>,
 ) -> Result<(), StoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        // Nothing under this prefix (or a concurrent delete removed it).
-        Err(e) if is_missing(&e) => return Ok(()),
-        Err(e) => return Err(io_error("list", dir, e)),
+    let Some(entries) = read_dir(dir)? else {
+        return Ok(());
     };
-    // (key or directory key ending in '/', is a directory)
-    let mut children: Vec<(String, bool)> = Vec::new();
+    let mut children: Vec<(String, Child)> = Vec::new();
+    // The shards wanted, read once this directory is: a put moving a flat
+    // key into its shard then cannot hide it from both readings.
+    let mut shards: Vec<String> = Vec::new();
+    let sharded = is_sharded_dir(dir_key);
     let mut key = String::with_capacity(dir_key.len() + 64);
     for entry in entries {
         let entry = entry.map_err(|e| io_error("list", dir, e))?;
@@ -403,13 +526,21 @@ fn walk(
         };
         key.clear();
         key.push_str(dir_key);
+        if sharded && let Some(shard) = shard_dir(name) {
+            key.push_str(shard);
+            if query.wants_dir(&key) {
+                shards.push(name.to_owned());
+            }
+            continue;
+        }
         key.push_str(name);
         let as_key = query.wants_key(&key);
         key.push('/');
         let as_dir = query.wants_dir(&key);
         key.pop();
-        // Temporary files and anything else that is not a key.
-        if !(as_key || as_dir) || check_key(&key).is_err() {
+        // Temporary files and anything else that is not a key. The
+        // directories above were checked on the way down.
+        if !(as_key || as_dir) || !is_key_segment(name) || key.len() > MAX_KEY_LEN {
             continue;
         }
         let file_type = match entry.file_type() {
@@ -418,32 +549,37 @@ fn walk(
             Err(e) => return Err(io_error("list", &entry.path(), e)),
         };
         if file_type.is_dir() && as_dir {
-            children.push((format!("{key}/"), true));
+            children.push((format!("{key}/"), Child::Dir));
         } else if file_type.is_file() && as_key {
-            children.push((key.clone(), false));
+            children.push((key.clone(), Child::File(name.to_owned())));
         }
     }
-    children.sort_unstable();
-    for (key, is_dir) in children {
+    for name in shards {
+        read_shard(dir, dir_key, &name, query, &mut children)?;
+    }
+    // A key kept both in its shard and flat (a crash between a put and its
+    // removal of the flat version) is listed once, from its shard.
+    children.sort_unstable_by(|(a, a_child), (b, b_child)| {
+        a.cmp(b).then_with(|| flat(a_child).cmp(&flat(b_child)))
+    });
+    children.dedup_by(|(a, _), (b, _)| a == b);
+    for (key, child) in children {
         if found.len() >= want {
             break;
         }
-        let name = &key[dir_key.len()..];
-        if is_dir {
-            walk(
-                &dir.join(&name[..name.len() - 1]),
-                &key,
-                query,
-                (want, sized),
-                found,
-            )?;
-            continue;
-        }
+        let relative = match child {
+            Child::Dir => {
+                let name = &key[dir_key.len()..key.len() - 1];
+                walk(&dir.join(name), &key, query, (want, sized), found)?;
+                continue;
+            }
+            Child::File(relative) => relative,
+        };
         if !sized {
             found.push(ObjectMeta { key, size: 0 });
             continue;
         }
-        let path = dir.join(name);
+        let path = dir.join(relative);
         match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => found.push(ObjectMeta {
                 key,
@@ -454,6 +590,66 @@ fn walk(
             // delete had come first.
             Err(e) if is_missing(&e) => {}
             Err(e) => return Err(io_error("list", &path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `child` is a file kept flat (sorts after one in its shard).
+fn flat(child: &Child) -> bool {
+    matches!(child, Child::File(relative) if !relative.contains('/'))
+}
+
+/// The entries of `dir`, or `None` if there is no such directory (nothing
+/// under this prefix, or a concurrent delete removed it).
+fn read_dir(dir: &Path) -> Result<Option<fs::ReadDir>, StoreError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(io_error("list", dir, e)),
+    }
+}
+
+/// Adds to `children` the files of the shard directory `name` of `dir`
+/// (whose keys start with `dir_key`) that `query` wants.
+fn read_shard(
+    dir: &Path,
+    dir_key: &str,
+    name: &str,
+    query: &ListQuery,
+    children: &mut Vec<(String, Child)>,
+) -> Result<(), StoreError> {
+    let shard = dir.join(name);
+    let Some(entries) = read_dir(&shard)? else {
+        return Ok(());
+    };
+    let mut key = String::with_capacity(dir_key.len() + 64);
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("list", &shard, e))?;
+        let rest = entry.file_name();
+        let Some(rest) = rest.to_str() else {
+            continue;
+        };
+        key.clear();
+        key.push_str(dir_key);
+        key.push_str(&name[..SHARD_DIGITS]);
+        key.push_str(rest);
+        // Only names of this shape are kept in shards: anything else here
+        // (a temporary file) is no key.
+        let op_name = &key[dir_key.len()..];
+        let kept_here = shard_of(dir_key, op_name).is_some()
+            && is_key_segment(op_name)
+            && key.len() <= MAX_KEY_LEN;
+        if !kept_here || !query.wants_key(&key) {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(t) if t.is_file() => {
+                children.push((key.clone(), Child::File(format!("{name}/{rest}"))));
+            }
+            Ok(_) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(io_error("list", &entry.path(), e)),
         }
     }
     Ok(())
@@ -491,6 +687,162 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode(&root.join("users/ab/blob/0001")), 0o600);
+    }
+
+    const OP_A: &str = "u/log/0000019af3c2d1e0-00000000-a";
+    const OP_B: &str = "u/log/0000019af3c2ffff-00000000-b";
+    const OP_C: &str = "u/log/0000019af3c3000a-00000000-c";
+
+    /// Op-shaped names go into the directory of their clock's first 12
+    /// digits; other names stay flat; the last delete removes the shard.
+    #[tokio::test]
+    async fn op_names_are_kept_in_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = FsStore::open(root).unwrap();
+        // Op-shaped names outside a directory named `log` stay flat.
+        let flat = [
+            "u/incoming/0000019af3c2d1e0-00000000-a",
+            "u/xlog/0000019af3c2d1e0-00000000-a",
+            "u/log0/0000019af3c2d1e0-00000000-a",
+        ];
+        for key in [OP_A, OP_B, OP_C, "u/log/0000019af3c2", "u/log/snapshot"]
+            .into_iter()
+            .chain(flat)
+        {
+            store.put(key, Bytes::from(key)).await.unwrap();
+        }
+        for key in flat {
+            assert!(root.join(key).is_file(), "{key}");
+        }
+        store
+            .put("log/0000019af3c2d1e0-00000000-r", Bytes::new())
+            .await
+            .unwrap();
+        assert!(root.join("log/0000019af3c2~/d1e0-00000000-r").is_file());
+        let shard = root.join("u/log/0000019af3c2~");
+        assert!(shard.join("d1e0-00000000-a").is_file());
+        assert!(shard.join("ffff-00000000-b").is_file());
+        assert!(root.join("u/log/0000019af3c3~/000a-00000000-c").is_file());
+        assert!(root.join("u/log/0000019af3c2").is_file());
+        assert!(!root.join(OP_A).exists());
+        let mut names: Vec<String> = fs::read_dir(root.join("u/log"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["0000019af3c2", "0000019af3c2~", "0000019af3c3~", "snapshot"]
+        );
+        assert_eq!(store.get(OP_B).await.unwrap(), Bytes::from(OP_B));
+        assert_eq!(store.get_range(OP_B, 2..5).await.unwrap(), &OP_B[2..5]);
+        store.delete(OP_A).await.unwrap();
+        assert!(shard.is_dir());
+        store.delete(OP_B).await.unwrap();
+        assert!(!shard.exists());
+        let page = store.list("u/", None, 100).await.unwrap();
+        assert_eq!(
+            keys(&page),
+            [
+                flat[0],
+                "u/log/0000019af3c2",
+                OP_C,
+                "u/log/snapshot",
+                flat[2],
+                flat[1],
+            ]
+        );
+        assert_eq!(page.objects[2].size, OP_C.len() as u64);
+    }
+
+    /// A store written by a version that kept every file flat: its ops are
+    /// read, listed in order among new ones, and deleted; a put of a key
+    /// also kept flat removes the flat copy; a key in both places (a crash
+    /// between the two) is listed once, and read from its shard.
+    #[tokio::test]
+    async fn flat_ops_of_older_versions_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = FsStore::open(root).unwrap();
+        fs::create_dir_all(root.join("u/log")).unwrap();
+        fs::write(root.join(OP_A), "flat a").unwrap();
+        fs::write(root.join(OP_C), "flat c").unwrap();
+        store.put(OP_B, Bytes::from_static(b"b")).await.unwrap();
+        assert_eq!(store.get(OP_A).await.unwrap(), "flat a");
+        assert_eq!(store.get_range(OP_C, 5..6).await.unwrap(), "c");
+        let page = store.list("u/log/", None, 100).await.unwrap();
+        assert_eq!(keys(&page), [OP_A, OP_B, OP_C]);
+        assert_eq!(page.objects[0].size, 6);
+        let page = store.list("u/log/", Some(OP_A), 1).await.unwrap();
+        assert_eq!((keys(&page), page.truncated), (vec![OP_B], true));
+        // The same key in its shard and flat.
+        fs::create_dir_all(root.join("u/log/0000019af3c3~")).unwrap();
+        fs::write(root.join("u/log/0000019af3c3~/000a-00000000-c"), "new c").unwrap();
+        let page = store.list("u/log/", None, 100).await.unwrap();
+        assert_eq!(keys(&page), [OP_A, OP_B, OP_C]);
+        assert_eq!(page.objects[2].size, 5);
+        let page = store.list_keys("u/log/", Some(OP_A), 100).await.unwrap();
+        assert_eq!(page.keys, [OP_B, OP_C]);
+        assert_eq!(store.get(OP_C).await.unwrap(), "new c");
+        // A put replaces the flat copy; a delete removes both.
+        store.put(OP_A, Bytes::from_static(b"new a")).await.unwrap();
+        assert!(!root.join(OP_A).exists());
+        assert_eq!(store.get(OP_A).await.unwrap(), "new a");
+        store.delete(OP_C).await.unwrap();
+        assert!(!root.join(OP_C).exists());
+        assert!(matches!(
+            store.get(OP_C).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let page = store.list("u/log/", None, 100).await.unwrap();
+        assert_eq!(keys(&page), [OP_A, OP_B]);
+    }
+
+    /// Puts and deletes of ops of one shard racing each other (a delete of
+    /// the shard's last op removes the directory a put is writing into):
+    /// every put lands, every delete removes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn puts_and_deletes_racing_in_one_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let key = |t: usize| format!("u/log/0000019af3c2d1e0-0000000{t}-x");
+        let tasks: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                let key = key(t);
+                tokio::spawn(async move {
+                    for round in 0..200u32 {
+                        store
+                            .put(&key, Bytes::from(round.to_string()))
+                            .await
+                            .unwrap();
+                        assert_eq!(store.get(&key).await.unwrap(), round.to_string());
+                        store.delete(&key).await.unwrap();
+                        assert!(store.get(&key).await.is_err());
+                    }
+                    store.put(&key, Bytes::from_static(b"last")).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let page = store.list_keys("u/", None, 100).await.unwrap();
+        assert_eq!(page.keys, (0..4).map(key).collect::<Vec<_>>());
+    }
+
+    /// A temporary file left in a shard by a crash is no key.
+    #[tokio::test]
+    async fn temporary_files_in_shards_are_invisible() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store.put(OP_A, Bytes::new()).await.unwrap();
+        let shard = dir.path().join("u/log/0000019af3c2~");
+        fs::write(shard.join("~tmp-0123"), "partial").unwrap();
+        fs::write(shard.join("zz"), "not an op name").unwrap();
+        let page = store.list("u/", None, 100).await.unwrap();
+        assert_eq!(keys(&page), [OP_A]);
     }
 
     #[tokio::test]

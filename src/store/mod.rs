@@ -285,6 +285,12 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether `segment` may be one segment of a key (what [`check_key`]
+/// checks of each).
+pub(crate) fn is_key_segment(segment: &str) -> bool {
+    segment.bytes().all(|b| b != b'/' && is_key_byte(b)) && check_segment(segment).is_ok()
+}
+
 fn check_segment(segment: &str) -> Result<(), &'static str> {
     match segment {
         "" => Err("empty segment (leading, trailing or double '/')"),
