@@ -112,11 +112,7 @@ impl InstanceId {
     /// Accepts 1 to [`InstanceId::MAX_LEN`] characters from `[a-z0-9_]`:
     /// no `-` (the op-name separator) and no `/` (the key separator).
     pub fn new(s: &str) -> Result<InstanceId, LogError> {
-        let ok = !s.is_empty()
-            && s.len() <= Self::MAX_LEN
-            && s.bytes()
-                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
-        if ok {
+        if Self::is_valid(s) {
             Ok(InstanceId(Arc::from(s)))
         } else {
             Err(LogError::BadInstance(s.to_owned()))
@@ -125,6 +121,14 @@ impl InstanceId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether [`InstanceId::new`] accepts `s`.
+    fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
     }
 }
 
@@ -230,6 +234,20 @@ pub fn op_name_floor(hlc: Hlc) -> String {
 
 /// Parses a name made by [`op_name`].
 pub fn parse_op_name(name: &str) -> Result<(Hlc, InstanceId, OpId), LogError> {
+    let (hlc, instance, id) = parse_op_name_borrowed(name)?;
+    let instance = InstanceId::new(instance).map_err(|_| LogError::BadName(name.to_owned()))?;
+    Ok((hlc, instance, id))
+}
+
+/// The op id in a name made by [`op_name`], checked as [`parse_op_name`]
+/// checks the whole name, without allocating: a sync parses every name its
+/// listing returns.
+pub fn parse_op_name_id(name: &str) -> Result<OpId, LogError> {
+    parse_op_name_borrowed(name).map(|(_, _, id)| id)
+}
+
+/// [`parse_op_name`] with the instance id left as the name's slice (checked).
+fn parse_op_name_borrowed(name: &str) -> Result<(Hlc, &str, OpId), LogError> {
     let bad = || LogError::BadName(name.to_owned());
     let mut parts = name.split('-');
     let (Some(wall), Some(counter), Some(instance), Some(id), None) = (
@@ -246,7 +264,9 @@ pub fn parse_op_name(name: &str) -> Result<(Hlc, InstanceId, OpId), LogError> {
     }
     let wall_ms = u64::from_str_radix(wall, 16).map_err(|_| bad())?;
     let counter = u32::from_str_radix(counter, 16).map_err(|_| bad())?;
-    let instance = InstanceId::new(instance).map_err(|_| bad())?;
+    if !InstanceId::is_valid(instance) {
+        return Err(bad());
+    }
     let id = id.parse().map_err(|_| bad())?;
     Ok((Hlc { wall_ms, counter }, instance, id))
 }

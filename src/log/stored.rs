@@ -52,7 +52,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::LogError;
-use super::id::{Hlc, InstanceId, OpId, now_ms, op_name, op_name_floor, parse_op_name};
+use super::id::{
+    Hlc, InstanceId, OpId, now_ms, op_name, op_name_floor, parse_op_name, parse_op_name_id,
+};
 use super::replica::{Envelope, Replica, State};
 use crate::crypto::{
     CryptoError, SymmetricKey, open, open_body, open_body_with, seal_body_padded, seal_padded,
@@ -1117,7 +1119,7 @@ where
         let mut doomed: Vec<String> = snaps[..base_at].iter().map(|m| m.key.clone()).collect();
         for meta in list_all(store, &self.log_prefix, None).await? {
             let name = meta.key.strip_prefix(&self.log_prefix).unwrap_or("");
-            if let Ok((_, _, id)) = parse_op_name(name)
+            if let Ok(id) = parse_op_name_id(name)
                 && covered.contains(&id)
             {
                 doomed.push(meta.key);
@@ -1165,7 +1167,7 @@ fn lose_damaged<S: State>(log_prefix: &str, replica: &mut Replica<S>, d: &Damage
     let Some(name) = d.name.strip_prefix(log_prefix) else {
         return 0;
     };
-    let Ok((_, _, id)) = parse_op_name(name) else {
+    let Ok(id) = parse_op_name_id(name) else {
         return 0;
     };
     if replica.dag().knows(&id) {
@@ -1469,7 +1471,7 @@ impl SyncPlan {
             .into_iter()
             .map(|key| {
                 let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
-                let id = parse_op_name(name).map(|(_, _, id)| id);
+                let id = parse_op_name_id(name);
                 (key, id)
             })
             .collect();
