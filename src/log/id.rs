@@ -275,6 +275,36 @@ fn parse_op_name_borrowed(name: &str) -> Result<(Hlc, &str, OpId), LogError> {
 mod tests {
     use super::*;
 
+    /// `parse_op_name_id` accepts exactly the names `parse_op_name` does,
+    /// with the same id.
+    #[test]
+    fn op_name_id_parses_as_the_whole_name() {
+        let instance = InstanceId::new("node_1").unwrap();
+        let id = OpId::of_bytes(b"op");
+        let good = op_name(
+            Hlc {
+                wall_ms: 0x19af3c2d1e0,
+                counter: 7,
+            },
+            &instance,
+            &id,
+        );
+        let mut names = vec![
+            good.clone(),
+            format!("{good}-"),
+            good.replace("node_1", "Node1"),
+        ];
+        names.push(good.replace("node_1", &"n".repeat(InstanceId::MAX_LEN + 1)));
+        names.push(good.replace("node_1", ""));
+        names.push(good[1..].to_owned());
+        names.push(good[..good.len() - 1].to_owned());
+        for name in &names {
+            let whole = parse_op_name(name).map(|(_, _, id)| id);
+            assert_eq!(parse_op_name_id(name).ok(), whole.ok(), "{name}");
+        }
+        assert_eq!(parse_op_name_id(&good).unwrap(), id);
+    }
+
     #[test]
     fn op_id_round_trips_through_hex_and_serde() {
         let id = OpId::of_bytes(b"hello");

@@ -275,8 +275,8 @@ impl ObjectStore for FsStore {
 
 /// Reads `path` with `read`, or, if it is missing and the key has a flat
 /// path from an older version, that, or, if that is missing too, `path`
-/// again: a put moving the key from flat to its shard may have landed in
-/// between. An error comes with the path that failed.
+/// again: a delete of both copies and a put may have run in between. An
+/// error comes with the path that failed.
 fn read_either<'p, T>(
     path: &'p Path,
     flat: Option<&'p Path>,
@@ -351,15 +351,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn put_sync(root: &Path, key: &str, body: &[u8]) -> Result<(), StoreError> {
-    let (path, flat) = object_path(root, key);
+    // A flat copy an older version wrote is left: reads and listings
+    // prefer the shard's, a delete removes both, and removing it here
+    // could hide the key from a listing that read the flat name and then
+    // `stat`s it, or that read the shard before this put landed.
+    let (path, _) = object_path(root, key);
     let dir = path.parent().unwrap_or(root).to_path_buf();
     let mut attempt = 0;
     loop {
         attempt += 1;
         match put_once(root, &dir, &path, body) {
-            // A flat version an older version wrote is now stale: it goes,
-            // so that a delete cannot leave it to be read again.
-            Ok(()) => return flat.map_or(Ok(()), |flat| remove_and_prune(root, &flat)),
+            Ok(()) => return Ok(()),
             // A concurrent delete removed the (then empty) directory between
             // our mkdir and our create or rename: make it again.
             Err(e) if e.kind() == ErrorKind::NotFound && attempt < PUT_ATTEMPTS => {}
@@ -513,8 +515,7 @@ fn walk(
         return Ok(());
     };
     let mut children: Vec<(String, Child)> = Vec::new();
-    // The shards wanted, read once this directory is: a put moving a flat
-    // key into its shard then cannot hide it from both readings.
+    // The shards wanted, read once this directory is.
     let mut shards: Vec<String> = Vec::new();
     let sharded = is_sharded_dir(dir_key);
     let mut key = String::with_capacity(dir_key.len() + 64);
@@ -757,9 +758,9 @@ mod tests {
     }
 
     /// A store written by a version that kept every file flat: its ops are
-    /// read, listed in order among new ones, and deleted; a put of a key
-    /// also kept flat removes the flat copy; a key in both places (a crash
-    /// between the two) is listed once, and read from its shard.
+    /// read, listed in order among new ones, and deleted; a key in both
+    /// places (put again since) is listed once, and read from its shard;
+    /// a delete removes both copies.
     #[tokio::test]
     async fn flat_ops_of_older_versions_are_still_read() {
         let dir = tempfile::tempdir().unwrap();
@@ -785,10 +786,20 @@ mod tests {
         let page = store.list_keys("u/log/", Some(OP_A), 100).await.unwrap();
         assert_eq!(page.keys, [OP_B, OP_C]);
         assert_eq!(store.get(OP_C).await.unwrap(), "new c");
-        // A put replaces the flat copy; a delete removes both.
+        // A put of a key kept flat lands in its shard and wins; a delete
+        // removes both copies.
         store.put(OP_A, Bytes::from_static(b"new a")).await.unwrap();
-        assert!(!root.join(OP_A).exists());
         assert_eq!(store.get(OP_A).await.unwrap(), "new a");
+        let page = store.list("u/log/", None, 100).await.unwrap();
+        assert_eq!(keys(&page), [OP_A, OP_B, OP_C]);
+        assert_eq!(page.objects[0].size, 5);
+        store.delete(OP_A).await.unwrap();
+        assert!(!root.join(OP_A).exists());
+        assert!(matches!(
+            store.get(OP_A).await,
+            Err(StoreError::NotFound(_))
+        ));
+        store.put(OP_A, Bytes::from_static(b"new a")).await.unwrap();
         store.delete(OP_C).await.unwrap();
         assert!(!root.join(OP_C).exists());
         assert!(matches!(
@@ -819,7 +830,10 @@ mod tests {
                             .unwrap();
                         assert_eq!(store.get(&key).await.unwrap(), round.to_string());
                         store.delete(&key).await.unwrap();
-                        assert!(store.get(&key).await.is_err());
+                        assert!(matches!(
+                            store.get(&key).await,
+                            Err(StoreError::NotFound(_))
+                        ));
                     }
                     store.put(&key, Bytes::from_static(b"last")).await.unwrap();
                 })
