@@ -41,6 +41,33 @@ const SUMMARY_BATCH: usize = 256;
 /// no change in the process's peak memory (85 MiB) over that run.
 pub const SUMMARY_BATCHES_AHEAD: usize = 8;
 
+/// Runs `batch` as a task of its own, aborted if its result is dropped
+/// unread. A batch read ahead must make progress while its command answers
+/// the batch before it: the locks of a mailbox's state are fair, so a batch
+/// polled only through `buffered` that was granted the write lock (to hold
+/// summaries it computed again) or a read lock a writer waits behind would
+/// keep it while the command waits for a read lock to answer its current
+/// batch, and neither would ever move again.
+pub(crate) fn read_ahead<T: Send + 'static>(
+    batch: impl Future<Output = Result<T, AccountError>> + Send + 'static,
+) -> impl Future<Output = Result<T, AccountError>> {
+    let mut task = AbortOnDrop(tokio::spawn(batch));
+    async move {
+        (&mut task.0)
+            .await
+            .map_err(|e| AccountError::Internal(format!("reading a batch ahead: {e}")))?
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The items a FETCH names, macros expanded.
 pub fn items(names: MacroOrMessageDataItemNames<'static>) -> Vec<MessageDataItemName<'static>> {
     match names {
@@ -242,7 +269,7 @@ pub async fn fetch(
     let mut batches = futures::stream::iter(chunks)
         .map(move |mut chunk| {
             let mailbox = reader.clone();
-            async move {
+            read_ahead(async move {
                 if summary_needed || body_maybe {
                     let uids: Vec<u32> = chunk.iter().map(|m| m.uid).collect();
                     let mut summaries: HashMap<u32, MessageSummary> = mailbox
@@ -257,7 +284,7 @@ pub async fn fetch(
                     chunk.retain(|m| m.summary.is_some());
                 }
                 Ok::<_, AccountError>(chunk)
-            }
+            })
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
     while let Some(chunk) = batches.next().await {

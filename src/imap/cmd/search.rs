@@ -12,7 +12,7 @@ use futures::StreamExt;
 use imap_codec::imap_types::core::{Charset, Tag};
 use imap_codec::imap_types::search::SearchKey;
 
-use crate::imap::cmd::fetch::{PARALLEL_BODIES, SUMMARY_BATCHES_AHEAD};
+use crate::imap::cmd::fetch::{PARALLEL_BODIES, SUMMARY_BATCHES_AHEAD, read_ahead};
 use crate::imap::grammar::ext::{Ext, SearchReturn};
 use crate::imap::response::{Done, Failure, Out, Outcome, astring, code_owned};
 use crate::imap::search::{Candidate, Query, Scope, check_charset};
@@ -166,7 +166,7 @@ pub async fn scan(
     let mut inputs_ahead = futures::stream::iter(chunks)
         .map(move |chunk| {
             let mailbox = reader.clone();
-            async move { plan.read(&mailbox, &chunk).await }
+            read_ahead(async move { plan.read(&mailbox, &chunk).await })
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
     let unread = MessageSummary::empty();
