@@ -143,6 +143,22 @@ async fn put_all(store: &dyn ObjectStore, p: &str, names: &[String], body: &Byte
         .expect("put");
 }
 
+/// Every key under `prefix`, listed one per page; fails if paging goes on
+/// past `most` keys.
+async fn paged_one_by_one(store: &dyn ObjectStore, prefix: &str, most: usize) -> Vec<String> {
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list(prefix, after.as_deref(), 1).await.unwrap();
+        paged.extend(keys(&page));
+        after = paged.last().cloned();
+        if !page.truncated {
+            return paged;
+        }
+        assert!(paged.len() <= most, "paging does not end");
+    }
+}
+
 async fn listed(store: &dyn ObjectStore, prefix: &str, after: Option<&str>) -> Vec<String> {
     let all: Vec<String> = list_all(store, prefix, after)
         .await
@@ -342,18 +358,7 @@ mod cases {
         let want: Vec<String> = names.iter().map(|n| format!("{p}{n}")).collect();
         assert_eq!(listed(s, p, None).await, want);
         // The same order one key per page.
-        let mut paged = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = s.list(p, after.as_deref(), 1).await.unwrap();
-            paged.extend(keys(&page));
-            after = paged.last().cloned();
-            if !page.truncated {
-                break;
-            }
-            assert!(paged.len() <= want.len(), "paging does not end");
-        }
-        assert_eq!(paged, want);
+        assert_eq!(paged_one_by_one(s, p, want.len()).await, want);
     }
 
     /// Names shaped like op names (16 hex digits of a clock, `-`, more),
@@ -422,18 +427,7 @@ mod cases {
             }
         }
         // One key per page.
-        let mut paged = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = s.list(p, after.as_deref(), 1).await.unwrap();
-            paged.extend(keys(&page));
-            after = paged.last().cloned();
-            if !page.truncated {
-                break;
-            }
-            assert!(paged.len() <= model.len(), "paging does not end");
-        }
-        assert_eq!(paged, model);
+        assert_eq!(paged_one_by_one(s, p, model.len()).await, model);
         // Deleting one at a time leaves the others, in order.
         while let Some(key) = model.pop() {
             s.delete(&key).await.unwrap();
