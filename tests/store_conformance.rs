@@ -118,6 +118,7 @@ all_backends!(
     list_op_shaped_names,
     list_start_after,
     list_pages,
+    list_long_pages_as_prefixes_grow_and_shrink,
     list_empty_prefix_and_missing,
     all_key_bytes,
     invalid_keys_rejected,
@@ -519,6 +520,70 @@ mod cases {
         assert_eq!(keys(&page), &want[..1]);
         assert!(page.truncated);
         assert!(page.objects.iter().all(|o| o.size == 4));
+    }
+
+    /// One call's page is whole however many requests make it up (the S3
+    /// backend asks for few keys first and more after, sized by what the
+    /// prefix held last time), and stays whole as the prefix grows from
+    /// nothing, shrinks and grows again, from the start or from a cursor.
+    pub async fn list_long_pages_as_prefixes_grow_and_shrink(s: &dyn ObjectStore, p: &str) {
+        let q = format!("{p}grow/");
+        let all: Vec<String> = (0..600).map(|i| format!("{q}{i:04}")).collect();
+        async fn check(
+            s: &dyn ObjectStore,
+            q: &str,
+            held: &[String],
+            after: Option<&String>,
+            limit: usize,
+        ) {
+            let page = s.list(q, after.map(String::as_str), limit).await.unwrap();
+            let rest: Vec<&String> = held
+                .iter()
+                .filter(|k| after.is_none_or(|a| *k > a))
+                .collect();
+            let want: Vec<String> = rest.iter().take(limit).map(|k| k.to_string()).collect();
+            assert_eq!(keys(&page), want, "limit {limit} after {after:?}");
+            assert_eq!(
+                page.truncated,
+                rest.len() > limit,
+                "limit {limit} after {after:?}"
+            );
+            let key_page = s
+                .list_keys(q, after.map(String::as_str), limit)
+                .await
+                .unwrap();
+            assert_eq!(key_page.keys, want, "keys alone, limit {limit}");
+            assert_eq!(key_page.truncated, rest.len() > limit);
+        }
+        // Nothing yet, then a few keys, then many: each listed whole.
+        check(s, &q, &[], None, 1000).await;
+        let mut held: Vec<String> = Vec::new();
+        for upto in [3, 40, 300, 600] {
+            let names: Vec<String> = all[held.len()..upto]
+                .iter()
+                .map(|k| k[p.len()..].to_owned())
+                .collect();
+            put_all(s, p, &names, &Bytes::from_static(b"g")).await;
+            held = all[..upto].to_vec();
+            for limit in [1000, upto, upto - 1, 2] {
+                check(s, &q, &held, None, limit).await;
+                check(s, &q, &held, Some(&all[upto / 3]), limit).await;
+            }
+        }
+        // Most keys gone: a listing sized for 600 finds the few left.
+        let gone: Vec<String> = all[5..590].to_vec();
+        s.delete_many(&gone).await.unwrap();
+        held = all[..5].iter().chain(&all[590..]).cloned().collect();
+        check(s, &q, &held, None, 1000).await;
+        check(s, &q, &held, Some(&all[2]), 1000).await;
+        check(s, &q, &held, None, 14).await;
+        // And back to many after a small listing (a limit of 1).
+        check(s, &q, &held, None, 1).await;
+        let names: Vec<String> = gone.iter().map(|k| k[p.len()..].to_owned()).collect();
+        put_all(s, p, &names, &Bytes::from_static(b"g")).await;
+        check(s, &q, &all, None, 1).await;
+        check(s, &q, &all, None, 1000).await;
+        check(s, &q, &all, Some(&all[599]), 1000).await;
     }
 
     pub async fn list_empty_prefix_and_missing(s: &dyn ObjectStore, p: &str) {
