@@ -28,9 +28,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
@@ -199,8 +197,8 @@ pub struct S3Store {
 /// the start (a log sync lists from a cursor, a reload from the start), so
 /// that the next listing asks for about that many: a request for too few
 /// costs another round trip, one for too many costs Garage the reading of
-/// objects past the prefix (see [`FIRST_PAGE`]). Bounded: past
-/// [`LIST_SIZES_KEPT`] prefixes, everything is forgotten at once.
+/// objects past the prefix (see [`FIRST_PAGE`]). Bounded: a new prefix
+/// past [`LIST_SIZES_KEPT`] takes the place of an arbitrary one.
 #[derive(Default)]
 struct ListSizes {
     seen: std::sync::Mutex<std::collections::HashMap<(Box<str>, bool), usize>>,
@@ -220,15 +218,25 @@ impl ListSizes {
 
     /// Notes that a listing of `prefix` found `found` keys, and more if
     /// `cut` (it stopped at its limit): a short existence check (limit 1)
-    /// then does not make the next full listing start small.
+    /// then does not make the next full listing start small, whether the
+    /// prefix was known or not.
     fn remember(&self, prefix: &str, from_cursor: bool, found: usize, cut: bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let key = (Box::from(prefix), from_cursor);
-        if seen.len() >= LIST_SIZES_KEPT && !seen.contains_key(&key) {
-            seen.clear();
+        match seen.get_mut(&key) {
+            Some(size) if cut => *size = (*size).max(found),
+            Some(size) => *size = found,
+            None if cut && found < FIRST_PAGE => {}
+            None => {
+                // Full: one entry makes room, the others stay known.
+                if seen.len() >= LIST_SIZES_KEPT
+                    && let Some(any) = seen.keys().next().cloned()
+                {
+                    seen.remove(&any);
+                }
+                seen.insert(key, found);
+            }
         }
-        let entry = seen.entry(key).or_insert(found);
-        *entry = if cut { (*entry).max(found) } else { found };
     }
 }
 
@@ -274,11 +282,6 @@ impl S3Store {
             .force_path_style(true)
             // We retry ourselves (see the module documentation).
             .retry_config(RetryConfig::disabled())
-            // No CRC of every body sent and received: what Facteur stores
-            // is sealed or tagged, and it checks that itself on every read
-            // (doc/storage.md); the SDK's checksums only cost CPU.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
@@ -818,6 +821,12 @@ mod tests {
         assert_eq!(sizes.first_ask("a/", false, 1000), 800);
         sizes.remember("a/", false, 12, false);
         assert_eq!(sizes.first_ask("a/", false, 1000), 15);
+        // An existence check of an unknown prefix teaches nothing; a cut
+        // listing of many keys does.
+        sizes.remember("b/", false, 1, true);
+        assert_eq!(sizes.first_ask("b/", false, 1000), FIRST_PAGE);
+        sizes.remember("b/", false, 300, true);
+        assert_eq!(sizes.first_ask("b/", false, 1000), 375);
     }
 
     #[test]
@@ -830,11 +839,14 @@ mod tests {
         // A known prefix is updated in place...
         sizes.remember("p0/", true, 200, false);
         assert_eq!(sizes.seen.lock().unwrap().len(), LIST_SIZES_KEPT);
-        // ...a new one past the bound starts over.
+        // ...a new one past the bound takes one entry's place.
         sizes.remember("new/", true, 7, false);
-        assert_eq!(sizes.seen.lock().unwrap().len(), 1);
-        assert_eq!(sizes.first_ask("p1/", true, 1000), FIRST_PAGE);
+        assert_eq!(sizes.seen.lock().unwrap().len(), LIST_SIZES_KEPT);
         assert_eq!(sizes.first_ask("new/", true, 1000), LEAST_PAGE);
+        let forgotten = (0..LIST_SIZES_KEPT)
+            .filter(|i| sizes.first_ask(&format!("p{i}/"), true, 1000) == FIRST_PAGE)
+            .count();
+        assert_eq!(forgotten, 1);
     }
 
     fn service_error(status: u16, error: GetObjectError) -> SdkError<GetObjectError> {
