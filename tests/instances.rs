@@ -680,3 +680,51 @@ async fn two_instances_appending_at_once_renumber_nothing() {
         );
     }
 }
+
+/// Syncs running at once on one instance (sessions and the poller) that
+/// all find a snapshot due write it once: one set of summary pages. Each
+/// used to write its own pages, of the same summaries, and all but one
+/// set was referred to by nothing (a CI run of a header-search test saw
+/// eight pages for four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn syncs_at_once_write_a_due_snapshot_once() {
+    for (kind, store, _dir) in stores() {
+        let keyring = keyring();
+        // The writer keeps the default snapshot interval (500 ops): its 60
+        // appends leave no snapshot and no page.
+        let writer = instance(&store, &keyring, "w", "snapper");
+        let (_, inbox) = writer.open_fresh("INBOX").await.unwrap();
+        for i in 0..60 {
+            let raw = message(&format!("page {i}"));
+            writer.append(&inbox, &raw, vec![], 0).await.unwrap();
+        }
+        let pages = async || {
+            let prefix =
+                facteur::store::layout::user_prefix(&user_id(b"0123456789abcdef", "snapper"));
+            facteur::store::list_all_keys(store.as_ref(), &prefix, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|k| k.contains("/side/") && !k.contains('.'))
+                .count()
+        };
+        assert_eq!(pages().await, 0, "{kind}: the writer wrote pages");
+        // The reader snapshots every 50 ops, over a store with random
+        // delays, from eight syncs at once.
+        let slow = Slow::over(&store, 2000);
+        let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+        let mut config = AccountConfig::new(InstanceId::new("r").unwrap(), records());
+        config.mailbox.log.snapshot_every = 50;
+        let reader = Account::new(user_id(b"0123456789abcdef", "snapper"), keys, slow, config);
+        let syncs: Vec<_> = (0..8)
+            .map(|_| {
+                let reader = reader.clone();
+                tokio::spawn(async move { reader.open_fresh("INBOX").await.map(|_| ()) })
+            })
+            .collect();
+        for s in syncs {
+            s.await.unwrap().unwrap();
+        }
+        assert_eq!(pages().await, 1, "{kind}: 60 summaries, one page");
+    }
+}

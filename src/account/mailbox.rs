@@ -195,6 +195,11 @@ pub struct Mailbox {
     indexed: std::sync::Mutex<HashSet<String>>,
     /// Per [`Index`] kind (text, headers).
     indexing: [Mutex<()>; 2],
+    /// Held while a snapshot is written: a sync that finds one due while
+    /// another sync writes it leaves it to that one, rather than writing
+    /// the same summaries into a second set of pages that nothing would
+    /// refer to.
+    snapshotting: Mutex<()>,
     /// Counts this mailbox as open (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -268,6 +273,7 @@ impl Mailbox {
             tuning,
             indexed: std::sync::Mutex::new(HashSet::new()),
             indexing: [Mutex::new(()), Mutex::new(())],
+            snapshotting: Mutex::new(()),
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
     }
@@ -382,6 +388,14 @@ impl Mailbox {
     }
 
     async fn snapshot(&self) -> Result<(), AccountError> {
+        // One at a time; the next sync after this one sees whether another
+        // is due.
+        let Ok(_one) = self.snapshotting.try_lock() else {
+            return Ok(());
+        };
+        if !self.log.read().await.snapshot_due() {
+            return Ok(());
+        }
         self.page_out().await?;
         let prepared = match self.log.read().await.prepare_snapshot() {
             Ok(prepared) => prepared,
