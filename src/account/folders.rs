@@ -173,8 +173,9 @@ impl Folders {
         }
         if self.log.read().await.snapshot_due() {
             let prepared = self.log.read().await.prepare_snapshot()?;
+            let covered = prepared.covered();
             let name = prepared.store(self.store.as_ref()).await?;
-            self.log.write().await.snapshot_written(name);
+            self.log.write().await.snapshot_written(name, covered);
             let collector = self.log.read().await.collector();
             if let Err(e) = collector.run(self.store.as_ref()).await {
                 tracing::warn!(error = %e, "mailbox list op collection failed");

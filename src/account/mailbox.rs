@@ -390,7 +390,7 @@ impl Mailbox {
     async fn snapshot(&self) -> Result<(), AccountError> {
         // One at a time; the next sync after this one sees whether another
         // is due.
-        let Ok(_one) = self.snapshotting.try_lock() else {
+        let Ok(one) = self.snapshotting.try_lock() else {
             return Ok(());
         };
         if !self.log.read().await.snapshot_due() {
@@ -404,8 +404,10 @@ impl Mailbox {
             Err(SyncError::Stale { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let covered = prepared.covered();
         let name = prepared.store(self.store.as_ref()).await?;
-        self.log.write().await.snapshot_written(name);
+        self.log.write().await.snapshot_written(name, covered);
+        drop(one);
         // Each new snapshot is a chance to drop what an older one, past the
         // grace period, covers. A failure here costs only space.
         let collector = self.log.read().await.collector();

@@ -312,9 +312,18 @@ pub struct Written {
 pub struct PreparedSnapshot {
     name: String,
     sealed: Bytes,
+    // Ops applied since the previous snapshot that this one holds.
+    covered: usize,
 }
 
 impl PreparedSnapshot {
+    /// How many of the ops applied since the previous snapshot this one
+    /// holds: ops applied while it is stored are not in it, and
+    /// [`StoredLog::snapshot_written`] keeps them counted.
+    pub fn covered(&self) -> usize {
+        self.covered
+    }
+
     /// Stores the snapshot; returns its object name.
     pub async fn store(self, store: &dyn ObjectStore) -> Result<String, SyncError> {
         store.put(&self.name, self.sealed).await?;
@@ -762,8 +771,9 @@ where
             self.sync(store).await?;
         }
         let snapshot = self.prepare_snapshot()?;
+        let covered = snapshot.covered();
         let name = snapshot.store(store).await?;
-        self.snapshot_written(name.clone());
+        self.snapshot_written(name.clone(), covered);
         Ok(name)
     }
 
@@ -787,14 +797,22 @@ where
         })
         .map_err(LogError::Encode)?;
         let sealed = Bytes::from(seal_body_padded(&self.key, &name, &plain));
-        Ok(PreparedSnapshot { name, sealed })
+        Ok(PreparedSnapshot {
+            name,
+            sealed,
+            covered: self.since_snapshot,
+        })
     }
 
-    /// Records that a snapshot was stored.
-    pub fn snapshot_written(&mut self, name: String) {
+    /// Records that a snapshot holding `covered` of the ops applied since
+    /// the previous one ([`PreparedSnapshot::covered`]) was stored. Ops
+    /// applied while it was stored stay counted, so that they make the
+    /// next snapshot due as any other would; they are counted as new from
+    /// now for its age.
+    pub fn snapshot_written(&mut self, name: String, covered: usize) {
         self.snapshot = Some(name);
-        self.since_snapshot = 0;
-        self.unsnapshotted_since_ms = None;
+        self.since_snapshot = self.since_snapshot.saturating_sub(covered);
+        self.unsnapshotted_since_ms = (self.since_snapshot > 0).then(now_ms);
     }
 
     /// Deletes op objects and snapshots made useless by a snapshot older
@@ -2232,6 +2250,44 @@ mod tests {
         // write_snapshot syncs (here: reloads) first.
         a.write_snapshot(&store).await.unwrap();
         assert!(!a.reload_due());
+    }
+
+    /// Ops applied while a snapshot is stored are not in it: they stay
+    /// counted and make the next snapshot due (they used to be forgotten,
+    /// and a mailbox falling quiet then kept them out of every snapshot).
+    #[tokio::test]
+    async fn ops_applied_while_a_snapshot_is_stored_stay_counted() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            snapshot_every: 3,
+            ..LogTuning::default()
+        };
+        let mut a = open_as(&store, &key, "a", tuning.clone()).await;
+        let mut b = open_as(&store, &key, "b", tuning).await;
+        for word in ["x", "y", "z"] {
+            a.append(&store, word.into()).await.unwrap();
+        }
+        assert!(a.snapshot_due());
+        let prepared = a.prepare_snapshot().unwrap();
+        let covered = prepared.covered();
+        assert_eq!(covered, 3);
+        // Meanwhile another instance writes two ops, and a applies them.
+        b.sync(&store).await.unwrap();
+        b.append(&store, "p".into()).await.unwrap();
+        b.append(&store, "q".into()).await.unwrap();
+        a.sync(&store).await.unwrap();
+        let name = prepared.store(&store).await.unwrap();
+        a.snapshot_written(name, covered);
+        assert_eq!(a.since_snapshot, 2);
+        assert!(a.unsnapshotted_since_ms.is_some());
+        assert!(!a.snapshot_due());
+        a.append(&store, "r".into()).await.unwrap();
+        assert!(a.snapshot_due(), "the two ops left out count for the next");
+        // A snapshot holding everything leaves nothing counted.
+        a.write_snapshot(&store).await.unwrap();
+        assert_eq!(a.since_snapshot, 0);
+        assert!(a.unsnapshotted_since_ms.is_none());
     }
 
     #[tokio::test]
