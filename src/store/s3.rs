@@ -201,16 +201,20 @@ pub struct S3Store {
 /// past [`LIST_SIZES_KEPT`] takes the place of an arbitrary one.
 #[derive(Default)]
 struct ListSizes {
-    seen: std::sync::Mutex<std::collections::HashMap<(Box<str>, bool), usize>>,
+    // Per prefix: the size from the start, then from a cursor.
+    seen: std::sync::Mutex<std::collections::HashMap<Box<str>, [Option<usize>; 2]>>,
 }
 
 impl ListSizes {
     /// Keys to ask for first when listing `prefix` (from a cursor or not).
     fn first_ask(&self, prefix: &str, from_cursor: bool, limit: usize) -> usize {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let ask = match seen.get(&(Box::from(prefix), from_cursor)) {
+        let ask = match seen
+            .get(prefix)
+            .and_then(|sizes| sizes[usize::from(from_cursor)])
+        {
             // A quarter more than last time, for a prefix that grows.
-            Some(&n) => n.saturating_add(n / 4).max(LEAST_PAGE),
+            Some(n) => n.saturating_add(n / 4).max(LEAST_PAGE),
             None => FIRST_PAGE,
         };
         ask.min(limit)
@@ -221,22 +225,27 @@ impl ListSizes {
     /// then does not make the next full listing start small, whether the
     /// prefix was known or not.
     fn remember(&self, prefix: &str, from_cursor: bool, found: usize, cut: bool) {
+        let learned = |known: Option<usize>| match known {
+            Some(n) if cut => Some(n.max(found)),
+            None if cut && found < FIRST_PAGE => None,
+            _ => Some(found),
+        };
+        let slot = usize::from(from_cursor);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (Box::from(prefix), from_cursor);
-        match seen.get_mut(&key) {
-            Some(size) if cut => *size = (*size).max(found),
-            Some(size) => *size = found,
-            None if cut && found < FIRST_PAGE => {}
-            None => {
-                // Full: one entry makes room, the others stay known.
-                if seen.len() >= LIST_SIZES_KEPT
-                    && let Some(any) = seen.keys().next().cloned()
-                {
-                    seen.remove(&any);
-                }
-                seen.insert(key, found);
-            }
+        if let Some(sizes) = seen.get_mut(prefix) {
+            sizes[slot] = learned(sizes[slot]);
+            return;
         }
+        let Some(size) = learned(None) else { return };
+        // Full: one entry makes room, the others stay known.
+        if seen.len() >= LIST_SIZES_KEPT
+            && let Some(any) = seen.keys().next().cloned()
+        {
+            seen.remove(&any);
+        }
+        let mut sizes = [None; 2];
+        sizes[slot] = Some(size);
+        seen.insert(prefix.into(), sizes);
     }
 }
 
