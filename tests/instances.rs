@@ -505,6 +505,9 @@ async fn an_oversized_planted_record_is_never_read() {
 struct Slow {
     inner: SharedStore,
     max_delay_us: u64,
+    /// PUTs of keys containing the first, and not the second, take this
+    /// long on top.
+    slow_puts: Option<(&'static str, &'static str, Duration)>,
 }
 
 impl std::fmt::Debug for Slow {
@@ -518,10 +521,28 @@ impl Slow {
         Arc::new(Slow {
             inner: inner.clone(),
             max_delay_us,
+            slow_puts: None,
+        })
+    }
+
+    /// A store whose PUTs of keys containing `slow` and not `except` take
+    /// `delay`, and nothing else is delayed.
+    fn puts_of(
+        inner: &SharedStore,
+        (slow, except): (&'static str, &'static str),
+        delay: Duration,
+    ) -> SharedStore {
+        Arc::new(Slow {
+            inner: inner.clone(),
+            max_delay_us: 0,
+            slow_puts: Some((slow, except, delay)),
         })
     }
 
     async fn pause(&self) {
+        if self.max_delay_us == 0 {
+            return;
+        }
         let us = rand::random::<u64>() % self.max_delay_us;
         tokio::time::sleep(Duration::from_micros(us)).await;
     }
@@ -531,6 +552,12 @@ impl Slow {
 impl ObjectStore for Slow {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         self.pause().await;
+        if let Some((slow, except, delay)) = self.slow_puts
+            && key.contains(slow)
+            && !key.contains(except)
+        {
+            tokio::time::sleep(delay).await;
+        }
         self.inner.put(key, body).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -726,5 +753,62 @@ async fn syncs_at_once_write_a_due_snapshot_once() {
             s.await.unwrap().unwrap();
         }
         assert_eq!(pages().await, 1, "{kind}: 60 summaries, one page");
+    }
+}
+
+/// An APPEND whose op took longer to store than the lookback allows for
+/// is seen by another instance's very next SELECT, although that instance
+/// kept syncing while the PUT was in flight, so that its listings start
+/// after the op's name: the writer leaves a late marker before it answers,
+/// and the marker sends the reader's listing back to the op. (Without the
+/// marker every one of these appends is missed until a full listing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_stored_late_is_seen_at_once_on_another_instance() {
+    for (kind, store, _dir) in stores() {
+        let keyring = keyring();
+        let tuned = |store: &SharedStore, name: &str| {
+            let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+            let mut config = AccountConfig::new(InstanceId::new(name).unwrap(), records());
+            config.mailbox.log.lookback = Duration::from_millis(200);
+            config.mailbox.log.late_after = Duration::from_millis(100);
+            Account::new(
+                user_id(b"0123456789abcdef", "late"),
+                keys,
+                store.clone(),
+                config,
+            )
+        };
+        // A's op PUTs take 250 ms (its markers are quick).
+        let slow = Slow::puts_of(&store, ("/log/", "-late-"), Duration::from_millis(250));
+        let a = tuned(&slow, "a");
+        let b = tuned(&store, "b");
+        let (_, inbox_a) = a.open_fresh("INBOX").await.unwrap();
+        b.open_fresh("INBOX").await.unwrap();
+        // B keeps syncing INBOX meanwhile, as its sessions and poller do.
+        let polling = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                loop {
+                    b.open_fresh("INBOX").await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        for i in 0..4 {
+            let placed = a
+                .append(&inbox_a, &message(&format!("late {i}")), vec![], 0)
+                .await
+                .unwrap();
+            let uid = placed.uids[0].expect("appended with a UID");
+            let (_, inbox_b) = b.open_fresh("INBOX").await.unwrap();
+            let uids: Vec<u32> = inbox_b
+                .read(|s| s.messages().map(|m| m.uid).collect())
+                .await;
+            assert!(
+                uids.contains(&uid),
+                "{kind}: append {i} (UID {uid}) acknowledged on A, missing on B: {uids:?}"
+            );
+        }
+        polling.abort();
     }
 }

@@ -232,6 +232,52 @@ pub fn op_name_floor(hlc: Hlc) -> String {
     format!("{:016x}-{:08x}-", hlc.wall_ms, hlc.counter)
 }
 
+/// The clock reading a name made by [`op_name`], [`op_name_floor`] or
+/// [`late_marker_name`] starts with (and a snapshot's name, which starts
+/// the same way).
+pub fn name_clock(name: &str) -> Option<Hlc> {
+    let mut parts = name.split('-');
+    let (wall, counter) = (parts.next()?, parts.next()?);
+    if wall.len() != 16 || counter.len() != 8 {
+        return None;
+    }
+    let wall_ms = u64::from_str_radix(wall, 16).ok()?;
+    let counter = u32::from_str_radix(counter, 16).ok()?;
+    Some(Hlc { wall_ms, counter })
+}
+
+/// What ends a late marker's name, before the clock reading it points to.
+const LATE_MARK: &str = "-late-";
+
+/// The name of a *late marker*: an empty object that a writer leaves in a
+/// log, named at its clock reading `now`, after an op named at `target`
+/// took longer to store than the lookback allows for. A sync that lists
+/// the marker lists the log again from `target` (doc/consistency.md, "The
+/// I/O layer"). Never an op name: an op name has four `-`-separated parts,
+/// a marker five (`{now}-{counter}-{instance}-late-{target wall}`).
+pub fn late_marker_name(now: Hlc, instance: &InstanceId, target: Hlc) -> String {
+    format!(
+        "{}{instance}{LATE_MARK}{:016x}",
+        op_name_floor(now),
+        target.wall_ms
+    )
+}
+
+/// The clock reading a late marker points to, if `name` is one (made by
+/// [`late_marker_name`]).
+pub fn parse_late_marker(name: &str) -> Option<Hlc> {
+    let (head, target) = name.rsplit_once(LATE_MARK)?;
+    let instance = head.get(26..)?;
+    if name_clock(head).is_none() || !InstanceId::is_valid(instance) || target.len() != 16 {
+        return None;
+    }
+    let wall_ms = u64::from_str_radix(target, 16).ok()?;
+    Some(Hlc {
+        wall_ms,
+        counter: 0,
+    })
+}
+
 /// Parses a name made by [`op_name`].
 pub fn parse_op_name(name: &str) -> Result<(Hlc, InstanceId, OpId), LogError> {
     let (hlc, instance, id) = parse_op_name_borrowed(name)?;
@@ -274,6 +320,46 @@ fn parse_op_name_borrowed(name: &str) -> Result<(Hlc, &str, OpId), LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A late marker is never taken for an op and an op never for a
+    /// marker, whatever the instance is called; both give their clock.
+    #[test]
+    fn late_markers_and_op_names_are_told_apart() {
+        let now = Hlc {
+            wall_ms: 0x19af3c2d1e0,
+            counter: 3,
+        };
+        let target = Hlc {
+            wall_ms: 0x19af3c2a000,
+            counter: 9,
+        };
+        for who in ["late", "node_1", "a"] {
+            let instance = InstanceId::new(who).unwrap();
+            let marker = late_marker_name(now, &instance, target);
+            assert!(parse_op_name(&marker).is_err(), "{marker}");
+            assert_eq!(
+                parse_late_marker(&marker),
+                Some(Hlc {
+                    wall_ms: target.wall_ms,
+                    counter: 0
+                })
+            );
+            assert_eq!(name_clock(&marker), Some(now));
+            let op = op_name(now, &instance, &OpId::of_bytes(b"op"));
+            assert_eq!(parse_late_marker(&op), None, "{op}");
+            assert_eq!(name_clock(&op), Some(now));
+            let (head, target_hex) = marker.rsplit_once("-late-").unwrap();
+            for bad in [
+                format!("{head}-lat-{target_hex}"),
+                marker[..marker.len() - 1].to_owned(),
+                format!("{}Bad-late-{target_hex}", &head[..26]),
+                format!("{}-late-{target_hex}", &head[..25]),
+                format!("x{marker}"),
+            ] {
+                assert_eq!(parse_late_marker(&bad), None, "{bad}");
+            }
+        }
+    }
 
     /// `parse_op_name_id` accepts exactly the names `parse_op_name` does,
     /// with the same id.

@@ -53,7 +53,8 @@ use serde::de::DeserializeOwned;
 
 use super::LogError;
 use super::id::{
-    Hlc, InstanceId, OpId, now_ms, op_name, op_name_floor, parse_op_name, parse_op_name_id,
+    Hlc, InstanceId, OpId, late_marker_name, name_clock, now_ms, op_name, op_name_floor,
+    parse_late_marker, parse_op_name, parse_op_name_id,
 };
 use super::replica::{Envelope, Replica, State};
 use crate::crypto::{
@@ -69,8 +70,15 @@ pub const MAX_SNAPSHOT: usize = 1 << 30;
 /// I/O layer", "Garbage collection", "Damage").
 #[derive(Clone, Debug)]
 pub struct LogTuning {
-    /// How far before the cursor an incremental sync lists.
+    /// How far before the cursor an incremental sync lists: the bound on
+    /// how far a writer's clock may be behind ours plus `late_after`.
     pub lookback: Duration,
+    /// A write whose PUT completes later than this after the op's clock
+    /// reading leaves a late marker (see [`late_marker_name`]) before it
+    /// is acknowledged, so that syncs listing from after the op's name
+    /// still find it. Less than `lookback` by at least the bound on clock
+    /// error between instances.
+    pub late_after: Duration,
     /// How often a sync lists the whole log instead. A snapshot is written
     /// only from a replica whose last full listing is younger than this.
     /// Must be at least six times the bound on clock error, PUT time and
@@ -105,7 +113,8 @@ pub struct LogTuning {
 impl Default for LogTuning {
     fn default() -> Self {
         LogTuning {
-            lookback: Duration::from_secs(60),
+            lookback: Duration::from_secs(10),
+            late_after: Duration::from_secs(4),
             full_list_every: Duration::from_secs(300),
             fetch_parallelism: 16,
             snapshot_every: 500,
@@ -179,6 +188,25 @@ pub const UNREADABLE_BY_THIS_VERSION: &str = "opens but this version cannot read
 
 static DAMAGED_OBJECTS: AtomicU64 = AtomicU64::new(0);
 static LOST_OPS: AtomicU64 = AtomicU64::new(0);
+static LATE_MARKERS_WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many late markers this process wrote (see [`Prepared::store`]).
+pub fn late_markers_written() -> u64 {
+    LATE_MARKERS_WRITTEN.load(Ordering::Relaxed)
+}
+
+/// A late op is followed by at most this many late markers (see
+/// [`Prepared::store`]).
+const LATE_MARKERS: u32 = 3;
+
+/// How many late markers one log remembers having gone back for, and for
+/// how long past the lookback (see [`StoredLog::note_markers`]).
+const MARKERS_REMEMBERED: usize = 1024;
+const MARKERS_REMEMBERED_PAST_LOOKBACK: Duration = Duration::from_secs(60);
+
+/// How many times one sync goes back for late markers it listed (each
+/// time from the oldest op they point to).
+const MARKER_RELISTS: usize = 2;
 
 /// See [`DamageCounts`].
 pub fn damage_counts() -> DamageCounts {
@@ -243,6 +271,9 @@ pub struct StoredLog<S: State> {
     /// The newest snapshot known when garbage collection last ran from
     /// this log ([`StoredLog::collect_due`]).
     collected_at: Option<String>,
+    /// Late markers (relative names) already listed: a sync goes back for
+    /// a marker once ([`SyncPlan::list`]).
+    markers_seen: HashSet<String>,
 }
 
 impl<S: State> std::fmt::Debug for StoredLog<S> {
@@ -265,6 +296,8 @@ pub struct SyncPlan {
     start_after: Option<String>,
     full: bool,
     parallelism: usize,
+    /// Late markers (relative names) this log already went back for.
+    markers_seen: HashSet<String>,
 }
 
 /// What a sync listed, before the known ops are filtered out.
@@ -275,6 +308,8 @@ pub struct Listed {
     last_listed: Option<String>,
     /// Object keys with the op id their name carries.
     names: Vec<(String, Result<OpId, LogError>)>,
+    /// The late markers listed (relative names).
+    markers: Vec<String>,
 }
 
 /// The op objects a sync must fetch.
@@ -285,6 +320,7 @@ pub struct ToFetch {
     last_listed: Option<String>,
     wanted: Vec<String>,
     damaged: Vec<Damage>,
+    markers: Vec<String>,
 }
 
 /// What a sync brought back, ready to apply.
@@ -293,6 +329,7 @@ pub struct Fetched {
     full: bool,
     started_ms: u64,
     last_listed: Option<String>,
+    markers: Vec<String>,
     ops: Vec<(String, Vec<u8>)>,
     damaged: Vec<Damage>,
     /// Listed op objects that were gone at GET time.
@@ -339,6 +376,12 @@ pub struct Prepared {
     sealed: Bytes,
     bytes: Vec<u8>,
     pub id: OpId,
+    /// The op's clock reading and writer, for a late marker.
+    hlc: Hlc,
+    instance: InstanceId,
+    /// [`LogTuning::late_after`]; `None` for a genesis op, named at a
+    /// fixed reading (a log without one is listed in full anyway).
+    late_after: Option<Duration>,
 }
 
 impl<S> StoredLog<S>
@@ -373,6 +416,7 @@ where
             unsnapshotted_since_ms: None,
             snapshot: None,
             last_foreign_ms: 0,
+            markers_seen: HashSet::new(),
             collected_at: None,
         };
         drive_sync(&mut log, store).await?;
@@ -415,6 +459,7 @@ where
                 start_after: None,
                 full: true,
                 parallelism: self.tuning.fetch_parallelism.max(1),
+                markers_seen: HashSet::new(),
             },
             snap_prefix: self.snap_prefix(),
         }
@@ -442,7 +487,7 @@ where
         self.replica = *reloaded.replica;
         // The ops on top of the snapshot are at least as recent as it.
         self.unsnapshotted_since_ms = (reloaded.applied > 0)
-            .then(|| snapshot_clock(self.relative_snapshot_name(&reloaded.snapshot)))
+            .then(|| name_clock(self.relative_snapshot_name(&reloaded.snapshot)))
             .flatten()
             .map(|hlc| hlc.wall_ms);
         if !reloaded.covers_objects {
@@ -484,23 +529,22 @@ where
         let start_after = if full {
             None
         } else {
-            self.cursor
-                .as_deref()
-                .and_then(|c| parse_op_name(c).ok())
-                .map(|(hlc, _, _)| {
-                    // Ops that appeared since the last sync carry their
-                    // writer's clock, which is at most the lookback behind
-                    // ours then; older names are the full listing's job.
-                    // Starting from the cursor alone would re-list a whole
-                    // burst of writes on every poll.
-                    let back = self.tuning.lookback.as_millis() as u64;
-                    let since = hlc.wall_ms.max(self.last_sync_ms);
-                    let floor = Hlc {
-                        wall_ms: since.saturating_sub(back),
-                        counter: 0,
-                    };
-                    format!("{}{}", self.log_prefix(), op_name_floor(floor))
-                })
+            self.cursor.as_deref().and_then(name_clock).map(|hlc| {
+                // Ops that appeared since the last sync carry their
+                // writer's clock, which is at most the lookback behind
+                // ours then, or they are followed by a late marker
+                // (`Prepared::store`) that sends the listing back to
+                // them; older names are the full listing's job.
+                // Starting from the cursor alone would re-list a whole
+                // burst of writes on every poll.
+                let back = self.tuning.lookback.as_millis() as u64;
+                let since = hlc.wall_ms.max(self.last_sync_ms);
+                let floor = Hlc {
+                    wall_ms: since.saturating_sub(back),
+                    counter: 0,
+                };
+                format!("{}{}", self.log_prefix(), op_name_floor(floor))
+            })
         };
         SyncPlan {
             prefix: self.log_prefix(),
@@ -508,6 +552,11 @@ where
             start_after,
             full,
             parallelism: self.tuning.fetch_parallelism.max(1),
+            markers_seen: if full {
+                HashSet::new()
+            } else {
+                self.markers_seen.clone()
+            },
         }
     }
 
@@ -542,6 +591,7 @@ where
             last_listed: listed.last_listed,
             wanted,
             damaged,
+            markers: listed.markers,
         }
     }
 
@@ -585,6 +635,7 @@ where
         if let Some(last) = fetched.last_listed {
             self.advance_cursor(self.relative_name(last));
         }
+        self.note_markers(fetched.markers);
         if fetched.vanished > 0 {
             // Collected between LIST and GET: a snapshot holds them.
             self.reload_needed = true;
@@ -635,6 +686,8 @@ where
 
     fn seal_envelope(&self, envelope: Envelope<S::Op>) -> Result<Prepared, SyncError> {
         let hlc = envelope.header.hlc;
+        let late_after =
+            (envelope.header.instance.as_str() != GENESIS_WRITER).then_some(self.tuning.late_after);
         let instance = envelope.header.instance.clone();
         let (id, bytes) = envelope.encode()?;
         let name = op_name(hlc, &instance, &id);
@@ -647,6 +700,9 @@ where
             sealed,
             bytes,
             id,
+            hlc,
+            instance,
+            late_after,
         })
     }
 
@@ -689,6 +745,26 @@ where
             self.unsnapshotted_since_ms
                 .map_or(written, |t| t.min(written)),
         );
+    }
+
+    /// Remembers the late markers a sync listed, so that later syncs do
+    /// not go back for them again, and forgets those too old for an
+    /// incremental sync to list again (one that does goes back once more:
+    /// a cost, never a loss).
+    fn note_markers(&mut self, listed: Vec<String>) {
+        if listed.is_empty() && self.markers_seen.is_empty() {
+            return;
+        }
+        let keep_after = now_ms().saturating_sub(
+            (self.tuning.lookback + MARKERS_REMEMBERED_PAST_LOOKBACK).as_millis() as u64,
+        );
+        self.markers_seen
+            .retain(|m| name_clock(m).is_some_and(|c| c.wall_ms >= keep_after));
+        for m in listed {
+            if self.markers_seen.len() < MARKERS_REMEMBERED {
+                self.markers_seen.insert(m);
+            }
+        }
     }
 
     fn note_writer(&mut self, name: &str) {
@@ -833,7 +909,7 @@ where
         };
         let floor = now_ms().saturating_sub(self.tuning.gc_grace.as_millis() as u64);
         self.collected_at.as_deref() != Some(snapshot)
-            && snapshot_clock(self.relative_snapshot_name(snapshot))
+            && name_clock(self.relative_snapshot_name(snapshot))
                 .is_some_and(|hlc| hlc.wall_ms < floor)
     }
 
@@ -1099,7 +1175,7 @@ where
         // The base: the newest snapshot whose covered clock is older than
         // the grace floor. Older snapshots go.
         let Some(base_at) = snaps.iter().rposition(|m| {
-            snapshot_clock(m.key.strip_prefix(&self.snap_prefix).unwrap_or(""))
+            name_clock(m.key.strip_prefix(&self.snap_prefix).unwrap_or(""))
                 .is_some_and(|hlc| hlc.wall_ms < grace_floor)
         }) else {
             return Ok(0);
@@ -1140,6 +1216,12 @@ where
             if let Ok(id) = parse_op_name_id(name)
                 && covered.contains(&id)
             {
+                doomed.push(meta.key);
+            } else if parse_late_marker(name).is_some()
+                && name_clock(name).is_some_and(|c| c.wall_ms < grace_floor)
+            {
+                // A marker is for syncs listing from after its op: long
+                // done once the op is older than the grace period.
                 doomed.push(meta.key);
             }
         }
@@ -1457,19 +1539,46 @@ where
     .map_err(|e| e.to_string())
 }
 
-/// The clock reading at the start of a snapshot name.
-fn snapshot_clock(name: &str) -> Option<Hlc> {
-    let mut parts = name.split('-');
-    let wall_ms = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let counter = u32::from_str_radix(parts.next()?, 16).ok()?;
-    Some(Hlc { wall_ms, counter })
-}
-
 impl Prepared {
     /// Stores the op. Only after this succeeds may it be committed and
     /// shown to anyone.
+    ///
+    /// A PUT that completed later than [`LogTuning::late_after`] after the
+    /// op's clock reading may have landed behind syncs that already listed
+    /// past its name, from a floor after it: it is followed by a late
+    /// marker, named now, which those syncs list and which sends them
+    /// back to the op. A marker that is late itself is followed by
+    /// another; the third late one fails the write (transient, like any
+    /// store fault): the op is stored, but a sync may not find it before
+    /// the next full listing, so it is not acknowledged.
     pub async fn store(self, store: &dyn ObjectStore) -> Result<Written, SyncError> {
         store.put(&self.object_key, self.sealed).await?;
+        if let Some(late_after) = self.late_after {
+            let late_after = late_after.as_millis() as u64;
+            let prefix = &self.object_key[..self.object_key.len() - self.name.len()];
+            let mut since = self.hlc.wall_ms;
+            let mut markers = 0;
+            while now_ms().saturating_sub(since) > late_after {
+                if markers == LATE_MARKERS {
+                    return Err(SyncError::Store(StoreError::Transient(format!(
+                        "op {} and {markers} late markers took over {late_after} ms each to store",
+                        self.name
+                    ))));
+                }
+                since = now_ms().max(self.hlc.wall_ms);
+                let now = Hlc {
+                    wall_ms: since,
+                    counter: 0,
+                };
+                let marker = late_marker_name(now, &self.instance, self.hlc);
+                tracing::warn!(op = %self.name, %marker, "an op took long to store: leaving a late marker");
+                LATE_MARKERS_WRITTEN.fetch_add(1, Ordering::Relaxed);
+                store
+                    .put(&format!("{prefix}{marker}"), Bytes::new())
+                    .await?;
+                markers += 1;
+            }
+        }
         Ok(Written {
             name: self.name,
             bytes: self.bytes,
@@ -1481,23 +1590,51 @@ impl Prepared {
 impl SyncPlan {
     /// Lists the log from the plan's floor. Touches no replica: call it
     /// without holding locks.
+    ///
+    /// An incremental listing that finds a late marker it has not gone back
+    /// for, pointing before its floor, lists again from the op the marker
+    /// points to: that op was stored before its marker, so the second
+    /// listing, which starts after the marker was seen, finds it.
     pub async fn list(self, store: &dyn ObjectStore) -> Result<Listed, SyncError> {
         let started_ms = now_ms();
-        let listed = list_all_keys(store, &self.prefix, self.start_after.as_deref()).await?;
+        let mut floor = self.start_after.clone();
+        let mut listed = list_all_keys(store, &self.prefix, floor.as_deref()).await?;
+        for _ in 0..MARKER_RELISTS {
+            let Some(from) = floor.as_deref() else {
+                break; // a full listing lists every op
+            };
+            let back = listed
+                .iter()
+                .filter_map(|key| key.strip_prefix(&self.prefix))
+                .filter(|name| !self.markers_seen.contains(*name))
+                .filter_map(parse_late_marker)
+                .min()
+                .map(|target| format!("{}{}", self.prefix, op_name_floor(target)))
+                .filter(|back| back.as_str() < from);
+            let Some(back) = back else {
+                break;
+            };
+            listed = list_all_keys(store, &self.prefix, Some(&back)).await?;
+            floor = Some(back);
+        }
         let last_listed = listed.last().cloned();
-        let names = listed
-            .into_iter()
-            .map(|key| {
-                let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
+        let mut markers = Vec::new();
+        let mut names = Vec::with_capacity(listed.len());
+        for key in listed {
+            let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
+            if parse_late_marker(name).is_some() {
+                markers.push(name.to_owned());
+            } else {
                 let id = parse_op_name_id(name);
-                (key, id)
-            })
-            .collect();
+                names.push((key, id));
+            }
+        }
         Ok(Listed {
             plan: self,
             started_ms,
             last_listed,
             names,
+            markers,
         })
     }
 }
@@ -1506,8 +1643,13 @@ impl ToFetch {
     /// Fetches and decrypts the wanted ops, with bounded parallelism.
     /// Touches no replica: call it without holding locks.
     pub async fn fetch(self, store: &dyn ObjectStore) -> Result<Fetched, SyncError> {
-        let (started_ms, last_listed, wanted, mut damaged) =
-            (self.started_ms, self.last_listed, self.wanted, self.damaged);
+        let (started_ms, last_listed, wanted, mut damaged, markers) = (
+            self.started_ms,
+            self.last_listed,
+            self.wanted,
+            self.damaged,
+            self.markers,
+        );
         let plan = self.plan;
         let key = &plan.key;
         let results: Vec<Got> = stream::iter(wanted)
@@ -1542,6 +1684,7 @@ impl ToFetch {
             full: plan.full,
             started_ms,
             last_listed,
+            markers,
             ops,
             damaged,
             vanished,
@@ -1667,6 +1810,129 @@ mod tests {
         assert_eq!(words(&a), ["late", "now"]);
     }
 
+    /// An op whose PUT lands after a reader's syncs have listed past its
+    /// name, beyond their lookback, is found by the reader's next sync
+    /// through the late marker its writer leaves; without the marker it is
+    /// not. Markers are not damage, keep syncs incremental, send a reader
+    /// back once, and go with garbage collection.
+    #[tokio::test]
+    async fn an_op_stored_late_is_found_through_its_late_marker() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            lookback: Duration::from_millis(400),
+            late_after: Duration::from_millis(150),
+            ..LogTuning::default()
+        };
+        let mut slow = open_as(&store, &key, "slow", tuning.clone()).await;
+        let mut fast = open_as(&store, &key, "fast", tuning.clone()).await;
+        let mut reader = open_as(&store, &key, "reader", tuning.clone()).await;
+        // Named now, stored (acknowledged) a long while later.
+        let late = slow.prepare("late".into()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fast.append(&store, "fresh".into()).await.unwrap();
+        assert_eq!(reader.sync(&store).await.unwrap(), 1);
+        // The reader syncs on: its floor passes the late op's name.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(reader.sync(&store).await.unwrap(), 0);
+        let floor = reader.plan_sync().start_after.expect("incremental");
+        assert!(floor > format!("{PREFIX}log/{}", late.name), "{floor}");
+
+        // Without a marker (the bare PUT), the next sync misses it.
+        store
+            .put(&late.object_key, late.sealed.clone())
+            .await
+            .unwrap();
+        assert_eq!(reader.sync(&store).await.unwrap(), 0, "missed, as expected");
+        // The writer's own store: the same PUT, then a marker.
+        let before = late_markers_written();
+        let written = late.store(&store).await.unwrap();
+        slow.commit(written);
+        assert!(late_markers_written() > before);
+        assert_eq!(reader.sync(&store).await.unwrap(), 1);
+        assert!(words(&reader).contains(&"late"), "{:?}", words(&reader));
+        assert!(reader.damaged().is_empty(), "{:?}", reader.damaged());
+
+        // The marker sends the reader back once: the next sync is one
+        // incremental LIST again.
+        let plan = reader.plan_sync();
+        assert!(plan.start_after.is_some() && !plan.full);
+        let calls = store.calls();
+        assert_eq!(reader.sync(&store).await.unwrap(), 0);
+        assert_eq!(store.calls() - calls, 1);
+        // A full listing sees the marker and reports nothing.
+        reader.last_full_ms = 0;
+        assert_eq!(reader.sync(&store).await.unwrap(), 0);
+        assert!(reader.damaged().is_empty(), "{:?}", reader.damaged());
+        // Garbage collection takes the marker once it is past the grace
+        // period (zero here).
+        let markers = |store: &MemoryStore| {
+            store
+                .keys()
+                .into_iter()
+                .filter(|k| k.contains("-late-"))
+                .count()
+        };
+        assert_eq!(markers(&store), 1);
+        let mut collecting = open_as(
+            &store,
+            &key,
+            "gc",
+            LogTuning {
+                snapshot_every: 1,
+                gc_grace: Duration::ZERO,
+                ..tuning
+            },
+        )
+        .await;
+        collecting.write_snapshot(&store).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        collecting.collect_garbage(&store).await.unwrap();
+        assert_eq!(markers(&store), 0);
+    }
+
+    /// A marker that is late itself is followed by another; when the third
+    /// is late too, the write fails as a transient fault (the op is not
+    /// acknowledged) rather than leave an op a sync may not find.
+    #[tokio::test]
+    async fn an_op_whose_markers_are_late_too_is_not_acknowledged() {
+        let inner = MemoryStore::new();
+        let store = HookStore {
+            slow_puts: Some(("-late-", Duration::from_millis(60))),
+            ..HookStore::new(&inner)
+        };
+        let key = SymmetricKey::random();
+        let tuning = LogTuning {
+            lookback: Duration::from_millis(100),
+            late_after: Duration::from_millis(40),
+            ..LogTuning::default()
+        };
+        let mut a = open_as(&store, &key, "a", tuning.clone()).await;
+        let late = a.prepare("late".into()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = late.store(&store).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let markers = inner.keys().iter().filter(|k| k.contains("-late-")).count();
+        assert_eq!(markers, LATE_MARKERS as usize);
+
+        // The same lateness with markers stored quickly: acknowledged
+        // after one marker.
+        let store = HookStore {
+            slow_puts: None,
+            ..HookStore::new(&inner)
+        };
+        let on_time = a.prepare("on time".into()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let written = on_time.store(&store).await.unwrap();
+        a.commit(written);
+        let markers = inner.keys().iter().filter(|k| k.contains("-late-")).count();
+        assert_eq!(markers, LATE_MARKERS as usize + 1);
+        // An op stored in time leaves no marker.
+        let before = inner.keys().len();
+        a.append(&store, "quick".into()).await.unwrap();
+        assert_eq!(inner.keys().len(), before + 1);
+    }
+
     #[tokio::test]
     async fn quiet_polls_do_not_list_an_old_burst_again() {
         let store = MemoryStore::new();
@@ -1753,7 +2019,7 @@ mod tests {
         // The grace floor falls between the two snapshots' clocks: O is
         // the base, N is younger than the grace period.
         let clock = |name: &str| {
-            snapshot_clock(name.strip_prefix(&format!("{PREFIX}snap/")).unwrap())
+            name_clock(name.strip_prefix(&format!("{PREFIX}snap/")).unwrap())
                 .unwrap()
                 .wall_ms
         };
@@ -1810,6 +2076,8 @@ mod tests {
     struct HookStore {
         inner: MemoryStore,
         hook: std::sync::Mutex<Option<(String, Hook)>>,
+        /// PUTs of keys containing this take this long.
+        slow_puts: Option<(&'static str, Duration)>,
     }
 
     type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
@@ -1825,6 +2093,7 @@ mod tests {
             HookStore {
                 inner: inner.clone(),
                 hook: std::sync::Mutex::new(None),
+                slow_puts: None,
             }
         }
 
@@ -1840,6 +2109,11 @@ mod tests {
     #[async_trait::async_trait]
     impl ObjectStore for HookStore {
         async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+            if let Some((slow, delay)) = self.slow_puts
+                && key.contains(slow)
+            {
+                tokio::time::sleep(delay).await;
+            }
             self.inner.put(key, body).await
         }
 

@@ -108,6 +108,7 @@ fn exposition(metrics: &Metrics) -> Result<String, std::fmt::Error> {
         unauthenticated,
         damaged_objects: damage.damaged_objects,
         lost_ops: damage.lost_ops,
+        late_markers: crate::log::stored::late_markers_written(),
     }));
     let mut body = String::with_capacity(16 * 1024);
     prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)?;
@@ -125,11 +126,12 @@ struct Kept {
     unauthenticated: u64,
     damaged_objects: u64,
     lost_ops: u64,
+    late_markers: u64,
 }
 
 impl Collector for Kept {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let plain: [(&str, &str, u64); 4] = [
+        let plain: [(&str, &str, u64); 5] = [
             (
                 "http_requests",
                 "HTTP requests to this endpoint",
@@ -149,6 +151,11 @@ impl Collector for Kept {
                 "unauthenticated_records",
                 "Of the quarantined records, those without a valid MAC",
                 self.unauthenticated,
+            ),
+            (
+                "late_markers",
+                "Late markers written: op PUTs that completed too long after the op was named",
+                self.late_markers,
             ),
         ];
         for (name, help, value) in plain {
