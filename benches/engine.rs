@@ -1028,7 +1028,7 @@ fn percent(part: usize, whole: usize) -> String {
 async fn bench_sync(bench: &Bench, report: &mut Report) {
     let opts = &bench.opts;
     for (label, tuning) in [
-        ("no-change sync, default lookback (60 s)", reader_tuning()),
+        ("no-change sync, default lookback (10 s)", reader_tuning()),
         (
             "no-change sync, no lookback",
             LogTuning {

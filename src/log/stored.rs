@@ -36,8 +36,12 @@
 //!
 //! Costs: a sync when nothing changed is one LIST. Ops are listed from the
 //! cursor minus a lookback ([`LogTuning::lookback`]), because an op written
-//! by a slow writer may get a name just before the cursor; a periodic full
-//! listing ([`LogTuning::full_list_every`]) catches anything later still.
+//! by a writer whose clock is behind, or whose PUT took time, may get a
+//! name just before the cursor. A writer whose PUT took longer than
+//! [`LogTuning::late_after`] leaves a late marker before it acknowledges
+//! the op ([`Prepared::store`]), which sends later listings back to the op
+//! ([`SyncPlan::list`]); a periodic full listing
+//! ([`LogTuning::full_list_every`]) catches anything later still.
 //! A reload costs what opening costs (a listing, the snapshot, the ops it
 //! lacks) and happens only after a long silence or a race with garbage
 //! collection.
@@ -308,7 +312,7 @@ pub struct Listed {
     last_listed: Option<String>,
     /// Object keys with the op id their name carries.
     names: Vec<(String, Result<OpId, LogError>)>,
-    /// The late markers listed (relative names).
+    /// The late markers listed and followed (relative names).
     markers: Vec<String>,
 }
 
@@ -1622,8 +1626,17 @@ impl SyncPlan {
         let mut names = Vec::with_capacity(listed.len());
         for key in listed {
             let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
-            if parse_late_marker(name).is_some() {
-                markers.push(name.to_owned());
+            if let Some(target) = parse_late_marker(name) {
+                // Followed: this listing started at or before the op it
+                // points to. One left behind (more markers pointing ever
+                // further back than the relists went) is followed by the
+                // next sync.
+                let followed = floor.as_deref().is_none_or(|from| {
+                    format!("{}{}", self.prefix, op_name_floor(target)).as_str() >= from
+                });
+                if followed {
+                    markers.push(name.to_owned());
+                }
             } else {
                 let id = parse_op_name_id(name);
                 names.push((key, id));
@@ -2388,11 +2401,12 @@ mod tests {
     }
 
     /// Windows scaled down from the defaults, keeping their ratios
-    /// (F = 5 min, G = 12 min, lookback 60 s, snapshot_age 4 min) at one
-    /// minute to 200 ms.
+    /// (F = 5 min, G = 12 min, lookback 10 s, late_after 4 s, snapshot_age
+    /// 4 min) at one minute to 200 ms.
     fn scaled() -> LogTuning {
         LogTuning {
-            lookback: Duration::from_millis(40),
+            lookback: Duration::from_millis(33),
+            late_after: Duration::from_millis(13),
             full_list_every: Duration::from_millis(200),
             gc_grace: Duration::from_millis(480),
             snapshot_age: Duration::from_millis(160),
