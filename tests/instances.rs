@@ -756,12 +756,13 @@ async fn syncs_at_once_write_a_due_snapshot_once() {
     }
 }
 
-/// An APPEND whose op took longer to store than the lookback allows for
-/// is seen by another instance's very next SELECT, although that instance
-/// kept syncing while the PUT was in flight, so that its listings start
-/// after the op's name: the writer leaves a late marker before it answers,
-/// and the marker sends the reader's listing back to the op. (Without the
-/// marker every one of these appends is missed until a full listing.)
+/// An APPEND whose op took three times the lookback to store is seen by
+/// another instance's very next SELECT, although that instance kept
+/// syncing while the PUT was in flight, so that its listings start after
+/// the op's name: the writer, whose PUT took longer than `late_after`,
+/// leaves a late marker before it answers, and the marker sends the
+/// reader's listing back to the op. (Without the marker these appends are
+/// missed until a full listing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_append_stored_late_is_seen_at_once_on_another_instance() {
     for (kind, store, _dir) in stores() {
@@ -778,8 +779,8 @@ async fn an_append_stored_late_is_seen_at_once_on_another_instance() {
                 config,
             )
         };
-        // A's op PUTs take 250 ms (its markers are quick).
-        let slow = Slow::puts_of(&store, ("/log/", "-late-"), Duration::from_millis(250));
+        // A's op PUTs take 600 ms (its markers are quick).
+        let slow = Slow::puts_of(&store, ("/log/", "-late-"), Duration::from_millis(600));
         let a = tuned(&slow, "a");
         let b = tuned(&store, "b");
         let (_, inbox_a) = a.open_fresh("INBOX").await.unwrap();
@@ -794,6 +795,7 @@ async fn an_append_stored_late_is_seen_at_once_on_another_instance() {
                 }
             })
         };
+        let markers = facteur::log::stored::late_markers_written();
         for i in 0..4 {
             let placed = a
                 .append(&inbox_a, &message(&format!("late {i}")), vec![], 0)
@@ -809,6 +811,8 @@ async fn an_append_stored_late_is_seen_at_once_on_another_instance() {
                 "{kind}: append {i} (UID {uid}) acknowledged on A, missing on B: {uids:?}"
             );
         }
+        assert!(facteur::log::stored::late_markers_written() >= markers + 4);
+        assert!(!polling.is_finished(), "B's polling failed");
         polling.abort();
     }
 }

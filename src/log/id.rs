@@ -251,7 +251,7 @@ const LATE_MARK: &str = "-late-";
 
 /// The name of a *late marker*: an empty object that a writer leaves in a
 /// log, named at its clock reading `now`, after an op named at `target`
-/// took longer to store than the lookback allows for. A sync that lists
+/// took longer than `LogTuning::late_after` to store. A sync that lists
 /// the marker lists the log again from `target` (doc/consistency.md, "The
 /// I/O layer"). Never an op name: an op name has four `-`-separated parts,
 /// a marker five (`{now}-{counter}-{instance}-late-{target wall}`).
