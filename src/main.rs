@@ -20,6 +20,13 @@ use facteur::server::{self, Services, Shutdown, http};
 use facteur::size::ByteSize;
 use facteur::store::layout::UserId;
 
+/// jemalloc instead of glibc's malloc: the S3 client allocates for every
+/// request, and glibc's malloc took a quarter of the server's CPU under
+/// load (doc/performance.md). The `jemalloc` feature, on by default.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "facteur",
