@@ -1776,6 +1776,26 @@ mod tests {
         .unwrap()
     }
 
+    /// Stores an op of `writer` (on top of its replica's heads) named at
+    /// wall clock `wall_ms`, as a writer whose clock reads that would.
+    async fn put_op_named_at(
+        store: &dyn ObjectStore,
+        writer: &StoredLog<Words>,
+        word: &str,
+        wall_ms: u64,
+    ) {
+        let envelope = writer
+            .replica
+            .prepare(word.to_string(), writer.instance.clone(), wall_ms);
+        let (id, bytes) = envelope.encode().unwrap();
+        let object_key = format!(
+            "{PREFIX}log/{}",
+            op_name(envelope.header.hlc, &writer.instance, &id)
+        );
+        let sealed = Bytes::from(seal(&writer.key, &object_key, &bytes));
+        store.put(&object_key, sealed).await.unwrap();
+    }
+
     #[tokio::test]
     async fn ops_written_by_one_instance_reach_another() {
         let store = MemoryStore::new();
@@ -1812,20 +1832,7 @@ mod tests {
         // far before the cursor, beyond the lookback.
         let mut slow = open_as(&store, &key, "slow", LogTuning::default()).await;
         slow.replica = Replica::new(Words::default());
-        let envelope = slow.replica.prepare(
-            "late".to_string(),
-            slow.instance.clone(),
-            now_ms() - 600_000,
-        );
-        let (id, bytes) = envelope.encode().unwrap();
-        let object_key = format!(
-            "{PREFIX}log/{}",
-            op_name(envelope.header.hlc, &slow.instance, &id)
-        );
-        store
-            .put(&object_key, Bytes::from(seal(&key, &object_key, &bytes)))
-            .await
-            .unwrap();
+        put_op_named_at(&store, &slow, "late", now_ms() - 600_000).await;
 
         assert_eq!(
             a.sync(&store).await.unwrap(),
@@ -1959,20 +1966,7 @@ mod tests {
         let key = SymmetricKey::random();
         let mut reader = open_as(&store, &key, "reader", LogTuning::default()).await;
         let ahead = open_as(&store, &key, "ahead", LogTuning::default()).await;
-        let envelope = ahead.replica.prepare(
-            "ahead".to_string(),
-            ahead.instance.clone(),
-            now_ms() + 60_000,
-        );
-        let (id, bytes) = envelope.encode().unwrap();
-        let object_key = format!(
-            "{PREFIX}log/{}",
-            op_name(envelope.header.hlc, &ahead.instance, &id)
-        );
-        store
-            .put(&object_key, Bytes::from(seal(&key, &object_key, &bytes)))
-            .await
-            .unwrap();
+        put_op_named_at(&store, &ahead, "ahead", now_ms() + 60_000).await;
         assert_eq!(reader.sync(&store).await.unwrap(), 1);
         let mut right = open_as(&store, &key, "right", LogTuning::default()).await;
         right.replica = Replica::new(Words::default()); // as if it had not synced
