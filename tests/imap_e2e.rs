@@ -482,13 +482,14 @@ fn failed_logins_are_throttled() {
 /// written (the literal copied from the body, its encoding, the output
 /// buffer flushed past 256 KiB): about 4 MiB. So at most about 24 MiB.
 ///
-/// glibc gives each thread that allocates its own arena (up to 8 per core)
-/// and keeps what is freed in each; with the default, the rise measured
-/// 44-52 MiB on 2 cores, and would grow with the cores. The server runs
-/// with `MALLOC_ARENA_MAX=1` here so that the figure is what the code
-/// holds, the same on any machine: measured 23-25 MiB (22.7 with one body
-/// at a time, 32 with 16, 75 with 64). The 40 MiB bound thus fails with
-/// a few dozen bodies held at once.
+/// The binary's allocator is jemalloc, built to return freed pages at once
+/// (`.cargo/config.toml`): measured 14-15 MiB. With jemalloc's default 10 s
+/// decay the rise was 50 MiB; with glibc's malloc (a build without the
+/// `jemalloc` feature), each thread that allocates gets its own arena and
+/// keeps what is freed there (44-52 MiB on 2 cores), hence
+/// `MALLOC_ARENA_MAX=1` below, with which glibc measured 23-25 MiB (22.7
+/// with one body at a time, 32 with 16, 75 with 64). The 40 MiB bound thus
+/// fails with a few dozen bodies held at once.
 #[test]
 fn a_fetch_of_many_large_bodies_holds_a_bounded_amount_of_memory() {
     const MESSAGES: usize = 100;

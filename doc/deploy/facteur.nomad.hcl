@@ -178,7 +178,8 @@ job "facteur" {
       kill_timeout = "20s"
 
       env {
-        MALLOC_ARENA_MAX = "2"
+        MALLOC_ARENA_MAX  = "2"
+        _RJEM_MALLOC_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
       }
 
       template {

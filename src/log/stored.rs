@@ -163,7 +163,8 @@ impl SyncError {
 }
 
 /// How many times a sync starts over when a reload was overtaken (see
-/// [`StoredLog::install`]) or an op vanished under it.
+/// [`StoredLog::install`]), an op vanished under it, or an op it applied
+/// waits for a parent it did not list.
 const SYNC_ATTEMPTS: usize = 4;
 
 /// A damaged object of a log (an op object or a snapshot found in the
@@ -279,6 +280,12 @@ pub struct StoredLog<S: State> {
     /// Late markers (relative names) already listed: a sync goes back for
     /// a marker once ([`SyncPlan::list`]).
     markers_seen: HashSet<String>,
+    /// An applied op waits for a parent that no full listing started since
+    /// looked for: the next sync lists in full (see [`StoredLog::apply`]).
+    missing_unlisted: bool,
+    /// Parents still missing after a full listing that started after they
+    /// were found missing (lost or damaged; `give_up_missing` decides).
+    missing_listed: HashSet<OpId>,
 }
 
 impl<S: State> std::fmt::Debug for StoredLog<S> {
@@ -427,6 +434,8 @@ where
             last_foreign_ms: 0,
             markers_seen: HashSet::new(),
             collected_at: None,
+            missing_unlisted: false,
+            missing_listed: HashSet::new(),
         };
         drive_sync(&mut log, store).await?;
         Ok(log)
@@ -519,6 +528,9 @@ where
         self.reload_needed = false;
         let given_up = self.give_up_missing(reloaded.started_ms);
         self.since_snapshot += given_up;
+        // A reload is a full listing.
+        self.missing_listed = self.replica.dag().missing().into_iter().collect();
+        self.missing_unlisted = false;
         Some(gained + given_up)
     }
 
@@ -533,12 +545,21 @@ where
     /// or a full listing when one is due.
     pub fn plan_sync(&self) -> SyncPlan {
         let full = self.cursor.is_none()
+            || self.missing_unlisted
             || now_ms().saturating_sub(self.last_full_ms)
                 >= self.tuning.full_list_every.as_millis() as u64;
         let start_after = if full {
             None
         } else {
-            self.cursor.as_deref().and_then(name_clock).map(|hlc| {
+            let since = if self.last_sync_ms > 0 {
+                Some(self.last_sync_ms)
+            } else {
+                self.cursor
+                    .as_deref()
+                    .and_then(name_clock)
+                    .map(|hlc| hlc.wall_ms)
+            };
+            since.map(|since| {
                 // An op that landed after the last listing started was
                 // named by its writer at most `late_after` before it
                 // landed (or it is followed by a late marker, see
@@ -552,11 +573,6 @@ where
                 // ahead of ours. Nor from an older cursor: that would list
                 // a whole burst of writes again on every poll.
                 let back = self.tuning.lookback.as_millis() as u64;
-                let since = if self.last_sync_ms > 0 {
-                    self.last_sync_ms
-                } else {
-                    hlc.wall_ms
-                };
                 let floor = Hlc {
                     wall_ms: since.saturating_sub(back),
                     counter: 0,
@@ -656,6 +672,20 @@ where
         } else if fetched.full {
             self.last_full_ms = fetched.started_ms;
             applied += self.give_up_missing(fetched.started_ms);
+            self.missing_listed = self.replica.dag().missing().into_iter().collect();
+            self.missing_unlisted = false;
+        } else if self.replica.dag().pending_len() > 0 {
+            // An op whose parent this listing did not reach: a late op,
+            // whose marker may not have landed yet, that its child's writer
+            // had already seen (so it landed before the child was named).
+            // A full listing starting now finds it: the sync lists again in
+            // full before it answers (`drive_sync`).
+            self.missing_unlisted = self
+                .replica
+                .dag()
+                .missing()
+                .iter()
+                .any(|id| !self.missing_listed.contains(id));
         }
         if fetched.started_ms > self.last_sync_ms {
             self.last_sync_ms = fetched.started_ms;
@@ -1357,9 +1387,11 @@ where
         let listed = plan.list(store).await?;
         let wanted = log.read(|l| l.unknown(listed)).await;
         let fetched = wanted.fetch(store).await?;
-        let (n, reload) = log.write(|l| (l.apply(fetched), l.reload_needed)).await;
+        let (n, again) = log
+            .write(|l| (l.apply(fetched), l.reload_needed || l.missing_unlisted))
+            .await;
         applied += n;
-        if !reload {
+        if !again {
             return Ok(applied);
         }
     }
@@ -1627,7 +1659,15 @@ impl SyncPlan {
         let started_ms = now_ms();
         let mut listed = list_all_keys(store, &self.prefix, self.start_after.as_deref()).await?;
         let mut followed: Vec<String> = Vec::new();
-        for _ in 0..MARKER_RELISTS {
+        // A full listing started after every op that landed before it: no
+        // marker to follow (the next incremental sync sees those that
+        // land after it started).
+        let relists = if self.start_after.is_some() {
+            MARKER_RELISTS
+        } else {
+            0
+        };
+        for _ in 0..relists {
             let unseen: Vec<(&str, Hlc)> = listed
                 .iter()
                 .filter_map(|key| key.strip_prefix(&self.prefix))
@@ -1973,6 +2013,33 @@ mod tests {
         right.append(&store, "right".into()).await.unwrap();
         assert_eq!(reader.sync(&store).await.unwrap(), 1);
         assert!(words(&reader).contains(&"right"), "{:?}", words(&reader));
+    }
+
+    /// An op whose parent landed late, before its marker, is applied by a
+    /// sync whose listing reached the op but not the parent: the sync lists
+    /// in full before it answers. (The parent landed before the child was
+    /// named: the child's writer had it.)
+    #[tokio::test]
+    async fn an_op_whose_parent_landed_late_is_applied_at_once() {
+        let store = MemoryStore::new();
+        let key = SymmetricKey::random();
+        let mut reader = open_as(&store, &key, "reader", LogTuning::default()).await;
+        reader.append(&store, "first".into()).await.unwrap();
+        reader.sync(&store).await.unwrap();
+        // The parent, named 20 s ago, lands now; its marker is not there
+        // (not yet, or its writer died).
+        let mut late = open_as(&store, &key, "late", LogTuning::default()).await;
+        late.replica = Replica::new(Words::default()); // its clock as it was
+        put_op_named_at(&store, &late, "parent", now_ms() - 20_000).await;
+        // Another instance syncs (in full: it just opened), then writes
+        // on top of it.
+        let mut child = open_as(&store, &key, "child", LogTuning::default()).await;
+        child.append(&store, "child".into()).await.unwrap();
+        assert!(!reader.plan_sync().full);
+        reader.sync(&store).await.unwrap();
+        assert_eq!(words(&reader), ["child", "first", "parent"]);
+        assert_eq!(reader.replica.dag().pending_len(), 0);
+        assert!(!reader.plan_sync().full, "back to incremental syncs");
     }
 
     #[tokio::test]
