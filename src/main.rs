@@ -22,7 +22,7 @@ use facteur::store::layout::UserId;
 
 /// jemalloc instead of glibc's malloc: the S3 client allocates for every
 /// request, and glibc's malloc took a quarter of the server's CPU under
-/// load (doc/performance.md). The `jemalloc` feature, on by default.
+/// load (doc/performance.md). The `jemalloc` feature, off by default.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -482,10 +482,10 @@ fn failed_logins_are_throttled() {
 /// written (the literal copied from the body, its encoding, the output
 /// buffer flushed past 256 KiB): about 4 MiB. So at most about 24 MiB.
 ///
-/// The binary's allocator is jemalloc, built to return freed pages at once
-/// (`.cargo/config.toml`): measured 14-15 MiB. With jemalloc's default 10 s
-/// decay the rise was 50 MiB; with glibc's malloc (a build without the
-/// `jemalloc` feature), each thread that allocates gets its own arena and
+/// With jemalloc (the `jemalloc` feature, off by default), built to return
+/// freed pages at once (`.cargo/config.toml`), this measured 14-15 MiB, and
+/// 50 MiB with jemalloc's default 10 s decay. With glibc's malloc (the
+/// default build), each thread that allocates gets its own arena and
 /// keeps what is freed there (44-52 MiB on 2 cores), hence
 /// `MALLOC_ARENA_MAX=1` below, with which glibc measured 23-25 MiB (22.7
 /// with one body at a time, 32 with 16, 75 with 64). The 40 MiB bound thus
