@@ -700,6 +700,201 @@ async fn summary_pages_of_expunged_messages_are_collected() {
     assert_eq!(inbox.read_index(Index::Text, &uids).await.unwrap().len(), 9);
 }
 
+/// A mailbox that grows a message at a time pages one summary at each
+/// snapshot, and expunges thin out full pages: the small pages are
+/// merged, so reading every summary stays a few GETs whatever the
+/// mailbox's history, on this instance and on one opening it afresh. A
+/// small page gone from the store when a merge reads it is left out of
+/// the merge, and its messages keep their summaries.
+#[tokio::test]
+async fn small_summary_pages_are_merged() {
+    use facteur::mailbox::state::{MERGE_PAGES, SMALL_PAGE};
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
+    config.mailbox.log.snapshot_every = 1;
+    let a = Account::new(
+        user_id(b"0123456789abcdef", "alice"),
+        keys,
+        shared.clone(),
+        config,
+    );
+    let inbox = a.mailbox("0a", 1).await.unwrap();
+    let mut expected = BTreeMap::new();
+    let mut most_small = 0;
+    for i in 0..300 {
+        let n = format!("m{i:03}");
+        inbox.append(&message(&n), vec![], 0).await.unwrap();
+        inbox.sync().await.unwrap();
+        expected.insert(format!("note {n}"), 1);
+        most_small = most_small.max(inbox.read(|s| s.small_pages().len()).await);
+    }
+    assert!(most_small < MERGE_PAGES, "{most_small} small pages at once");
+    let pages = inbox.read(|s| s.summary_pages().len()).await;
+    assert!(
+        pages <= 300 / SMALL_PAGE + MERGE_PAGES,
+        "{pages} pages for 300 messages"
+    );
+    assert_eq!(inbox.read(|s| s.held_summary_bytes()).await, 0);
+    // Another instance reads every summary in a GET per page.
+    let scan = |name: &'static str| {
+        let (shared, keyring) = (shared.clone(), keyring.clone());
+        async move {
+            let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+            let config = AccountConfig::new(InstanceId::new(name).unwrap(), records());
+            let user = user_id(b"0123456789abcdef", "alice");
+            let counted = Arc::new(SideGets {
+                inner: shared,
+                gets: Default::default(),
+            });
+            let fresh = Account::new(user, keys, counted.clone(), config);
+            let mailbox = fresh.mailbox("0a", 1).await.unwrap();
+            let uids: Vec<u32> = mailbox
+                .read(|s| s.messages().map(|m| m.uid).collect())
+                .await;
+            let pages = mailbox.read(|s| s.summary_pages().len()).await;
+            let before = counted.gets();
+            let all = mailbox.scan_parts(&uids, Parts::ALL).await.unwrap();
+            assert_eq!(all.len(), uids.len());
+            let gets = counted.gets() - before;
+            (subjects(&mailbox).await, pages, gets)
+        }
+    };
+    let (seen, pages, gets) = scan("b").await;
+    assert_eq!(seen, expected);
+    assert!(gets <= pages as u64, "{gets} GETs for {pages} pages");
+
+    // Expunge three messages of every four: every page is thinned out.
+    let uids: Vec<u32> = inbox.read(|s| s.messages().map(|m| m.uid).collect()).await;
+    let gone: Vec<u32> = uids.iter().copied().filter(|uid| uid % 4 != 0).collect();
+    inbox.expunge(&gone).await.unwrap();
+    for uid in &gone {
+        let m = format!("m{:03}", uid - 1);
+        expected.remove(&format!("note {m}"));
+    }
+    // One small page vanishes behind the instance's back: the merge
+    // leaves it out, its messages are summarised again from their bodies
+    // by whoever reads them.
+    let first_small = inbox.read(|s| s.small_pages()[0].0.clone()).await;
+    let key = store
+        .keys()
+        .into_iter()
+        .find(|k| k.ends_with(&format!("/side/{first_small}")))
+        .unwrap();
+    store.delete(&key).await.unwrap();
+    for i in 0..MERGE_PAGES {
+        let n = format!("late{i}");
+        inbox.append(&message(&n), vec![], 0).await.unwrap();
+        inbox.sync().await.unwrap();
+        expected.insert(format!("note {n}"), 1);
+        let small = inbox.read(|s| s.small_pages().len()).await;
+        assert!(small < MERGE_PAGES, "{small} small pages after expunges");
+    }
+    let (seen, pages, _) = scan("c").await;
+    assert_eq!(seen, expected);
+    assert!(
+        pages <= expected.len() / SMALL_PAGE + MERGE_PAGES,
+        "{pages} pages for {} messages",
+        expected.len()
+    );
+    assert_eq!(subjects(&inbox).await, expected);
+}
+
+/// Two instances appending to one mailbox each page and merge summaries at
+/// their own snapshots, and each collects behind the other's (no grace):
+/// whatever page either one finds gone, every message keeps its summary
+/// on both and on a third opening afresh.
+#[tokio::test]
+async fn instances_merging_pages_at_once_lose_no_summary() {
+    use facteur::mailbox::state::{MERGE_PAGES, SMALL_PAGE};
+    let store = MemoryStore::new();
+    let shared: SharedStore = Arc::new(store.clone());
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let open = |name: &str| {
+        let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+        let mut config = AccountConfig::new(InstanceId::new(name).unwrap(), records());
+        config.mailbox.log.snapshot_every = 1;
+        config.mailbox.log.gc_grace = Duration::ZERO;
+        let user = user_id(b"0123456789abcdef", "alice");
+        Account::new(user, keys, shared.clone(), config)
+    };
+    let (a, b) = (open("a"), open("b"));
+    let (ma, mb) = (
+        a.mailbox("0a", 1).await.unwrap(),
+        b.mailbox("0a", 1).await.unwrap(),
+    );
+    let mut expected = BTreeMap::new();
+    for i in 0..150 {
+        let n = format!("m{i:03}");
+        let (writer, other) = if i % 3 == 0 { (&mb, &ma) } else { (&ma, &mb) };
+        writer.append(&message(&n), vec![], 0).await.unwrap();
+        let (x, y) = tokio::join!(writer.sync(), other.sync());
+        x.unwrap();
+        y.unwrap();
+        expected.insert(format!("note {n}"), 1);
+        if i % 50 == 49 {
+            assert_eq!(subjects(&ma).await, expected);
+            assert_eq!(subjects(&mb).await, expected);
+        }
+    }
+    for m in [&ma, &mb] {
+        let pages = m.read(|s| s.summary_pages().len()).await;
+        assert!(pages <= 150 / SMALL_PAGE + MERGE_PAGES, "{pages} pages");
+    }
+    let c = open("c");
+    assert_eq!(subjects(&c.mailbox("0a", 1).await.unwrap()).await, expected);
+}
+
+/// A store counting the GETs of summary pages and bodies: what reading
+/// summaries costs, whatever else an account does meanwhile.
+#[derive(Debug)]
+struct SideGets {
+    inner: SharedStore,
+    gets: std::sync::atomic::AtomicU64,
+}
+
+impl SideGets {
+    fn gets(&self) -> u64 {
+        self.gets.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for SideGets {
+    async fn put(&self, key: &str, body: bytes::Bytes) -> Result<(), facteur::store::StoreError> {
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, facteur::store::StoreError> {
+        if key.contains("/side/") || key.contains("/blob/") {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, facteur::store::StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), facteur::store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), facteur::store::StoreError> {
+        self.inner.delete_many(keys).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<facteur::store::ListPage, facteur::store::StoreError> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+}
+
 /// A store whose next `misses` GETs of a keyring answer "not found", as a
 /// proxy in front of the store may during maintenance.
 #[derive(Debug)]

@@ -39,7 +39,7 @@ use crate::mailbox::body::{
 };
 use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::op::{Delivery, MAX_SKIP};
-use crate::mailbox::state::SummaryAt;
+use crate::mailbox::state::{MERGE_PAGES, SummaryAt};
 use crate::mailbox::summary::{LineEnds, MessageSummary, Parts, summarize};
 use crate::mailbox::text::{
     Index, IndexPage, MAX_MESSAGE_TEXT, encode_headers, searchable_text_within,
@@ -423,24 +423,34 @@ impl Mailbox {
     /// the state drop them (it records which page holds each). Pages are
     /// stored before any state refers to them.
     async fn page_out(&self) -> Result<(), AccountError> {
-        let (held, side) = {
+        let (held, small, side) = {
             let log = self.log.read().await;
-            (log.state().held_summaries(), log.side())
+            let s = log.state();
+            (s.held_summaries(), s.small_pages(), log.side())
         };
-        if held.is_empty() {
+        let merge = small.len() + usize::from(!held.is_empty()) >= MERGE_PAGES;
+        if held.is_empty() && !merge {
             return Ok(());
         }
+        let mut summaries: Vec<PagedSummary> = held
+            .into_iter()
+            .map(|(id, summary)| PagedSummary {
+                id,
+                summary: Bytes::from(summary),
+            })
+            .collect();
+        if merge {
+            summaries.extend(self.read_small_pages(small, &side).await);
+            // UID order, as the pages of a mailbox that grows fast are:
+            // a FETCH of a UID range then reads few pages.
+            let log = self.log.read().await;
+            let s = log.state();
+            summaries.sort_by_cached_key(|p| s.uid_of(&p.id).unwrap_or(u32::MAX));
+        }
         let mut pages = Vec::new();
-        let mut held = held.into_iter().peekable();
-        while held.peek().is_some() {
-            let summaries = held
-                .by_ref()
-                .take(PAGE_MESSAGES)
-                .map(|(id, summary)| PagedSummary {
-                    id,
-                    summary: Bytes::from(summary),
-                })
-                .collect();
+        let mut summaries = summaries.into_iter().peekable();
+        while summaries.peek().is_some() {
+            let summaries = summaries.by_ref().take(PAGE_MESSAGES).collect();
             pages.push(SummaryPage { summaries });
         }
         let store = &self.store;
@@ -463,8 +473,52 @@ impl Mailbox {
             .collect()
             .await;
         let written = written.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // Messages of merged pages now point at the new pages: the small
+        // ones are forgotten, and collected once no kept snapshot refers
+        // to them.
         self.log.write().await.state_mut().paged_out(written);
         Ok(())
+    }
+
+    /// The summaries of `small` pages' messages, to be paged again into
+    /// full pages. A page that cannot be read now (missing, damaged, or
+    /// the store failing) is left out of the merge, its messages where
+    /// they are: reading them later takes the usual way around a lost
+    /// page.
+    async fn read_small_pages(
+        &self,
+        small: Vec<(String, Vec<MessageId>)>,
+        side: &SideObjects,
+    ) -> Vec<PagedSummary> {
+        let store = &self.store;
+        let read: Vec<Vec<PagedSummary>> = stream::iter(small)
+            .map(|(name, ids)| async move {
+                let page = match read_summary_page(store, side, &name).await {
+                    Ok(Some(page)) => page,
+                    Ok(None) => return Vec::new(),
+                    Err(e) => {
+                        tracing::warn!(page = %name, error = %e, "summary page not merged");
+                        return Vec::new();
+                    }
+                };
+                let ids: HashSet<MessageId> = ids.into_iter().collect();
+                let found: Vec<PagedSummary> = page
+                    .summaries
+                    .into_iter()
+                    .filter(|s| ids.contains(&s.id))
+                    .collect();
+                if found.len() < ids.len() {
+                    // A page lacking one of the messages the state puts
+                    // in it: merging it would page those messages nowhere.
+                    tracing::warn!(page = %name, "summary page lacks messages; not merged");
+                    return Vec::new();
+                }
+                found
+            })
+            .buffer_unordered(SUMMARY_FETCHES)
+            .collect()
+            .await;
+        read.into_iter().flatten().collect()
     }
 
     /// Writes an op: prepare, store, commit. The caller holds `writer`.
@@ -1117,26 +1171,7 @@ impl Mailbox {
             .map(|name| {
                 let side = side.clone();
                 async move {
-                    let page = match store.get(&side.object_key(&name)).await {
-                        Ok(sealed) => tokio::task::spawn_blocking({
-                            let name = name.clone();
-                            move || {
-                                let plain = side.open(&name, &sealed).map_err(|e| e.to_string())?;
-                                SummaryPage::decode(Bytes::from(plain)).map_err(|e| e.to_string())
-                            }
-                        })
-                        .await
-                        .map_err(|e| AccountError::Internal(format!("opening a page: {e}")))
-                        .map(|page| match page {
-                            Ok(page) => Some(page),
-                            Err(reason) => {
-                                tracing::warn!(page = %name, %reason, "unreadable summary page");
-                                None
-                            }
-                        }),
-                        Err(e) if e.is_not_found() => Ok(None),
-                        Err(e) => Err(e.into()),
-                    };
+                    let page = read_summary_page(store, &side, &name).await;
                     (name, page)
                 }
             })
@@ -1390,6 +1425,32 @@ fn parse_summaries(
 /// Index page `name` of kind `index`, if it is there and opens. One that
 /// does not is as good as missing: it is said so and deleted, and the
 /// next search writes it again.
+/// Summary page `name`: `None` if it is missing (collected) or
+/// unreadable (damaged, or not sealed under this mailbox's key).
+async fn read_summary_page(
+    store: &SharedStore,
+    side: &SideObjects,
+    name: &str,
+) -> Result<Option<SummaryPage>, AccountError> {
+    let sealed = match store.get(&side.object_key(name)).await {
+        Ok(sealed) => sealed,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let opened = tokio::task::spawn_blocking({
+        let (side, name) = (side.clone(), name.to_owned());
+        move || {
+            let plain = side.open(&name, &sealed).map_err(|e| e.to_string())?;
+            SummaryPage::decode(Bytes::from(plain)).map_err(|e| e.to_string())
+        }
+    })
+    .await
+    .map_err(|e| AccountError::Internal(format!("opening a page: {e}")))?;
+    Ok(opened
+        .inspect_err(|reason| tracing::warn!(page = %name, %reason, "unreadable summary page"))
+        .ok())
+}
+
 async fn read_index_page(
     store: &dyn crate::store::ObjectStore,
     side: &SideObjects,

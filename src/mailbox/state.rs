@@ -617,6 +617,17 @@ pub const MAX_LOST_CLAIMS: u32 = 1 << 17;
 /// out) is wanted, whatever the op count.
 pub const HELD_SUMMARY_BYTES: usize = 2 << 20;
 
+/// Live messages below which a summary page is small
+/// ([`MailboxState::small_pages`]).
+pub const SMALL_PAGE: usize = super::body::PAGE_MESSAGES / 4;
+
+/// Small summary pages (the summaries held in memory counting as one more)
+/// from which the next snapshot merges them into full ones. A message is
+/// thus written again a few times at most (its page reaches [`SMALL_PAGE`]
+/// after a few merges), and a mailbox keeps at most this many small
+/// pages.
+pub const MERGE_PAGES: usize = 8;
+
 /// A mailbox's state. See the module doc for why it converges.
 #[derive(Clone, Debug)]
 pub struct MailboxState {
@@ -987,6 +998,38 @@ impl MailboxState {
         let mut out: Vec<(MessageId, Vec<u8>)> = self.index.slots.iter().filter_map(held).collect();
         out.extend(self.index.displaced.iter().filter_map(held));
         out
+    }
+
+    /// The summary pages holding fewer than [`SMALL_PAGE`] live messages,
+    /// each with those messages in UID order (displaced messages last),
+    /// pages in the order of their first message: what
+    /// `account::mailbox` merges once there are [`MERGE_PAGES`] of them.
+    /// A mailbox that grows slowly pages a few summaries at each snapshot,
+    /// and expunges thin out full pages: without merging, reading every
+    /// summary of such a mailbox would be a GET per few messages.
+    pub fn small_pages(&self) -> Vec<(String, Vec<MessageId>)> {
+        let mut on: Vec<Vec<MessageId>> = vec![Vec::new(); self.pages.names.len()];
+        let mut order = Vec::new();
+        for slot in self.index.slots.iter().chain(&self.index.displaced) {
+            let entry = self.core.at(*slot);
+            let Some(ids) = on.get_mut(entry.page as usize) else {
+                continue;
+            };
+            if !entry.is_live() {
+                continue;
+            }
+            if ids.is_empty() {
+                order.push(entry.page as usize);
+            }
+            ids.push(self.core.id(*slot));
+        }
+        order
+            .into_iter()
+            .filter_map(|page| {
+                let ids = std::mem::take(&mut on[page]);
+                (ids.len() < SMALL_PAGE).then(|| (self.pages.names[page].clone(), ids))
+            })
+            .collect()
     }
 
     /// Bytes of summaries held in memory.
