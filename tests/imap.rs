@@ -1015,6 +1015,113 @@ async fn damage_in_the_store_is_told_once_per_session() {
 /// another instance then answers the same without reading a body, a
 /// damaged text page is searched around and written again, and messages
 /// not paged yet or expunged since are answered right.
+/// A download of many bodies reads them from body packs: the first one
+/// writes the packs of the summary pages it touches, and later ones, on
+/// any instance, cost a GET per page instead of one per message. A long
+/// body stays out of its pack; swapped packs (a site moving objects) are
+/// refused, deleted and read around, never answered from; every message
+/// gets its own body each time.
+#[tokio::test]
+async fn bulk_downloads_read_body_packs() {
+    use facteur::store::ObjectStore;
+    let w = world().await;
+    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 100;
+    let writer = instance_tuned(&w.services, "packwriter", tuned);
+    let mut c = login(&writer, "alice").await;
+    let mut expected = Vec::new();
+    for i in 1..=300 {
+        let body = match i {
+            // Over 64 KiB: read alone.
+            7 => format!("long {i}\r\n{}", "0123456789abcdef\r\n".repeat(5000)),
+            _ => format!("body of {i}\r\nends {i}."),
+        };
+        let raw = message(&format!("b{i}"), &body);
+        assert!(c.append("INBOX", "", &raw).await.ok());
+        expected.push(raw);
+    }
+    assert!(c.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let packs = || {
+        let mut keys: Vec<String> = w
+            .store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/side/") && k.ends_with(".b1"))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let each_its_own = |reply: &imap_client::Reply| {
+        let lines = reply.untagged("");
+        assert_eq!(lines.len(), 300, "{:?}", reply.tagged());
+        for line in lines {
+            let seq: usize = line[2..].split(' ').next().unwrap().parse().unwrap();
+            let raw = &expected[seq - 1];
+            assert!(
+                line.contains(&format!("{{{}}}{raw})", raw.len())),
+                "message {seq}: {}",
+                &line[..line.len().min(200)]
+            );
+        }
+    };
+    // Bodies of new mail (few, summaries not paged yet): read alone.
+    assert!(c.run("FETCH 299:300 BODY.PEEK[]").await.ok());
+    assert!(packs().is_empty());
+    let all = c.run("FETCH 1:* BODY.PEEK[]").await;
+    each_its_own(&all);
+    let written = packs();
+    let summary_pages = w
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("/side/") && !k.contains('.'))
+        .count();
+    assert!(summary_pages >= 2, "{summary_pages} summary pages");
+    assert_eq!(written.len(), summary_pages, "{written:?}");
+
+    // Another instance: a GET per pack (and one for the long body), no
+    // pack written again.
+    let reader = instance_tuned(&w.services, "packreader", tuned);
+    let mut r = login(&reader, "alice").await;
+    assert!(r.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let sealed = async || {
+        let mut all = Vec::new();
+        for key in packs() {
+            all.push(w.store.get(&key).await.unwrap());
+        }
+        all
+    };
+    let before_bytes = sealed().await;
+    let before = w.store.calls();
+    let all = r.run("FETCH 1:* BODY.PEEK[]").await;
+    let calls = w.store.calls() - before;
+    each_its_own(&all);
+    assert!(calls < 40, "{calls} store calls for 300 bodies");
+    assert!(sealed().await == before_bytes, "no pack written again");
+
+    // Two packs swapped: each is sealed for its own name, so both are
+    // refused and deleted; the bodies are read alone, each its own, and
+    // the next download writes the packs again.
+    let (one, two) = (written[0].clone(), written[1].clone());
+    let (a, b) = (
+        w.store.get(&one).await.unwrap(),
+        w.store.get(&two).await.unwrap(),
+    );
+    w.store.put(&one, b).await.unwrap();
+    w.store.put(&two, a).await.unwrap();
+    let third = instance_tuned(&w.services, "packthird", tuned);
+    let mut t = login(&third, "alice").await;
+    assert!(t.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    each_its_own(&t.run("FETCH 1:* BODY.PEEK[]").await);
+    let keys = w.store.keys();
+    assert!(
+        !keys.contains(&one) && !keys.contains(&two),
+        "{:?}",
+        packs()
+    );
+    each_its_own(&t.run("FETCH 1:* BODY.PEEK[]").await);
+    assert_eq!(packs(), written);
+}
+
 #[tokio::test]
 async fn text_searches_of_large_mailboxes_read_text_pages() {
     use facteur::store::ObjectStore;

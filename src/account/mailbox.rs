@@ -42,7 +42,7 @@ use crate::mailbox::op::{Delivery, MAX_SKIP};
 use crate::mailbox::state::{MERGE_PAGES, SummaryAt};
 use crate::mailbox::summary::{LineEnds, MessageSummary, Parts, summarize};
 use crate::mailbox::text::{
-    Index, IndexPage, MAX_MESSAGE_TEXT, encode_headers, searchable_text_within,
+    Index, IndexPage, MAX_MESSAGE_TEXT, MAX_PACKED_BODY, encode_headers, searchable_text_within,
 };
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout, list_all_keys};
@@ -100,6 +100,16 @@ fn plan_import(
 
 /// Summary pages (or bodies, to summarise again) fetched at once.
 const SUMMARY_FETCHES: usize = 8;
+
+/// Bodies short enough to be packed ([`MAX_PACKED_BODY`]) a FETCH asks
+/// for at once from which [`Mailbox::packed_bodies`] reads body packs:
+/// below, a client fetching new mail, whose bodies are not in packs yet
+/// (their summaries are not paged), reads them alone as before.
+pub const PACKED_FROM: usize = 32;
+
+/// Small summary pages merged by one snapshot, at most: fewer than
+/// 64 summaries each, so about 9 MiB of summaries in memory at worst.
+const MERGE_AT_ONCE: usize = 32;
 /// Bodies read at once to write a text page ([`Mailbox::write_index`]),
 /// as many as a search reads (`imap::cmd::fetch::PARALLEL_BODIES`).
 const TEXT_BODIES: usize = 4;
@@ -194,7 +204,7 @@ pub struct Mailbox {
     /// ([`Mailbox::write_index`]).
     indexed: std::sync::Mutex<HashSet<String>>,
     /// Per [`Index`] kind (text, headers).
-    indexing: [Mutex<()>; 2],
+    indexing: [Mutex<()>; 3],
     /// Held while a snapshot is written: a sync that finds one due while
     /// another sync writes it leaves it to that one, rather than writing
     /// the same summaries into a second set of pages that nothing would
@@ -272,7 +282,7 @@ impl Mailbox {
             cache,
             tuning,
             indexed: std::sync::Mutex::new(HashSet::new()),
-            indexing: [Mutex::new(()), Mutex::new(())],
+            indexing: [Mutex::new(()), Mutex::new(()), Mutex::new(())],
             snapshotting: Mutex::new(()),
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
@@ -440,6 +450,9 @@ impl Mailbox {
             })
             .collect();
         if merge {
+            // At most this many at once: a store written before merging
+            // may hold thousands, merged over the next snapshots.
+            let small = small.into_iter().take(MERGE_AT_ONCE).collect();
             summaries.extend(self.read_small_pages(small, &side).await);
             // UID order, as the pages of a mailbox that grows fast are:
             // a FETCH of a UID range then reads few pages.
@@ -899,7 +912,11 @@ impl Mailbox {
                         .collect())
                 }
             })
-            .buffer_unordered(SUMMARY_FETCHES)
+            .buffer_unordered(match index {
+                // Up to 4 MiB each, copies of the bodies asked for aside.
+                Index::Bodies => 2,
+                Index::Text | Index::Headers => SUMMARY_FETCHES,
+            })
             .collect()
             .await;
         let mut entries = HashMap::new();
@@ -980,7 +997,7 @@ impl Mailbox {
         // Header pages cost a summary page read each, text pages up to 256
         // body reads ([`TEXT_BODIES`] at a time).
         let at_once = match index {
-            Index::Text => 2,
+            Index::Text | Index::Bodies => 2,
             Index::Headers => SUMMARY_FETCHES,
         };
         let mut built = stream::iter(pages)
@@ -990,6 +1007,7 @@ impl Mailbox {
                     let entries = match index {
                         Index::Text => self.text_page(&messages).await?,
                         Index::Headers => self.header_page(&messages).await?,
+                        Index::Bodies => self.body_pack(&messages).await?,
                     };
                     let (name, sealed) = tokio::task::spawn_blocking({
                         let side = side.clone();
@@ -1057,10 +1075,84 @@ impl Mailbox {
         let mut page = IndexPage::default();
         while let Some(text) = texts.next().await {
             if let Some((id, text)) = text? {
-                page.add(id, text.into_bytes());
+                page.add(Index::Text, id, text.into());
             }
         }
         Ok(page)
+    }
+
+    /// The body pack of `messages` (see [`Mailbox::write_index`]): those
+    /// short enough, read [`TEXT_BODIES`] at a time; one that cannot be
+    /// read is left out (a FETCH reads it alone and reports that).
+    async fn body_pack(&self, messages: &[(u32, MessageId)]) -> Result<IndexPage, AccountError> {
+        let short: Vec<(u32, MessageId)> = self
+            .read(|s| {
+                messages
+                    .iter()
+                    .filter(|(uid, _)| {
+                        s.message(*uid)
+                            .is_some_and(|m| m.message.size <= MAX_PACKED_BODY as u64)
+                    })
+                    .copied()
+                    .collect()
+            })
+            .await;
+        let mut bodies = stream::iter(short)
+            .map(|(uid, id)| async move {
+                match self.body(uid).await {
+                    Ok(body) => Ok(Some((id, body))),
+                    Err(
+                        AccountError::NoSuchMessage(_)
+                        | AccountError::Corrupt(_)
+                        | AccountError::Crypto(_),
+                    ) => Ok(None),
+                    Err(AccountError::Store(e)) if e.is_not_found() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(TEXT_BODIES);
+        let mut page = IndexPage::default();
+        while let Some(body) = bodies.next().await {
+            if let Some((id, body)) = body? {
+                page.add(Index::Bodies, id, body);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Bodies of `uids` read from body packs, writing the packs their
+    /// summary pages lack first, when at least [`PACKED_FROM`] of them are
+    /// short enough to be packed: a FETCH of many bodies then costs a GET
+    /// per summary page, not one per message, on every instance and for
+    /// every later download. Best effort: a body not found here (large,
+    /// placed since the last snapshot, left out of its pack, or any
+    /// failure to write or read packs) is for the caller to read alone.
+    pub async fn packed_bodies(&self, uids: &[u32]) -> HashMap<u32, Bytes> {
+        let sizes: HashMap<u32, u64> = self
+            .read(|s| {
+                uids.iter()
+                    .filter_map(|uid| Some((*uid, s.message(*uid)?.message.size)))
+                    .filter(|(_, size)| *size <= MAX_PACKED_BODY as u64)
+                    .collect()
+            })
+            .await;
+        if sizes.len() < PACKED_FROM {
+            return HashMap::new();
+        }
+        let uids: Vec<u32> = sizes.keys().copied().collect();
+        if let Err(e) = self.write_index(Index::Bodies, &uids).await {
+            tracing::warn!(mailbox = %self.id, error = %e, "body packs not written");
+        }
+        let mut bodies = match self.read_index(Index::Bodies, &uids).await {
+            Ok(bodies) => bodies,
+            Err(e) => {
+                tracing::warn!(mailbox = %self.id, error = %e, "body packs not read");
+                return HashMap::new();
+            }
+        };
+        // An entry of another length than its message's is not its body.
+        bodies.retain(|uid, body| sizes.get(uid) == Some(&(body.len() as u64)));
+        bodies
     }
 
     /// The header page of `messages` (see [`Mailbox::write_index`]).
@@ -1071,7 +1163,11 @@ impl Mailbox {
         };
         let mut page = IndexPage::default();
         for (_, id, summary) in self.with_summaries(messages, headers).await? {
-            page.add(id, encode_headers(&summary.search_headers));
+            page.add(
+                Index::Headers,
+                id,
+                encode_headers(&summary.search_headers).into(),
+            );
         }
         Ok(page)
     }
@@ -1467,7 +1563,7 @@ async fn read_index_page(
         let (side, name) = (side.clone(), name.to_owned());
         move || {
             let plain = side
-                .open_at_most(&name, &sealed, IndexPage::max_encoded(PAGE_MESSAGES))
+                .open_at_most(&name, &sealed, IndexPage::max_encoded(index, PAGE_MESSAGES))
                 .map_err(|e| e.to_string())?;
             IndexPage::decode(index, Bytes::from(plain)).map_err(str::to_owned)
         }

@@ -912,7 +912,7 @@ The inner secret.\n\
                     index: 0,
                 };
                 let text = searchable_text(&m.raw, &m.summary.body);
-                assert!(page.add(id, text.into_bytes()));
+                assert!(page.add(Index::Text, id, text.into()));
             }
             let bytes = bytes::Bytes::from(page.encode(Index::Text));
             let page = IndexPage::decode(Index::Text, bytes).unwrap();

@@ -25,8 +25,15 @@ pub const MAX_MESSAGE_TEXT: usize = 1 << 20;
 /// messages past it are left out. Bounds what reading a page costs.
 pub const MAX_PAGE_TEXT: usize = 8 << 20;
 
-/// The two indexes a summary page may have, each a companion side object
-/// named after the page (doc/storage.md, "Index pages").
+/// A body longer than this is left out of its body pack: a FETCH reads it
+/// alone (one GET for that many bytes costs little more than the bytes).
+pub const MAX_PACKED_BODY: usize = 64 << 10;
+
+/// Bytes of bodies a body pack holds at most (before compression).
+pub const MAX_PACK: usize = 4 << 20;
+
+/// The indexes a summary page may have, each a companion side object named
+/// after the page (doc/storage.md, "Index pages" and "Body packs").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Index {
     /// Per message, its searchable text ([`searchable_text`]): what BODY
@@ -35,6 +42,10 @@ pub enum Index {
     /// Per message, its summary's decoded header fields
     /// ([`encode_headers`]): what SUBJECT, HEADER and TEXT match.
     Headers,
+    /// Per message of at most [`MAX_PACKED_BODY`], its body as stored
+    /// (line ends normalised): what a FETCH of many bodies reads, a GET
+    /// per page instead of one per message.
+    Bodies,
 }
 
 impl Index {
@@ -47,6 +58,7 @@ impl Index {
         match self {
             Index::Text => ".t1",
             Index::Headers => ".h1",
+            Index::Bodies => ".b1",
         }
     }
 
@@ -55,6 +67,23 @@ impl Index {
         match self {
             Index::Text => b"\0tp1",
             Index::Headers => b"\0hp1",
+            Index::Bodies => b"\0bp1",
+        }
+    }
+
+    /// The longest entry a page of this kind holds.
+    pub const fn max_entry(self) -> usize {
+        match self {
+            Index::Text | Index::Headers => MAX_MESSAGE_TEXT,
+            Index::Bodies => MAX_PACKED_BODY,
+        }
+    }
+
+    /// Bytes of entries a page of this kind holds at most.
+    pub const fn max_page(self) -> usize {
+        match self {
+            Index::Text | Index::Headers => MAX_PAGE_TEXT,
+            Index::Bodies => MAX_PACK,
         }
     }
 
@@ -149,13 +178,13 @@ pub struct IndexPage {
 
 impl IndexPage {
     /// Adds the entry of message `id` if it is short enough and the page
-    /// has room: whether it did.
-    pub fn add(&mut self, id: MessageId, entry: Vec<u8>) -> bool {
+    /// (of kind `index`) has room: whether it did.
+    pub fn add(&mut self, index: Index, id: MessageId, entry: Bytes) -> bool {
         let used: usize = self.entries.iter().map(|(_, e)| e.len()).sum();
-        if entry.len() > MAX_MESSAGE_TEXT || used + entry.len() > MAX_PAGE_TEXT {
+        if entry.len() > index.max_entry() || used + entry.len() > index.max_page() {
             return false;
         }
-        self.entries.push((id, Bytes::from(entry)));
+        self.entries.push((id, entry));
         true
     }
 
@@ -176,9 +205,10 @@ impl IndexPage {
         })
     }
 
-    /// The largest encoded page [`IndexPage::add`] lets through.
-    pub const fn max_encoded(messages: usize) -> usize {
-        framed_len(messages, MAX_PAGE_TEXT)
+    /// The largest encoded page of kind `index` [`IndexPage::add`] lets
+    /// through.
+    pub const fn max_encoded(index: Index, messages: usize) -> usize {
+        framed_len(messages, index.max_page())
     }
 }
 
@@ -421,11 +451,11 @@ mod tests {
 
     #[test]
     fn index_pages_round_trip_as_slices_and_refuse_damage() {
-        let mut page = IndexPage::default();
-        assert!(page.add(id(1), "caf\u{e9} cr\u{e8}me".into()));
-        assert!(page.add(id(2), Vec::new()));
-        assert!(page.add(id(3), b"a\0b".to_vec()));
-        for index in [Index::Text, Index::Headers] {
+        for index in [Index::Text, Index::Headers, Index::Bodies] {
+            let mut page = IndexPage::default();
+            assert!(page.add(index, id(1), "caf\u{e9} cr\u{e8}me".into()));
+            assert!(page.add(index, id(2), Bytes::new()));
+            assert!(page.add(index, id(3), Bytes::from_static(b"a\0b")));
             let bytes = Bytes::from(page.encode(index));
             let decoded = IndexPage::decode(index, bytes.clone()).unwrap();
             assert_eq!(decoded, page);
@@ -437,33 +467,45 @@ mod tests {
                     "cut at {cut}"
                 );
             }
+            // One kind is not another.
+            for other in [Index::Text, Index::Headers, Index::Bodies] {
+                if other != index {
+                    assert!(IndexPage::decode(other, bytes.clone()).is_err());
+                }
+            }
         }
-        // One kind is not the other, nor a summary page.
-        let text = Bytes::from(page.encode(Index::Text));
-        assert!(IndexPage::decode(Index::Headers, text).is_err());
+        // Nor a summary page.
         let summaries = crate::mailbox::body::SummaryPage::default().encode();
         assert!(IndexPage::decode(Index::Text, Bytes::from(summaries)).is_err());
         assert_eq!(Index::Text.page_name("p"), "p.t1");
         assert_eq!(Index::Headers.page_name("p"), "p.h1");
+        assert_eq!(Index::Bodies.page_name("p"), "p.b1");
     }
 
     /// Entries too long for a message or for the page's room are left out
-    /// (searched in their bodies or summaries), and a page stays under its
-    /// bound.
+    /// (searched in their bodies or summaries, read from their own
+    /// objects), and a page stays under its bound.
     #[test]
     fn index_pages_are_bounded() {
-        let mut page = IndexPage::default();
-        assert!(!page.add(id(0), vec![b'x'; MAX_MESSAGE_TEXT + 1]));
-        assert!(page.add(id(0), vec![b'x'; MAX_MESSAGE_TEXT]));
-        let mut added = 1;
-        for n in 1..=255 {
-            if page.add(id(n), vec![b'y'; MAX_MESSAGE_TEXT]) {
-                added += 1;
+        for index in [Index::Text, Index::Bodies] {
+            let (entry, room) = (index.max_entry(), index.max_page());
+            let mut page = IndexPage::default();
+            assert!(!page.add(index, id(0), vec![b'x'; entry + 1].into()));
+            assert!(page.add(index, id(0), vec![b'x'; entry].into()));
+            let mut added = 1;
+            for n in 1..=255 {
+                if page.add(index, id(n), vec![b'y'; entry].into()) {
+                    added += 1;
+                }
             }
+            assert_eq!(added, (room / entry).min(256));
+            assert!(
+                page.add(index, id(255), Bytes::new()),
+                "an empty entry fits"
+            );
+            assert!(page.encode(index).len() <= IndexPage::max_encoded(index, 257));
         }
-        assert_eq!(added, MAX_PAGE_TEXT / MAX_MESSAGE_TEXT);
-        assert!(page.add(id(255), Vec::new()), "an empty entry still fits");
-        assert!(page.encode(Index::Text).len() <= IndexPage::max_encoded(256));
+        assert_eq!(MAX_PACK / MAX_PACKED_BODY, 64);
     }
 
     #[test]

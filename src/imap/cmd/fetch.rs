@@ -3,7 +3,9 @@
 //! from the summary stored with each message; only sections that need the
 //! body download it, a few messages at a time ([`PARALLEL_BODIES`]), and
 //! responses go out message by message, so a FETCH of many large messages
-//! holds a bounded amount of memory.
+//! holds a bounded amount of memory. A batch asking for many short bodies
+//! reads them from body packs instead, a GET per summary page
+//! (`Mailbox::packed_bodies`, doc/storage.md, "Body packs").
 
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
@@ -23,6 +25,7 @@ use imap_codec::imap_types::flag::{Flag, FlagFetch};
 use imap_codec::imap_types::response::{Data, Response};
 
 use crate::account::AccountError;
+use crate::account::mailbox::PACKED_FROM;
 use crate::imap::mime;
 use crate::imap::response::{Done, Failure, Out, Outcome, code};
 use crate::imap::state::Selected;
@@ -289,19 +292,31 @@ pub async fn fetch(
         .buffered(SUMMARY_BATCHES_AHEAD);
     while let Some(chunk) = batches.next().await {
         let chunk = chunk?;
+        let body_of = |meta: &Meta| {
+            body_maybe
+                && meta
+                    .summary
+                    .as_ref()
+                    .is_some_and(|s| items_ref.iter().any(|i| needs_body(i, s)))
+        };
+        // Many bodies: from body packs, a GET per summary page (the
+        // mailbox writes the packs missing first).
+        let wanted: Vec<u32> = chunk.iter().filter(|m| body_of(m)).map(|m| m.uid).collect();
+        let mut packed = if wanted.len() >= PACKED_FROM {
+            mailbox.packed_bodies(&wanted).await
+        } else {
+            HashMap::new()
+        };
         let mut loaded = futures::stream::iter(chunk)
             .map(|meta| {
                 let mailbox = mailbox.clone();
+                let wanted = body_of(&meta);
+                let packed = packed.remove(&meta.uid);
                 async move {
-                    let body = if body_maybe
-                        && meta
-                            .summary
-                            .as_ref()
-                            .is_some_and(|s| items_ref.iter().any(|i| needs_body(i, s)))
-                    {
-                        Some(mailbox.body(meta.uid).await?)
-                    } else {
-                        None
+                    let body = match (wanted, packed) {
+                        (false, _) => None,
+                        (true, Some(body)) => Some(body),
+                        (true, None) => Some(mailbox.body(meta.uid).await?),
                     };
                     Ok::<_, AccountError>((meta, body))
                 }
