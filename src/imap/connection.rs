@@ -119,7 +119,19 @@ struct Framer {
     line_bytes: u64,
     /// Whether no byte of the current message was given yet.
     at_boundary: bool,
+    /// The last bytes of a line over a limit, not yet given (see
+    /// [`LINE_TAIL`]).
+    tail: Vec<u8>,
 }
+
+/// Bytes of a line over a limit the fragmentizer is still given when the
+/// line ends: whether a line announces a literal depends only on what
+/// follows its last `{` (a `{`, at most 10 digits, `+`, `}`, CR, LF: 15
+/// bytes at most), and the fragmentizer reads every byte after a `{` the
+/// same whatever came before it. So it finds the same end of message as
+/// with the whole line, and the client and the server agree on where the
+/// next command starts.
+const LINE_TAIL: usize = 32;
 
 /// What [`Framer::next`] found.
 #[derive(Debug)]
@@ -147,6 +159,7 @@ impl Framer {
             literal_left: 0,
             line_bytes: 0,
             at_boundary: true,
+            tail: Vec::new(),
         }
     }
 
@@ -265,15 +278,28 @@ impl Framer {
         if pending.is_empty() {
             return false;
         }
+        let lf = pending.iter().position(|&b| b == b'\n');
         let n = if self.literal_left > 0 {
             pending.len().min(self.literal_left as usize)
         } else {
-            pending
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(pending.len(), |lf| lf + 1)
+            lf.map_or(pending.len(), |lf| lf + 1)
         };
-        self.fragments.enqueue_bytes(&pending[..n]);
+        if self.literal_left == 0 && self.fragments.is_message_poisoned() {
+            // A line over a limit: the message is refused, and only where
+            // the line ends matters, which its last bytes tell (below).
+            // Buffering the rest would let one command line take all the
+            // memory the whole command may.
+            self.tail.extend_from_slice(&pending[..n]);
+            if lf.is_some() {
+                self.fragments.enqueue_bytes(&self.tail);
+                self.tail.clear();
+            } else {
+                let cut = self.tail.len().saturating_sub(LINE_TAIL);
+                self.tail.drain(..cut);
+            }
+        } else {
+            self.fragments.enqueue_bytes(&pending[..n]);
+        }
         self.taken += n;
         self.at_boundary = false;
         if self.literal_left > 0 {
@@ -958,6 +984,40 @@ mod tests {
         assert_eq!(framed.messages[1], None, "a 50-byte line is over 32");
     }
 
+    /// A line over the line limit is not buffered past it, only its last
+    /// bytes: a 5 MiB flood of parentheses takes a read buffer and the
+    /// limit, not 5 MiB; and its literal announcement is still seen, so
+    /// the literal's data is never read as a command.
+    #[test]
+    fn a_line_over_the_limit_is_not_buffered_but_still_ends_right() {
+        let limits = Limits {
+            command: 8 << 20,
+            literal: 8 << 20,
+            lines: 1024,
+        };
+        for (announce, refused) in [("{5}", 1), ("{5+}", 0), ("{123456789012}", 0), ("", 0)] {
+            let mut input = b"a SEARCH ".to_vec();
+            input.extend(std::iter::repeat_n(b'(', 5 << 20));
+            input.extend_from_slice(format!("{announce}\r\n").as_bytes());
+            if announce == "{5+}" {
+                input.extend_from_slice(b"b NOO\r\n");
+            }
+            input.extend_from_slice(b"c NOOP\r\n");
+            for piece in [1000, READ_BUFFER, 3 * READ_BUFFER] {
+                let framed = frame(&input, piece, limits);
+                assert_eq!(framed.refused, refused, "{announce}");
+                assert_eq!(
+                    framed.messages.last(),
+                    Some(&Some(b"c NOOP\r\n".to_vec())),
+                    "{announce}"
+                );
+                assert_eq!(framed.messages.len(), 2 - refused, "{announce}");
+                let bound = 2 * READ_BUFFER + 1024 + LINE_TAIL;
+                assert!(framed.most_buffered <= bound, "{}", framed.most_buffered);
+            }
+        }
+    }
+
     /// Hostile IMAP input: floods of parentheses, literal announcements
     /// of every size and kind, quoted strings, CR/LF mixes, raw bytes.
     fn hostile_imap() -> impl Strategy<Value = Vec<u8>> {
@@ -1008,6 +1068,20 @@ mod tests {
             if framed.refused == 0 && framed.messages.iter().all(Option::is_some) {
                 let messages: Vec<Vec<u8>> = framed.messages.into_iter().flatten().collect();
                 prop_assert_eq!(messages, reference(&input));
+            }
+            // Lines over a small line limit (their middles dropped): the
+            // messages still end where they do for a fragmentizer given
+            // everything.
+            let short_lines = Limits { lines: 16, ..LARGE };
+            let framed = frame(&input, piece, short_lines);
+            if framed.refused == 0 {
+                let expected = reference(&input);
+                prop_assert_eq!(framed.messages.len(), expected.len());
+                for (got, want) in framed.messages.iter().zip(&expected) {
+                    if let Some(got) = got {
+                        prop_assert_eq!(got, want);
+                    }
+                }
             }
         }
     }
