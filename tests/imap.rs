@@ -1010,11 +1010,6 @@ async fn damage_in_the_store_is_told_once_per_session() {
     assert!(e.run("EXAMINE INBOX").await.has("* OK [ALERT]"));
 }
 
-/// SEARCH BODY and TEXT over a mailbox of a page or more read the
-/// messages' texts from text pages, written by the first such search:
-/// another instance then answers the same without reading a body, a
-/// damaged text page is searched around and written again, and messages
-/// not paged yet or expunged since are answered right.
 /// A download of many bodies reads them from body packs: the first one
 /// writes the packs of the summary pages it touches, and later ones, on
 /// any instance, cost a GET per page instead of one per message. A long
@@ -1066,6 +1061,22 @@ async fn bulk_downloads_read_body_packs() {
     // Bodies of new mail (few, summaries not paged yet): read alone.
     assert!(c.run("FETCH 299:300 BODY.PEEK[]").await.ok());
     assert!(packs().is_empty());
+    // Scattered messages (search results, flagged mail): a few per page,
+    // read alone, no page read whole for them.
+    let scattered: Vec<String> = (1..=300).step_by(7).map(|n| n.to_string()).collect();
+    let before = w.store.calls();
+    let some = c
+        .run(&format!("FETCH {} BODY.PEEK[]", scattered.join(",")))
+        .await;
+    assert_eq!(
+        some.untagged("").len(),
+        scattered.len(),
+        "{:?}",
+        some.tagged()
+    );
+    assert!(packs().is_empty());
+    let calls = w.store.calls() - before;
+    assert!(calls < 2 * scattered.len() as u64, "{calls} store calls");
     let all = c.run("FETCH 1:* BODY.PEEK[]").await;
     each_its_own(&all);
     let written = packs();
@@ -1122,6 +1133,11 @@ async fn bulk_downloads_read_body_packs() {
     assert_eq!(packs(), written);
 }
 
+/// SEARCH BODY and TEXT over a mailbox of a page or more read the
+/// messages' texts from text pages, written by the first such search:
+/// another instance then answers the same without reading a body, a
+/// damaged text page is searched around and written again, and messages
+/// not paged yet or expunged since are answered right.
 #[tokio::test]
 async fn text_searches_of_large_mailboxes_read_text_pages() {
     use facteur::store::ObjectStore;

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,10 +102,13 @@ fn plan_import(
 const SUMMARY_FETCHES: usize = 8;
 
 /// Bodies short enough to be packed ([`MAX_PACKED_BODY`]) a FETCH asks
-/// for at once from which [`Mailbox::packed_bodies`] reads body packs:
+/// for at once from which it asks [`Mailbox::packed_bodies`] for them:
 /// below, a client fetching new mail, whose bodies are not in packs yet
 /// (their summaries are not paged), reads them alone as before.
 pub const PACKED_FROM: usize = 32;
+
+/// How long [`Mailbox::packed_bodies`] leaves packs alone after failing.
+const PACKS_PAUSE: Duration = Duration::from_secs(60);
 
 /// Small summary pages merged by one snapshot, at most: fewer than
 /// 64 summaries each, so about 9 MiB of summaries in memory at worst.
@@ -203,8 +206,12 @@ pub struct Mailbox {
     /// lets one search at a time write the missing ones
     /// ([`Mailbox::write_index`]).
     indexed: std::sync::Mutex<HashSet<String>>,
-    /// Per [`Index`] kind (text, headers).
+    /// Per [`Index`] kind (text, headers, bodies).
     indexing: [Mutex<()>; 3],
+    /// Until when [`Mailbox::packed_bodies`] leaves packs alone after it
+    /// failed to write or read them (milliseconds, 0 for never): a store
+    /// failing is not asked again for every batch of a download.
+    packs_paused_until: AtomicU64,
     /// Held while a snapshot is written: a sync that finds one due while
     /// another sync writes it leaves it to that one, rather than writing
     /// the same summaries into a second set of pages that nothing would
@@ -283,6 +290,7 @@ impl Mailbox {
             tuning,
             indexed: std::sync::Mutex::new(HashSet::new()),
             indexing: [Mutex::new(()), Mutex::new(()), Mutex::new(())],
+            packs_paused_until: AtomicU64::new(0),
             snapshotting: Mutex::new(()),
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
         })
@@ -494,21 +502,25 @@ impl Mailbox {
     }
 
     /// The summaries of `small` pages' messages, to be paged again into
-    /// full pages. A page that cannot be read now (missing, damaged, or
-    /// the store failing) is left out of the merge, its messages where
-    /// they are: reading them later takes the usual way around a lost
-    /// page.
+    /// full pages. A page that cannot be read now is left out of the
+    /// merge: if the store failed, its messages stay where they are; if
+    /// it is gone or damaged, they are recorded as having no page, as a
+    /// read finding it so does.
     async fn read_small_pages(
         &self,
         small: Vec<(String, Vec<MessageId>)>,
         side: &SideObjects,
     ) -> Vec<PagedSummary> {
         let store = &self.store;
+        let lost = std::sync::Mutex::new(Vec::new());
         let read: Vec<Vec<PagedSummary>> = stream::iter(small)
-            .map(|(name, ids)| async move {
+            .map(|(name, ids)| async {
                 let page = match read_summary_page(store, side, &name).await {
                     Ok(Some(page)) => page,
-                    Ok(None) => return Vec::new(),
+                    Ok(None) => {
+                        lost.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+                        return Vec::new();
+                    }
                     Err(e) => {
                         tracing::warn!(page = %name, error = %e, "summary page not merged");
                         return Vec::new();
@@ -531,6 +543,13 @@ impl Mailbox {
             .buffer_unordered(SUMMARY_FETCHES)
             .collect()
             .await;
+        // Gone or unreadable: as for a read finding it so, its messages'
+        // summaries are computed again when next read (and then paged),
+        // and it no longer counts as a small page to merge.
+        let lost = lost.into_inner().unwrap_or_else(|p| p.into_inner());
+        if !lost.is_empty() {
+            self.log.write().await.state_mut().pages_lost(&lost);
+        }
         read.into_iter().flatten().collect()
     }
 
@@ -1085,13 +1104,21 @@ impl Mailbox {
     /// short enough, read [`TEXT_BODIES`] at a time; one that cannot be
     /// read is left out (a FETCH reads it alone and reports that).
     async fn body_pack(&self, messages: &[(u32, MessageId)]) -> Result<IndexPage, AccountError> {
+        // Only what fits: no body read to be dropped.
         let short: Vec<(u32, MessageId)> = self
             .read(|s| {
+                let mut room = Index::Bodies.max_page() as u64;
                 messages
                     .iter()
                     .filter(|(uid, _)| {
-                        s.message(*uid)
-                            .is_some_and(|m| m.message.size <= MAX_PACKED_BODY as u64)
+                        let Some(size) = s.message(*uid).map(|m| m.message.size) else {
+                            return false;
+                        };
+                        let fits = size <= MAX_PACKED_BODY as u64 && size <= room;
+                        if fits {
+                            room -= size;
+                        }
+                        fits
                     })
                     .copied()
                     .collect()
@@ -1121,32 +1148,75 @@ impl Mailbox {
     }
 
     /// Bodies of `uids` read from body packs, writing the packs their
-    /// summary pages lack first, when at least [`PACKED_FROM`] of them are
-    /// short enough to be packed: a FETCH of many bodies then costs a GET
-    /// per summary page, not one per message, on every instance and for
-    /// every later download. Best effort: a body not found here (large,
-    /// placed since the last snapshot, left out of its pack, or any
-    /// failure to write or read packs) is for the caller to read alone.
+    /// summary pages lack first: a FETCH of many bodies then costs a GET
+    /// per summary page, not one per message, on every instance sharing
+    /// the pages and for every later download. Only pages holding at
+    /// least [`PACKED_FROM`]` / 2` of the short bodies asked for, and at
+    /// least half of the page's short bodies, are packed: a scattered set
+    /// of UIDs (search results, flagged mail) must not make the server
+    /// read whole pages for one body each. Best effort: a body not found
+    /// here (long, placed since the last snapshot, on a page left out, or
+    /// any failure to write or read packs, after which packs are left
+    /// alone for a minute) is for the caller to read alone.
     pub async fn packed_bodies(&self, uids: &[u32]) -> HashMap<u32, Bytes> {
+        if now_ms() < self.packs_paused_until.load(Ordering::Relaxed) {
+            return HashMap::new();
+        }
+        let short = |s: &MailboxState, uid: u32| {
+            s.message(uid)
+                .map(|m| m.message.size)
+                .filter(|size| *size <= MAX_PACKED_BODY as u64)
+        };
         let sizes: HashMap<u32, u64> = self
             .read(|s| {
-                uids.iter()
-                    .filter_map(|uid| Some((*uid, s.message(*uid)?.message.size)))
-                    .filter(|(_, size)| *size <= MAX_PACKED_BODY as u64)
+                // Per summary page, the short bodies asked for.
+                let mut asked: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
+                for uid in uids {
+                    if let (Some(size), Some(id)) = (short(s, *uid), s.message_id(*uid))
+                        && let SummaryAt::Page(page) = s.summary_at(&id)
+                    {
+                        asked.entry(page).or_default().push((*uid, size));
+                    }
+                }
+                asked.retain(|_, on| on.len() >= PACKED_FROM / 2);
+                if asked.is_empty() {
+                    return HashMap::new();
+                }
+                // And the page's short bodies, to ask for half at least.
+                let mut held: HashMap<&str, usize> = HashMap::new();
+                for (uid, id) in s.shown() {
+                    if let SummaryAt::Page(page) = s.summary_at(&id)
+                        && asked.contains_key(page)
+                        && short(s, uid).is_some()
+                    {
+                        *held.entry(page).or_default() += 1;
+                    }
+                }
+                asked
+                    .into_iter()
+                    .filter(|(page, on)| 2 * on.len() >= held.get(page).copied().unwrap_or(0))
+                    .flat_map(|(_, on)| on)
                     .collect()
             })
             .await;
-        if sizes.len() < PACKED_FROM {
+        if sizes.is_empty() {
             return HashMap::new();
         }
         let uids: Vec<u32> = sizes.keys().copied().collect();
+        let pause = || {
+            let until = now_ms() + PACKS_PAUSE.as_millis() as u64;
+            self.packs_paused_until.store(until, Ordering::Relaxed);
+        };
         if let Err(e) = self.write_index(Index::Bodies, &uids).await {
             tracing::warn!(mailbox = %self.id, error = %e, "body packs not written");
+            pause();
+            return HashMap::new();
         }
         let mut bodies = match self.read_index(Index::Bodies, &uids).await {
             Ok(bodies) => bodies,
             Err(e) => {
                 tracing::warn!(mailbox = %self.id, error = %e, "body packs not read");
+                pause();
                 return HashMap::new();
             }
         };
@@ -1518,9 +1588,6 @@ fn parse_summaries(
         .collect()
 }
 
-/// Index page `name` of kind `index`, if it is there and opens. One that
-/// does not is as good as missing: it is said so and deleted, and the
-/// next search writes it again.
 /// Summary page `name`: `None` if it is missing (collected) or
 /// unreadable (damaged, or not sealed under this mailbox's key).
 async fn read_summary_page(
@@ -1547,6 +1614,9 @@ async fn read_summary_page(
         .ok())
 }
 
+/// Index page `name` of kind `index`, if it is there and opens. One that
+/// does not is as good as missing: it is said so and deleted, and the
+/// next search writes it again.
 async fn read_index_page(
     store: &dyn crate::store::ObjectStore,
     side: &SideObjects,

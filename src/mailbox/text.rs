@@ -29,8 +29,9 @@ pub const MAX_PAGE_TEXT: usize = 8 << 20;
 /// alone (one GET for that many bytes costs little more than the bytes).
 pub const MAX_PACKED_BODY: usize = 64 << 10;
 
-/// Bytes of bodies a body pack holds at most (before compression).
-pub const MAX_PACK: usize = 4 << 20;
+/// Bytes of bodies a body pack holds at most (before compression): 256
+/// messages of 8 KiB, more than most mail is.
+pub const MAX_PACK: usize = 2 << 20;
 
 /// The indexes a summary page may have, each a companion side object named
 /// after the page (doc/storage.md, "Index pages" and "Body packs").
@@ -505,7 +506,7 @@ mod tests {
             );
             assert!(page.encode(index).len() <= IndexPage::max_encoded(index, 257));
         }
-        assert_eq!(MAX_PACK / MAX_PACKED_BODY, 64);
+        assert_eq!(MAX_PACK / MAX_PACKED_BODY, 32);
     }
 
     #[test]
