@@ -10,6 +10,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # A fresh clone builds once: incremental caches would only take disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
+# The binary's allocator, jemalloc, is built from C with make.
+if ! command -v make >/dev/null; then
+    echo "== installing make (jemalloc's build)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q make >&2
+fi
+
 work="$(mktemp -d "${TMPDIR:-/tmp}/facteur-test.XXXXXX")"
 cleanup() {
     scripts/garage.sh stop "$work/garage" >&2 || true
