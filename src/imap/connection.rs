@@ -119,19 +119,68 @@ struct Framer {
     line_bytes: u64,
     /// Whether no byte of the current message was given yet.
     at_boundary: bool,
-    /// The last bytes of a line over a limit, not yet given (see
-    /// [`LINE_TAIL`]).
-    tail: Vec<u8>,
+    /// What the fragmentizer's line parser has concluded so far about
+    /// the current line (see [`LineEnd`]).
+    line: LineEnd,
 }
 
-/// Bytes of a line over a limit the fragmentizer is still given when the
-/// line ends: whether a line announces a literal depends only on what
-/// follows its last `{` (a `{`, at most 10 digits, `+`, `}`, CR, LF: 15
-/// bytes at most), and the fragmentizer reads every byte after a `{` the
-/// same whatever came before it. So it finds the same end of message as
-/// with the whole line, and the client and the server agree on where the
-/// next command starts.
-const LINE_TAIL: usize = 32;
+/// imap-codec's line parser (`fragmentizer::LineParser`), mirrored: what
+/// it concludes from a line's bytes about how the line ends, with or
+/// without a literal announcement. The framer runs it over every line
+/// byte, in step with the fragmentizer, so that a line over a limit can be
+/// dropped instead of buffered and still end exactly where the
+/// fragmentizer would end it: the fragmentizer is then given one byte
+/// that puts its parser back to its plain state (`x`), and the line's end
+/// written canonically (`\r\n`, `{n}\r\n` or `{n+}\r\n`). No suffix
+/// of the line would do: leading zeros make an announcement arbitrarily
+/// long (`{000…016+}`), and the parser's state where feeding stopped
+/// would carry into it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum LineEnd {
+    #[default]
+    Other,
+    Open,
+    Digit(u32),
+    Plus(u32),
+    Close(LiteralMode, u32),
+    Cr(Option<(LiteralMode, u32)>),
+}
+
+impl LineEnd {
+    /// The state after `byte`, and at an LF how the line ended: with the
+    /// literal it announces, if any.
+    fn step(self, byte: u8) -> (LineEnd, Option<Option<(LiteralMode, u32)>>) {
+        use LineEnd::*;
+        let next = match (self, byte) {
+            (Close(mode, n), b'\n') => return (Other, Some(Some((mode, n)))),
+            (Cr(announced), b'\n') => return (Other, Some(announced)),
+            (_, b'\n') => return (Other, Some(None)),
+            (Close(mode, n), b'\r') => Cr(Some((mode, n))),
+            (_, b'\r') => Cr(None),
+            (_, b'{') => Open,
+            (Open, b'0'..=b'9') => Digit(u32::from(byte - b'0')),
+            (Digit(n), b'0'..=b'9') => n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u32::from(byte - b'0')))
+                .map_or(Other, Digit),
+            (Digit(n), b'+') => Plus(n),
+            (Digit(n), b'}') => Close(LiteralMode::Sync, n),
+            (Plus(n), b'}') => Close(LiteralMode::NonSync, n),
+            _ => Other,
+        };
+        (next, None)
+    }
+
+    /// A line's end as the fragmentizer is given it in place of a line
+    /// dropped: a byte resetting its parser from any state, then the end.
+    fn canonical(announced: Option<(LiteralMode, u32)>) -> Vec<u8> {
+        match announced {
+            None => b"x\r\n".to_vec(),
+            Some((LiteralMode::Sync, n)) => format!("x{{{n}}}\r\n").into_bytes(),
+            Some((LiteralMode::NonSync, n)) => format!("x{{{n}+}}\r\n").into_bytes(),
+        }
+    }
+}
 
 /// What [`Framer::next`] found.
 #[derive(Debug)]
@@ -159,7 +208,7 @@ impl Framer {
             literal_left: 0,
             line_bytes: 0,
             at_boundary: true,
-            tail: Vec::new(),
+            line: LineEnd::Other,
         }
     }
 
@@ -278,27 +327,32 @@ impl Framer {
         if pending.is_empty() {
             return false;
         }
-        let lf = pending.iter().position(|&b| b == b'\n');
         let n = if self.literal_left > 0 {
             pending.len().min(self.literal_left as usize)
         } else {
-            lf.map_or(pending.len(), |lf| lf + 1)
+            pending
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(pending.len(), |lf| lf + 1)
         };
-        if self.literal_left == 0 && self.fragments.is_message_poisoned() {
-            // A line over a limit: the message is refused, and only where
-            // the line ends matters, which its last bytes tell (below).
-            // Buffering the rest would let one command line take all the
-            // memory the whole command may.
-            self.tail.extend_from_slice(&pending[..n]);
-            if lf.is_some() {
-                self.fragments.enqueue_bytes(&self.tail);
-                self.tail.clear();
-            } else {
-                let cut = self.tail.len().saturating_sub(LINE_TAIL);
-                self.tail.drain(..cut);
-            }
-        } else {
+        if self.literal_left > 0 {
             self.fragments.enqueue_bytes(&pending[..n]);
+        } else {
+            let mut ended = None;
+            for &byte in &pending[..n] {
+                let (line, end) = self.line.step(byte);
+                self.line = line;
+                ended = ended.or(end);
+            }
+            if !self.fragments.is_message_poisoned() {
+                self.fragments.enqueue_bytes(&pending[..n]);
+            } else if let Some(announced) = ended {
+                // A line of a message over a limit: refused, so only
+                // where it ends matters, which [`LineEnd`] tells. Buffering
+                // it would let one command take all the memory a whole
+                // command with its literals may.
+                self.fragments.enqueue_bytes(&LineEnd::canonical(announced));
+            }
         }
         self.taken += n;
         self.at_boundary = false;
@@ -984,10 +1038,12 @@ mod tests {
         assert_eq!(framed.messages[1], None, "a 50-byte line is over 32");
     }
 
-    /// A line over the line limit is not buffered past it, only its last
-    /// bytes: a 5 MiB flood of parentheses takes a read buffer and the
-    /// limit, not 5 MiB; and its literal announcement is still seen, so
-    /// the literal's data is never read as a command.
+    /// A line over the line limit is not buffered past it: a 5 MiB flood
+    /// of parentheses takes a read buffer and the limit, not 5 MiB; and
+    /// its literal announcement is still seen, however long (leading
+    /// zeros) and wherever the reads cut it, so the literal's data is
+    /// never read as a command, and a line that announces nothing is not
+    /// taken for one that does.
     #[test]
     fn a_line_over_the_limit_is_not_buffered_but_still_ends_right() {
         let limits = Limits {
@@ -995,27 +1051,57 @@ mod tests {
             literal: 8 << 20,
             lines: 1024,
         };
-        for (announce, refused) in [("{5}", 1), ("{5+}", 0), ("{123456789012}", 0), ("", 0)] {
+        let zeros = "0".repeat(40_000);
+        let cases: Vec<(String, &str, usize)> = vec![
+            ("{5}\r\n".into(), "", 1),
+            ("{5+}\r\n".into(), "b NOO", 0),
+            (format!("{{{zeros}16+}}\r\n"), "X DELETE INBOX\r\n", 0),
+            (format!("{{{zeros}5}}\r\n"), "", 1),
+            ("{123456789012}\r\n".into(), "", 0),
+            ("{5+}\n".into(), "b NOO", 0),
+            ("{5+}\r\r\n".into(), "", 0),
+            ("\r\n".into(), "", 0),
+        ];
+        for (end, literal, refused) in &cases {
             let mut input = b"a SEARCH ".to_vec();
             input.extend(std::iter::repeat_n(b'(', 5 << 20));
-            input.extend_from_slice(format!("{announce}\r\n").as_bytes());
-            if announce == "{5+}" {
-                input.extend_from_slice(b"b NOO\r\n");
+            input.extend_from_slice(end.as_bytes());
+            input.extend_from_slice(literal.as_bytes());
+            if !literal.is_empty() {
+                input.extend_from_slice(b"\r\n");
             }
             input.extend_from_slice(b"c NOOP\r\n");
-            for piece in [1000, READ_BUFFER, 3 * READ_BUFFER] {
+            for piece in [1000, 4093, READ_BUFFER] {
                 let framed = frame(&input, piece, limits);
-                assert_eq!(framed.refused, refused, "{announce}");
+                assert_eq!(framed.refused, *refused, "{}", &end[..end.len().min(20)]);
                 assert_eq!(
-                    framed.messages.last(),
-                    Some(&Some(b"c NOOP\r\n".to_vec())),
-                    "{announce}"
+                    framed.messages,
+                    [vec![None; 1 - refused], vec![Some(b"c NOOP\r\n".to_vec())]].concat(),
+                    "{}",
+                    &end[..end.len().min(20)]
                 );
-                assert_eq!(framed.messages.len(), 2 - refused, "{announce}");
-                let bound = 2 * READ_BUFFER + 1024 + LINE_TAIL;
+                let bound = 2 * READ_BUFFER + 1024;
                 assert!(framed.most_buffered <= bound, "{}", framed.most_buffered);
             }
         }
+        // A read cut right after a `{`: what follows decides, not what
+        // the parser was in when the line went over the limit.
+        let mut input = b"a NOOP ".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 1992));
+        input.push(b'{');
+        assert_eq!(input.len(), 2000);
+        input.extend_from_slice(b"x");
+        input.extend(std::iter::repeat_n(b'0', 100));
+        input.extend_from_slice(b"5+}\r\nb NOOP\r\nc NOOP\r\n");
+        let framed = frame(&input, 2000, limits);
+        assert_eq!(
+            framed.messages,
+            vec![
+                None,
+                Some(b"b NOOP\r\n".to_vec()),
+                Some(b"c NOOP\r\n".to_vec())
+            ]
+        );
     }
 
     /// Hostile IMAP input: floods of parentheses, literal announcements
@@ -1041,6 +1127,10 @@ mod tests {
                 .into_bytes()
             }),
             "[0-9]{1,12}".prop_map(|n| format!("a LOGIN {{{n}+}}\r\n").into_bytes()),
+            (1usize..200, 0u32..50, any::<bool>()).prop_map(|(zeros, n, plus)| {
+                let plus = if plus { "+" } else { "" };
+                format!("{{{}{n}{plus}}}\r\n", "0".repeat(zeros)).into_bytes()
+            }),
             "\"[^\"]{0,40}\"?".prop_map(String::into_bytes),
             Just(b"\r\n".to_vec()),
             prop::collection::vec(any::<u8>(), 0..64),
@@ -1049,6 +1139,42 @@ mod tests {
     }
 
     proptest! {
+        /// [`LineEnd`] finds the same end, and the same announcement, as
+        /// the fragmentizer's own parser, for any line.
+        #[test]
+        fn line_ends_are_found_as_the_fragmentizer_finds_them(input in hostile_imap()) {
+            let mut f = Fragmentizer::new(u32::MAX);
+            let mut line = LineEnd::Other;
+            let mut rest = &input[..];
+            // One line at a time, as the framer gives it.
+            while let Some(lf) = rest.iter().position(|&b| b == b'\n') {
+                let (this, next) = rest.split_at(lf + 1);
+                rest = next;
+                let mut ended = None;
+                for &b in this {
+                    let (l, end) = line.step(b);
+                    line = l;
+                    ended = ended.or(end);
+                }
+                f.enqueue_bytes(this);
+                let Some(FragmentInfo::Line { announcement, .. }) = f.progress() else {
+                    prop_assert!(false, "no line");
+                    unreachable!()
+                };
+                let theirs = announcement.map(|a| (a.mode, a.length));
+                prop_assert_eq!(ended, Some(theirs));
+                if let Some((_, n)) = theirs {
+                    // Skip the literal in both.
+                    let n = (n as usize).min(rest.len());
+                    f.enqueue_bytes(&rest[..n]);
+                    rest = &rest[n..];
+                    if f.progress().is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+
         /// Whatever the input and however it is split into reads: no
         /// panic, the framer never holds more than one read and one
         /// message under the limit, and with limits it never reaches it
