@@ -1102,6 +1102,18 @@ mod tests {
                 Some(b"c NOOP\r\n".to_vec())
             ]
         );
+        // A read cut right after a whole announcement that the line's
+        // next bytes undo: the parser's state where feeding stopped must
+        // not leak into the line's end (the reset byte).
+        for announce in [&b"{5}"[..], b"{5+}"] {
+            let mut input = b"a NOOP ".to_vec();
+            input.extend(std::iter::repeat_n(b'x', 2000 - 7 - announce.len()));
+            input.extend_from_slice(announce);
+            input.extend_from_slice(b"y\r\nb NOOP\r\n");
+            let framed = frame(&input, 2000, limits);
+            assert_eq!(framed.refused, 0);
+            assert_eq!(framed.messages, vec![None, Some(b"b NOOP\r\n".to_vec())]);
+        }
     }
 
     /// Hostile IMAP input: floods of parentheses, literal announcements
@@ -1142,7 +1154,16 @@ mod tests {
         /// [`LineEnd`] finds the same end, and the same announcement, as
         /// the fragmentizer's own parser, for any line.
         #[test]
-        fn line_ends_are_found_as_the_fragmentizer_finds_them(input in hostile_imap()) {
+        fn line_ends_are_found_as_the_fragmentizer_finds_them(
+            input in prop_oneof![
+                hostile_imap(),
+                // Every transition, densely.
+                prop::collection::vec(
+                    prop::sample::select(b"{}+09\r\nx".to_vec()),
+                    0..200
+                ),
+            ]
+        ) {
             let mut f = Fragmentizer::new(u32::MAX);
             let mut line = LineEnd::Other;
             let mut rest = &input[..];
