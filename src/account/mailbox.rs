@@ -921,18 +921,24 @@ impl Mailbox {
                         return Ok(HashMap::new());
                     };
                     let by_id: HashMap<MessageId, Bytes> = entries.entries.into_iter().collect();
-                    // Copies: a slice would keep the whole page alive, and
-                    // a scan reads several chunks ahead.
+                    // Text and headers are copied: a slice would keep the
+                    // whole page alive, and a scan reads several chunks
+                    // ahead. Bodies are slices: a pack is read for most of
+                    // its bodies, all dropped with the batch they answer.
+                    let keep = |entry: &Bytes| match index {
+                        Index::Bodies => entry.clone(),
+                        Index::Text | Index::Headers => Bytes::copy_from_slice(entry),
+                    };
                     Ok(wanted
                         .into_iter()
-                        .filter_map(|(uid, id)| {
-                            Some((uid, Bytes::copy_from_slice(by_id.get(&id)?)))
-                        })
+                        .filter_map(|(uid, id)| Some((uid, keep(by_id.get(&id)?))))
                         .collect())
                 }
             })
             .buffer_unordered(match index {
-                // Up to 4 MiB each, copies of the bodies asked for aside.
+                // Up to 4 MiB each, kept alive by the bodies taken from
+                // them until the batch they answer is done (never cache
+                // those slices: each would hold its whole pack).
                 Index::Bodies => 2,
                 Index::Text | Index::Headers => SUMMARY_FETCHES,
             })

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::io;
 
 use imap_codec::ResponseCodec;
-use imap_codec::encode::Encoder;
+use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::imap_types::core::{Tag, Text};
 use imap_codec::imap_types::response::{
     Bye, Code, CodeOther, CommandContinuationRequest, Data, Response, Status, StatusBody,
@@ -95,16 +95,26 @@ impl<'a> Out<'a> {
 
     /// Queues an untagged data response.
     pub fn data(&mut self, data: Data<'_>) {
-        let encoded = ResponseCodec::default()
-            .encode(&Response::Data(data))
-            .dump();
-        self.buf.extend_from_slice(&encoded);
+        self.response(&Response::Data(data));
     }
 
-    /// Queues a response.
+    /// Queues a response: its fragments (lines, literals) appended one by
+    /// one, not gathered first (a FETCH of bodies is mostly literals).
     pub fn response(&mut self, response: &Response<'_>) {
-        let encoded = ResponseCodec::default().encode(response).dump();
-        self.buf.extend_from_slice(&encoded);
+        let fragments: Vec<Fragment> = ResponseCodec::default().encode(response).collect();
+        let bytes = |f: &Fragment| match f {
+            Fragment::Line { data } | Fragment::Literal { data, .. } => data.len(),
+        };
+        // Room for it all at once: a large literal then its closing line
+        // would otherwise grow the queue twice.
+        self.buf.reserve(fragments.iter().map(bytes).sum());
+        for fragment in fragments {
+            match fragment {
+                Fragment::Line { data } | Fragment::Literal { data, .. } => {
+                    self.buf.extend_from_slice(&data)
+                }
+            }
+        }
     }
 
     /// Queues `* <line>\r\n`; `line` must be valid IMAP written by us.
@@ -205,7 +215,11 @@ impl<'a> Out<'a> {
                 if self.buf.is_empty() {
                     return Ok(());
                 }
-                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(4096));
+                // The next chunk is as large (a queue grown from 4 KiB to
+                // FLUSH_AT copies itself about once more on the way), but
+                // not as large as one huge message made it.
+                let size = self.buf.capacity().min(2 * FLUSH_AT);
+                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(size));
                 driver.send(chunk).await.map_err(|_| {
                     io::Error::new(io::ErrorKind::BrokenPipe, "the connection's writer stopped")
                 })

@@ -7,6 +7,7 @@
 //! reads them from body packs instead, a GET per summary page
 //! (`Mailbox::packed_bodies`, doc/storage.md, "Body packs").
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -96,15 +97,25 @@ fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
 }
 
 fn needs_summary(item: &MessageDataItemName<'_>) -> bool {
+    match item {
+        MessageDataItemName::Body
+        | MessageDataItemName::BodyStructure
+        | MessageDataItemName::Envelope
+        | MessageDataItemName::Binary { .. }
+        | MessageDataItemName::BinarySize { .. }
+        | MessageDataItemName::Rfc822Header
+        | MessageDataItemName::Rfc822Text => true,
+        MessageDataItemName::BodyExt { .. } => !whole_message(item),
+        _ => false,
+    }
+}
+
+/// Whether `item` is the whole message (`BODY[]`, `RFC822`, partial or
+/// not): its body alone answers it, without the summary.
+fn whole_message(item: &MessageDataItemName<'_>) -> bool {
     matches!(
         item,
-        MessageDataItemName::Body
-            | MessageDataItemName::BodyStructure
-            | MessageDataItemName::Envelope
-            | MessageDataItemName::BodyExt { .. }
-            | MessageDataItemName::Binary { .. }
-            | MessageDataItemName::BinarySize { .. }
-            | MessageDataItemName::Rfc822Header
+        MessageDataItemName::BodyExt { section: None, .. } | MessageDataItemName::Rfc822
     )
 }
 
@@ -118,7 +129,7 @@ fn summary_parts(items: &[MessageDataItemName<'_>]) -> Parts {
         match item {
             MessageDataItemName::Envelope => parts.envelope = true,
             MessageDataItemName::Body | MessageDataItemName::BodyStructure => parts.body = true,
-            other if needs_summary(other) || may_need_body(other) => return Parts::ALL,
+            other if needs_summary(other) => return Parts::ALL,
             _ => {}
         }
     }
@@ -273,7 +284,7 @@ pub async fn fetch(
         .map(move |mut chunk| {
             let mailbox = reader.clone();
             read_ahead(async move {
-                if summary_needed || body_maybe {
+                if summary_needed {
                     let uids: Vec<u32> = chunk.iter().map(|m| m.uid).collect();
                     let mut summaries: HashMap<u32, MessageSummary> = mailbox
                         .batch_parts(&uids, parts, total)
@@ -294,10 +305,9 @@ pub async fn fetch(
         let chunk = chunk?;
         let body_of = |meta: &Meta| {
             body_maybe
-                && meta
-                    .summary
-                    .as_ref()
-                    .is_some_and(|s| items_ref.iter().any(|i| needs_body(i, s)))
+                && items_ref
+                    .iter()
+                    .any(|i| needs_body(i, meta.summary.as_ref()))
         };
         // Many bodies: from body packs, a GET per summary page (the
         // mailbox writes the packs missing first).
@@ -333,7 +343,7 @@ pub async fn fetch(
             let Some(seq) = selected.seq_of(meta.uid) else {
                 continue;
             };
-            let mut data: Vec<MessageDataItem<'static>> = Vec::with_capacity(items.len() + 1);
+            let mut data: Vec<MessageDataItem<'_>> = Vec::with_capacity(items.len() + 1);
             for item in &items {
                 data.push(render(item, &meta, body.as_ref())?);
             }
@@ -396,7 +406,7 @@ fn binary_origin(item: &MessageDataItemName<'_>) -> Option<u32> {
 fn queue_fetch(
     out: &mut Out<'_>,
     seq: NonZeroU32,
-    data: Vec1<MessageDataItem<'static>>,
+    data: Vec1<MessageDataItem<'_>>,
     origins: &[Option<u32>],
 ) {
     if origins.iter().all(Option::is_none) {
@@ -440,7 +450,15 @@ fn queue_fetch(
 }
 
 /// Whether answering `item` for this message needs its body.
-fn needs_body(item: &MessageDataItemName<'_>, summary: &MessageSummary) -> bool {
+fn needs_body(item: &MessageDataItemName<'_>, summary: Option<&MessageSummary>) -> bool {
+    if whole_message(item) {
+        return true;
+    }
+    // Without its summary (not read: no item needs it) no other item asks
+    // for the body.
+    let Some(summary) = summary else {
+        return false;
+    };
     match item {
         MessageDataItemName::BodyExt { section, .. } => {
             mime::section_from_header(summary, section.as_ref()).is_none()
@@ -481,28 +499,24 @@ fn date_of(seconds: i64) -> DateTime {
     DateTime::try_from(fixed).unwrap_or_else(|_| DateTime::unvalidated(fixed))
 }
 
-/// An nstring carrying message bytes: a literal. NUL cannot appear in an
-/// IMAP literal (RFC 9051 §4.3); like Dovecot we send it as 0x80.
-fn nstring(bytes: Vec<u8>) -> NString<'static> {
-    let literal = match Literal::try_from(bytes) {
-        Ok(l) => l,
-        Err(_) => {
-            let cleaned: Vec<u8> = Vec::new();
-            Literal::try_from(cleaned).expect("an empty literal is valid")
-        }
+/// An nstring carrying message bytes: a literal, borrowing `bytes` if it
+/// can. NUL cannot appear in an IMAP literal (RFC 9051 §4.3: a literal is
+/// CHAR8, %x01-ff, which is all `Literal::validate` checks); like Dovecot
+/// we send it as 0x80.
+fn nstring_lossless<'a>(bytes: impl Into<Cow<'a, [u8]>>) -> NString<'a> {
+    let bytes = bytes.into();
+    let data: Cow<'a, [u8]> = if memchr::memchr(0, &bytes).is_some() {
+        Cow::Owned(
+            bytes
+                .iter()
+                .map(|b| if *b == 0 { 0x80 } else { *b })
+                .collect(),
+        )
+    } else {
+        bytes
     };
-    NString(Some(IString::Literal(literal)))
-}
-
-fn nstring_lossless(bytes: &[u8]) -> NString<'static> {
-    if bytes.contains(&0) {
-        let replaced: Vec<u8> = bytes
-            .iter()
-            .map(|b| if *b == 0 { 0x80 } else { *b })
-            .collect();
-        return nstring(replaced);
-    }
-    nstring(bytes.to_vec())
+    // No NUL left: valid (a debug build checks it again).
+    NString(Some(IString::Literal(Literal::unvalidated(data))))
 }
 
 fn summary_of(meta: &Meta) -> Result<&MessageSummary, Failure> {
@@ -528,11 +542,13 @@ fn binary_failure(e: mime::BinaryError) -> Failure {
     }
 }
 
-fn render(
+/// One item of a FETCH response. The whole message (`BODY[]`, `RFC822`,
+/// partial or not) borrows `body`: a download copies each body once less.
+fn render<'a>(
     item: &MessageDataItemName<'static>,
     meta: &Meta,
-    body: Option<&Bytes>,
-) -> Result<MessageDataItem<'static>, Failure> {
+    body: Option<&'a Bytes>,
+) -> Result<MessageDataItem<'a>, Failure> {
     Ok(match item {
         MessageDataItemName::Uid => MessageDataItem::Uid(
             NonZeroU32::new(meta.uid).ok_or_else(|| Failure::Internal("UID 0".into()))?,
@@ -557,6 +573,24 @@ fn render(
             MessageDataItem::BodyStructure(mime::body_structure(&summary_of(meta)?.body, true))
         }
         MessageDataItemName::BodyExt {
+            section: None,
+            partial,
+            ..
+        } => {
+            let whole = body_of(body)?;
+            let (origin, data) = match partial {
+                Some((offset, length)) => {
+                    (Some(*offset), mime::partial(whole, *offset, length.get()))
+                }
+                None => (None, whole),
+            };
+            MessageDataItem::BodyExt {
+                section: None,
+                origin,
+                data: nstring_lossless(data),
+            }
+        }
+        MessageDataItemName::BodyExt {
             section, partial, ..
         } => {
             let summary = summary_of(meta)?;
@@ -576,7 +610,7 @@ fn render(
             MessageDataItem::BodyExt {
                 section: section.clone(),
                 origin,
-                data: nstring_lossless(&data),
+                data: nstring_lossless(data),
             }
         }
         MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring_lossless(body_of(body)?)),
@@ -587,13 +621,13 @@ fn render(
                 None => mime::section(body_of(body)?, summary, Some(&Section::Header(None)))
                     .unwrap_or_default(),
             };
-            MessageDataItem::Rfc822Header(nstring_lossless(&header))
+            MessageDataItem::Rfc822Header(nstring_lossless(header))
         }
         MessageDataItemName::Rfc822Text => {
             let summary = summary_of(meta)?;
             let text = mime::section(body_of(body)?, summary, Some(&Section::Text(None)))
                 .unwrap_or_default();
-            MessageDataItem::Rfc822Text(nstring_lossless(&text))
+            MessageDataItem::Rfc822Text(nstring_lossless(text))
         }
         MessageDataItemName::Binary {
             section, partial, ..
@@ -706,5 +740,93 @@ hi\n--b\nContent-Type: message/rfc822\n\nSubject: inner\n\ninner body\n--b--\n",
         assert!(listing.envelope && !listing.body && !listing.header);
         assert!(!listing.search_headers && !listing.preview);
         assert_eq!(summary_parts(&parse("BODY.PEEK[HEADER]")), Parts::ALL);
+    }
+
+    /// The whole message (`BODY[]`, `RFC822`, partial or not) needs no
+    /// summary, reads none, and renders from the body alone what it
+    /// renders with the summary: byte for byte, NUL sent as 0x80, without
+    /// copying a body that has no NUL.
+    #[test]
+    fn the_whole_message_renders_from_its_body_alone() {
+        let whole = parse("BODY[] BODY.PEEK[] RFC822 BODY.PEEK[]<3.10> BODY[]<100000.5>");
+        assert!(whole.iter().all(whole_message));
+        assert!(!whole.iter().any(needs_summary));
+        assert_eq!(summary_parts(&whole), Parts::NONE);
+        // Other sections still read the summary.
+        for other in
+            parse("BODY[TEXT] BODY[1] BODY.PEEK[HEADER] RFC822.TEXT RFC822.HEADER BINARY[]")
+        {
+            assert!(!whole_message(&other), "{other:?}");
+            assert!(needs_summary(&other), "{other:?}");
+        }
+        let mut with_nul = b"Subject: nul\r\n\r\na\0b\r\n".to_vec();
+        with_nul.extend_from_slice(&[0, 0]);
+        for raw in [
+            Bytes::from(normalize_crlf(MESSAGES[0].as_bytes()).into_owned()),
+            Bytes::from(with_nul),
+        ] {
+            let meta = |summary: Option<MessageSummary>| Meta {
+                uid: 9,
+                flags: Vec::new(),
+                size: raw.len() as u64,
+                internal_date: 1_700_000_000,
+                modseq: 1,
+                recent: false,
+                summary,
+            };
+            let bare = meta(None);
+            let summarized = meta(Some(summarize(&raw)));
+            let summary = summarized.summary.as_ref().unwrap();
+            for item in &whole {
+                assert!(needs_body(item, None), "{item:?}");
+                let alone = render(item, &bare, Some(&raw)).unwrap();
+                // As the section reader answers `BODY[]` with the summary.
+                let by_section = mime::section(&raw, summary, None).unwrap();
+                let by_section = match item {
+                    MessageDataItemName::BodyExt {
+                        partial: Some((offset, length)),
+                        ..
+                    } => mime::partial(&by_section, *offset, length.get()).to_vec(),
+                    _ => by_section,
+                };
+                let data = match &alone {
+                    MessageDataItem::BodyExt { data, .. } | MessageDataItem::Rfc822(data) => data,
+                    other => panic!("{other:?}"),
+                };
+                let NString(Some(IString::Literal(literal))) = data else {
+                    panic!("not a literal: {data:?}");
+                };
+                let (start, end) = match item {
+                    MessageDataItemName::BodyExt {
+                        partial: Some((offset, length)),
+                        ..
+                    } => {
+                        let start = (*offset as usize).min(raw.len());
+                        (start, (start + length.get() as usize).min(raw.len()))
+                    }
+                    _ => (0, raw.len()),
+                };
+                let want: Vec<u8> = raw[start..end]
+                    .iter()
+                    .map(|b| if *b == 0 { 0x80 } else { *b })
+                    .collect();
+                assert_eq!(literal.data(), &want[..], "{item:?}");
+                let by_section: Vec<u8> = by_section
+                    .iter()
+                    .map(|b| if *b == 0 { 0x80 } else { *b })
+                    .collect();
+                assert_eq!(literal.data(), &by_section[..], "{item:?}");
+                assert!(Literal::validate(literal.data()).is_ok());
+                // A body without NUL is lent, not copied.
+                if !raw.contains(&0) {
+                    assert!(
+                        matches!(literal.clone().into_inner(), Cow::Borrowed(_)),
+                        "{item:?} copied the body"
+                    );
+                }
+            }
+            // Without the body there is nothing to answer with.
+            assert!(render(&whole[0], &bare, None).is_err());
+        }
     }
 }
