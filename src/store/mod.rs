@@ -22,6 +22,7 @@ pub mod layout;
 pub mod memory;
 pub mod metered;
 pub mod s3;
+mod s3_http;
 
 pub use fs::FsStore;
 pub use memory::MemoryStore;

@@ -40,6 +40,7 @@ use super::{
     ListPage, ObjectMeta, ObjectStore, StoreError, check_key, check_prefix, clamp_limit,
     clamp_range,
 };
+use crate::store::s3_http::QuickAckClient;
 
 /// Most keys one DeleteObjects request may carry (S3's limit).
 const DELETE_BATCH: usize = 1000;
@@ -283,7 +284,16 @@ impl S3Store {
             None,
             "facteur-settings",
         );
-        let config = aws_sdk_s3::Config::builder()
+        let mut config = aws_sdk_s3::Config::builder();
+        let plain_http = settings.endpoint.parse::<http::Uri>().is_ok_and(|uri| {
+            uri.scheme_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+        });
+        if plain_http {
+            // Answers acknowledged at once (see the module's documentation).
+            config = config.http_client(QuickAckClient::new(CONNECT_TIMEOUT));
+        }
+        let config = config
             .behavior_version(BehaviorVersion::latest())
             .endpoint_url(settings.endpoint.clone())
             .region(Region::new(settings.region.clone()))
@@ -972,5 +982,98 @@ mod tests {
             store.get("a//b").await,
             Err(StoreError::InvalidKey(_))
         ));
+    }
+
+    /// A one-connection-at-a-time HTTP server answering every request with
+    /// `answer` (headers and body, written in the pieces given, flushed one
+    /// by one), then closing: a fake S3 endpoint that behaves badly.
+    async fn fake_endpoint(answer: Vec<Vec<u8>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    for piece in answer {
+                        if socket.write_all(&piece).await.is_err() {
+                            return;
+                        }
+                        let _ = socket.flush().await;
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// A body sent in many chunks (chunked transfer encoding, each chunk
+    /// written on its own, as Garage streams blocks) comes back whole and
+    /// in order.
+    #[tokio::test]
+    async fn a_body_in_many_chunks_is_read_whole() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut answer = vec![
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+        ];
+        for chunk in body.chunks(7_001) {
+            let mut piece = format!("{:x}\r\n", chunk.len()).into_bytes();
+            piece.extend_from_slice(chunk);
+            piece.extend_from_slice(b"\r\n");
+            answer.push(piece);
+        }
+        answer.push(b"0\r\n\r\n".to_vec());
+        let store = S3Store::new(settings(&fake_endpoint(answer).await)).unwrap();
+        let got = store.get("some/key").await.unwrap();
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the chunks came back out of order or changed");
+    }
+
+    /// An answer announcing a terabyte and sending a little, in pieces,
+    /// before closing: a transient error, not a short object (nor an
+    /// allocation of what was announced).
+    #[tokio::test]
+    async fn a_body_cut_short_is_a_transient_error() {
+        let answer = vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n".to_vec(),
+            b"0123456789".to_vec(),
+            vec![b'x'; 70_000],
+            b"9876543210".to_vec(),
+        ];
+        let mut s = settings(&fake_endpoint(answer).await);
+        s.max_retries = 1;
+        let store = S3Store::new(s).unwrap();
+        let err = store.get("some/key").await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("some/key"), "{err}");
+    }
+
+    /// Headers in one write, then the body in one to five more (Garage
+    /// writes headers first, then the body as it reads it): the object
+    /// is read whole through the client that acknowledges every read.
+    #[tokio::test]
+    async fn a_body_after_its_headers_is_read_whole() {
+        for pieces in [1usize, 2, 5] {
+            let body: Vec<u8> = (0..30_000u32).map(|i| (i % 199) as u8).collect();
+            let mut answer = vec![
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes(),
+            ];
+            for part in body.chunks(body.len().div_ceil(pieces)) {
+                answer.push(part.to_vec());
+            }
+            let store = S3Store::new(settings(&fake_endpoint(answer).await)).unwrap();
+            let got = store.get("k").await.unwrap();
+            assert!(got == body, "{pieces} pieces: {} bytes back", got.len());
+        }
     }
 }
