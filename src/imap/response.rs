@@ -102,18 +102,12 @@ impl<'a> Out<'a> {
     /// one, not gathered first (a FETCH of bodies is mostly literals).
     pub fn response(&mut self, response: &Response<'_>) {
         let fragments: Vec<Fragment> = ResponseCodec::default().encode(response).collect();
-        let bytes = |f: &Fragment| match f {
-            Fragment::Line { data } | Fragment::Literal { data, .. } => data.len(),
-        };
         // Room for it all at once: a large literal then its closing line
         // would otherwise grow the queue twice.
-        self.buf.reserve(fragments.iter().map(bytes).sum());
-        for fragment in fragments {
-            match fragment {
-                Fragment::Line { data } | Fragment::Literal { data, .. } => {
-                    self.buf.extend_from_slice(&data)
-                }
-            }
+        self.buf
+            .reserve(fragments.iter().map(|f| fragment_bytes(f).len()).sum());
+        for fragment in &fragments {
+            self.buf.extend_from_slice(fragment_bytes(fragment));
         }
     }
 
@@ -235,6 +229,14 @@ impl<'a> Out<'a> {
             self.flush().await?;
         }
         Ok(())
+    }
+}
+
+/// The bytes of an encoded fragment, line or literal alike (a server's
+/// literals need no continuation).
+fn fragment_bytes(fragment: &Fragment) -> &[u8] {
+    match fragment {
+        Fragment::Line { data } | Fragment::Literal { data, .. } => data,
     }
 }
 
