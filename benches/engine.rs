@@ -656,6 +656,9 @@ impl Bench {
             RecordAuth::from_cluster_secret(b"bench"),
         );
         config.mailbox.log = tuning;
+        // The engine's own costs, and the store calls they make: no index
+        // pages written in the background meanwhile.
+        config.mailbox.prepare_indexes = false;
         Account::new(self.user.clone(), keys, store, config)
     }
 

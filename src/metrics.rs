@@ -63,6 +63,7 @@ struct Metrics {
     incoming_records: Counters<1>,
     incoming_queue_depth: Histograms<0>,
     incoming_drain_lag: Histograms<0>,
+    index_preparation: Counters<1>,
     unlocked_accounts: Gauge,
     open_mailboxes: Gauge,
 }
@@ -86,6 +87,7 @@ impl Metrics {
             incoming_records: Family::default(),
             incoming_queue_depth: Family::new_with_constructor(depth_histogram),
             incoming_drain_lag: Family::new_with_constructor(lag_histogram),
+            index_preparation: Family::default(),
             unlocked_accounts: Gauge::default(),
             open_mailboxes: Gauge::default(),
         };
@@ -158,6 +160,11 @@ impl Metrics {
             "Time from a message's delivery (LMTP) to its placing in INBOX",
             Unit::Seconds,
             m.incoming_drain_lag.clone(),
+        );
+        r.register(
+            "index_preparation",
+            "Summary pages whose index pages were written in the background after a snapshot, by outcome",
+            m.index_preparation.clone(),
         );
         r.register(
             "unlocked_accounts",
@@ -479,6 +486,18 @@ pub fn drain_lag(lag: Duration) {
         .incoming_drain_lag
         .get_or_create(&[])
         .observe(lag.as_secs_f64());
+}
+
+/// Counts summary pages whose index pages were written in the background
+/// after a snapshot (`done`), or left to their first use after a failure
+/// (`abandoned`).
+pub fn index_preparation(outcome: &'static str, n: usize) {
+    if n > 0 {
+        METRICS
+            .index_preparation
+            .get_or_create(&[("outcome", outcome)])
+            .inc_by(n as u64);
+    }
 }
 
 // Accounts and mailboxes.

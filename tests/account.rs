@@ -528,6 +528,8 @@ async fn summaries_are_paged_out_at_snapshots_and_read_back() {
     let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
     let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
     config.mailbox.log.snapshot_every = 300; // at the sync below only
+    // Store calls are counted below: no index pages written meanwhile.
+    config.mailbox.prepare_indexes = false;
     let user = user_id(b"0123456789abcdef", "alice");
     let a = Account::new(user.clone(), keys, shared.clone(), config);
     let inbox = a.mailbox("0a", 1).await.unwrap();
@@ -979,4 +981,65 @@ async fn separate_opens_of_a_mailbox_start_their_change_counters_apart() {
     let one = a.mailbox("0a", 1).await.unwrap();
     let other = b.mailbox("0a", 1).await.unwrap();
     assert_ne!(*one.watch().borrow(), *other.watch().borrow());
+}
+
+/// Once the account locks (its keyring deleted: the user left), no index
+/// page is written for its mailboxes any more, neither by the background
+/// preparation after a snapshot nor by a search: nothing lands under a
+/// prefix that may soon be a newcomer's.
+#[tokio::test]
+async fn a_locked_account_writes_no_index_page() {
+    let (keyring, _, _) = Keyring::create(&Password::new("pw"), &KdfParams::TEST, false).unwrap();
+    let memory = MemoryStore::new();
+    let shared: SharedStore = Arc::new(memory.clone());
+    store_keyring(&shared, &keyring, b"0123456789abcdef").await;
+    let keys = keyring.unlock_with_password(&Password::new("pw")).unwrap();
+    let mut config = AccountConfig::new(InstanceId::new("a").unwrap(), records());
+    config.mailbox.log.snapshot_every = 300;
+    let a = Account::new(
+        user_id(b"0123456789abcdef", "alice"),
+        keys,
+        shared.clone(),
+        config,
+    );
+    let inbox = a.mailbox("0a", 1).await.unwrap();
+    for i in 0..300 {
+        inbox
+            .append(&message(&format!("m{i:03}")), vec![], 0)
+            .await
+            .unwrap();
+    }
+    let key = facteur::store::layout::keyring(&user_id(b"0123456789abcdef", "alice"));
+    memory.delete(&key).await.unwrap();
+    assert!(a.check_keyring().await.is_err());
+    assert!(a.is_locked());
+    let index_pages = || {
+        memory
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/side/") && k.contains('.'))
+            .collect::<Vec<_>>()
+    };
+    // The snapshot pages out 256 + 44 summaries; the full page is not
+    // prepared.
+    inbox.sync().await.unwrap();
+    let uids: Vec<u32> = (1..=300).collect();
+    assert!(matches!(
+        inbox.write_index(Index::Text, &uids).await,
+        Err(facteur::account::AccountError::Locked)
+    ));
+    // The background work would have started at the sync: give it every
+    // chance (it reads 256 bodies) before looking.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        memory
+            .keys()
+            .iter()
+            .any(|k| k.contains("/side/") && !k.contains('.')),
+        "the snapshot paged summaries out"
+    );
+    assert_eq!(index_pages(), Vec::<String>::new());
 }

@@ -1020,7 +1020,11 @@ async fn damage_in_the_store_is_told_once_per_session() {
 async fn bulk_downloads_read_body_packs() {
     use facteur::store::ObjectStore;
     let w = world().await;
-    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 100;
+    // Index pages written at first use, not after the snapshot.
+    let tuned = |c: &mut AccountConfig| {
+        c.mailbox.log.snapshot_every = 100;
+        c.mailbox.prepare_indexes = false;
+    };
     let writer = instance_tuned(&w.services, "packwriter", tuned);
     let mut c = login(&writer, "alice").await;
     let mut expected = Vec::new();
@@ -1133,6 +1137,115 @@ async fn bulk_downloads_read_body_packs() {
     assert_eq!(packs(), written);
 }
 
+/// A snapshot that pages out full summary pages writes their index
+/// pages in the background (header and text pages, body packs): the
+/// first download and the first text search then read a page per 256
+/// messages, on this instance and another, each message getting its own
+/// body; a download racing the preparation answers each message its own
+/// body too.
+#[tokio::test]
+async fn snapshots_prepare_the_index_pages_of_full_summary_pages() {
+    let w = world().await;
+    // One snapshot, at the SELECT after the appends (APPEND writes none):
+    // summary pages of 256 and 74 messages, both prepared.
+    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 330;
+    let writer = instance_tuned(&w.services, "preparer", tuned);
+    let mut c = login(&writer, "alice").await;
+    let mut expected = Vec::new();
+    for i in 1..=330 {
+        let body = match i {
+            // Over 64 KiB: in no pack, read alone.
+            7 => format!("long {i}\r\n{}", "0123456789abcdef\r\n".repeat(5000)),
+            _ if i % 10 == 3 => format!("line {i}\r\nthe NeEdLe is here"),
+            _ => format!("body of {i}\r\nends {i}."),
+        };
+        let raw = message(&format!("p{i}"), &body);
+        assert!(c.append("INBOX", "", &raw).await.ok());
+        expected.push(raw);
+    }
+    let each_its_own = |reply: &imap_client::Reply| {
+        let lines = reply.untagged("");
+        assert_eq!(lines.len(), 330, "{:?}", reply.tagged());
+        for line in lines {
+            let seq: usize = line[2..].split(' ').next().unwrap().parse().unwrap();
+            let raw = &expected[seq - 1];
+            assert!(
+                line.contains(&format!("{{{}}}{raw})", raw.len())),
+                "message {seq}: {}",
+                &line[..line.len().min(200)]
+            );
+        }
+    };
+    // At once, racing the preparation: each message its own body.
+    assert!(c.run("SELECT INBOX").await.has("* 330 EXISTS"));
+    each_its_own(&c.run("FETCH 1:* BODY.PEEK[]").await);
+
+    let side = |suffix: &str| -> Vec<String> {
+        let mut keys: Vec<String> = w
+            .store
+            .keys()
+            .into_iter()
+            .filter(|k| k.contains("/side/") && k.ends_with(suffix))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let summary_pages: Vec<String> = w
+        .store
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("/mbox/") && k.contains("/side/") && !k.contains('.'))
+        .collect();
+    assert_eq!(summary_pages.len(), 2, "{summary_pages:?}");
+    let complete = || {
+        [".h1", ".t1", ".b1"].iter().all(|suffix| {
+            let mut want: Vec<String> = summary_pages
+                .iter()
+                .map(|p| format!("{p}{suffix}"))
+                .collect();
+            want.sort();
+            side(suffix) == want
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !complete() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "index pages not prepared: {:?} {:?} {:?}",
+            side(".h1"),
+            side(".t1"),
+            side(".b1")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another instance: the first download reads the packs (a GET per
+    // page, plus the long body and the 30 bodies not paged yet) and writes
+    // none; the first text search reads no body of a paged message.
+    let reader = instance_tuned(&w.services, "prepared", tuned);
+    let mut r = login(&reader, "alice").await;
+    assert!(r.run("SELECT INBOX").await.has("* 330 EXISTS"));
+    let before = w.store.calls();
+    let all = r.run("FETCH 1:* BODY.PEEK[]").await;
+    let calls = w.store.calls() - before;
+    each_its_own(&all);
+    assert!(calls < 31 + 20, "{calls} store calls for 330 bodies");
+    let before = w.store.calls();
+    let found = r.run("SEARCH BODY needle").await;
+    let calls = w.store.calls() - before;
+    let needles: Vec<String> = (1..=330)
+        .filter(|i| i % 10 == 3)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(
+        found.untagged("SEARCH"),
+        vec![format!("* SEARCH {}", needles.join(" "))],
+        "{found:?}"
+    );
+    assert!(calls < 31 + 20, "{calls} store calls for a text search");
+    assert!(complete(), "nothing written again");
+}
+
 /// SEARCH BODY and TEXT over a mailbox of a page or more read the
 /// messages' texts from text pages, written by the first such search:
 /// another instance then answers the same without reading a body, a
@@ -1142,7 +1255,11 @@ async fn bulk_downloads_read_body_packs() {
 async fn text_searches_of_large_mailboxes_read_text_pages() {
     use facteur::store::ObjectStore;
     let w = world().await;
-    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 100;
+    // Index pages written at first use, not after the snapshot.
+    let tuned = |c: &mut AccountConfig| {
+        c.mailbox.log.snapshot_every = 100;
+        c.mailbox.prepare_indexes = false;
+    };
     let writer = instance_tuned(&w.services, "textwriter", tuned);
     let mut c = login(&writer, "alice").await;
     let mut expected = Vec::new();
@@ -1293,7 +1410,11 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
 async fn header_searches_of_large_mailboxes_read_header_pages() {
     use facteur::store::ObjectStore;
     let w = world().await;
-    let tuned = |c: &mut AccountConfig| c.mailbox.log.snapshot_every = 300;
+    // Index pages written at first use, not after the snapshot.
+    let tuned = |c: &mut AccountConfig| {
+        c.mailbox.log.snapshot_every = 300;
+        c.mailbox.prepare_indexes = false;
+    };
     let writer = instance_tuned(&w.services, "headerwriter", tuned);
     let mut c = login(&writer, "alice").await;
     let (mut subjects, mut texts) = (Vec::new(), Vec::new());

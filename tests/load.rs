@@ -146,11 +146,51 @@ async fn the_mail_client_mix_runs_without_errors_against_facteur() {
 
     let kept = loadgen::run(&options(
         &server,
-        &["--clients", "2", "--seconds", "4", "--keep-open"],
+        &[
+            "--clients",
+            "2",
+            "--seconds",
+            "4",
+            "--keep-open",
+            "--warm-up",
+        ],
     ))
     .await;
     assert_clean(&kept, &Cmd::mix(true));
-    assert!(kept.ran(Cmd::Login) <= 2, "LOGIN once per kept session");
+    assert!(
+        kept.ran(Cmd::Login) <= 2,
+        "LOGIN once per kept session, the warm-up's not counted"
+    );
+    assert!(
+        kept.warm_up.is_some_and(|(users, s)| users == 2 && s > 0.0),
+        "{:?}",
+        kept.warm_up
+    );
+    // A warm-up that fails is counted as errors, not hidden.
+    let refused = loadgen::run(&options(
+        &server,
+        &[
+            "--mode",
+            "logins",
+            "--clients",
+            "1",
+            "--seconds",
+            "0.2",
+            "--warm-up",
+            "--users",
+            "nobody%d:wrong",
+        ],
+    ))
+    .await;
+    assert!(refused.errors >= 2, "{:?}", refused.error_samples);
+    assert!(
+        refused
+            .error_samples
+            .iter()
+            .any(|e| e.starts_with("warm-up: Login")),
+        "{:?}",
+        refused.error_samples
+    );
 
     let big = loadgen::run(&options(
         &server,

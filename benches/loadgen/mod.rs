@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,6 +109,13 @@ pub struct Options {
     /// Print the report as one JSON line after the table.
     #[arg(long)]
     pub json: bool,
+    /// mix, logins: first log every user in once (connect, LOGIN, LOGOUT;
+    /// `--clients` at once), untimed, and report how long that took: a
+    /// server that unlocks a user's keys at the first login after a start
+    /// (Facteur: one Argon2) is then measured in its steady state, and
+    /// its first logins apart.
+    #[arg(long)]
+    pub warm_up: bool,
 }
 
 impl Options {
@@ -1191,6 +1199,8 @@ pub struct Report {
     pub rss_tenth: Option<(usize, u64)>,
     /// fill: messages appended.
     pub appended: u64,
+    /// `--warm-up`: users logged in once before the measure, and seconds.
+    pub warm_up: Option<(usize, f64)>,
 }
 
 impl Report {
@@ -1290,6 +1300,12 @@ impl Report {
         if self.appended > 0 {
             println!("  appended {} messages", self.appended);
         }
+        if let Some((users, seconds)) = self.warm_up {
+            println!(
+                "  warm-up (untimed): {users} users logged in once in {seconds:.2} s ({:.1} first logins/s)",
+                users as f64 / seconds.max(1e-9)
+            );
+        }
         println!("  errors: {}", self.errors);
         for e in &self.error_samples {
             println!("    {e}");
@@ -1332,6 +1348,8 @@ impl Report {
             "rss_first": self.rss_tenth.map(|r| r.1),
             "rss_per_connection": self.rss_per_connection(),
             "appended": self.appended,
+            "warm_up_users": self.warm_up.map(|w| w.0),
+            "warm_up_seconds": self.warm_up.map(|w| w.1),
         })
     }
 }
@@ -1386,6 +1404,11 @@ enum Workload {
 
 /// `mix` and `logins`: clients until the deadline, with the CPU series.
 async fn timed(options: &Options, workload: Workload) -> Report {
+    let warm_up = if options.warm_up {
+        Some(warm_up(options).await)
+    } else {
+        None
+    };
     let shared = shared(options, options.seconds);
     let started = Instant::now();
     let cpu_start = procs::cpu_seconds(&options.server_pids);
@@ -1470,7 +1493,41 @@ async fn timed(options: &Options, workload: Workload) -> Report {
     let mut report = finish_report(mode, options, &shared, stats);
     report.cpu_seconds = cpu_end - cpu_start;
     report.intervals = intervals.lock().unwrap().clone();
+    if let Some((users, seconds, failures)) = warm_up {
+        report.warm_up = Some((users, seconds));
+        report.errors += failures.len() as u64;
+        let room = ERROR_SAMPLES.saturating_sub(report.error_samples.len());
+        report.error_samples.extend(
+            failures
+                .into_iter()
+                .take(room)
+                .map(|f| format!("warm-up: {f}")),
+        );
+    }
     report
+}
+
+/// `--warm-up`: every user logged in and out once, `--clients` at once.
+/// Returns the users, the seconds it took, and the failures.
+async fn warm_up(options: &Options) -> (usize, f64, Vec<String>) {
+    let users = options.user_count.max(1);
+    let started = Instant::now();
+    let failures: Vec<String> = futures::stream::iter(0..users)
+        .map(|user| async move {
+            let mut conn = session(options, user).await?;
+            let r = conn.run(Cmd::Logout, "LOGOUT").await?;
+            if !r.ok() {
+                return fail(Cmd::Logout, r.tagged().to_owned());
+            }
+            Ok(())
+        })
+        .buffer_unordered(options.clients.max(1))
+        .filter_map(|r: Result<(), Failure>| async move {
+            r.err().map(|f| format!("{:?}: {}", f.cmd, f.detail))
+        })
+        .collect()
+        .await;
+    (users, started.elapsed().as_secs_f64(), failures)
 }
 
 async fn login_loop(id: usize, shared: Arc<Shared>, login: String, password: String) -> Stats {

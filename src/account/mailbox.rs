@@ -39,13 +39,24 @@ use crate::mailbox::body::{
 };
 use crate::mailbox::incoming::{self, DrainReport};
 use crate::mailbox::op::{Delivery, MAX_SKIP};
-use crate::mailbox::state::{MERGE_PAGES, SummaryAt};
+use crate::mailbox::state::{MERGE_PAGES, SMALL_PAGE, SummaryAt};
 use crate::mailbox::summary::{LineEnds, MessageSummary, Parts, summarize};
 use crate::mailbox::text::{
     Index, IndexPage, MAX_MESSAGE_TEXT, MAX_PACKED_BODY, encode_headers, searchable_text_within,
 };
 use crate::mailbox::{MailboxOp, MailboxState, MessageId, MessageRef, NewMessage};
 use crate::store::{SharedStore, layout, list_all_keys};
+
+/// The index kinds a summary page lacks, and its shown messages (UID and
+/// id): what [`Mailbox::write_index`] builds from.
+type Lacking = (Vec<Index>, Vec<(u32, MessageId)>);
+
+/// Index pages being written in the background
+/// ([`Mailbox::prepare_index_pages`]), at most one summary page's at a time
+/// in the process: up to 256 bodies read (4 at a time), a text page and a
+/// pack of 4 MiB built. Taken after the page's locks, so a search holding
+/// them for a whole mailbox does not stall other mailboxes' preparation.
+static PREPARING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// A message for [`Mailbox::import`].
 #[derive(Clone, Debug)]
@@ -165,6 +176,10 @@ pub struct MailboxTuning {
     pub max_body_size: usize,
     /// Placement turns between instances (`account::turn`).
     pub turns: TurnTuning,
+    /// Whether a snapshot that pages out full summary pages writes their
+    /// index pages in the background ([`Mailbox::prepare_index_pages`]). On by
+    /// default; off, they are written at their first search or download.
+    pub prepare_indexes: bool,
 }
 
 /// [`MailboxTuning::max_body_size`] by default: the configuration's
@@ -178,6 +193,7 @@ impl Default for MailboxTuning {
             fix_up_jitter: Duration::from_millis(200),
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             turns: TurnTuning::default(),
+            prepare_indexes: true,
         }
     }
 }
@@ -217,6 +233,13 @@ pub struct Mailbox {
     /// the same summaries into a second set of pages that nothing would
     /// refer to.
     snapshotting: Mutex<()>,
+    /// This mailbox, for the background work it starts
+    /// ([`Mailbox::prepare_index_pages`]), which ends when the mailbox
+    /// closes.
+    me: std::sync::Weak<Mailbox>,
+    /// Set when the account locks ([`Mailbox::lock_out`]): no index page
+    /// is written after.
+    locked_out: std::sync::atomic::AtomicBool,
     /// Counts this mailbox as open (`/metrics`) while it lives.
     _live: crate::metrics::Live,
 }
@@ -251,7 +274,7 @@ impl Mailbox {
         instance: InstanceId,
         cache: Arc<BodyCache>,
         tuning: MailboxTuning,
-    ) -> Result<Mailbox, AccountError> {
+    ) -> Result<Arc<Mailbox>, AccountError> {
         let prefix = format!("{}mbox/{id}/", layout::user_prefix(&user));
         let turns = Turns::new(
             store.clone(),
@@ -276,7 +299,7 @@ impl Mailbox {
         static OPENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let first = OPENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32;
         let (changes, _) = watch::channel(first);
-        Ok(Mailbox {
+        Ok(Arc::new_cyclic(|me| Mailbox {
             cache_id: Arc::from(id.as_str()),
             id,
             user,
@@ -292,8 +315,10 @@ impl Mailbox {
             indexing: [Mutex::new(()), Mutex::new(()), Mutex::new(())],
             packs_paused_until: AtomicU64::new(0),
             snapshotting: Mutex::new(()),
+            me: me.clone(),
+            locked_out: std::sync::atomic::AtomicBool::new(false),
             _live: crate::metrics::Live::new(crate::metrics::Kind::OpenMailbox),
-        })
+        }))
     }
 
     pub fn id(&self) -> &str {
@@ -414,7 +439,10 @@ impl Mailbox {
         if !self.log.read().await.snapshot_due() {
             return Ok(());
         }
-        self.page_out().await?;
+        let full = self.page_out().await?;
+        // The pages are in the state now, whether or not this snapshot is
+        // stored (the next one refers to them).
+        self.prepare_index_pages(full);
         let prepared = match self.log.read().await.prepare_snapshot() {
             Ok(prepared) => prepared,
             // The last full listing aged while the pages were written: the
@@ -439,8 +467,10 @@ impl Mailbox {
 
     /// Writes the summaries held in memory into summary pages, then lets
     /// the state drop them (it records which page holds each). Pages are
-    /// stored before any state refers to them.
-    async fn page_out(&self) -> Result<(), AccountError> {
+    /// stored before any state refers to them. Returns the messages of
+    /// each page written that is not small (see
+    /// [`Mailbox::prepare_index_pages`]).
+    async fn page_out(&self) -> Result<Vec<Vec<MessageId>>, AccountError> {
         let (held, small, side) = {
             let log = self.log.read().await;
             let s = log.state();
@@ -448,7 +478,7 @@ impl Mailbox {
         };
         let merge = small.len() + usize::from(!held.is_empty()) >= MERGE_PAGES;
         if held.is_empty() && !merge {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut summaries: Vec<PagedSummary> = held
             .into_iter()
@@ -494,11 +524,72 @@ impl Mailbox {
             .collect()
             .await;
         let written = written.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let full = written
+            .iter()
+            .filter(|(_, ids)| ids.len() >= SMALL_PAGE)
+            .map(|(_, ids)| ids.clone())
+            .collect();
         // Messages of merged pages now point at the new pages: the small
         // ones are forgotten, and collected once no kept snapshot refers
         // to them.
         self.log.write().await.state_mut().paged_out(written);
-        Ok(())
+        Ok(full)
+    }
+
+    /// Writes the index pages of `pages` (the messages of summary pages
+    /// just written) in the background: the header page, then the text
+    /// page and body pack together (each body read once for both), one
+    /// summary page at a time in the whole process. The first search or
+    /// download of their messages then reads a page per 256 messages
+    /// instead of every body, as Dovecot reads the indexes it keeps at
+    /// delivery. Only pages not merged again (at least [`SMALL_PAGE`]
+    /// messages) are given to it: a small page's would be written again
+    /// for the merged page. Best effort, as when a search writes them: a
+    /// page whose index pages cannot be written now gets them at its first
+    /// search or download, and a failure ends the work. It ends too when
+    /// the mailbox closes or its account locks ([`Mailbox::lock_out`]).
+    fn prepare_index_pages(&self, pages: Vec<Vec<MessageId>>) {
+        if pages.is_empty() || !self.tuning.prepare_indexes {
+            return;
+        }
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let left = pages.len();
+            for (done, ids) in pages.into_iter().enumerate() {
+                let Some(mailbox) = me.upgrade() else {
+                    return;
+                };
+                if mailbox.locked_out.load(Ordering::Relaxed) {
+                    return;
+                }
+                let uids: Vec<u32> = mailbox
+                    .read(|s| ids.iter().filter_map(|id| s.uid_of(id)).collect())
+                    .await;
+                let mut written = Ok(0);
+                for kinds in [&[Index::Headers][..], &[Index::Text, Index::Bodies]] {
+                    written = mailbox.write_indexes(kinds, &uids, Some(&PREPARING)).await;
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                match written {
+                    Ok(_) => crate::metrics::index_preparation("done", 1),
+                    Err(e) => {
+                        tracing::info!(mailbox = %mailbox.id, error = %e, "index pages not prepared; written at their first use");
+                        crate::metrics::index_preparation("abandoned", left - done);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Ends the background work of this mailbox for good (its account
+    /// locked: the keyring is gone or replaced), and wakes its sessions.
+    /// No index page is written after this returns, by any caller.
+    pub(crate) fn lock_out(&self) {
+        self.locked_out.store(true, Ordering::Relaxed);
+        self.wake();
     }
 
     /// The summaries of `small` pages' messages, to be paged again into
@@ -796,6 +887,13 @@ impl Mailbox {
     /// whose size differs from the recorded one is damaged and refused
     /// ([`AccountError::Corrupt`]).
     pub async fn body(&self, uid: u32) -> Result<Bytes, AccountError> {
+        self.body_kept(uid, true).await
+    }
+
+    /// [`Mailbox::body`], kept in the account's cache only if `keep`: a
+    /// body read to write an index page is not read again soon (its page
+    /// answers), and would evict bodies that are.
+    async fn body_kept(&self, uid: u32, keep: bool) -> Result<Bytes, AccountError> {
         let message = self
             .read(|s| s.message(uid).map(|m| m.message.to_ref()))
             .await
@@ -823,7 +921,9 @@ impl Mailbox {
                 message.size
             )));
         }
-        self.cache.insert(message.blob_id, body.clone());
+        if keep {
+            self.cache.insert(message.blob_id, body.clone());
+        }
         Ok(body)
     }
 
@@ -962,6 +1062,24 @@ impl Mailbox {
     /// any other failure to read is an error, and the pages written so far
     /// stay.
     pub async fn write_index(&self, index: Index, uids: &[u32]) -> Result<usize, AccountError> {
+        self.write_indexes(&[index], uids, None).await
+    }
+
+    /// [`Mailbox::write_index`] for several kinds at once: a summary page
+    /// lacking both its text page and its body pack has each of its bodies
+    /// read once for both. The kinds' locks are taken in the order of
+    /// [`Index`], so two callers cannot wait on each other; then `turn`,
+    /// if given, before any I/O. Nothing is written once the account has
+    /// locked ([`Mailbox::lock_out`]).
+    async fn write_indexes(
+        &self,
+        indexes: &[Index],
+        uids: &[u32],
+        turn: Option<&tokio::sync::Semaphore>,
+    ) -> Result<usize, AccountError> {
+        let mut kinds = indexes.to_vec();
+        kinds.sort_by_key(|index| *index as usize);
+        kinds.dedup();
         let (touched, side) = {
             let log = self.log.read().await;
             let s = log.state();
@@ -972,19 +1090,41 @@ impl Mailbox {
                     _ => None,
                 })
                 .collect();
-            let touched: BTreeSet<String> = pages.into_iter().map(|p| index.page_name(p)).collect();
+            // Per summary page, the names of its index pages wanted.
+            let touched: BTreeMap<String, Vec<(Index, String)>> = pages
+                .into_iter()
+                .map(|page| {
+                    let names = kinds.iter().map(|i| (*i, i.page_name(page))).collect();
+                    (page.to_owned(), names)
+                })
+                .collect();
             (touched, log.side())
         };
-        let all_known = |indexed: &HashSet<String>| touched.iter().all(|n| indexed.contains(n));
+        let all_known = |indexed: &HashSet<String>| {
+            touched
+                .values()
+                .flatten()
+                .all(|(_, name)| indexed.contains(name))
+        };
         if all_known(&self.indexed()) {
             return Ok(0);
         }
-        // One search at a time writes each kind; the others wait for its
-        // pages.
-        let _writing = self.indexing[index as usize].lock().await;
+        // One writer at a time per kind; the others wait for its pages.
+        let mut _writing = Vec::with_capacity(kinds.len());
+        for index in &kinds {
+            _writing.push(self.indexing[*index as usize].lock().await);
+        }
         if all_known(&self.indexed()) {
             return Ok(0);
         }
+        let _turn = match turn {
+            Some(turn) => Some(
+                turn.acquire()
+                    .await
+                    .map_err(|e| AccountError::Internal(format!("index pages: {e}")))?,
+            ),
+            None => None,
+        };
         let prefix = side.object_key("");
         let listed = list_all_keys(self.store.as_ref(), &prefix, None).await?;
         self.indexed().extend(
@@ -994,62 +1134,87 @@ impl Mailbox {
                 .filter(|name| name.contains('.'))
                 .map(str::to_owned),
         );
-        let missing: HashSet<String> = {
+        // Per summary page, the kinds it lacks.
+        let missing: HashMap<String, Vec<Index>> = {
             let indexed = self.indexed();
             touched
                 .into_iter()
-                .filter(|name| !indexed.contains(name))
-                .filter_map(|name| Some(name.strip_suffix(index.suffix())?.to_owned()))
+                .filter_map(|(page, names)| {
+                    let lacking: Vec<Index> = names
+                        .into_iter()
+                        .filter(|(_, name)| !indexed.contains(name))
+                        .map(|(index, _)| index)
+                        .collect();
+                    (!lacking.is_empty()).then_some((page, lacking))
+                })
                 .collect()
         };
         if missing.is_empty() {
             return Ok(0);
         }
-        // The shown messages of each summary page missing its index page.
-        let pages: BTreeMap<String, Vec<(u32, MessageId)>> = {
+        // The shown messages of each summary page lacking index pages.
+        let pages: BTreeMap<String, Lacking> = {
             let log = self.log.read().await;
             let s = log.state();
-            let mut pages: BTreeMap<String, Vec<(u32, MessageId)>> = BTreeMap::new();
+            let mut pages: BTreeMap<String, Lacking> = BTreeMap::new();
             for (uid, id) in s.shown() {
                 if let SummaryAt::Page(page) = s.summary_at(&id)
-                    && missing.contains(page)
+                    && let Some(lacking) = missing.get(page)
                 {
-                    pages.entry(page.to_owned()).or_default().push((uid, id));
+                    pages
+                        .entry(page.to_owned())
+                        .or_insert_with(|| (lacking.clone(), Vec::new()))
+                        .1
+                        .push((uid, id));
                 }
             }
             pages
         };
-        // Header pages cost a summary page read each, text pages up to 256
-        // body reads ([`TEXT_BODIES`] at a time).
-        let at_once = match index {
-            Index::Text | Index::Bodies => 2,
-            Index::Headers => SUMMARY_FETCHES,
+        // Header pages cost a summary page read each, text pages and
+        // packs up to 256 body reads ([`TEXT_BODIES`] at a time).
+        let at_once = if kinds
+            .iter()
+            .any(|i| matches!(i, Index::Text | Index::Bodies))
+        {
+            2
+        } else {
+            SUMMARY_FETCHES
         };
         let mut built = stream::iter(pages)
-            .map(|(page, messages)| {
+            .map(|(page, (lacking, messages))| {
                 let side = side.clone();
                 async move {
-                    let entries = match index {
-                        Index::Text => self.text_page(&messages).await?,
-                        Index::Headers => self.header_page(&messages).await?,
-                        Index::Bodies => self.body_pack(&messages).await?,
-                    };
-                    let (name, sealed) = tokio::task::spawn_blocking({
-                        let side = side.clone();
-                        move || side.seal_companion(&page, index.suffix(), &entries.encode(index))
-                    })
-                    .await
-                    .map_err(|e| AccountError::Internal(format!("sealing an index page: {e}")))?;
-                    self.store.put(&side.object_key(&name), sealed).await?;
-                    self.indexed().insert(name);
-                    Ok::<(), AccountError>(())
+                    let mut written = 0;
+                    for (index, entries) in self.index_pages(&lacking, &messages).await? {
+                        // A pack of nothing (every body long or unreadable)
+                        // would only cost a GET: a FETCH reads them alone.
+                        if index == Index::Bodies && entries.entries.is_empty() {
+                            continue;
+                        }
+                        if self.locked_out.load(Ordering::Relaxed) {
+                            return Err(AccountError::Locked);
+                        }
+                        let (name, sealed) = tokio::task::spawn_blocking({
+                            let (side, page) = (side.clone(), page.clone());
+                            move || {
+                                side.seal_companion(&page, index.suffix(), &entries.encode(index))
+                            }
+                        })
+                        .await
+                        .map_err(|e| {
+                            AccountError::Internal(format!("sealing an index page: {e}"))
+                        })?;
+                        self.store.put(&side.object_key(&name), sealed).await?;
+                        self.indexed().insert(name);
+                        written += 1;
+                    }
+                    Ok::<usize, AccountError>(written)
                 }
             })
             .buffer_unordered(at_once);
         let mut written = 0;
         while let Some(page) = built.next().await {
-            page?;
-            written += 1;
+            written += page?;
         }
         Ok(written)
     }
@@ -1061,58 +1226,41 @@ impl Mailbox {
         self.indexed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The text page of `messages` (see [`Mailbox::write_index`]).
-    async fn text_page(&self, messages: &[(u32, MessageId)]) -> Result<IndexPage, AccountError> {
-        let structure = Parts {
-            body: true,
-            ..Parts::NONE
-        };
-        let messages = self.with_summaries(messages, structure).await?;
-        let mut texts = stream::iter(messages)
-            .map(|(uid, id, summary)| async move {
-                let raw = match self.body(uid).await {
-                    Ok(raw) => raw,
-                    Err(
-                        AccountError::NoSuchMessage(_)
-                        | AccountError::Corrupt(_)
-                        | AccountError::Crypto(_),
-                    ) => {
-                        return Ok(None);
-                    }
-                    Err(AccountError::Store(e)) if e.is_not_found() => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                let text = tokio::task::spawn_blocking(move || {
-                    searchable_text_within(&raw, &summary.body, MAX_MESSAGE_TEXT)
-                })
-                .await;
-                match text {
-                    Ok(text) => Ok(text.map(|text| (id, text))),
-                    // Left out: searches read the body (and fail the same).
-                    Err(e) if e.is_panic() => {
-                        tracing::warn!(uid, "reading the text of a message panicked");
-                        Ok(None)
-                    }
-                    Err(e) => Err(AccountError::Internal(format!("reading a text: {e}"))),
-                }
-            })
-            .buffered(TEXT_BODIES);
-        let mut page = IndexPage::default();
-        while let Some(text) = texts.next().await {
-            if let Some((id, text)) = text? {
-                page.add(Index::Text, id, text.into());
-            }
+    /// The index pages of `kinds` for `messages` (the shown messages of one
+    /// summary page; see [`Mailbox::write_index`]).
+    async fn index_pages(
+        &self,
+        kinds: &[Index],
+        messages: &[(u32, MessageId)],
+    ) -> Result<Vec<(Index, IndexPage)>, AccountError> {
+        let mut pages = Vec::with_capacity(kinds.len());
+        if kinds.contains(&Index::Headers) {
+            pages.push((Index::Headers, self.header_page(messages).await?));
         }
-        Ok(page)
+        let (text, pack) = (kinds.contains(&Index::Text), kinds.contains(&Index::Bodies));
+        if text || pack {
+            let (texts, bodies) = self.body_pages(messages, text, pack).await?;
+            pages.extend(texts.map(|page| (Index::Text, page)));
+            pages.extend(bodies.map(|page| (Index::Bodies, page)));
+        }
+        Ok(pages)
     }
 
-    /// The body pack of `messages` (see [`Mailbox::write_index`]): those
-    /// short enough, read [`TEXT_BODIES`] at a time; one that cannot be
-    /// read is left out (a FETCH reads it alone and reports that).
-    async fn body_pack(&self, messages: &[(u32, MessageId)]) -> Result<IndexPage, AccountError> {
+    /// The text page (if `text`) and the body pack (if `pack`) of
+    /// `messages`, each body read once, [`TEXT_BODIES`] at a time, and
+    /// not kept in the cache (the pages answer for them): the text of
+    /// every message; the bodies short enough to be packed, as many as
+    /// fit a pack. A message whose body cannot be found or opened is left
+    /// out of both (a search or FETCH reads it alone and reports that).
+    async fn body_pages(
+        &self,
+        messages: &[(u32, MessageId)],
+        text: bool,
+        pack: bool,
+    ) -> Result<(Option<IndexPage>, Option<IndexPage>), AccountError> {
         // Only what fits: no body read to be dropped.
-        let short: Vec<(u32, MessageId)> = self
-            .read(|s| {
+        let packed: HashSet<u32> = if pack {
+            self.read(|s| {
                 let mut room = Index::Bodies.max_page() as u64;
                 messages
                     .iter()
@@ -1126,31 +1274,84 @@ impl Mailbox {
                         }
                         fits
                     })
-                    .copied()
+                    .map(|(uid, _)| *uid)
                     .collect()
             })
-            .await;
-        let mut bodies = stream::iter(short)
-            .map(|(uid, id)| async move {
-                match self.body(uid).await {
-                    Ok(body) => Ok(Some((id, body))),
+            .await
+        } else {
+            HashSet::new()
+        };
+        // With text, every message and the structure of its body; else
+        // only the packed ones.
+        let wanted: Vec<(u32, MessageId, Option<MessageSummary>)> = if text {
+            let structure = Parts {
+                body: true,
+                ..Parts::NONE
+            };
+            self.with_summaries(messages, structure)
+                .await?
+                .into_iter()
+                .map(|(uid, id, summary)| (uid, id, Some(summary)))
+                .collect()
+        } else {
+            messages
+                .iter()
+                .filter(|(uid, _)| packed.contains(uid))
+                .map(|(uid, id)| (*uid, *id, None))
+                .collect()
+        };
+        let packed = &packed;
+        let mut read = stream::iter(wanted)
+            .map(|(uid, id, summary)| async move {
+                let raw = match self.body_kept(uid, false).await {
+                    Ok(raw) => raw,
                     Err(
                         AccountError::NoSuchMessage(_)
                         | AccountError::Corrupt(_)
                         | AccountError::Crypto(_),
-                    ) => Ok(None),
-                    Err(AccountError::Store(e)) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(e),
-                }
+                    ) => return Ok(None),
+                    Err(AccountError::Store(e)) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let text = match summary {
+                    None => None,
+                    Some(summary) => {
+                        let body = raw.clone();
+                        let text = tokio::task::spawn_blocking(move || {
+                            searchable_text_within(&body, &summary.body, MAX_MESSAGE_TEXT)
+                        })
+                        .await;
+                        match text {
+                            Ok(text) => text,
+                            // Left out: searches read the body (and fail the
+                            // same).
+                            Err(e) if e.is_panic() => {
+                                tracing::warn!(uid, "reading the text of a message panicked");
+                                None
+                            }
+                            Err(e) => {
+                                return Err(AccountError::Internal(format!("reading a text: {e}")));
+                            }
+                        }
+                    }
+                };
+                let body = packed.contains(&uid).then_some(raw);
+                Ok(Some((id, text, body)))
             })
             .buffered(TEXT_BODIES);
-        let mut page = IndexPage::default();
-        while let Some(body) = bodies.next().await {
-            if let Some((id, body)) = body? {
-                page.add(Index::Bodies, id, body);
+        let (mut texts, mut bodies) = (IndexPage::default(), IndexPage::default());
+        while let Some(read) = read.next().await {
+            let Some((id, text, body)) = read? else {
+                continue;
+            };
+            if let Some(text) = text {
+                texts.add(Index::Text, id, text.into());
+            }
+            if let Some(body) = body {
+                bodies.add(Index::Bodies, id, body);
             }
         }
-        Ok(page)
+        Ok((text.then_some(texts), pack.then_some(bodies)))
     }
 
     /// Bodies of `uids` read from body packs, writing the packs their

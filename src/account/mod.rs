@@ -330,7 +330,7 @@ impl Account {
         tracing::warn!(user = ?self.user, "the keyring is gone or replaced: locking the unlocked account");
         self.locked.send_replace(true);
         for mailbox in self.open_mailboxes() {
-            mailbox.wake();
+            mailbox.lock_out();
         }
         Err(AccountError::Locked)
     }
@@ -368,19 +368,17 @@ impl Account {
             self.used(&open);
             return Ok(open);
         }
-        let mailbox = Arc::new(
-            Mailbox::open(
-                id.to_owned(),
-                uid_validity,
-                self.user.clone(),
-                self.store.clone(),
-                self.keys.master().subkey(purpose::MAILBOX),
-                self.config.instance.clone(),
-                self.cache.clone(),
-                self.config.mailbox.clone(),
-            )
-            .await?,
-        );
+        let mailbox = Mailbox::open(
+            id.to_owned(),
+            uid_validity,
+            self.user.clone(),
+            self.store.clone(),
+            self.keys.master().subkey(purpose::MAILBOX),
+            self.config.instance.clone(),
+            self.cache.clone(),
+            self.config.mailbox.clone(),
+        )
+        .await?;
         if let Some(base) = modseq_base {
             mailbox.set_modseq_base(base).await;
         }
