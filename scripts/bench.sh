@@ -290,8 +290,9 @@ cpu_ticks() { # server
 }
 # Waits until the server is idle (under 5 % of a core over 2 s), at most 5
 # minutes: what a fill leaves running in the background (Facteur writes
-# the index pages of the summary pages its snapshots paged out) must not
-# run into the next server's measures.
+# the index pages of the summary pages its snapshots paged out, until the
+# account's grace period after the fill's last logout) must not run into
+# the next server's measures.
 settle() { # server
     local prev now i hz
     hz="$(getconf CLK_TCK)"
@@ -299,7 +300,8 @@ settle() { # server
     for i in $(seq 1 150); do
         sleep 2
         now="$(cpu_ticks "$1")"
-        if [ $((now - prev)) -lt $((hz / 10)) ]; then
+        # (A process that ended makes the difference negative: not idle.)
+        if [ $((now - prev)) -ge 0 ] && [ $((now - prev)) -lt $((hz / 10)) ]; then
             log "$1 idle after the fill ($((i * 2)) s)"
             return
         fi
@@ -466,7 +468,8 @@ for kind, label in [("login1", "logins/s, same user, 4 clients"), ("loginN", f"l
 def first_logins(x):
     n, t = x.get("warm_up_users"), x.get("warm_up_seconds")
     return n / t if n and t else None
-row(f"first logins after a restart, logins/s", {s: first_logins(load(f"long-{s}")) for s in servers})
+long = {s: load(f"long-{s}") for s in servers}
+row("first logins after a restart, logins/s", {s: first_logins(long[s]) for s in servers})
 
 header(f"Big mailbox, cold (server restarted), ms, median of {rounds} rounds")
 runs = {s: [load(f"big-{s}-{r}") for r in range(1, rounds + 1)] for s in servers}
@@ -501,7 +504,6 @@ for n in idle_counts:
     row(f"{n} sessions in IDLE", vals)
 
 header(f"Ops per server CPU second over a {minutes} min run: first interval, last interval")
-long = {s: load(f"long-{s}") for s in servers}
 def per_cpu(x, i):
     iv = x.get("intervals") or []
     if not iv:
