@@ -131,6 +131,22 @@ impl World {
     }
 }
 
+/// Asserts that `reply` (a FETCH of every message's BODY[]) gives each
+/// message of `expected` (in sequence order) its own body, as a literal.
+fn each_its_own_body(reply: &imap_client::Reply, expected: &[String]) {
+    let lines = reply.untagged("");
+    assert_eq!(lines.len(), expected.len(), "{:?}", reply.tagged());
+    for line in lines {
+        let seq: usize = line[2..].split(' ').next().unwrap().parse().unwrap();
+        let raw = &expected[seq - 1];
+        assert!(
+            line.contains(&format!("{{{}}}{raw})", raw.len())),
+            "message {seq}: {}",
+            &line[..line.len().min(200)]
+        );
+    }
+}
+
 /// Waits until mailbox summary pages are `n` in the store: the snapshot
 /// that pages summaries out runs at a sync (SELECT, or the poller's next
 /// tick if the SELECT's was deferred), not at the APPEND.
@@ -1074,19 +1090,7 @@ async fn bulk_downloads_read_body_packs() {
         keys.sort();
         keys
     };
-    let each_its_own = |reply: &imap_client::Reply| {
-        let lines = reply.untagged("");
-        assert_eq!(lines.len(), 300, "{:?}", reply.tagged());
-        for line in lines {
-            let seq: usize = line[2..].split(' ').next().unwrap().parse().unwrap();
-            let raw = &expected[seq - 1];
-            assert!(
-                line.contains(&format!("{{{}}}{raw})", raw.len())),
-                "message {seq}: {}",
-                &line[..line.len().min(200)]
-            );
-        }
-    };
+    let each_its_own = |reply: &imap_client::Reply| each_its_own_body(reply, &expected);
     // A few bodies (new mail): read alone.
     assert!(c.run("FETCH 299:300 BODY.PEEK[]").await.ok());
     assert!(packs().is_empty());
@@ -1181,19 +1185,7 @@ async fn snapshots_prepare_the_index_pages_of_full_summary_pages() {
         assert!(c.append("INBOX", "", &raw).await.ok());
         expected.push(raw);
     }
-    let each_its_own = |reply: &imap_client::Reply| {
-        let lines = reply.untagged("");
-        assert_eq!(lines.len(), 330, "{:?}", reply.tagged());
-        for line in lines {
-            let seq: usize = line[2..].split(' ').next().unwrap().parse().unwrap();
-            let raw = &expected[seq - 1];
-            assert!(
-                line.contains(&format!("{{{}}}{raw})", raw.len())),
-                "message {seq}: {}",
-                &line[..line.len().min(200)]
-            );
-        }
-    };
+    let each_its_own = |reply: &imap_client::Reply| each_its_own_body(reply, &expected);
     // At once, racing the preparation: each message its own body.
     assert!(c.run("SELECT INBOX").await.has("* 330 EXISTS"));
     each_its_own(&c.run("FETCH 1:* BODY.PEEK[]").await);
