@@ -170,6 +170,16 @@ async fn wait_for_summary_pages(store: &MemoryStore, n: usize) {
     }
 }
 
+/// Index pages of every mailbox whose names end with `suffix` (`.h1`
+/// header pages, `.t1` text pages, `.b1` body packs), in key order.
+fn side_objects(store: &MemoryStore, suffix: &str) -> Vec<String> {
+    store
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("/side/") && k.ends_with(suffix))
+        .collect()
+}
+
 fn message(subject: &str, body: &str) -> String {
     format!(
         "From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n\
@@ -1080,16 +1090,7 @@ async fn bulk_downloads_read_body_packs() {
     }
     assert!(c.run("SELECT INBOX").await.has("* 300 EXISTS"));
     wait_for_summary_pages(&w.store, 2).await;
-    let packs = || {
-        let mut keys: Vec<String> = w
-            .store
-            .keys()
-            .into_iter()
-            .filter(|k| k.contains("/side/") && k.ends_with(".b1"))
-            .collect();
-        keys.sort();
-        keys
-    };
+    let packs = || side_objects(&w.store, ".b1");
     let each_its_own = |reply: &imap_client::Reply| each_its_own_body(reply, &expected);
     // A few bodies (new mail): read alone.
     assert!(c.run("FETCH 299:300 BODY.PEEK[]").await.ok());
@@ -1159,6 +1160,104 @@ async fn bulk_downloads_read_body_packs() {
     assert_eq!(packs(), written);
 }
 
+/// A download's batches end where summary pages do, and a range cutting
+/// a page still reads its pack when it asks for a quarter of it: each
+/// pack is read once, and no body alone; a search's chunks end there too,
+/// each text page read once. Three summary pages of 100 messages: chunks
+/// of 256 would cut the third page in two.
+#[tokio::test]
+async fn downloads_and_searches_read_each_page_once() {
+    let w = world().await;
+    let tuned = |c: &mut AccountConfig| {
+        c.mailbox.log.snapshot_every = 100;
+        c.mailbox.prepare_indexes = false;
+    };
+    let writer = instance_tuned(&w.services, "pagewriter", tuned);
+    let mut c = login(&writer, "alice").await;
+    let mut expected = Vec::new();
+    for page in 1..=3 {
+        for i in (page - 1) * 100 + 1..=page * 100 {
+            let raw = message(&format!("p{i}"), &format!("body of {i}\r\nends {i}."));
+            assert!(c.append("INBOX", "", &raw).await.ok());
+            expected.push(raw);
+        }
+        // The sync of this SELECT (or the poller's) pages the hundred out.
+        assert!(c.run("SELECT INBOX").await.ok());
+        wait_for_summary_pages(&w.store, page).await;
+    }
+    let all = c.run("FETCH 1:* BODY.PEEK[]").await;
+    each_its_own_body(&all, &expected);
+    let packs = side_objects(&w.store, ".b1");
+    assert_eq!(packs.len(), 3, "a pack per summary page: {packs:?}");
+    let pack_reads = || packs.iter().map(|k| w.store.reads(k)).collect::<Vec<u64>>();
+
+    // Another instance downloads the whole mailbox: each pack read once.
+    let reader = instance_tuned(&w.services, "pagereader", tuned);
+    let mut r = login(&reader, "alice").await;
+    assert!(r.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let (before, calls) = (pack_reads(), w.store.calls());
+    each_its_own_body(&r.run("FETCH 1:* BODY.PEEK[]").await, &expected);
+    let read: Vec<u64> = pack_reads()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(read, [1, 1, 1], "GETs of each pack");
+    let calls = w.store.calls() - calls;
+    assert!(calls <= 12, "{calls} store calls for 300 bodies");
+
+    // A third one downloads messages 1 to 230: the third page's pack is
+    // read for its first 30 bodies, not a GET each.
+    let third = instance_tuned(&w.services, "pagethird", tuned);
+    let mut t = login(&third, "alice").await;
+    assert!(t.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let (before, calls) = (pack_reads(), w.store.calls());
+    each_its_own_body(&t.run("FETCH 1:230 BODY.PEEK[]").await, &expected[..230]);
+    let read: Vec<u64> = pack_reads()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(read, [1, 1, 1], "GETs of each pack");
+    let calls = w.store.calls() - calls;
+    assert!(calls <= 12, "{calls} store calls for 230 bodies");
+
+    // A search's chunks end where pages do too: each text page read once
+    // on a fourth instance, and the matches numbered right across chunks
+    // of 200 and 100 messages.
+    let found = c.run("SEARCH TEXT \"ends 25\"").await;
+    assert_eq!(
+        found.untagged("SEARCH"),
+        ["* SEARCH 25 250 251 252 253 254 255 256 257 258 259"]
+    );
+    let text_pages = side_objects(&w.store, ".t1");
+    assert_eq!(
+        text_pages.len(),
+        3,
+        "a text page per summary page: {text_pages:?}"
+    );
+    let fourth = instance_tuned(&w.services, "pagefourth", tuned);
+    let mut f = login(&fourth, "alice").await;
+    assert!(f.run("SELECT INBOX").await.has("* 300 EXISTS"));
+    let before: Vec<u64> = text_pages.iter().map(|k| w.store.reads(k)).collect();
+    let found = f.run("SEARCH TEXT \"ends 2\"").await;
+    let matches: Vec<u32> = found.untagged("SEARCH")[0]
+        .split(' ')
+        .skip(2)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let expected: Vec<u32> = (1..=300)
+        .filter(|i| i.to_string().starts_with('2'))
+        .collect();
+    assert_eq!(matches, expected);
+    let read: Vec<u64> = text_pages
+        .iter()
+        .zip(&before)
+        .map(|(k, b)| w.store.reads(k) - b)
+        .collect();
+    assert_eq!(read, [1, 1, 1], "GETs of each text page");
+}
+
 /// A snapshot that pages out full summary pages writes their index
 /// pages in the background (header and text pages, body packs): the
 /// first download and the first text search then read a page per 256
@@ -1191,16 +1290,7 @@ async fn snapshots_prepare_the_index_pages_of_full_summary_pages() {
     each_its_own(&c.run("FETCH 1:* BODY.PEEK[]").await);
     wait_for_summary_pages(&w.store, 2).await;
 
-    let side = |suffix: &str| -> Vec<String> {
-        let mut keys: Vec<String> = w
-            .store
-            .keys()
-            .into_iter()
-            .filter(|k| k.contains("/side/") && k.ends_with(suffix))
-            .collect();
-        keys.sort();
-        keys
-    };
+    let side = |suffix: &str| side_objects(&w.store, suffix);
     let summary_pages: Vec<String> = w
         .store
         .keys()
@@ -1310,13 +1400,7 @@ async fn text_searches_of_large_mailboxes_read_text_pages() {
     }
     let answer = format!("* SEARCH {}", expected.join(" "));
     assert!(c.run("SELECT INBOX").await.has("* 300 EXISTS"));
-    let text_pages = || {
-        w.store
-            .keys()
-            .into_iter()
-            .filter(|k| k.contains("/side/") && k.ends_with(".t1"))
-            .collect::<Vec<_>>()
-    };
+    let text_pages = || side_objects(&w.store, ".t1");
     assert!(text_pages().is_empty());
     let found = c.run("SEARCH TEXT needle").await;
     assert_eq!(found.untagged("SEARCH"), vec![answer.clone()], "{found:?}");
@@ -1461,13 +1545,7 @@ async fn header_searches_of_large_mailboxes_read_header_pages() {
         }
     }
     assert!(c.run("SELECT INBOX").await.has("* 800 EXISTS"));
-    let keys = |suffix: &str| {
-        w.store
-            .keys()
-            .into_iter()
-            .filter(|k| k.contains("/side/") && k.ends_with(suffix))
-            .collect::<Vec<_>>()
-    };
+    let keys = |suffix: &str| side_objects(&w.store, suffix);
     let search = async |c: &mut Client<_>, command: &str, expected: &[String]| {
         let found = c.run(command).await;
         assert_eq!(

@@ -983,6 +983,56 @@ impl MailboxState {
         }
     }
 
+    /// The summary page holding the summary of the shown message `uid`
+    /// ([`MailboxState::summary_at`] without copying a held summary).
+    pub fn summary_page(&self, uid: u32) -> Option<&str> {
+        let entry = self.core.at(self.shown_slot(uid)?);
+        entry.message.as_ref()?;
+        self.pages
+            .names
+            .get(entry.page as usize)
+            .map(String::as_str)
+    }
+
+    /// `uids` cut into chunks of at most `max` messages, as lengths, each
+    /// cut made where the next summary page starts when one can be: a
+    /// command reading a chunk at a time (summaries, index pages, body
+    /// packs, a GET per page) then reads each page once, with all of its
+    /// messages it asks for. A page holding more than `max` of them is cut
+    /// anyway; messages on no page fill any chunk.
+    pub fn page_chunks(&self, uids: &[u32], max: usize) -> Vec<usize> {
+        let max = max.max(1);
+        let mut chunks = Vec::new();
+        let mut chunk = 0;
+        let mut start = 0;
+        while start < uids.len() {
+            let page = self.summary_page(uids[start]);
+            let mut end = start + 1;
+            if page.is_some() {
+                while end < uids.len() && self.summary_page(uids[end]) == page {
+                    end += 1;
+                }
+            }
+            let mut run = end - start;
+            if chunk > 0 && chunk + run > max {
+                chunks.push(std::mem::take(&mut chunk));
+            }
+            while run > 0 {
+                let take = run.min(max - chunk);
+                chunk += take;
+                run -= take;
+                if chunk == max {
+                    chunks.push(std::mem::take(&mut chunk));
+                }
+            }
+            start = end;
+        }
+        if chunk > 0 {
+            chunks.push(chunk);
+        }
+        chunks
+    }
+
     /// Summaries held in memory, of messages placed and not expunged, in
     /// UID order (displaced messages last): what the next summary pages
     /// hold.

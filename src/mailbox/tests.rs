@@ -528,6 +528,51 @@ fn paging_summaries_out_changes_where_they_are_not_what_the_state_is() {
     assert_eq!(state.held_summary_bytes(), 9);
 }
 
+/// Chunks of a command reading a page at a time end where a summary page
+/// does: a page cut in two is read twice, and a body pack is only read
+/// for a chunk holding half its page.
+#[test]
+fn chunks_end_where_summary_pages_end() {
+    let mut a = Node::new("a");
+    let ops: Vec<Op> = (0..12)
+        .map(|i| a.write(append_with_summary(&format!("m{i}"), b"{}")))
+        .collect();
+    let id = |i: usize| MessageId {
+        op: ops[i].id,
+        index: 0,
+    };
+    // Pages of 3, 5 and 1 messages (UIDs 1-3, 4-8, 9); 10-12 held.
+    a.replica.state_mut().paged_out(vec![
+        ("p0".into(), (0..3).map(id).collect()),
+        ("p1".into(), (3..8).map(id).collect()),
+        ("p2".into(), vec![id(8)]),
+    ]);
+    let s = a.state();
+    assert_eq!(s.summary_page(4), Some("p1"));
+    assert_eq!(s.summary_page(10), None, "held");
+    assert_eq!(s.summary_page(13), None, "no such message");
+    let all: Vec<u32> = (1..=12).collect();
+    // Cut before the page that would not fit, not inside it.
+    assert_eq!(s.page_chunks(&all, 6), [3, 6, 3]);
+    assert_eq!(s.page_chunks(&all, 8), [8, 4]);
+    // A page longer than a chunk is cut; held messages fill any chunk.
+    assert_eq!(s.page_chunks(&all, 4), [3, 4, 4, 1]);
+    assert_eq!(s.page_chunks(&all, 1), [1; 12]);
+    assert_eq!(s.page_chunks(&all, 100), [12]);
+    assert_eq!(s.page_chunks(&[], 4), Vec::<usize>::new());
+    // Only the messages asked for count, in their order.
+    assert_eq!(s.page_chunks(&[2, 3, 5, 6, 7, 8, 11], 4), [2, 4, 1]);
+    // Every message is in exactly one chunk, whatever the size.
+    for max in 1..=13 {
+        assert_eq!(s.page_chunks(&all, max).iter().sum::<usize>(), 12);
+        assert!(
+            s.page_chunks(&all, max)
+                .iter()
+                .all(|n| (1..=max).contains(n))
+        );
+    }
+}
+
 #[test]
 fn a_page_number_out_of_range_in_a_snapshot_is_unknown_not_a_panic() {
     let mut a = Node::new("a");

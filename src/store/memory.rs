@@ -1,12 +1,13 @@
 //! An in-memory object store for tests: a sorted map behind a mutex, with
 //! fault injection (an outage switch, failures of the next N calls, added
-//! latency) and a call counter, so tests can exercise outages and check how
-//! many store round trips an operation costs.
+//! latency) and call counters (all calls, and reads per key), so tests can
+//! exercise outages and check how many store round trips an operation
+//! costs.
 //!
 //! Clones share the same objects and the same fault settings, like two
 //! handles on one bucket.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,6 +42,8 @@ struct Inner {
     latency_us: AtomicU64,
     // Calls made so far, including failed ones (but not invalid keys).
     calls: AtomicU64,
+    // Per key, GETs (whole or ranged) made so far, failed ones included.
+    reads: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryStore {
@@ -78,6 +81,13 @@ impl MemoryStore {
         self.inner.calls.load(Ordering::SeqCst)
     }
 
+    /// How many GETs (whole or ranged, failed ones included) asked for
+    /// `key` so far.
+    pub fn reads(&self, key: &str) -> u64 {
+        let reads = self.inner.reads.lock().unwrap_or_else(|p| p.into_inner());
+        reads.get(key).copied().unwrap_or(0)
+    }
+
     /// Number of objects stored.
     pub fn len(&self) -> usize {
         self.objects().len()
@@ -102,6 +112,10 @@ impl MemoryStore {
     /// Counts the call, applies latency and injected faults.
     async fn enter(&self, op: &str, key: &str) -> Result<(), StoreError> {
         self.inner.calls.fetch_add(1, Ordering::SeqCst);
+        if op.starts_with("get") {
+            let mut reads = self.inner.reads.lock().unwrap_or_else(|p| p.into_inner());
+            *reads.entry(key.to_owned()).or_default() += 1;
+        }
         let us = self.inner.latency_us.load(Ordering::SeqCst);
         if us > 0 {
             tokio::time::sleep(Duration::from_micros(us)).await;

@@ -269,18 +269,18 @@ pub async fn fetch(
     let mailbox = selected.mailbox.clone();
     let items_ref = &items;
     let total = metas.len();
-    let mut chunks = Vec::with_capacity(metas.len().div_ceil(SUMMARY_BATCH));
-    while !metas.is_empty() {
-        chunks.push(
-            metas
-                .drain(..metas.len().min(SUMMARY_BATCH))
-                .collect::<Vec<Meta>>(),
-        );
+    // Batches end where summary pages do: each page (summaries, body
+    // pack) is then read once, by one batch.
+    let uids: Vec<u32> = metas.iter().map(|m| m.uid).collect();
+    let lengths = mailbox.read(|s| s.page_chunks(&uids, SUMMARY_BATCH)).await;
+    let mut chunks = Vec::with_capacity(lengths.len());
+    for n in lengths {
+        chunks.push(metas.drain(..n).collect::<Vec<Meta>>());
     }
     // Summaries in batches (they may sit in summary pages, a GET each),
     // the next ones read while a batch is answered.
     let reader = mailbox.clone();
-    let mut batches = futures::stream::iter(chunks)
+    let batches = futures::stream::iter(chunks)
         .map(move |mut chunk| {
             let mailbox = reader.clone();
             read_ahead(async move {
@@ -301,22 +301,38 @@ pub async fn fetch(
             })
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
-    while let Some(chunk) = batches.next().await {
-        let chunk = chunk?;
-        let body_of = |meta: &Meta| {
-            body_maybe
-                && items_ref
-                    .iter()
-                    .any(|i| needs_body(i, meta.summary.as_ref()))
-        };
-        // Many bodies: from body packs, a GET per summary page (the
-        // mailbox writes the packs missing first).
-        let wanted: Vec<u32> = chunk.iter().filter(|m| body_of(m)).map(|m| m.uid).collect();
-        let mut packed = if wanted.len() >= PACKED_FROM {
-            mailbox.packed_bodies(&wanted).await
-        } else {
-            HashMap::new()
-        };
+    let body_of = |meta: &Meta| {
+        body_maybe
+            && items_ref
+                .iter()
+                .any(|i| needs_body(i, meta.summary.as_ref()))
+    };
+    // Many bodies: from body packs, a GET per summary page (the mailbox
+    // writes the packs missing first), those of the next batch read while
+    // a batch is answered. Memory: the packed bodies of two batches, each
+    // of at most 256 bodies of at most 64 KiB (a few MiB in practice).
+    let packer = mailbox.clone();
+    let mut batches = batches
+        .map(move |chunk| {
+            let wanted: Vec<u32> = match &chunk {
+                Ok(chunk) => chunk.iter().filter(|m| body_of(m)).map(|m| m.uid).collect(),
+                Err(_) => Vec::new(),
+            };
+            let mailbox = packer.clone();
+            let packs = (wanted.len() >= PACKED_FROM)
+                .then(|| read_ahead(async move { Ok(mailbox.packed_bodies(&wanted).await) }));
+            async move {
+                let chunk = chunk?;
+                let packed = match packs {
+                    Some(packs) => packs.await?,
+                    None => HashMap::new(),
+                };
+                Ok::<_, AccountError>((chunk, packed))
+            }
+        })
+        .buffered(2);
+    while let Some(next) = batches.next().await {
+        let (chunk, mut packed) = next?;
         let mut loaded = futures::stream::iter(chunk)
             .map(|meta| {
                 let mailbox = mailbox.clone();

@@ -159,8 +159,17 @@ pub async fn scan(
     // chunk, the next ones read while a chunk is matched.
     let reader = selected.mailbox.clone();
     // (Reading nothing, the plan reads no chunk; see `Inputs::default`.)
+    // Chunks end where summary pages do, so that each page (summaries,
+    // text and header pages) is read once, by one chunk.
+    let lengths = selected.mailbox.read(|s| s.page_chunks(&view, CHUNK)).await;
+    let mut ranges = Vec::with_capacity(lengths.len());
+    let mut start = 0;
+    for n in &lengths {
+        ranges.push(start..start + n);
+        start += n;
+    }
     let chunks: Vec<Vec<u32>> = match parts.is_some() || plan.texts {
-        true => view.chunks(CHUNK).map(<[u32]>::to_vec).collect(),
+        true => ranges.iter().map(|r| view[r.clone()].to_vec()).collect(),
         false => Vec::new(),
     };
     let mut inputs_ahead = futures::stream::iter(chunks)
@@ -170,7 +179,9 @@ pub async fn scan(
         })
         .buffered(SUMMARY_BATCHES_AHEAD);
     let unread = MessageSummary::empty();
-    for (chunk_index, chunk) in view.chunks(CHUNK).enumerate() {
+    for range in ranges {
+        let first = range.start;
+        let chunk = &view[range];
         let rows: Vec<Row> = selected
             .mailbox
             .read(|s| {
@@ -180,7 +191,7 @@ pub async fn scan(
                     .filter_map(|(i, uid)| {
                         let m = s.message(*uid)?;
                         Some(Row {
-                            seq: (chunk_index * CHUNK + i + 1) as u32,
+                            seq: (first + i + 1) as u32,
                             uid: m.uid,
                             modseq: m.modseq,
                             flags: m.flags.iter().map(|f| (*f).to_owned()).collect(),
