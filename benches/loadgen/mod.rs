@@ -109,11 +109,12 @@ pub struct Options {
     /// Print the report as one JSON line after the table.
     #[arg(long)]
     pub json: bool,
-    /// mix, logins: first log every user in once (connect, LOGIN, LOGOUT;
-    /// `--clients` at once), untimed, and report how long that took: a
-    /// server that unlocks a user's keys at the first login after a start
-    /// (Facteur: one Argon2) is then measured in its steady state, and
-    /// its first logins apart.
+    /// mix, logins: first log every user in once (connect, LOGIN, LIST,
+    /// EXAMINE of each mailbox, LOGOUT; `--clients` at once), untimed, and
+    /// report how long that took: a server that unlocks a user's keys at
+    /// the first login after a start (Facteur: one Argon2) and opens a
+    /// mailbox from its snapshot at its first use is then measured in its
+    /// steady state, and its first logins apart.
     #[arg(long)]
     pub warm_up: bool,
 }
@@ -1087,6 +1088,32 @@ impl MixClient {
     }
 }
 
+/// The mailbox name of an untagged LIST line (`* LIST (flags) "/" name`),
+/// unquoted; `None` for a name sent as a literal (never ours).
+fn list_name(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("* LIST ")?;
+    let rest = rest[rest.find(')')? + 1..].trim_start();
+    // The hierarchy delimiter: NIL or one quoted character.
+    let rest = match rest.strip_prefix("NIL") {
+        Some(rest) => rest,
+        None => {
+            let quoted = rest.strip_prefix('"')?;
+            let len = if quoted.starts_with('\\') { 2 } else { 1 };
+            quoted.get(len..)?.strip_prefix('"')?
+        }
+    };
+    let name = rest.trim();
+    if name.starts_with('{') {
+        return None;
+    }
+    Some(
+        match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\\\"", "\"").replace("\\\\", "\\"),
+            None => name.to_owned(),
+        },
+    )
+}
+
 /// An IMAP astring for LOGIN: quoted.
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -1507,14 +1534,33 @@ async fn timed(options: &Options, workload: Workload) -> Report {
     report
 }
 
-/// `--warm-up`: every user logged in and out once, `--clients` at once.
-/// Returns the users, the seconds it took, and the failures.
+/// `--warm-up`: every user logged in once, its mailboxes listed and each
+/// examined, then logged out, `--clients` at once. Returns the users, the
+/// seconds it took, and the failures.
 async fn warm_up(options: &Options) -> (usize, f64, Vec<String>) {
     let users = options.user_count.max(1);
     let started = Instant::now();
     let failures: Vec<String> = futures::stream::iter(0..users)
         .map(|user| async move {
             let mut conn = session(options, user).await?;
+            // What a client does at its first connection: list the
+            // mailboxes and look into each (the server opens them).
+            let r = conn.run(Cmd::List, "LIST \"\" \"*\"").await?;
+            if !r.ok() {
+                return fail(Cmd::List, r.tagged().to_owned());
+            }
+            let names: Vec<String> = r
+                .untagged("LIST")
+                .filter_map(|l| list_name(&l.text))
+                .collect();
+            for name in names {
+                let r = conn
+                    .run(Cmd::Select, &format!("EXAMINE {}", quote(&name)))
+                    .await?;
+                if !r.ok() {
+                    return fail(Cmd::Select, format!("EXAMINE {name}: {}", r.tagged()));
+                }
+            }
             let r = conn.run(Cmd::Logout, "LOGOUT").await?;
             if !r.ok() {
                 return fail(Cmd::Logout, r.tagged().to_owned());
@@ -1843,6 +1889,25 @@ async fn idle(options: &Options) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_names_are_read_quoted_or_not() {
+        assert_eq!(
+            list_name(r#"* LIST (\HasNoChildren) "/" INBOX"#).as_deref(),
+            Some("INBOX")
+        );
+        assert_eq!(
+            list_name(r#"* LIST () "." "Archive""#).as_deref(),
+            Some("Archive")
+        );
+        assert_eq!(
+            list_name(r#"* LIST () NIL "a \"b\" c""#).as_deref(),
+            Some(r#"a "b" c"#)
+        );
+        assert_eq!(list_name(r#"* LIST () "\\" Sent"#).as_deref(), Some("Sent"));
+        assert_eq!(list_name(r#"* LIST () "/" {5}"#), None);
+        assert_eq!(list_name("* LSUB () \"/\" INBOX"), None);
+    }
 
     fn reply(lines: &[&str]) -> Reply {
         Reply {

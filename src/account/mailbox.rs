@@ -118,6 +118,18 @@ const SUMMARY_FETCHES: usize = 8;
 /// (their summaries are not paged), reads them alone as before.
 pub const PACKED_FROM: usize = 32;
 
+/// What [`Mailbox::packed_bodies`] reads from packs.
+#[derive(Default)]
+struct PackPlan {
+    /// The bodies to read from packs, with their sizes.
+    sizes: HashMap<u32, u64>,
+    /// Those of pages whose packs are written first if missing.
+    write: Vec<u32>,
+    /// Whether a page read only if its pack is there is not known to have
+    /// one (a listing tells).
+    unlisted: bool,
+}
+
 /// How long [`Mailbox::packed_bodies`] leaves packs alone after failing.
 const PACKS_PAUSE: Duration = Duration::from_secs(60);
 
@@ -1023,11 +1035,19 @@ impl Mailbox {
                     let by_id: HashMap<MessageId, Bytes> = entries.entries.into_iter().collect();
                     // Text and headers are copied: a slice would keep the
                     // whole page alive, and a scan reads several chunks
-                    // ahead. Bodies are slices: a pack is read for most of
-                    // its bodies, all dropped with the batch they answer.
-                    let keep = |entry: &Bytes| match index {
-                        Index::Bodies => entry.clone(),
-                        Index::Text | Index::Headers => Bytes::copy_from_slice(entry),
+                    // ahead. Bodies are slices when they are half of their
+                    // pack's bytes or more (all dropped with the batch they
+                    // answer), else copies: a batch then holds at most
+                    // twice the bytes of the bodies it asked for.
+                    let pack: usize = by_id.values().map(Bytes::len).sum();
+                    let asked: usize = wanted
+                        .iter()
+                        .filter_map(|(_, id)| by_id.get(id).map(Bytes::len))
+                        .sum();
+                    let slices = index == Index::Bodies && 2 * asked >= pack;
+                    let keep = |entry: &Bytes| match slices {
+                        true => entry.clone(),
+                        false => Bytes::copy_from_slice(entry),
                     };
                     Ok(wanted
                         .into_iter()
@@ -1125,15 +1145,7 @@ impl Mailbox {
             ),
             None => None,
         };
-        let prefix = side.object_key("");
-        let listed = list_all_keys(self.store.as_ref(), &prefix, None).await?;
-        self.indexed().extend(
-            listed
-                .iter()
-                .filter_map(|key| key.strip_prefix(&prefix))
-                .filter(|name| name.contains('.'))
-                .map(str::to_owned),
-        );
+        self.list_index_pages(&side).await?;
         // Per summary page, the kinds it lacks.
         let missing: HashMap<String, Vec<Index>> = {
             let indexed = self.indexed();
@@ -1359,7 +1371,8 @@ impl Mailbox {
     /// per summary page, not one per message, on every instance sharing
     /// the pages and for every later download. Only pages holding at
     /// least [`PACKED_FROM`]` / 2` of the short bodies asked for, and at
-    /// least a quarter of the page's short bodies, are packed: a scattered
+    /// least a quarter of the page's short bodies (half if the pack must
+    /// be written first, which reads them all), are packed: a scattered
     /// set of UIDs (search results, flagged mail) must not make the server
     /// read whole pages for one body each, but the end of a range cutting
     /// a page must not cost a GET per body either (a GET of a pack, a few
@@ -1377,45 +1390,64 @@ impl Mailbox {
                 .map(|m| m.message.size)
                 .filter(|size| *size <= MAX_PACKED_BODY as u64)
         };
-        let sizes: HashMap<u32, u64> = self
-            .read(|s| {
-                // Per summary page, the short bodies asked for.
-                let mut asked: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
-                for uid in uids {
-                    if let (Some(size), Some(page)) = (short(s, *uid), s.summary_page(*uid)) {
-                        asked.entry(page).or_default().push((*uid, size));
-                    }
+        let (plan, side) = {
+            let log = self.log.read().await;
+            let s = log.state();
+            // Per summary page, the short bodies asked for.
+            let mut asked: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
+            for uid in uids {
+                if let (Some(size), Some(page)) = (short(s, *uid), s.summary_page(*uid)) {
+                    asked.entry(page).or_default().push((*uid, size));
                 }
-                asked.retain(|_, on| on.len() >= PACKED_FROM / 2);
-                if asked.is_empty() {
-                    return HashMap::new();
+            }
+            asked.retain(|_, on| on.len() >= PACKED_FROM / 2);
+            if asked.is_empty() {
+                return HashMap::new();
+            }
+            // And the page's short bodies: a page is read for half of
+            // them at least, or a quarter if its pack is there (writing
+            // it reads them all).
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for (uid, _) in s.shown() {
+                if let Some(page) = s.summary_page(uid)
+                    && asked.contains_key(page)
+                    && short(s, uid).is_some()
+                {
+                    *held.entry(page).or_default() += 1;
                 }
-                // And the page's short bodies, to ask for a quarter at least.
-                let mut held: HashMap<&str, usize> = HashMap::new();
-                for (uid, _) in s.shown() {
-                    if let Some(page) = s.summary_page(uid)
-                        && asked.contains_key(page)
-                        && short(s, uid).is_some()
-                    {
-                        *held.entry(page).or_default() += 1;
-                    }
+            }
+            let indexed = self.indexed();
+            let mut plan = PackPlan::default();
+            for (page, on) in asked {
+                let held = held.get(page).copied().unwrap_or(0);
+                if 2 * on.len() >= held {
+                    plan.write.extend(on.iter().map(|(uid, _)| *uid));
+                } else if 4 * on.len() >= held {
+                    plan.unlisted |= !indexed.contains(&Index::Bodies.page_name(page));
+                } else {
+                    continue;
                 }
-                asked
-                    .into_iter()
-                    .filter(|(page, on)| 4 * on.len() >= held.get(page).copied().unwrap_or(0))
-                    .flat_map(|(_, on)| on)
-                    .collect()
-            })
-            .await;
-        if sizes.is_empty() {
+                plan.sizes.extend(on);
+            }
+            (plan, log.side())
+        };
+        if plan.sizes.is_empty() {
             return HashMap::new();
         }
-        let uids: Vec<u32> = sizes.keys().copied().collect();
+        let uids: Vec<u32> = plan.sizes.keys().copied().collect();
         let pause = || {
             let until = now_ms() + PACKS_PAUSE.as_millis() as u64;
             self.packs_paused_until.store(until, Ordering::Relaxed);
         };
-        if let Err(e) = self.write_index(Index::Bodies, &uids).await {
+        let known = match plan.write.is_empty() {
+            true => Ok(0),
+            false => self.write_index(Index::Bodies, &plan.write).await,
+        };
+        let known = match (known, plan.unlisted) {
+            (Ok(_), true) => self.list_index_pages(&side).await,
+            (known, _) => known.map(|_| ()),
+        };
+        if let Err(e) = known {
             tracing::warn!(mailbox = %self.id, error = %e, "body packs not written");
             pause();
             return HashMap::new();
@@ -1429,8 +1461,23 @@ impl Mailbox {
             }
         };
         // An entry of another length than its message's is not its body.
-        bodies.retain(|uid, body| sizes.get(uid) == Some(&(body.len() as u64)));
+        bodies.retain(|uid, body| plan.sizes.get(uid) == Some(&(body.len() as u64)));
         bodies
+    }
+
+    /// Learns which index pages the store holds: one listing of the
+    /// mailbox's side objects.
+    async fn list_index_pages(&self, side: &SideObjects) -> Result<(), AccountError> {
+        let prefix = side.object_key("");
+        let listed = list_all_keys(self.store.as_ref(), &prefix, None).await?;
+        self.indexed().extend(
+            listed
+                .iter()
+                .filter_map(|key| key.strip_prefix(&prefix))
+                .filter(|name| name.contains('.'))
+                .map(str::to_owned),
+        );
+        Ok(())
     }
 
     /// The header page of `messages` (see [`Mailbox::write_index`]).

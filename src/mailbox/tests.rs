@@ -530,7 +530,7 @@ fn paging_summaries_out_changes_where_they_are_not_what_the_state_is() {
 
 /// Chunks of a command reading a page at a time end where a summary page
 /// does: a page cut in two is read twice, and a body pack is only read
-/// for a chunk holding half its page.
+/// for a chunk holding a good share of its page.
 #[test]
 fn chunks_end_where_summary_pages_end() {
     let mut a = Node::new("a");

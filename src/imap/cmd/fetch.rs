@@ -310,7 +310,9 @@ pub async fn fetch(
     // Many bodies: from body packs, a GET per summary page (the mailbox
     // writes the packs missing first), those of the next batch read while
     // a batch is answered. Memory: the packed bodies of two batches, each
-    // of at most 256 bodies of at most 64 KiB (a few MiB in practice).
+    // holding at most twice the bytes of its bodies (slices of packs they
+    // are half of at least, else copies; `Mailbox::read_index`), at most
+    // 256 bodies of at most 64 KiB: 3 MiB for 256 bodies of 11 KB.
     let packer = mailbox.clone();
     let mut batches = batches
         .map(move |chunk| {
@@ -323,8 +325,13 @@ pub async fn fetch(
                 .then(|| read_ahead(async move { Ok(mailbox.packed_bodies(&wanted).await) }));
             async move {
                 let chunk = chunk?;
+                // Best effort, as packs are: bodies not found there are
+                // read alone.
                 let packed = match packs {
-                    Some(packs) => packs.await?,
+                    Some(packs) => packs.await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "body packs not read");
+                        HashMap::new()
+                    }),
                     None => HashMap::new(),
                 };
                 Ok::<_, AccountError>((chunk, packed))
