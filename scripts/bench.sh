@@ -463,13 +463,14 @@ for kind, label in [("login1", "logins/s, same user, 4 clients"), ("loginN", f"l
     row(label, {s: med([x.get("commands", {}).get("LOGIN", {}).get("ops_per_s") for x in runs[s]]) for s in servers})
     row("  LOGIN p99 ms", {s: med([x.get("commands", {}).get("LOGIN", {}).get("p99_ms") for x in runs[s]]) for s in servers}, 2)
 # The mixes and the long run first log every user in once, untimed
-# (--warm-up); the long run follows a restart, so its warm-up is each
-# user's first login (Facteur: one Argon2 each, keys unlocked).
+# (--warm-up: LOGIN, LIST, EXAMINE of each mailbox, LOGOUT); the long run
+# follows a restart, so its warm-up is each user's first session
+# (Facteur: one Argon2 each, keys unlocked, mailboxes opened).
 def first_logins(x):
     n, t = x.get("warm_up_users"), x.get("warm_up_seconds")
     return n / t if n and t else None
 long = {s: load(f"long-{s}") for s in servers}
-row("first logins after a restart, logins/s", {s: first_logins(long[s]) for s in servers})
+row("first sessions after a restart (LOGIN, LIST, EXAMINE each), per s", {s: first_logins(long[s]) for s in servers})
 
 header(f"Big mailbox, cold (server restarted), ms, median of {rounds} rounds")
 runs = {s: [load(f"big-{s}-{r}") for r in range(1, rounds + 1)] for s in servers}
