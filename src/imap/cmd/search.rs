@@ -155,10 +155,6 @@ pub async fn scan(
             tracing::warn!(?index, error = %e, "could not write index pages: searching without them");
         }
     }
-    // Summaries may live in summary pages (a GET each): one batch per
-    // chunk, the next ones read while a chunk is matched.
-    let reader = selected.mailbox.clone();
-    // (Reading nothing, the plan reads no chunk; see `Inputs::default`.)
     // Chunks end where summary pages do, so that each page (summaries,
     // text and header pages) is read once, by one chunk.
     let lengths = selected.mailbox.read(|s| s.page_chunks(&view, CHUNK)).await;
@@ -168,6 +164,10 @@ pub async fn scan(
         ranges.push(start..start + n);
         start += n;
     }
+    // Summaries may live in summary pages (a GET each): one batch per
+    // chunk, the next ones read while a chunk is matched.
+    let reader = selected.mailbox.clone();
+    // (Reading nothing, the plan reads no chunk; see `Inputs::default`.)
     let chunks: Vec<Vec<u32>> = match parts.is_some() || plan.texts {
         true => ranges.iter().map(|r| view[r.clone()].to_vec()).collect(),
         false => Vec::new(),
